@@ -1,0 +1,50 @@
+// Package testenv decides whether a test that needs the kernel can run here.
+//
+// Tests that need root, a kernel feature or an external tool call these
+// helpers instead of t.Skip. On a developer machine a missing requirement
+// skips the test with the reason; under CI (VMQ_REQUIRE_ALL=1, set by
+// .ci/run) the same call fails the test, so nothing CI should prove is
+// silently skipped.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequireAllVar is the environment variable that turns skips into failures.
+const RequireAllVar = "VMQ_REQUIRE_ALL"
+
+// Strict reports whether skips are failures in this run.
+func Strict() bool { return os.Getenv(RequireAllVar) == "1" }
+
+// Skip skips the test with a reason, or fails it in strict mode.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if Strict() {
+		t.Fatalf("%s (%s=1 forbids skipping)", msg, RequireAllVar)
+	}
+	t.Skip(msg)
+}
+
+// RequireRoot skips (or fails, in strict mode) unless running as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Skip(t, "needs root (CAP_NET_ADMIN, CAP_BPF)")
+	}
+}
+
+// RequireCommand returns the path of an external program, or skips
+// (fails, in strict mode) when it is not installed.
+func RequireCommand(t testing.TB, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		Skip(t, "needs %s: %v", name, err)
+	}
+	return path
+}
