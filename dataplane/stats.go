@@ -1,0 +1,137 @@
+package dataplane
+
+// The snapshot types below are the dataplane's report to the control plane
+// (vmqctl stats, the API) and to the Prometheus collectors. A snapshot is
+// taken on demand; counters are monotonic since the daemon started.
+
+// DropReason says why a frame meant for (or coming from) a VM was dropped.
+type DropReason int
+
+const (
+	DropVirtqueueFull DropReason = iota // the guest posted no RX buffer
+	DropGuestNotReady                   // no guest connected, or its rings not enabled
+	DropSpoofed                         // guest frame with a source MAC not its own
+	DropNoUMEMFrame                     // no free UMEM frame for guest TX
+	DropBroken                          // the guest's device is marked broken
+	DropTxRingFull                      // the AF_XDP tx ring had no room
+	DropMalformed                       // a guest frame too short or otherwise unusable
+	NumDropReasons
+)
+
+var dropReasonNames = [NumDropReasons]string{
+	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
+	"broken", "tx_ring_full", "malformed",
+}
+
+// String is the reason's label value in metrics and the API.
+func (r DropReason) String() string {
+	if r < 0 || r >= NumDropReasons {
+		return "unknown"
+	}
+	return dropReasonNames[r]
+}
+
+// Snapshot is the state of the whole dataplane at one moment.
+type Snapshot struct {
+	NIC     NICStatus     `json:"nic"`
+	Filter  FilterStats   `json:"filter"`
+	Workers []WorkerStats `json:"workers"`
+	VMs     []VMStats     `json:"vms"`
+	Sockets []SocketStats `json:"sockets"`
+	Ports   []PortStats   `json:"ports"`
+}
+
+// NICStatus describes the NIC and how vmq attached to it.
+type NICStatus struct {
+	Name       string `json:"name"`
+	Index      int    `json:"ifindex"`
+	Driver     string `json:"driver"`
+	MTU        int    `json:"mtu"`
+	Queues     []int  `json:"queues"`
+	Channels   int    `json:"channels"`    // combined or rx channels reported by ethtool
+	AttachMode string `json:"attach_mode"` // "native", "generic" or "" when detached
+	Attached   bool   `json:"attached"`
+	FrameSize  int    `json:"frame_size"`
+	// Notes explain fallbacks (generic XDP, copy mode) in words.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// FilterStats are the XDP filter's global counters, summed over CPUs.
+type FilterStats struct {
+	Redirected uint64 `json:"redirected"`
+	Passed     uint64 `json:"passed"`
+	Flooded    uint64 `json:"flooded"`
+	Malformed  uint64 `json:"malformed"`
+	NoSocket   uint64 `json:"no_socket"`
+}
+
+// WorkerStats describe one worker (one NIC queue).
+type WorkerStats struct {
+	Queue       int    `json:"queue"`
+	BusyNS      uint64 `json:"busy_ns"`
+	IdleNS      uint64 `json:"idle_ns"`
+	Batches     uint64 `json:"batches"`
+	Wakeups     uint64 `json:"wakeups"` // sendto/poll calls made to wake the kernel
+	Polls       uint64 `json:"polls"`   // times the worker slept in poll(2)
+	VirtQueues  int    `json:"virtqueues"`
+	XDPSockets  int    `json:"xdp_sockets"`
+	FreeFrames  int    `json:"free_frames"`
+	TotalFrames int    `json:"total_frames"`
+}
+
+// VMStats are one VM's counters; RX is wire→guest, TX is guest→wire/VMs.
+type VMStats struct {
+	Name          string                 `json:"name"`
+	Slot          uint32                 `json:"slot"`
+	MAC           string                 `json:"mac"`
+	VLAN          uint16                 `json:"vlan"`
+	RxPackets     uint64                 `json:"rx_packets"`
+	RxBytes       uint64                 `json:"rx_bytes"`
+	TxPackets     uint64                 `json:"tx_packets"`
+	TxBytes       uint64                 `json:"tx_bytes"`
+	FloodCopies   uint64                 `json:"flood_copies"`
+	Drops         [NumDropReasons]uint64 `json:"-"`
+	DropsByReason map[string]uint64      `json:"drops"`
+	// Filter counters of the VM's slot in the XDP program.
+	FilterPackets   uint64         `json:"filter_packets"`
+	FilterBytes     uint64         `json:"filter_bytes"`
+	FilterRedirErrs uint64         `json:"filter_redirect_errors"`
+	Queues          []VMQueueStats `json:"queues,omitempty"`
+}
+
+// VMQueueStats are a VM's counters on one NIC queue / virtqueue pair.
+type VMQueueStats struct {
+	Queue     int    `json:"queue"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+}
+
+// SocketStats are one AF_XDP socket's kernel statistics (XDP_STATISTICS).
+type SocketStats struct {
+	VM            string `json:"vm"` // "" for the flood socket
+	Queue         int    `json:"queue"`
+	ZeroCopy      bool   `json:"zero_copy"`
+	RxDropped     uint64 `json:"rx_dropped"`
+	RxInvalid     uint64 `json:"rx_invalid"`
+	TxInvalid     uint64 `json:"tx_invalid"`
+	RxRingFull    uint64 `json:"rx_ring_full"`
+	FillRingEmpty uint64 `json:"fill_ring_empty"`
+	TxRingEmpty   uint64 `json:"tx_ring_empty"`
+}
+
+// PortStats describe one VM's vhost-user port.
+type PortStats struct {
+	VM               string `json:"vm"`
+	Path             string `json:"path"`
+	Mode             string `json:"mode"` // "server" or "client"
+	Connected        bool   `json:"connected"`
+	Features         uint64 `json:"features"`
+	ProtocolFeatures uint64 `json:"protocol_features"`
+	QueuePairs       int    `json:"queue_pairs"`
+	RingSizes        []int  `json:"ring_sizes,omitempty"`
+	Kicks            uint64 `json:"kicks"`
+	Calls            uint64 `json:"calls"`
+	Broken           string `json:"broken,omitempty"` // why the device was marked broken
+}
