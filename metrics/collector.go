@@ -1,0 +1,282 @@
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vmq/vmq/dataplane"
+)
+
+// FloodVM is the vm label of the flood socket's XDP statistics (the
+// socket with SocketStats.VM == ""). The parentheses keep it apart from
+// any real VM name.
+const FloodVM = "(flood)"
+
+// DetachedMode is the attach_mode label of vmq_nic_info while no XDP
+// program is attached.
+const DetachedMode = "none"
+
+type collector struct {
+	src Source
+
+	nicInfo, xdpAttached, nicMTU, nicChannels, nicQueues, frameSize *prometheus.Desc
+
+	filterRedirected, filterPassed, filterFlooded, filterMalformed, filterNoSocket *prometheus.Desc
+
+	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood *prometheus.Desc
+	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs                        *prometheus.Desc
+	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes                       *prometheus.Desc
+
+	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
+
+	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
+
+	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken *prometheus.Desc
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)
+}
+
+// NewCollector returns the collector of every vmq_* dataplane metric. It
+// takes one snapshot from src per scrape.
+func NewCollector(src Source) prometheus.Collector {
+	vm := []string{"vm"}
+	vmq := []string{"vm", "queue"}
+	q := []string{"queue"}
+	return &collector{
+		src: src,
+
+		nicInfo:     desc("nic_info", "Always 1; the NIC vmq serves, its driver and the XDP attach mode (native, generic, none).", "nic", "driver", "attach_mode"),
+		xdpAttached: desc("xdp_attached", "1 while the vmq XDP program is attached to the NIC, 0 when it is not.", "nic"),
+		nicMTU:      desc("nic_mtu_bytes", "MTU of the NIC.", "nic"),
+		nicChannels: desc("nic_channels", "Combined or rx channels the NIC reports (ethtool).", "nic"),
+		nicQueues:   desc("nic_queues", "NIC queues vmq serves (one worker each).", "nic"),
+		frameSize:   desc("umem_frame_size_bytes", "Size of one UMEM frame.", "nic"),
+
+		filterRedirected: desc("filter_redirected_packets_total", "Frames the XDP filter redirected into a VM's AF_XDP socket.", "nic"),
+		filterPassed:     desc("filter_passed_packets_total", "Frames the XDP filter passed to the host stack.", "nic"),
+		filterFlooded:    desc("filter_flooded_packets_total", "Broadcast/multicast frames the XDP filter sent to the flood socket.", "nic"),
+		filterMalformed:  desc("filter_malformed_packets_total", "Frames the XDP filter could not parse.", "nic"),
+		filterNoSocket:   desc("filter_no_socket_packets_total", "Frames for a known VM that had no AF_XDP socket on the receiving queue.", "nic"),
+
+		vmInfo:            desc("vm_info", "Always 1; a VM's steering key (MAC, VLAN) and filter slot.", "vm", "mac", "vlan", "slot"),
+		vmRxPackets:       desc("vm_rx_packets_total", "Frames delivered to the VM (wire or other VMs to guest).", vm...),
+		vmRxBytes:         desc("vm_rx_bytes_total", "Bytes delivered to the VM.", vm...),
+		vmTxPackets:       desc("vm_tx_packets_total", "Frames the VM sent (guest to wire or other VMs).", vm...),
+		vmTxBytes:         desc("vm_tx_bytes_total", "Bytes the VM sent.", vm...),
+		vmDrops:           desc("vm_drops_total", "Frames to or from the VM that vmq dropped, by reason.", "vm", "reason"),
+		vmFlood:           desc("vm_flood_copies_total", "Broadcast/multicast copies delivered to the VM.", vm...),
+		vmFilterPackets:   desc("vm_filter_packets_total", "Frames the XDP filter matched to the VM's slot.", vm...),
+		vmFilterBytes:     desc("vm_filter_bytes_total", "Bytes the XDP filter matched to the VM's slot.", vm...),
+		vmFilterRedirErrs: desc("vm_filter_redirect_errors_total", "Frames matched to the VM whose bpf_redirect_map failed.", vm...),
+		vmqRxPackets:      desc("vm_queue_rx_packets_total", "Frames delivered to the VM, by NIC queue.", vmq...),
+		vmqRxBytes:        desc("vm_queue_rx_bytes_total", "Bytes delivered to the VM, by NIC queue.", vmq...),
+		vmqTxPackets:      desc("vm_queue_tx_packets_total", "Frames the VM sent, by NIC queue.", vmq...),
+		vmqTxBytes:        desc("vm_queue_tx_bytes_total", "Bytes the VM sent, by NIC queue.", vmq...),
+
+		xskZeroCopy:   desc("xsk_zero_copy", "1 if the AF_XDP socket is bound in zero-copy mode, 0 for copy mode.", vmq...),
+		xskRxDropped:  desc("xsk_rx_dropped_total", "XDP_STATISTICS rx_dropped: frames the kernel dropped for the socket.", vmq...),
+		xskRxInvalid:  desc("xsk_rx_invalid_descs_total", "XDP_STATISTICS rx_invalid_descs.", vmq...),
+		xskTxInvalid:  desc("xsk_tx_invalid_descs_total", "XDP_STATISTICS tx_invalid_descs.", vmq...),
+		xskRxRingFull: desc("xsk_rx_ring_full_total", "XDP_STATISTICS rx_ring_full: frames dropped because the socket's rx ring was full.", vmq...),
+		xskFillEmpty:  desc("xsk_fill_ring_empty_total", "XDP_STATISTICS rx_fill_ring_empty_descs: times the fill ring was empty.", vmq...),
+		xskTxEmpty:    desc("xsk_tx_ring_empty_total", "XDP_STATISTICS tx_ring_empty_descs: times the tx ring was empty.", vmq...),
+
+		wBusy:       desc("worker_busy_seconds_total", "Time the queue's worker spent processing batches.", q...),
+		wIdle:       desc("worker_idle_seconds_total", "Time the queue's worker spent waiting for work.", q...),
+		wBatches:    desc("worker_batches_total", "Batches the queue's worker processed.", q...),
+		wWakeups:    desc("worker_wakeups_total", "Syscalls the worker made to wake the kernel (need_wakeup).", q...),
+		wPolls:      desc("worker_polls_total", "Times the worker slept in poll(2).", q...),
+		wVirtqueues: desc("worker_virtqueues", "Guest virtqueues the queue's worker owns.", q...),
+		wSockets:    desc("worker_xdp_sockets", "AF_XDP sockets bound to the queue.", q...),
+		umemFree:    desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
+		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
+
+		portInfo:       desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
+		portConnected:  desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
+		portFeatures:   desc("port_features_info", "Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.", "vm", "features", "protocol_features"),
+		portQueuePairs: desc("port_queue_pairs", "Virtqueue pairs of the VM's device.", vm...),
+		portRingSize:   desc("port_ring_size", "Size of one vring of the VM's device.", "vm", "vring"),
+		portKicks:      desc("port_kicks_total", "Kicks (guest notifications) received on the VM's port.", vm...),
+		portCalls:      desc("port_calls_total", "Calls (interrupts) vmq signalled to the guest.", vm...),
+		portBroken:     desc("port_broken", "1 if the VM's device was marked broken (bad guest input); it stays so until the guest resets it.", vm...),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.nicInfo, c.xdpAttached, c.nicMTU, c.nicChannels, c.nicQueues, c.frameSize,
+		c.filterRedirected, c.filterPassed, c.filterFlooded, c.filterMalformed, c.filterNoSocket,
+		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood,
+		c.vmFilterPackets, c.vmFilterBytes, c.vmFilterRedirErrs,
+		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes,
+		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
+		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
+		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken,
+	} {
+		ch <- d
+	}
+}
+
+// emit sends one const metric. A label value Prometheus rejects (a VM name
+// or socket path that is not UTF-8) becomes an invalid metric: the scrape
+// reports it and still serves every other metric.
+func emit(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
+}
+
+func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
+	emit(ch, d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	emit(ch, d, prometheus.GaugeValue, v, labels...)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Queue numbers are small; their label strings are made once.
+var queueLabels = func() (s [256]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func queueLabel(q int) string {
+	if q >= 0 && q < len(queueLabels) {
+		return queueLabels[q]
+	}
+	return strconv.Itoa(q)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot()
+
+	nic := s.NIC.Name
+	mode := s.NIC.AttachMode
+	if mode == "" || !s.NIC.Attached {
+		mode = DetachedMode
+	}
+	gauge(ch, c.nicInfo, 1, nic, s.NIC.Driver, mode)
+	gauge(ch, c.xdpAttached, b2f(s.NIC.Attached), nic)
+	gauge(ch, c.nicMTU, float64(s.NIC.MTU), nic)
+	gauge(ch, c.nicChannels, float64(s.NIC.Channels), nic)
+	gauge(ch, c.nicQueues, float64(len(s.NIC.Queues)), nic)
+	gauge(ch, c.frameSize, float64(s.NIC.FrameSize), nic)
+
+	f := &s.Filter
+	counter(ch, c.filterRedirected, f.Redirected, nic)
+	counter(ch, c.filterPassed, f.Passed, nic)
+	counter(ch, c.filterFlooded, f.Flooded, nic)
+	counter(ch, c.filterMalformed, f.Malformed, nic)
+	counter(ch, c.filterNoSocket, f.NoSocket, nic)
+
+	for i := range s.VMs {
+		c.collectVM(ch, &s.VMs[i])
+	}
+
+	for i := range s.Sockets {
+		k := &s.Sockets[i]
+		vm := k.VM
+		if vm == "" {
+			vm = FloodVM
+		}
+		ql := queueLabel(k.Queue)
+		gauge(ch, c.xskZeroCopy, b2f(k.ZeroCopy), vm, ql)
+		counter(ch, c.xskRxDropped, k.RxDropped, vm, ql)
+		counter(ch, c.xskRxInvalid, k.RxInvalid, vm, ql)
+		counter(ch, c.xskTxInvalid, k.TxInvalid, vm, ql)
+		counter(ch, c.xskRxRingFull, k.RxRingFull, vm, ql)
+		counter(ch, c.xskFillEmpty, k.FillRingEmpty, vm, ql)
+		counter(ch, c.xskTxEmpty, k.TxRingEmpty, vm, ql)
+	}
+
+	for i := range s.Workers {
+		w := &s.Workers[i]
+		ql := queueLabel(w.Queue)
+		emit(ch, c.wBusy, prometheus.CounterValue, float64(w.BusyNS)/1e9, ql)
+		emit(ch, c.wIdle, prometheus.CounterValue, float64(w.IdleNS)/1e9, ql)
+		counter(ch, c.wBatches, w.Batches, ql)
+		counter(ch, c.wWakeups, w.Wakeups, ql)
+		counter(ch, c.wPolls, w.Polls, ql)
+		gauge(ch, c.wVirtqueues, float64(w.VirtQueues), ql)
+		gauge(ch, c.wSockets, float64(w.XDPSockets), ql)
+		gauge(ch, c.umemFree, float64(w.FreeFrames), ql)
+		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
+	}
+
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		gauge(ch, c.portInfo, 1, p.VM, p.Path, p.Mode)
+		gauge(ch, c.portConnected, b2f(p.Connected), p.VM)
+		gauge(ch, c.portFeatures, 1, p.VM, hex(p.Features), hex(p.ProtocolFeatures))
+		gauge(ch, c.portQueuePairs, float64(p.QueuePairs), p.VM)
+		for r, n := range p.RingSizes {
+			gauge(ch, c.portRingSize, float64(n), p.VM, queueLabel(r))
+		}
+		counter(ch, c.portKicks, p.Kicks, p.VM)
+		counter(ch, c.portCalls, p.Calls, p.VM)
+		gauge(ch, c.portBroken, b2f(p.Broken != ""), p.VM)
+	}
+}
+
+func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats) {
+	gauge(ch, c.vmInfo, 1, v.Name, v.MAC, strconv.Itoa(int(v.VLAN)), strconv.FormatUint(uint64(v.Slot), 10))
+	counter(ch, c.vmRxPackets, v.RxPackets, v.Name)
+	counter(ch, c.vmRxBytes, v.RxBytes, v.Name)
+	counter(ch, c.vmTxPackets, v.TxPackets, v.Name)
+	counter(ch, c.vmTxBytes, v.TxBytes, v.Name)
+	counter(ch, c.vmFlood, v.FloodCopies, v.Name)
+	counter(ch, c.vmFilterPackets, v.FilterPackets, v.Name)
+	counter(ch, c.vmFilterBytes, v.FilterBytes, v.Name)
+	counter(ch, c.vmFilterRedirErrs, v.FilterRedirErrs, v.Name)
+
+	// Every known reason is exported, zero or not, so rate() and alerts
+	// see a series from the VM's first scrape. The dataplane fills the
+	// Drops array; DropsByReason (the API's form) is honoured too, and
+	// a reason only it knows is exported as is.
+	for r := dataplane.DropReason(0); r < dataplane.NumDropReasons; r++ {
+		n := v.Drops[r]
+		if m, ok := v.DropsByReason[r.String()]; ok && m > n {
+			n = m
+		}
+		counter(ch, c.vmDrops, n, v.Name, r.String())
+	}
+	for reason, n := range v.DropsByReason {
+		if !knownReason(reason) {
+			counter(ch, c.vmDrops, n, v.Name, reason)
+		}
+	}
+
+	for i := range v.Queues {
+		q := &v.Queues[i]
+		ql := queueLabel(q.Queue)
+		counter(ch, c.vmqRxPackets, q.RxPackets, v.Name, ql)
+		counter(ch, c.vmqRxBytes, q.RxBytes, v.Name, ql)
+		counter(ch, c.vmqTxPackets, q.TxPackets, v.Name, ql)
+		counter(ch, c.vmqTxBytes, q.TxBytes, v.Name, ql)
+	}
+}
+
+func knownReason(s string) bool {
+	for r := dataplane.DropReason(0); r < dataplane.NumDropReasons; r++ {
+		if r.String() == s {
+			return true
+		}
+	}
+	return false
+}
+
+func hex(v uint64) string { return "0x" + strconv.FormatUint(v, 16) }
