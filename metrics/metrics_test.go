@@ -208,7 +208,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_filter_redirected_packets_total": 1, "vmq_filter_passed_packets_total": 1,
 		"vmq_filter_flooded_packets_total": 1, "vmq_filter_malformed_packets_total": 1,
 		"vmq_filter_no_socket_packets_total": 1,
-		"vmq_vm_info": 2, "vmq_vm_rx_packets_total": 2, "vmq_vm_rx_bytes_total": 2,
+		"vmq_vm_info":                        2, "vmq_vm_rx_packets_total": 2, "vmq_vm_rx_bytes_total": 2,
 		"vmq_vm_tx_packets_total": 2, "vmq_vm_tx_bytes_total": 2,
 		"vmq_vm_drops_total": 2*int(dataplane.NumDropReasons) + 1, "vmq_vm_flood_copies_total": 2,
 		"vmq_vm_filter_packets_total": 2, "vmq_vm_filter_bytes_total": 2, "vmq_vm_filter_redirect_errors_total": 2,
