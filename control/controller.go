@@ -1,0 +1,425 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vmq/vmq/dataplane"
+)
+
+// ErrNotStarted is returned by VM changes before Start has reconciled the
+// pinned state (an early API call must not take a pinned VM's slot).
+var ErrNotStarted = errors.New("control plane not started")
+
+// Options tune a Controller.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	MaxVMs int          // default MaxVMs
+}
+
+// Controller is the NetVSP: it owns the VM registry, slot allocation and
+// the filter table, and drives the dataplane. Safe for concurrent use;
+// changes are serialized, reads (List, Get, Status, Snapshot) never wait
+// for a change in progress.
+type Controller struct {
+	opMu sync.Mutex // serializes Start, AddVM, RemoveVM, Reload, Shutdown
+
+	mu             sync.RWMutex // guards the fields below
+	cfg            *Config
+	restartPending []string
+	started        bool
+	startedAt      time.Time
+
+	reg    *Registry
+	dp     Dataplane
+	ft     FilterTable
+	log    *slog.Logger
+	maxVMs int
+}
+
+// NewController makes a controller for a validated config. Call Start
+// before serving the API.
+func NewController(cfg *Config, dp Dataplane, ft FilterTable, opts Options) (*Controller, error) {
+	if cfg == nil || dp == nil || ft == nil {
+		return nil, errors.New("new controller: config, dataplane and filter table are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxVMs <= 0 {
+		opts.MaxVMs = MaxVMs
+	}
+	return &Controller{
+		cfg: cfg, reg: NewRegistry(opts.MaxVMs), dp: dp, ft: ft,
+		log: opts.Logger, maxVMs: opts.MaxVMs,
+	}, nil
+}
+
+// Start reconciles the pinned filter table with the config and adds the
+// configured VMs: entries of configured VMs keep their slot, stale ones
+// are deleted before any slot is reused, missing ones are set once their
+// VM is in the dataplane. A VM that fails is logged, left out, and
+// reported in the joined error; the others run.
+func (c *Controller) Start(ctx context.Context) (*ReconcilePlan, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	c.mu.RLock()
+	cfg, started := c.cfg, c.started
+	c.mu.RUnlock()
+	if started {
+		return nil, errors.New("start: already started")
+	}
+	pinned, err := c.ft.Filters()
+	if err != nil {
+		return nil, fmt.Errorf("start: read pinned filter table: %w", err)
+	}
+	plan, err := PlanReconcile(cfg.VMs, pinned, c.maxVMs)
+	if err != nil {
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	if err := plan.deleteStale(c.ft); err != nil {
+		return plan, fmt.Errorf("start: clear stale filters: %w", err)
+	}
+	c.log.Info("reconciled pinned filters", "kept", len(plan.Keep), "stale", len(plan.Stale),
+		"moved", len(plan.Moved), "to_add", len(plan.Add))
+
+	var errs []error
+	for _, vm := range cfg.VMs {
+		_, kept := plan.Keep[vm.Key()]
+		if _, err := c.addLocked(ctx, vm, SourceConfig, plan.Slots[vm.Name], kept); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.mu.Lock()
+	c.started, c.startedAt = true, time.Now()
+	c.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return plan, fmt.Errorf("start: %w", err)
+	}
+	return plan, nil
+}
+
+// addLocked reserves a slot, adds the VM to the dataplane, then points
+// its filter at the slot (skipped when the pinned entry is already
+// right). On failure everything it did is undone.
+func (c *Controller) addLocked(ctx context.Context, vm VMConfig, src Source, slot uint32, filterSet bool) (VMInfo, error) {
+	info, err := c.reg.Reserve(vm, src, slot)
+	if err != nil {
+		return VMInfo{}, fmt.Errorf("add VM %q: %w", vm.Name, err)
+	}
+	hw := vm.HardwareAddr()
+	vlan := uint16(vm.VLAN)
+	fail := func(err error) (VMInfo, error) {
+		if filterSet {
+			// A pinned entry must not outlive its VM: the slot is free now.
+			if derr := c.ft.DeleteFilter(hw, vlan); derr != nil {
+				err = errors.Join(err, fmt.Errorf("delete filter %s: %w", vm.Key(), derr))
+			}
+		}
+		c.reg.Release(vm.Name)
+		c.log.Error("add VM failed", "vm", vm.Name, "slot", info.Slot, "err", err)
+		return VMInfo{}, err
+	}
+	if err := c.dp.AddVM(ctx, VMSpec{VMConfig: vm, Slot: info.Slot}); err != nil {
+		return fail(fmt.Errorf("add VM %q to the dataplane: %w", vm.Name, err))
+	}
+	if !filterSet {
+		if err := c.ft.SetFilter(hw, vlan, info.Slot); err != nil {
+			if rerr := c.dp.RemoveVM(ctx, vm.Name); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: remove from dataplane: %w", rerr))
+			}
+			return fail(fmt.Errorf("add VM %q: set filter %s → slot %d: %w", vm.Name, vm.Key(), info.Slot, err))
+		}
+	}
+	c.reg.SetState(vm.Name, StateRunning, nil)
+	c.log.Info("VM added", "vm", vm.Name, "slot", info.Slot, "mac", vm.MAC, "vlan", vm.VLAN,
+		"socket", vm.Socket, "mode", vm.Mode, "queue_pairs", vm.QueuePairs, "source", src)
+	info, _ = c.reg.Get(vm.Name)
+	return info, nil
+}
+
+// removeLocked deletes the VM's filter (no new frame reaches the slot),
+// removes it from the dataplane, and frees the slot. If the dataplane
+// fails the VM stays registered as failed, its slot reserved.
+func (c *Controller) removeLocked(ctx context.Context, name string) error {
+	info, ok := c.reg.Get(name)
+	if !ok {
+		return fmt.Errorf("remove VM %q: %w", name, ErrNotFound)
+	}
+	c.reg.SetState(name, StateRemoving, nil)
+	if err := c.ft.DeleteFilter(info.HardwareAddr(), uint16(info.VLAN)); err != nil {
+		err = fmt.Errorf("remove VM %q: delete filter %s: %w", name, info.Key(), err)
+		c.reg.SetState(name, info.State, err)
+		return err
+	}
+	if err := c.dp.RemoveVM(ctx, name); err != nil {
+		err = fmt.Errorf("remove VM %q from the dataplane: %w", name, err)
+		c.reg.SetState(name, StateFailed, err)
+		c.log.Error("remove VM failed", "vm", name, "slot", info.Slot, "err", err)
+		return err
+	}
+	c.reg.Release(name)
+	c.log.Info("VM removed", "vm", name, "slot", info.Slot)
+	return nil
+}
+
+// checkNewVM validates a VM for the running config (NIC queues in use,
+// the API socket).
+func (c *Controller) checkNewVM(vm *VMConfig, field string) error {
+	c.mu.RLock()
+	queues, apiSock := len(c.cfg.Queues), c.cfg.API.Socket
+	c.mu.RUnlock()
+	errs := validateVM(vm, field, queues)
+	if vm.Socket != "" && filepath.Clean(vm.Socket) == filepath.Clean(apiSock) {
+		errs.add(field+".socket", "%q is the API socket", vm.Socket)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return nil
+}
+
+// AddVM validates and adds a VM at run time (the API). Other VMs are not
+// touched. Empty Mode means server and zero QueuePairs means 1.
+func (c *Controller) AddVM(ctx context.Context, vm VMConfig) (VMInfo, error) {
+	if vm.Mode == "" {
+		vm.Mode = ModeServer
+	}
+	if vm.QueuePairs == 0 {
+		vm.QueuePairs = 1
+	}
+	if err := c.checkNewVM(&vm, "vm"); err != nil {
+		return VMInfo{}, err
+	}
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if !c.isStarted() {
+		return VMInfo{}, ErrNotStarted
+	}
+	return c.addLocked(ctx, vm, SourceAPI, 0, false)
+}
+
+// RemoveVM removes one VM; others are not touched.
+func (c *Controller) RemoveVM(ctx context.Context, name string) error {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if !c.isStarted() {
+		return ErrNotStarted
+	}
+	return c.removeLocked(ctx, name)
+}
+
+func (c *Controller) isStarted() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.started
+}
+
+// VM returns one VM's registry entry.
+func (c *Controller) VM(name string) (VMInfo, bool) { return c.reg.Get(name) }
+
+// VMs lists the VMs sorted by name.
+func (c *Controller) VMs() []VMInfo { return c.reg.List() }
+
+// Snapshot is the dataplane's counters now.
+func (c *Controller) Snapshot() dataplane.Snapshot { return c.dp.Snapshot() }
+
+// Config returns the running config (NIC-level fields as started; VMs as
+// last loaded). The caller must not modify it.
+func (c *Controller) Config() *Config {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.cfg
+}
+
+// Reload applies a new validated config: VMs removed, changed (remove +
+// add, keeping the slot when possible) and added; NIC-level changes are
+// reported in plan.Restart and not applied. The running state it diffs
+// against is the config's NIC settings plus the registry's config VMs,
+// so a config VM removed over the API comes back. VMs added over the API
+// are left alone; a new config that clashes with one (name, MAC+VLAN,
+// socket) or asks for more queue pairs than the running NIC queues is
+// rejected and nothing changes.
+func (c *Controller) Reload(ctx context.Context, next *Config) (*ReloadPlan, error) {
+	if err := next.Validate(); err != nil {
+		return nil, fmt.Errorf("reload: new config is invalid, nothing changed: %w", err)
+	}
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if !c.isStarted() {
+		return nil, ErrNotStarted
+	}
+	c.mu.RLock()
+	running := *c.cfg
+	c.mu.RUnlock()
+
+	running.VMs = nil
+	oldSlots := map[string]uint32{}
+	var clash []error
+	apiVMs := map[string]VMInfo{}
+	for _, info := range c.reg.List() {
+		oldSlots[info.Name] = info.Slot
+		if info.Source == SourceConfig {
+			running.VMs = append(running.VMs, info.VMConfig)
+		} else {
+			apiVMs[info.Name] = info
+		}
+	}
+	for i, vm := range next.VMs {
+		f := fmt.Sprintf("vms[%d]", i)
+		if vm.QueuePairs > len(running.Queues) {
+			clash = append(clash, &FieldError{f + ".queue_pairs", fmt.Sprintf("%d is more than the %d NIC queues running (a queue change needs a restart)", vm.QueuePairs, len(running.Queues))})
+		}
+		for _, a := range apiVMs {
+			switch {
+			case a.Name == vm.Name:
+				clash = append(clash, &FieldError{f + ".name", fmt.Sprintf("%q is a VM added over the API; remove it first", vm.Name)})
+			case a.Key() == vm.Key():
+				clash = append(clash, &FieldError{f + ".mac", fmt.Sprintf("%s on VLAN %d is VM %q's (added over the API)", vm.MAC, vm.VLAN, a.Name)})
+			case filepath.Clean(a.Socket) == filepath.Clean(vm.Socket):
+				clash = append(clash, &FieldError{f + ".socket", fmt.Sprintf("%q is VM %q's (added over the API)", vm.Socket, a.Name)})
+			}
+		}
+		if filepath.Clean(vm.Socket) == filepath.Clean(running.API.Socket) {
+			clash = append(clash, &FieldError{f + ".socket", fmt.Sprintf("%q is the running API socket", vm.Socket)})
+		}
+	}
+	if err := errors.Join(clash...); err != nil {
+		return nil, fmt.Errorf("reload: nothing changed: %w", err)
+	}
+
+	plan := DiffConfig(&running, next)
+	var errs []error
+	for _, name := range plan.Remove {
+		errs = append(errs, c.removeLocked(ctx, name))
+	}
+	for _, vm := range plan.Change {
+		errs = append(errs, c.removeLocked(ctx, vm.Name))
+	}
+	// Removals first, so a MAC or socket can move between VMs.
+	for _, vm := range plan.Change {
+		_, err := c.addLocked(ctx, vm, SourceConfig, oldSlots[vm.Name], false)
+		errs = append(errs, err)
+	}
+	for _, vm := range plan.Add {
+		_, err := c.addLocked(ctx, vm, SourceConfig, 0, false)
+		errs = append(errs, err)
+	}
+
+	applied := *next
+	applied.NIC, applied.AttachMode, applied.Queues = running.NIC, running.AttachMode, running.Queues
+	applied.FrameSize, applied.PinDir, applied.API = running.FrameSize, running.PinDir, running.API
+	applied.Metrics, applied.Polling = running.Metrics, running.Polling
+	c.mu.Lock()
+	c.cfg = &applied
+	c.restartPending = plan.Restart
+	c.mu.Unlock()
+	for _, r := range plan.Restart {
+		c.log.Warn("config change needs a restart", "change", r)
+	}
+	c.log.Info("config reloaded", "removed", len(plan.Remove), "changed", len(plan.Change),
+		"added", len(plan.Add), "restart_pending", len(plan.Restart))
+	if err := errors.Join(errs...); err != nil {
+		return plan, fmt.Errorf("reload: %w", err)
+	}
+	return plan, nil
+}
+
+// Shutdown deletes the VMs' filter entries unless keep_steering_on_exit
+// is set (then they stay pinned and the next start reuses their slots).
+// Closing the dataplane is the daemon's job.
+func (c *Controller) Shutdown(ctx context.Context) error {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	c.mu.RLock()
+	keep := c.cfg.KeepSteeringOnExit
+	c.mu.RUnlock()
+	if keep {
+		c.log.Info("keeping steering on exit", "vms", c.reg.Len())
+		return nil
+	}
+	var errs []error
+	for _, info := range c.reg.List() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := c.ft.DeleteFilter(info.HardwareAddr(), uint16(info.VLAN)); err != nil {
+			errs = append(errs, fmt.Errorf("shutdown: delete filter of VM %q: %w", info.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Status is the daemon's state for `vmqctl status`.
+type Status struct {
+	NIC                dataplane.NICStatus     `json:"nic"`
+	Workers            []dataplane.WorkerStats `json:"workers"`
+	VMs                int                     `json:"vms"`
+	VMsRunning         int                     `json:"vms_running"`
+	SlotsMax           int                     `json:"slots_max"`
+	StartedAt          time.Time               `json:"started_at"`
+	KeepSteeringOnExit bool                    `json:"keep_steering_on_exit"`
+	RestartPending     []string                `json:"restart_pending,omitempty"`
+}
+
+// Status reports the NIC, workers and VM counts.
+func (c *Controller) Status() Status {
+	snap := c.dp.Snapshot()
+	vms := c.reg.List()
+	running := 0
+	for _, v := range vms {
+		if v.State == StateRunning {
+			running++
+		}
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return Status{
+		NIC: snap.NIC, Workers: snap.Workers, VMs: len(vms), VMsRunning: running,
+		SlotsMax: c.maxVMs, StartedAt: c.startedAt,
+		KeepSteeringOnExit: c.cfg.KeepSteeringOnExit,
+		RestartPending:     append([]string(nil), c.restartPending...),
+	}
+}
+
+// VMDetail is one VM with its counters, for `vmqctl vm show`.
+type VMDetail struct {
+	VMInfo
+	Stats   *dataplane.VMStats      `json:"stats,omitempty"`
+	Port    *dataplane.PortStats    `json:"port,omitempty"`
+	Sockets []dataplane.SocketStats `json:"sockets,omitempty"`
+}
+
+// Detail returns a VM with its dataplane counters.
+func (c *Controller) Detail(name string) (VMDetail, bool) {
+	info, ok := c.reg.Get(name)
+	if !ok {
+		return VMDetail{}, false
+	}
+	d := VMDetail{VMInfo: info}
+	snap := c.dp.Snapshot()
+	for i := range snap.VMs {
+		if snap.VMs[i].Name == name {
+			d.Stats = &snap.VMs[i]
+		}
+	}
+	for i := range snap.Ports {
+		if snap.Ports[i].VM == name {
+			d.Port = &snap.Ports[i]
+		}
+	}
+	for _, s := range snap.Sockets {
+		if s.VM == name {
+			d.Sockets = append(d.Sockets, s)
+		}
+	}
+	return d, true
+}
