@@ -324,10 +324,11 @@ func Parse(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config is larger than %d bytes", MaxConfigSize)
 	}
 	var fc fileConfig
-	if err := decodeYAML(data, &fc); err != nil {
+	soft, err := decodeYAML(data, &fc)
+	if err != nil {
 		return nil, err
 	}
-	var errs errList
+	errs := errList(soft)
 	cfg := fc.toConfig(&errs)
 	errs = append(errs, cfg.validate()...)
 	if len(errs) > 0 {
@@ -336,36 +337,52 @@ func Parse(data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-func decodeYAML(data []byte, out *fileConfig) (err error) {
+// decodeYAML decodes strictly. Type errors (unknown keys, wrong types)
+// are returned as soft errors, so validation of the rest can still run
+// and the user sees everything at once; anything else is fatal.
+func decodeYAML(data []byte, out *fileConfig) (soft []error, fatal error) {
 	// The YAML parser sees untrusted bytes; a parser bug must be an
 	// error, not a crashed daemon (or a failed SIGHUP reload).
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("parse config: yaml parser failed: %v", r)
+			soft, fatal = nil, fmt.Errorf("parse config: yaml parser failed: %v", r)
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
 		if errors.Is(err, io.EOF) {
-			return errors.New("parse config: the config is empty")
+			return nil, errors.New("parse config: the config is empty")
 		}
 		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			errs := make([]error, len(te.Errors))
-			for i, m := range te.Errors {
-				errs[i] = errors.New(strings.ReplaceAll(m, "control.file", "config "))
-			}
-			return fmt.Errorf("parse config: %w", errors.Join(errs...))
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("parse config: %w", err)
 		}
-		return fmt.Errorf("parse config: %w", err)
+		for _, m := range te.Errors {
+			soft = append(soft, errors.New(rewriteYAMLError(m)))
+		}
 	}
 	// A second document is most likely a mistake; don't ignore it silently.
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return errors.New("parse config: more than one YAML document")
+		return nil, errors.New("parse config: more than one YAML document")
 	}
-	return nil
+	return soft, nil
+}
+
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type control\.(\w+)`)
+
+// rewriteYAMLError names sections instead of Go types.
+func rewriteYAMLError(m string) string {
+	sections := map[string]string{
+		"fileConfig": "at the top level", "fileAPI": "in api", "fileMetrics": "in metrics",
+		"filePolling": "in polling", "fileVMConfig": "in a VM",
+	}
+	m = unknownFieldRE.ReplaceAllStringFunc(m, func(s string) string {
+		sub := unknownFieldRE.FindStringSubmatch(s)
+		return fmt.Sprintf("unknown key %q %s", sub[1], sections[sub[2]])
+	})
+	return strings.ReplaceAll(m, "control.file", "")
 }
 
 func (fc *fileConfig) toConfig(errs *errList) *Config {
