@@ -1,0 +1,304 @@
+package xsk
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Desc is an rx or tx descriptor: a frame's UMEM address and length (the
+// layout of struct xdp_desc).
+type Desc struct {
+	Addr    uint64
+	Len     uint32
+	Options uint32
+}
+
+// Errors returned by Transmit.
+var (
+	ErrNoTxRing    = errors.New("socket has no tx ring")
+	ErrInvalidDesc = errors.New("tx descriptor outside the queue's frames or not held by the caller")
+)
+
+// Socket is one AF_XDP socket bound to a Queue: the queue's primary socket
+// or a per-VM socket sharing the queue's UMEM and fill/completion rings.
+// Like its queue it belongs to the queue's worker goroutine; only Stats and
+// KernelStats may be called from elsewhere.
+type Socket struct {
+	q      *Queue
+	fd     int
+	rx     ring[Desc]
+	tx     ring[Desc]
+	closed bool
+
+	rxFrames atomic.Uint64
+	txFrames atomic.Uint64
+	wakeups  atomic.Uint64
+	txErrors atomic.Uint64
+}
+
+// setup creates, maps and binds a secondary socket on its queue.
+func (s *Socket) setup(cfg SocketConfig) error {
+	if err := s.createRings(cfg.RxSize, cfg.TxSize); err != nil {
+		return err
+	}
+	off, err := getsockoptMmapOffsets(s.fd)
+	if err != nil {
+		return fmt.Errorf("get mmap offsets: %w", err)
+	}
+	if err := s.mapRings(off); err != nil {
+		return err
+	}
+	// Same queue: only XDP_SHARED_UMEM; the kernel takes the pool (fill,
+	// completion, mode, need_wakeup) from the primary socket.
+	sa := &unix.SockaddrXDP{
+		Flags:        unix.XDP_SHARED_UMEM,
+		Ifindex:      uint32(s.q.ifindex),
+		QueueID:      uint32(s.q.queueID),
+		SharedUmemFD: uint32(s.q.primary.fd),
+	}
+	if err := unix.Bind(s.fd, sa); err != nil {
+		return bindError(s.q.ifindex, s.q.queueID, ModeAuto, err)
+	}
+	s.setTxBudget()
+	return nil
+}
+
+// createRings sets the sizes of the socket's rx and tx rings (negative:
+// none) before bind.
+func (s *Socket) createRings(rxSize, txSize int) error {
+	if rxSize >= 0 {
+		n, err := ringSize(rxSize, "rx")
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_RX_RING, int(n)); err != nil {
+			return fmt.Errorf("set rx ring size %d: %w", n, err)
+		}
+		s.rx.size = n
+	}
+	if txSize >= 0 {
+		n, err := ringSize(txSize, "tx")
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_TX_RING, int(n)); err != nil {
+			return fmt.Errorf("set tx ring size %d: %w", n, err)
+		}
+		s.tx.size = n
+	}
+	return nil
+}
+
+func (s *Socket) mapRings(off unix.XDPMmapOffsets) error {
+	var err error
+	if n := s.rx.size; n > 0 {
+		if s.rx, err = mapRing[Desc](s.fd, unix.XDP_PGOFF_RX_RING, off.Rx, n); err != nil {
+			return fmt.Errorf("rx ring: %w", err)
+		}
+	}
+	if n := s.tx.size; n > 0 {
+		if s.tx, err = mapRing[Desc](s.fd, unix.XDP_PGOFF_TX_RING, off.Tx, n); err != nil {
+			return fmt.Errorf("tx ring: %w", err)
+		}
+	}
+	return nil
+}
+
+// setTxBudget lets one copy-mode sendto send a whole tx ring instead of
+// the kernel's default 32 frames. Older kernels lack the option; then a
+// kick may need repeating, which Transmit and Kick do.
+func (s *Socket) setTxBudget() {
+	if s.tx.size < 32 || s.q.zeroCopy {
+		return
+	}
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, int(s.tx.size)); err != nil {
+		slog.Debug("xsk: cannot raise tx budget", "size", s.tx.size, "err", err)
+	}
+}
+
+// FD is the socket's file descriptor, for XSKMAP registration and for
+// polling together with other fds.
+func (s *Socket) FD() int { return s.fd }
+
+// Queue is the queue the socket is bound to.
+func (s *Socket) Queue() *Queue { return s.q }
+
+// HasRx and HasTx say which rings the socket has.
+func (s *Socket) HasRx() bool { return s.rx.size > 0 }
+
+// HasTx reports whether the socket has a tx ring.
+func (s *Socket) HasTx() bool { return s.tx.size > 0 }
+
+// Receive copies up to len(descs) received descriptors into descs, hands
+// their rx ring slots back to the kernel and returns how many it copied.
+// The frames are the caller's until it puts them back with Queue.FillDescs
+// or Queue.FreeDescs. Frame data: Queue.Frame(desc).
+func (s *Socket) Receive(descs []Desc) int {
+	if s.rx.size == 0 || len(descs) == 0 {
+		return 0
+	}
+	idx, n := s.rx.peek(uint32(len(descs)))
+	if n == 0 {
+		return 0
+	}
+	for i := uint32(0); i < n; i++ {
+		descs[i] = *s.rx.at(idx + i)
+	}
+	s.rx.release(n)
+	s.rxFrames.Add(uint64(n))
+	s.q.received.Add(uint64(n))
+	return int(n)
+}
+
+// Transmit queues up to len(descs) frames on the tx ring and wakes the
+// kernel if it asks (in copy mode it always does: one sendto per call).
+// Frames must have been taken from the queue (Alloc, Complete, or
+// received) and each must lie inside one frame. It returns how many were
+// queued: fewer than len(descs) when the ring is full (retry after Reap)
+// or when a descriptor is invalid (ErrInvalidDesc; the ones before it are
+// sent). Queued frames come back on the queue's completion ring.
+func (s *Socket) Transmit(descs []Desc) (int, error) {
+	if s.tx.size == 0 {
+		return 0, ErrNoTxRing
+	}
+	idx, n := s.tx.reserve(uint32(len(descs)))
+	var err error
+	for i := uint32(0); i < n; i++ {
+		d := descs[i]
+		if !s.q.validTx(d) {
+			s.q.rejected.Add(1)
+			err = fmt.Errorf("transmit on %s: descriptor %d (addr %#x len %d): %w",
+				linkName(s.q.ifindex, s.q.queueID), i, d.Addr, d.Len, ErrInvalidDesc)
+			s.tx.cachedProd -= n - i
+			n = i
+			break
+		}
+		*s.tx.at(idx + i) = d
+	}
+	if n > 0 {
+		s.tx.submit()
+		s.txFrames.Add(uint64(n))
+		s.q.txSubmitted.Add(uint64(n))
+	}
+	if kerr := s.Kick(); kerr != nil && err == nil {
+		err = kerr
+	}
+	return int(n), err
+}
+
+// validTx checks a descriptor the caller wants to send: inside the
+// queue's frames, not crossing a frame end, and a frame handed out.
+func (q *Queue) validTx(d Desc) bool {
+	end := d.Addr + uint64(d.Len)
+	if d.Len == 0 || d.Addr < q.lo || end > q.hi || (end-1)&q.frameMask != d.Addr&q.frameMask {
+		return false
+	}
+	return q.pool.out[(d.Addr-q.lo)>>q.pool.shift]
+}
+
+// maxKicks bounds the sendto calls of one Kick when the kernel sends less
+// than the whole ring per call.
+const maxKicks = 8
+
+// Kick wakes the kernel to send queued tx frames, only if it asked (or
+// always, without need_wakeup). Transient conditions (EAGAIN, EBUSY,
+// ENOBUFS, ENETDOWN) are not errors: frames stay queued for the next kick.
+func (s *Socket) Kick() error {
+	if s.tx.size == 0 {
+		return nil
+	}
+	for range maxKicks {
+		if s.q.wakeups && !s.tx.needWakeup() {
+			return nil
+		}
+		if s.tx.pending() == 0 {
+			return nil
+		}
+		s.wakeups.Add(1)
+		errno := sendtoNoWait(s.fd)
+		switch errno {
+		case 0:
+			if s.q.zeroCopy {
+				return nil
+			}
+			// Copy mode sends synchronously; loop only if frames remain.
+		case unix.EAGAIN, unix.EBUSY:
+			// Budget used up or device busy: try again, bounded.
+		case unix.ENOBUFS, unix.ENETDOWN:
+			return nil
+		default:
+			s.txErrors.Add(1)
+			return fmt.Errorf("wake tx of AF_XDP socket on %s: %w", linkName(s.q.ifindex, s.q.queueID), errno)
+		}
+	}
+	return nil
+}
+
+func sendtoNoWait(fd int) unix.Errno {
+	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+	return errno
+}
+
+func recvfromNoWait(fd int) unix.Errno {
+	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+	return errno
+}
+
+// TxPending is how many queued tx frames the kernel has not yet taken.
+func (s *Socket) TxPending() int {
+	if s.tx.size == 0 {
+		return 0
+	}
+	return int(s.tx.pending())
+}
+
+// Close closes a secondary socket. Frames waiting in its rx ring go back
+// to the queue's allocator first, so closing leaks nothing; tx frames the
+// kernel has not sent yet are lost to the allocator. The primary socket
+// closes with its queue.
+func (s *Socket) Close() error {
+	if s == s.q.primary {
+		return fmt.Errorf("close socket on %s: the primary socket closes with its queue", linkName(s.q.ifindex, s.q.queueID))
+	}
+	if s.closed {
+		return nil
+	}
+	for i, o := range s.q.sockets {
+		if o == s {
+			s.q.sockets = append(s.q.sockets[:i], s.q.sockets[i+1:]...)
+			break
+		}
+	}
+	s.q.rebuildPollFDs()
+	return s.close()
+}
+
+func (s *Socket) close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.rx.size > 0 && s.rx.mem != nil {
+		idx, n := s.rx.peek(s.rx.size)
+		for i := uint32(0); i < n; i++ {
+			s.q.pool.putOne(s.rx.at(idx + i).Addr)
+		}
+		s.rx.release(n)
+		s.q.pool.free.Store(int64(len(s.q.pool.stack)))
+		s.q.received.Add(uint64(n))
+	}
+	return s.unmapAndClose()
+}
+
+func (s *Socket) unmapAndClose() error {
+	err := errors.Join(s.rx.unmap(), s.tx.unmap())
+	if s.fd >= 0 {
+		err = errors.Join(err, unix.Close(s.fd))
+		s.fd = -1
+	}
+	return err
+}
