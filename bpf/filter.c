@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+//go:build ignore
+
+// The vmq VMQ filter: steers frames by (destination MAC, VLAN) into the
+// AF_XDP socket of a VM for the frame's rx queue. See doc.go for the map
+// layout and the meaning of every counter.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+struct filter_key {
+	__u8 mac[ETH_ALEN];
+	__u16 vlan; /* host byte order; 0 = untagged or priority-tagged */
+};
+
+struct filter_config {
+	__u32 malformed_action; /* XDP_DROP or XDP_PASS */
+	__u32 no_socket_action; /* XDP_DROP or XDP_PASS */
+};
+
+struct vm_counters {
+	__u64 packets;         /* redirected to this VM's socket */
+	__u64 bytes;
+	__u64 redirect_errors; /* matched this VM, but no socket for the queue */
+};
+
+/* Every frame bumps frames and exactly one of the outcome counters
+ * (redirected .. bad_slot); dropped counts the DROP verdicts among them. */
+struct global_counters {
+	__u64 frames;
+	__u64 redirected;
+	__u64 passed;
+	__u64 flooded;
+	__u64 flood_passed;
+	__u64 malformed;
+	__u64 no_socket;
+	__u64 bad_queue;
+	__u64 bad_slot;
+	__u64 dropped;
+};
+
+/* Set by the loader; they fix the shape of xsks and vm_stats. */
+volatile const __u32 max_queues = 1;
+volatile const __u32 max_vms = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct filter_key);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} filters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct filter_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct vm_counters);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vm_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct global_counters);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} global_stats SEC(".maps");
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* A drop verdict is counted; pass is anything but XDP_DROP so a corrupt
+ * config never yields an action the program did not mean. */
+static __always_inline int verdict(struct global_counters *gs, __u32 action)
+{
+	if (action == XDP_DROP) {
+		gs->dropped++;
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int vmq_filter(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+
+	struct global_counters *gs = bpf_map_lookup_elem(&global_stats, &zero);
+	struct filter_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!gs || !cfg)
+		return XDP_PASS; /* cannot happen: arrays of one */
+	gs->frames++;
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		gs->malformed++;
+		return verdict(gs, cfg->malformed_action);
+	}
+
+	struct filter_key key = {};
+	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) ||
+	    eth->h_proto == bpf_htons(ETH_P_8021AD)) {
+		/* Only the outer tag counts; an inner tag is payload to us. */
+		struct vlan_tag *tag = (void *)(eth + 1);
+		if ((void *)(tag + 1) > data_end) {
+			gs->malformed++;
+			return verdict(gs, cfg->malformed_action);
+		}
+		key.vlan = bpf_ntohs(tag->tci) & 0x0fff;
+	}
+
+	__u32 queue = ctx->rx_queue_index;
+
+	if (key.mac[0] & 1) {
+		/* Broadcast or multicast: the switch's flood socket, slot 0. */
+		if (queue >= max_queues) {
+			gs->bad_queue++;
+			return XDP_PASS;
+		}
+		if (bpf_redirect_map(&xsks, queue, 0) == XDP_REDIRECT) {
+			gs->flooded++;
+			return XDP_REDIRECT;
+		}
+		gs->flood_passed++;
+		return XDP_PASS;
+	}
+
+	__u32 *slotp = bpf_map_lookup_elem(&filters, &key);
+	if (!slotp) {
+		gs->passed++;
+		return XDP_PASS;
+	}
+	__u32 slot = *slotp;
+	if (slot == 0 || slot > max_vms) {
+		gs->bad_slot++;
+		return verdict(gs, cfg->no_socket_action);
+	}
+	struct vm_counters *vs = bpf_map_lookup_elem(&vm_stats, &slot);
+	if (!vs)
+		return XDP_PASS; /* cannot happen: slot <= max_vms */
+
+	if (queue >= max_queues) {
+		gs->bad_queue++;
+		vs->redirect_errors++;
+		return verdict(gs, cfg->no_socket_action);
+	}
+	if (bpf_redirect_map(&xsks, slot * max_queues + queue, 0) == XDP_REDIRECT) {
+		gs->redirected++;
+		vs->packets++;
+		vs->bytes += data_end - data;
+		return XDP_REDIRECT;
+	}
+	gs->no_socket++;
+	vs->redirect_errors++;
+	return verdict(gs, cfg->no_socket_action);
+}
