@@ -1,0 +1,406 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+)
+
+// message is one front-end request with the fds that came with it.
+// Handlers take the fds they keep (set them to -1); the rest are closed.
+type message struct {
+	hdr     Header
+	payload []byte
+	fds     []int
+}
+
+func closeFDs(fds []int) {
+	for i := range fds {
+		closeFD(&fds[i])
+	}
+}
+
+// readMessage reads one message. Any fds received are returned with it,
+// or closed on error.
+func (p *Port) readMessage(c *net.UnixConn) (message, error) {
+	var m message
+	hb := p.rbuf[:HeaderLen]
+	n, oobn, flags, _, err := c.ReadMsgUnix(hb, p.oob)
+	if oobn > 0 {
+		fds, perr := parseRights(p.oob[:oobn])
+		m.fds = fds
+		if perr != nil {
+			closeFDs(m.fds)
+			return m, perr
+		}
+	}
+	if err != nil || n == 0 {
+		closeFDs(m.fds)
+		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+			return m, errEOF
+		}
+		return m, fmt.Errorf("read message header: %w", err)
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		closeFDs(m.fds)
+		return m, fmt.Errorf("message with more than %d fds", MaxMemRegions)
+	}
+	if n < HeaderLen {
+		if _, err := io.ReadFull(c, hb[n:]); err != nil {
+			closeFDs(m.fds)
+			return m, fmt.Errorf("read message header: %w", err)
+		}
+	}
+	m.hdr, err = DecodeHeader(hb)
+	if err != nil {
+		closeFDs(m.fds)
+		return m, err
+	}
+	m.payload = p.rbuf[HeaderLen : HeaderLen+int(m.hdr.Size)]
+	if _, err := io.ReadFull(c, m.payload); err != nil {
+		closeFDs(m.fds)
+		return m, fmt.Errorf("read %v payload of %d bytes: %w", m.hdr.Request, m.hdr.Size, err)
+	}
+	return m, nil
+}
+
+// parseRights extracts every SCM_RIGHTS fd; on a parse error the fds
+// found so far are returned for closing.
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse control message: %w", err)
+	}
+	var fds []int
+	for i := range msgs {
+		if msgs[i].Header.Level != unix.SOL_SOCKET || msgs[i].Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		f, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			return fds, fmt.Errorf("parse SCM_RIGHTS: %w", err)
+		}
+		fds = append(fds, f...)
+	}
+	return fds, nil
+}
+
+// hasReply reports whether a request is answered with a payload of its
+// own (REPLY_ACK does not apply to these).
+func hasReply(r Request) bool {
+	switch r {
+	case ReqGetFeatures, ReqGetProtocolFeatures, ReqGetVringBase, ReqGetQueueNum,
+		ReqGetConfig, ReqGetStatus, ReqGetMaxMemSlots, ReqGetInflightFD:
+		return true
+	}
+	return false
+}
+
+// serveOne reads, handles and answers one message. An error ends the
+// connection.
+func (p *Port) serveOne(c *net.UnixConn) error {
+	m, err := p.readMessage(c)
+	if err != nil {
+		return err
+	}
+	reply, herr := p.handle(&m)
+	closeFDs(m.fds)
+	p.publishState()
+	if herr != nil {
+		herr = fmt.Errorf("%v: %w", m.hdr.Request, herr)
+	}
+	var out [HeaderLen + MaxPayloadLen]byte
+	switch {
+	case hasReply(m.hdr.Request):
+		if herr != nil {
+			return herr // the front-end waits for a payload we cannot give
+		}
+		Header{Request: m.hdr.Request, Flags: ReplyFlags, Size: uint32(len(reply))}.Encode(out[:])
+		copy(out[HeaderLen:], reply)
+		return p.write(c, out[:HeaderLen+len(reply)])
+	case m.hdr.Flags&FlagNeedReply != 0 && p.dev.protocol&ProtocolFReplyAck != 0:
+		ack := ReplyAckOK
+		if herr != nil {
+			p.log.Warn("vhost-user request failed", "err", herr)
+			ack = ReplyAckFailed
+		}
+		Header{Request: m.hdr.Request, Flags: ReplyFlags, Size: U64Len}.Encode(out[:])
+		EncodeU64(out[HeaderLen:], ack)
+		return p.write(c, out[:HeaderLen+U64Len])
+	default:
+		return herr // nobody to tell: close the connection
+	}
+}
+
+func (p *Port) write(c *net.UnixConn, b []byte) error {
+	if _, err := c.Write(b); err != nil {
+		return fmt.Errorf("write reply: %w", err)
+	}
+	return nil
+}
+
+// vring returns the queue a vring index names.
+func (p *Port) vring(idx uint32) (*Queue, error) {
+	if idx >= uint32(len(p.queues)) {
+		return nil, fmt.Errorf("vring index %d beyond %d queues", idx, len(p.queues))
+	}
+	return p.queues[idx], nil
+}
+
+// handle applies one request and returns the reply payload, if any.
+func (p *Port) handle(m *message) ([]byte, error) {
+	pl := m.payload
+	var out [NetConfigLen + ConfigHeaderLen]byte
+	u64 := func(v uint64) []byte { EncodeU64(out[:], v); return out[:U64Len] }
+	noPayload := func() error {
+		if len(pl) != 0 {
+			return fmt.Errorf("unexpected payload of %d bytes", len(pl))
+		}
+		return nil
+	}
+
+	switch m.hdr.Request {
+	case ReqGetFeatures:
+		if err := noPayload(); err != nil {
+			return nil, err
+		}
+		return u64(p.offered), nil
+
+	case ReqSetFeatures:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if extra := v &^ p.offered; extra != 0 {
+			return nil, fmt.Errorf("features %#x not offered", extra)
+		}
+		p.stopAll()
+		p.dev.features = v
+		p.refresh()
+		return nil, nil
+
+	case ReqSetOwner:
+		p.dev.owner = true
+		return nil, noPayload()
+
+	case ReqResetOwner, ReqResetDevice:
+		if m.hdr.Request == ReqResetDevice {
+			return nil, fmt.Errorf("RESET_DEVICE not offered")
+		}
+		p.resetDevice()
+		return nil, nil
+
+	case ReqGetProtocolFeatures:
+		if err := noPayload(); err != nil {
+			return nil, err
+		}
+		return u64(offeredProtocol), nil
+
+	case ReqSetProtocolFeatures:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if extra := v &^ offeredProtocol; extra != 0 {
+			return nil, fmt.Errorf("protocol features %#x not offered", extra)
+		}
+		p.dev.protocol = v
+		return nil, nil
+
+	case ReqGetQueueNum:
+		return u64(uint64(p.cfg.QueuePairs)), nil
+
+	case ReqSetMemTable:
+		regs, err := DecodeMemTable(pl, p.regs[:0])
+		if err != nil {
+			return nil, err
+		}
+		if len(m.fds) != len(regs) {
+			return nil, fmt.Errorf("%d regions but %d fds", len(regs), len(m.fds))
+		}
+		mem, err := mapRegions(regs, m.fds)
+		if err != nil {
+			return nil, err
+		}
+		// Stop every worker before the old mapping goes away.
+		p.stopAll()
+		p.dev.mem.unmap()
+		p.dev.mem = mem
+		for _, q := range p.queues {
+			q.cfg.brokenOn = false
+		}
+		p.log.Debug("vhost-user memory table", "regions", len(regs))
+		p.refresh()
+		return nil, nil // the fds are closed by the caller; the mappings stay
+
+	case ReqSetVringNum, ReqSetVringBase, ReqSetVringEnable:
+		s, err := DecodeVringState(pl)
+		if err != nil {
+			return nil, err
+		}
+		q, err := p.vring(s.Index)
+		if err != nil {
+			return nil, err
+		}
+		switch m.hdr.Request {
+		case ReqSetVringNum:
+			if s.Num == 0 || s.Num > virtio.MaxQueueSize || s.Num&(s.Num-1) != 0 {
+				return nil, fmt.Errorf("vring %d: size %d is not a power of 2 up to %d", s.Index, s.Num, virtio.MaxQueueSize)
+			}
+			p.stopQueue(q)
+			q.cfg.num, q.cfg.brokenOn = s.Num, false
+		case ReqSetVringBase:
+			if s.Num > 0xffff {
+				return nil, fmt.Errorf("vring %d: base %d beyond 16 bits", s.Index, s.Num)
+			}
+			p.stopQueue(q)
+			q.cfg.base = uint16(s.Num)
+		case ReqSetVringEnable:
+			if s.Num > 1 {
+				return nil, fmt.Errorf("vring %d: enable %d", s.Index, s.Num)
+			}
+			if s.Num == 0 {
+				p.stopQueue(q)
+			}
+			q.cfg.enabled = s.Num == 1
+		}
+		p.refresh()
+		return nil, nil
+
+	case ReqSetVringAddr:
+		a, err := DecodeVringAddr(pl)
+		if err != nil {
+			return nil, err
+		}
+		q, err := p.vring(a.Index)
+		if err != nil {
+			return nil, err
+		}
+		if a.Flags&^VringFlagLog != 0 {
+			return nil, fmt.Errorf("vring %d: unknown address flags %#x", a.Index, a.Flags)
+		}
+		p.stopQueue(q)
+		q.cfg.addr, q.cfg.addrSet, q.cfg.brokenOn = a, true, false
+		p.refresh()
+		return nil, nil
+
+	case ReqGetVringBase:
+		s, err := DecodeVringState(pl)
+		if err != nil {
+			return nil, err
+		}
+		q, err := p.vring(s.Index)
+		if err != nil {
+			return nil, err
+		}
+		// The ring stops here; a new SET_VRING_KICK starts it again.
+		p.stopQueue(q)
+		closeFD(&q.cfg.kickFD)
+		q.cfg.kickSet = false
+		q.kickFD = -1
+		VringState{Index: s.Index, Num: uint32(q.cfg.base)}.Encode(out[:])
+		return out[:VringStateLen], nil
+
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if v&^(VringIndexMask|VringNoFD) != 0 {
+			return nil, fmt.Errorf("vring fd payload %#x: unknown bits", v)
+		}
+		q, err := p.vring(uint32(v & VringIndexMask))
+		if err != nil {
+			return nil, err
+		}
+		fd := -1
+		if v&VringNoFD == 0 {
+			if len(m.fds) != 1 {
+				return nil, fmt.Errorf("vring %d: %d fds, want 1", q.index, len(m.fds))
+			}
+			fd, m.fds[0] = m.fds[0], -1
+		}
+		p.stopQueue(q)
+		switch m.hdr.Request {
+		case ReqSetVringKick:
+			closeFD(&q.cfg.kickFD)
+			if fd >= 0 {
+				if err := unix.SetNonblock(fd, true); err != nil {
+					unix.Close(fd)
+					return nil, fmt.Errorf("vring %d: kick fd nonblocking: %w", q.index, err)
+				}
+			}
+			q.cfg.kickFD, q.cfg.kickSet = fd, true
+		case ReqSetVringCall:
+			closeFD(&q.cfg.callFD)
+			q.cfg.callFD = fd
+			q.callFD = fd
+		case ReqSetVringErr:
+			closeFD(&q.cfg.errFD)
+			q.cfg.errFD = fd
+		}
+		p.refresh()
+		return nil, nil
+
+	case ReqNetSetMTU:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if p.dev.protocol&ProtocolFMTU == 0 {
+			return nil, fmt.Errorf("MTU protocol feature not negotiated")
+		}
+		if v < 68 || v > 65535 || (p.cfg.MTU > 0 && v > uint64(p.cfg.MTU)) {
+			return nil, fmt.Errorf("MTU %d out of range", v)
+		}
+		p.dev.mtu = v
+		return nil, nil
+
+	case ReqGetConfig:
+		c, _, err := DecodeConfig(pl)
+		if err != nil {
+			return nil, err
+		}
+		if p.dev.protocol&ProtocolFConfig == 0 {
+			return nil, fmt.Errorf("CONFIG protocol feature not negotiated")
+		}
+		var space [NetConfigLen]byte
+		copy(space[NetConfigMACOff:], p.cfg.MAC)
+		binary.LittleEndian.PutUint16(space[NetConfigStatusOff:], virtio.NetSLinkUp)
+		binary.LittleEndian.PutUint16(space[NetConfigMaxQPairsOff:], uint16(p.cfg.QueuePairs))
+		binary.LittleEndian.PutUint16(space[NetConfigMTUOff:], uint16(p.cfg.MTU))
+		if uint64(c.Offset)+uint64(c.Size) > NetConfigLen {
+			// An empty reply tells the front-end the read failed.
+			ConfigRequest{Offset: c.Offset, Flags: c.Flags}.Encode(out[:])
+			return out[:ConfigHeaderLen], nil
+		}
+		c.Encode(out[:])
+		n := copy(out[ConfigHeaderLen:], space[c.Offset:c.Offset+c.Size])
+		return out[:ConfigHeaderLen+n], nil
+
+	case ReqSetStatus:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if v > 0xff {
+			return nil, fmt.Errorf("status %#x beyond 8 bits", v)
+		}
+		p.dev.status = uint8(v)
+		return nil, nil
+
+	case ReqGetStatus:
+		st := p.dev.status
+		if p.brokenFlag.Load() {
+			st |= statusNeedsReset
+		}
+		return u64(uint64(st)), nil
+	}
+	return nil, fmt.Errorf("unsupported request")
+}

@@ -1,0 +1,153 @@
+package vhostuser
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"golang.org/x/sys/unix"
+)
+
+// memRegion is one mapped region of the front-end's memory.
+type memRegion struct {
+	gpa, size, uva uint64
+	data           []byte // the region itself: mapping[mmapOffset:][:size]
+	mapping        []byte // what was mmapped; nil for memory not owned (tests)
+}
+
+// memTable translates guest physical addresses (descriptors) and
+// front-end virtual addresses (ring addresses) into slices of the mapped
+// regions. It is immutable once built: a new SET_MEM_TABLE builds a new
+// one after every queue using the old one has stopped.
+type memTable struct {
+	regions []memRegion
+}
+
+var errAddr = errors.New("address outside guest memory")
+
+// checkRegions rejects empty, overflowing or overlapping regions (in both
+// address spaces): each guest address must translate one way only.
+func checkRegions(rs []MemRegion) error {
+	for i, r := range rs {
+		if r.MemorySize == 0 {
+			return fmt.Errorf("region %d: size 0", i)
+		}
+		if r.GuestPhysAddr > math.MaxUint64-r.MemorySize || r.UserspaceAddr > math.MaxUint64-r.MemorySize ||
+			r.MmapOffset > math.MaxUint64-r.MemorySize {
+			return fmt.Errorf("region %d: gpa %#x uva %#x offset %#x + size %#x overflows", i, r.GuestPhysAddr, r.UserspaceAddr, r.MmapOffset, r.MemorySize)
+		}
+		if r.MemorySize > math.MaxInt/2 || r.MmapOffset > math.MaxInt/2 {
+			return fmt.Errorf("region %d: size %#x or offset %#x too large", i, r.MemorySize, r.MmapOffset)
+		}
+		for j := 0; j < i; j++ {
+			o := rs[j]
+			if overlap(r.GuestPhysAddr, r.MemorySize, o.GuestPhysAddr, o.MemorySize) {
+				return fmt.Errorf("region %d overlaps region %d in guest physical addresses", i, j)
+			}
+			if overlap(r.UserspaceAddr, r.MemorySize, o.UserspaceAddr, o.MemorySize) {
+				return fmt.Errorf("region %d overlaps region %d in front-end addresses", i, j)
+			}
+		}
+	}
+	return nil
+}
+
+func overlap(a, alen, b, blen uint64) bool { return a < b+blen && b < a+alen }
+
+// mapRegions mmaps each region's fd (MAP_SHARED, from offset 0 so that
+// mmap_offset needs no page alignment). The fds are not closed here.
+func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
+	if len(rs) != len(fds) {
+		return nil, fmt.Errorf("memory table: %d regions but %d fds", len(rs), len(fds))
+	}
+	if err := checkRegions(rs); err != nil {
+		return nil, fmt.Errorf("memory table: %w", err)
+	}
+	t := &memTable{regions: make([]memRegion, 0, len(rs))}
+	for i, r := range rs {
+		var st unix.Stat_t
+		if err := unix.Fstat(fds[i], &st); err != nil {
+			t.unmap()
+			return nil, fmt.Errorf("memory region %d: fstat: %w", i, err)
+		}
+		need := r.MmapOffset + r.MemorySize
+		// Touching a mapping past the end of its file is SIGBUS, not an
+		// error: refuse regions the file does not back.
+		if st.Size < 0 || uint64(st.Size) < need {
+			t.unmap()
+			return nil, fmt.Errorf("memory region %d: offset %#x + size %#x beyond file size %#x", i, r.MmapOffset, r.MemorySize, st.Size)
+		}
+		length := need
+		if bs := uint64(st.Blksize); bs > 0 && bs&(bs-1) == 0 { // hugetlbfs needs huge-page multiples
+			length = (length + bs - 1) &^ (bs - 1)
+		}
+		m, err := unix.Mmap(fds[i], 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			t.unmap()
+			return nil, fmt.Errorf("memory region %d: mmap %d bytes: %w", i, length, err)
+		}
+		t.regions = append(t.regions, memRegion{
+			gpa: r.GuestPhysAddr, size: r.MemorySize, uva: r.UserspaceAddr,
+			data: m[r.MmapOffset:need:need], mapping: m,
+		})
+	}
+	return t, nil
+}
+
+func (t *memTable) unmap() {
+	if t == nil {
+		return
+	}
+	for i := range t.regions {
+		if t.regions[i].mapping != nil {
+			_ = unix.Munmap(t.regions[i].mapping)
+		}
+		t.regions[i] = memRegion{}
+	}
+	t.regions = nil
+}
+
+// guest returns the longest prefix (at most n bytes) of guest physical
+// memory at gpa that lies in one region, or errAddr.
+func (t *memTable) guest(gpa uint64, n uint32) ([]byte, error) {
+	for i := range t.regions {
+		r := &t.regions[i]
+		if gpa-r.gpa < r.size && gpa >= r.gpa {
+			off := gpa - r.gpa
+			end := off + uint64(n)
+			if end > r.size {
+				end = r.size
+			}
+			return r.data[off:end:end], nil
+		}
+	}
+	return nil, errAddr
+}
+
+// guestAll returns n bytes at gpa that lie wholly in one region.
+func (t *memTable) guestAll(gpa uint64, n uint32) ([]byte, error) {
+	b, err := t.guest(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	if uint32(len(b)) != n {
+		return nil, errAddr
+	}
+	return b, nil
+}
+
+// user returns n bytes at front-end virtual address uva, wholly in one
+// region (rings must be contiguous).
+func (t *memTable) user(uva uint64, n uint64) ([]byte, error) {
+	for i := range t.regions {
+		r := &t.regions[i]
+		if uva >= r.uva && uva-r.uva < r.size {
+			off := uva - r.uva
+			if n > r.size-off {
+				return nil, errAddr
+			}
+			return r.data[off : off+n : off+n], nil
+		}
+	}
+	return nil, errAddr
+}

@@ -1,0 +1,460 @@
+package vhostuser
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+)
+
+// Handler receives a port's queues. All calls come from the port's
+// control goroutine, except DeviceBroken, which may come from the worker
+// that found the fault. None may call back into the port's Close.
+type Handler interface {
+	// QueueReady hands q to its worker: memory mapped, addresses set,
+	// kick received, ring enabled. From now on only that worker touches
+	// q's data path.
+	QueueReady(q *Queue)
+	// QueueStopped takes q back. It must return only once the worker no
+	// longer touches q, after a final q.Flush (the port then unmaps
+	// memory, answers GET_VRING_BASE or closes fds).
+	QueueStopped(q *Queue)
+	// DeviceBroken reports that the guest broke the protocol or its
+	// rings; the port's queues refuse further work until the front-end
+	// resets the device. Must not block.
+	DeviceBroken(p *Port, reason string)
+}
+
+// Config configures a port.
+type Config struct {
+	MAC        net.HardwareAddr // the guest's MAC in config space (VIRTIO_NET_F_MAC)
+	QueuePairs int              // maximum queue pairs; 0 means 1
+	MTU        int              // advertised MTU (VIRTIO_NET_F_MTU); 0: not advertised
+	// Features masks the virtio features offered; 0 means DefaultFeatures.
+	Features uint64
+	Handler  Handler
+	Logger   *slog.Logger
+	// Client-mode reconnect backoff; 0 means 50ms and 2s.
+	ReconnectMin, ReconnectMax time.Duration
+}
+
+// DefaultFeatures are the virtio features a port offers by default.
+const DefaultFeatures = virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFEventIdx |
+	virtio.RingFIndirectDesc | virtio.NetFMQ | virtio.NetFMAC | virtio.NetFStatus |
+	virtio.FProtocolFeatures
+
+// supportedFeatures bounds Config.Features: what the back-end implements.
+const supportedFeatures = DefaultFeatures | virtio.NetFMTU
+
+// offeredProtocol are the protocol features the back-end implements.
+const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig
+
+// MaxQueuePairs bounds Config.QueuePairs (the vring index is one byte).
+const MaxQueuePairs = 128
+
+// PortState is a port's state for metrics and the API.
+type PortState struct {
+	Path             string
+	Mode             string // "server" or "client"
+	Connected        bool
+	Features         uint64 // negotiated virtio features
+	ProtocolFeatures uint64
+	Status           uint8 // virtio device status byte
+	QueuePairs       int   // configured maximum
+	RingSizes        []int // per virtqueue, 0 when not set
+	Running          []bool
+	Kicks, Calls     uint64
+	Broken           string // why the device is broken, "" if not
+	Connects         uint64 // connections accepted or made
+}
+
+// vringConfig is what the front-end told us about one vring.
+type vringConfig struct {
+	num      uint32
+	addr     VringAddr
+	addrSet  bool
+	base     uint16
+	kickFD   int
+	kickSet  bool
+	callFD   int
+	errFD    int
+	enabled  bool
+	running  bool // handed to the handler
+	brokenOn bool // ring layout rejected
+}
+
+// device is the per-connection state, owned by the control goroutine.
+type device struct {
+	owner    bool
+	features uint64
+	protocol uint64
+	status   uint8
+	mtu      uint64
+	mem      *memTable
+}
+
+// Port is one vhost-user device: a socket, its front-end connection and
+// its virtqueues.
+type Port struct {
+	path    string
+	mode    string
+	cfg     Config
+	log     *slog.Logger
+	h       Handler
+	offered uint64
+	queues  []*Queue
+
+	dev        device
+	brokenFlag atomic.Bool
+	conn       *net.UnixConn // control goroutine; set under mu for Close
+
+	mu       sync.Mutex
+	state    PortState
+	closing  chan struct{}
+	done     chan struct{}
+	ln       *net.UnixListener
+	closeErr error
+	once     sync.Once
+
+	rbuf [HeaderLen + MaxPayloadLen]byte
+	oob  []byte
+	regs [MaxMemRegions]MemRegion
+}
+
+type nopHandler struct{}
+
+func (nopHandler) QueueReady(*Queue)          {}
+func (nopHandler) QueueStopped(*Queue)        {}
+func (nopHandler) DeviceBroken(*Port, string) {}
+
+func newPort(path, mode string, cfg Config) (*Port, error) {
+	if cfg.QueuePairs == 0 {
+		cfg.QueuePairs = 1
+	}
+	if cfg.QueuePairs < 0 || cfg.QueuePairs > MaxQueuePairs {
+		return nil, fmt.Errorf("vhost-user port %s: %d queue pairs, want 1..%d", path, cfg.QueuePairs, MaxQueuePairs)
+	}
+	if cfg.Features == 0 {
+		cfg.Features = DefaultFeatures
+		if cfg.MTU > 0 {
+			cfg.Features |= virtio.NetFMTU
+		}
+	}
+	if extra := cfg.Features &^ supportedFeatures; extra != 0 {
+		return nil, fmt.Errorf("vhost-user port %s: unsupported features %#x", path, extra)
+	}
+	if cfg.MAC != nil && len(cfg.MAC) != 6 {
+		return nil, fmt.Errorf("vhost-user port %s: MAC %v is not 6 bytes", path, cfg.MAC)
+	}
+	if cfg.MAC == nil {
+		cfg.Features &^= virtio.NetFMAC
+	}
+	if cfg.MTU < 0 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("vhost-user port %s: MTU %d", path, cfg.MTU)
+	}
+	if cfg.MTU == 0 {
+		cfg.Features &^= virtio.NetFMTU
+	}
+	if cfg.QueuePairs == 1 {
+		cfg.Features &^= virtio.NetFMQ
+	}
+	if cfg.ReconnectMin <= 0 {
+		cfg.ReconnectMin = 50 * time.Millisecond
+	}
+	if cfg.ReconnectMax < cfg.ReconnectMin {
+		cfg.ReconnectMax = max(2*time.Second, cfg.ReconnectMin)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	h := cfg.Handler
+	if h == nil {
+		h = nopHandler{}
+	}
+	p := &Port{
+		path: path, mode: mode, cfg: cfg, h: h, offered: cfg.Features,
+		log:     log.With("port", path, "mode", mode),
+		closing: make(chan struct{}), done: make(chan struct{}),
+		oob: make([]byte, unix.CmsgSpace(4*MaxMemRegions)),
+	}
+	for i := 0; i < 2*cfg.QueuePairs; i++ {
+		q := &Queue{port: p, index: i, kickFD: -1, callFD: -1}
+		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
+		p.queues = append(p.queues, q)
+	}
+	p.state = PortState{Path: path, Mode: mode, QueuePairs: cfg.QueuePairs}
+	return p, nil
+}
+
+// Listen creates a server-mode port: vmq listens on path and serves one
+// front-end at a time, accepting the next after a disconnect. A stale
+// socket file nobody listens on is replaced.
+func Listen(path string, cfg Config) (*Port, error) {
+	p, err := newPort(path, "server", cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("vhost-user listen %s: socket in use", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("vhost-user listen %s: remove stale socket: %w", path, err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vhost-user listen %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	p.ln = ln
+	go p.acceptLoop()
+	return p, nil
+}
+
+// Dial creates a client-mode port: vmq connects to the front-end's
+// socket at path and reconnects with backoff whenever the connection
+// fails or ends, until Close. It returns without waiting for the first
+// connection.
+func Dial(path string, cfg Config) (*Port, error) {
+	p, err := newPort(path, "client", cfg)
+	if err != nil {
+		return nil, err
+	}
+	go p.dialLoop()
+	return p, nil
+}
+
+// Close stops the port: the connection is closed, every running queue is
+// taken back through Handler.QueueStopped, memory is unmapped.
+func (p *Port) Close() error {
+	p.once.Do(func() {
+		close(p.closing)
+		p.mu.Lock()
+		if p.ln != nil {
+			p.closeErr = p.ln.Close()
+		}
+		if p.conn != nil {
+			p.conn.Close()
+		}
+		p.mu.Unlock()
+	})
+	<-p.done
+	return p.closeErr
+}
+
+// Path is the socket path.
+func (p *Port) Path() string { return p.path }
+
+// Queues returns the port's virtqueues (2 per queue pair, RX first).
+func (p *Port) Queues() []*Queue { return p.queues }
+
+// State returns a snapshot of the port for metrics. Safe from any goroutine.
+func (p *Port) State() PortState {
+	p.mu.Lock()
+	s := p.state
+	s.RingSizes = append([]int(nil), p.state.RingSizes...)
+	s.Running = append([]bool(nil), p.state.Running...)
+	p.mu.Unlock()
+	for _, q := range p.queues {
+		st := q.Stats()
+		s.Kicks += st.Kicks
+		s.Calls += st.Calls
+	}
+	return s
+}
+
+func (p *Port) isClosing() bool {
+	select {
+	case <-p.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Port) acceptLoop() {
+	defer close(p.done)
+	for {
+		c, err := p.ln.AcceptUnix()
+		if err != nil {
+			if p.isClosing() {
+				return
+			}
+			p.log.Error("vhost-user accept failed", "err", err)
+			select {
+			case <-p.closing:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		p.serveConn(c)
+	}
+}
+
+func (p *Port) dialLoop() {
+	defer close(p.done)
+	backoff := p.cfg.ReconnectMin
+	for !p.isClosing() {
+		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.path, Net: "unix"})
+		if err != nil {
+			p.log.Debug("vhost-user connect failed", "err", err, "retry_in", backoff)
+			select {
+			case <-p.closing:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, p.cfg.ReconnectMax)
+			continue
+		}
+		backoff = p.cfg.ReconnectMin
+		p.serveConn(c)
+	}
+}
+
+// serveConn runs one front-end session to its end.
+func (p *Port) serveConn(c *net.UnixConn) {
+	p.mu.Lock()
+	if p.isClosing() {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.conn = c
+	p.state.Connected = true
+	p.state.Connects++
+	p.mu.Unlock()
+	p.log.Info("vhost-user front-end connected")
+
+	for {
+		err := p.serveOne(c)
+		if err != nil {
+			if errors.Is(err, errEOF) || p.isClosing() {
+				p.log.Info("vhost-user front-end disconnected")
+			} else {
+				p.log.Error("vhost-user connection closed", "err", err)
+			}
+			break
+		}
+	}
+	p.resetDevice()
+	p.mu.Lock()
+	p.conn = nil
+	p.state.Connected = false
+	p.mu.Unlock()
+	c.Close()
+	p.publishState()
+}
+
+// publishState copies the control state into p.state for State().
+func (p *Port) publishState() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := &p.state
+	s.Features, s.ProtocolFeatures, s.Status = p.dev.features, p.dev.protocol, p.dev.status
+	if p.brokenFlag.Load() {
+		s.Status |= statusNeedsReset
+	}
+	s.RingSizes = s.RingSizes[:0]
+	s.Running = s.Running[:0]
+	for _, q := range p.queues {
+		s.RingSizes = append(s.RingSizes, int(q.cfg.num))
+		s.Running = append(s.Running, q.cfg.running)
+	}
+}
+
+const statusNeedsReset = 0x40 // VIRTIO_CONFIG_S_NEEDS_RESET
+
+// markBroken records the first fault; later ones add nothing.
+func (p *Port) markBroken(reason string) {
+	if !p.brokenFlag.CompareAndSwap(false, true) {
+		return
+	}
+	p.log.Error("vhost-user device broken", "reason", reason)
+	p.mu.Lock()
+	p.state.Broken = reason
+	p.mu.Unlock()
+	p.h.DeviceBroken(p, reason)
+}
+
+// stopQueue takes a running queue back from its worker and saves where
+// it stopped.
+func (p *Port) stopQueue(q *Queue) {
+	if !q.cfg.running {
+		return
+	}
+	p.h.QueueStopped(q)
+	q.cfg.running = false
+	q.cfg.base = q.lastAvail
+}
+
+func (p *Port) stopAll() {
+	for _, q := range p.queues {
+		p.stopQueue(q)
+	}
+}
+
+// refresh hands every queue that became ready to the handler.
+func (p *Port) refresh() {
+	if p.brokenFlag.Load() || p.dev.mem == nil {
+		return
+	}
+	for _, q := range p.queues {
+		c := &q.cfg
+		enabled := c.enabled || p.dev.features&virtio.FProtocolFeatures == 0
+		if c.running || c.brokenOn || c.num == 0 || !c.addrSet || !c.kickSet || !enabled {
+			continue
+		}
+		if err := q.ringLayout(p.dev.mem, p.dev.features, c.num, c.addr.DescUser, c.addr.AvailUser, c.addr.UsedUser); err != nil {
+			c.brokenOn = true
+			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
+			return
+		}
+		q.start(c.base)
+		q.kickFD, q.callFD = c.kickFD, c.callFD
+		c.running = true
+		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)
+		p.h.QueueReady(q)
+	}
+}
+
+// resetDevice returns the device to its initial state: queues stopped,
+// fds closed, memory unmapped.
+func (p *Port) resetDevice() {
+	p.stopAll()
+	for _, q := range p.queues {
+		closeFD(&q.cfg.kickFD)
+		closeFD(&q.cfg.callFD)
+		closeFD(&q.cfg.errFD)
+		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
+		q.kickFD, q.callFD = -1, -1
+		q.mem, q.desc, q.avail, q.used = nil, nil, nil, nil
+	}
+	p.dev.mem.unmap()
+	p.dev = device{}
+	if p.brokenFlag.Swap(false) {
+		p.mu.Lock()
+		p.state.Broken = ""
+		p.mu.Unlock()
+	}
+}
+
+func closeFD(fd *int) {
+	if *fd >= 0 {
+		unix.Close(*fd)
+		*fd = -1
+	}
+}
+
+var errEOF = errors.New("front-end closed the connection")

@@ -1,0 +1,546 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+)
+
+// Errors of the device-side queue API.
+var (
+	// ErrEmpty: the guest has no frame to transmit (Pop).
+	ErrEmpty = errors.New("vhost-user: no guest frame available")
+	// ErrNoBuffers: the guest posted no (or too few) receive buffers (Push).
+	ErrNoBuffers = errors.New("vhost-user: guest posted no receive buffers")
+	// ErrTooBig: the frame does not fit the guest's buffer and MRG_RXBUF is off.
+	ErrTooBig = errors.New("vhost-user: frame larger than the guest's receive buffer")
+	// ErrBroken: the device was marked broken (a hostile or buggy guest).
+	ErrBroken = errors.New("vhost-user: device broken")
+)
+
+// DropReason says why a queue dropped a frame.
+type DropReason int
+
+const (
+	DropNoBuffers DropReason = iota // RX: no guest buffer
+	DropTooBig                      // RX: no room without MRG_RXBUF; TX: larger than the destination
+	DropMalformed                   // TX: shorter than the virtio-net header, or empty
+	DropBroken                      // the device is broken
+	NumDropReasons
+)
+
+var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken"}
+
+func (r DropReason) String() string {
+	if r < 0 || r >= NumDropReasons {
+		return "unknown"
+	}
+	return dropNames[r]
+}
+
+// QueueStats are a queue's counters since it was created. Frames and
+// bytes count delivered frames (without the virtio-net header).
+type QueueStats struct {
+	Frames, Bytes uint64
+	Kicks         uint64 // kick eventfd reads with a non-zero count
+	Calls         uint64 // call eventfd writes
+	Drops         [NumDropReasons]uint64
+}
+
+const numStats = 4 + int(NumDropReasons)
+
+// desc is one descriptor, read once from guest memory (the guest may
+// rewrite it under us; only this copy is checked and used).
+type desc struct {
+	addr  uint64
+	len   uint32
+	flags uint16
+	next  uint16
+}
+
+// chain walks one descriptor chain, direct or through one indirect table.
+type chain struct {
+	table    []byte
+	size     uint32 // entries in table
+	idx      uint16
+	count    uint32 // descriptors visited in table
+	more     bool
+	indirect bool
+}
+
+// Queue is one virtqueue of a port, seen from the device. Even indices
+// are the guest's receive queues (the back-end Pushes frames into them),
+// odd ones its transmit queues (the back-end Pops frames from them).
+//
+// Between Handler.QueueReady and the return of Handler.QueueStopped, the
+// data-path methods (Push, Pop, Flush, EnableNotify, DisableNotify,
+// AckKick) may be called only by the one goroutine that owns the queue.
+// Index, IsRX, Port, KickFD and Stats are safe from any goroutine.
+type Queue struct {
+	port  *Port
+	index int
+
+	// Ring layout, fixed while the queue runs.
+	num       uint32
+	mask      uint16
+	desc      []byte
+	avail     []byte
+	used      []byte
+	availWord int  // offset in avail of the aligned word holding avail.idx
+	availSh   uint // shift of avail.idx in that word
+	usedEvent int  // offset of used_event in avail (EVENT_IDX)
+	availEvt  int  // offset of avail_event in used (EVENT_IDX)
+	mem       *memTable
+	hdrLen    int
+	mrg       bool
+	eventIdx  bool
+	indirect  bool
+	kickFD    int
+	callFD    int
+
+	// Data-path state, owned by the worker.
+	lastAvail uint16 // next avail entry to consume
+	availIdx  uint16 // avail.idx as last read
+	usedIdx   uint16 // next used entry to fill (unpublished beyond usedPub)
+	usedPub   uint16 // used.idx as last published
+	usedFlags uint16
+	broken    bool
+	ch        chain
+	nb        [2][]byte // where num_buffers landed in guest memory
+	ev        [8]byte
+	st        QueueStats
+
+	pub [numStats]atomic.Uint64 // st as of the last Flush, for Stats
+
+	cfg vringConfig // control goroutine only
+}
+
+// Index is the virtqueue index (2*pair for RX, 2*pair+1 for TX).
+func (q *Queue) Index() int { return q.index }
+
+// IsRX reports whether this is a guest receive queue (Push), not a
+// transmit queue (Pop).
+func (q *Queue) IsRX() bool { return q.index%2 == 0 }
+
+// Pair is the queue pair this queue belongs to.
+func (q *Queue) Pair() int { return q.index / 2 }
+
+// Port is the port the queue belongs to.
+func (q *Queue) Port() *Port { return q.port }
+
+// Size is the number of ring entries.
+func (q *Queue) Size() int { return int(q.num) }
+
+// KickFD is the eventfd the guest writes when it posts buffers (while
+// notifications are enabled), or -1 when the guest gave none (then the
+// worker must poll). Poll it for readability when idle, then AckKick.
+func (q *Queue) KickFD() int { return q.kickFD }
+
+// Stats returns the counters as of the last Flush. Safe from any goroutine.
+func (q *Queue) Stats() QueueStats {
+	var s QueueStats
+	s.Frames = q.pub[0].Load()
+	s.Bytes = q.pub[1].Load()
+	s.Kicks = q.pub[2].Load()
+	s.Calls = q.pub[3].Load()
+	for i := range s.Drops {
+		s.Drops[i] = q.pub[4+i].Load()
+	}
+	return s
+}
+
+func (q *Queue) publishStats() {
+	q.pub[0].Store(q.st.Frames)
+	q.pub[1].Store(q.st.Bytes)
+	q.pub[2].Store(q.st.Kicks)
+	q.pub[3].Store(q.st.Calls)
+	for i, v := range q.st.Drops {
+		q.pub[4+i].Store(v)
+	}
+}
+
+// ringLayout checks and maps the rings: sizes by the negotiated features,
+// alignment as virtio 1.1 requires (desc 16, avail 2, used 4), each ring
+// contiguous in one region.
+func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, availUA, usedUA uint64) error {
+	if num == 0 || num > virtio.MaxQueueSize || num&(num-1) != 0 {
+		return fmt.Errorf("ring size %d: want a power of 2 up to %d", num, virtio.MaxQueueSize)
+	}
+	eventIdx := features&virtio.RingFEventIdx != 0
+	availLen, usedLen := uint64(virtio.AvailRingSize(int(num))), uint64(virtio.UsedRingSize(int(num)))
+	if !eventIdx {
+		availLen -= 2
+		usedLen -= 2
+	}
+	var err error
+	if q.desc, err = mem.user(descUA, uint64(virtio.DescTableSize(int(num)))); err != nil {
+		return fmt.Errorf("descriptor table at %#x: %w", descUA, err)
+	}
+	if q.avail, err = mem.user(availUA, availLen); err != nil {
+		return fmt.Errorf("available ring at %#x: %w", availUA, err)
+	}
+	if q.used, err = mem.user(usedUA, usedLen); err != nil {
+		return fmt.Errorf("used ring at %#x: %w", usedUA, err)
+	}
+	if addrOf(q.desc)%16 != 0 || addrOf(q.avail)%2 != 0 || addrOf(q.used)%4 != 0 {
+		return fmt.Errorf("misaligned rings: desc %#x avail %#x used %#x", descUA, availUA, usedUA)
+	}
+	if addrOf(q.avail)%4 == 0 {
+		q.availWord, q.availSh = 0, 16
+	} else {
+		q.availWord, q.availSh = 2, 0
+	}
+	q.num, q.mask = num, uint16(num-1)
+	q.usedEvent = 4 + 2*int(num)
+	q.availEvt = 4 + 8*int(num)
+	q.mem = mem
+	q.hdrLen = virtio.NetHdrLenFor(features)
+	q.mrg = features&virtio.NetFMrgRxbuf != 0
+	q.eventIdx = eventIdx
+	q.indirect = features&virtio.RingFIndirectDesc != 0
+	return nil
+}
+
+// start sets the indices for a queue about to be handed to a worker. A
+// used.idx that disagrees with the base means buffers were in flight when
+// the previous back-end stopped; like DPDK, resume from used.idx.
+func (q *Queue) start(base uint16) {
+	used := uint16(atomicLoad32(q.used, 0) >> 16)
+	if used != base {
+		base = used
+	}
+	q.lastAvail, q.availIdx, q.usedIdx, q.usedPub = base, base, base, base
+	q.usedFlags = 0
+	q.broken = false
+	q.ch = chain{}
+}
+
+// fail marks the device broken; the reason is logged once by the port.
+func (q *Queue) fail(format string, args ...any) error {
+	q.broken = true
+	reason := fmt.Sprintf("queue %d: ", q.index) + fmt.Sprintf(format, args...)
+	if q.port != nil {
+		q.port.markBroken(reason)
+	}
+	return fmt.Errorf("%w: %s", ErrBroken, reason)
+}
+
+func (q *Queue) isBroken() bool {
+	return q.broken || (q.port != nil && q.port.brokenFlag.Load())
+}
+
+// haveAvail reports whether an avail entry is ready, reading avail.idx
+// (one atomic load) only when the cached value is used up.
+func (q *Queue) haveAvail() (bool, error) {
+	if q.lastAvail != q.availIdx {
+		return true, nil
+	}
+	idx := uint16(atomicLoad32(q.avail, q.availWord) >> q.availSh)
+	if uint32(idx-q.lastAvail) > q.num {
+		return false, q.fail("avail idx jumped from %d to %d, ring size %d", q.lastAvail, idx, q.num)
+	}
+	q.availIdx = idx
+	return idx != q.lastAvail, nil
+}
+
+func (q *Queue) availHead() uint16 {
+	o := 4 + 2*int(q.lastAvail&q.mask)
+	q.lastAvail++
+	return binary.LittleEndian.Uint16(q.avail[o:])
+}
+
+func (q *Queue) putUsed(id uint16, n uint32) {
+	o := 4 + 8*int(q.usedIdx&q.mask)
+	binary.LittleEndian.PutUint32(q.used[o:], uint32(id))
+	binary.LittleEndian.PutUint32(q.used[o+4:], n)
+	q.usedIdx++
+}
+
+func (q *Queue) startChain(head uint16) error {
+	if uint32(head) >= q.num {
+		return q.fail("avail entry %d: head descriptor %d beyond ring size %d", q.lastAvail-1, head, q.num)
+	}
+	q.ch = chain{table: q.desc, size: q.num, idx: head, more: true}
+	return nil
+}
+
+// nextDesc returns the chain's next descriptor. Loops and over-long
+// chains are caught by counting: a chain visits at most size entries.
+func (q *Queue) nextDesc() (d desc, ok bool, err error) {
+	c := &q.ch
+	for c.more {
+		if c.count >= c.size {
+			return d, false, q.fail("descriptor chain longer than its table (%d entries): a loop", c.size)
+		}
+		c.count++
+		raw := c.table[int(c.idx)*virtio.DescSize:][:virtio.DescSize]
+		d = desc{
+			addr:  binary.LittleEndian.Uint64(raw[0:]),
+			len:   binary.LittleEndian.Uint32(raw[8:]),
+			flags: binary.LittleEndian.Uint16(raw[12:]),
+			next:  binary.LittleEndian.Uint16(raw[14:]),
+		}
+		if d.flags&virtio.DescFIndirect != 0 {
+			switch {
+			case !q.indirect:
+				return d, false, q.fail("indirect descriptor without INDIRECT_DESC")
+			case c.indirect:
+				return d, false, q.fail("nested indirect descriptor table")
+			case d.flags&virtio.DescFNext != 0:
+				return d, false, q.fail("indirect descriptor with NEXT flag")
+			case d.len == 0 || d.len%virtio.DescSize != 0 || d.len/virtio.DescSize > virtio.MaxQueueSize:
+				return d, false, q.fail("indirect table of %d bytes", d.len)
+			}
+			tbl, err := q.mem.guestAll(d.addr, d.len)
+			if err != nil {
+				return d, false, q.fail("indirect table at %#x+%d: %v", d.addr, d.len, err)
+			}
+			if addrOf(tbl)%8 != 0 { // keep descriptor reads aligned
+				return d, false, q.fail("misaligned indirect table at %#x", d.addr)
+			}
+			*c = chain{table: tbl, size: d.len / virtio.DescSize, more: true, indirect: true}
+			continue
+		}
+		if d.flags&virtio.DescFNext != 0 {
+			if uint32(d.next) >= c.size {
+				return d, false, q.fail("descriptor next %d beyond table size %d", d.next, c.size)
+			}
+			c.idx = d.next
+		} else {
+			c.more = false
+		}
+		return d, true, nil
+	}
+	return d, false, nil
+}
+
+// Push copies one frame, after a zeroed virtio-net header, into the
+// guest's receive buffers: one chain, or several with MRG_RXBUF (their
+// count in num_buffers). Nothing is visible to the guest until Flush.
+// ErrNoBuffers and ErrTooBig leave the ring as it was (the frame is
+// dropped and counted); an error wrapping ErrBroken means the guest is
+// hostile and the device is now broken.
+func (q *Queue) Push(frame []byte) error {
+	if q.isBroken() {
+		q.st.Drops[DropBroken]++
+		return ErrBroken
+	}
+	total := q.hdrLen + len(frame)
+	startAvail, startUsed := q.lastAvail, q.usedIdx
+	written, nbufs := 0, 0
+	q.nb[0], q.nb[1] = nil, nil
+	for written < total {
+		ok, err := q.haveAvail()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			q.lastAvail, q.usedIdx = startAvail, startUsed
+			q.st.Drops[DropNoBuffers]++
+			return ErrNoBuffers
+		}
+		head := q.availHead()
+		if err := q.startChain(head); err != nil {
+			return err
+		}
+		chainLen := 0
+		for written < total {
+			d, ok, err := q.nextDesc()
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			if d.flags&virtio.DescFWrite == 0 {
+				return q.fail("receive descriptor %#x+%d is not device-writable", d.addr, d.len)
+			}
+			addr, l := d.addr, d.len
+			for l > 0 && written < total {
+				want := uint32(total - written)
+				if want > l {
+					want = l
+				}
+				b, err := q.mem.guest(addr, want)
+				if err != nil {
+					return q.fail("receive buffer %#x+%d: %v", d.addr, d.len, err)
+				}
+				q.fill(b, written, frame)
+				written += len(b)
+				chainLen += len(b)
+				addr += uint64(len(b))
+				l -= uint32(len(b))
+			}
+		}
+		q.putUsed(head, uint32(chainLen))
+		nbufs++
+		if !q.mrg && written < total {
+			q.lastAvail, q.usedIdx = startAvail, startUsed
+			q.st.Drops[DropTooBig]++
+			return ErrTooBig
+		}
+	}
+	if q.hdrLen == virtio.NetHdrLen {
+		q.nb[0][0], q.nb[1][0] = byte(nbufs), byte(nbufs>>8)
+	}
+	q.st.Frames++
+	q.st.Bytes += uint64(len(frame))
+	return nil
+}
+
+// fill copies bytes [pos, pos+len(dst)) of header||frame into dst and
+// remembers where num_buffers (header bytes 10 and 11) went.
+func (q *Queue) fill(dst []byte, pos int, frame []byte) {
+	for len(dst) > 0 && pos < q.hdrLen {
+		dst[0] = 0
+		if pos >= 10 {
+			q.nb[pos-10] = dst[:1]
+		}
+		dst = dst[1:]
+		pos++
+	}
+	copy(dst, frame[pos-q.hdrLen:])
+}
+
+// Pop copies the guest's next frame, without its virtio-net header, into
+// dst and returns its length. Frames larger than dst and malformed ones
+// are consumed, counted as drops and skipped. ErrEmpty: nothing to send.
+func (q *Queue) Pop(dst []byte) (int, error) {
+	for {
+		if q.isBroken() {
+			return 0, ErrBroken
+		}
+		ok, err := q.haveAvail()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, ErrEmpty
+		}
+		head := q.availHead()
+		if err := q.startChain(head); err != nil {
+			return 0, err
+		}
+		skip, n, tooBig := uint32(q.hdrLen), 0, false
+		for {
+			d, ok, err := q.nextDesc()
+			if err != nil {
+				return 0, err
+			}
+			if !ok {
+				break
+			}
+			if d.flags&virtio.DescFWrite != 0 {
+				return 0, q.fail("transmit descriptor %#x+%d is device-writable", d.addr, d.len)
+			}
+			addr, l := d.addr, d.len
+			if skip > 0 {
+				s := min(skip, l)
+				if _, err := q.mem.guestAll(addr, s); err != nil {
+					return 0, q.fail("transmit header %#x+%d: %v", d.addr, d.len, err)
+				}
+				addr += uint64(s)
+				l -= s
+				skip -= s
+			}
+			for l > 0 {
+				if n == len(dst) {
+					tooBig = true
+					// Still check the rest: a hostile length is an error
+					// even when we would not copy it.
+					if _, err := q.mem.guestAll(addr, l); err != nil {
+						return 0, q.fail("transmit buffer %#x+%d: %v", d.addr, d.len, err)
+					}
+					break
+				}
+				b, err := q.mem.guest(addr, min(l, uint32(min(len(dst)-n, 1<<31))))
+				if err != nil {
+					return 0, q.fail("transmit buffer %#x+%d: %v", d.addr, d.len, err)
+				}
+				n += copy(dst[n:], b)
+				addr += uint64(len(b))
+				l -= uint32(len(b))
+			}
+		}
+		q.putUsed(head, 0)
+		switch {
+		case skip > 0 || n == 0:
+			q.st.Drops[DropMalformed]++
+		case tooBig:
+			q.st.Drops[DropTooBig]++
+		default:
+			q.st.Frames++
+			q.st.Bytes += uint64(n)
+			return n, nil
+		}
+	}
+}
+
+// Flush publishes the used entries of this batch with one atomic store
+// and notifies the guest (one eventfd write) if it asked for it.
+func (q *Queue) Flush() {
+	if q.usedIdx != q.usedPub {
+		old := q.usedPub
+		q.usedPub = q.usedIdx
+		// The atomic store orders the used elements before the index and,
+		// being a full barrier, the index before the reads below.
+		atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+		if q.callFD >= 0 && q.needCall(old, q.usedPub) {
+			binary.NativeEndian.PutUint64(q.ev[:], 1)
+			if _, err := unix.Write(q.callFD, q.ev[:]); err == nil {
+				q.st.Calls++
+			}
+		}
+	}
+	q.publishStats()
+}
+
+func (q *Queue) needCall(old, new uint16) bool {
+	if q.eventIdx {
+		return virtio.NeedEvent(binary.LittleEndian.Uint16(q.avail[q.usedEvent:]), new, old)
+	}
+	return binary.LittleEndian.Uint16(q.avail[0:])&virtio.AvailFNoInterrupt == 0
+}
+
+// DisableNotify asks the guest not to kick while the worker busy-polls.
+// With EVENT_IDX the guest kicks at most once more (avail_event stays
+// where it was).
+func (q *Queue) DisableNotify() {
+	if q.eventIdx || q.usedFlags&virtio.UsedFNoNotify != 0 {
+		return
+	}
+	q.usedFlags |= virtio.UsedFNoNotify
+	atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+}
+
+// EnableNotify asks the guest to kick on its next buffer and reports
+// whether buffers arrived meanwhile (then the worker must not sleep).
+func (q *Queue) EnableNotify() (pending bool, err error) {
+	if q.isBroken() {
+		return false, ErrBroken
+	}
+	if q.eventIdx {
+		binary.LittleEndian.PutUint16(q.used[q.availEvt:], q.lastAvail)
+	}
+	q.usedFlags &^= virtio.UsedFNoNotify
+	// Full barrier: the guest must see the request before we re-read avail.idx.
+	atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+	q.availIdx = q.lastAvail
+	return q.haveAvail()
+}
+
+// AckKick drains the kick eventfd (non-blocking); call it after poll
+// reported the fd readable.
+func (q *Queue) AckKick() {
+	if q.kickFD < 0 {
+		return
+	}
+	if n, err := unix.Read(q.kickFD, q.ev[:]); err == nil && n == 8 {
+		q.st.Kicks++
+	}
+}
