@@ -15,7 +15,7 @@ import (
 
 // DefaultAddr is where vmqd serves /metrics unless --metrics-addr says
 // otherwise: loopback only, since the metrics name VMs and socket paths.
-const DefaultAddr = "127.0.0.1:9478"
+const DefaultAddr = "127.0.0.1:9469"
 
 // Path is the URL path of the exposition.
 const Path = "/metrics"
