@@ -1,0 +1,166 @@
+package pktgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// Sender transmits the frames of a flow in order, continuing its sequence
+// from call to call.
+type Sender interface {
+	// Send transmits the next n frames. sent went out; failed were
+	// attempted but refused by a transient condition (a full queue) and
+	// are lost (their sequence numbers are skipped). err is fatal.
+	Send(n int) (sent, failed int, err error)
+	// FrameLen is the length of each frame.
+	FrameLen() int
+}
+
+// RunOptions say how much to send and how fast. With neither Count nor
+// Duration, Run sends until ctx ends.
+type RunOptions struct {
+	Count    uint64        // frames to send (0 = no limit)
+	Duration time.Duration // how long to send (0 = no limit)
+	// Rate in frames per second (0 = as fast as possible). Frames go in
+	// bursts of Burst; between bursts Run sleeps to hold the average.
+	Rate float64
+	// Burst is the frames per Send call when paced (default 64). Unpaced
+	// runs send larger chunks (at least 16384) to amortise the call.
+	Burst int
+	// Tick, when OnTick is set, is how often OnTick gets the running
+	// totals (default 1s). OnTick runs on the sending goroutine: keep it short.
+	Tick   time.Duration
+	OnTick func(Stats)
+}
+
+// Stats are the totals of a run.
+type Stats struct {
+	Sent     uint64        `json:"sent"`
+	Errors   uint64        `json:"errors"`
+	Bytes    uint64        `json:"bytes"` // Ethernet bytes sent, without FCS
+	Elapsed  time.Duration `json:"elapsed_ns"`
+	FrameLen int           `json:"frame_len"`
+}
+
+// PPS is the average frames per second.
+func (s Stats) PPS() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Sent) / s.Elapsed.Seconds()
+}
+
+// Gbps is the average Ethernet throughput in Gbit/s, counting frame bytes
+// without FCS, preamble or inter-frame gap (add 24 bytes a frame for the
+// line rate).
+func (s Stats) Gbps() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Bytes) * 8 / s.Elapsed.Seconds() / 1e9
+}
+
+// Sub returns the difference s - o of the counters and elapsed time
+// (the rate over an interval between two snapshots).
+func (s Stats) Sub(o Stats) Stats {
+	return Stats{Sent: s.Sent - o.Sent, Errors: s.Errors - o.Errors, Bytes: s.Bytes - o.Bytes,
+		Elapsed: s.Elapsed - o.Elapsed, FrameLen: s.FrameLen}
+}
+
+// Run sends frames through s as opts say, on the calling goroutine, which
+// it locks to its OS thread (a LiveGenerator must stay in its namespace).
+// It returns the totals and the first fatal error; a cancelled ctx ends
+// the run without error.
+func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if opts.Rate < 0 {
+		return Stats{}, fmt.Errorf("run: negative rate %v", opts.Rate)
+	}
+	burst := opts.Burst
+	if burst <= 0 {
+		burst = 64
+	}
+	if opts.Rate == 0 {
+		burst = max(burst, 16384)
+	}
+	tick := opts.Tick
+	if tick <= 0 {
+		tick = time.Second
+	}
+	st := Stats{FrameLen: s.FrameLen()}
+	start := time.Now()
+	nextTick := start.Add(tick)
+	var deadline time.Time
+	if opts.Duration > 0 {
+		deadline = start.Add(opts.Duration)
+	}
+	done := ctx.Done()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-done:
+			st.Elapsed = time.Since(start)
+			return st, nil
+		default:
+		}
+		now := time.Now()
+		if !deadline.IsZero() && !now.Before(deadline) {
+			break
+		}
+		n := burst
+		if opts.Count > 0 {
+			left := opts.Count - st.Sent - st.Errors
+			if left == 0 {
+				break
+			}
+			n = int(min(uint64(n), left))
+		}
+		if opts.Rate > 0 {
+			// Hold the average: frame k is due at start + k/rate.
+			due := start.Add(time.Duration(float64(st.Sent+st.Errors) / opts.Rate * float64(time.Second)))
+			if wait := due.Sub(now); wait > 0 {
+				if !deadline.IsZero() && due.After(deadline) {
+					wait = deadline.Sub(now)
+				}
+				timer.Reset(wait)
+				select {
+				case <-done:
+					st.Elapsed = time.Since(start)
+					return st, nil
+				case <-timer.C:
+				}
+				continue
+			}
+		}
+		sent, failed, err := s.Send(n)
+		st.Sent += uint64(sent)
+		st.Errors += uint64(failed)
+		st.Bytes += uint64(sent) * uint64(st.FrameLen)
+		if err != nil {
+			st.Elapsed = time.Since(start)
+			return st, err
+		}
+		if sent+failed == 0 {
+			st.Elapsed = time.Since(start)
+			return st, errors.New("run: sender made no progress")
+		}
+		if opts.OnTick != nil {
+			if now := time.Now(); !now.Before(nextTick) {
+				st.Elapsed = now.Sub(start)
+				opts.OnTick(st)
+				nextTick = nextTick.Add(tick)
+				if nextTick.Before(now) {
+					nextTick = now.Add(tick)
+				}
+			}
+		}
+	}
+	st.Elapsed = time.Since(start)
+	return st, nil
+}
