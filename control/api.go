@@ -83,10 +83,42 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/vms/{name}", s.removeVM)
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/stats", s.stats)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r) // sets the path values h would not see
+			return
+		}
+		// The mux's own 404/405 answers are plain text; keep the status
+		// and Allow header, answer in JSON like every other error.
+		c := &statusCapture{header: http.Header{}}
+		h.ServeHTTP(c, r)
+		if allow := c.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		msg := fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)
+		if c.status == http.StatusMethodNotAllowed {
+			msg = fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)
+		}
+		s.writeError(w, r, &APIError{Status: c.status, Message: msg})
 	})
-	return mux
+}
+
+// statusCapture records a status and discards the body.
+type statusCapture struct {
+	header http.Header
+	status int
+}
+
+func (c *statusCapture) Header() http.Header { return c.header }
+func (c *statusCapture) WriteHeader(s int) {
+	if c.status == 0 {
+		c.status = s
+	}
+}
+func (c *statusCapture) Write(b []byte) (int, error) {
+	c.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {

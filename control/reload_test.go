@@ -26,7 +26,7 @@ func TestDiffConfig(t *testing.T) {
 
 	next := cloneConfig(old)
 	next.VMs = []VMConfig{old.VMs[2], old.VMs[0], testVM(dir, "d", 4)} // b removed, order shuffled, d added
-	next.VMs[0].VLAN = 10                                                // c changed
+	next.VMs[0].VLAN = 10                                              // c changed
 	next.KeepSteeringOnExit = true
 	p := DiffConfig(old, next)
 	if !reflect.DeepEqual(p.Remove, []string{"b"}) {
