@@ -404,7 +404,9 @@ func (q *Queue) fill(dst []byte, pos int, frame []byte) {
 		dst = dst[1:]
 		pos++
 	}
-	copy(dst, frame[pos-q.hdrLen:])
+	if len(dst) > 0 {
+		copy(dst, frame[pos-q.hdrLen:])
+	}
 }
 
 // Pop copies the guest's next frame, without its virtio-net header, into
