@@ -128,9 +128,9 @@ type Guest struct {
 	statsMu sync.Mutex // streams, qstats snapshots
 	streams streamTable
 
-	rxFrames, rxBytes, txFrames, txBytes, rxDropped, txRingFull atomic.Uint64
+	rxFrames, rxBytes, txFrames, txBytes, rxDropped, txRingFull    atomic.Uint64
 	arpReplies, icmpReplies, kicks, wakeups, connects, disconnects atomic.Uint64
-	qrx, qtx                                                        []atomic.Uint64
+	qrx, qtx                                                       []atomic.Uint64
 
 	lastFeatures atomic.Uint64
 }

@@ -178,6 +178,7 @@ func newRxQueue(mem *guestMemory, n int, bufLen int, mrg, eventIdx bool) (*rxQue
 		q.pushAvail(uint16(i))
 		q.posted[i] = true
 	}
+	q.publish() // setup kicks every rx ring once the device is enabled
 	return q, nil
 }
 
