@@ -51,3 +51,40 @@ func TestPacketSender(t *testing.T) {
 		t.Logf("%d frames refused by a full queue (counted, not sent)", st.Errors)
 	}
 }
+
+func TestXSKSender(t *testing.T) {
+	nsA, nsB := netnstest.New(t), netnstest.New(t)
+	a, b := netnstest.NewVethPair(t, nsA, nsB, netnstest.VethOptions{})
+	var sink *Sink
+	if err := nsB.Do(func() (err error) {
+		sink, err = AttachSink(b.Index, SinkOptions{Stream: 4})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	tm, err := NewTemplate(FlowSpec{SrcMAC: a.MAC, Dests: []Dest{{MAC: b.MAC}}, Stream: 4, Size: 1514, UDPChecksum: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var xs *XSKSender
+	if err := nsA.Do(func() (err error) {
+		xs, err = NewXSKSender(tm, XSKOptions{Ifindex: a.Index})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer xs.Close()
+	const count = 3000
+	st, err := Run(context.Background(), xs, RunOptions{Count: count, Rate: 30000, Burst: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Sent != count || xs.Next() != count {
+		t.Fatalf("stats %+v, next %d", st, xs.Next())
+	}
+	got := waitFrames(t, sink, count)
+	if got.Payloads != count || got.Tracked != count || got.Dups != 0 || got.TSBack != 0 {
+		t.Fatalf("sink %+v", got)
+	}
+}
