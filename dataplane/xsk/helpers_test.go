@@ -15,7 +15,6 @@ import (
 
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
-	"github.com/vmq/vmq/pktgen"
 )
 
 // testbed is a veth pair: host end (where XDP and the xsk sockets live)
@@ -136,8 +135,8 @@ func vmMAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0x00, 0x00, 0
 
 // buildFrame writes an Ethernet/IPv4/UDP frame of size bytes (at least
 // 66, the headers and payload) carrying payload p into b and returns it.
-func buildFrame(b []byte, dst, src net.HardwareAddr, sport, dport uint16, p pktgen.Payload, size int) []byte {
-	size = max(size, 42+pktgen.PayloadLen)
+func buildFrame(b []byte, dst, src net.HardwareAddr, sport, dport uint16, p payload, size int) []byte {
+	size = max(size, 42+payloadLen)
 	f := b[:size]
 	clear(f)
 	copy(f[0:6], dst)
@@ -162,8 +161,8 @@ func buildFrame(b []byte, dst, src net.HardwareAddr, sport, dport uint16, p pktg
 	binary.BigEndian.PutUint16(udp[0:], sport)
 	binary.BigEndian.PutUint16(udp[2:], dport)
 	binary.BigEndian.PutUint16(udp[4:], uint16(size-34))
-	p.Put(udp[8:])
-	for i := 8 + pktgen.PayloadLen; i < len(udp); i++ {
+	p.put(udp[8:])
+	for i := 8 + payloadLen; i < len(udp); i++ {
 		udp[i] = byte(i) ^ byte(p.Seq)
 	}
 	return f
@@ -272,4 +271,36 @@ func newSocket(t testing.TB, tb *testbed, q *Queue, cfg SocketConfig) *Socket {
 		t.Fatalf("new socket on queue %d: %v", q.ID(), err)
 	}
 	return s
+}
+
+// payload mirrors pktgen's payload layout (magic, stream, seq) without
+// importing pktgen, which imports this package.
+type payload struct {
+	Stream uint32
+	Seq    uint64
+}
+
+const (
+	payloadMagic = 0x564d5131
+	payloadLen   = 24
+	udpDataOff   = 42 // untagged Ethernet + IPv4 without options + UDP
+)
+
+func (p payload) put(b []byte) {
+	binary.BigEndian.PutUint32(b[0:], payloadMagic)
+	binary.BigEndian.PutUint32(b[4:], p.Stream)
+	binary.BigEndian.PutUint64(b[8:], p.Seq)
+	binary.BigEndian.PutUint64(b[16:], 0)
+}
+
+// parseFrame reads the payload of a frame built by buildFrame.
+func parseFrame(f []byte) (payload, bool) {
+	if len(f) < udpDataOff+payloadLen || binary.BigEndian.Uint16(f[12:]) != 0x0800 ||
+		f[23] != unix.IPPROTO_UDP || binary.BigEndian.Uint32(f[udpDataOff:]) != payloadMagic {
+		return payload{}, false
+	}
+	return payload{
+		Stream: binary.BigEndian.Uint32(f[udpDataOff+4:]),
+		Seq:    binary.BigEndian.Uint64(f[udpDataOff+8:]),
+	}, true
 }

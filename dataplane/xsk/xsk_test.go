@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vmq/vmq/pktgen"
 )
 
 // drainSockets receives from every socket until want frames in total have
@@ -104,7 +102,7 @@ func testSteering(t *testing.T, vms int) {
 				dst = vmMAC(vm)
 				toVMs++
 			}
-			f := buildFrame(buf, dst, tb.wire.MAC, 1000, 2000, pktgen.Payload{Stream: uint32(vm), Seq: seq[vm]}, 64+vm)
+			f := buildFrame(buf, dst, tb.wire.MAC, 1000, 2000, payload{Stream: uint32(vm), Seq: seq[vm]}, 64+vm)
 			seq[vm]++
 			if err := wire.send(f); err != nil {
 				t.Fatalf("send: %v", err)
@@ -112,7 +110,7 @@ func testSteering(t *testing.T, vms int) {
 			sent++
 		}
 		got := drainSockets(t, q, socks, toVMs, 10*time.Second, func(i int, f []byte) {
-			p, ok := pktgen.ParseFrame(f)
+			p, ok := parseFrame(f)
 			if !ok || int(p.Stream) != i || !bytes.Equal(f[:6], vmMAC(i)) {
 				misdelivered++
 				return
@@ -137,7 +135,7 @@ func testSteering(t *testing.T, vms int) {
 		if f == nil {
 			break
 		}
-		if p, ok := pktgen.ParseFrame(f); ok {
+		if p, ok := parseFrame(f); ok {
 			if int(p.Stream) != vms {
 				t.Errorf("host stack saw a frame for VM %d", p.Stream)
 			}
@@ -204,7 +202,7 @@ func TestMultiQueue(t *testing.T) {
 	received := 0
 	for round := 0; round < perFlow; round++ {
 		for f := 0; f < flows; f++ {
-			fr := buildFrame(buf, vmMAC(0), tb.wire.MAC, uint16(10000+f), 4789, pktgen.Payload{Stream: uint32(f), Seq: uint64(round)}, 64)
+			fr := buildFrame(buf, vmMAC(0), tb.wire.MAC, uint16(10000+f), 4789, payload{Stream: uint32(f), Seq: uint64(round)}, 64)
 			if err := wire.send(fr); err != nil {
 				t.Fatal(err)
 			}
@@ -217,7 +215,7 @@ func TestMultiQueue(t *testing.T) {
 				q.Refill(0)
 				k := q.Primary().Receive(descs)
 				for _, d := range descs[:k] {
-					p, ok := pktgen.ParseFrame(q.Frame(d))
+					p, ok := parseFrame(q.Frame(d))
 					if !ok {
 						t.Fatalf("queue %d: unparsable frame", qi)
 					}
@@ -284,7 +282,7 @@ func TestTransmit(t *testing.T) {
 		}
 		for i := range n {
 			size := 60 + int(seq%1400)
-			f := buildFrame(buf, tb.wire.MAC, vmMAC(0), 1, 2, pktgen.Payload{Stream: 7, Seq: seq}, size)
+			f := buildFrame(buf, tb.wire.MAC, vmMAC(0), 1, 2, payload{Stream: 7, Seq: seq}, size)
 			sent[seq] = append([]byte(nil), f...)
 			copy(q.Buffer(addrs[i]), f)
 			descs[i] = Desc{Addr: addrs[i], Len: uint32(len(f))}
@@ -315,7 +313,7 @@ func TestTransmit(t *testing.T) {
 			if f == nil {
 				t.Fatalf("wire got %d frames, want %d", gotFrames, seq)
 			}
-			p, ok := pktgen.ParseFrame(f)
+			p, ok := parseFrame(f)
 			if !ok || p.Stream != 7 {
 				continue // not ours (e.g. IPv6 noise)
 			}
@@ -455,7 +453,7 @@ func TestBindErrors(t *testing.T) {
 	wire := openPacketSock(t, tb.wireNS, tb.wire.Index)
 	buf := make([]byte, 2048)
 	for i := range 50 {
-		if err := wire.send(buildFrame(buf, vmMAC(0), tb.wire.MAC, 1, 2, pktgen.Payload{Seq: uint64(i)}, 64)); err != nil {
+		if err := wire.send(buildFrame(buf, vmMAC(0), tb.wire.MAC, 1, 2, payload{Seq: uint64(i)}, 64)); err != nil {
 			t.Fatal(err)
 		}
 	}
