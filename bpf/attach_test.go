@@ -330,6 +330,28 @@ func testLive(t *testing.T, mode AttachMode) {
 	if vc.Packets != n || vc.Bytes != 100*n || vc.RedirectErrors != 0 {
 		t.Errorf("slot 1 counters %+v, want %d packets of 100 bytes", vc, n)
 	}
+	// Unregistered, the VM's frames stop reaching its socket.
+	if err := f.UnregisterSocket(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	send(frame(macA, nil, 100))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g, err := f.GlobalCounters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.NoSocket-before.NoSocket == n+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("NoSocket +%d after unregistering, want %d", g.NoSocket-before.NoSocket, n+1)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if got := vm.receive(); len(got) != 0 {
+		t.Fatalf("unregistered socket received %d frames", len(got))
+	}
 	vc2, err := f.VMCounters(2)
 	if err != nil {
 		t.Fatal(err)
