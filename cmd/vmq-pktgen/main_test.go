@@ -107,4 +107,3 @@ func TestCommandJSON(t *testing.T) {
 		})
 	}
 }
-
