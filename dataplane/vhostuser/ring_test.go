@@ -15,7 +15,7 @@ import (
 // memory" of the unit tests. Guest physical and front-end addresses are
 // the same (base + offset), as with DPDK's virtio_user.
 type testGuest struct {
-	t                          *testing.T
+	t                          testing.TB
 	mem                        []byte
 	base                       uint64
 	num                        int
@@ -39,18 +39,36 @@ type tdesc struct {
 
 func newTestGuest(t *testing.T, num int, features uint64, rx bool) *testGuest {
 	t.Helper()
-	g := &testGuest{t: t, mem: make([]byte, 1<<20), base: testBase, num: num, features: features}
+	return newTestGuestMem(t, make([]byte, 1<<20), num, features, rx)
+}
+
+// layoutGuest places the rings of a num-entry queue at the start of mem
+// (guest address base) and buffers after them; it makes no Queue.
+func layoutGuest(t testing.TB, mem []byte, base uint64, num int) *testGuest {
+	g := &testGuest{t: t, mem: mem, base: base, num: num}
 	g.descOff = 0
 	g.availOff = virtio.DescTableSize(num)
 	g.usedOff = (g.availOff + virtio.AvailRingSize(num) + 3) &^ 3
-	g.bufOff = (g.usedOff + virtio.UsedRingSize(num) + 4095) &^ 4095
+	g.bufOff = (g.usedOff + virtio.UsedRingSize(num) + 63) &^ 63
+	return g
+}
+
+func (g *testGuest) addrs() (desc, avail, used uint64) {
+	return g.base + uint64(g.descOff), g.base + uint64(g.availOff), g.base + uint64(g.usedOff)
+}
+
+func newTestGuestMem(t testing.TB, mem []byte, num int, features uint64, rx bool) *testGuest {
+	t.Helper()
+	g := layoutGuest(t, mem, testBase, num)
+	g.features = features
 	mt := &memTable{regions: []memRegion{{gpa: g.base, size: uint64(len(g.mem)), uva: g.base, data: g.mem}}}
 	idx := 1
 	if rx {
 		idx = 0
 	}
 	g.q = &Queue{index: idx, kickFD: -1, callFD: -1}
-	if err := g.q.ringLayout(mt, features, uint32(num), g.base+uint64(g.descOff), g.base+uint64(g.availOff), g.base+uint64(g.usedOff)); err != nil {
+	d, a, u := g.addrs()
+	if err := g.q.ringLayout(mt, features, uint32(num), d, a, u); err != nil {
 		t.Fatalf("ring layout: %v", err)
 	}
 	g.q.start(0)

@@ -1,0 +1,239 @@
+package vhostuser
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+)
+
+const fuzzMemLen = 16 << 10
+
+// fuzzRingSeeds are guest memories with valid rings (8 entries) built by
+// the test guest: TX frames (direct, chained, indirect) and RX buffers.
+func fuzzRingSeeds(t testing.TB) [][]byte {
+	var seeds [][]byte
+	tx := newTestGuestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, false)
+	tx.sendFrame(frameOf(60, 1), 60)
+	tx.sendFrame(frameOf(300, 2), 100)
+	tbl := tx.alloc(32)
+	h, d := tx.alloc(virtio.NetHdrLen), tx.alloc(64)
+	tx.writeDesc(tx.at(tbl, 32), 0, tdesc{addr: h, len: virtio.NetHdrLen, flags: virtio.DescFNext, next: 1})
+	tx.writeDesc(tx.at(tbl, 32), 1, tdesc{addr: d, len: 64})
+	tx.post(tdesc{addr: tbl, len: 32, flags: virtio.DescFIndirect})
+	seeds = append(seeds, tx.mem[:tx.bufOff])
+	rx := newTestGuestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, true)
+	rx.postRX(1024)
+	rx.postRX(512)
+	a, b := rx.alloc(6), rx.alloc(256)
+	rx.post(tdesc{addr: a, len: 6, flags: virtio.DescFWrite}, tdesc{addr: b, len: 256, flags: virtio.DescFWrite})
+	seeds = append(seeds, rx.mem[:rx.bufOff])
+	return seeds
+}
+
+// FuzzDescriptorChain runs the device side over arbitrary guest memory
+// (rings and buffers): it must never panic, and a failure must be one of
+// the queue's errors.
+func FuzzDescriptorChain(f *testing.F) {
+	for _, s := range fuzzRingSeeds(f) {
+		f.Add(s, false, false)
+		f.Add(s, true, true)
+	}
+	f.Fuzz(runFuzzChain)
+}
+
+func runFuzzChain(t *testing.T, ring []byte, rx, mrg bool) {
+	{
+		mem := make([]byte, fuzzMemLen)
+		copy(mem, ring)
+		feat := uint64(testFeatures | virtio.RingFEventIdx)
+		if mrg {
+			feat |= virtio.NetFMrgRxbuf
+		}
+		g := layoutGuest(t, mem, testBase, 8)
+		mt := &memTable{regions: []memRegion{{gpa: g.base, size: uint64(len(mem)), uva: g.base, data: mem}}}
+		q := &Queue{index: 1, kickFD: -1, callFD: -1}
+		if rx {
+			q.index = 0
+		}
+		da, aa, ua := g.addrs()
+		if err := q.ringLayout(mt, feat, 8, da, aa, ua); err != nil {
+			t.Fatal(err)
+		}
+		q.start(0)
+		dst := make([]byte, 1600)
+		frame := frameOf(700, 3)
+		for i := 0; i < 20; i++ {
+			var err error
+			if rx {
+				err = q.Push(frame)
+			} else {
+				_, err = q.Pop(dst)
+			}
+			q.Flush()
+			switch {
+			case err == nil, errors.Is(err, ErrNoBuffers), errors.Is(err, ErrTooBig):
+			case errors.Is(err, ErrEmpty):
+				return
+			case errors.Is(err, ErrBroken):
+				return
+			default:
+				t.Fatalf("unexpected error %v", err)
+			}
+			q.EnableNotify()
+		}
+	}
+}
+
+// fuzzHandler drives a queue that became ready over the fuzzed memory.
+type fuzzHandler struct{ nopHandler }
+
+func (fuzzHandler) QueueReady(q *Queue) {
+	dst := make([]byte, 2048)
+	for i := 0; i < 4; i++ {
+		if q.IsRX() {
+			q.Push(frameOf(100, 1))
+		} else {
+			q.Pop(dst)
+		}
+	}
+	q.Flush()
+}
+
+// encodeMsgs concatenates messages as a front-end would send them.
+func encodeMsgs(msgs ...[]byte) []byte {
+	var out []byte
+	for _, m := range msgs {
+		out = append(out, m...)
+	}
+	return out
+}
+
+func msg(req Request, flags uint32, payload []byte) []byte {
+	b := make([]byte, HeaderLen+len(payload))
+	Header{Request: req, Flags: FlagVersion | flags, Size: uint32(len(payload))}.Encode(b)
+	copy(b[HeaderLen:], payload)
+	return b
+}
+
+func u64p(v uint64) []byte { b := make([]byte, 8); EncodeU64(b, v); return b }
+
+func statep(i, n uint32) []byte {
+	b := make([]byte, VringStateLen)
+	VringState{Index: i, Num: n}.Encode(b)
+	return b
+}
+
+func addrp(i uint32, d, a, u uint64) []byte {
+	b := make([]byte, VringAddrLen)
+	VringAddr{Index: i, DescUser: d, AvailUser: a, UsedUser: u}.Encode(b)
+	return b
+}
+
+// fuzzMessageSeeds is a handshake that brings both queues of a pair up
+// over a pre-installed memory table (fds cannot be fuzzed).
+func fuzzMessageSeeds() [][]byte {
+	g := layoutGuest(nil, nil, testBase, 8)
+	d, a, u := g.addrs()
+	cfg := make([]byte, ConfigHeaderLen)
+	ConfigRequest{Offset: 0, Size: NetConfigLen}.Encode(cfg)
+	cfg = append(cfg, make([]byte, NetConfigLen)...)
+	var setup [][]byte
+	setup = append(setup,
+		msg(ReqSetOwner, 0, nil),
+		msg(ReqGetFeatures, 0, nil),
+		msg(ReqGetProtocolFeatures, 0, nil),
+		msg(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck|ProtocolFMQ|ProtocolFConfig|ProtocolFStatus)),
+		msg(ReqSetFeatures, FlagNeedReply, u64p(DefaultFeatures&^virtio.NetFMQ)),
+		msg(ReqGetQueueNum, 0, nil),
+		msg(ReqGetConfig, 0, cfg),
+		msg(ReqSetStatus, 0, u64p(0xf)),
+	)
+	for i := uint32(0); i < 2; i++ {
+		setup = append(setup,
+			msg(ReqSetVringNum, 0, statep(i, 8)),
+			msg(ReqSetVringBase, 0, statep(i, 0)),
+			msg(ReqSetVringAddr, 0, addrp(i, d, a, u)),
+			msg(ReqSetVringCall, 0, u64p(uint64(i)|VringNoFD)),
+			msg(ReqSetVringKick, 0, u64p(uint64(i)|VringNoFD)),
+			msg(ReqSetVringEnable, FlagNeedReply, statep(i, 1)),
+		)
+	}
+	setup = append(setup, msg(ReqGetVringBase, 0, statep(0, 0)), msg(ReqGetStatus, 0, nil), msg(ReqResetOwner, 0, nil))
+	return [][]byte{
+		encodeMsgs(setup...),
+		msg(ReqSetMemTable, 0, make([]byte, MemTableLen(1))),
+		msg(Request(99), FlagNeedReply, []byte{1, 2, 3}),
+		msg(ReqSetVringKick, 0, u64p(0x7ff)),
+	}
+}
+
+// FuzzMessage feeds a stream of messages to a port's request handler
+// (no socket): no input may panic it.
+func FuzzMessage(f *testing.F) {
+	for _, s := range fuzzMessageSeeds() {
+		f.Add(s)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := newPort("fuzz", "server", Config{QueuePairs: 2, MAC: []byte{2, 0, 0, 0, 0, 1}, MTU: 1500, Handler: fuzzHandler{}, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem := make([]byte, fuzzMemLen)
+		for len(data) >= HeaderLen {
+			p.dev.mem = orMem(p.dev.mem, mem)
+			h, err := DecodeHeader(data)
+			if err != nil {
+				return
+			}
+			data = data[HeaderLen:]
+			if int(h.Size) > len(data) {
+				return
+			}
+			m := message{hdr: h, payload: data[:h.Size]}
+			data = data[h.Size:]
+			p.handle(&m)
+			p.publishState()
+		}
+		p.resetDevice()
+	})
+}
+
+// orMem installs a Go-slice memory table when the port has none, so the
+// fuzzer reaches the queue code without passing fds.
+func orMem(t *memTable, mem []byte) *memTable {
+	if t != nil {
+		return t
+	}
+	return &memTable{regions: []memRegion{{gpa: testBase, size: uint64(len(mem)), uva: testBase, data: mem}}}
+}
+
+// TestWriteFuzzCorpus regenerates testdata/fuzz from the seeds when
+// VMQ_WRITE_CORPUS=1 (the committed corpus is its output).
+func TestWriteFuzzCorpus(t *testing.T) {
+	if os.Getenv("VMQ_WRITE_CORPUS") != "1" {
+		t.Skip("set VMQ_WRITE_CORPUS=1 to rewrite testdata/fuzz")
+	}
+	write := func(name string, i int, body string) {
+		dir := filepath.Join("testdata", "fuzz", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%d", i)), []byte("go test fuzz v1\n"+body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range fuzzRingSeeds(t) {
+		write("FuzzDescriptorChain", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
+		write("FuzzDescriptorChain", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
+	}
+	for i, s := range fuzzMessageSeeds() {
+		write("FuzzMessage", i, fmt.Sprintf("[]byte(%q)\n", s))
+	}
+}
