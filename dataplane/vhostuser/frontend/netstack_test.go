@@ -186,3 +186,5 @@ func TestBuildUDP(t *testing.T) {
 		t.Fatal("runt template accepted")
 	}
 }
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
