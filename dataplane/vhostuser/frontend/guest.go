@@ -343,6 +343,21 @@ func (g *Guest) poll(ctx context.Context, d *device) error {
 	lastWork := time.Now()
 	for iter := 0; ; iter++ {
 		if d.gone.Load() {
+			// Our memory is still mapped: take what the device had
+			// completed before it left.
+			for range d.qps[0].rx.n {
+				work := 0
+				for _, qp := range d.qps {
+					n, err := g.pollQueuePair(qp)
+					if err != nil {
+						return err
+					}
+					work += n
+				}
+				if work == 0 {
+					break
+				}
+			}
 			return ErrDisconnected
 		}
 		work := 0
