@@ -326,7 +326,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			}
 			fd, m.fds[0] = m.fds[0], -1
 		}
-		p.stopQueue(q)
+		if m.hdr.Request != ReqSetVringErr { // the worker never uses the err fd
+			p.stopQueue(q)
+		}
 		switch m.hdr.Request {
 		case ReqSetVringKick:
 			closeFD(&q.cfg.kickFD)

@@ -266,6 +266,9 @@ func (p *Port) State() PortState {
 	s.RingSizes = append([]int(nil), p.state.RingSizes...)
 	s.Running = append([]bool(nil), p.state.Running...)
 	p.mu.Unlock()
+	if p.brokenFlag.Load() {
+		s.Status |= statusNeedsReset
+	}
 	for _, q := range p.queues {
 		st := q.Stats()
 		s.Kicks += st.Kicks

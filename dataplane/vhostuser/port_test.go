@@ -1,0 +1,438 @@
+package vhostuser
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+)
+
+// recHandler hands ready queues to the test, which plays the worker
+// synchronously (it never touches a queue after QueueStopped).
+type recHandler struct {
+	mu      sync.Mutex
+	ready   chan *Queue
+	stopped chan *Queue
+	broken  chan string
+}
+
+func newRecHandler() *recHandler {
+	return &recHandler{ready: make(chan *Queue, 64), stopped: make(chan *Queue, 64), broken: make(chan string, 8)}
+}
+func (h *recHandler) QueueReady(q *Queue)   { h.ready <- q }
+func (h *recHandler) QueueStopped(q *Queue) { h.stopped <- q }
+func (h *recHandler) DeviceBroken(p *Port, reason string) {
+	select {
+	case h.broken <- reason:
+	default:
+	}
+}
+
+func recv[T any](t *testing.T, ch chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(b, "\n")))
+	return len(b), nil
+}
+
+// fe is a minimal test front-end speaking the wire protocol.
+type fe struct {
+	t *testing.T
+	c *net.UnixConn
+}
+
+func dialFE(t *testing.T, path string) *fe {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fe{t: t, c: c}
+}
+
+func (f *fe) send(req Request, flags uint32, pl []byte, fds ...int) {
+	f.t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := f.c.WriteMsgUnix(msg(req, flags, pl), oob, nil); err != nil {
+		f.t.Fatalf("send %v: %v", req, err)
+	}
+}
+
+func (f *fe) recv(req Request) []byte {
+	f.t.Helper()
+	f.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var hb [HeaderLen]byte
+	if _, err := io.ReadFull(f.c, hb[:]); err != nil {
+		f.t.Fatalf("reply to %v: %v", req, err)
+	}
+	h := Header{Request: Request(binary.LittleEndian.Uint32(hb[0:])), Flags: binary.LittleEndian.Uint32(hb[4:]), Size: binary.LittleEndian.Uint32(hb[8:])}
+	if h.Flags != FlagReply|FlagVersion || h.Request != req {
+		f.t.Fatalf("reply header %+v to %v", h, req)
+	}
+	pl := make([]byte, h.Size)
+	if _, err := io.ReadFull(f.c, pl); err != nil {
+		f.t.Fatalf("reply payload to %v: %v", req, err)
+	}
+	return pl
+}
+
+func (f *fe) get(req Request, pl []byte) []byte { f.send(req, 0, pl); return f.recv(req) }
+
+func (f *fe) getU64(req Request) uint64 {
+	v, err := DecodeU64(f.get(req, nil))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return v
+}
+
+// ack sends with NEED_REPLY and returns the ack value (0 = success).
+func (f *fe) ack(req Request, pl []byte, fds ...int) uint64 {
+	f.t.Helper()
+	f.send(req, FlagNeedReply, pl, fds...)
+	v, err := DecodeU64(f.recv(req))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return v
+}
+
+func (f *fe) mustAck(req Request, pl []byte, fds ...int) {
+	f.t.Helper()
+	if v := f.ack(req, pl, fds...); v != 0 {
+		f.t.Fatalf("%v: ack %d", req, v)
+	}
+}
+
+// eof reports whether the back-end closed the connection.
+func (f *fe) eof() bool {
+	f.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	_, err := f.c.Read(b[:])
+	return errors.Is(err, io.EOF)
+}
+
+func countFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func eventfd(t *testing.T) int {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// guestMem is a memfd the test front-end shares as its memory.
+type guestMem struct {
+	fd  int
+	mem []byte
+}
+
+func newGuestMem(t *testing.T, size int) *guestMem {
+	fd, err := unix.MemfdCreate("vmq-test-guest", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &guestMem{fd: fd, mem: m}
+}
+
+func (g *guestMem) close() { unix.Munmap(g.mem); unix.Close(g.fd) }
+
+const feMemSize = 1 << 20
+
+// handshake sets up one queue pair over gm: q0 rings at offset 0, q1 at
+// 256K. It returns the driver views of both rings.
+func (f *fe) handshake(gm *guestMem, features uint64, kick, call [2]int) [2]*testGuest {
+	f.t.Helper()
+	f.send(ReqSetOwner, 0, nil)
+	pf := f.getU64(ReqGetProtocolFeatures)
+	f.send(ReqSetProtocolFeatures, 0, u64p(pf&(ProtocolFReplyAck|ProtocolFMQ|ProtocolFStatus|ProtocolFConfig)))
+	f.mustAck(ReqSetFeatures, u64p(features))
+	tbl := make([]byte, MemTableLen(1))
+	EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase, MmapOffset: 0}})
+	f.mustAck(ReqSetMemTable, tbl, gm.fd)
+	var gs [2]*testGuest
+	for i := 0; i < 2; i++ {
+		off := i * 256 << 10
+		g := layoutGuest(f.t, gm.mem[off:off+256<<10], testBase+uint64(off), 256)
+		gs[i] = g
+		d, a, u := g.addrs()
+		f.mustAck(ReqSetVringNum, statep(uint32(i), 256))
+		f.mustAck(ReqSetVringBase, statep(uint32(i), 0))
+		f.mustAck(ReqSetVringAddr, addrp(uint32(i), d, a, u))
+		f.mustAck(ReqSetVringCall, u64p(uint64(i)), call[i])
+		f.mustAck(ReqSetVringKick, u64p(uint64(i)), kick[i])
+		f.mustAck(ReqSetVringEnable, statep(uint32(i), 1))
+	}
+	return gs
+}
+
+func TestPortServer(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vm.sock")
+	h := newRecHandler()
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 0x0a}
+	p, err := Listen(path, Config{MAC: mac, MTU: 1500, Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	baseFDs := countFDs(t)
+
+	gm := newGuestMem(t, feMemSize)
+	kick := [2]int{eventfd(t), eventfd(t)}
+	call := [2]int{eventfd(t), eventfd(t)}
+	f := dialFE(t, path)
+
+	offered := f.getU64(ReqGetFeatures)
+	wantOffered := uint64(DefaultFeatures&^virtio.NetFMQ | virtio.NetFMTU)
+	if offered != wantOffered {
+		t.Fatalf("offered features %#x, want %#x", offered, wantOffered)
+	}
+	features := uint64(virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFIndirectDesc | virtio.FProtocolFeatures)
+	gs := f.handshake(gm, features, kick, call)
+	if n := f.getU64(ReqGetQueueNum); n != 1 {
+		t.Fatalf("GET_QUEUE_NUM %d", n)
+	}
+	// GET_CONFIG: MAC, link up, MTU.
+	creq := make([]byte, ConfigHeaderLen+NetConfigLen)
+	ConfigRequest{Size: NetConfigLen}.Encode(creq)
+	cr, space, err := DecodeConfig(f.get(ReqGetConfig, creq))
+	if err != nil || cr.Size != NetConfigLen || !bytes.Equal(space[:6], mac) ||
+		binary.LittleEndian.Uint16(space[NetConfigMTUOff:]) != 1500 || space[NetConfigStatusOff]&virtio.NetSLinkUp == 0 {
+		t.Fatalf("config %+v %x %v", cr, space, err)
+	}
+
+	var qs [2]*Queue
+	for i := 0; i < 2; i++ {
+		q := recv(t, h.ready, "QueueReady")
+		qs[q.Index()] = q
+	}
+	rxq, txq := qs[0], qs[1]
+	if !rxq.IsRX() || txq.IsRX() || rxq.KickFD() < 0 {
+		t.Fatalf("queues: rx %v tx %v kick %d", rxq.IsRX(), txq.IsRX(), rxq.KickFD())
+	}
+	st := p.State()
+	if !st.Connected || st.Features != features || st.RingSizes[0] != 256 || !st.Running[1] {
+		t.Fatalf("state %+v", st)
+	}
+
+	// Guest → back-end.
+	f1 := frameOf(1514, 9)
+	gs[1].sendFrame(f1, 700)
+	dst := make([]byte, 2048)
+	n, err := txq.Pop(dst)
+	if err != nil || !bytes.Equal(dst[:n], f1) {
+		t.Fatalf("pop: %d %v", n, err)
+	}
+	txq.Flush()
+	var ev [8]byte
+	if _, err := unix.Read(call[1], ev[:]); err != nil {
+		t.Fatalf("no call after flush: %v", err)
+	}
+	// Back-end → guest.
+	a := gs[0].postRX(2048)
+	if err := rxq.Push(f1); err != nil {
+		t.Fatal(err)
+	}
+	rxq.Flush()
+	if !bytes.Equal(gm.mem[a-testBase+12:][:len(f1)], f1) || gs[0].usedIdx() != 1 {
+		t.Fatal("pushed frame not in guest memory")
+	}
+
+	// Misbehaving requests: an error ack, the connection survives.
+	if v := f.ack(ReqSetVringNum, statep(0, 3)); v == 0 {
+		t.Fatal("ring size 3 acked")
+	}
+	if v := f.ack(Request(77), []byte{1, 2}); v == 0 {
+		t.Fatal("unknown request acked")
+	}
+	if v := f.ack(ReqSetVringNum, statep(9, 256)); v == 0 {
+		t.Fatal("vring index 9 acked")
+	}
+	junk := eventfd(t)
+	if v := f.ack(ReqSetVringErr, u64p(1|VringNoFD), junk); v != 0 { // fd sent despite NOFD: closed by the port
+		t.Fatalf("SET_VRING_ERR nofd: ack %d", v)
+	}
+	unix.Close(junk)
+	if v := f.ack(ReqSetMemTable, make([]byte, MemTableLen(1))); v == 0 {
+		t.Fatal("memory table without fds acked")
+	}
+
+	// GET_VRING_BASE stops the queue before it answers.
+	s, err := DecodeVringState(f.get(ReqGetVringBase, statep(1, 0)))
+	if err != nil || s.Num != 1 {
+		t.Fatalf("GET_VRING_BASE: %+v %v", s, err)
+	}
+	if q := recv(t, h.stopped, "QueueStopped"); q != txq {
+		t.Fatalf("stopped queue %d", q.Index())
+	}
+
+	// Disconnect: the running RX queue is taken back, memory unmapped.
+	f.c.Close()
+	if q := recv(t, h.stopped, "QueueStopped on disconnect"); q != rxq {
+		t.Fatalf("stopped queue %d", q.Index())
+	}
+	waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
+
+	// A bad header closes the connection; the next front-end is served.
+	f2 := dialFE(t, path)
+	f2.send(ReqGetFeatures, 0x2, nil) // version 2
+	if !f2.eof() {
+		t.Fatal("connection with a bad version not closed")
+	}
+	f2.c.Close()
+	f3 := dialFE(t, path)
+	if v := f3.getU64(ReqGetFeatures); v != wantOffered {
+		t.Fatalf("second front-end: features %#x", v)
+	}
+	f3.c.Close()
+	waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
+
+	for _, fd := range append(kick[:], call[:]...) {
+		unix.Close(fd)
+	}
+	gm.close()
+	if got := countFDs(t); got != baseFDs {
+		t.Fatalf("fd leak: %d open, %d before the sessions", got, baseFDs)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestPortBrokenGuest: a hostile ring marks the device broken (handler
+// told, NEEDS_RESET in the status) and a reset clears it.
+func TestPortBrokenGuest(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	h := newRecHandler()
+	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	kick := [2]int{eventfd(t), eventfd(t)}
+	call := [2]int{eventfd(t), eventfd(t)}
+	f := dialFE(t, path)
+	defer f.c.Close()
+	gs := f.handshake(gm, virtio.FVersion1|virtio.FProtocolFeatures, kick, call)
+	var txq *Queue
+	for i := 0; i < 2; i++ {
+		if q := recv(t, h.ready, "QueueReady"); !q.IsRX() {
+			txq = q
+		}
+	}
+	gs[1].post(tdesc{addr: 0x10, len: 100}) // outside guest memory
+	if _, err := txq.Pop(make([]byte, 2048)); !errors.Is(err, ErrBroken) {
+		t.Fatalf("pop: %v", err)
+	}
+	reason := recv(t, h.broken, "DeviceBroken")
+	if st := p.State(); st.Broken != reason || st.Status&statusNeedsReset == 0 {
+		t.Fatalf("state %+v", st)
+	}
+	if s := f.getU64(ReqGetStatus); s&statusNeedsReset == 0 {
+		t.Fatalf("GET_STATUS %#x without NEEDS_RESET", s)
+	}
+	f.send(ReqResetOwner, 0, nil)
+	recv(t, h.stopped, "QueueStopped")
+	recv(t, h.stopped, "QueueStopped")
+	waitFor(t, func() bool { return p.State().Broken == "" }, "broken cleared")
+	for _, fd := range append(kick[:], call[:]...) {
+		unix.Close(fd)
+	}
+}
+
+// TestPortClient: client mode reconnects after the front-end goes away.
+func TestPortClient(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "guest.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p, err := Dial(path, Config{Logger: testLogger(t), ReconnectMin: 10 * time.Millisecond, ReconnectMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := 0; i < 3; i++ {
+		ln.SetDeadline(time.Now().Add(5 * time.Second))
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Fatalf("accept %d: %v", i, err)
+		}
+		f := &fe{t: t, c: c}
+		if v := f.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+			t.Fatalf("features %#x", v)
+		}
+		c.Close()
+	}
+	// The listener goes away and comes back: the port keeps retrying.
+	ln.Close()
+	os.Remove(path)
+	time.Sleep(100 * time.Millisecond)
+	ln2, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	ln2.SetDeadline(time.Now().Add(5 * time.Second))
+	c, err := ln2.AcceptUnix()
+	if err != nil {
+		t.Fatalf("accept after restart: %v", err)
+	}
+	c.Close()
+	waitFor(t, func() bool { return p.State().Connects >= 4 }, "4 connections")
+}
