@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
 )
@@ -32,68 +32,46 @@ func newTestbed(t testing.TB, queues int) *testbed {
 	return &testbed{hostNS: hostNS, wireNS: wireNS, host: host, wire: wire}
 }
 
-// maxQueues is the stride of the test steering program's XSKMAP index:
-// slot*maxQueues + rx_queue_index, as in package bpf.
+// maxQueues is the stride of the filter's XSKMAP index:
+// slot*maxQueues + rx_queue_index.
 const maxQueues = 8
 
-// steering is a minimal stand-in for package bpf's filter: dst MAC →
-// slot → redirect into xsks[slot*maxQueues + rx_queue_index]; unknown MACs
-// and a missing socket pass to the host stack.
+// steering is vmq's real VMQ filter (package bpf) on the host end:
+// (dst MAC) → slot → the slot's socket for the frame's rx queue; unknown
+// unicast passes to the host stack. VM slots are 1..slots.
 type steering struct {
-	macs, xsks *ebpf.Map
-	prog       *ebpf.Program
-	link       link.Link
+	f *bpf.Filter
 }
 
 func newSteering(t testing.TB, tb *testbed, slots int) *steering {
 	t.Helper()
-	macs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 64})
+	f, err := bpf.Load(bpf.Config{MaxVMs: slots, MaxQueues: maxQueues, Malformed: bpf.Drop, NoSocket: bpf.Pass})
 	if err != nil {
-		t.Fatalf("create mac map: %v", err)
+		testenv.Skip(t, "load vmq filter: %v", err)
 	}
-	t.Cleanup(func() { macs.Close() })
-	xsks, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: uint32(slots * maxQueues)})
+	t.Cleanup(func() { f.Close() })
+	err = tb.hostNS.Do(func() error {
+		_, err := f.Attach(tb.host.Index, bpf.Native)
+		return err
+	})
 	if err != nil {
-		testenv.Skip(t, "create XSKMAP: %v", err)
+		testenv.Skip(t, "attach vmq filter natively to veth: %v", err)
 	}
-	t.Cleanup(func() { xsks.Close() })
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.StoreMem(asm.RFP, -8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, 0, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
-		asm.LoadMem(asm.R5, asm.R2, 4, asm.Half),
-		asm.StoreMem(asm.RFP, -4, asm.R5, asm.Half),
-		asm.LoadMapPtr(asm.R1, macs.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
-		asm.LoadMem(asm.R2, asm.R0, 0, asm.Word),
-		asm.Mul.Imm(asm.R2, maxQueues),
-		asm.LoadMem(asm.R3, asm.R6, 16, asm.Word), // rx_queue_index
-		asm.Add.Reg(asm.R2, asm.R3),
-		asm.LoadMapPtr(asm.R1, xsks.FD()),
-		asm.Mov.Imm(asm.R3, 2), // fallback action: XDP_PASS
-		asm.FnRedirectMap.Call(),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"),
-		asm.Return(),
+	return &steering{f: f}
+}
+
+func (s *steering) setMAC(t testing.TB, mac net.HardwareAddr, slot uint32) {
+	t.Helper()
+	if err := s.f.SetFilter(mac, 0, slot); err != nil {
+		t.Fatalf("set filter %s → slot %d: %v", mac, slot, err)
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, Instructions: insns, License: "GPL"})
-	if err != nil {
-		t.Fatalf("load steering program: %v", err)
+}
+
+func (s *steering) register(t testing.TB, slot, queue int, sock *Socket) {
+	t.Helper()
+	if err := s.f.RegisterSocket(uint32(slot), uint32(queue), sock.FD()); err != nil {
+		t.Fatalf("register socket slot %d queue %d: %v", slot, queue, err)
 	}
-	t.Cleanup(func() { prog.Close() })
-	s := &steering{macs: macs, xsks: xsks, prog: prog}
-	s.link = attachXDP(t, tb.hostNS, prog, tb.host.Index)
-	return s
 }
 
 func attachXDP(t testing.TB, ns *netnstest.NS, prog *ebpf.Program, ifindex int) link.Link {
@@ -109,26 +87,6 @@ func attachXDP(t testing.TB, ns *netnstest.NS, prog *ebpf.Program, ifindex int) 
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
-}
-
-func macKey(mac net.HardwareAddr) [8]byte {
-	var k [8]byte
-	copy(k[:], mac)
-	return k
-}
-
-func (s *steering) setMAC(t testing.TB, mac net.HardwareAddr, slot uint32) {
-	t.Helper()
-	if err := s.macs.Put(macKey(mac), slot); err != nil {
-		t.Fatalf("set mac %s → slot %d: %v", mac, slot, err)
-	}
-}
-
-func (s *steering) register(t testing.TB, slot, queue int, sock *Socket) {
-	t.Helper()
-	if err := s.xsks.Put(uint32(slot*maxQueues+queue), uint32(sock.FD())); err != nil {
-		t.Fatalf("register socket in xskmap[%d]: %v", slot*maxQueues+queue, err)
-	}
 }
 
 func vmMAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x01, byte(i)} }

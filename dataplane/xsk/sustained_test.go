@@ -24,8 +24,8 @@ func TestSustainedEcho(t *testing.T) {
 		newSocket(t, tb, q, SocketConfig{RxSize: 1024, TxSize: 512}),
 	}
 	for i, s := range vms {
-		st.setMAC(t, vmMAC(i), uint32(i))
-		st.register(t, i, 0, s)
+		st.setMAC(t, vmMAC(i), uint32(i+1))
+		st.register(t, i+1, 0, s)
 	}
 	wire := openPacketSock(t, tb.wireNS, tb.wire.Index)
 

@@ -182,12 +182,12 @@ func TestMultiQueue(t *testing.T) {
 	const queues = 4
 	tb := newTestbed(t, queues)
 	st := newSteering(t, tb, 1)
-	st.setMAC(t, vmMAC(0), 0)
+	st.setMAC(t, vmMAC(0), 1)
 	u := newUMEM(t, UMEMConfig{NumFrames: 4 * 1024})
 	qs := make([]*Queue, queues)
 	for i := range qs {
 		qs[i] = openQueue(t, tb, u, i, QueueConfig{Frames: 1024, FillSize: 1024, RxSize: 1024, TxSize: -1})
-		st.register(t, 0, i, qs[i].Primary())
+		st.register(t, 1, i, qs[i].Primary())
 	}
 	if u.FreeFrames() != 0 {
 		t.Errorf("UMEM has %d unassigned frames, want 0", u.FreeFrames())
@@ -401,10 +401,10 @@ func TestTransmitErrors(t *testing.T) {
 func TestBindErrors(t *testing.T) {
 	tb := newTestbed(t, 1)
 	st := newSteering(t, tb, 1)
-	st.setMAC(t, vmMAC(0), 0)
+	st.setMAC(t, vmMAC(0), 1)
 	u := newUMEM(t, UMEMConfig{NumFrames: 256})
 	q := openQueue(t, tb, u, 0, QueueConfig{Frames: 128, FillSize: 128, RxSize: 128, TxSize: 64})
-	st.register(t, 0, 0, q.Primary())
+	st.register(t, 1, 0, q.Primary())
 
 	open := func(f func() (*Queue, error)) error {
 		var q2 *Queue
