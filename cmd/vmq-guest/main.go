@@ -178,6 +178,11 @@ func run(o options, stdout, stderr io.Writer) error {
 			return err
 		}
 		sent, sendErr = sendAll(ctx, g, *traffic, o)
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := g.Flush(fctx); err != nil {
+			sendErr = errors.Join(sendErr, err)
+		}
+		cancel()
 		log.Info("sending done", "frames", sent, "elapsed", time.Since(start).Round(time.Millisecond))
 		select {
 		case <-ctx.Done():

@@ -291,21 +291,3 @@ func TestDPDKGuestToRxonly(t *testing.T) {
 		})
 	}
 }
-
-// txIdle reports whether every tx buffer has come back from the device.
-func (g *Guest) txIdle() bool {
-	d := g.dev.Load()
-	if d == nil {
-		return false
-	}
-	for _, qp := range d.qps {
-		qp.tx.mu.Lock()
-		_, err := qp.tx.reclaim()
-		idle := err == nil && len(qp.tx.free) == qp.tx.n
-		qp.tx.mu.Unlock()
-		if !idle {
-			return false
-		}
-	}
-	return true
-}

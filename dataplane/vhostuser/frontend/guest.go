@@ -539,6 +539,39 @@ func (g *Guest) SendBatch(queue int, frames [][]byte) (int, error) {
 	return sent, nil
 }
 
+// txIdle reports whether every tx buffer has come back from the device.
+func (g *Guest) txIdle() bool {
+	d := g.dev.Load()
+	if d == nil {
+		return false
+	}
+	for _, qp := range d.qps {
+		qp.tx.mu.Lock()
+		_, err := qp.tx.reclaim()
+		idle := err == nil && !qp.tx.closed && len(qp.tx.free) == qp.tx.n
+		qp.tx.mu.Unlock()
+		if !idle {
+			return false
+		}
+	}
+	return true
+}
+
+// Flush waits until the device has consumed every frame queued so far.
+func (g *Guest) Flush(ctx context.Context) error {
+	for !g.txIdle() {
+		if g.dev.Load() == nil {
+			return ErrNotConnected
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush tx: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // Stats returns a snapshot of the counters.
 func (g *Guest) Stats() Stats {
 	s := Stats{

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+func TestFlags(t *testing.T) {
+	for _, bad := range [][]string{
+		{},
+		{"--socket", "s", "extra"},
+		{"--socket", "s", "--queues", "0"},
+		{"--socket", "s", "--rate", "-1"},
+	} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	o, err := parseFlags([]string{"--socket", "s", "--server", "--queues", "2", "--send-to", "02:00:00:00:00:0b", "--count", "10", "--json"}, io.Discard)
+	if err != nil || !o.server || o.queues != 2 || o.count != 10 || !o.jsonOut || o.sendTo == "" {
+		t.Fatalf("%+v %v", o, err)
+	}
+	for _, o := range []options{
+		{socket: "s", mac: "nope", logLevel: "info"},
+		{socket: "s", mac: "02:00:00:00:00:0a", ip: "x", logLevel: "info"},
+		{socket: "s", mac: "02:00:00:00:00:0a", logLevel: "loud"},
+	} {
+		if err := run(o, io.Discard, io.Discard); err == nil {
+			t.Errorf("run(%+v) accepted", o)
+		}
+	}
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The command sends an exact count to DPDK's vhost backend (testpmd
+// rxonly, which connects to the guest's listening socket) and reports it.
+func TestSendToTestpmd(t *testing.T) {
+	bin := testenv.RequireCommand(t, "dpdk-testpmd")
+	testenv.RequireRoot(t)
+	sock := filepath.Join(t.TempDir(), "guest.sock")
+	prefix := netnstest.UniqueName("vmqc")
+	var out lockedBuf
+	cmd := exec.Command(bin, "--lcores=0@0,1@0", "--no-pci", "--no-huge", "-m", "256", "--file-prefix="+prefix,
+		"--vdev", "net_vhost0,iface="+sock+",queues=2,client=1", "--", "--forward-mode=rxonly", "--stats-period=1",
+		"--nb-cores=1", "--rxq=2", "--txq=2", "--total-num-mbufs=16384", "--no-flush-rx")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	stop := func() {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	t.Cleanup(func() {
+		stop()
+		os.RemoveAll(filepath.Join("/var/run/dpdk", prefix))
+		if t.Failed() {
+			t.Logf("testpmd:\n%s", out.String())
+		}
+	})
+
+	var stdout bytes.Buffer
+	o, err := parseFlags([]string{"--socket", sock, "--server", "--queues", "2", "--ip", "198.18.0.10",
+		"--send-to", "02:00:00:00:00:0b", "--count", "10001", "--rate", "50000", "--size", "200",
+		"--linger", "300ms", "--json", "--log-level", "warn"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run(o, &stdout, io.Discard); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	var s summary
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		t.Fatalf("summary %q: %v", stdout.String(), err)
+	}
+	if s.TxFrames != 10001 || s.TxBytes != 10001*200 || len(s.Queues) != 2 || s.Queues[0].TxFrames != 5001 || s.Connects != 1 {
+		t.Fatalf("summary %+v", s)
+	}
+	stop()
+	m := regexp.MustCompile(`(?s)Accumulated forward statistics.*?RX-packets: +(\d+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatal("no testpmd statistics")
+	}
+	if rx, _ := strconv.Atoi(m[1]); rx != 10001 {
+		t.Fatalf("testpmd received %d frames, want 10001", rx)
+	}
+
+	var text bytes.Buffer
+	printSummary(&text, s.Stats, time.Second, false)
+	if !strings.Contains(text.String(), "tx 10001 frames 2000200 bytes") {
+		t.Fatalf("text summary:\n%s", text.String())
+	}
+}
