@@ -81,6 +81,31 @@ func TestAttachModes(t *testing.T) {
 			}
 		})
 	}
+	// Another filter already on the interface: Auto must not stack a
+	// generic program beside it.
+	t.Run("busy", func(t *testing.T) {
+		f1, err := Load(Config{MaxVMs: 1, MaxQueues: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f1.Close()
+		f2, err := Load(Config{MaxVMs: 1, MaxQueues: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f2.Close()
+		if err := ns.Do(func() error { _, err := f1.Attach(a.Index, Native); return err }); err != nil {
+			t.Fatal(err)
+		}
+		err = ns.Do(func() error { _, err := f2.Attach(a.Index, Auto); return err })
+		if err == nil {
+			t.Fatal("second filter attached to a busy interface")
+		}
+		t.Log(err)
+		if id, mode := xdpState(t, a); id != progID(t, f1.Program()) || mode != Native {
+			t.Fatalf("interface has prog %d mode %s, want the first filter's %d native", id, mode, progID(t, f1.Program()))
+		}
+	})
 	// Native XDP on veth needs the peer's MTU <= 3506 (field notes); Auto
 	// then falls back to generic.
 	t.Run("auto falls back", func(t *testing.T) {

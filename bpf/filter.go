@@ -17,6 +17,7 @@ import (
 const (
 	MaxVMsLimit    = 65535
 	MaxQueuesLimit = 1024
+	maxSockets     = 1 << 20
 	// MaxVLAN is the highest VLAN id a filter may name (4095 is reserved).
 	MaxVLAN = 4094
 )
@@ -119,6 +120,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxQueues < 1 || c.MaxQueues > MaxQueuesLimit {
 		return fmt.Errorf("MaxQueues %d out of range 1..%d", c.MaxQueues, MaxQueuesLimit)
+	}
+	if (c.MaxVMs+1)*c.MaxQueues > maxSockets {
+		return fmt.Errorf("(MaxVMs+1)*MaxQueues = %d exceeds %d XSKMAP entries", (c.MaxVMs+1)*c.MaxQueues, maxSockets)
 	}
 	if c.MaxFilters == 0 {
 		c.MaxFilters = max(4*c.MaxVMs, 64)
@@ -316,7 +320,9 @@ func (f *Filter) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	case Auto:
 		got = Native
 		l, err = f.attach(ifindex, link.XDPDriverMode)
-		if err != nil {
+		// Busy means another XDP program holds the interface: stacking a
+		// generic one beside it would hide the conflict.
+		if err != nil && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.EEXIST) {
 			nerr := err
 			got = Generic
 			l, err = f.attach(ifindex, link.XDPGenericMode)

@@ -399,6 +399,7 @@ func TestAPIValidation(t *testing.T) {
 		{MaxVMs: MaxVMsLimit + 1, MaxQueues: 1},
 		{MaxVMs: 1, MaxQueues: 1, Malformed: 7},
 		{MaxVMs: 1, MaxQueues: 1, NoSocket: 9},
+		{MaxVMs: 2000, MaxQueues: 1024},
 	} {
 		if f, err := Load(cfg); err == nil {
 			f.Close()
