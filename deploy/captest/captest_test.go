@@ -131,6 +131,7 @@ func TestUnitCapabilities(t *testing.T) {
 
 	nsA, nsB := netnstest.New(t), netnstest.New(t)
 	a, _ := netnstest.NewVethPair(t, nsA, nsB, netnstest.VethOptions{Queues: 1, MTU: 1500})
+	t.Logf("netns %s, %s; veth %s", nsA.Name, nsB.Name, a.Name)
 	pinDir := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("vmqtcap"))
 	t.Cleanup(func() { os.RemoveAll(pinDir) })
 
