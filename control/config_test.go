@@ -1,6 +1,7 @@
 package control
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,5 +246,23 @@ func TestNewLogger(t *testing.T) {
 	}
 	if _, err := NewLogger(&b, "json", "loud"); err == nil {
 		t.Error("level loud accepted")
+	}
+}
+
+func TestLogFlags(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	mk := LogFlags(fs)
+	if err := fs.Parse([]string{"--log-format", "json", "--log-level", "error"}); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	l, err := mk(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Warn("no")
+	l.Error("yes")
+	if strings.Contains(b.String(), `"no"`) || !strings.Contains(b.String(), `"msg":"yes"`) {
+		t.Errorf("logger wrote %q", b.String())
 	}
 }

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,4 +23,12 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: want json or text", format)
+}
+
+// LogFlags registers --log-format and --log-level on fs; call the
+// returned function after fs.Parse to build the logger.
+func LogFlags(fs *flag.FlagSet) func(w io.Writer) (*slog.Logger, error) {
+	format := fs.String("log-format", "text", "log format: text or json")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	return func(w io.Writer) (*slog.Logger, error) { return NewLogger(w, *format, *level) }
 }
