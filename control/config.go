@@ -492,6 +492,9 @@ func (c *Config) validate() errList {
 		errs.add("polling.busy_poll", "%v is outside 0..1s", c.Polling.BusyPoll)
 	}
 
+	if len(c.VMs) > MaxVMs {
+		errs.add("vms", "%d VMs configured, at most %d (the XDP program's slots)", len(c.VMs), MaxVMs)
+	}
 	names := map[string]int{}
 	keys := map[FilterKey]int{}
 	sockets := map[string]string{filepath.Clean(c.API.Socket): "api.socket"}

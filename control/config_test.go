@@ -2,6 +2,7 @@ package control
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,6 +190,18 @@ vms:
 		if !fields[f] {
 			t.Errorf("no error for %s in %v", f, err)
 		}
+	}
+}
+
+func TestTooManyVMs(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Default("eth0")
+	cfg.API.Socket = dir + "/api.sock"
+	for i := 0; i <= MaxVMs; i++ {
+		cfg.VMs = append(cfg.VMs, testVM(dir, fmt.Sprintf("v%d", i), i+1))
+	}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "vms: 256 VMs configured, at most 255") {
+		t.Errorf("Validate = %v", err)
 	}
 }
 
