@@ -155,10 +155,14 @@ func (c *Controller) removeLocked(ctx context.Context, name string) error {
 		return fmt.Errorf("remove VM %q: %w", name, ErrNotFound)
 	}
 	c.reg.SetState(name, StateRemoving, nil)
-	if err := c.ft.DeleteFilter(info.HardwareAddr(), uint16(info.VLAN)); err != nil {
-		err = fmt.Errorf("remove VM %q: delete filter %s: %w", name, info.Key(), err)
-		c.reg.SetState(name, info.State, err)
-		return err
+	// A failed VM's filter went in the earlier attempt; bpf.Filter
+	// reports a missing entry as an error, so don't delete twice.
+	if info.State != StateFailed {
+		if err := c.ft.DeleteFilter(info.HardwareAddr(), uint16(info.VLAN)); err != nil {
+			err = fmt.Errorf("remove VM %q: delete filter %s: %w", name, info.Key(), err)
+			c.reg.SetState(name, info.State, err)
+			return err
+		}
 	}
 	if err := c.dp.RemoveVM(ctx, name); err != nil {
 		err = fmt.Errorf("remove VM %q from the dataplane: %w", name, err)

@@ -40,7 +40,8 @@ type FilterTable interface {
 	Filters() (map[FilterKey]uint32, error)
 	// SetFilter creates or atomically replaces an entry.
 	SetFilter(mac net.HardwareAddr, vlan uint16, slot uint32) error
-	// DeleteFilter removes an entry; a missing entry is not an error.
+	// DeleteFilter removes an entry. Control only deletes entries it saw
+	// or set; an adapter should still map "not found" to nil.
 	DeleteFilter(mac net.HardwareAddr, vlan uint16) error
 }
 
