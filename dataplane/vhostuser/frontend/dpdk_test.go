@@ -43,7 +43,7 @@ func (p *testpmd) output() string {
 
 // startTestpmd starts testpmd; client makes net_vhost connect to sock
 // instead of listening on it.
-func startTestpmd(t *testing.T, sock string, queues int, client bool, mode string, extra ...string) *testpmd {
+func startTestpmd(t testing.TB, sock string, queues int, client bool, mode string, extra ...string) *testpmd {
 	t.Helper()
 	bin := testenv.RequireCommand(t, "dpdk-testpmd")
 	testenv.RequireRoot(t)
@@ -92,7 +92,7 @@ func (p *testpmd) kill() {
 var accumulated = regexp.MustCompile(`(?s)Accumulated forward statistics.*?RX-packets: +(\d+).*?TX-packets: +(\d+)`)
 
 // stop interrupts testpmd and returns its final RX and TX packet counts.
-func (p *testpmd) stop(t *testing.T) (rx, tx uint64) {
+func (p *testpmd) stop(t testing.TB) (rx, tx uint64) {
 	t.Helper()
 	p.kill()
 	m := accumulated.FindStringSubmatch(p.output())
@@ -104,7 +104,7 @@ func (p *testpmd) stop(t *testing.T) (rx, tx uint64) {
 	return rx, tx
 }
 
-func waitFile(t *testing.T, path string) {
+func waitFile(t testing.TB, path string) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(path); err == nil {
@@ -153,7 +153,7 @@ var interopCases = []interopCase{
 var testMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x0a}
 
 // startGuest connects a guest to testpmd per the case and runs it.
-func startGuest(t *testing.T, c interopCase, cfg Config, mode string, extra ...string) (*Guest, *testpmd) {
+func startGuest(t testing.TB, c interopCase, cfg Config, mode string, extra ...string) (*Guest, *testpmd) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "vhost.sock")
