@@ -36,6 +36,11 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
+// BusyRetry is how long OpenQueue retries a queue that is busy (EBUSY)
+// before reporting it: the kernel releases a closed socket's queue
+// asynchronously, shortly after close.
+var BusyRetry = time.Second
+
 // QueueConfig shapes a Queue and its primary socket. Ring sizes are powers
 // of two; zero means DefaultRingSize.
 type QueueConfig struct {
@@ -180,10 +185,21 @@ func (u *UMEM) OpenQueue(ifindex, queueID int, cfg QueueConfig) (*Queue, error) 
 	if owner >= 0 {
 		mode = ModeAuto // inherited; the kernel refuses mode flags here
 	}
-	err = q.openPrimary(cfg, fillSize, compSize, owner, mode)
-	if err != nil && mode == ModeAuto && owner < 0 && errors.Is(err, unix.EOPNOTSUPP) {
-		slog.Debug("xsk: zero-copy not supported, binding in copy mode", "queue", where)
-		err = q.openPrimary(cfg, fillSize, compSize, owner, ModeCopy)
+	// The kernel frees a closed socket's hold on its queue after an RCU
+	// grace period and a workqueue run, so a queue closed a moment ago
+	// still looks busy: retry EBUSY for a short while.
+	deadline := time.Now().Add(BusyRetry)
+	for {
+		err = q.openPrimary(cfg, fillSize, compSize, owner, mode)
+		if err != nil && mode == ModeAuto && owner < 0 && errors.Is(err, unix.EOPNOTSUPP) {
+			slog.Debug("xsk: zero-copy not supported, binding in copy mode", "queue", where)
+			mode = ModeCopy
+			err = q.openPrimary(cfg, fillSize, compSize, owner, mode)
+		}
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err != nil {
 		u.returnFramesLocked(fr)

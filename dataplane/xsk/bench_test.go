@@ -1,0 +1,431 @@
+package xsk
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	asavie "github.com/asavie/xdp"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// The benchmarks compare, on one veth pair and in one run:
+//   - xdp-drop: an XDP program on the host end that counts and drops: the
+//     ceiling of what reaches the host end;
+//   - vmq-xsk: vmq's socket layer behind vmq's VMQ filter (package bpf);
+//   - vmq-xsk-minimal: vmq's socket layer behind a minimal redirect
+//     program like asavie's, to compare the socket layers alone;
+//   - asavie-xdp: github.com/asavie/xdp v0.3.3 with its own program.
+//
+// Traffic comes from BPF_PROG_RUN with live frames on the wire end: a
+// one-instruction XDP_TX program sends 64-byte frames out of the wire veth.
+// On veth the receiver's XDP (and the copy into the UMEM) runs on the
+// generator's CPU, so every receiver is capped by that core; the consumer
+// runs on the other. Compare numbers within one run, as ratios.
+//
+//	go test -run '^$' -bench . -benchtime 3000000x ./dataplane/xsk/
+
+const benchFrameLen = 64
+
+// xdpMD is struct xdp_md, the context of BPF_PROG_RUN for XDP.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// liveGen sends frames out of the wire end until stopped.
+type liveGen struct {
+	stop atomic.Bool
+	done chan error
+}
+
+func startLiveGen(b *testing.B, tb *testbed, frame []byte) *liveGen {
+	b.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()}, // XDP_TX
+	})
+	if err != nil {
+		b.Fatalf("load generator program: %v", err)
+	}
+	g := &liveGen{done: make(chan error, 1)}
+	go func() {
+		g.done <- tb.wireNS.Do(func() error {
+			defer prog.Close()
+			ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
+			for !g.stop.Load() {
+				_, err := prog.Run(&ebpf.RunOptions{
+					Data: frame, Context: &ctx, Repeat: 1 << 14,
+					Flags: unix.BPF_F_TEST_XDP_LIVE_FRAMES, BatchSize: 64,
+				})
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	b.Cleanup(func() { g.halt(b) })
+	return g
+}
+
+func (g *liveGen) halt(b *testing.B) {
+	if g.stop.Swap(true) {
+		return
+	}
+	if err := <-g.done; err != nil {
+		testenv.Skip(b, "BPF_PROG_RUN live frames: %v", err)
+	}
+}
+
+func reportMpps(b *testing.B, frames int, elapsed time.Duration) {
+	b.ReportMetric(float64(frames)/elapsed.Seconds()/1e6, "Mpps")
+}
+
+// countingDrop is an XDP program that counts frames in a per-CPU array
+// and drops them.
+func countingDrop(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R2, 0),
+		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // XDP_DROP
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog, m
+}
+
+func readCount(b *testing.B, m *ebpf.Map) int {
+	var per []uint64
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for _, v := range per {
+		n += int(v)
+	}
+	return n
+}
+
+// minimalRedirect redirects every frame into xsks[rx_queue_index], like
+// asavie's program (without its queue lookup), dropping on a miss.
+func minimalRedirect(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 16, asm.Word), // rx_queue_index
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Imm(asm.R3, 1), // XDP_DROP on a miss
+		asm.FnRedirectMap.Call(),
+		asm.Return(),
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog, m
+}
+
+// closeAsavie closes an asavie/xdp socket and unmaps its rings, which its
+// Close forgets: the mappings would keep the socket, and so the queue,
+// busy until the process exits.
+func closeAsavie(b *testing.B, xsk *asavie.Socket) {
+	var st unix.Stat_t
+	if err := unix.Fstat(xsk.FD(), &st); err != nil {
+		b.Fatal(err)
+	}
+	xsk.Close()
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		b.Fatal(err)
+	}
+	tag := fmt.Sprintf("socket:[%d]", st.Ino)
+	for _, line := range strings.Split(string(maps), "\n") {
+		if !strings.HasSuffix(line, tag) {
+			continue
+		}
+		var lo, hi uintptr
+		if _, err := fmt.Sscanf(strings.Fields(line)[0], "%x-%x", &lo, &hi); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, errno := unix.Syscall(unix.SYS_MUNMAP, lo, hi-lo, 0); errno != 0 {
+			b.Fatalf("unmap asavie ring: %v", errno)
+		}
+	}
+}
+
+// newAsavieSocket retries while the queue is still held by a socket closed
+// a moment ago (the kernel releases it asynchronously).
+func newAsavieSocket(tb *testbed, opts *asavie.SocketOptions) (*asavie.Socket, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		s, err := asavie.NewSocket(tb.host.Index, 0, opts)
+		if err == nil || !strings.Contains(err.Error(), "busy") || time.Now().After(deadline) {
+			return s, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func benchFrame(tb *testbed) []byte {
+	f := make([]byte, 128)
+	return buildFrame(f, vmMAC(0), tb.wire.MAC, 1, 2, payload{}, benchFrameLen)[:benchFrameLen]
+}
+
+// BenchmarkRx receives and drops 64-byte frames (b.N of them per run).
+func BenchmarkRx(b *testing.B) {
+	tb := newTestbed(b, 1)
+	frame := benchFrame(tb)
+	const warmup = 20000
+
+	b.Run("xdp-drop", func(b *testing.B) {
+		prog, counter := countingDrop(b)
+		l := attachXDP(b, tb.hostNS, prog, tb.host.Index)
+		defer l.Close()
+		g := startLiveGen(b, tb, frame)
+		for readCount(b, counter) < warmup {
+			time.Sleep(time.Millisecond)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		start, t0 := readCount(b, counter), time.Now()
+		for readCount(b, counter)-start < b.N {
+			time.Sleep(200 * time.Microsecond)
+		}
+		got, el := readCount(b, counter)-start, time.Since(t0)
+		b.StopTimer()
+		g.halt(b)
+		reportMpps(b, got, el)
+	})
+
+	vmqRx := func(b *testing.B, steer func(*Queue)) {
+		u := newUMEM(b, UMEMConfig{NumFrames: 4096})
+		q := openQueue(b, tb, u, 0, QueueConfig{FillSize: 2048, RxSize: 2048, TxSize: -1})
+		q.Refill(0)
+		steer(q)
+		g := startLiveGen(b, tb, frame)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		descs := make([]Desc, 64)
+		recv := func(want int) int {
+			got := 0
+			for got < want {
+				n := q.Primary().Receive(descs)
+				if n > 0 {
+					q.FillDescs(descs[:n])
+					got += n
+				}
+			}
+			return got
+		}
+		recv(warmup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		t0 := time.Now()
+		got := recv(b.N)
+		el := time.Since(t0)
+		b.StopTimer()
+		g.halt(b)
+		reportMpps(b, got, el)
+		ks, _ := q.Primary().KernelStats()
+		// Frames the kernel dropped for want of fill entries or rx ring
+		// room (RxDropped counts the former, RxRingFull the latter).
+		b.ReportMetric(float64(ks.RxDropped+ks.RxRingFull)/float64(got+warmup), "dropped/frame")
+	}
+
+	b.Run("vmq-xsk", func(b *testing.B) {
+		st := newSteering(b, tb, 1)
+		st.setMAC(b, vmMAC(0), 1)
+		vmqRx(b, func(q *Queue) { st.register(b, 1, 0, q.Primary()) })
+		st.f.Close()
+	})
+
+	b.Run("vmq-xsk-minimal", func(b *testing.B) {
+		prog, xsks := minimalRedirect(b)
+		l := attachXDP(b, tb.hostNS, prog, tb.host.Index)
+		defer l.Close()
+		vmqRx(b, func(q *Queue) {
+			if err := xsks.Put(uint32(0), uint32(q.Primary().FD())); err != nil {
+				b.Fatal(err)
+			}
+		})
+	})
+
+	b.Run("asavie-xdp", func(b *testing.B) {
+		var prog *asavie.Program
+		var xsk *asavie.Socket
+		err := tb.hostNS.Do(func() error {
+			var err error
+			if prog, err = asavie.NewProgram(1); err != nil {
+				return err
+			}
+			if err = prog.Attach(tb.host.Index); err != nil {
+				return err
+			}
+			xsk, err = newAsavieSocket(tb, &asavie.SocketOptions{
+				NumFrames: 4096, FrameSize: 2048,
+				FillRingNumDescs: 2048, CompletionRingNumDescs: 64,
+				RxRingNumDescs: 2048, TxRingNumDescs: 64,
+			})
+			if err != nil {
+				return err
+			}
+			return prog.Register(0, xsk.FD())
+		})
+		if err != nil {
+			b.Fatalf("asavie/xdp setup: %v", err)
+		}
+		defer func() {
+			closeAsavie(b, xsk)
+			tb.hostNS.Do(func() error { return prog.Detach(tb.host.Index) })
+			prog.Close()
+		}()
+		xsk.Fill(xsk.GetDescs(xsk.NumFreeFillSlots()))
+		g := startLiveGen(b, tb, frame)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		recv := func(want int) int {
+			got := 0
+			for got < want {
+				if n := xsk.NumReceived(); n > 0 {
+					descs := xsk.Receive(n)
+					xsk.Fill(descs)
+					got += len(descs)
+				}
+			}
+			return got
+		}
+		recv(warmup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		t0 := time.Now()
+		got := recv(b.N)
+		el := time.Since(t0)
+		b.StopTimer()
+		g.halt(b)
+		reportMpps(b, got, el)
+	})
+}
+
+// BenchmarkTx transmits 64-byte frames from the host end (b.N completed
+// frames per run) into an XDP_DROP program on the wire end.
+func BenchmarkTx(b *testing.B) {
+	tb := newTestbed(b, 1)
+	frame := benchFrame(tb)
+	prog, _ := countingDrop(b)
+	attachXDP(b, tb.wireNS, prog, tb.wire.Index)
+	const warmup = 20000
+
+	b.Run("vmq-xsk", func(b *testing.B) {
+		u := newUMEM(b, UMEMConfig{NumFrames: 4096})
+		q := openQueue(b, tb, u, 0, QueueConfig{FillSize: 64, CompSize: 2048, RxSize: -1, TxSize: 2048})
+		// Write the frame into every free frame once.
+		addrs := make([]uint64, q.FreeFrames())
+		n := q.Alloc(addrs)
+		for _, a := range addrs[:n] {
+			copy(q.Buffer(a), frame)
+		}
+		q.Free(addrs[:n])
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		s := q.Primary()
+		descs := make([]Desc, 64)
+		send := func(want int) int {
+			done := 0
+			for done < want {
+				done += q.Reap()
+				k := q.Alloc(addrs[:64])
+				for i := range k {
+					descs[i] = Desc{Addr: addrs[i], Len: benchFrameLen}
+				}
+				m, err := s.Transmit(descs[:k])
+				if err != nil {
+					b.Fatal(err)
+				}
+				q.Free(addrs[m:k])
+			}
+			return done
+		}
+		send(warmup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		t0 := time.Now()
+		got := send(b.N)
+		el := time.Since(t0)
+		b.StopTimer()
+		reportMpps(b, got, el)
+		b.ReportMetric(float64(s.Stats().Wakeups)/float64(s.Stats().TxFrames), "sendto/frame")
+	})
+
+	b.Run("asavie-xdp", func(b *testing.B) {
+		var xsk *asavie.Socket
+		err := tb.hostNS.Do(func() error {
+			var err error
+			xsk, err = newAsavieSocket(tb, &asavie.SocketOptions{
+				NumFrames: 4096, FrameSize: 2048,
+				FillRingNumDescs: 64, CompletionRingNumDescs: 2048,
+				RxRingNumDescs: 64, TxRingNumDescs: 2048,
+			})
+			return err
+		})
+		if err != nil {
+			b.Fatalf("asavie/xdp setup: %v", err)
+		}
+		defer closeAsavie(b, xsk)
+		for _, d := range xsk.GetDescs(4096) {
+			copy(xsk.GetFrame(d), frame)
+		}
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		send := func(want int) int {
+			done := 0
+			for done < want {
+				if n := xsk.NumCompleted(); n > 0 {
+					xsk.Complete(n)
+					done += n
+				}
+				descs := xsk.GetDescs(min(64, xsk.NumFreeTxSlots()))
+				for i := range descs {
+					descs[i].Len = benchFrameLen
+				}
+				xsk.Transmit(descs)
+			}
+			return done
+		}
+		send(warmup)
+		b.ReportAllocs()
+		b.ResetTimer()
+		t0 := time.Now()
+		got := send(b.N)
+		el := time.Since(t0)
+		b.StopTimer()
+		reportMpps(b, got, el)
+	})
+}
