@@ -1,0 +1,462 @@
+package vhostuser
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// testpmd is an interactive dpdk-testpmd driven through its stdin.
+type testpmd struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	mu     sync.Mutex
+	out    bytes.Buffer
+	prefix string
+	done   chan struct{}
+}
+
+func (p *testpmd) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *testpmd) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// pmdArgs are the EAL arguments of one testpmd with a single vdev.
+// Hugepage files go under a unique prefix, removed at cleanup.
+func pmdArgs(prefix, vdev string, lcores string) []string {
+	return []string{"--lcores=" + lcores, "--no-pci", "--file-prefix=" + prefix, "-m", "256",
+		"--single-file-segments", "--vdev=" + vdev, "--log-level=lib.eal:error"}
+}
+
+// startTestpmd starts testpmd interactively (-i): forwarding begins on
+// "start", so the test controls exactly when frames flow.
+func startTestpmd(t testing.TB, eal []string, app ...string) *testpmd {
+	t.Helper()
+	bin := testenv.RequireCommand(t, "dpdk-testpmd")
+	testenv.RequireCommand(t, "stdbuf")
+	prefix := ""
+	for _, a := range eal {
+		if s, ok := strings.CutPrefix(a, "--file-prefix="); ok {
+			prefix = s
+		}
+	}
+	args := append(append(append([]string{}, eal...), "--", "-i"), app...)
+	p := &testpmd{t: t, prefix: prefix, done: make(chan struct{})}
+	// stdout is a pipe: unbuffer it, or command output arrives late.
+	p.cmd = exec.Command("stdbuf", append([]string{"-o0", "-e0", bin}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	var err error
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start testpmd: %v", err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("testpmd %v output:\n%s", args, p.output())
+		}
+	})
+	return p
+}
+
+func (p *testpmd) kill() {
+	select {
+	case <-p.done:
+	default:
+		io.WriteString(p.stdin, "quit\n")
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	if p.prefix != "" {
+		files, _ := filepath.Glob("/dev/hugepages/" + p.prefix + "*")
+		for _, f := range files {
+			os.Remove(f)
+		}
+		os.RemoveAll("/var/run/dpdk/" + p.prefix)
+	}
+}
+
+// command sends one line and returns its output once it contains
+// marker (testpmd prints the prompt before a command's output).
+func (p *testpmd) command(line, marker string) string {
+	p.t.Helper()
+	start := len(p.output())
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		p.t.Fatalf("testpmd %q: %v", line, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		out := p.output()[start:]
+		if i := strings.Index(out, marker); i >= 0 && strings.Contains(out[i:], "\n") {
+			return out
+		}
+		select {
+		case <-p.done:
+			p.t.Fatalf("testpmd exited during %q", line)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	p.t.Fatalf("testpmd %q: no %q in output", line, marker)
+	return ""
+}
+
+// Markers that end the output of the commands the tests use.
+const (
+	startDone = "packet forwarding"
+	stopDone  = "Done."
+	statsDone = "Tx-bps:"
+)
+
+// waitPrompt waits for the first prompt (EAL and ports initialised).
+func (p *testpmd) waitPrompt(d time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(p.output(), "testpmd> ") {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("testpmd did not start")
+		}
+		select {
+		case <-p.done:
+			p.t.Fatalf("testpmd exited at start")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+var statRe = map[string]*regexp.Regexp{}
+
+// stat returns the last "name: N" value in out, or an error.
+func stat(out, name string) (uint64, error) {
+	re, ok := statRe[name]
+	if !ok {
+		re = regexp.MustCompile(regexp.QuoteMeta(name) + `:\s+(\d+)`)
+		statRe[name] = re
+	}
+	m := re.FindAllStringSubmatch(out, -1)
+	if len(m) == 0 {
+		return 0, fmt.Errorf("no %q in testpmd output", name)
+	}
+	return strconv.ParseUint(m[len(m)-1][1], 10, 64)
+}
+
+// portStat reads one counter of port 0 with "show port stats 0".
+func (p *testpmd) portStat(name string) uint64 {
+	p.t.Helper()
+	out := p.command("show port stats 0", statsDone)
+	v, err := stat(out, name)
+	if err != nil {
+		p.t.Fatalf("%v in:\n%s", err, out)
+	}
+	return v
+}
+
+// testWorker plays the dataplane worker: one goroutine per ready queue,
+// taken back on QueueStopped. TX queues are popped and counted; RX
+// queues push what the test queues up in toPush.
+type workerRun struct{ stop, done chan struct{} }
+
+type testWorker struct {
+	t       testing.TB
+	frame   []byte // pushed frame
+	busy    bool   // never sleep (benchmarks)
+	mu      sync.Mutex
+	running map[*Queue]workerRun
+	ready   chan *Queue
+
+	popped  [8]atomic.Uint64 // by queue pair
+	pushed  [8]atomic.Uint64
+	toPush  [8]atomic.Int64
+	badLen  atomic.Uint64
+	wantLen int
+	broken  atomic.Value
+}
+
+func newTestWorker(t testing.TB, frame []byte) *testWorker {
+	return &testWorker{t: t, frame: frame, running: map[*Queue]workerRun{}, ready: make(chan *Queue, 64)}
+}
+
+func (w *testWorker) QueueReady(q *Queue) {
+	r := workerRun{stop: make(chan struct{}), done: make(chan struct{})}
+	w.mu.Lock()
+	w.running[q] = r
+	w.mu.Unlock()
+	go w.run(q, r.stop, r.done)
+	select {
+	case w.ready <- q:
+	default:
+	}
+}
+
+// QueueStopped returns once the queue's goroutine has flushed and exited.
+func (w *testWorker) QueueStopped(q *Queue) {
+	w.mu.Lock()
+	r, ok := w.running[q]
+	delete(w.running, q)
+	w.mu.Unlock()
+	if ok {
+		close(r.stop)
+		<-r.done
+	}
+}
+
+func (w *testWorker) DeviceBroken(p *Port, reason string) { w.broken.Store(reason) }
+
+func (w *testWorker) run(q *Queue, stop, done chan struct{}) {
+	defer close(done)
+	defer q.Flush()
+	pair := q.Pair()
+	buf := make([]byte, 2048)
+	idle := 0
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n := 0
+		if q.IsRX() {
+			for n < 32 && w.toPush[pair].Load() > 0 {
+				if err := q.Push(w.frame); err != nil {
+					break
+				}
+				w.toPush[pair].Add(-1)
+				w.pushed[pair].Add(1)
+				n++
+			}
+		} else {
+			for n < 64 {
+				l, err := q.Pop(buf)
+				if err != nil {
+					break
+				}
+				if w.wantLen > 0 && l != w.wantLen {
+					w.badLen.Add(1)
+				}
+				n++
+			}
+			w.popped[pair].Add(uint64(n))
+		}
+		q.Flush()
+		if n > 0 || w.busy {
+			idle = 0
+			continue
+		}
+		// Idle: ask for kicks and sleep on the kick fd (short timeout so
+		// stop and toPush are noticed).
+		if idle++; idle < 100 {
+			continue
+		}
+		if pending, err := q.EnableNotify(); err != nil || pending {
+			if err != nil {
+				time.Sleep(time.Millisecond)
+			}
+			continue
+		}
+		if fd := q.KickFD(); fd >= 0 {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, _ := unix.Poll(pfd, 2); n > 0 {
+				q.AckKick()
+			}
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+		q.DisableNotify()
+	}
+}
+
+func (w *testWorker) total(c *[8]atomic.Uint64) uint64 {
+	var s uint64
+	for i := range c {
+		s += c[i].Load()
+	}
+	return s
+}
+
+type interopCase struct {
+	client bool // vmq dials (virtio_user server=1)
+	mrg    int
+	queues int
+}
+
+func (c interopCase) String() string {
+	mode := "server"
+	if c.client {
+		mode = "client"
+	}
+	return fmt.Sprintf("%s/mrg%d/q%d", mode, c.mrg, c.queues)
+}
+
+var interopCases = []interopCase{
+	{false, 1, 1}, {false, 0, 1}, {true, 1, 1}, {true, 0, 1}, {false, 1, 2}, {true, 0, 2},
+}
+
+// startVirtioUser starts testpmd with a net_virtio_user guest attached
+// to a vmq port, which it returns once every queue is ready.
+func startVirtioUser(t testing.TB, c interopCase, w *testWorker, mode string, app ...string) (*Port, *testpmd) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "dpdk-testpmd")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vu.sock")
+	prefix := netnstest.UniqueName("vmqvu")
+	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=%d,queue_size=1024,mrg_rxbuf=%d,mac=02:00:00:00:00:0a", sock, c.queues, c.mrg)
+	if c.queues > 1 {
+		vdev += ",cq=1"
+	}
+	cfg := Config{MAC: []byte{2, 0, 0, 0, 0, 0x0a}, QueuePairs: c.queues, Handler: w, Logger: testLogger(t.(*testing.T))}
+	var p *Port
+	var err error
+	app = append([]string{"--forward-mode=" + mode, fmt.Sprintf("--rxq=%d", c.queues), fmt.Sprintf("--txq=%d", c.queues),
+		"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)
+	var pmd *testpmd
+	if c.client {
+		vdev += ",server=1"
+		pmd = startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
+		if p, err = Dial(sock, cfg); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		if p, err = Listen(sock, cfg); err != nil {
+			t.Fatal(err)
+		}
+		pmd = startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
+	}
+	t.Cleanup(func() { pmd.kill(); p.Close() })
+	pmd.waitPrompt(60 * time.Second)
+	waitFor(t.(*testing.T), func() bool {
+		st := p.State()
+		n := 0
+		for _, r := range st.Running {
+			if r {
+				n++
+			}
+		}
+		return n == 2*c.queues
+	}, "all queues ready")
+	return p, pmd
+}
+
+// TestDPDKGuestTx: testpmd txonly sends through virtio_user; the backend
+// pops exactly as many frames as testpmd counts as sent.
+func TestDPDKGuestTx(t *testing.T) {
+	for _, c := range interopCases {
+		t.Run(c.String(), func(t *testing.T) {
+			w := newTestWorker(t, nil)
+			w.wantLen = 64
+			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
+			pmd.command("start", startDone)
+			waitFor(t, func() bool { return w.total(&w.popped) > 50000 }, "frames from testpmd")
+			out := pmd.command("stop", stopDone)
+			sent, err := stat(out, "TX-packets")
+			if err != nil {
+				t.Fatalf("%v:\n%s", err, out)
+			}
+			// Everything testpmd sent is in the ring: wait for the worker to drain it.
+			deadline := time.Now().Add(10 * time.Second)
+			for w.total(&w.popped) < sent && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond)
+			got := w.total(&w.popped)
+			if got != sent {
+				t.Fatalf("testpmd sent %d frames, backend popped %d", sent, got)
+			}
+			if b := w.badLen.Load(); b != 0 {
+				t.Fatalf("%d frames of the wrong length", b)
+			}
+			if c.queues > 1 {
+				for i := 0; i < c.queues; i++ {
+					if w.popped[i].Load() == 0 {
+						t.Errorf("queue pair %d carried nothing", i)
+					}
+				}
+			}
+			st := p.State()
+			t.Logf("sent %d popped %d per pair %d/%d; kicks %d calls %d; features %#x protocol %#x",
+				sent, got, w.popped[0].Load(), w.popped[1].Load(), st.Kicks, st.Calls, st.Features, st.ProtocolFeatures)
+			if st.Broken != "" {
+				t.Fatalf("device broken: %s", st.Broken)
+			}
+		})
+	}
+}
+
+// TestDPDKGuestRx: the backend pushes a known number of frames per
+// queue; testpmd rxonly receives exactly that many.
+func TestDPDKGuestRx(t *testing.T) {
+	for _, c := range interopCases {
+		t.Run(c.String(), func(t *testing.T) {
+			frame := make([]byte, 1514)
+			copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
+			w := newTestWorker(t, frame)
+			p, pmd := startVirtioUser(t, c, w, "rxonly")
+			pmd.command("start", startDone)
+			const perQueue = 20000
+			// Bounded bursts the guest keeps up with: exact counts, no drops.
+			for sent := 0; sent < perQueue; sent += 500 {
+				for i := 0; i < c.queues; i++ {
+					w.toPush[i].Add(500)
+				}
+				waitFor(t, func() bool {
+					for i := 0; i < c.queues; i++ {
+						if w.toPush[i].Load() > 0 {
+							return false
+						}
+					}
+					return true
+				}, "pushes")
+			}
+			want := uint64(perQueue * c.queues)
+			var got uint64
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				if got = pmd.portStat("RX-packets"); got >= want {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got != want || w.total(&w.pushed) != want {
+				t.Fatalf("pushed %d, testpmd received %d, want %d", w.total(&w.pushed), got, want)
+			}
+			var drops uint64
+			for _, q := range p.Queues() {
+				drops += q.Stats().Drops[DropTooBig]
+			}
+			st := p.State()
+			t.Logf("pushed %d, testpmd RX %d; too-big drops %d; calls %d; features %#x", want, got, drops, st.Calls, st.Features)
+			if st.Broken != "" {
+				t.Fatalf("device broken: %s", st.Broken)
+			}
+		})
+	}
+}
