@@ -229,7 +229,7 @@ func TestNoAllocs(t *testing.T) {
 		// received frames, which go back to the fill ring or the pool.
 		idx, n := q.fill.peek(64)
 		for i := range n {
-			descs[i] = Desc{Addr: *q.fill.at(idx+i) + 256, Len: 64}
+			descs[i] = Desc{Addr: *q.fill.at(idx + i) + 256, Len: 64}
 		}
 		q.fill.release(n)
 		_ = q.Frame(descs[0])
