@@ -237,7 +237,7 @@ func TestDPDKTxonlyToGuest(t *testing.T) {
 	}
 }
 
-func checkFeatures(t *testing.T, g *Guest, c interopCase) {
+func checkFeatures(t testing.TB, g *Guest, c interopCase) {
 	t.Helper()
 	f := g.Features()
 	if got := f&(1<<15) != 0; got != c.mrg {
