@@ -470,7 +470,10 @@ func (g *Guest) pollQueuePair(qp *queuePair) (int, error) {
 // rxFrame handles one received frame on the rx loop (statsMu held).
 func (g *Guest) rxFrame(qp *queuePair, frame []byte) {
 	if g.cfg.OnFrame != nil {
+		// The hook may call Stats: it runs without the stats lock.
+		g.statsMu.Unlock()
 		g.cfg.OnFrame(qp.index, frame)
+		g.statsMu.Lock()
 	}
 	if qp.nreplies < len(qp.replyBufs) {
 		if n, kind := g.resp.reply(frame, qp.replyBufs[qp.nreplies]); n > 0 {
