@@ -219,6 +219,7 @@ func (s *Socket) Kick() error {
 			return nil
 		}
 		s.wakeups.Add(1)
+		before := atomic.LoadUint32(s.tx.consumer)
 		errno := sendtoNoWait(s.fd)
 		switch errno {
 		case 0:
@@ -227,7 +228,11 @@ func (s *Socket) Kick() error {
 			}
 			// Copy mode sends synchronously; loop only if frames remain.
 		case unix.EAGAIN, unix.EBUSY:
-			// Budget used up or device busy: try again, bounded.
+			// Budget used up: go on while the kernel makes progress. A
+			// busy device makes none; the next Transmit or Kick retries.
+			if atomic.LoadUint32(s.tx.consumer) == before {
+				return nil
+			}
 		case unix.ENOBUFS, unix.ENETDOWN:
 			return nil
 		default:
