@@ -195,7 +195,8 @@ func (u *UMEM) ownerFDLocked() int {
 
 // memlockHint explains the usual causes of a failed pin or map.
 func memlockHint(err error) string {
-	if !errors.Is(err, unix.ENOMEM) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EAGAIN) {
+	// XDP_UMEM_REG says ENOBUFS when the pages exceed RLIMIT_MEMLOCK.
+	if !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.ENOMEM) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EAGAIN) {
 		return ""
 	}
 	var lim unix.Rlimit
