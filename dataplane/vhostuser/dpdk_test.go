@@ -322,26 +322,18 @@ var interopCases = []interopCase{
 
 // startVirtioUser starts testpmd with a net_virtio_user guest attached
 // to a vmq port, which it returns once every queue is ready.
-func startVirtioUser(t testing.TB, c interopCase, w *testWorker, mode string, app ...string) (*Port, *testpmd) {
+func startVirtioUser(t *testing.T, c interopCase, w *testWorker, mode string, app ...string) (*Port, *testpmd) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "dpdk-testpmd")
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "vu.sock")
-	prefix := netnstest.UniqueName("vmqvu")
-	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=%d,queue_size=1024,mrg_rxbuf=%d,mac=02:00:00:00:00:0a", sock, c.queues, c.mrg)
-	if c.queues > 1 {
-		vdev += ",cq=1"
-	}
-	cfg := Config{MAC: []byte{2, 0, 0, 0, 0, 0x0a}, QueuePairs: c.queues, Handler: w, Logger: testLogger(t.(*testing.T))}
+	sock := filepath.Join(t.TempDir(), "vu.sock")
+	cfg := Config{MAC: []byte{2, 0, 0, 0, 0, 0x0a}, QueuePairs: c.queues, Handler: w, Logger: testLogger(t),
+		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond}
 	var p *Port
 	var err error
-	app = append([]string{"--forward-mode=" + mode, fmt.Sprintf("--rxq=%d", c.queues), fmt.Sprintf("--txq=%d", c.queues),
-		"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)
 	var pmd *testpmd
 	if c.client {
-		vdev += ",server=1"
-		pmd = startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
+		pmd = startVirtioUserPMD(t, sock, c, mode, app...)
 		if p, err = Dial(sock, cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -349,21 +341,94 @@ func startVirtioUser(t testing.TB, c interopCase, w *testWorker, mode string, ap
 		if p, err = Listen(sock, cfg); err != nil {
 			t.Fatal(err)
 		}
-		pmd = startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
+		pmd = startVirtioUserPMD(t, sock, c, mode, app...)
 	}
 	t.Cleanup(func() { pmd.kill(); p.Close() })
 	pmd.waitPrompt(60 * time.Second)
-	waitFor(t.(*testing.T), func() bool {
-		st := p.State()
-		n := 0
-		for _, r := range st.Running {
+	waitRunning(t, p, 2*c.queues)
+	return p, pmd
+}
+
+// startVirtioUserPMD starts the testpmd guest on sock.
+func startVirtioUserPMD(t *testing.T, sock string, c interopCase, mode string, app ...string) *testpmd {
+	prefix := netnstest.UniqueName("vmqvu")
+	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=%d,queue_size=1024,mrg_rxbuf=%d,mac=02:00:00:00:00:0a", sock, c.queues, c.mrg)
+	if c.queues > 1 {
+		vdev += ",cq=1" // virtio_user emulates the control queue that switches pairs on
+	}
+	if c.client {
+		vdev += ",server=1"
+	}
+	app = append([]string{"--forward-mode=" + mode, fmt.Sprintf("--rxq=%d", c.queues), fmt.Sprintf("--txq=%d", c.queues),
+		"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)
+	return startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
+}
+
+func waitRunning(t *testing.T, p *Port, n int) {
+	t.Helper()
+	waitFor(t, func() bool {
+		k := 0
+		for _, r := range p.State().Running {
 			if r {
-				n++
+				k++
 			}
 		}
-		return n == 2*c.queues
-	}, "all queues ready")
-	return p, pmd
+		return k == n
+	}, fmt.Sprintf("%d queues running", n))
+}
+
+// guestTx runs testpmd txonly until the backend has seen some frames,
+// stops it, and checks that the backend popped exactly what it sent.
+func guestTx(t *testing.T, pmd *testpmd, w *testWorker, min uint64) uint64 {
+	t.Helper()
+	base := w.total(&w.popped)
+	pmd.command("start", startDone)
+	waitFor(t, func() bool { return w.total(&w.popped)-base > min }, "frames from testpmd")
+	out := pmd.command("stop", stopDone)
+	sent, err := stat(out, "TX-packets")
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	// Everything testpmd sent is in the ring: wait for the worker to drain it.
+	deadline := time.Now().Add(10 * time.Second)
+	for w.total(&w.popped)-base < sent && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := w.total(&w.popped) - base; got != sent {
+		t.Fatalf("testpmd sent %d frames, backend popped %d", sent, got)
+	}
+	return sent
+}
+
+// TestDPDKReconnect: the guest is killed and restarted; the port (server
+// or client mode) serves the new one, and frames flow again, exactly.
+func TestDPDKReconnect(t *testing.T) {
+	for _, client := range []bool{false, true} {
+		c := interopCase{client: client, mrg: 1, queues: 1}
+		t.Run(c.String(), func(t *testing.T) {
+			w := newTestWorker(t, nil)
+			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
+			guestTx(t, pmd, w, 10000)
+			pmd.cmd.Process.Kill() // a crash: no GET_VRING_BASE, no goodbye
+			<-pmd.done
+			waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
+			waitRunning(t, p, 0)
+			sock := p.Path()
+			if client {
+				os.Remove(sock) // the killed testpmd left its listening socket behind
+			}
+			pmd2 := startVirtioUserPMD(t, sock, c, "txonly", "--txpkts=64")
+			pmd2.waitPrompt(60 * time.Second)
+			waitRunning(t, p, 2)
+			sent := guestTx(t, pmd2, w, 10000)
+			st := p.State()
+			if st.Connects != 2 || st.Broken != "" {
+				t.Fatalf("state after reconnect: %+v", st)
+			}
+			t.Logf("second guest sent %d, all popped; connects %d", sent, st.Connects)
+		})
+	}
 }
 
 // TestDPDKGuestTx: testpmd txonly sends through virtio_user; the backend
@@ -374,23 +439,8 @@ func TestDPDKGuestTx(t *testing.T) {
 			w := newTestWorker(t, nil)
 			w.wantLen = 64
 			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
-			pmd.command("start", startDone)
-			waitFor(t, func() bool { return w.total(&w.popped) > 50000 }, "frames from testpmd")
-			out := pmd.command("stop", stopDone)
-			sent, err := stat(out, "TX-packets")
-			if err != nil {
-				t.Fatalf("%v:\n%s", err, out)
-			}
-			// Everything testpmd sent is in the ring: wait for the worker to drain it.
-			deadline := time.Now().Add(10 * time.Second)
-			for w.total(&w.popped) < sent && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
-			time.Sleep(100 * time.Millisecond)
+			sent := guestTx(t, pmd, w, 50000)
 			got := w.total(&w.popped)
-			if got != sent {
-				t.Fatalf("testpmd sent %d frames, backend popped %d", sent, got)
-			}
 			if b := w.badLen.Load(); b != 0 {
 				t.Fatalf("%d frames of the wrong length", b)
 			}
@@ -447,6 +497,9 @@ func TestDPDKGuestRx(t *testing.T) {
 			}
 			if got != want || w.total(&w.pushed) != want {
 				t.Fatalf("pushed %d, testpmd received %d, want %d", w.total(&w.pushed), got, want)
+			}
+			if bytes := pmd.portStat("RX-bytes"); bytes != want*uint64(len(frame)) {
+				t.Fatalf("testpmd received %d bytes, want %d", bytes, want*uint64(len(frame)))
 			}
 			var drops uint64
 			for _, q := range p.Queues() {
