@@ -368,12 +368,12 @@ func (g *Guest) poll(ctx context.Context, d *device) error {
 			}
 			work += n
 		}
+		if iter%64 == 0 && ctx.Err() != nil {
+			return nil // checked under load too, not only when idle
+		}
 		if work > 0 {
 			lastWork = time.Now()
 			continue
-		}
-		if iter%64 == 0 && ctx.Err() != nil {
-			return nil
 		}
 		if g.cfg.BusyPoll || time.Since(lastWork) < spinFor {
 			runtime.Gosched()

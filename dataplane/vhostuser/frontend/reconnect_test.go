@@ -92,3 +92,36 @@ func TestDPDKClientDisconnectEndsRun(t *testing.T) {
 		t.Fatal("Run did not notice the backend leaving")
 	}
 }
+
+// Run ends promptly when its context is cancelled while frames keep
+// arriving (testpmd txonly floods the guest).
+func TestDPDKRunStopsUnderLoad(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vhost.sock")
+	startTestpmd(t, sock, 1, false, "txonly")
+	waitFile(t, sock)
+	var g *Guest
+	var err error
+	waitFor(10*time.Second, func() bool { g, err = Dial(sock, Config{MAC: testMAC}); return err == nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- g.Run(ctx) }()
+	if !waitFor(10*time.Second, func() bool { return g.Stats().RxFrames > 10000 }) {
+		t.Fatal("no traffic")
+	}
+	cancel()
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run ignored its cancelled context under load")
+	}
+	if g.Connected() {
+		t.Fatal("still connected after Run returned")
+	}
+}
