@@ -60,6 +60,8 @@ func startLiveGen(b *testing.B, tb *testbed, frame []byte) *liveGen {
 	go func() {
 		g.done <- tb.wireNS.Do(func() error {
 			defer prog.Close()
+			defer pinThread(-1)()
+			pinThread(0)
 			ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
 			for !g.stop.Load() {
 				_, err := prog.Run(&ebpf.RunOptions{
@@ -84,6 +86,28 @@ func (g *liveGen) halt(b *testing.B) {
 	if err := <-g.done; err != nil {
 		testenv.Skip(b, "BPF_PROG_RUN live frames: %v", err)
 	}
+}
+
+// pinThread pins the calling (locked) thread to cpu, or to all CPUs when
+// cpu < 0, and returns a func that unpins it. The generator runs on CPU 0
+// (and with it the veth receive path it drives), the consumer on CPU 1,
+// so that they do not take turns on one core.
+func pinThread(cpu int) func() {
+	all := func() {
+		var set unix.CPUSet
+		for i := range runtime.NumCPU() {
+			set.Set(i)
+		}
+		_ = unix.SchedSetaffinity(0, &set)
+	}
+	if cpu < 0 || cpu >= runtime.NumCPU() {
+		all()
+		return func() {}
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	_ = unix.SchedSetaffinity(0, &set)
+	return all
 }
 
 func reportMpps(b *testing.B, frames int, elapsed time.Duration) {
@@ -233,6 +257,7 @@ func BenchmarkRx(b *testing.B) {
 		g := startLiveGen(b, tb, frame)
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		defer pinThread(1)()
 		descs := make([]Desc, 64)
 		recv := func(want int) int {
 			got := 0
@@ -311,6 +336,7 @@ func BenchmarkRx(b *testing.B) {
 		g := startLiveGen(b, tb, frame)
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		defer pinThread(1)()
 		recv := func(want int) int {
 			got := 0
 			for got < want {
@@ -355,6 +381,7 @@ func BenchmarkTx(b *testing.B) {
 		q.Free(addrs[:n])
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		defer pinThread(1)()
 		s := q.Primary()
 		descs := make([]Desc, 64)
 		send := func(want int) int {
@@ -404,6 +431,7 @@ func BenchmarkTx(b *testing.B) {
 		}
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		defer pinThread(1)()
 		send := func(want int) int {
 			done := 0
 			for done < want {
