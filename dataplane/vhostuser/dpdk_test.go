@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,6 +190,7 @@ type testWorker struct {
 	t       testing.TB
 	frame   []byte // pushed frame
 	busy    bool   // never sleep (benchmarks)
+	pin     bool   // lock each queue's goroutine to a thread on CPU 0 (benchmarks)
 	mu      sync.Mutex
 	running map[*Queue]workerRun
 	ready   chan *Queue
@@ -234,6 +236,13 @@ func (w *testWorker) DeviceBroken(p *Port, reason string) { w.broken.Store(reaso
 func (w *testWorker) run(q *Queue, stop, done chan struct{}) {
 	defer close(done)
 	defer q.Flush()
+	if w.pin {
+		pinThread(0)
+		defer runtime.UnlockOSThread()
+	}
+	if w.busy {
+		q.DisableNotify() // a busy-polling worker wants no kicks
+	}
 	pair := q.Pair()
 	buf := make([]byte, 2048)
 	idle := 0

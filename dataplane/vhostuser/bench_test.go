@@ -1,0 +1,174 @@
+package vhostuser
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// Socketless data-path costs on byte-slice guest memory: the guest side
+// recycles buffers in the benchmark loop, so this is copy + ring work.
+
+func BenchmarkPush(b *testing.B) {
+	for _, size := range []int{64, 1514} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			g := newTestGuest(&testing.T{}, 256, testFeatures|virtio.NetFMrgRxbuf, true)
+			for i := 0; i < 256; i++ {
+				g.postRX(2048)
+			}
+			f := frameOf(size, 1)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := g.q.Push(f); err != nil {
+					b.Fatal(err)
+				}
+				if i%32 == 31 {
+					g.q.Flush()
+				}
+				g.publish(uint16(i) % 256) // recycle: posted heads are 0..255 in order
+			}
+			g.q.Flush()
+		})
+	}
+}
+
+func BenchmarkPop(b *testing.B) {
+	for _, size := range []int{64, 1514} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			g := newTestGuest(&testing.T{}, 256, testFeatures, false)
+			f := frameOf(size, 1)
+			for i := 0; i < 256; i++ {
+				g.sendFrame(f, 2048) // heads 0,2,4,... (header + data descriptors)
+			}
+			dst := make([]byte, 2048)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := g.q.Pop(dst); err != nil {
+					b.Fatal(err)
+				}
+				if i%32 == 31 {
+					g.q.Flush()
+				}
+				g.publish(uint16(2*(i%128)) % 256)
+			}
+			g.q.Flush()
+		})
+	}
+}
+
+// BenchmarkDPDKCompare measures vmq's back-end and DPDK's net_vhost with
+// the same guest (testpmd net_virtio_user, rxonly or txonly, one queue
+// pair, 1024 descriptors, mrg_rxbuf=1) in one run. The rate is read from
+// the guest's own port counters over measureFor, so both back-ends are
+// measured the same way. Back-end on CPU 0, guest forwarding on CPU 1.
+// The machine is shared, so the back-ends alternate for benchRounds
+// rounds and the medians are reported.
+//
+//	go test -run XXX -bench DPDKCompare -benchtime 1x ./dataplane/vhostuser
+func BenchmarkDPDKCompare(b *testing.B) {
+	testenv.RequireRoot(b)
+	testenv.RequireCommand(b, "dpdk-testpmd")
+	for _, dir := range []string{"to_guest", "from_guest"} {
+		for _, size := range []int{64, 1514} {
+			b.Run(fmt.Sprintf("%s/%d", dir, size), func(b *testing.B) {
+				var vmq, dpdk []float64
+				for r := 0; r < benchRounds; r++ {
+					vmq = append(vmq, measureBackend(b, "vmq", dir == "to_guest", size))
+					dpdk = append(dpdk, measureBackend(b, "dpdk", dir == "to_guest", size))
+				}
+				mv, md := median(vmq), median(dpdk)
+				b.Logf("%s %d bytes: vmq %v, dpdk %v Mpps", dir, size, vmq, dpdk)
+				b.ReportMetric(mv, "vmq-Mpps")
+				b.ReportMetric(md, "dpdk-Mpps")
+				if md > 0 {
+					b.ReportMetric(mv/md, "vmq/dpdk")
+				}
+			})
+		}
+	}
+}
+
+const benchRounds = 3
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+const measureFor = 3 * time.Second
+
+func measureBackend(b *testing.B, backend string, toGuest bool, size int) float64 {
+	sock := filepath.Join(b.TempDir(), "vu.sock")
+	guestMode, backendMode := "txonly", "rxonly"
+	if toGuest {
+		guestMode, backendMode = "rxonly", "txonly"
+	}
+	txpkts := fmt.Sprintf("--txpkts=%d", size)
+	var backendPMD *testpmd
+	switch backend {
+	case "vmq":
+		frame := make([]byte, size)
+		copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
+		w := newTestWorker(b, frame)
+		w.busy, w.pin = true, true
+		if toGuest {
+			w.toPush[0].Store(1 << 62)
+		}
+		p, err := Listen(sock, Config{MAC: []byte{2, 0, 0, 0, 0, 0x0a}, Handler: w, Logger: quietLogger()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close() // also stops the worker before the next round
+	case "dpdk":
+		eal := pmdArgs(netnstest.UniqueName("vmqbh"), fmt.Sprintf("net_vhost0,iface=%s,queues=1", sock), "0@0,1@0")
+		pmd := startTestpmd(b, eal, "--forward-mode="+backendMode, "--nb-cores=1", "--rxd=1024", "--txd=1024", txpkts)
+		pmd.waitPrompt(60 * time.Second)
+		defer pmd.kill() // kill is idempotent; startTestpmd's cleanup repeats it
+		backendPMD = pmd
+	}
+	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=1,queue_size=1024,mrg_rxbuf=1,mac=02:00:00:00:00:0a", sock)
+	guest := startTestpmd(b, pmdArgs(netnstest.UniqueName("vmqbg"), vdev, "0@0,1@1"),
+		"--forward-mode="+guestMode, "--nb-cores=1", "--rxd=1024", "--txd=1024", txpkts)
+	defer guest.kill()
+	guest.waitPrompt(60 * time.Second)
+	counter := "TX-packets"
+	if toGuest {
+		counter = "RX-packets"
+	}
+	if backendPMD != nil {
+		backendPMD.command("start", startDone)
+	}
+	guest.command("start", startDone)
+	time.Sleep(time.Second) // warm up
+	c0, t0 := guest.portStat(counter), time.Now()
+	time.Sleep(measureFor)
+	c1, t1 := guest.portStat(counter), time.Now()
+	guest.command("stop", stopDone)
+	mpps := float64(c1-c0) / t1.Sub(t0).Seconds() / 1e6
+	return mpps
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// pinThread locks the calling goroutine to its thread and the thread to cpu.
+func pinThread(cpu int) {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	unix.SchedSetaffinity(0, &set)
+}
