@@ -83,6 +83,7 @@ type SocketConfig struct {
 type Queue struct {
 	umem      *UMEM
 	mem       []byte // the whole UMEM
+	name      string // "ifname (ifindex N) queue Q", resolved at open in the caller's netns
 	ifindex   int
 	queueID   int
 	frames    frameRange
@@ -170,6 +171,7 @@ func (u *UMEM) OpenQueue(ifindex, queueID int, cfg QueueConfig) (*Queue, error) 
 	}
 	q := &Queue{
 		umem:      u,
+		name:      where,
 		mem:       u.mem,
 		ifindex:   ifindex,
 		queueID:   queueID,
@@ -274,7 +276,7 @@ func (q *Queue) openPrimary(cfg QueueConfig, fillSize, compSize uint32, owner in
 		}
 	}
 	if err := unix.Bind(fd, sa); err != nil {
-		return bindError(q.ifindex, q.queueID, mode, err)
+		return bindError(q.name, mode, err)
 	}
 	opts, err := getsockoptOptions(fd)
 	if err != nil {
@@ -283,9 +285,11 @@ func (q *Queue) openPrimary(cfg QueueConfig, fillSize, compSize uint32, owner in
 	q.zeroCopy = opts&unix.XDP_OPTIONS_ZEROCOPY != 0
 	// The flag is in the ring when need_wakeup is on; with it off the
 	// kernel never sets it, and we must kick every time.
-	q.wakeups = !cfg.DisableNeedWakeup
 	if owner >= 0 {
-		q.wakeups = true // inherited: the flags in the rings tell
+		q.wakeups = q.umem.needWakeup // the kernel copies it from the UMEM's first pool
+	} else {
+		q.wakeups = !cfg.DisableNeedWakeup
+		q.umem.needWakeup = q.wakeups
 	}
 	s.setTxBudget()
 	q.primary = s
@@ -295,8 +299,7 @@ func (q *Queue) openPrimary(cfg QueueConfig, fillSize, compSize uint32, owner in
 }
 
 // bindError turns the kernel's terse errnos into what went wrong.
-func bindError(ifindex, queueID int, mode Mode, err error) error {
-	where := linkName(ifindex, queueID)
+func bindError(where string, mode Mode, err error) error {
 	var why string
 	switch {
 	case errors.Is(err, unix.ENODEV):
@@ -326,7 +329,7 @@ func linkName(ifindex, queueID int) string {
 // queue's fill ring; frames it transmits complete on the queue's
 // completion ring.
 func (q *Queue) NewSocket(cfg SocketConfig) (*Socket, error) {
-	where := linkName(q.ifindex, q.queueID)
+	where := q.name
 	if q.closed.Load() {
 		return nil, fmt.Errorf("new socket on %s: queue is closed", where)
 	}
@@ -364,6 +367,9 @@ func (q *Queue) Primary() *Socket { return q.primary }
 // Sockets are the queue's open sockets, primary first. The slice is the
 // queue's own: do not modify it.
 func (q *Queue) Sockets() []*Socket { return q.sockets }
+
+// Name describes the queue in messages: interface name, index and queue.
+func (q *Queue) Name() string { return q.name }
 
 // Ifindex is the interface the queue is bound to.
 func (q *Queue) Ifindex() int { return q.ifindex }
@@ -558,7 +564,7 @@ func (q *Queue) Poll(timeout time.Duration) (int, error) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("poll AF_XDP sockets of %s: %w", linkName(q.ifindex, q.queueID), err)
+			return 0, fmt.Errorf("poll AF_XDP sockets of %s: %w", q.name, err)
 		}
 		return n, nil
 	}
@@ -588,7 +594,7 @@ func (q *Queue) Close() error {
 	errs = append(errs, u.maybeUnmapLocked())
 	u.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close %s: %w", linkName(q.ifindex, q.queueID), err)
+		return fmt.Errorf("close %s: %w", q.name, err)
 	}
 	return nil
 }

@@ -61,7 +61,7 @@ func (s *Socket) setup(cfg SocketConfig) error {
 		SharedUmemFD: uint32(s.q.primary.fd),
 	}
 	if err := unix.Bind(s.fd, sa); err != nil {
-		return bindError(s.q.ifindex, s.q.queueID, ModeAuto, err)
+		return bindError(s.q.name, ModeAuto, err)
 	}
 	s.setTxBudget()
 	return nil
@@ -172,7 +172,7 @@ func (s *Socket) Transmit(descs []Desc) (int, error) {
 		if !s.q.validTx(d) {
 			s.q.rejected.Add(1)
 			err = fmt.Errorf("transmit on %s: descriptor %d (addr %#x len %d): %w",
-				linkName(s.q.ifindex, s.q.queueID), i, d.Addr, d.Len, ErrInvalidDesc)
+				s.q.name, i, d.Addr, d.Len, ErrInvalidDesc)
 			s.tx.cachedProd -= n - i
 			n = i
 			break
@@ -237,7 +237,7 @@ func (s *Socket) Kick() error {
 			return nil
 		default:
 			s.txErrors.Add(1)
-			return fmt.Errorf("wake tx of AF_XDP socket on %s: %w", linkName(s.q.ifindex, s.q.queueID), errno)
+			return fmt.Errorf("wake tx of AF_XDP socket on %s: %w", s.q.name, errno)
 		}
 	}
 	return nil
@@ -267,7 +267,7 @@ func (s *Socket) TxPending() int {
 // closes with its queue.
 func (s *Socket) Close() error {
 	if s == s.q.primary {
-		return fmt.Errorf("close socket on %s: the primary socket closes with its queue", linkName(s.q.ifindex, s.q.queueID))
+		return fmt.Errorf("close socket on %s: the primary socket closes with its queue", s.q.name)
 	}
 	if s.closed {
 		return nil

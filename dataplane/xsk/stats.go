@@ -36,7 +36,7 @@ type KernelStats struct {
 func (s *Socket) KernelStats() (KernelStats, error) {
 	st, err := getsockoptStatistics(s.fd)
 	if err != nil {
-		return KernelStats{}, fmt.Errorf("get XDP statistics of %s: %w", linkName(s.q.ifindex, s.q.queueID), err)
+		return KernelStats{}, fmt.Errorf("get XDP statistics of %s: %w", s.q.name, err)
 	}
 	return KernelStats{
 		RxDropped:     st.Rx_dropped,

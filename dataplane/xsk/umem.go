@@ -67,6 +67,9 @@ type UMEM struct {
 	queues  map[queueKey]*Queue
 	closed  bool
 	private bool // created by NewQueue: closed with its only queue
+	// needWakeup is whether the registering queue bound with
+	// XDP_USE_NEED_WAKEUP; queues sharing the UMEM inherit it.
+	needWakeup bool
 }
 
 type queueKey struct{ ifindex, queue int }

@@ -550,3 +550,41 @@ func TestUMEMConfigErrors(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+// TestNoNeedWakeup: without XDP_USE_NEED_WAKEUP every tx batch is kicked,
+// also on a second queue sharing the UMEM (which inherits the setting).
+func TestNoNeedWakeup(t *testing.T) {
+	tb := newTestbed(t, 2)
+	u := newUMEM(t, UMEMConfig{NumFrames: 256})
+	qs := []*Queue{
+		openQueue(t, tb, u, 0, QueueConfig{Frames: 128, FillSize: 64, RxSize: -1, TxSize: 64, DisableNeedWakeup: true}),
+		openQueue(t, tb, u, 1, QueueConfig{Frames: 128, FillSize: 64, RxSize: -1, TxSize: 64}),
+	}
+	buf := make([]byte, 2048)
+	for i, q := range qs {
+		if q.wakeups {
+			t.Errorf("queue %d uses need_wakeup; the UMEM was registered without it", i)
+		}
+		addrs := make([]uint64, 10)
+		if q.Alloc(addrs) != 10 {
+			t.Fatalf("queue %d: alloc", i)
+		}
+		descs := make([]Desc, 10)
+		for j, a := range addrs {
+			f := buildFrame(buf, tb.wire.MAC, vmMAC(0), 1, 2, payload{Seq: uint64(j)}, 64)
+			copy(q.Buffer(a), f)
+			descs[j] = Desc{Addr: a, Len: uint32(len(f))}
+		}
+		if n, err := q.Primary().Transmit(descs); n != 10 || err != nil {
+			t.Fatalf("queue %d: transmit %d, %v", i, n, err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for q.Stats().Completed < 10 && time.Now().Before(deadline) {
+			q.Reap()
+			time.Sleep(time.Millisecond)
+		}
+		if s := q.Stats(); s.Completed != 10 || s.Free != s.Total-s.InFill {
+			t.Errorf("queue %d: %+v", i, s)
+		}
+	}
+}
