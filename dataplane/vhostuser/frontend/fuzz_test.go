@@ -3,7 +3,11 @@ package frontend
 import (
 	"encoding/binary"
 	"net"
+	"os"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FuzzResponder: any wire frame gets no answer or a well-formed one,
@@ -68,4 +72,63 @@ func FuzzRxUsedRing(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzHandshake: a backend answering with arbitrary bytes makes setup
+// fail cleanly (or succeed), never panic or hang.
+func FuzzHandshake(f *testing.F) {
+	ok := func(req uint32, v uint64) []byte {
+		b := make([]byte, 20)
+		binary.LittleEndian.PutUint32(b, req)
+		binary.LittleEndian.PutUint32(b[4:], 0x5)
+		binary.LittleEndian.PutUint32(b[8:], 8)
+		binary.LittleEndian.PutUint64(b[12:], v)
+		return b
+	}
+	f.Add(ok(1, 1<<32|1<<30))
+	f.Add(append(ok(1, 1<<32|1<<30), ok(15, 0)...))
+	f.Add(append(ok(1, 1<<32), 1, 0, 0, 0, 5, 0, 0, 0, 0xff, 0xff, 0, 0))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, replies []byte) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours, err := fileConn(fds[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := fileConn(fds[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		go func() {
+			peer.Write(replies)
+			var b [4096]byte
+			for {
+				if _, err := peer.Read(b[:]); err != nil {
+					return
+				}
+			}
+		}()
+		g, err := newGuest("fuzz", Config{MAC: guestMAC, QueueSize: 16, HandshakeTimeout: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := g.setup(ours)
+		if err == nil {
+			g.teardown(d)
+		}
+	})
+}
+
+func fileConn(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "socketpair")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
 }
