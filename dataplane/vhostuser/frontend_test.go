@@ -189,7 +189,7 @@ func TestGoFrontend(t *testing.T) {
 						n++
 					}
 				}
-				return n == 4
+				return n == 4 && g.Connected()
 			})
 			st := port.State()
 			if c.eventIdx != (st.Features&(1<<29) != 0) || c.mrg != (st.Features&(1<<15) != 0) {
