@@ -129,6 +129,7 @@ type interopCase struct {
 	mrg      bool
 	eventIdx bool
 	server   bool // the guest listens, net_vhost connects
+	regions  int  // memory regions; 0 = 1
 }
 
 func (c interopCase) String() string {
@@ -136,16 +137,16 @@ func (c interopCase) String() string {
 	if c.server {
 		mode = "server"
 	}
-	return fmt.Sprintf("qp%d_mrg%v_evidx%v_%s", c.queues, c.mrg, c.eventIdx, mode)
+	return fmt.Sprintf("qp%d_mrg%v_evidx%v_%s_mem%d", c.queues, c.mrg, c.eventIdx, mode, max(c.regions, 1))
 }
 
 var interopCases = []interopCase{
 	{queues: 1, mrg: false},
 	{queues: 1, mrg: true},
-	{queues: 1, mrg: true, server: true},
+	{queues: 1, mrg: true, server: true, regions: 3},
 	{queues: 1, mrg: false, eventIdx: true, server: true},
-	{queues: 2, mrg: false, eventIdx: true},
-	{queues: 2, mrg: true},
+	{queues: 2, mrg: false, eventIdx: true, regions: 8},
+	{queues: 2, mrg: true, regions: 2},
 	{queues: 2, mrg: true, eventIdx: true, server: true},
 	{queues: 2, mrg: false, server: true},
 }
@@ -159,7 +160,7 @@ func startGuest(t testing.TB, c interopCase, cfg Config, mode string, extra ...s
 	sock := filepath.Join(dir, "vhost.sock")
 	cfg.MAC = testMAC
 	cfg.IP = netip.MustParseAddr("198.18.0.10")
-	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx = c.queues, c.mrg, c.eventIdx
+	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx, cfg.MemRegions = c.queues, c.mrg, c.eventIdx, c.regions
 	var g *Guest
 	var p *testpmd
 	var err error
