@@ -1,0 +1,361 @@
+// Package dataplane is vmq's forwarding engine, the NetVSP's data path:
+// one worker per NIC queue moves frames between the VMs' AF_XDP sockets
+// (the VM queues the XDP filter steers into) and the guests' vhost-user
+// virtqueues, and switches guest frames to other local VMs or the wire.
+//
+// Ownership: a worker alone touches its queue's UMEM, rings and sockets
+// and the virtqueues assigned to it (pair p of a VM belongs to worker
+// p mod workers). The control side (AddVM, RemoveVM, the vhost-user
+// ports' handlers) sends commands the worker applies between batches.
+// Frames for a VM whose virtqueue another worker owns travel through a
+// lock-free mailbox to that worker.
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/vmq/vmq/bpf"
+	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/xsk"
+)
+
+// Config shapes a Dataplane.
+type Config struct {
+	// Ifindex is the NIC; Queues its rx queue ids, one worker each.
+	Ifindex int
+	Queues  []int
+	// Filter is the loaded XDP filter (attached by the caller); the
+	// dataplane registers its sockets in it.
+	Filter *bpf.Filter
+	// FrameSize (2048 or 4096) and FramesPerQueue shape each queue's UMEM.
+	FrameSize      int
+	FramesPerQueue int
+	// XSKMode forces copy or zero-copy sockets; auto picks zero-copy when
+	// the driver has it.
+	XSKMode xsk.Mode
+	// BusyPoll is how long an idle worker spins before sleeping in poll(2).
+	BusyPoll time.Duration
+	// Netns, when set, is the namespace of the NIC: workers enter it.
+	Netns *netns.NsHandle
+	// NIC is reported as is in snapshots.
+	NIC    NICStatus
+	Logger *slog.Logger
+}
+
+// VM is one guest as the dataplane needs it.
+type VM struct {
+	Name string
+	Slot uint32 // 1..MaxVMs, given by the control plane
+	MAC  net.HardwareAddr
+	VLAN uint16 // access VLAN, 0 = untagged
+	// Socket is the vhost-user socket path; Client makes vmqd connect to
+	// it instead of listening.
+	Socket        string
+	Client        bool
+	QueuePairs    int
+	AllowSpoofing bool
+	MTU           int
+
+	mac MAC
+}
+
+// Dataplane runs the workers and the VMs' vhost-user ports.
+type Dataplane struct {
+	cfg     Config
+	filter  *bpf.Filter
+	log     *slog.Logger
+	workers []*worker
+
+	mu  sync.RWMutex // guards vms; held for AddVM/RemoveVM and snapshots
+	vms map[string]*vmEntry
+}
+
+// vmEntry is the control side of a VM: its port and its counters on
+// every worker.
+type vmEntry struct {
+	vm   VM
+	port *vhostuser.Port
+	ctrs []*vmCounters // by worker
+}
+
+// New opens an AF_XDP queue per configured NIC queue, registers the flood
+// sockets and starts the workers.
+func New(cfg Config) (*Dataplane, error) {
+	if cfg.Filter == nil {
+		return nil, errors.New("dataplane: no XDP filter")
+	}
+	if len(cfg.Queues) == 0 {
+		return nil, errors.New("dataplane: no NIC queues")
+	}
+	if cfg.FrameSize == 0 {
+		cfg.FrameSize = xsk.DefaultFrameSize
+	}
+	if cfg.FramesPerQueue == 0 {
+		cfg.FramesPerQueue = xsk.DefaultNumFrames
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	dp := &Dataplane{cfg: cfg, filter: cfg.Filter, log: cfg.Logger, vms: make(map[string]*vmEntry)}
+	n := len(cfg.Queues)
+	for i, qid := range cfg.Queues {
+		w, err := newWorker(dp, i, qid, n)
+		if err != nil {
+			dp.Close()
+			return nil, err
+		}
+		dp.workers = append(dp.workers, w)
+	}
+	// Mailboxes between every pair of workers; slots fit a frame plus a tag.
+	for _, src := range dp.workers {
+		for _, dst := range dp.workers {
+			if src != dst {
+				mb := newMailbox(512, cfg.FrameSize)
+				src.outbox[dst.index] = mb
+				dst.inbox[src.index] = mb
+			}
+		}
+	}
+	var errs []error
+	started := dp.workers[:0:0]
+	for _, w := range dp.workers {
+		ready := make(chan error, 1)
+		go w.run(ready)
+		if err := <-ready; err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		started = append(started, w)
+	}
+	if len(errs) > 0 {
+		for _, w := range started {
+			w.send(command{kind: cmdStop})
+		}
+		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
+	}
+	return dp, nil
+}
+
+// rxOwner is the worker that owns the receive queue a frame from worker w
+// goes to when w owns none of the VM's pairs.
+func (dp *Dataplane) rxOwner(w, pairs int) int {
+	return (w % pairs) % len(dp.workers)
+}
+
+// AddVM opens the VM's socket on every queue, registers them in the
+// filter's XSKMAP and starts its vhost-user port. Steering the VM's MAC to
+// its slot (SetFilter) is the caller's job, after AddVM returns.
+func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
+	if len(vm.MAC) != 6 {
+		return fmt.Errorf("add VM %q: MAC %q is not 6 bytes", vm.Name, vm.MAC)
+	}
+	copy(vm.mac[:], vm.MAC)
+	vm.QueuePairs = max(vm.QueuePairs, 1)
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if _, dup := dp.vms[vm.Name]; dup {
+		return fmt.Errorf("add VM %q: already present", vm.Name)
+	}
+	for _, e := range dp.vms {
+		if e.vm.Slot == vm.Slot {
+			return fmt.Errorf("add VM %q: slot %d is VM %q's", vm.Name, vm.Slot, e.vm.Name)
+		}
+	}
+	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
+	var added []*worker
+	undo := func(err error) error {
+		for _, w := range added {
+			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
+		}
+		return err
+	}
+	for i, w := range dp.workers {
+		e.ctrs[i] = new(vmCounters)
+		if err := w.send(command{kind: cmdAddVM, vm: &e.vm, ctr: e.ctrs[i]}); err != nil {
+			return undo(fmt.Errorf("add VM %q: %w", vm.Name, err))
+		}
+		added = append(added, w)
+	}
+	pcfg := vhostuser.Config{
+		MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
+		Handler: &portHandler{dp: dp, slot: vm.Slot, name: vm.Name},
+		Logger:  dp.log.With("vm", vm.Name),
+	}
+	var err error
+	if vm.Client {
+		e.port, err = vhostuser.Dial(vm.Socket, pcfg)
+	} else {
+		e.port, err = vhostuser.Listen(vm.Socket, pcfg)
+	}
+	if err != nil {
+		return undo(fmt.Errorf("add VM %q: %w", vm.Name, err))
+	}
+	dp.vms[vm.Name] = e
+	return nil
+}
+
+// RemoveVM stops the VM's port (its queues come back from the workers),
+// then closes its sockets. The caller deletes its filter entry first.
+func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
+	dp.mu.Lock()
+	e, ok := dp.vms[name]
+	if ok {
+		delete(dp.vms, name)
+	}
+	dp.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("remove VM %q: not present", name)
+	}
+	var errs []error
+	if err := e.port.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close vhost-user port: %w", err))
+	}
+	for _, w := range dp.workers {
+		if err := w.send(command{kind: cmdRemoveVM, slot: e.vm.Slot}); err != nil && !errors.Is(err, errWorkerStopped) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// Close stops every port and worker. The XDP program stays attached; the
+// caller decides whether to detach it.
+func (dp *Dataplane) Close() error {
+	dp.mu.Lock()
+	entries := make([]*vmEntry, 0, len(dp.vms))
+	for _, e := range dp.vms {
+		entries = append(entries, e)
+	}
+	dp.vms = map[string]*vmEntry{}
+	dp.mu.Unlock()
+	var errs []error
+	for _, e := range entries {
+		if err := e.port.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close port of VM %q: %w", e.vm.Name, err))
+		}
+	}
+	for _, w := range dp.workers {
+		if err := w.send(command{kind: cmdStop}); err != nil && !errors.Is(err, errWorkerStopped) {
+			errs = append(errs, err)
+		}
+		<-w.stopped
+	}
+	return errors.Join(errs...)
+}
+
+// portHandler hands a VM's virtqueues to their workers.
+type portHandler struct {
+	dp   *Dataplane
+	slot uint32
+	name string
+}
+
+func (h *portHandler) owner(q *vhostuser.Queue) *worker {
+	return h.dp.workers[q.Pair()%len(h.dp.workers)]
+}
+
+func (h *portHandler) QueueReady(q *vhostuser.Queue) {
+	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
+		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
+	}
+}
+
+func (h *portHandler) QueueStopped(q *vhostuser.Queue) {
+	h.owner(q).send(command{kind: cmdQueueStopped, slot: h.slot, vq: q})
+}
+
+func (h *portHandler) DeviceBroken(p *vhostuser.Port, reason string) {
+	h.dp.log.Warn("guest device broken", "vm", h.name, "reason", reason)
+}
+
+// Snapshot reports every counter. Safe from any goroutine.
+func (dp *Dataplane) Snapshot() Snapshot {
+	s := Snapshot{NIC: dp.cfg.NIC}
+	s.NIC.Queues = append([]int(nil), dp.cfg.Queues...)
+	if g, err := dp.filter.GlobalCounters(); err == nil {
+		s.Filter = FilterStats{Redirected: g.Redirected, Passed: g.Passed + g.FloodPassed,
+			Flooded: g.Flooded, Malformed: g.Malformed, NoSocket: g.NoSocket}
+	}
+	for _, w := range dp.workers {
+		s.Workers = append(s.Workers, WorkerStats{
+			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
+			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
+			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
+		})
+	}
+	dp.mu.RLock()
+	defer dp.mu.RUnlock()
+	names := make([]string, 0, len(dp.vms))
+	for n := range dp.vms {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		e := dp.vms[name]
+		v := VMStats{Name: name, Slot: e.vm.Slot, MAC: e.vm.mac.String(), VLAN: e.vm.VLAN,
+			DropsByReason: make(map[string]uint64)}
+		for i, c := range e.ctrs {
+			qs := VMQueueStats{Queue: dp.cfg.Queues[i],
+				RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
+				TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load()}
+			v.RxPackets += qs.RxPackets
+			v.RxBytes += qs.RxBytes
+			v.TxPackets += qs.TxPackets
+			v.TxBytes += qs.TxBytes
+			v.FloodCopies += c.floodCopies.Load()
+			for r := range c.drops {
+				v.Drops[r] += c.drops[r].Load()
+			}
+			v.Queues = append(v.Queues, qs)
+			if sock := c.socket.Load(); sock != nil {
+				ss := SocketStats{VM: name, Queue: dp.cfg.Queues[i]}
+				if ks, err := sock.KernelStats(); err == nil {
+					ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
+					ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
+				}
+				s.Sockets = append(s.Sockets, ss)
+			}
+		}
+		// Frames the backend refused while reading the guest's rings.
+		for _, q := range e.port.Queues() {
+			qs := q.Stats()
+			v.Drops[DropMalformed] += qs.Drops[vhostuser.DropMalformed]
+			if !q.IsRX() {
+				v.Drops[DropMalformed] += qs.Drops[vhostuser.DropTooBig]
+			}
+		}
+		for r, n := range v.Drops {
+			if n > 0 {
+				v.DropsByReason[DropReason(r).String()] = n
+			}
+		}
+		if fc, err := dp.filter.VMCounters(e.vm.Slot); err == nil {
+			v.FilterPackets, v.FilterBytes, v.FilterRedirErrs = fc.Packets, fc.Bytes, fc.RedirectErrors
+		}
+		s.VMs = append(s.VMs, v)
+		ps := e.port.State()
+		s.Ports = append(s.Ports, PortStats{VM: name, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
+			Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
+			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken})
+	}
+	return s
+}
+
+func (w *worker) freeFrames() int {
+	if w.q == nil {
+		return 0
+	}
+	return w.q.FreeFrames()
+}

@@ -1,0 +1,46 @@
+package dataplane
+
+import (
+	"sync/atomic"
+
+	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/xsk"
+)
+
+// vmCounters are one VM's counters on one worker. Only that worker writes
+// them (add), anyone may read them (Load): single-writer atomics need no
+// locked instruction on the hot path.
+type vmCounters struct {
+	rxPackets, rxBytes atomic.Uint64
+	txPackets, txBytes atomic.Uint64
+	floodCopies        atomic.Uint64
+	drops              [NumDropReasons]atomic.Uint64
+	socket             atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
+}
+
+// add increments a counter that only the calling worker writes.
+func add(c *atomic.Uint64, n uint64) { c.Store(c.Load() + n) }
+
+// vmState is one VM as one worker sees it. Each worker has its own, so
+// the hot path shares nothing between workers.
+type vmState struct {
+	slot       uint32
+	name       string
+	mac        MAC
+	vlan       uint16
+	allowSpoof bool
+	pairs      int // the VM's queue pairs
+
+	sock *xsk.Socket // the VM's socket on this worker's NIC queue
+	rxqs []*virtq    // guest receive queues owned by this worker
+	ctr  *vmCounters
+}
+
+// virtq is a guest virtqueue owned by a worker.
+type virtq struct {
+	q     *vhostuser.Queue
+	vm    *vmState
+	dirty bool // pushed to in this batch: Flush at the end
+}
+
+func (vm *vmState) drop(r DropReason) { add(&vm.ctr.drops[r], 1) }

@@ -1,0 +1,612 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/xsk"
+)
+
+// batchSize is how many descriptors a worker takes from one ring at once.
+const batchSize = 64
+
+// idlePollTimeout bounds one poll(2) sleep, so an idle worker still
+// notices a stop without a wakeup.
+const idlePollTimeout = 200 * time.Millisecond
+
+// workerCounters are a worker's own counters (single writer).
+type workerCounters struct {
+	busyNS, idleNS, batches, wakeups, polls atomic.Uint64
+}
+
+// worker forwards for one NIC queue. It alone touches the queue's UMEM,
+// rings and sockets and the guest virtqueues assigned to it; everything
+// else reaches it through its command channel, applied between batches.
+type worker struct {
+	dp      *Dataplane
+	index   int // position in dp.workers
+	queueID int // NIC queue
+
+	q     *xsk.Queue
+	flood *xsk.Socket // the primary socket: broadcast and multicast from the wire
+
+	vms    map[uint32]*vmState // by slot
+	vmList []*vmState          // iteration order for receiving
+	fdb    *fdb
+	txqs   []*virtq // guest transmit queues owned here
+	rxqs   []*virtq // guest receive queues owned here (for Flush)
+
+	cmds    chan command
+	wakeFD  int         // eventfd: commands and mailboxes wake a sleeping worker
+	asleep  atomic.Bool // in poll(2): producers must write wakeFD
+	inbox   []*mailbox  // inbox[i]: frames from worker i
+	outbox  []*mailbox  // outbox[i]: frames to worker i
+	sentTo  []bool      // outbox[i] has unpublished frames
+	stopped chan struct{}
+
+	descs   [batchSize]xsk.Desc
+	txDescs [batchSize]xsk.Desc
+	addrs   [batchSize]uint64
+	pollfds []unix.PollFd
+	ctr     workerCounters
+}
+
+type cmdKind int
+
+const (
+	cmdAddVM cmdKind = iota
+	cmdRemoveVM
+	cmdQueueReady
+	cmdQueueStopped
+	cmdStop
+)
+
+type command struct {
+	kind cmdKind
+	vm   *VM
+	ctr  *vmCounters
+	slot uint32
+	vq   *vhostuser.Queue
+	done chan error
+}
+
+func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
+	wakeFD, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("worker for queue %d: eventfd: %w", queueID, err)
+	}
+	return &worker{
+		dp: dp, index: index, queueID: queueID,
+		vms: make(map[uint32]*vmState), fdb: newFDB(),
+		cmds: make(chan command, 16), wakeFD: wakeFD,
+		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
+		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
+	}, nil
+}
+
+// send hands a command to the worker and waits for its answer, or for the
+// worker to be gone.
+func (w *worker) send(c command) error {
+	c.done = make(chan error, 1)
+	select {
+	case w.cmds <- c:
+	case <-w.stopped:
+		return errWorkerStopped
+	}
+	w.wake()
+	select {
+	case err := <-c.done:
+		return err
+	case <-w.stopped:
+		return errWorkerStopped
+	}
+}
+
+var errWorkerStopped = errors.New("dataplane worker stopped")
+
+func (w *worker) wake() {
+	var one = [8]byte{1}
+	unix.Write(w.wakeFD, one[:]) // EAGAIN only if the counter is saturated: already awake
+}
+
+// open runs on the worker's thread (in the NIC's namespace): it opens the
+// queue with its primary socket and registers it as the flood socket.
+func (w *worker) open() error {
+	cfg := w.dp.cfg
+	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
+		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1})
+	if err != nil {
+		return err
+	}
+	if err := w.dp.filter.RegisterFlood(uint32(w.queueID), q.Primary().FD()); err != nil {
+		q.Close()
+		return fmt.Errorf("register flood socket of queue %d: %w", w.queueID, err)
+	}
+	w.q, w.flood = q, q.Primary()
+	w.q.Refill(0)
+	return nil
+}
+
+// run is the worker goroutine. It locks itself to an OS thread (and
+// enters the NIC's namespace there) for its whole life.
+func (w *worker) run(ready chan<- error) {
+	defer close(w.stopped)
+	runtime.LockOSThread()
+	// The thread is never unlocked: if it entered another namespace the
+	// runtime must discard it when the goroutine ends.
+	if w.dp.cfg.Netns != nil {
+		if err := netns.Set(*w.dp.cfg.Netns); err != nil {
+			ready <- fmt.Errorf("worker for queue %d: enter netns: %w", w.queueID, err)
+			return
+		}
+	}
+	if err := w.open(); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	defer w.close()
+
+	busyPoll := w.dp.cfg.BusyPoll
+	lastWork := time.Now()
+	start := lastWork
+	for {
+		work, stop := w.commands()
+		if stop {
+			return
+		}
+		work += w.round()
+		now := time.Now()
+		if work > 0 {
+			add(&w.ctr.busyNS, uint64(now.Sub(start)))
+			start, lastWork = now, now
+			continue
+		}
+		if now.Sub(lastWork) < busyPoll {
+			continue
+		}
+		add(&w.ctr.busyNS, uint64(now.Sub(start)))
+		w.sleep()
+		now = time.Now()
+		add(&w.ctr.idleNS, uint64(now.Sub(lastWork)))
+		start, lastWork = now, now
+	}
+}
+
+// commands applies pending control commands; it reports whether any was
+// applied and whether the worker must stop.
+func (w *worker) commands() (n int, stop bool) {
+	for {
+		select {
+		case c := <-w.cmds:
+			n++
+			if c.kind == cmdStop {
+				c.done <- nil
+				return n, true
+			}
+			c.done <- w.apply(c)
+		default:
+			return n, false
+		}
+	}
+}
+
+func (w *worker) apply(c command) error {
+	switch c.kind {
+	case cmdAddVM:
+		return w.addVM(c.vm, c.ctr)
+	case cmdRemoveVM:
+		return w.removeVM(c.slot)
+	case cmdQueueReady:
+		return w.attachQueue(c.slot, c.vq)
+	case cmdQueueStopped:
+		w.detachQueue(c.vq)
+		return nil
+	}
+	return fmt.Errorf("unknown worker command %d", c.kind)
+}
+
+func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
+	if _, dup := w.vms[vm.Slot]; dup {
+		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
+	}
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: 512, TxSize: 512})
+	if err != nil {
+		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
+	}
+	if err := w.dp.filter.RegisterSocket(vm.Slot, uint32(w.queueID), sock.FD()); err != nil {
+		sock.Close()
+		return fmt.Errorf("register socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
+	}
+	st := &vmState{
+		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
+		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
+		sock: sock, ctr: ctr,
+	}
+	ctr.socket.Store(sock)
+	w.vms[vm.Slot] = st
+	w.vmList = append(w.vmList, st)
+	w.fdb.add(st)
+	return nil
+}
+
+func (w *worker) removeVM(slot uint32) error {
+	st, ok := w.vms[slot]
+	if !ok {
+		return nil
+	}
+	var errs []error
+	if err := w.dp.filter.UnregisterSocket(slot, uint32(w.queueID)); err != nil {
+		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
+	}
+	// Queues of a removed VM's port were stopped before; drop any left.
+	w.txqs = removeVirtqs(w.txqs, st)
+	w.rxqs = removeVirtqs(w.rxqs, st)
+	st.rxqs = nil
+	w.fdb.remove(st)
+	delete(w.vms, slot)
+	w.vmList = removeVM(w.vmList, st)
+	st.ctr.socket.Store(nil)
+	if err := st.sock.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close socket of VM %q on queue %d: %w", st.name, w.queueID, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
+	st, ok := w.vms[slot]
+	if !ok {
+		return fmt.Errorf("queue %d: no VM in slot %d for virtqueue %d", w.queueID, slot, q.Index())
+	}
+	vq := &virtq{q: q, vm: st}
+	if q.IsRX() {
+		st.rxqs = append(st.rxqs, vq)
+		w.rxqs = append(w.rxqs, vq)
+	} else {
+		q.DisableNotify() // busy-polling: no kicks until the worker sleeps
+		w.txqs = append(w.txqs, vq)
+	}
+	return nil
+}
+
+func (w *worker) detachQueue(q *vhostuser.Queue) {
+	for _, list := range []*[]*virtq{&w.rxqs, &w.txqs} {
+		for i, vq := range *list {
+			if vq.q != q {
+				continue
+			}
+			q.Flush()
+			*list = append((*list)[:i:i], (*list)[i+1:]...)
+			if q.IsRX() {
+				st := vq.vm
+				for j, r := range st.rxqs {
+					if r == vq {
+						st.rxqs = append(st.rxqs[:j:j], st.rxqs[j+1:]...)
+						break
+					}
+				}
+			}
+			return
+		}
+	}
+}
+
+func removeVirtqs(list []*virtq, st *vmState) []*virtq {
+	out := list[:0:0]
+	for _, vq := range list {
+		if vq.vm != st {
+			out = append(out, vq)
+		}
+	}
+	return out
+}
+
+func removeVM(list []*vmState, st *vmState) []*vmState {
+	out := make([]*vmState, 0, len(list))
+	for _, v := range list {
+		if v != st {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// round does one pass over every source of work and returns how many
+// frames it moved.
+func (w *worker) round() int {
+	w.q.Reap()
+	w.q.Refill(0)
+	n := w.receiveFlood()
+	for _, vm := range w.vmList {
+		n += w.receiveVM(vm)
+	}
+	for _, vq := range w.txqs {
+		n += w.transmit(vq)
+	}
+	for i, mb := range w.inbox {
+		if mb != nil && i != w.index {
+			n += mb.drain(w.deliverFromMailbox)
+		}
+	}
+	w.flushAll()
+	if n > 0 {
+		add(&w.ctr.batches, 1)
+	}
+	return n
+}
+
+// receiveVM moves frames the filter steered to vm's socket into the guest.
+func (w *worker) receiveVM(vm *vmState) int {
+	n := vm.sock.Receive(w.descs[:])
+	if n == 0 {
+		return 0
+	}
+	for _, d := range w.descs[:n] {
+		frame := w.q.Frame(d)
+		if len(frame) < minFrameLen {
+			vm.drop(DropMalformed)
+			continue
+		}
+		if _, tagged, ok := frameVLAN(frame); !ok {
+			vm.drop(DropMalformed)
+			continue
+		} else if tagged {
+			frame = stripTag(frame) // access port: the guest sees untagged frames
+		}
+		w.deliver(vm, frame)
+	}
+	w.q.FillDescs(w.descs[:n])
+	return n
+}
+
+// receiveFlood replicates broadcast and multicast frames from the wire to
+// every VM of their VLAN.
+func (w *worker) receiveFlood() int {
+	n := w.flood.Receive(w.descs[:])
+	if n == 0 {
+		return 0
+	}
+	for _, d := range w.descs[:n] {
+		frame := w.q.Frame(d)
+		if len(frame) < minFrameLen {
+			continue
+		}
+		vlan, tagged, ok := frameVLAN(frame)
+		if !ok {
+			continue
+		}
+		if tagged {
+			frame = stripTag(frame)
+		}
+		for _, vm := range w.fdb.vlanMembers(vlan) {
+			add(&vm.ctr.floodCopies, 1)
+			w.deliver(vm, frame)
+		}
+	}
+	w.q.FillDescs(w.descs[:n])
+	return n
+}
+
+// deliver gives an untagged frame to vm's guest: into a receive queue this
+// worker owns, or through the mailbox of the worker that owns one.
+func (w *worker) deliver(vm *vmState, frame []byte) {
+	if len(vm.rxqs) > 0 {
+		w.push(vm.rxqs[0], frame)
+		return
+	}
+	owner := w.dp.rxOwner(w.index, vm.pairs)
+	if owner == w.index {
+		vm.drop(DropGuestNotReady)
+		return
+	}
+	if w.outbox[owner].put(vm.slot, frame) {
+		w.sentTo[owner] = true
+	} else {
+		vm.drop(DropVirtqueueFull)
+	}
+}
+
+func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
+	vm, ok := w.vms[slot]
+	if !ok {
+		return // removed meanwhile
+	}
+	if len(vm.rxqs) == 0 {
+		vm.drop(DropGuestNotReady)
+		return
+	}
+	w.push(vm.rxqs[0], frame)
+}
+
+func (w *worker) push(vq *virtq, frame []byte) {
+	vm := vq.vm
+	switch err := vq.q.Push(frame); {
+	case err == nil:
+		vq.dirty = true
+		add(&vm.ctr.rxPackets, 1)
+		add(&vm.ctr.rxBytes, uint64(len(frame)))
+	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
+		vm.drop(DropVirtqueueFull)
+	default: // the guest broke its ring; the port knows and reports it
+		vm.drop(DropBroken)
+	}
+}
+
+// transmit takes up to a batch of the guest's frames from vq: to local VMs
+// directly, to the wire through the VM's socket (tagged with its VLAN).
+func (w *worker) transmit(vq *virtq) int {
+	vm := vq.vm
+	nAddrs := w.q.Alloc(w.addrs[:])
+	used, wire, popped := 0, 0, 0
+	// Local deliveries reuse the UMEM frame, so bound the pops separately.
+	for used < nAddrs && popped < 2*batchSize {
+		addr := w.addrs[used]
+		buf := w.q.Buffer(addr)
+		n, err := vq.q.Pop(buf[vlanTagLen:])
+		if err != nil {
+			if !errors.Is(err, vhostuser.ErrEmpty) {
+				vm.drop(DropBroken)
+			}
+			break
+		}
+		popped++
+		frame := buf[vlanTagLen : vlanTagLen+n]
+		if n < minFrameLen {
+			vm.drop(DropMalformed)
+			continue // reuse the frame for the next pop
+		}
+		if !vm.allowSpoof && srcMAC(frame) != vm.mac {
+			vm.drop(DropSpoofed)
+			continue
+		}
+		vlan := vm.vlan
+		if _, tagged, _ := frameVLAN(frame); tagged {
+			// Access ports carry untagged frames only.
+			vm.drop(DropMalformed)
+			continue
+		}
+		add(&vm.ctr.txPackets, 1)
+		add(&vm.ctr.txBytes, uint64(n))
+		dst := dstMAC(frame)
+		if !dst.IsMulticast() {
+			if to := w.fdb.lookup(dst, vlan); to != nil {
+				w.deliver(to, frame) // VM to VM: never touches the wire
+				continue
+			}
+		} else {
+			for _, to := range w.fdb.vlanMembers(vlan) {
+				if to != vm {
+					add(&to.ctr.floodCopies, 1)
+					w.deliver(to, frame)
+				}
+			}
+		}
+		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
+		if vlan != 0 {
+			insertTag(buf, vlanTagLen, n, vlan)
+			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+		}
+		w.txDescs[wire] = d
+		wire++
+		used++
+	}
+	if wire > 0 {
+		sent, err := vm.sock.Transmit(w.txDescs[:wire])
+		if sent < wire {
+			// The tx ring is full (or the kernel refused): these frames are
+			// lost, and their UMEM frames go back to the allocator.
+			for _, d := range w.txDescs[sent:wire] {
+				w.addrs[0] = d.Addr
+				w.q.Free(w.addrs[:1])
+			}
+			add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
+		}
+		if err != nil && sent == 0 {
+			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
+		}
+	}
+	if used < nAddrs {
+		w.q.Free(w.addrs[used:nAddrs])
+	}
+	// With no free UMEM frame the guest's frames wait in its ring
+	// (backpressure), they are not dropped.
+	if popped > 0 {
+		vq.dirty = true
+	}
+	return popped
+}
+
+// flushAll publishes used rings touched in this round and the mailboxes.
+func (w *worker) flushAll() {
+	for _, vq := range w.rxqs {
+		if vq.dirty {
+			vq.q.Flush()
+			vq.dirty = false
+		}
+	}
+	for _, vq := range w.txqs {
+		if vq.dirty {
+			vq.q.Flush()
+			vq.dirty = false
+		}
+	}
+	for i, sent := range w.sentTo {
+		if !sent {
+			continue
+		}
+		w.sentTo[i] = false
+		w.outbox[i].publish()
+		if peer := w.dp.workers[i]; peer.asleep.Load() {
+			peer.wake()
+		}
+	}
+}
+
+// sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
+// command. Guest notifications are enabled only while asleep.
+func (w *worker) sleep() {
+	for _, vq := range w.txqs {
+		if pending, _ := vq.q.EnableNotify(); pending {
+			w.disableNotify()
+			return
+		}
+	}
+	w.asleep.Store(true)
+	defer w.asleep.Store(false)
+	for i, mb := range w.inbox {
+		if mb != nil && i != w.index && mb.pending() {
+			w.disableNotify()
+			return
+		}
+	}
+	fds := w.pollfds[:0]
+	fds = append(fds, unix.PollFd{Fd: int32(w.wakeFD), Events: unix.POLLIN})
+	fds = append(fds, unix.PollFd{Fd: int32(w.flood.FD()), Events: unix.POLLIN})
+	for _, vm := range w.vmList {
+		fds = append(fds, unix.PollFd{Fd: int32(vm.sock.FD()), Events: unix.POLLIN})
+	}
+	for _, vq := range w.txqs {
+		if fd := vq.q.KickFD(); fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+		}
+	}
+	w.pollfds = fds
+	add(&w.ctr.polls, 1)
+	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
+		var buf [8]byte
+		unix.Read(w.wakeFD, buf[:])
+		add(&w.ctr.wakeups, 1)
+	}
+	for _, vq := range w.txqs {
+		vq.q.AckKick()
+	}
+	w.disableNotify()
+}
+
+func (w *worker) disableNotify() {
+	for _, vq := range w.txqs {
+		vq.q.DisableNotify()
+	}
+}
+
+// close runs on the worker's thread when it stops.
+func (w *worker) close() {
+	for _, vm := range w.vmList {
+		w.removeVM(vm.slot)
+	}
+	if err := w.dp.filter.UnregisterFlood(uint32(w.queueID)); err != nil {
+		w.dp.log.Warn("unregister flood socket", "queue", w.queueID, "err", err)
+	}
+	if err := w.q.Close(); err != nil {
+		w.dp.log.Warn("close AF_XDP queue", "queue", w.queueID, "err", err)
+	}
+	unix.Close(w.wakeFD)
+}
