@@ -120,11 +120,12 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 	}
 	txpkts := fmt.Sprintf("--txpkts=%d", size)
 	var backendPMD *testpmd
+	var w *testWorker
 	switch backend {
 	case "vmq":
 		frame := make([]byte, size)
 		copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
-		w := newTestWorker(b, frame)
+		w = newTestWorker(b, frame)
 		w.busy, w.pin = true, true
 		if toGuest {
 			w.toPush[0].Store(1 << 62)
@@ -155,9 +156,18 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 	}
 	guest.command("start", startDone)
 	time.Sleep(time.Second) // warm up
+	var w0, w1 uint64
+	if w != nil {
+		w0 = w.total(&w.popped) + w.total(&w.pushed)
+	}
 	c0, t0 := guest.portStat(counter), time.Now()
 	time.Sleep(measureFor)
 	c1, t1 := guest.portStat(counter), time.Now()
+	if w != nil {
+		w1 = w.total(&w.popped) + w.total(&w.pushed)
+		b.Logf("vmq worker moved %.3f Mpps; guest counted %.3f Mpps", float64(w1-w0)/t1.Sub(t0).Seconds()/1e6,
+			float64(c1-c0)/t1.Sub(t0).Seconds()/1e6)
+	}
 	guest.command("stop", stopDone)
 	mpps := float64(c1-c0) / t1.Sub(t0).Seconds() / 1e6
 	return mpps

@@ -110,6 +110,7 @@ type Queue struct {
 	usedPub   uint16 // used.idx as last published
 	usedFlags uint16
 	broken    bool
+	dirty     bool // st changed since the last publish
 	ch        chain
 	nb        [2][]byte // where num_buffers landed in guest memory
 	ev        [8]byte
@@ -328,6 +329,7 @@ func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 func (q *Queue) Push(frame []byte) error {
 	if q.isBroken() {
 		q.st.Drops[DropBroken]++
+		q.dirty = true
 		return ErrBroken
 	}
 	total := q.hdrLen + len(frame)
@@ -342,6 +344,7 @@ func (q *Queue) Push(frame []byte) error {
 		if !ok {
 			q.lastAvail, q.usedIdx = startAvail, startUsed
 			q.st.Drops[DropNoBuffers]++
+			q.dirty = true
 			return ErrNoBuffers
 		}
 		head := q.availHead()
@@ -382,6 +385,7 @@ func (q *Queue) Push(frame []byte) error {
 		if !q.mrg && written < total {
 			q.lastAvail, q.usedIdx = startAvail, startUsed
 			q.st.Drops[DropTooBig]++
+			q.dirty = true
 			return ErrTooBig
 		}
 	}
@@ -390,6 +394,7 @@ func (q *Queue) Push(frame []byte) error {
 	}
 	q.st.Frames++
 	q.st.Bytes += uint64(len(frame))
+	q.dirty = true
 	return nil
 }
 
@@ -470,6 +475,7 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 			}
 		}
 		q.putUsed(head, 0)
+		q.dirty = true
 		switch {
 		case skip > 0 || n == 0:
 			q.st.Drops[DropMalformed]++
@@ -496,10 +502,15 @@ func (q *Queue) Flush() {
 			binary.NativeEndian.PutUint64(q.ev[:], 1)
 			if _, err := unix.Write(q.callFD, q.ev[:]); err == nil {
 				q.st.Calls++
+				q.dirty = true
 			}
 		}
 	}
-	q.publishStats()
+	// Publishing costs one locked store per counter: only after work.
+	if q.dirty {
+		q.dirty = false
+		q.publishStats()
+	}
 }
 
 func (q *Queue) needCall(old, new uint16) bool {
@@ -544,5 +555,6 @@ func (q *Queue) AckKick() {
 	}
 	if n, err := unix.Read(q.kickFD, q.ev[:]); err == nil && n == 8 {
 		q.st.Kicks++
+		q.dirty = true
 	}
 }
