@@ -35,6 +35,13 @@ import (
 
 const benchFrameLen = 64
 
+// Rx ring and UMEM sizes, the same for vmq and asavie: deep enough to ride
+// out a consumer preempted for a few milliseconds on a shared machine.
+const (
+	rxRing   = 8192
+	rxFrames = 2 * rxRing
+)
+
 // xdpMD is struct xdp_md, the context of BPF_PROG_RUN for XDP.
 type xdpMD struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
@@ -250,8 +257,8 @@ func BenchmarkRx(b *testing.B) {
 	})
 
 	vmqRx := func(b *testing.B, steer func(*Queue)) {
-		u := newUMEM(b, UMEMConfig{NumFrames: 4096})
-		q := openQueue(b, tb, u, 0, QueueConfig{FillSize: 2048, RxSize: 2048, TxSize: -1})
+		u := newUMEM(b, UMEMConfig{NumFrames: rxFrames})
+		q := openQueue(b, tb, u, 0, QueueConfig{FillSize: rxRing, RxSize: rxRing, TxSize: -1})
 		q.Refill(0)
 		steer(q)
 		g := startLiveGen(b, tb, frame)
@@ -315,9 +322,9 @@ func BenchmarkRx(b *testing.B) {
 				return err
 			}
 			xsk, err = newAsavieSocket(tb, &asavie.SocketOptions{
-				NumFrames: 4096, FrameSize: 2048,
-				FillRingNumDescs: 2048, CompletionRingNumDescs: 64,
-				RxRingNumDescs: 2048, TxRingNumDescs: 64,
+				NumFrames: rxFrames, FrameSize: 2048,
+				FillRingNumDescs: rxRing, CompletionRingNumDescs: 64,
+				RxRingNumDescs: rxRing, TxRingNumDescs: 64,
 			})
 			if err != nil {
 				return err

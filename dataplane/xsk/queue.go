@@ -394,21 +394,22 @@ func (q *Queue) FreeFrames() int { return int(q.pool.free.Load()) }
 // frames' UMEM addresses.
 func (q *Queue) Alloc(addrs []uint64) int { return q.pool.alloc(addrs) }
 
-// Free returns frames to the allocator; any address inside a frame frees
-// that frame. Addresses that are not the queue's, or frames already free,
-// are refused and counted (QueueStats.DoubleFrees, BadAddrs). It returns
-// how many frames were freed.
+// Free returns frames the caller holds to the allocator; any address
+// inside a frame frees that frame. Addresses that are not the queue's, and
+// frames that are already free or owned by the kernel (in the fill or a tx
+// ring), are refused and counted (QueueStats.DoubleFrees, BadAddrs). It
+// returns how many frames were freed.
 func (q *Queue) Free(addrs []uint64) int { return q.pool.put(addrs) }
 
 // FreeDescs returns the frames of received descriptors to the allocator.
 func (q *Queue) FreeDescs(descs []Desc) int {
 	ok := 0
 	for i := range descs {
-		if q.pool.putOne(descs[i].Addr) {
+		if q.pool.putFrom(descs[i].Addr, frameHeld) {
 			ok++
 		}
 	}
-	q.pool.free.Store(int64(len(q.pool.stack)))
+	q.pool.sync()
 	return ok
 }
 
@@ -446,15 +447,10 @@ func (q *Queue) Refill(max int) int {
 		return 0
 	}
 	idx, n := q.fill.reserve(want)
-	p := q.pool
-	top := uint32(len(p.stack))
 	for i := uint32(0); i < n; i++ {
-		a := p.stack[top-1-i]
-		p.out[(a-p.base)>>p.shift] = true
-		*q.fill.at(idx + i) = a
+		*q.fill.at(idx + i) = q.pool.popToKernel()
 	}
-	p.stack = p.stack[:top-n]
-	p.free.Store(int64(len(p.stack)))
+	q.pool.sync()
 	q.publishFill(n)
 	return int(n)
 }
@@ -469,8 +465,7 @@ func (q *Queue) Fill(addrs []uint64) int {
 	used := 0
 	for ; used < len(addrs) && put < n; used++ {
 		a := addrs[used]
-		i, ok := q.pool.index(a)
-		if !ok || !q.pool.out[i] {
+		if !q.pool.toKernel(a) {
 			q.rejected.Add(1)
 			continue
 		}
@@ -490,8 +485,7 @@ func (q *Queue) FillDescs(descs []Desc) int {
 	used := 0
 	for ; used < len(descs) && put < n; used++ {
 		a := descs[used].Addr
-		i, ok := q.pool.index(a)
-		if !ok || !q.pool.out[i] {
+		if !q.pool.toKernel(a) {
 			q.rejected.Add(1)
 			continue
 		}
@@ -525,7 +519,9 @@ func (q *Queue) wakeFill() {
 func (q *Queue) Complete(addrs []uint64) int {
 	idx, n := q.comp.peek(uint32(len(addrs)))
 	for i := uint32(0); i < n; i++ {
-		addrs[i] = *q.comp.at(idx + i)
+		a := *q.comp.at(idx + i)
+		q.pool.fromKernel(a)
+		addrs[i] = a
 	}
 	if n > 0 {
 		q.comp.release(n)
@@ -541,10 +537,10 @@ func (q *Queue) Reap() int {
 		return 0
 	}
 	for i := uint32(0); i < n; i++ {
-		q.pool.putOne(*q.comp.at(idx + i))
+		q.pool.putFrom(*q.comp.at(idx + i), frameKernel)
 	}
 	q.comp.release(n)
-	q.pool.free.Store(int64(len(q.pool.stack)))
+	q.pool.sync()
 	q.completed.Add(uint64(n))
 	return int(n)
 }

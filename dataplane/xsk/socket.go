@@ -146,7 +146,9 @@ func (s *Socket) Receive(descs []Desc) int {
 		return 0
 	}
 	for i := uint32(0); i < n; i++ {
-		descs[i] = *s.rx.at(idx + i)
+		d := *s.rx.at(idx + i)
+		s.q.pool.fromKernel(d.Addr)
+		descs[i] = d
 	}
 	s.rx.release(n)
 	s.rxFrames.Add(uint64(n))
@@ -156,8 +158,9 @@ func (s *Socket) Receive(descs []Desc) int {
 
 // Transmit queues up to len(descs) frames on the tx ring and wakes the
 // kernel if it asks (in copy mode it always does: one sendto per call).
-// Frames must have been taken from the queue (Alloc, Complete, or
-// received) and each must lie inside one frame. It returns how many were
+// Frames must be held by the caller (from Alloc, Complete or Receive) and
+// each must lie inside one frame; a frame already given to the kernel is
+// refused, so one frame cannot be queued twice. It returns how many were
 // queued: fewer than len(descs) when the ring is full (retry after Reap)
 // or when a descriptor is invalid (ErrInvalidDesc; the ones before it are
 // sent). Queued frames come back on the queue's completion ring.
@@ -169,7 +172,7 @@ func (s *Socket) Transmit(descs []Desc) (int, error) {
 	var err error
 	for i := uint32(0); i < n; i++ {
 		d := descs[i]
-		if !s.q.validTx(d) {
+		if !s.q.validTx(d) || !s.q.pool.toKernel(d.Addr) {
 			s.q.rejected.Add(1)
 			err = fmt.Errorf("transmit on %s: descriptor %d (addr %#x len %d): %w",
 				s.q.name, i, d.Addr, d.Len, ErrInvalidDesc)
@@ -190,14 +193,12 @@ func (s *Socket) Transmit(descs []Desc) (int, error) {
 	return int(n), err
 }
 
-// validTx checks a descriptor the caller wants to send: inside the
-// queue's frames, not crossing a frame end, and a frame handed out.
+// validTx checks the shape of a descriptor the caller wants to send:
+// inside the queue's frames and not crossing a frame end. (Transmit also
+// checks that the caller holds the frame.)
 func (q *Queue) validTx(d Desc) bool {
 	end := d.Addr + uint64(d.Len)
-	if d.Len == 0 || d.Addr < q.lo || end > q.hi || (end-1)&q.frameMask != d.Addr&q.frameMask {
-		return false
-	}
-	return q.pool.out[(d.Addr-q.lo)>>q.pool.shift]
+	return d.Len > 0 && d.Addr >= q.lo && end <= q.hi && (end-1)&q.frameMask == d.Addr&q.frameMask
 }
 
 // maxKicks bounds the sendto calls of one Kick when the kernel sends less
@@ -290,10 +291,10 @@ func (s *Socket) close() error {
 	if s.rx.size > 0 && s.rx.mem != nil {
 		idx, n := s.rx.peek(s.rx.size)
 		for i := uint32(0); i < n; i++ {
-			s.q.pool.putOne(s.rx.at(idx + i).Addr)
+			s.q.pool.putFrom(s.rx.at(idx+i).Addr, frameKernel)
 		}
 		s.rx.release(n)
-		s.q.pool.free.Store(int64(len(s.q.pool.stack)))
+		s.q.pool.sync()
 		s.q.received.Add(uint64(n))
 	}
 	return s.unmapAndClose()

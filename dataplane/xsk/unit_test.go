@@ -162,9 +162,15 @@ func TestRefillAndFill(t *testing.T) {
 	idx, n := q.fill.peek(4)
 	var descs []Desc
 	for i := range n {
-		descs = append(descs, Desc{Addr: *q.fill.at(idx + i) + 256, Len: 60})
+		a := *q.fill.at(idx + i)
+		q.pool.fromKernel(a) // as Receive does
+		descs = append(descs, Desc{Addr: a + 256, Len: 60})
 	}
 	q.fill.release(n)
+	// A frame the kernel still owns cannot be freed.
+	if q.Free([]uint64{*q.fill.at(q.fill.cachedCons)}) != 0 {
+		t.Fatal("freed a frame that sits in the fill ring")
+	}
 	// Frame data of a received descriptor.
 	if f := q.Frame(descs[0]); len(f) != 60 {
 		t.Fatalf("frame len %d", len(f))
@@ -229,7 +235,9 @@ func TestNoAllocs(t *testing.T) {
 		// received frames, which go back to the fill ring or the pool.
 		idx, n := q.fill.peek(64)
 		for i := range n {
-			descs[i] = Desc{Addr: *q.fill.at(idx + i) + 256, Len: 64}
+			a := *q.fill.at(idx + i)
+			q.pool.fromKernel(a)
+			descs[i] = Desc{Addr: a + 256, Len: 64}
 		}
 		q.fill.release(n)
 		_ = q.Frame(descs[0])

@@ -392,6 +392,7 @@ func TestTransmitErrors(t *testing.T) {
 		{Addr: a[0], Len: 0},               // empty
 		{Addr: a[0] + 2*fs, Len: 60},       // a frame the caller does not hold
 		{Addr: ^uint64(0) - 10, Len: 4000}, // overflow
+		{Addr: a[1] + 100, Len: 60},        // the frame just queued: no double hand-out
 	} {
 		n, err := q.Primary().Transmit([]Desc{{Addr: a[1], Len: 60}, d})
 		if n != 1 || !errors.Is(err, ErrInvalidDesc) {
