@@ -134,7 +134,7 @@ func Check(info Info, req Requirements) []Problem {
 	case info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPBasic) && info.IsVeth():
 		// veth clears its features while the peer has more tx queues than
 		// it has rx queues; native attach then fails with ENOSPC.
-		noNative = fmt.Sprintf("veth %s offers no native XDP now (%d rx channels): its peer must not have more tx queues than it has rx queues; raise them with \"ethtool -L %s rx N\" or lower the peer's with \"ethtool -L PEER tx %d\"",
+		noNative = fmt.Sprintf("veth %s offers no native XDP now (%d rx channels): its peer must not have more tx queues than it has rx queues: raise its rx channels to the peer's tx count (\"ethtool -L %s rx N\") or lower the peer's (\"ethtool -L PEER tx %d\")",
 			info.Name, info.RxChannels, info.Name, info.RxChannels)
 	case info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPBasic):
 		noNative = fmt.Sprintf("driver %s of %s has no native XDP (xdp-features: %s)", info.Driver, info.Name, info.XDPFeatures)
