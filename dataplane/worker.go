@@ -331,6 +331,14 @@ func (w *worker) round() int {
 	for _, vq := range w.txqs {
 		n += w.transmit(vq)
 	}
+	// In copy mode one sendto moves a bounded number of frames: frames a
+	// Transmit left queued need another kick even when the guest is quiet.
+	for _, vm := range w.vmList {
+		if vm.sock.TxPending() > 0 {
+			vm.sock.Kick()
+			n++
+		}
+	}
 	for i, mb := range w.inbox {
 		if mb != nil && i != w.index {
 			n += mb.drain(w.deliverFromMailbox)
@@ -363,8 +371,17 @@ func (w *worker) receiveVM(vm *vmState) int {
 		}
 		w.deliver(vm, frame)
 	}
-	w.q.FillDescs(w.descs[:n])
+	w.recycle(w.descs[:n])
 	return n
+}
+
+// recycle gives received frames back to the kernel's fill ring; what the
+// ring has no room for (Refill may have topped it up from the allocator
+// meanwhile) goes back to the allocator, so no frame is ever lost.
+func (w *worker) recycle(descs []xsk.Desc) {
+	if n := w.q.FillDescs(descs); n < len(descs) {
+		w.q.FreeDescs(descs[n:])
+	}
 }
 
 // receiveFlood replicates broadcast and multicast frames from the wire to
@@ -391,7 +408,7 @@ func (w *worker) receiveFlood() int {
 			w.deliver(vm, frame)
 		}
 	}
-	w.q.FillDescs(w.descs[:n])
+	w.recycle(w.descs[:n])
 	return n
 }
 
