@@ -137,7 +137,7 @@ func Check(info Info, req Requirements) []Problem {
 		noNative = fmt.Sprintf("veth %s offers no native XDP now (%d rx channels): its peer must not have more tx queues than it has rx queues: raise its rx channels to the peer's tx count (\"ethtool -L %s rx N\") or lower the peer's (\"ethtool -L PEER tx %d\")",
 			info.Name, info.RxChannels, info.Name, info.RxChannels)
 	case info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPBasic):
-		noNative = fmt.Sprintf("driver %s of %s has no native XDP (xdp-features: %s)", info.Driver, info.Name, info.XDPFeatures)
+		noNative = fmt.Sprintf("driver %s of %s has no native XDP (xdp-features: %s; an out-of-tree driver may just not advertise it)", info.Driver, info.Name, info.XDPFeatures)
 	case info.IsVeth() && info.MTU > VethNativeMaxMTU:
 		noNative = fmt.Sprintf("native XDP on veth %s needs the peer's MTU <= %d without multi-buffer, and %s's MTU is %d (both ends usually match); lower it on both ends with \"ip link set dev %s mtu %d\"",
 			info.Name, VethNativeMaxMTU, info.Name, info.MTU, info.Name, VethNativeMaxMTU)

@@ -1,6 +1,7 @@
 package nic
 
 import (
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -150,5 +151,22 @@ func TestXDPFeaturesString(t *testing.T) {
 		if got := f.String(); got != s {
 			t.Errorf("%#x: %q, want %q", uint64(f), got, s)
 		}
+	}
+}
+
+func TestInfoLogValue(t *testing.T) {
+	var b strings.Builder
+	logger := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	logger.Info("nic", "nic", veth(4, 1500))
+	want := `level=INFO msg=nic nic.name=veth0 nic.index=2 nic.driver=veth nic.mtu=1500 nic.mac=02:00:00:00:00:01 nic.up=true nic.queues=4 nic.driver_version=1.0 nic.channels="combined 0/0 rx 4/4 tx 4/4" nic.xdp_features=basic,redirect,rx-sg` + "\n"
+	if b.String() != want {
+		t.Errorf("log line\n%s want\n%s", b.String(), want)
 	}
 }

@@ -148,3 +148,14 @@ func TestInspectFollowsThreadNetns(t *testing.T) {
 		t.Errorf("index = %d, want %d", info.Index, b.Index)
 	}
 }
+
+// Loopback has neither ethtool driver info nor channels: Inspect still
+// answers, with one assumed queue.
+func TestInspectLoopback(t *testing.T) {
+	ns := netnstest.New(t)
+	info := inspectIn(t, ns, "lo")
+	if info.Driver != "unknown" || info.ChannelsKnown || info.Queues() != 1 || info.MTU != 65536 || !info.Up {
+		t.Errorf("lo: driver %q channels known %v queues %d mtu %d up %v, want unknown false 1 65536 true",
+			info.Driver, info.ChannelsKnown, info.Queues(), info.MTU, info.Up)
+	}
+}
