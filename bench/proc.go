@@ -1,0 +1,132 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat.
+// Linux has exported 100 to user space on every architecture for decades.
+const clockTick = 100
+
+// CPUTimes are the user and system CPU time of a process or thread.
+type CPUTimes struct {
+	User, System time.Duration
+}
+
+// Total is user + system time.
+func (c CPUTimes) Total() time.Duration { return c.User + c.System }
+
+// Sub is c - o.
+func (c CPUTimes) Sub(o CPUTimes) CPUTimes {
+	return CPUTimes{User: c.User - o.User, System: c.System - o.System}
+}
+
+// ParseStat reads utime and stime (fields 14 and 15) from the contents of
+// /proc/PID/stat or /proc/PID/task/TID/stat. The command name (field 2)
+// may hold spaces and parentheses, so fields are counted after its last ')'.
+func ParseStat(b []byte) (CPUTimes, error) {
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return CPUTimes{}, errors.New("parse stat: no ')' after the command name")
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state): utime is field 14, f[11]; stime f[12].
+	if len(f) < 13 {
+		return CPUTimes{}, fmt.Errorf("parse stat: %d fields after the command name, want at least 13", len(f))
+	}
+	ut, err := strconv.ParseUint(f[11], 10, 63)
+	if err != nil {
+		return CPUTimes{}, fmt.Errorf("parse stat: utime %q: %w", f[11], err)
+	}
+	st, err := strconv.ParseUint(f[12], 10, 63)
+	if err != nil {
+		return CPUTimes{}, fmt.Errorf("parse stat: stime %q: %w", f[12], err)
+	}
+	const maxTicks = uint64(1<<63-1) / uint64(time.Second/clockTick)
+	if ut > maxTicks || st > maxTicks {
+		return CPUTimes{}, errors.New("parse stat: CPU time out of range")
+	}
+	tick := time.Second / clockTick
+	return CPUTimes{User: time.Duration(ut) * tick, System: time.Duration(st) * tick}, nil
+}
+
+// ProcessCPU returns the CPU time of process pid (0 = this process).
+func ProcessCPU(pid int) (CPUTimes, error) {
+	path := "/proc/self/stat"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/stat", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return CPUTimes{}, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+	}
+	return ParseStat(b)
+}
+
+// ThreadCPU returns the CPU time of thread tid of this process.
+func ThreadCPU(tid int) (CPUTimes, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
+	if err != nil {
+		return CPUTimes{}, fmt.Errorf("cpu time of thread %d: %w", tid, err)
+	}
+	return ParseStat(b)
+}
+
+// SelfCPU is getrusage(RUSAGE_SELF): finer-grained than /proc (µs, not
+// 10 ms ticks), for this process.
+func SelfCPU() (CPUTimes, error) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return CPUTimes{}, fmt.Errorf("getrusage: %w", err)
+	}
+	return CPUTimes{User: time.Duration(ru.Utime.Nano()), System: time.Duration(ru.Stime.Nano())}, nil
+}
+
+// CPUSet builds an affinity mask of the given CPUs.
+func CPUSet(cpus ...int) unix.CPUSet {
+	var s unix.CPUSet
+	for _, c := range cpus {
+		s.Set(c)
+	}
+	return s
+}
+
+// PinProcess sets the affinity of every thread of this process. Threads
+// created later inherit the mask of the thread that creates them, so this
+// pins the Go runtime's future threads too (except those spawned by a
+// thread pinned elsewhere).
+func PinProcess(set unix.CPUSet) error {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin process: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		// A thread may exit between the listing and the call.
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("pin thread %d: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// OnlineCPUs is the number of CPUs this thread may run on.
+func OnlineCPUs() int {
+	var s unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &s); err != nil {
+		return 1
+	}
+	return s.Count()
+}
