@@ -425,14 +425,14 @@ func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float
 		if err != nil {
 			return err
 		}
-		g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: w.Index})
+		// AF_PACKET, not live frames: a BPF_PROG_RUN call costs tens of
+		// milliseconds of set-up, too coarse for paced traffic.
+		g, err := pktgen.NewPacketSender(tmpl, pktgen.PacketOptions{Ifindex: w.Index})
 		if err != nil {
 			return err
 		}
 		defer g.Close()
-		// One BPF_PROG_RUN call has a fixed cost (a page pool per call):
-		// send 20 ms worth of frames per call.
-		st, err = pktgen.Run(ctx, g, pktgen.RunOptions{Rate: rate, Burst: max(64, int(rate/50))})
+		st, err = pktgen.Run(ctx, g, pktgen.RunOptions{Rate: rate, Burst: 32})
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = nil
 		}
