@@ -48,7 +48,7 @@ func (p *testpmd) output() string {
 // pmdArgs are the EAL arguments of one testpmd with a single vdev.
 // Hugepage files go under a unique prefix, removed at cleanup.
 func pmdArgs(prefix, vdev string, lcores string) []string {
-	return []string{"--lcores=" + lcores, "--no-pci", "--file-prefix=" + prefix, "-m", "256",
+	return []string{"--lcores=" + lcores, "--no-pci", "--file-prefix=" + prefix, "-m", "128",
 		"--single-file-segments", "--vdev=" + vdev, "--log-level=lib.eal:error"}
 }
 
@@ -64,7 +64,9 @@ func startTestpmd(t testing.TB, eal []string, app ...string) *testpmd {
 			prefix = s
 		}
 	}
-	args := append(append(append([]string{}, eal...), "--", "-i"), app...)
+	// A small mbuf pool: hugepages are shared with other tests (the
+	// default pool alone takes over 300 MB).
+	args := append(append(append([]string{}, eal...), "--", "-i", "--total-num-mbufs=16384"), app...)
 	p := &testpmd{t: t, prefix: prefix, done: make(chan struct{})}
 	// stdout is a pipe: unbuffer it, or command output arrives late.
 	p.cmd = exec.Command("stdbuf", append([]string{"-o0", "-e0", bin}, args...)...)
