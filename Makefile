@@ -49,5 +49,11 @@ lint:
 lab: build
 	./bin/vmqd lab
 
+install: build
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash deploy/install.sh install
+
+uninstall:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" bash deploy/install.sh uninstall
+
 clean:
 	rm -rf bin results

@@ -35,7 +35,7 @@ const (
 
 // Defaults applied to omitted config keys.
 const (
-	DefaultAPISocket   = "/run/vmqd.sock"
+	DefaultAPISocket   = "/run/vmq/vmqd.sock"
 	DefaultAPIMode     = FileMode(0o600)
 	DefaultMetricsAddr = "127.0.0.1:9469"
 	DefaultPinDir      = "/sys/fs/bpf/vmq"
@@ -580,7 +580,8 @@ func parseVMMAC(s string) (net.HardwareAddr, error) {
 }
 
 // checkSocketPath checks a unix socket path and its directory. A server
-// socket's directory must be writable (vmqd creates the socket there).
+// socket's directory must be writable (vmqd creates the socket there), or
+// missing with a writable parent (vmqd creates it).
 func checkSocketPath(errs *errList, field, path string, server bool) {
 	switch {
 	case path == "":
@@ -598,6 +599,13 @@ func checkSocketPath(errs *errList, field, path string, server bool) {
 	}
 	dir := filepath.Dir(path)
 	st, err := os.Stat(dir)
+	if server && errors.Is(err, os.ErrNotExist) {
+		// vmqd creates a missing last directory of its own sockets (as
+		// systemd's RuntimeDirectory would): its parent must be usable.
+		if pst, perr := os.Stat(filepath.Dir(dir)); perr == nil && pst.IsDir() && accessDir(filepath.Dir(dir), true) == nil {
+			return
+		}
+	}
 	switch {
 	case err != nil:
 		errs.add(field, "directory %s: %v", dir, unwrapPathErr(err))

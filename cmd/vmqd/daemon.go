@@ -15,6 +15,7 @@ import (
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/dataplane/nic"
 	"github.com/vmq/vmq/dataplane/xsk"
 	"github.com/vmq/vmq/metrics"
 )
@@ -98,6 +99,25 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		}
 		ifindex = ifc.Index
 		d.nic = dataplane.NICStatus{Name: cfg.NIC, Index: ifc.Index, MTU: ifc.MTU, FrameSize: cfg.FrameSize}
+		info, err := nic.Inspect(cfg.NIC)
+		if err != nil {
+			return err
+		}
+		d.nic.Driver, d.nic.Channels = info.Driver, info.Queues()
+		problems := nic.Check(info, nic.Requirements{Queues: cfg.Queues, FrameSize: cfg.FrameSize,
+			AttachMode: cfg.AttachMode, XSKMode: nic.ModeAuto})
+		d.log.Info("NIC", "nic", info)
+		for _, p := range problems {
+			if p.Fatal {
+				d.log.Error("NIC cannot do what the config asks", "field", p.Field, "problem", p.Message)
+			} else {
+				d.log.Info("NIC note", "field", p.Field, "note", p.Message)
+				d.nic.Notes = append(d.nic.Notes, p.Message)
+			}
+		}
+		if err := nic.Err(problems); err != nil {
+			return fmt.Errorf("NIC %s: %w", cfg.NIC, err)
+		}
 		d.filter, err = bpf.Load(bpf.Config{
 			MaxVMs: control.MaxVMs, MaxQueues: control.MaxQueues,
 			PinDir: filepath.Join(cfg.PinDir, cfg.NIC),
@@ -250,6 +270,11 @@ func (d *daemon) stop(ctx context.Context) error {
 type dpAdapter struct{ d *daemon }
 
 func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
+	if vm.Mode != control.ModeClient {
+		if err := os.MkdirAll(filepath.Dir(vm.Socket), 0o755); err != nil {
+			return fmt.Errorf("socket directory of VM %q: %w", vm.Name, err)
+		}
+	}
 	return a.d.dp.AddVM(ctx, dataplane.VM{
 		Name: vm.Name, Slot: vm.Slot, MAC: vm.HardwareAddr(), VLAN: uint16(vm.VLAN),
 		Socket: vm.Socket, Client: vm.Mode == control.ModeClient,
