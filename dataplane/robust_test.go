@@ -1,0 +1,124 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/pktgen"
+)
+
+// sendAsync sends count frames per destination in the background and
+// returns a channel that yields once they are all sent.
+func (tb *testbed) sendAsync(spec pktgen.FlowSpec, count int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tb.send(spec, count)
+	}()
+	return done
+}
+
+// Adding and removing a VM while another receives changes nothing for the
+// one receiving: its count stays exact.
+func TestHotAddRemoveUnderTraffic(t *testing.T) {
+	tb := newTestbed(t, 1)
+	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
+	const n = 6000
+	done := tb.sendAsync(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}, n)
+
+	for i := range 3 {
+		name := fmt.Sprintf("hot%d", i)
+		g := tb.addVM(name, 2, mac2, 0, 1, "")
+		tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac2)}}, Size: 64, Stream: 2}, 200)
+		waitRx(t, name, g, 200)
+		if err := tb.filter.DeleteFilter(mustMAC(mac2), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.dp.RemoveVM(context.Background(), name); err != nil {
+			t.Fatalf("remove %s: %v", name, err)
+		}
+	}
+	<-done
+	waitRx(t, "vm1", g1, n)
+	if st := g1.Stats().Streams; len(st) != 1 || st[0].Lost != 0 || st[0].Reordered != 0 {
+		t.Fatalf("vm1 stream: %+v", st)
+	}
+}
+
+// A guest that goes away mid-traffic costs only its own frames (counted as
+// guest_not_ready); the others stay exact, and a guest that comes back on
+// the same socket receives again.
+func TestGuestDisconnectMidTraffic(t *testing.T) {
+	tb := newTestbed(t, 1)
+	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
+	g2 := tb.addVM("vm2", 2, mac2, 0, 1, "")
+	const n = 4000
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: mustMAC(mac2)}}, Size: 64, Stream: 1}
+	done := tb.sendAsync(spec, n)
+	eventually(t, "vm2 receiving", func() (bool, string) {
+		return g2.Stats().RxFrames > 200, "vm2 not receiving yet"
+	})
+	g2.Close() // the guest process dies
+	<-done
+	waitRx(t, "vm1", g1, n)
+
+	got2 := g2.Stats().RxFrames
+	eventually(t, "vm2's lost frames counted", func() (bool, string) {
+		vs := tb.vmStats("vm2")
+		counted := vs.RxPackets + vs.DropsByReason["guest_not_ready"] + vs.DropsByReason["virtqueue_full"]
+		return counted == n, fmt.Sprintf("vm2: delivered %d + dropped %v != %d sent", vs.RxPackets, vs.DropsByReason, n)
+	})
+	if got2 == 0 || got2 >= n {
+		t.Fatalf("vm2 received %d before it left: the test did not disconnect mid-traffic", got2)
+	}
+
+	// The guest comes back on the same socket.
+	g3, err := frontend.Dial(filepath.Join(tb.dir, "vm2.sock"), frontend.Config{MAC: mustMAC(mac2), MrgRxbuf: true})
+	if err != nil {
+		t.Fatalf("reconnect vm2: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); g3.Close() }()
+	go g3.Run(ctx)
+	tb.waitRunning("vm2", 2)
+	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac2)}}, Size: 64, Stream: 9}, 500)
+	waitRx(t, "vm2 (reconnected)", g3, 500)
+}
+
+// A guest that stops reading fills its ring: its drops rise as
+// virtqueue_full, and the other VM's count stays exact.
+func TestStalledGuestDoesNotHurtOthers(t *testing.T) {
+	tb := newTestbed(t, 1)
+	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
+	hw := mustMAC(mac2)
+	sock := filepath.Join(tb.dir, "stalled.sock")
+	if err := tb.dp.AddVM(context.Background(), VM{Name: "stalled", Slot: 2, MAC: hw, Socket: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.filter.SetFilter(hw, 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	// The guest sets its rings up and posts 256 buffers, then never runs:
+	// nothing reads what arrives, no buffer is ever given back.
+	stalled, err := frontend.Dial(sock, frontend.Config{MAC: hw, QueueSize: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stalled.Close() })
+	tb.waitRunning("stalled", 2)
+
+	const n = 3000
+	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: hw}}, Size: 64, Stream: 1}, n)
+	waitRx(t, "vm1", g1, n)
+	eventually(t, "stalled guest's drops", func() (bool, string) {
+		vs := tb.vmStats("stalled")
+		full := vs.DropsByReason["virtqueue_full"]
+		return vs.RxPackets+full == n && full >= n-256, fmt.Sprintf("stalled: delivered %d, drops %v", vs.RxPackets, vs.DropsByReason)
+	})
+	if vs := tb.vmStats("vm1"); len(vs.DropsByReason) != 0 {
+		t.Fatalf("vm1 dropped %v", vs.DropsByReason)
+	}
+}
