@@ -379,6 +379,11 @@ func (p *Port) publishState() {
 
 const statusNeedsReset = 0x40 // VIRTIO_CONFIG_S_NEEDS_RESET
 
+// MarkBroken marks the device broken from outside the queue API (e.g. a
+// worker that found a guest frame it cannot accept). Safe from any
+// goroutine; the first reason wins.
+func (p *Port) MarkBroken(reason string) { p.markBroken(reason) }
+
 // markBroken records the first fault; later ones add nothing.
 func (p *Port) markBroken(reason string) {
 	if !p.brokenFlag.CompareAndSwap(false, true) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -28,7 +29,18 @@ type recHandler struct {
 }
 
 func newRecHandler() *recHandler {
-	return &recHandler{ready: make(chan *Queue, 64), stopped: make(chan *Queue, 64), broken: make(chan string, 8)}
+	// stopped is unbuffered: the test's receive is its "worker ack", so
+	// what it did with the queue happens before the port goes on.
+	return &recHandler{ready: make(chan *Queue, 64), stopped: make(chan *Queue), broken: make(chan string, 8)}
+}
+
+// drain acknowledges every further QueueStopped (deferred before Close,
+// once the test no longer touches queues).
+func (h *recHandler) drain() {
+	go func() {
+		for range h.stopped {
+		}
+	}()
 }
 func (h *recHandler) QueueReady(q *Queue)   { h.ready <- q }
 func (h *recHandler) QueueStopped(q *Queue) { h.stopped <- q }
@@ -219,6 +231,7 @@ func TestPortServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	defer h.drain()
 	baseFDs := countFDs(t)
 
 	gm := newGuestMem(t, feMemSize)
@@ -302,12 +315,13 @@ func TestPortServer(t *testing.T) {
 	}
 
 	// GET_VRING_BASE stops the queue before it answers.
-	s, err := DecodeVringState(f.get(ReqGetVringBase, statep(1, 0)))
-	if err != nil || s.Num != 1 {
-		t.Fatalf("GET_VRING_BASE: %+v %v", s, err)
-	}
+	f.send(ReqGetVringBase, 0, statep(1, 0))
 	if q := recv(t, h.stopped, "QueueStopped"); q != txq {
 		t.Fatalf("stopped queue %d", q.Index())
+	}
+	s, err := DecodeVringState(f.recv(ReqGetVringBase))
+	if err != nil || s.Num != 1 {
+		t.Fatalf("GET_VRING_BASE: %+v %v", s, err)
 	}
 
 	// Disconnect: the running RX queue is taken back, memory unmapped.
@@ -361,6 +375,7 @@ func TestPortBrokenGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	defer h.drain()
 	gm := newGuestMem(t, feMemSize)
 	defer gm.close()
 	kick := [2]int{eventfd(t), eventfd(t)}
@@ -435,4 +450,111 @@ func TestPortClient(t *testing.T) {
 	}
 	c.Close()
 	waitFor(t, func() bool { return p.State().Connects >= 4 }, "4 connections")
+}
+
+// TestFaultRecovered: the front-end shrinks its memory file after the
+// back-end mapped it; the worker's access faults (SIGBUS), and with
+// SetPanicOnFault plus RecoverFault the device is broken, not the daemon.
+func TestFaultRecovered(t *testing.T) {
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	mt, err := mapRegions([]MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}}, []int{gm.fd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mt.unmap()
+	g := layoutGuest(t, gm.mem, testBase, 256)
+	q := &Queue{index: 1, kickFD: -1, callFD: -1}
+	d, a, u := g.addrs()
+	if err := q.ringLayout(mt, testFeatures, 256, d, a, u); err != nil {
+		t.Fatal(err)
+	}
+	q.start(0)
+	// A frame whose data lies in the last page, which then goes away.
+	hdr := g.alloc(virtio.NetHdrLen)
+	data := uint64(testBase + feMemSize - 4096)
+	g.post(tdesc{addr: hdr, len: virtio.NetHdrLen}, tdesc{addr: data, len: 100})
+	if err := unix.Ftruncate(gm.fd, feMemSize-8192); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		var perr error = errors.New("no fault")
+		func() {
+			defer q.RecoverFault()
+			_, perr = q.Pop(make([]byte, 2048))
+		}()
+		done <- perr
+	}()
+	<-done
+	if !q.isBroken() {
+		t.Fatal("queue not broken after a fault in guest memory")
+	}
+	if _, err := q.Pop(make([]byte, 2048)); !errors.Is(err, ErrBroken) {
+		t.Fatalf("pop after fault: %v", err)
+	}
+}
+
+// TestMemTableReplaced: a second SET_MEM_TABLE (DPDK sends one when its
+// memory grows) takes running queues back before unmapping, then hands
+// them out again over the new mapping.
+func TestMemTableReplaced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	h := newRecHandler()
+	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	defer h.drain()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	kick := [2]int{eventfd(t), eventfd(t)}
+	call := [2]int{eventfd(t), eventfd(t)}
+	defer func() {
+		for _, fd := range append(kick[:], call[:]...) {
+			unix.Close(fd)
+		}
+	}()
+	f := dialFE(t, path)
+	defer f.c.Close()
+	gs := f.handshake(gm, virtio.FVersion1|virtio.FProtocolFeatures, kick, call)
+	var txq *Queue
+	for i := 0; i < 2; i++ {
+		if q := recv(t, h.ready, "QueueReady"); !q.IsRX() {
+			txq = q
+		}
+	}
+	gs[1].sendFrame(frameOf(64, 1), 64)
+	if _, err := txq.Pop(make([]byte, 2048)); err != nil {
+		t.Fatal(err)
+	}
+	txq.Flush()
+	// The same memory, announced again through a new fd.
+	fd2, err := unix.Dup(gm.fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := make([]byte, MemTableLen(1))
+	EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}})
+	f.send(ReqSetMemTable, FlagNeedReply, tbl, fd2)
+	unix.Close(fd2)
+	recv(t, h.stopped, "QueueStopped")
+	recv(t, h.stopped, "QueueStopped")
+	if v, _ := DecodeU64(f.recv(ReqSetMemTable)); v != 0 {
+		t.Fatalf("SET_MEM_TABLE ack %d", v)
+	}
+	for i := 0; i < 2; i++ {
+		if q := recv(t, h.ready, "QueueReady again"); !q.IsRX() {
+			txq = q
+		}
+	}
+	f2 := frameOf(300, 2)
+	gs[1].sendFrame(f2, 300)
+	dst := make([]byte, 2048)
+	n, err := txq.Pop(dst)
+	if err != nil || !bytes.Equal(dst[:n], f2) {
+		t.Fatalf("pop over the new mapping: %d %v", n, err)
+	}
 }

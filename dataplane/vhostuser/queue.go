@@ -221,6 +221,24 @@ func (q *Queue) start(base uint16) {
 	q.ch = chain{}
 }
 
+// RecoverFault, deferred by a worker around its work on q, turns a
+// memory fault in guest memory into a broken device instead of a crashed
+// daemon. A front-end can shrink the file behind a region after we
+// mapped it; touching it is then SIGBUS, which the Go runtime delivers as
+// a panic only to goroutines that called debug.SetPanicOnFault(true).
+// Other panics are re-raised.
+func (q *Queue) RecoverFault() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if f, ok := r.(interface{ Addr() uintptr }); ok {
+		q.fail("memory fault at %#x in guest memory: %v", f.Addr(), r)
+		return
+	}
+	panic(r)
+}
+
 // fail marks the device broken; the reason is logged once by the port.
 func (q *Queue) fail(format string, args ...any) error {
 	q.broken = true
