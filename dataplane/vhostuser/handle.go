@@ -224,6 +224,11 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		if len(m.fds) != len(regs) {
 			return nil, fmt.Errorf("%d regions but %d fds", len(regs), len(m.fds))
 		}
+		if err := checkRegions(regs); err != nil {
+			// Overlapping or overflowing regions: a hostile front-end.
+			p.markBroken(fmt.Sprintf("memory table: %v", err))
+			return nil, err
+		}
 		mem, err := mapRegions(regs, m.fds)
 		if err != nil {
 			return nil, err

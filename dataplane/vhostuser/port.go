@@ -73,6 +73,7 @@ type PortState struct {
 	Running          []bool
 	Kicks, Calls     uint64
 	Broken           string // why the device is broken, "" if not
+	BrokenCount      uint64 // times the device was marked broken
 	Connects         uint64 // connections accepted or made
 }
 
@@ -392,6 +393,7 @@ func (p *Port) markBroken(reason string) {
 	p.log.Error("vhost-user device broken", "reason", reason)
 	p.mu.Lock()
 	p.state.Broken = reason
+	p.state.BrokenCount++
 	p.mu.Unlock()
 	p.h.DeviceBroken(p, reason)
 }

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -556,5 +558,68 @@ func TestMemTableReplaced(t *testing.T) {
 	n, err := txq.Pop(dst)
 	if err != nil || !bytes.Equal(dst[:n], f2) {
 		t.Fatalf("pop over the new mapping: %d %v", n, err)
+	}
+}
+
+// TestRingEnableRules: with VHOST_USER_F_PROTOCOL_FEATURES negotiated a
+// ring waits for SET_VRING_ENABLE; without it, the kick starts it. A
+// memory table with overlapping regions breaks the device.
+func TestRingEnableRules(t *testing.T) {
+	for _, proto := range []bool{true, false} {
+		t.Run(fmt.Sprintf("protocol_features=%v", proto), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "vm.sock")
+			h := newRecHandler()
+			p, err := Listen(path, Config{Handler: h, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			defer h.drain()
+			gm := newGuestMem(t, feMemSize)
+			defer gm.close()
+			kick := eventfd(t)
+			defer unix.Close(kick)
+			f := dialFE(t, path)
+			defer f.c.Close()
+			feat := uint64(virtio.FVersion1)
+			if proto {
+				feat |= virtio.FProtocolFeatures
+				f.send(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck))
+			}
+			f.send(ReqSetFeatures, 0, u64p(feat))
+			tbl := make([]byte, MemTableLen(1))
+			EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}})
+			f.send(ReqSetMemTable, 0, tbl, gm.fd)
+			g := layoutGuest(t, gm.mem, testBase, 256)
+			d, a, u := g.addrs()
+			f.send(ReqSetVringNum, 0, statep(1, 256))
+			f.send(ReqSetVringAddr, 0, addrp(1, d, a, u))
+			f.send(ReqSetVringKick, 0, u64p(1), kick)
+			f.getU64(ReqGetFeatures) // a round trip: everything before it is handled
+			select {
+			case q := <-h.ready:
+				if proto {
+					t.Fatalf("queue %d ready before SET_VRING_ENABLE", q.Index())
+				}
+			case <-time.After(100 * time.Millisecond):
+				if !proto {
+					t.Fatal("queue not started by its kick without protocol features")
+				}
+				f.send(ReqSetVringEnable, 0, statep(1, 1))
+				recv(t, h.ready, "QueueReady after enable")
+			}
+			if proto {
+				// Overlapping regions: refused, device broken.
+				bad := make([]byte, MemTableLen(2))
+				EncodeMemTable(bad, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase},
+					{GuestPhysAddr: testBase + 4096, MemorySize: 4096, UserspaceAddr: 0x10000000}})
+				if v := f.ack(ReqSetMemTable, bad, gm.fd, gm.fd); v == 0 {
+					t.Fatal("overlapping memory table acked")
+				}
+				if st := p.State(); st.BrokenCount != 1 || !strings.Contains(st.Broken, "overlaps") {
+					t.Fatalf("state after overlapping regions: %+v", st)
+				}
+			}
+		})
 	}
 }
