@@ -1,187 +1,16 @@
 package metrics
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/promtest"
 )
-
-// promServer is a real Prometheus started by a test.
-type promServer struct {
-	base string
-}
-
-// startPrometheus runs /usr/bin/prometheus on a free loopback port,
-// scraping target every second and evaluating ruleFiles; it is stopped at
-// cleanup.
-func startPrometheus(t *testing.T, target string, ruleFiles ...string) *promServer {
-	t.Helper()
-	bin := testenv.RequireCommand(t, "prometheus")
-	dir := t.TempDir()
-
-	var rules strings.Builder
-	for _, f := range ruleFiles {
-		abs, err := filepath.Abs(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&rules, "  - %q\n", abs)
-	}
-	cfg := fmt.Sprintf(`global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-%sscrape_configs:
-  - job_name: vmqd
-    static_configs:
-      - targets: [%q]
-`, rules.String(), target)
-	cfgPath := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	// A free port: the kernel picks one, Prometheus takes it over. The
-	// window between is tiny and the start is retried if it is lost.
-	var out bytes.Buffer
-	for attempt := 0; ; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, bin,
-			"--config.file="+cfgPath,
-			"--storage.tsdb.path="+filepath.Join(dir, "data"),
-			"--web.listen-address="+addr,
-			"--log.level=warn",
-		)
-		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-		cmd.WaitDelay = 10 * time.Second
-		out.Reset()
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("start prometheus: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		stop := func() {
-			cancel()
-			<-exited
-		}
-
-		p := &promServer{base: "http://" + addr}
-		if err := p.waitReady(exited, 60*time.Second); err != nil {
-			stop()
-			if attempt < 2 && strings.Contains(out.String(), "address already in use") {
-				continue
-			}
-			t.Fatalf("prometheus: %v\n%s", err, out.String())
-		}
-		t.Cleanup(func() {
-			stop()
-			if t.Failed() {
-				t.Logf("prometheus output:\n%s", out.String())
-			}
-		})
-		return p
-	}
-}
-
-func (p *promServer) waitReady(exited <-chan struct{}, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			return fmt.Errorf("exited before it was ready")
-		default:
-		}
-		resp, err := http.Get(p.base + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return fmt.Errorf("not ready after %v", timeout)
-}
-
-// apiGet decodes the data of a /api/v1 response into v.
-func (p *promServer) apiGet(path string, v any) error {
-	resp, err := http.Get(p.base + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string          `json:"status"`
-		Error  string          `json:"error"`
-		Data   json.RawMessage `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
-	}
-	if r.Status != "success" {
-		return fmt.Errorf("GET %s: %s: %s", path, r.Status, r.Error)
-	}
-	return json.Unmarshal(r.Data, v)
-}
-
-type sample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-func (p *promServer) query(q string) ([]sample, error) {
-	var d struct {
-		ResultType string   `json:"resultType"`
-		Result     []sample `json:"result"`
-	}
-	if err := p.apiGet("/api/v1/query?query="+url.QueryEscape(q), &d); err != nil {
-		return nil, err
-	}
-	if d.ResultType != "vector" {
-		return nil, fmt.Errorf("%s: result type %s", q, d.ResultType)
-	}
-	return d.Result, nil
-}
-
-// waitQuery polls q until it returns n series.
-func (p *promServer) waitQuery(t *testing.T, q string, n int) []sample {
-	t.Helper()
-	var last []sample
-	var err error
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-		last, err = p.query(q)
-		if err == nil && len(last) == n {
-			return last
-		}
-	}
-	t.Fatalf("%s: want %d series, last got %v (err %v)", q, n, last, err)
-	return nil
-}
 
 // A real Prometheus scrapes the exporter: PromQL sees each VM's exact
 // counts, the target is healthy, the shipped alert rules evaluate cleanly
@@ -198,9 +27,9 @@ func TestPrometheusEndToEnd(t *testing.T) {
 		return s
 	})
 	base := httpServer(t, NewRegistry(src))
-	p := startPrometheus(t, strings.TrimPrefix(base, "http://"), "../deploy/prometheus/alerts.yml")
+	p := promtest.Start(t, strings.TrimPrefix(base, "http://"), "../deploy/prometheus/alerts.yml")
 
-	got := p.waitQuery(t, "vmq_vm_rx_packets_total", 2)
+	got := p.WaitQuery(t, "vmq_vm_rx_packets_total", 2)
 	want := map[string]string{"web": "1001", "db": "55"}
 	for _, s := range got {
 		vm := s.Metric["vm"]
@@ -229,7 +58,7 @@ func TestPrometheusEndToEnd(t *testing.T) {
 		`count(go_goroutines) + count(process_open_fds)`:     "2",
 		`sum(scrape_samples_scraped{job="vmqd"}) > bool 100`: "1",
 	} {
-		r, err := p.query(q)
+		r, err := p.Query(q)
 		if err != nil {
 			t.Errorf("%s: %v", q, err)
 			continue
@@ -245,7 +74,7 @@ func TestPrometheusEndToEnd(t *testing.T) {
 			LastError string `json:"lastError"`
 		} `json:"activeTargets"`
 	}
-	if err := p.apiGet("/api/v1/targets", &targets); err != nil {
+	if err := p.APIGet("/api/v1/targets", &targets); err != nil {
 		t.Fatal(err)
 	}
 	if len(targets.ActiveTargets) != 1 || targets.ActiveTargets[0].Health != "up" || targets.ActiveTargets[0].LastError != "" {
@@ -253,12 +82,12 @@ func TestPrometheusEndToEnd(t *testing.T) {
 	}
 
 	// Dashboard queries need two samples in their rate window.
-	p.waitQuery(t, "rate(vmq_vm_rx_packets_total[1m])", 2)
+	p.WaitQuery(t, "rate(vmq_vm_rx_packets_total[1m])", 2)
 	checkDashboardQueries(t, p)
 	checkRules(t, p)
 }
 
-func checkDashboardQueries(t *testing.T, p *promServer) {
+func checkDashboardQueries(t *testing.T, p *promtest.Server) {
 	b, err := os.ReadFile("../deploy/grafana/vmq-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +120,7 @@ func checkDashboardQueries(t *testing.T, p *promServer) {
 	grafana := strings.NewReplacer("$__rate_interval", "1m", "$instance", ".*", "$vm", ".*")
 	for _, e := range exprs {
 		q := grafana.Replace(e)
-		r, err := p.query(q)
+		r, err := p.Query(q)
 		switch {
 		case err != nil:
 			t.Errorf("dashboard query fails: %s: %v", q, err)
@@ -304,7 +133,7 @@ func checkDashboardQueries(t *testing.T, p *promServer) {
 
 // checkRules waits for the shipped rules to be evaluated, requires them
 // all healthy, and VMQDeviceBroken (for: 0) firing for db only.
-func checkRules(t *testing.T, p *promServer) {
+func checkRules(t *testing.T, p *promtest.Server) {
 	type rule struct {
 		Name           string `json:"name"`
 		Health         string `json:"health"`
@@ -323,7 +152,7 @@ func checkRules(t *testing.T, p *promServer) {
 				Rules []rule `json:"rules"`
 			} `json:"groups"`
 		}
-		if err := p.apiGet("/api/v1/rules", &d); err != nil {
+		if err := p.APIGet("/api/v1/rules", &d); err != nil {
 			t.Fatal(err)
 		}
 		rules = rules[:0]

@@ -159,8 +159,7 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 	}
 	d, err := startDaemon(context.Background(), daemonOptions{cfg: cfg, log: log, netns: &l.host})
 	if err != nil && strings.Contains(err.Error(), "address already in use") {
-		cfg.Metrics.Address = "127.0.0.1:0"
-		d, err = startDaemon(context.Background(), daemonOptions{cfg: cfg, log: log, netns: &l.host})
+		d, err = startDaemon(context.Background(), daemonOptions{cfg: cfg, log: log, netns: &l.host, metricsAddr: "127.0.0.1:0"})
 	}
 	if err != nil {
 		return err

@@ -1,0 +1,358 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/bpf"
+	"github.com/vmq/vmq/control"
+	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/promtest"
+	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/pktgen"
+)
+
+// bed is vmqd on a veth NIC in a host namespace, the peer in a wire
+// namespace (10.0.0.1/24), with pins in a private bpffs directory.
+type bed struct {
+	t          *testing.T
+	host, wire *netnstest.NS
+	nic, peer  netnstest.Link
+	dir        string
+	cfg        *control.Config
+}
+
+func newBed(t *testing.T, vms ...control.VMConfig) *bed {
+	t.Helper()
+	b := &bed{t: t, host: netnstest.New(t), wire: netnstest.New(t), dir: t.TempDir()}
+	for _, ns := range []*netnstest.NS{b.host, b.wire} {
+		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	}
+	b.nic, b.peer = netnstest.NewVethPair(t, b.host, b.wire, netnstest.VethOptions{MTU: 1500})
+	b.wire.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", b.peer.Name)
+
+	pinRoot := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("vmqdtest-"))
+	if err := os.MkdirAll(pinRoot, 0o700); err != nil {
+		testenv.Skip(t, "no bpffs at /sys/fs/bpf: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(pinRoot) })
+
+	cfg := control.Default(b.nic.Name)
+	cfg.PinDir = pinRoot
+	cfg.API.Socket = filepath.Join(b.dir, "api.sock")
+	cfg.Metrics.Address = "" // start() serves metrics on a free port
+	for _, vm := range vms {
+		vm.Socket = filepath.Join(b.dir, vm.Name+".sock")
+		vm.Mode, vm.QueuePairs = control.ModeServer, 1
+		cfg.VMs = append(cfg.VMs, vm)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b.cfg = cfg
+	return b
+}
+
+func (b *bed) start() *daemon {
+	b.t.Helper()
+	h := b.host.Handle()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d, err := startDaemon(context.Background(), daemonOptions{cfg: b.cfg, log: log, netns: &h, metricsAddr: "127.0.0.1:0"})
+	if err != nil {
+		b.t.Fatalf("start vmqd: %v", err)
+	}
+	b.t.Cleanup(func() { d.stop(context.Background()) })
+	return d
+}
+
+// guest connects a Go guest to a VM's socket; with reconnect it comes back
+// after the daemon restarts.
+func (b *bed) guest(name, mac, ip string, reconnect bool) *frontend.Guest {
+	b.t.Helper()
+	cfg := frontend.Config{MAC: mustMAC(mac), MrgRxbuf: true, EventIdx: true, QueueSize: 1024, Reconnect: reconnect}
+	if ip != "" {
+		cfg.IP = netip.MustParseAddr(ip)
+	}
+	g, err := frontend.Dial(filepath.Join(b.dir, name+".sock"), cfg)
+	if err != nil {
+		b.t.Fatalf("guest %s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { g.Run(ctx); close(done) }()
+	b.t.Cleanup(func() { cancel(); g.Close(); <-done })
+	return g
+}
+
+// waitPorts waits until every VM's port runs both virtqueues.
+func waitPorts(t *testing.T, d *daemon, n int) {
+	t.Helper()
+	if err := waitGuestsRunning(d, n, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// send sends count frames per destination from the wire at a pace the
+// machine sustains.
+func (b *bed) send(spec pktgen.FlowSpec, count int) {
+	b.t.Helper()
+	tmpl, err := pktgen.NewTemplate(spec)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	err = b.wire.Do(func() error {
+		g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: b.peer.Index})
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		for sent, total := 0, count*len(spec.Dests); sent < total; sent += 128 {
+			if _, _, err := g.Send(min(128, total-sent)); err != nil {
+				return err
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return nil
+	})
+	if err != nil {
+		b.t.Fatalf("send: %v", err)
+	}
+}
+
+func streamReceived(g *frontend.Guest, stream uint32) uint64 {
+	for _, s := range g.Stats().Streams {
+		if s.Stream == stream {
+			return s.Received
+		}
+	}
+	return 0
+}
+
+func waitStream(t *testing.T, name string, g *frontend.Guest, stream uint32, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && streamReceived(g, stream) < want {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := streamReceived(g, stream); got != want {
+		t.Fatalf("%s: stream %d received %d frames, want exactly %d", name, stream, got, want)
+	}
+}
+
+// scrapeMetric reads one sample from vmqd's /metrics.
+func scrapeMetric(t *testing.T, addr, name string, labels string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	want := name + "{" + labels + "}"
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, labels) {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("no %s in /metrics", want)
+	return 0
+}
+
+var vm1 = control.VMConfig{Name: "vm1", MAC: "02:00:00:00:01:01"}
+
+// One vmqd, two guests (one on VLAN 100): exact delivery, the same count
+// in the guest, in `vmqctl stats`, in /metrics and in a real Prometheus;
+// the real ping reaches a guest through the flood path (ARP) and back.
+func TestDaemonEndToEnd(t *testing.T) {
+	vm2 := control.VMConfig{Name: "vm2", MAC: "02:00:00:00:01:02", VLAN: 100}
+	b := newBed(t, vm1, vm2)
+	d := b.start()
+	g1 := b.guest("vm1", vm1.MAC, "10.0.0.11", false)
+	g2 := b.guest("vm2", vm2.MAC, "", false)
+	waitPorts(t, d, 2)
+
+	const n = 2500
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 128, Stream: 1}, n)
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm2.MAC), VLAN: 100}}, Size: 128, Stream: 2}, n)
+	waitStream(t, "vm1", g1, 1, n)
+	waitStream(t, "vm2", g2, 2, n)
+
+	// vmqctl, the real CLI, over the API socket.
+	vmqctl := filepath.Join(t.TempDir(), "vmqctl")
+	if out, err := exec.Command("go", "build", "-o", vmqctl, "../vmqctl").CombinedOutput(); err != nil {
+		t.Fatalf("build vmqctl: %v\n%s", err, out)
+	}
+	out, err := exec.Command(vmqctl, "--socket", b.cfg.API.Socket, "stats", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("vmqctl stats: %v", err)
+	}
+	var snap dataplane.Snapshot
+	if err := json.Unmarshal(out, &snap); err != nil {
+		t.Fatalf("vmqctl stats -o json: %v\n%s", err, out)
+	}
+	p := promtest.Start(t, d.metricsAddr)
+	for _, v := range snap.VMs {
+		if v.RxPackets != n {
+			t.Errorf("vmqctl: %s rx_packets %d, want %d", v.Name, v.RxPackets, n)
+		}
+		label := fmt.Sprintf(`vm=%q`, v.Name)
+		if got := scrapeMetric(t, d.metricsAddr, "vmq_vm_rx_packets_total", label); got != n {
+			t.Errorf("/metrics: %s rx %v, want %d", v.Name, got, n)
+		}
+		got := p.WaitQuery(t, `vmq_vm_rx_packets_total{`+label+`}`, 1)
+		if got[0].Value[1] != strconv.Itoa(n) {
+			t.Errorf("Prometheus: vmq_vm_rx_packets_total{%s} = %v, want %d", label, got[0].Value[1], n)
+		}
+	}
+	if len(snap.VMs) != 2 {
+		t.Fatalf("vmqctl stats shows %d VMs", len(snap.VMs))
+	}
+
+	// A real tool on the wire: ping resolves the guest by ARP (broadcast,
+	// through the flood socket) and gets its echo replies.
+	testenv.RequireCommand(t, "ping")
+	pout, err := b.wire.Command("ping", "-c", "10", "-i", "0.05", "-W", "2", "10.0.0.11").CombinedOutput()
+	if err != nil || !strings.Contains(string(pout), " 0% packet loss") {
+		t.Fatalf("ping 10.0.0.11 from the wire: %v\n%s", err, pout)
+	}
+	if st := g1.Stats(); st.ICMPReplies < 10 || st.ARPReplies < 1 {
+		t.Fatalf("vm1 answered %d pings and %d ARPs", st.ICMPReplies, st.ARPReplies)
+	}
+}
+
+// With keep_steering_on_exit the XDP program and the pinned filters stay
+// while vmqd is down: frames for a VM are dropped as "no socket", never
+// leaked to the host stack; the next vmqd reconciles the pins and the
+// guest, reconnecting, receives again.
+func TestDaemonRestartKeepsSteering(t *testing.T) {
+	b := newBed(t, vm1)
+	b.cfg.KeepSteeringOnExit = true
+	d := b.start()
+	g := b.guest("vm1", vm1.MAC, "", true)
+	waitPorts(t, d, 1)
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 1}, 500)
+	waitStream(t, "vm1 before restart", g, 1, 500)
+
+	if err := d.stop(context.Background()); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); !strings.Contains(out, "xdp") {
+		t.Fatalf("XDP program gone after a keep-steering stop:\n%s", out)
+	}
+	pinned := openPinned(t, b)
+	before, err := pinned.GlobalCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 2}, 300)
+	after, err := pinned.GlobalCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.NoSocket-before.NoSocket != 300 || after.Passed != before.Passed {
+		t.Fatalf("while down: no_socket +%d, passed +%d; want +300 and +0",
+			after.NoSocket-before.NoSocket, after.Passed-before.Passed)
+	}
+	if f, err := pinned.Filters(); err != nil || len(f) != 1 {
+		t.Fatalf("pinned filters while down: %v, %v", f, err)
+	}
+	pinned.Close()
+
+	d2 := b.start()
+	waitPorts(t, d2, 1)
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 3}, 500)
+	waitStream(t, "vm1 after restart", g, 3, 500)
+	if got := streamReceived(g, 2); got != 0 {
+		t.Fatalf("guest got %d frames sent while vmqd was down", got)
+	}
+
+	// A plain stop (no keep-steering) takes the program off the NIC.
+	d2.keepSteering = false
+	if err := d2.stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); strings.Contains(out, "xdp") {
+		t.Fatalf("XDP program still attached after stop:\n%s", out)
+	}
+}
+
+func openPinned(t *testing.T, b *bed) *bpf.Filter {
+	t.Helper()
+	var f *bpf.Filter
+	err := b.host.Do(func() error {
+		var err error
+		f, err = bpf.Load(bpf.Config{MaxVMs: control.MaxVMs, MaxQueues: control.MaxQueues,
+			PinDir: filepath.Join(b.cfg.PinDir, b.cfg.NIC)})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("open pinned maps: %v", err)
+	}
+	return f
+}
+
+// SIGHUP's reload adds a VM from the file; a broken file changes nothing.
+func TestDaemonReload(t *testing.T) {
+	b := newBed(t, vm1)
+	d := b.start()
+	path := filepath.Join(b.dir, "vmqd.yaml")
+	write := func(extra string) {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket)
+		fmt.Fprintf(&sb, "  - {name: vm1, mac: %q, socket: %s}\n", vm1.MAC, filepath.Join(b.dir, "vm1.sock"))
+		sb.WriteString(extra)
+		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(fmt.Sprintf("  - {name: vm2, mac: \"02:00:00:00:01:02\", socket: %s}\n", filepath.Join(b.dir, "vm2.sock")))
+	if err := d.reload(context.Background(), path); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if names := vmNames(d); names != "vm1,vm2" {
+		t.Fatalf("after reload: VMs %s", names)
+	}
+	g2 := b.guest("vm2", "02:00:00:00:01:02", "", false)
+	waitPorts(t, d, 1) // vm2's guest; vm1 has none
+	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC("02:00:00:00:01:02")}}, Size: 64, Stream: 5}, 200)
+	waitStream(t, "vm2 added by reload", g2, 5, 200)
+
+	write("  - {name: vm3, mac: \"not-a-mac\", socket: /x.sock}\n")
+	err := d.reload(context.Background(), path)
+	if err == nil || !strings.Contains(err.Error(), "vms[1].mac") {
+		t.Fatalf("reload of a broken config: %v", err)
+	}
+	if names := vmNames(d); names != "vm1,vm2" {
+		t.Fatalf("a broken reload changed the VMs: %s", names)
+	}
+}
+
+func vmNames(d *daemon) string {
+	var names []string
+	for _, v := range d.ctl.VMs() {
+		names = append(names, v.Name)
+	}
+	return strings.Join(names, ",")
+}
