@@ -126,7 +126,7 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 		frame := make([]byte, size)
 		copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
 		w = newTestWorker(b, frame)
-		w.busy, w.pin = true, true
+		w.busy, w.busyRX, w.pin = true, toGuest, true
 		if toGuest {
 			w.toPush[0].Store(1 << 62)
 		}

@@ -191,7 +191,8 @@ type workerRun struct{ stop, done chan struct{} }
 type testWorker struct {
 	t       testing.TB
 	frame   []byte // pushed frame
-	busy    bool   // never sleep (benchmarks)
+	busy    bool   // never sleep on the busy direction's queues (benchmarks)
+	busyRX  bool   // the busy direction is RX (to the guest)
 	pin     bool   // lock each queue's goroutine to a thread on CPU 0 (benchmarks)
 	mu      sync.Mutex
 	running map[*Queue]workerRun
@@ -238,11 +239,12 @@ func (w *testWorker) DeviceBroken(p *Port, reason string) { w.broken.Store(reaso
 func (w *testWorker) run(q *Queue, stop, done chan struct{}) {
 	defer close(done)
 	defer q.Flush()
-	if w.pin {
+	busy := w.busy && q.IsRX() == w.busyRX
+	if w.pin && busy {
 		pinThread(0)
 		defer runtime.UnlockOSThread()
 	}
-	if w.busy {
+	if busy {
 		q.DisableNotify() // a busy-polling worker wants no kicks
 	}
 	pair := q.Pair()
@@ -278,7 +280,7 @@ func (w *testWorker) run(q *Queue, stop, done chan struct{}) {
 			w.popped[pair].Add(uint64(n))
 		}
 		q.Flush()
-		if n > 0 || w.busy {
+		if n > 0 || busy {
 			idle = 0
 			continue
 		}

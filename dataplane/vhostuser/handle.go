@@ -159,6 +159,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 	var out [NetConfigLen + ConfigHeaderLen]byte
 	u64 := func(v uint64) []byte { EncodeU64(out[:], v); return out[:U64Len] }
 	noPayload := func() error {
+		if len(pl) != 0 && len(pl) != U64Len { // some front-ends send a zero u64
+			return fmt.Errorf("unexpected payload of %d bytes", len(pl))
+		}
+		return nil
+	}
+	strictNoPayload := func() error {
 		if len(pl) != 0 {
 			return fmt.Errorf("unexpected payload of %d bytes", len(pl))
 		}
@@ -187,7 +193,7 @@ func (p *Port) handle(m *message) ([]byte, error) {
 
 	case ReqSetOwner:
 		p.dev.owner = true
-		return nil, noPayload()
+		return nil, strictNoPayload()
 
 	case ReqResetOwner, ReqResetDevice:
 		if m.hdr.Request == ReqResetDevice {

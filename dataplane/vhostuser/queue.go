@@ -111,6 +111,7 @@ type Queue struct {
 	usedFlags uint16
 	broken    bool
 	dirty     bool // st changed since the last publish
+	flushes   uint64
 	ch        chain
 	nb        [2][]byte // where num_buffers landed in guest memory
 	ev        [8]byte
@@ -510,7 +511,8 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 // Flush publishes the used entries of this batch with one atomic store
 // and notifies the guest (one eventfd write) if it asked for it.
 func (q *Queue) Flush() {
-	if q.usedIdx != q.usedPub {
+	published := q.usedIdx != q.usedPub
+	if published {
 		old := q.usedPub
 		q.usedPub = q.usedIdx
 		// The atomic store orders the used elements before the index and,
@@ -524,8 +526,11 @@ func (q *Queue) Flush() {
 			}
 		}
 	}
-	// Publishing costs one locked store per counter: only after work.
-	if q.dirty {
+	// Publishing costs one locked store per counter: do it when frames
+	// moved, else (drops only, e.g. a spinning worker finding no guest
+	// buffers) every 64th Flush; EnableNotify publishes before a sleep.
+	q.flushes++
+	if q.dirty && (published || q.flushes%64 == 0) {
 		q.dirty = false
 		q.publishStats()
 	}
@@ -554,6 +559,10 @@ func (q *Queue) DisableNotify() {
 func (q *Queue) EnableNotify() (pending bool, err error) {
 	if q.isBroken() {
 		return false, ErrBroken
+	}
+	if q.dirty {
+		q.dirty = false
+		q.publishStats()
 	}
 	if q.eventIdx {
 		binary.LittleEndian.PutUint16(q.used[q.availEvt:], q.lastAvail)

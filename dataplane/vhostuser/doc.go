@@ -1,0 +1,40 @@
+// Package vhostuser is vmq's vhost-user net back-end (the device side of
+// the "VMBus"): a guest's virtio-net driver shares its memory and split
+// virtqueues with vmqd over a unix socket (QEMU docs/interop/vhost-user.rst,
+// virtio 1.1).
+//
+// A Port is one device. Listen serves front-ends one at a time (server
+// mode); Dial connects to a front-end's socket and reconnects with
+// backoff (client mode). The port's control goroutine handles messages
+// and hands queues to the dataplane through a Handler:
+//
+//   - QueueReady(q): memory mapped, ring addresses valid, kick received,
+//     ring enabled. From then on only the owning worker calls q's data
+//     path: Push/Pop, Flush, EnableNotify/DisableNotify, AckKick.
+//   - QueueStopped(q): before the port unmaps memory, answers
+//     GET_VRING_BASE, changes a ring or a fd, resets, or loses the
+//     front-end. It must return only after the worker has done a final
+//     q.Flush and will not touch q again (the worker acks through its
+//     command channel).
+//   - DeviceBroken(p, reason): the guest broke the rules; all queues of
+//     the port now refuse work (ErrBroken) until the front-end resets the
+//     device. May be called from a worker goroutine; must not block.
+//
+// A worker's loop, per queue, batched:
+//
+//	RX (to the guest):   for frames { q.Push(f) }  q.Flush()
+//	TX (from the guest): for { n, err := q.Pop(umemFrame) ... }  q.Flush()
+//
+// Flush publishes the used index once and writes the call eventfd at most
+// once, as EVENT_IDX or the no-interrupt flag ask. A busy worker calls
+// DisableNotify; before sleeping it calls EnableNotify (which reports
+// work that raced in), polls KickFD, then AckKick. Workers should run
+// with debug.SetPanicOnFault(true) and defer q.RecoverFault() around a
+// batch: a front-end that shrinks a mapped file would otherwise crash the
+// daemon with SIGBUS.
+//
+// Every guest-provided address, length, index and chain is checked
+// against the memory table; a violation marks the port broken (logged
+// with slog, counted in PortState.BrokenCount) and never reads or writes
+// outside the guest's regions.
+package vhostuser
