@@ -93,6 +93,10 @@ do_install() {
 		put 0644 "$here/config/vmqd.yaml" "$conf" conf
 	fi
 
+	local ex
+	for ex in one-nic multiqueue vlan-trunk; do
+		put 0644 "$here/config/examples/$ex.yaml" "$SHAREDIR/examples/$ex.yaml" file
+	done
 	put 0644 "$here/prometheus/prometheus.yml" "$SHAREDIR/prometheus/prometheus.yml" file
 	put 0644 "$here/prometheus/alerts.yml" "$SHAREDIR/prometheus/alerts.yml" file
 	put 0644 "$here/grafana/vmq-dashboard.json" "$SHAREDIR/grafana/vmq-dashboard.json" file
@@ -128,7 +132,7 @@ do_uninstall() {
 	echo "$DESTDIR$MANIFEST"
 	# vmq's own directories go when empty; shared ones (bin, unit dir) stay.
 	local d
-	for d in "$SHAREDIR/prometheus" "$SHAREDIR/grafana" "$SHAREDIR" "$CONFDIR"; do
+	for d in "$SHAREDIR/examples" "$SHAREDIR/prometheus" "$SHAREDIR/grafana" "$SHAREDIR" "$CONFDIR"; do
 		rmdir "$DESTDIR$d" 2>/dev/null || true
 	done
 }
