@@ -1,0 +1,318 @@
+package qemutest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/bpf"
+	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// bed is the dataplane's testbed in small: a veth NIC in a host namespace
+// with the XDP filter and vmq's workers on it, its peer in a wire
+// namespace that plays the network (10.99.0.1/24).
+type bed struct {
+	t          *testing.T
+	host, wire *netnstest.NS
+	nic, peer  netnstest.Link
+	filter     *bpf.Filter
+	dp         *dataplane.Dataplane
+	dir        string
+}
+
+const wireIP = "10.99.0.1"
+
+func newBed(t *testing.T, queues int) *bed {
+	t.Helper()
+	testenv.RequireRoot(t)
+	b := &bed{t: t, host: netnstest.New(t), wire: netnstest.New(t), dir: t.TempDir()}
+	for _, ns := range []*netnstest.NS{b.host, b.wire} {
+		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	}
+	b.nic, b.peer = netnstest.NewVethPair(t, b.host, b.wire, netnstest.VethOptions{Queues: queues, MTU: 1500})
+	b.wire.Run(t, "ip", "addr", "add", wireIP+"/24", "dev", b.peer.Name)
+	err := b.host.Do(func() error {
+		f, err := bpf.Load(bpf.Config{MaxVMs: 16, MaxQueues: max(queues, 2)})
+		if err != nil {
+			return err
+		}
+		b.filter = f
+		_, err = f.Attach(b.nic.Index, bpf.Native)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("filter: %v", err)
+	}
+	t.Cleanup(func() { b.filter.Close() })
+	qids := make([]int, queues)
+	for i := range qids {
+		qids[i] = i
+	}
+	h := b.host.Handle()
+	b.dp, err = dataplane.New(dataplane.Config{Ifindex: b.nic.Index, Queues: qids, Filter: b.filter,
+		BusyPoll: 20 * time.Microsecond, Netns: &h})
+	if err != nil {
+		t.Fatalf("dataplane: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.dp.Close(); err != nil {
+			t.Errorf("close dataplane: %v", err)
+		}
+	})
+	return b
+}
+
+// guestSpec is one Linux guest on the bed.
+type guestSpec struct {
+	name  string
+	slot  uint32
+	mac   string
+	ip    string // in 10.99.0.0/24
+	pairs int
+	cpus  int
+}
+
+// requireGuestTools returns the kernel and busybox, or skips.
+func requireGuestTools(t *testing.T) (Kernel, string) {
+	t.Helper()
+	testenv.RequireCommand(t, "qemu-system-x86_64")
+	bb := testenv.RequireCommand(t, "busybox")
+	if err := checkStatic(bb); err != nil {
+		testenv.Skip(t, "%v", err)
+	}
+	k, err := FindKernel()
+	if err != nil {
+		testenv.Skip(t, "%v", err)
+	}
+	return k, bb
+}
+
+// addGuest adds the VM to vmq (listening on its socket), steers its MAC
+// and boots QEMU on the socket, returning once eth0 is configured.
+func (b *bed) addGuest(spec guestSpec) *Guest {
+	t := b.t
+	t.Helper()
+	k, bb := requireGuestTools(t)
+	mods, err := k.Modules(NetModules...)
+	if err != nil {
+		t.Fatalf("guest modules: %v", err)
+	}
+	initrd := filepath.Join(b.dir, spec.name+".initrd")
+	prefix := netip.PrefixFrom(netip.MustParseAddr(spec.ip), 24)
+	if err := (Initramfs{Busybox: bb, Modules: mods, Init: InitScript(ModuleNames(mods), prefix)}).Write(initrd); err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := net.ParseMAC(spec.mac)
+	sock := filepath.Join(b.dir, spec.name+".sock")
+	vm := dataplane.VM{Name: spec.name, Slot: spec.slot, MAC: hw, Socket: sock, QueuePairs: spec.pairs}
+	if err := b.dp.AddVM(context.Background(), vm); err != nil {
+		t.Fatalf("add VM %s: %v", spec.name, err)
+	}
+	if err := b.filter.SetFilter(hw, 0, spec.slot); err != nil {
+		t.Fatalf("set filter of %s: %v", spec.name, err)
+	}
+	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: sock, MAC: hw,
+		QueuePairs: spec.pairs, CPUs: spec.cpus, QEMU: os.Getenv("VMQ_QEMU"),
+		Extra: strings.Fields(os.Getenv("VMQ_QEMU_EXTRA")),
+		Log: func(line string) { t.Logf("%s console: %s", spec.name, line) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := g.Close(); err != nil {
+			t.Errorf("guest %s: %v", spec.name, err)
+		}
+		if t.Failed() {
+			t.Logf("%s qemu stderr: %s", spec.name, g.Stderr())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := g.WaitBoot(ctx); err != nil {
+		t.Fatalf("%s: %v\nport: %+v", spec.name, err, b.port(spec.name))
+	}
+	t.Logf("%s booted in %v", spec.name, time.Since(start).Round(time.Millisecond))
+	if out := g.Console(); strings.Contains(out, "VMQ-INSMOD-FAILED") {
+		t.Fatalf("%s: a module did not load:\n%s", spec.name, out)
+	}
+	return g
+}
+
+func (b *bed) port(name string) dataplane.PortStats {
+	for _, p := range b.dp.Snapshot().Ports {
+		if p.VM == name {
+			return p
+		}
+	}
+	b.t.Fatalf("no port of VM %s in snapshot", name)
+	return dataplane.PortStats{}
+}
+
+func (b *bed) vm(name string) dataplane.VMStats {
+	for _, v := range b.dp.Snapshot().VMs {
+		if v.Name == name {
+			return v
+		}
+	}
+	b.t.Fatalf("no VM %s in snapshot", name)
+	return dataplane.VMStats{}
+}
+
+var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
+
+// checkPing parses a ping summary (iputils or busybox) and requires every
+// one of want echoes answered.
+func checkPing(t *testing.T, who, out string, want int) {
+	t.Helper()
+	m := pingSummary.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("%s: no ping summary in:\n%s", who, out)
+	}
+	sent, _ := strconv.Atoi(m[1])
+	got, _ := strconv.Atoi(m[2])
+	if sent != want || got != want {
+		t.Fatalf("%s: %d sent, %d received, want %d of %d:\n%s", who, sent, got, want, want, out)
+	}
+}
+
+// pingFromWire runs iputils ping in the wire namespace.
+func (b *bed) pingFromWire(dst string, args ...string) string {
+	b.t.Helper()
+	cmd := b.wire.Command("ping", append(args, dst)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.t.Fatalf("ping %s from the wire: %v\n%s", dst, err, out)
+	}
+	return string(out)
+}
+
+func guestExec(t *testing.T, g *Guest, cmd string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := g.Exec(ctx, cmd)
+	if err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	return out
+}
+
+// checkFeatures requires the virtio features a Linux guest negotiates
+// with vmq's defaults, EVENT_IDX above all (DPDK never negotiates it).
+func checkFeatures(t *testing.T, p dataplane.PortStats, pairs int) {
+	t.Helper()
+	want := map[string]uint64{"VERSION_1": virtio.FVersion1, "EVENT_IDX": virtio.RingFEventIdx,
+		"MRG_RXBUF": virtio.NetFMrgRxbuf, "INDIRECT_DESC": virtio.RingFIndirectDesc}
+	if pairs > 1 {
+		want["MQ"] = virtio.NetFMQ
+	}
+	for name, bit := range want {
+		if p.Features&bit == 0 {
+			t.Errorf("negotiated features %#x lack %s", p.Features, name)
+		}
+	}
+	if !p.Connected || p.Broken != "" {
+		t.Errorf("port: connected %v, broken %q", p.Connected, p.Broken)
+	}
+	if len(p.RingSizes) < 2*pairs {
+		t.Errorf("port has %d rings (%v), want %d", len(p.RingSizes), p.RingSizes, 2*pairs)
+	}
+}
+
+func checkNoDrops(t *testing.T, v dataplane.VMStats) {
+	t.Helper()
+	for r, n := range v.DropsByReason {
+		t.Errorf("VM %s dropped %d frames: %s", v.Name, n, r)
+	}
+}
+
+// TestLinuxGuestPing boots a Linux guest on a vmq vhost-user port and
+// pings it from the wire (ARP through the flood socket, ICMP through the
+// VM's socket, replies through the guest's TX and the XSK tx ring), then
+// pings the wire from the guest.
+func TestLinuxGuestPing(t *testing.T) {
+	b := newBed(t, 1)
+	spec := guestSpec{name: "lg1", slot: 1, mac: "52:54:00:00:99:02", ip: "10.99.0.2", pairs: 1, cpus: 1}
+	g := b.addGuest(spec)
+
+	if got := strings.TrimSpace(guestExec(t, g, "cat /sys/class/net/eth0/address")); got != spec.mac {
+		t.Fatalf("guest eth0 has MAC %q, want %s", got, spec.mac)
+	}
+	const n = 20
+	out := b.pingFromWire(spec.ip, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
+	checkPing(t, "wire -> guest", out, n)
+	t.Logf("wire -> guest: %s", lastLines(out, 2))
+
+	// Full-size frames (1514 bytes): one mergeable buffer each way.
+	out = b.pingFromWire(spec.ip, "-c", "10", "-i", "0.05", "-W", "5", "-s", "1472", "-M", "do")
+	checkPing(t, "wire -> guest, 1514-byte frames", out, 10)
+
+	// The guest starts traffic: its ARP request leaves through vmq's TX
+	// path to the wire, and the wire's answers come back.
+	out = guestExec(t, g, "ping -c 10 -A -W 5 "+wireIP)
+	checkPing(t, "guest -> wire", out, 10)
+
+	v := b.vm(spec.name)
+	if v.RxPackets < n+10+10 || v.TxPackets < n+10+10 {
+		t.Errorf("VM counters: rx %d tx %d, want at least %d each", v.RxPackets, v.TxPackets, n+20)
+	}
+	checkNoDrops(t, v)
+	p := b.port(spec.name)
+	checkFeatures(t, p, 1)
+	if p.Kicks == 0 || p.Calls == 0 {
+		t.Errorf("port: %d kicks, %d calls: the guest should have needed both", p.Kicks, p.Calls)
+	}
+	t.Logf("vm %+v\nport %+v", v, p)
+}
+
+// TestLinuxGuestMultiqueue boots a 2-vCPU guest with 2 queue pairs on a
+// 2-queue NIC; the guest's driver enables both pairs (through QEMU's
+// control virtqueue), and traffic sent from each vCPU leaves on that
+// vCPU's TX queue (virtio-net's XPS map), so both pairs carry frames.
+func TestLinuxGuestMultiqueue(t *testing.T) {
+	b := newBed(t, 2)
+	spec := guestSpec{name: "lg2", slot: 2, mac: "52:54:00:00:99:03", ip: "10.99.0.3", pairs: 2, cpus: 2}
+	g := b.addGuest(spec)
+
+	if out := guestExec(t, g, "ls /sys/class/net/eth0/queues"); !strings.Contains(out, "rx-1") || !strings.Contains(out, "tx-1") {
+		t.Fatalf("guest uses one queue pair only: %s", out)
+	}
+	const n = 20
+	out := b.pingFromWire(spec.ip, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
+	checkPing(t, "wire -> guest", out, n)
+
+	// The guest pings from each vCPU in turn.
+	for cpu := range 2 {
+		out = guestExec(t, g, fmt.Sprintf("taskset %d ping -c 5 -A -W 5 %s", 1<<cpu, wireIP))
+		checkPing(t, fmt.Sprintf("guest cpu %d -> wire", cpu), out, 5)
+	}
+	v := b.vm(spec.name)
+	checkNoDrops(t, v)
+	for _, q := range v.Queues {
+		if q.TxPackets == 0 {
+			t.Errorf("worker of queue %d forwarded no guest frames: both TX virtqueues should carry traffic (%+v)", q.Queue, v.Queues)
+		}
+	}
+	p := b.port(spec.name)
+	checkFeatures(t, p, 2)
+	t.Logf("vm %+v\nport %+v", v, p)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+}
+
