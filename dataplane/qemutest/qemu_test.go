@@ -126,7 +126,7 @@ func (b *bed) addGuest(spec guestSpec) *Guest {
 	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: sock, MAC: hw,
 		QueuePairs: spec.pairs, CPUs: spec.cpus, QEMU: os.Getenv("VMQ_QEMU"),
 		Extra: strings.Fields(os.Getenv("VMQ_QEMU_EXTRA")),
-		Log: func(line string) { t.Logf("%s console: %s", spec.name, line) }})
+		Log:   func(line string) { t.Logf("%s console: %s", spec.name, line) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,4 +315,3 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
-
