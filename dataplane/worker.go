@@ -173,11 +173,12 @@ func (w *worker) run(ready chan<- error) {
 		if now.Sub(lastWork) < busyPoll {
 			continue
 		}
+		// Spinning counts as busy: the core was taken.
 		add(&w.ctr.busyNS, uint64(now.Sub(start)))
 		w.sleep()
-		now = time.Now()
-		add(&w.ctr.idleNS, uint64(now.Sub(lastWork)))
-		start, lastWork = now, now
+		woke := time.Now()
+		add(&w.ctr.idleNS, uint64(woke.Sub(now)))
+		start, lastWork = woke, woke
 	}
 }
 
