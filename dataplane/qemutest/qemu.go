@@ -61,9 +61,11 @@ type Config struct {
 	QEMU   string // qemu-system-x86_64; "" looks it up in PATH
 	Kernel string // bzImage
 	Initrd string
-	// Socket is the vhost-user socket; the backend must be listening
-	// (QEMU connects once, at start).
+	// Socket is the vhost-user socket. QEMU connects to it once, at
+	// start, so the backend must be listening; with Server, QEMU listens
+	// and waits (in its startup) for the backend to connect.
 	Socket     string
+	Server     bool
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
 	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
@@ -113,6 +115,10 @@ func (cfg Config) Args() []string {
 	}
 	dev += fmt.Sprintf(",vectors=%d", vectors)
 	cmdline := "console=ttyS0 quiet panic=-1 " + cfg.Cmdline
+	chardev := "socket,id=chr0,path=" + cfg.Socket
+	if cfg.Server {
+		chardev += ",server=on,wait=off"
+	}
 	args := []string{
 		"-name", "vmq-guest", "-nodefaults", "-no-user-config", "-no-reboot",
 		"-machine", "q35,accel=" + accel, "-cpu", "max", "-smp", strconv.Itoa(max(cfg.CPUs, 1)),
@@ -120,7 +126,7 @@ func (cfg Config) Args() []string {
 		// vhost-user needs the guest memory shared with the backend.
 		"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", mem),
 		"-numa", "node,memdev=mem",
-		"-chardev", "socket,id=chr0,path=" + cfg.Socket,
+		"-chardev", chardev,
 		"-netdev", fmt.Sprintf("type=vhost-user,id=net0,chardev=chr0,queues=%d", pairs),
 		"-device", dev,
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", strings.TrimSpace(cmdline),

@@ -102,6 +102,14 @@ func requireGuestTools(t *testing.T) (Kernel, string) {
 // addGuest adds the VM to vmq (listening on its socket), steers its MAC
 // and boots QEMU on the socket, returning once eth0 is configured.
 func (b *bed) addGuest(spec guestSpec) *Guest {
+	b.t.Helper()
+	initrd := b.initrd(spec)
+	b.addVM(spec, false)
+	return b.boot(spec, initrd, false)
+}
+
+// initrd builds the guest's initramfs.
+func (b *bed) initrd(spec guestSpec) string {
 	t := b.t
 	t.Helper()
 	k, bb := requireGuestTools(t)
@@ -114,16 +122,35 @@ func (b *bed) addGuest(spec guestSpec) *Guest {
 	if err := (Initramfs{Busybox: bb, Modules: mods, Init: InitScript(ModuleNames(mods), prefix)}).Write(initrd); err != nil {
 		t.Fatal(err)
 	}
+	return initrd
+}
+
+func (b *bed) socket(spec guestSpec) string { return filepath.Join(b.dir, spec.name+".sock") }
+
+// addVM adds the VM to the dataplane (client: vmq connects to QEMU's
+// socket) and steers its MAC to its slot.
+func (b *bed) addVM(spec guestSpec, client bool) {
+	t := b.t
+	t.Helper()
 	hw, _ := net.ParseMAC(spec.mac)
-	sock := filepath.Join(b.dir, spec.name+".sock")
-	vm := dataplane.VM{Name: spec.name, Slot: spec.slot, MAC: hw, Socket: sock, QueuePairs: spec.pairs}
+	vm := dataplane.VM{Name: spec.name, Slot: spec.slot, MAC: hw, Socket: b.socket(spec),
+		Client: client, QueuePairs: spec.pairs}
 	if err := b.dp.AddVM(context.Background(), vm); err != nil {
 		t.Fatalf("add VM %s: %v", spec.name, err)
 	}
 	if err := b.filter.SetFilter(hw, 0, spec.slot); err != nil {
 		t.Fatalf("set filter of %s: %v", spec.name, err)
 	}
-	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: sock, MAC: hw,
+}
+
+// boot starts QEMU (server: QEMU listens) and waits for the guest's eth0.
+// The guest is killed at cleanup.
+func (b *bed) boot(spec guestSpec, initrd string, server bool) *Guest {
+	t := b.t
+	t.Helper()
+	k, _ := requireGuestTools(t)
+	hw, _ := net.ParseMAC(spec.mac)
+	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: b.socket(spec), Server: server, MAC: hw,
 		QueuePairs: spec.pairs, CPUs: spec.cpus, QEMU: os.Getenv("VMQ_QEMU"),
 		Extra: strings.Fields(os.Getenv("VMQ_QEMU_EXTRA")),
 		Log:   func(line string) { t.Logf("%s console: %s", spec.name, line) }})
@@ -350,6 +377,52 @@ func TestLinuxGuestMultiqueue(t *testing.T) {
 	p := b.port(spec.name)
 	checkFeatures(t, p, 2)
 	t.Logf("vm %+v\nport %+v", v, p)
+}
+
+// TestLinuxGuestReconnect runs vmq as the vhost-user client of a QEMU
+// that listens: vmq connects once QEMU is up; QEMU is then killed (the
+// guest is gone mid-connection) and a new one started on the same path,
+// and vmq's port reconnects and serves the new guest.
+func TestLinuxGuestReconnect(t *testing.T) {
+	b := newBed(t, 1)
+	spec := guestSpec{name: "lg3", slot: 3, mac: "52:54:00:00:99:04", ip: "10.99.0.4", pairs: 1, cpus: 1}
+	initrd := b.initrd(spec)
+	b.addVM(spec, true)
+	for round := range 2 {
+		g := b.boot(spec, initrd, true)
+		out := b.pingFromWire(spec.ip, "-c", "10", "-i", "0.05", "-W", "5")
+		checkPing(t, fmt.Sprintf("guest %d: wire -> guest", round), out, 10)
+		out = guestExec(t, g, "ping -c 5 -A -W 5 "+wireIP)
+		checkPing(t, fmt.Sprintf("guest %d: guest -> wire", round), out, 5)
+		p := b.port(spec.name)
+		if p.Mode != "client" {
+			t.Errorf("port mode %q, want client", p.Mode)
+		}
+		checkFeatures(t, p, 1)
+		if err := g.Close(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "port disconnected", func() (bool, string) {
+			p := b.port(spec.name)
+			return !p.Connected, fmt.Sprintf("%+v", p)
+		})
+	}
+	checkNoDrops(t, b.vm(spec.name))
+}
+
+// eventually polls cond until it holds or 10s pass.
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached in 10s: %s", what, last)
 }
 
 func lastLines(s string, n int) string {
