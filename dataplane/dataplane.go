@@ -293,6 +293,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
+			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
 	dp.mu.RLock()
@@ -320,7 +321,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			}
 			v.Queues = append(v.Queues, qs)
 			if sock := c.socket.Load(); sock != nil {
-				ss := SocketStats{VM: name, Queue: dp.cfg.Queues[i]}
+				ss := SocketStats{VM: name, Queue: dp.cfg.Queues[i], ZeroCopy: sock.Queue().ZeroCopy()}
 				if ks, err := sock.KernelStats(); err == nil {
 					ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
 					ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty

@@ -24,6 +24,14 @@ const idlePollTimeout = 200 * time.Millisecond
 // workerCounters are a worker's own counters (single writer).
 type workerCounters struct {
 	busyNS, idleNS, batches, wakeups, polls atomic.Uint64
+	// What the worker owns, published for snapshots.
+	virtqueues, sockets atomic.Int64
+}
+
+// publishOwned updates the counts of virtqueues and sockets the worker owns.
+func (w *worker) publishOwned() {
+	w.ctr.virtqueues.Store(int64(len(w.rxqs) + len(w.txqs)))
+	w.ctr.sockets.Store(int64(len(w.vmList) + 1)) // + the flood socket
 }
 
 // worker forwards for one NIC queue. It alone touches the queue's UMEM,
@@ -132,6 +140,7 @@ func (w *worker) open() error {
 	}
 	w.q, w.flood = q, q.Primary()
 	w.q.Refill(0)
+	w.publishOwned()
 	return nil
 }
 
@@ -193,7 +202,7 @@ func (w *worker) commands() (n int, stop bool) {
 				c.done <- nil
 				return n, true
 			}
-			c.done <- w.apply(c)
+			c.done <- w.applyAndPublish(c)
 		default:
 			return n, false
 		}
@@ -213,6 +222,11 @@ func (w *worker) apply(c command) error {
 		return nil
 	}
 	return fmt.Errorf("unknown worker command %d", c.kind)
+}
+
+func (w *worker) applyAndPublish(c command) error {
+	defer w.publishOwned()
+	return w.apply(c)
 }
 
 func (w *worker) addVM(vm *VM, ctr *vmCounters) error {

@@ -22,7 +22,7 @@ import (
 func BenchmarkPush(b *testing.B) {
 	for _, size := range []int{64, 1514} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			g := newTestGuest(&testing.T{}, 256, testFeatures|virtio.NetFMrgRxbuf, true)
+			g := newTestGuest(b, 256, testFeatures|virtio.NetFMrgRxbuf, true)
 			for i := 0; i < 256; i++ {
 				g.postRX(2048)
 			}
@@ -47,7 +47,7 @@ func BenchmarkPush(b *testing.B) {
 func BenchmarkPop(b *testing.B) {
 	for _, size := range []int{64, 1514} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			g := newTestGuest(&testing.T{}, 256, testFeatures, false)
+			g := newTestGuest(b, 256, testFeatures, false)
 			f := frameOf(size, 1)
 			for i := 0; i < 256; i++ {
 				g.sendFrame(f, 2048) // heads 0,2,4,... (header + data descriptors)
@@ -121,6 +121,7 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 	txpkts := fmt.Sprintf("--txpkts=%d", size)
 	var backendPMD *testpmd
 	var w *testWorker
+	var port *Port
 	switch backend {
 	case "vmq":
 		frame := make([]byte, size)
@@ -135,6 +136,7 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 			b.Fatal(err)
 		}
 		defer p.Close() // also stops the worker before the next round
+		port = p
 	case "dpdk":
 		eal := pmdArgs(netnstest.UniqueName("vmqbh"), fmt.Sprintf("net_vhost0,iface=%s,queues=1", sock), "0@0,1@0")
 		pmd := startTestpmd(b, eal, "--forward-mode="+backendMode, "--nb-cores=1", "--rxd=1024", "--txd=1024", txpkts)
@@ -147,6 +149,9 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 		"--forward-mode="+guestMode, "--nb-cores=1", "--rxd=1024", "--txd=1024", txpkts)
 	defer guest.kill()
 	guest.waitPrompt(60 * time.Second)
+	if port != nil {
+		waitRunning(b, port, 2)
+	}
 	counter := "TX-packets"
 	if toGuest {
 		counter = "RX-packets"

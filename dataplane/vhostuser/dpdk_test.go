@@ -377,7 +377,7 @@ func startVirtioUserPMD(t *testing.T, sock string, c interopCase, mode string, a
 	return startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)
 }
 
-func waitRunning(t *testing.T, p *Port, n int) {
+func waitRunning(t testing.TB, p *Port, n int) {
 	t.Helper()
 	waitFor(t, func() bool {
 		k := 0

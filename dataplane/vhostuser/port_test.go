@@ -356,7 +356,7 @@ func TestPortServer(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool, what string) {
+func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
 	for i := 0; i < 500; i++ {
 		if cond() {

@@ -37,7 +37,7 @@ type tdesc struct {
 	next  uint16
 }
 
-func newTestGuest(t *testing.T, num int, features uint64, rx bool) *testGuest {
+func newTestGuest(t testing.TB, num int, features uint64, rx bool) *testGuest {
 	t.Helper()
 	return newTestGuestMem(t, make([]byte, 1<<20), num, features, rx)
 }
