@@ -330,7 +330,8 @@ func (c interopCase) String() string {
 }
 
 var interopCases = []interopCase{
-	{false, 1, 1}, {false, 0, 1}, {true, 1, 1}, {true, 0, 1}, {false, 1, 2}, {true, 0, 2},
+	{false, 1, 1}, {false, 0, 1}, {true, 1, 1}, {true, 0, 1},
+	{false, 1, 2}, {false, 0, 2}, {true, 1, 2}, {true, 0, 2},
 }
 
 // startVirtioUser starts testpmd with a net_virtio_user guest attached

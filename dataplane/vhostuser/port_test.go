@@ -623,3 +623,73 @@ func TestRingEnableRules(t *testing.T) {
 		})
 	}
 }
+
+// TestBrokenIsolated: a front-end whose ring lies outside its memory
+// table breaks its own port only; a second port keeps forwarding.
+func TestBrokenIsolated(t *testing.T) {
+	dir := t.TempDir()
+	ha, hb := newRecHandler(), newRecHandler()
+	pa, err := Listen(filepath.Join(dir, "a.sock"), Config{Handler: ha, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+	defer ha.drain()
+	pb, err := Listen(filepath.Join(dir, "b.sock"), Config{Handler: hb, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	defer hb.drain()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	kick := eventfd(t)
+	defer unix.Close(kick)
+
+	fa := dialFE(t, pa.Path())
+	defer fa.c.Close()
+	fa.send(ReqSetFeatures, 0, u64p(virtio.FVersion1))
+	tbl := make([]byte, MemTableLen(1))
+	EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}})
+	fa.send(ReqSetMemTable, 0, tbl, gm.fd)
+	fa.send(ReqSetVringNum, 0, statep(1, 256))
+	fa.send(ReqSetVringAddr, 0, addrp(1, testBase, testBase+feMemSize-64, testBase+8192)) // avail ring past the end
+	fa.send(ReqSetVringKick, 0, u64p(1), kick)
+	reason := recv(t, ha.broken, "DeviceBroken")
+	if !strings.Contains(reason, "available ring") {
+		t.Fatalf("reason %q", reason)
+	}
+	select {
+	case q := <-ha.ready:
+		t.Fatalf("queue %d of a broken device handed out", q.Index())
+	case <-time.After(50 * time.Millisecond):
+	}
+
+	gm2 := newGuestMem(t, feMemSize)
+	defer gm2.close()
+	kicks := [2]int{eventfd(t), eventfd(t)}
+	calls := [2]int{eventfd(t), eventfd(t)}
+	defer func() {
+		for _, fd := range append(kicks[:], calls[:]...) {
+			unix.Close(fd)
+		}
+	}()
+	fb := dialFE(t, pb.Path())
+	defer fb.c.Close()
+	gs := fb.handshake(gm2, virtio.FVersion1|virtio.FProtocolFeatures, kicks, calls)
+	var txq *Queue
+	for i := 0; i < 2; i++ {
+		if q := recv(t, hb.ready, "QueueReady on the healthy port"); !q.IsRX() {
+			txq = q
+		}
+	}
+	f := frameOf(100, 4)
+	gs[1].sendFrame(f, 100)
+	dst := make([]byte, 2048)
+	if n, err := txq.Pop(dst); err != nil || !bytes.Equal(dst[:n], f) {
+		t.Fatalf("healthy port pop: %d %v", n, err)
+	}
+	if a, b := pa.State(), pb.State(); a.BrokenCount != 1 || b.BrokenCount != 0 || b.Broken != "" {
+		t.Fatalf("broken counts: a %d (%q), b %d (%q)", a.BrokenCount, a.Broken, b.BrokenCount, b.Broken)
+	}
+}
