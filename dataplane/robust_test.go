@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -156,13 +155,7 @@ func (tb *testbed) sendOnCPU(cpu int, spec pktgen.FlowSpec, count int) {
 			return err
 		}
 		defer g.Close()
-		for sent, total := 0, count*len(spec.Dests); sent < total; sent += 128 {
-			if _, _, err := g.Send(min(128, total-sent)); err != nil {
-				return err
-			}
-			time.Sleep(time.Millisecond)
-		}
-		return nil
+		return sendPaced(g, count*len(spec.Dests))
 	})
 	if err != nil {
 		t.Fatalf("send on cpu %d: %v", cpu, err)
