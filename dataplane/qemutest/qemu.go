@@ -3,6 +3,11 @@
 // kernel's virtio-net driver (which negotiates EVENT_IDX, unlike DPDK's
 // virtio_user). The guest is a kernel plus a busybox initramfs built on
 // the fly; the test drives it through its serial console.
+//
+// Knobs for the tests: VMQ_GUEST_KERNEL (a vmlinuz whose modules are in
+// /lib/modules/VERSION), VMQ_QEMU_ACCEL (default tcg), VMQ_QEMU (the
+// binary, e.g. a wrapper running it under gdb) and VMQ_QEMU_EXTRA (more
+// arguments, e.g. "-trace vhost_user_write -trace vhost_user_read").
 package qemutest
 
 import (
