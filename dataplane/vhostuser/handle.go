@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -335,6 +337,11 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			if len(m.fds) != 1 {
 				return nil, fmt.Errorf("vring %d: %d fds, want 1", q.index, len(m.fds))
 			}
+			// A pipe or socket here could block the worker's call write
+			// (stalling every guest on that worker): eventfds only.
+			if !isEventfd(m.fds[0]) {
+				return nil, fmt.Errorf("vring %d: fd is not an eventfd", q.index)
+			}
 			fd, m.fds[0] = m.fds[0], -1
 		}
 		if m.hdr.Request != ReqSetVringErr { // the worker never uses the err fd
@@ -416,4 +423,11 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		return u64(uint64(st)), nil
 	}
 	return nil, fmt.Errorf("unsupported request")
+}
+
+// isEventfd reports whether fd is an eventfd (the only kind of kick,
+// call and err fd a front-end may pass).
+func isEventfd(fd int) bool {
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	return err == nil && target == "anon_inode:[eventfd]"
 }

@@ -312,6 +312,15 @@ func TestPortServer(t *testing.T) {
 		t.Fatalf("SET_VRING_ERR nofd: ack %d", v)
 	}
 	unix.Close(junk)
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	if v := f.ack(ReqSetVringCall, u64p(0), pipe[1]); v == 0 { // a pipe could block the worker
+		t.Fatal("pipe as call fd acked")
+	}
+	unix.Close(pipe[0])
+	unix.Close(pipe[1])
 	if v := f.ack(ReqSetMemTable, make([]byte, MemTableLen(1))); v == 0 {
 		t.Fatal("memory table without fds acked")
 	}
