@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 )
@@ -93,6 +94,7 @@ func (s *suite) dpdkRX(size int) Point {
 	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, d.cpu(d.host, d.guest)); err != nil || perr != nil {
 		p.Err = errors.Join(err, perr).Error()
 	}
+	d.debug(s)
 	return p
 }
 
@@ -122,7 +124,7 @@ func (s *suite) dpdkTX(size int) Point {
 		return tx
 	}
 	cpu := d.cpu(d.host)
-	werr := s.window(&p, func() sample {
+	werr := s.window(&p, nil, func() sample {
 		c, err := cpu()
 		return sample{at: time.Now(), recv: recv(), sent: sent(), cpu: c, err: err}
 	})
@@ -138,4 +140,17 @@ func (s *suite) dpdkTX(size int) Point {
 	}
 	p.LossPct = lossPct(total, guestSent)
 	return p
+}
+
+// debug logs both testpmds' forwarding statistics when VMQ_BENCH_DEBUG=1.
+func (d *dpdkPair) debug(s *suite) {
+	if os.Getenv("VMQ_BENCH_DEBUG") != "1" {
+		return
+	}
+	for _, p := range []*testpmd{d.host, d.guest} {
+		out, err := p.command("show fwd stats all", "+++++")
+		fmt.Fprintf(os.Stderr, "testpmd %s: %v\n%s\n", p.name, err, out)
+		out, err = p.command("show port stats all", "Tx-bps:")
+		fmt.Fprintf(os.Stderr, "testpmd %s: %v\n%s\nlog:\n%s\n", p.name, err, out, tail(p.output(), 3000))
+	}
 }

@@ -103,7 +103,10 @@ func CPUSet(cpus ...int) unix.CPUSet {
 // created later inherit the mask of the thread that creates them, so this
 // pins the Go runtime's future threads too (except those spawned by a
 // thread pinned elsewhere).
-func PinProcess(set unix.CPUSet) error {
+func PinProcess(set unix.CPUSet) error { return PinProcessExcept(set, 0) }
+
+// PinProcessExcept is PinProcess leaving thread except (if not 0) alone.
+func PinProcessExcept(set unix.CPUSet, except int) error {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return fmt.Errorf("pin process: %w", err)
@@ -111,7 +114,7 @@ func PinProcess(set unix.CPUSet) error {
 	var errs []error
 	for _, e := range ents {
 		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || tid == except {
 			continue
 		}
 		// A thread may exit between the listing and the call.
@@ -129,4 +132,40 @@ func OnlineCPUs() int {
 		return 1
 	}
 	return s.Count()
+}
+
+// CPUBusy returns how long CPU cpu has been busy (everything but idle and
+// iowait) since boot, from /proc/stat.
+func CPUBusy(cpu int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("cpu %d busy time: %w", cpu, err)
+	}
+	return parseCPUBusy(b, cpu)
+}
+
+func parseCPUBusy(b []byte, cpu int) (time.Duration, error) {
+	name := fmt.Sprintf("cpu%d", cpu)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] != name {
+			continue
+		}
+		var busy uint64
+		for i, v := range f[1:] {
+			if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest times are already in user
+				continue
+			}
+			n, err := strconv.ParseUint(v, 10, 63)
+			if err != nil {
+				return 0, fmt.Errorf("cpu %d busy time: field %d %q: %w", cpu, i+1, v, err)
+			}
+			busy += n
+		}
+		if busy > uint64(1<<63-1)/uint64(time.Second/clockTick) {
+			return 0, fmt.Errorf("cpu %d busy time out of range", cpu)
+		}
+		return time.Duration(busy) * (time.Second / clockTick), nil
+	}
+	return 0, fmt.Errorf("cpu %d busy time: no %s line in /proc/stat", cpu, name)
 }

@@ -46,6 +46,14 @@ type Point struct {
 	// delivered in it. -1 when not measured.
 	CPUSeconds float64 `json:"cpu_seconds"`
 	CPUPerMpkt float64 `json:"cpu_seconds_per_mpkt"`
+	// OthersCPU is the share of the window (0..1) that the system under
+	// test's CPU spent on anything but the system under test: other
+	// processes on a shared machine. SrcCPUBusy is how busy the traffic
+	// source's CPU was (0..1).
+	OthersCPU  float64 `json:"others_on_sut_cpu"`
+	SrcCPUBusy float64 `json:"src_cpu_busy"`
+	// Rounds are the delivered Mpps of every round; the point is the median.
+	Rounds []float64 `json:"rounds_mpps,omitempty"`
 	// Window is the measured interval.
 	Window time.Duration `json:"window_ns"`
 	Note   string        `json:"note,omitempty"`
@@ -63,8 +71,11 @@ type Report struct {
 	CPUs     int       `json:"cpus"`
 	Shape    string    `json:"shape"` // how work was placed on CPUs
 	Duration string    `json:"duration"`
-	Points   []Point   `json:"points"`
-	Ratios   []Ratio   `json:"ratios"`
+	// LoadAvg is /proc/loadavg at the start and the end: the machine may
+	// be shared.
+	LoadAvg [2]string `json:"loadavg"`
+	Points  []Point   `json:"points"`
+	Ratios  []Ratio   `json:"ratios"`
 }
 
 // Ratio compares vmq with DPDK and with the ceiling at one shape.
@@ -118,9 +129,10 @@ func div(a, b float64) float64 {
 func (r *Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# vmq benchmark %s\n\n", r.Started.Format("2006-01-02 15:04:05"))
-	fmt.Fprintf(&b, "Host %s, kernel %s, %d CPUs, suite took %s.\n\n%s\n\n", r.Host, r.Kernel, r.CPUs, r.Duration, r.Shape)
-	b.WriteString("| dir | frame | VMs | system | offered Mpps | delivered Mpps | loss % | p50 | p99 | CPU s/Mpkt | note |\n")
-	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(&b, "Host %s, kernel %s, %d CPUs, suite took %s; load average %s at the start, %s at the end.\n\n%s\n\n",
+		r.Host, r.Kernel, r.CPUs, r.Duration, r.LoadAvg[0], r.LoadAvg[1], r.Shape)
+	b.WriteString("| dir | frame | VMs | system | offered Mpps | delivered Mpps | loss % | p50 | p99 | CPU s/Mpkt | others on SUT CPU | rounds (Mpps) | note |\n")
+	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
 	pts := append([]Point(nil), r.Points...)
 	order := map[string]int{Ceiling: 0, VMQ: 1, DPDK: 2}
 	sort.SliceStable(pts, func(i, j int) bool {
@@ -138,13 +150,17 @@ func (r *Report) Markdown() string {
 	})
 	for _, p := range pts {
 		if p.Err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %d | %s | – | – | – | – | – | – | error: %s |\n",
+			fmt.Fprintf(&b, "| %s | %d | %d | %s | – | – | – | – | – | – | – | – | error: %s |\n",
 				p.Dir, p.Size, p.VMs, p.System, mdEscape(p.Err))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.3f | %.3f | %.2f | %s | %s | %s | %s |\n",
+		rounds := make([]string, len(p.Rounds))
+		for i, r := range p.Rounds {
+			rounds[i] = fmt.Sprintf("%.3f", r)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.3f | %.3f | %.2f | %s | %s | %s | %.0f%% | %s | %s |\n",
 			p.Dir, p.Size, p.VMs, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct,
-			latency(p.P50), latency(p.P99), cpu(p.CPUPerMpkt), mdEscape(p.Note))
+			latency(p.P50), latency(p.P99), cpu(p.CPUPerMpkt), 100*p.OthersCPU, strings.Join(rounds, " "), mdEscape(p.Note))
 	}
 	if len(r.Ratios) > 0 {
 		b.WriteString("\n| shape (dir/frame/VMs) | vmq/DPDK Mpps | vmq/ceiling Mpps | vmq/DPDK CPU per Mpkt |\n|---|---:|---:|---:|\n")
@@ -210,4 +226,42 @@ func (r *Report) Write(dir string) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// Median merges the rounds of one system at one shape: the round with the
+// median delivered rate stands for all, with every round's rate in Rounds.
+// Failed rounds count only if all failed.
+func Median(rounds []Point) Point {
+	var ok []Point
+	for _, p := range rounds {
+		if p.Err == "" {
+			ok = append(ok, p)
+		}
+	}
+	if len(ok) == 0 {
+		if len(rounds) == 0 {
+			return Point{Err: "no rounds"}
+		}
+		return rounds[0]
+	}
+	sorted := append([]Point(nil), ok...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].DeliveredMpps < sorted[j].DeliveredMpps })
+	m := sorted[(len(sorted)-1)/2]
+	m.Rounds = nil
+	for _, p := range ok {
+		m.Rounds = append(m.Rounds, p.DeliveredMpps)
+	}
+	if n := len(rounds) - len(ok); n > 0 {
+		m.Note = strings.TrimSpace(fmt.Sprintf("%s; %d failed rounds: %s", m.Note, n, firstErr(rounds)))
+	}
+	return m
+}
+
+func firstErr(ps []Point) string {
+	for _, p := range ps {
+		if p.Err != "" {
+			return p.Err
+		}
+	}
+	return ""
 }

@@ -42,6 +42,8 @@ type suite struct {
 	ring       int
 	stream     uint32
 	report     Report
+	runs       map[string][]Point // rounds by system/shape
+	order      []string
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -73,15 +75,15 @@ func envInts(name string, def []int) []int {
 // Knobs: VMQ_BENCH_WINDOW (default 3s measured per point, after
 // VMQ_BENCH_WARMUP, default 1s), VMQ_BENCH_SIZES (default 64,512,1514),
 // VMQ_BENCH_VMS (default 1,8,64,256), VMQ_BENCH_SKIP (comma list of
-// ceiling,vmq,dpdk,tx,scale), VMQ_BENCH_OUT (results directory).
+// ceiling,vmq,dpdk,tx,scale), VMQ_BENCH_ROUNDS (default 3: the median
+// is reported; the VM scaling runs once), VMQ_BENCH_OUT (results directory).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
 		testenv.Skip(b, "needs 2 CPUs (generator and system under test apart)")
 	}
-	taskset := testenv.RequireCommand(b, "taskset")
-	_ = taskset
-	s := &suite{b: b, dir: b.TempDir(), ring: 1024,
+	testenv.RequireCommand(b, "taskset")
+	s := &suite{b: b, dir: b.TempDir(), ring: 1024, runs: map[string][]Point{},
 		warm: envDuration("VMQ_BENCH_WARMUP", time.Second), win: envDuration("VMQ_BENCH_WINDOW", 3*time.Second)}
 	skip := map[string]bool{}
 	for _, k := range strings.Split(os.Getenv("VMQ_BENCH_SKIP"), ",") {
@@ -97,6 +99,7 @@ func BenchmarkSuite(b *testing.B) {
 			"One NIC queue, vhost-user rings of %d. Delivered Mpps over a %v window after %v warm-up; "+
 			"frame sizes below 66 are raised to 66 (the 24-byte pktgen payload).", srcCPU, sutCPU, s.ring, s.win, s.warm)}
 	s.report.Host, _ = os.Hostname()
+	s.report.LoadAvg[0] = loadavg()
 
 	s.buildPktgen()
 	s.host, s.wire = netnstest.New(b), netnstest.New(b)
@@ -116,38 +119,46 @@ func BenchmarkSuite(b *testing.B) {
 	defer PinProcess(all)
 
 	have := func(k string) bool { return !skip[k] }
-	for _, size := range sizes {
-		size := max(size, frontend.MinUDPFrame)
-		if have("ceiling") {
-			s.add(s.ceilingRX(size))
-		}
-		if have("vmq") {
-			s.add(s.vmqRX(size, 1))
-		}
-		if have("dpdk") {
-			s.add(s.dpdkRX(size))
-		}
-	}
-	if have("tx") {
+	rounds := envInts("VMQ_BENCH_ROUNDS", []int{3})[0]
+	for r := 0; r < rounds; r++ {
+		// Systems alternate within a round, so drift in the machine's
+		// load hits them alike.
 		for _, size := range sizes {
 			size := max(size, frontend.MinUDPFrame)
+			if have("ceiling") {
+				s.add(s.ceilingRX(size))
+			}
 			if have("vmq") {
-				s.add(s.vmqTX(size))
+				s.add(s.vmqRX(size, 1))
 			}
 			if have("dpdk") {
-				s.add(s.dpdkTX(size))
+				s.add(s.dpdkRX(size))
+			}
+		}
+		if have("tx") {
+			for _, size := range sizes {
+				size := max(size, frontend.MinUDPFrame)
+				if have("vmq") {
+					s.add(s.vmqTX(size))
+				}
+				if have("dpdk") {
+					s.add(s.dpdkTX(size))
+				}
 			}
 		}
 	}
 	if have("scale") && have("vmq") {
 		size := max(sizes[0], frontend.MinUDPFrame)
 		for _, n := range vmCounts {
-			if n == 1 && have("vmq") {
-				continue // measured above
+			if n != 1 {
+				s.add(s.vmqRX(size, n))
 			}
-			s.add(s.vmqRX(size, n))
 		}
 	}
+	for _, k := range s.order {
+		s.report.Points = append(s.report.Points, Median(s.runs[k]))
+	}
+	s.report.LoadAvg[1] = loadavg()
 	s.report.Duration = time.Since(start).Round(time.Second).String()
 	s.report.ComputeRatios()
 	md := s.report.Markdown()
@@ -172,6 +183,15 @@ func BenchmarkSuite(b *testing.B) {
 	}
 }
 
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func kernelRelease() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
@@ -187,7 +207,11 @@ func (s *suite) add(p Point) {
 		s.b.Logf("%s %s %d bytes %d VMs: offered %.3f delivered %.3f Mpps, loss %.2f%%, CPU %.3f s/Mpkt, p50 %v p99 %v",
 			p.Dir, p.System, p.Size, p.VMs, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.CPUPerMpkt, p.P50, p.P99)
 	}
-	s.report.Points = append(s.report.Points, p)
+	k := p.System + "/" + p.Key()
+	if _, ok := s.runs[k]; !ok {
+		s.order = append(s.order, k)
+	}
+	s.runs[k] = append(s.runs[k], p)
 }
 
 func (s *suite) buildPktgen() {
@@ -266,21 +290,29 @@ func (g *generator) wait() (genSummary, error) {
 // sample is the receiver's count, the source's count and the system under
 // test's CPU time at one instant.
 type sample struct {
-	at     time.Time
-	recv   uint64
-	sent   uint64
-	cpu    CPUTimes
-	srcCPU CPUTimes
-	err    error
+	at      time.Time
+	recv    uint64
+	sent    uint64
+	cpu     CPUTimes
+	srcCPU  CPUTimes
+	sutBusy time.Duration // the SUT CPU's busy time, all processes
+	srcBusy time.Duration // the source CPU's
+	err     error
 }
 
 // window measures between warm-up and warm-up+window of a running source:
 // it fills p's rates and CPU per Mpkt from two samples.
-func (s *suite) window(p *Point, read func() sample) error {
+// prepare, if not nil, runs after the warm-up, before the first sample.
+func (s *suite) window(p *Point, prepare func() error, read func() sample) error {
 	time.Sleep(s.warm)
-	a := read()
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			return err
+		}
+	}
+	a := busy(read())
 	time.Sleep(s.win)
-	z := read()
+	z := busy(read())
 	if err := errors.Join(a.err, z.err); err != nil {
 		return err
 	}
@@ -292,11 +324,25 @@ func (s *suite) window(p *Point, read func() sample) error {
 		p.OfferedMpps = float64(z.sent-a.sent) / dt.Seconds() / 1e6
 	}
 	p.CPUSeconds = z.cpu.Sub(a.cpu).Total().Seconds() - z.srcCPU.Sub(a.srcCPU).Total().Seconds()
+	if os.Getenv("VMQ_BENCH_DEBUG") == "1" {
+		fmt.Fprintf(os.Stderr, "window %v: cpu %+v src %+v\n", dt, z.cpu.Sub(a.cpu), z.srcCPU.Sub(a.srcCPU))
+	}
+	p.OthersCPU = max(0, (z.sutBusy-a.sutBusy).Seconds()-p.CPUSeconds) / dt.Seconds()
+	p.SrcCPUBusy = (z.srcBusy - a.srcBusy).Seconds() / dt.Seconds()
 	p.CPUPerMpkt = -1
 	if recv > 0 {
 		p.CPUPerMpkt = p.CPUSeconds / (recv / 1e6)
 	}
 	return nil
+}
+
+// busy adds the CPUs' busy times to a sample.
+func busy(s sample) sample {
+	var e1, e2 error
+	s.sutBusy, e1 = CPUBusy(sutCPU)
+	s.srcBusy, e2 = CPUBusy(srcCPU)
+	s.err = errors.Join(s.err, e1, e2)
+	return s
 }
 
 // settle waits until count stops changing (the path drained) and returns it.
@@ -332,7 +378,7 @@ func (s *suite) runRX(p *Point, macs []net.HardwareAddr, recv func() uint64, cpu
 	if err != nil {
 		return err
 	}
-	werr := s.window(p, func() sample {
+	werr := s.window(p, nil, func() sample {
 		c, err := cpu()
 		return sample{at: time.Now(), recv: recv(), cpu: c, err: err}
 	})

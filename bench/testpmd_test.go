@@ -51,9 +51,22 @@ func (p *testpmd) Pid() int { return p.cmd.Process.Pid }
 // forwarding lcore), a unique hugepage file prefix and the given vdevs,
 // inside ns when it is not nil.
 func startTestpmd(tb testing.TB, name string, ns *netnstest.NS, lcores string, vdevs []string, app ...string) (*testpmd, error) {
+	// Hugepages are shared with whatever else runs on the machine: wait a
+	// while for them rather than fail the point.
+	for try := 0; ; try++ {
+		p, err := startTestpmdOnce(tb, name, ns, lcores, vdevs, app...)
+		if err == nil || try == 10 || !strings.Contains(err.Error(), "Cannot init memory") {
+			return p, err
+		}
+		tb.Logf("testpmd %s: hugepages short, retrying in 3s", name)
+		time.Sleep(3 * time.Second)
+	}
+}
+
+func startTestpmdOnce(tb testing.TB, name string, ns *netnstest.NS, lcores string, vdevs []string, app ...string) (*testpmd, error) {
 	bin := testenv.RequireCommand(tb, "dpdk-testpmd")
 	stdbuf := testenv.RequireCommand(tb, "stdbuf")
-	prefix := netnstest.UniqueName("vmqb" + name)
+	prefix := netnstest.UniqueName("vmqbench" + name)
 	args := []string{"--lcores=" + lcores, "--no-pci", "--file-prefix=" + prefix, "-m", "256",
 		"--single-file-segments", "--log-level=lib.eal:error"}
 	for _, v := range vdevs {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -91,8 +92,16 @@ func (s *suite) startVMQ(n int) (*vmqRig, error) {
 			r.close()
 			return nil, fmt.Errorf("steer %s: %w", mac, err)
 		}
-		g, err := frontend.Dial(sock, frontend.Config{MAC: mac, QueuePairs: 1, MrgRxbuf: true, EventIdx: true,
-			QueueSize: s.ring, Logger: slog.New(slog.DiscardHandler)})
+		gcfg := frontend.Config{MAC: mac, QueuePairs: 1, MrgRxbuf: true, EventIdx: true,
+			QueueSize: s.ring, Logger: slog.New(slog.DiscardHandler)}
+		// Diagnostics: VMQ_BENCH_GUEST=busy (guest never sleeps), noevent (no EVENT_IDX).
+		switch os.Getenv("VMQ_BENCH_GUEST") {
+		case "busy":
+			gcfg.BusyPoll = true
+		case "noevent":
+			gcfg.EventIdx = false
+		}
+		g, err := frontend.Dial(sock, gcfg)
 		if err != nil {
 			r.close()
 			return nil, fmt.Errorf("guest %s: %w", name, err)
@@ -175,16 +184,18 @@ func (s *suite) vmqRX(size, n int) Point {
 		}
 	}
 	snap := r.dp.Snapshot()
-	var drops, sockDrops uint64
+	drops := map[string]uint64{}
 	for _, v := range snap.VMs {
-		for _, d := range v.Drops {
-			drops += d
+		for r, n := range v.DropsByReason {
+			drops[r] += n
 		}
 	}
+	var sockDrops, fillEmpty uint64
 	for _, so := range snap.Sockets {
-		sockDrops += so.RxDropped + so.RxRingFull + so.FillRingEmpty
+		sockDrops += so.RxDropped
+		fillEmpty += so.FillRingEmpty
 	}
-	p.Note = fmt.Sprintf("socket rx drops %d, worker drops %d", sockDrops, drops)
+	p.Note = fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d, worker drops %v", sockDrops, fillEmpty, drops)
 	return p
 }
 
@@ -225,11 +236,15 @@ func (s *suite) vmqTX(size int) Point {
 		res <- err
 	}()
 	tid := <-tidc
-	werr := s.window(&p, func() sample {
+	// Threads the runtime spawned from the generating thread inherited
+	// its CPU: put them back.
+	repin := func() error { return PinProcessExcept(CPUSet(sutCPU), tid) }
+	werr := s.window(&p, repin, func() sample {
 		c, err1 := SelfCPU()
 		gc, err2 := ThreadCPU(tid)
 		return sample{at: time.Now(), recv: recv(), sent: g.Stats().TxFrames, cpu: c, srcCPU: gc, err: errors.Join(err1, err2)}
 	})
+	dumpThreads("vmq tx")
 	if err := errors.Join(werr, <-res); err != nil {
 		p.Err = err.Error()
 		return p
