@@ -2,6 +2,7 @@ package qemutest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -288,6 +289,11 @@ func TestLinuxGuestPing(t *testing.T) {
 	if got := strings.TrimSpace(guestExec(t, g, "cat /sys/class/net/eth0/address")); got != spec.mac {
 		t.Fatalf("guest eth0 has MAC %q, want %s", got, spec.mac)
 	}
+	var exitErr *ExitError
+	if _, err := g.Exec(context.Background(), "echo oops; exit_code() { return 3; }; exit_code"); !errors.As(err, &exitErr) ||
+		exitErr.Status != 3 || strings.TrimSpace(exitErr.Output) != "oops" {
+		t.Fatalf("failing guest command: err %v", err)
+	}
 	const n = 20
 	out := b.pingFromWire(spec.ip, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
 	checkPing(t, "wire -> guest", out, n)
@@ -401,6 +407,9 @@ func TestLinuxGuestReconnect(t *testing.T) {
 		checkFeatures(t, p, 1)
 		if err := g.Close(); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := g.Exec(context.Background(), "true"); err == nil {
+			t.Fatal("command ran on a killed guest")
 		}
 		eventually(t, "port disconnected", func() (bool, string) {
 			p := b.port(spec.name)
