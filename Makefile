@@ -38,9 +38,14 @@ test:
 	bash .ci/setup
 	$(GO) test $(TESTFLAGS) ./...
 
+# The suite: XDP_DROP ceiling, vmq and DPDK on one veth, both directions,
+# frame sizes and VM counts; tables and a plot in results/bench-<date>/.
+# Then the per-layer benchmarks, one package at a time.
 bench:
 	bash .ci/setup
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3s -count 1 -timeout 30m ./...
+	$(GO) test -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x -count 1 -timeout 30m ./bench
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 30m \
+		./bpf ./dataplane/xsk ./dataplane/vhostuser/... ./pktgen ./metrics ./control
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
