@@ -62,6 +62,8 @@ type worker struct {
 	descs   [batchSize]xsk.Desc
 	txDescs [batchSize]xsk.Desc
 	addrs   [batchSize]uint64
+	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
+	nstash  int
 	pollfds []unix.PollFd
 	ctr     workerCounters
 }
@@ -476,14 +478,18 @@ func (w *worker) push(vq *virtq, frame []byte) {
 // directly, to the wire through the VM's socket (tagged with its VLAN).
 func (w *worker) transmit(vq *virtq) int {
 	vm := vq.vm
-	nAddrs := w.q.Alloc(w.addrs[:])
-	used, wire, popped := 0, 0, 0
-	// Local deliveries reuse the UMEM frame, so bound the pops separately.
-	for used < nAddrs && popped < 2*batchSize {
-		addr := w.addrs[used]
+	wire, popped := 0, 0
+	// Local deliveries and drops give their frame back at once, so bound
+	// the pops as well as the wire batch.
+	for wire < batchSize && popped < 2*batchSize {
+		addr, ok := w.takeFrame()
+		if !ok {
+			break // no free UMEM frame: the guest's frames wait in its ring
+		}
 		buf := w.q.Buffer(addr)
 		n, err := vq.q.Pop(buf[vlanTagLen:])
 		if err != nil {
+			w.returnFrame(addr)
 			if !errors.Is(err, vhostuser.ErrEmpty) {
 				vm.drop(DropBroken)
 			}
@@ -491,44 +497,17 @@ func (w *worker) transmit(vq *virtq) int {
 		}
 		popped++
 		frame := buf[vlanTagLen : vlanTagLen+n]
-		if n < minFrameLen {
-			vm.drop(DropMalformed)
-			continue // reuse the frame for the next pop
-		}
-		if !vm.allowSpoof && srcMAC(frame) != vm.mac {
-			vm.drop(DropSpoofed)
+		if !w.forward(vm, frame) {
+			w.returnFrame(addr)
 			continue
-		}
-		vlan := vm.vlan
-		if _, tagged, _ := frameVLAN(frame); tagged {
-			// Access ports carry untagged frames only.
-			vm.drop(DropMalformed)
-			continue
-		}
-		add(&vm.ctr.txPackets, 1)
-		add(&vm.ctr.txBytes, uint64(n))
-		dst := dstMAC(frame)
-		if !dst.IsMulticast() {
-			if to := w.fdb.lookup(dst, vlan); to != nil {
-				w.deliver(to, frame) // VM to VM: never touches the wire
-				continue
-			}
-		} else {
-			for _, to := range w.fdb.vlanMembers(vlan) {
-				if to != vm {
-					add(&to.ctr.floodCopies, 1)
-					w.deliver(to, frame)
-				}
-			}
 		}
 		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vlan)
+		if vm.vlan != 0 {
+			insertTag(buf, vlanTagLen, n, vm.vlan)
 			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
 		}
 		w.txDescs[wire] = d
 		wire++
-		used++
 	}
 	if wire > 0 {
 		sent, err := vm.sock.Transmit(w.txDescs[:wire])
@@ -545,15 +524,65 @@ func (w *worker) transmit(vq *virtq) int {
 			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
 		}
 	}
-	if used < nAddrs {
-		w.q.Free(w.addrs[used:nAddrs])
-	}
-	// With no free UMEM frame the guest's frames wait in its ring
-	// (backpressure), they are not dropped.
 	if popped > 0 {
 		vq.dirty = true
 	}
 	return popped
+}
+
+// forward switches one frame a guest sent: checks it, delivers it to the
+// local VMs it is for, and reports whether it must also go to the wire.
+func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
+	if len(frame) < minFrameLen {
+		vm.drop(DropMalformed)
+		return false
+	}
+	if !vm.allowSpoof && srcMAC(frame) != vm.mac {
+		vm.drop(DropSpoofed)
+		return false
+	}
+	if _, tagged, _ := frameVLAN(frame); tagged {
+		// Access ports carry untagged frames only.
+		vm.drop(DropMalformed)
+		return false
+	}
+	add(&vm.ctr.txPackets, 1)
+	add(&vm.ctr.txBytes, uint64(len(frame)))
+	dst := dstMAC(frame)
+	if !dst.IsMulticast() {
+		if to := w.fdb.lookup(dst, vm.vlan); to != nil {
+			w.deliver(to, frame) // VM to VM: never touches the wire
+			return false
+		}
+		return true
+	}
+	for _, to := range w.fdb.vlanMembers(vm.vlan) {
+		if to != vm {
+			add(&to.ctr.floodCopies, 1)
+			w.deliver(to, frame)
+		}
+	}
+	return true
+}
+
+// takeFrame hands out a UMEM frame for guest TX from the worker's stash,
+// refilled from the allocator a batch at a time, so an idle guest costs no
+// allocator traffic.
+func (w *worker) takeFrame() (uint64, bool) {
+	if w.nstash == 0 {
+		w.nstash = w.q.Alloc(w.stash[:])
+		if w.nstash == 0 {
+			return 0, false
+		}
+	}
+	w.nstash--
+	return w.stash[w.nstash], true
+}
+
+// returnFrame puts back a frame takeFrame handed out and that was not sent.
+func (w *worker) returnFrame(addr uint64) {
+	w.stash[w.nstash] = addr
+	w.nstash++
 }
 
 // flushAll publishes used rings touched in this round and the mailboxes.
