@@ -285,7 +285,8 @@ func (q *Queue) startChain(head uint16) error {
 	if uint32(head) >= q.num {
 		return q.fail("avail entry %d: head descriptor %d beyond ring size %d", q.lastAvail-1, head, q.num)
 	}
-	q.ch = chain{table: q.desc, size: q.num, idx: head, more: true}
+	c := &q.ch // field by field: cheaper than a struct copy on the hot path
+	c.table, c.size, c.idx, c.count, c.more, c.indirect = q.desc, q.num, head, 0, true, false
 	return nil
 }
 
