@@ -204,7 +204,10 @@ func Listen(path string, cfg Config) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("vhost-user listen %s: exists and is not a socket", path)
+		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("vhost-user listen %s: socket in use", path)

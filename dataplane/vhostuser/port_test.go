@@ -703,3 +703,40 @@ func TestBrokenIsolated(t *testing.T) {
 		t.Fatalf("broken counts: a %d (%q), b %d (%q)", a.BrokenCount, a.Broken, b.BrokenCount, b.Broken)
 	}
 }
+
+// TestListenPath: a stale socket is replaced, a live one or a regular
+// file is refused (never deleted).
+func TestListenPath(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(file, Config{Logger: testLogger(t)}); err == nil {
+		t.Fatal("listened over a regular file")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Fatalf("regular file damaged: %q %v", b, err)
+	}
+	sock := filepath.Join(dir, "vm.sock")
+	p1, err := Listen(sock, Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(sock, Config{Logger: testLogger(t)}); err == nil {
+		t.Fatal("second Listen on a live socket succeeded")
+	}
+	p1.Close()
+	// A stale socket file (its listener gone without unlinking).
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	p2, err := Listen(sock, Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	p2.Close()
+}
