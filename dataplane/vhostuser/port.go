@@ -410,6 +410,10 @@ func (p *Port) stopQueue(q *Queue) {
 	p.h.QueueStopped(q)
 	q.cfg.running = false
 	q.cfg.base = q.lastAvail
+	if q.dirty { // counters the worker did not publish (drops only)
+		q.dirty = false
+		q.publishStats()
+	}
 }
 
 func (p *Port) stopAll() {
