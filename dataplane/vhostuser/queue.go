@@ -79,8 +79,9 @@ type chain struct {
 //
 // Between Handler.QueueReady and the return of Handler.QueueStopped, the
 // data-path methods (Push, Pop, Flush, EnableNotify, DisableNotify,
-// AckKick) may be called only by the one goroutine that owns the queue.
-// Index, IsRX, Port, KickFD and Stats are safe from any goroutine.
+// AckKick, and KickFD and Size, which change between handovers) may be
+// called only by the one goroutine that owns the queue. Index, IsRX,
+// Pair, Port and Stats are safe from any goroutine.
 type Queue struct {
 	port  *Port
 	index int
