@@ -3,8 +3,11 @@ package dataplane
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -205,4 +208,80 @@ func TestMultiQueueDelivery(t *testing.T) {
 			t.Errorf("one stream %d: %+v", s.Stream, s)
 		}
 	}
+}
+
+// memfds returns the memfd file descriptors open in this process.
+func memfds(t *testing.T) map[int]bool {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds := make(map[int]bool)
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && strings.HasPrefix(link, "/memfd:vmq-guest") {
+			fd, _ := strconv.Atoi(e.Name())
+			fds[fd] = true
+		}
+	}
+	return fds
+}
+
+// A guest that shrinks the file behind its memory after handing it to
+// vmqd makes the worker fault (SIGBUS) on its next access: only that
+// guest's device breaks, the daemon and every other VM keep running.
+func TestGuestShrinksItsMemory(t *testing.T) {
+	tb := newTestbed(t, 1)
+	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
+	hw := mustMAC(mac2)
+	sock := filepath.Join(tb.dir, "shrinker.sock")
+	if err := tb.dp.AddVM(context.Background(), VM{Name: "shrinker", Slot: 2, MAC: hw, Socket: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.filter.SetFilter(hw, 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	before := memfds(t)
+	// Set up but never run: nothing in this process touches its memory
+	// after the handshake, so only vmqd's worker sees the fault.
+	shrinker, err := frontend.Dial(sock, frontend.Config{MAC: hw, QueueSize: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shrinker.Close() })
+	tb.waitRunning("shrinker", 2)
+	var victim []int
+	for fd := range memfds(t) {
+		if !before[fd] {
+			victim = append(victim, fd)
+		}
+	}
+	if len(victim) == 0 {
+		t.Fatal("no memfd of the new guest found")
+	}
+	for _, fd := range victim {
+		if err := unix.Ftruncate(fd, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const n = 2000
+	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: hw}}, Size: 64, Stream: 1}, n)
+	waitRx(t, "vm1", g1, n)
+	eventually(t, "shrinker broken", func() (bool, string) {
+		for _, p := range tb.dp.Snapshot().Ports {
+			if p.VM == "shrinker" && strings.Contains(p.Broken, "memory fault") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("ports: %+v", tb.dp.Snapshot().Ports)
+	})
+	vs := tb.vmStats("shrinker")
+	if vs.RxPackets != 0 || vs.DropsByReason["broken"] == 0 {
+		t.Fatalf("shrinker: delivered %d, drops %v", vs.RxPackets, vs.DropsByReason)
+	}
+	// The worker is alive and still forwarding.
+	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 2}, 500)
+	waitRx(t, "vm1 after the fault", g1, n+500)
 }

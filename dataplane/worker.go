@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -151,6 +152,10 @@ func (w *worker) open() error {
 func (w *worker) run(ready chan<- error) {
 	defer close(w.stopped)
 	runtime.LockOSThread()
+	// Guest memory is a file the guest can shrink under us: touching it is
+	// then SIGBUS, which this makes a panic that RecoverFault turns into a
+	// broken device (see the guarded calls below).
+	debug.SetPanicOnFault(true)
 	// The thread is never unlocked: if it entered another namespace the
 	// runtime must discard it when the goroutine ends.
 	if w.dp.cfg.Netns != nil {
@@ -288,7 +293,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 		st.rxqs = append(st.rxqs, vq)
 		w.rxqs = append(w.rxqs, vq)
 	} else {
-		q.DisableNotify() // busy-polling: no kicks until the worker sleeps
+		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
 	}
 	return nil
@@ -300,7 +305,7 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			if vq.q != q {
 				continue
 			}
-			q.Flush()
+			flush(q)
 			*list = append((*list)[:i:i], (*list)[i+1:]...)
 			if q.IsRX() {
 				st := vq.vm
@@ -461,6 +466,7 @@ func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
 }
 
 func (w *worker) push(vq *virtq, frame []byte) {
+	defer vq.q.RecoverFault()
 	vm := vq.vm
 	switch err := vq.q.Push(frame); {
 	case err == nil:
@@ -476,9 +482,12 @@ func (w *worker) push(vq *virtq, frame []byte) {
 
 // transmit takes up to a batch of the guest's frames from vq: to local VMs
 // directly, to the wire through the VM's socket (tagged with its VLAN).
-func (w *worker) transmit(vq *virtq) int {
+func (w *worker) transmit(vq *virtq) (popped int) {
+	// A fault in guest memory breaks only this guest's device; the UMEM
+	// frame held at that moment is lost to the allocator (one per fault).
+	defer vq.q.RecoverFault()
 	vm := vq.vm
-	wire, popped := 0, 0
+	wire := 0
 	// Local deliveries and drops give their frame back at once, so bound
 	// the pops as well as the wire batch.
 	for wire < batchSize && popped < 2*batchSize {
@@ -589,13 +598,13 @@ func (w *worker) returnFrame(addr uint64) {
 func (w *worker) flushAll() {
 	for _, vq := range w.rxqs {
 		if vq.dirty {
-			vq.q.Flush()
+			flush(vq.q)
 			vq.dirty = false
 		}
 	}
 	for _, vq := range w.txqs {
 		if vq.dirty {
-			vq.q.Flush()
+			flush(vq.q)
 			vq.dirty = false
 		}
 	}
@@ -611,11 +620,29 @@ func (w *worker) flushAll() {
 	}
 }
 
+// The calls below write guest memory: each is guarded like push and
+// transmit.
+func flush(q *vhostuser.Queue) {
+	defer q.RecoverFault()
+	q.Flush()
+}
+
+func enableNotify(q *vhostuser.Queue) bool {
+	defer q.RecoverFault()
+	pending, _ := q.EnableNotify()
+	return pending
+}
+
+func disableNotify(q *vhostuser.Queue) {
+	defer q.RecoverFault()
+	q.DisableNotify()
+}
+
 // sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
 // command. Guest notifications are enabled only while asleep.
 func (w *worker) sleep() {
 	for _, vq := range w.txqs {
-		if pending, _ := vq.q.EnableNotify(); pending {
+		if enableNotify(vq.q) {
 			w.disableNotify()
 			return
 		}
@@ -654,7 +681,7 @@ func (w *worker) sleep() {
 
 func (w *worker) disableNotify() {
 	for _, vq := range w.txqs {
-		vq.q.DisableNotify()
+		disableNotify(vq.q)
 	}
 }
 
