@@ -443,8 +443,10 @@ func (g *Guest) pollQueuePair(qp *queuePair) (int, error) {
 		}
 	}
 	tx := qp.tx
+	// lastUsed belongs to whoever holds mu (Send reclaims too): look at it
+	// only under the lock.
+	tx.mu.Lock()
 	if qp.nreplies > 0 || tx.usedIdx() != tx.lastUsed {
-		tx.mu.Lock()
 		_, err := tx.reclaim()
 		if err == nil && qp.nreplies > 0 {
 			var sent, bytes int
@@ -457,11 +459,12 @@ func (g *Guest) pollQueuePair(qp *queuePair) (int, error) {
 		}
 		g.kicks.Add(tx.kicks)
 		tx.kicks = 0
-		tx.mu.Unlock()
 		if err != nil {
+			tx.mu.Unlock()
 			return work, fmt.Errorf("queue pair %d tx: %w", qp.index, err)
 		}
 	}
+	tx.mu.Unlock()
 	g.kicks.Add(qp.rx.kicks)
 	qp.rx.kicks = 0
 	return work, nil
