@@ -244,13 +244,16 @@ func (s *Socket) Kick() error {
 	return nil
 }
 
+// The wakeups are raw syscalls: with MSG_DONTWAIT they never sleep, so
+// telling the scheduler (entersyscall/exitsyscall) buys nothing and costs a
+// P hand-off for the worker's locked thread on every batch.
 func sendtoNoWait(fd int) unix.Errno {
-	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	return errno
 }
 
 func recvfromNoWait(fd int) unix.Errno {
-	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+	_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	return errno
 }
 
