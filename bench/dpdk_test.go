@@ -77,7 +77,11 @@ func (d *dpdkPair) cpu(pmds ...*testpmd) func() (CPUTimes, error) {
 // virtio_user rxonly, both testpmds on the system-under-test CPU.
 func (s *suite) dpdkRX(size int) Point {
 	p := Point{Dir: RX, System: DPDK, Size: size, VMs: 1, P50: -1, P99: -1, Note: "latency not measured (testpmd rxonly)"}
-	d, err := s.startDPDK("rxonly", sutCPU, size)
+	guestCPU, counted := sutCPU, func(d *dpdkPair) []*testpmd { return []*testpmd{d.host, d.guest} }
+	if s.split {
+		guestCPU, counted = srcCPU, func(d *dpdkPair) []*testpmd { return []*testpmd{d.host} }
+	}
+	d, err := s.startDPDK("rxonly", guestCPU, size)
 	if err != nil {
 		p.Err = err.Error()
 		return p
@@ -91,7 +95,7 @@ func (s *suite) dpdkRX(size int) Point {
 		}
 		return rx
 	}
-	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, d.cpu(d.host, d.guest)); err != nil || perr != nil {
+	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, d.cpu(counted(d)...), nil); err != nil || perr != nil {
 		p.Err = errors.Join(err, perr).Error()
 	}
 	d.debug(s)

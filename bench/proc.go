@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -103,10 +104,10 @@ func CPUSet(cpus ...int) unix.CPUSet {
 // created later inherit the mask of the thread that creates them, so this
 // pins the Go runtime's future threads too (except those spawned by a
 // thread pinned elsewhere).
-func PinProcess(set unix.CPUSet) error { return PinProcessExcept(set, 0) }
+func PinProcess(set unix.CPUSet) error { return PinProcessExcept(set) }
 
-// PinProcessExcept is PinProcess leaving thread except (if not 0) alone.
-func PinProcessExcept(set unix.CPUSet, except int) error {
+// PinProcessExcept is PinProcess leaving the threads in except alone.
+func PinProcessExcept(set unix.CPUSet, except ...int) error {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return fmt.Errorf("pin process: %w", err)
@@ -114,7 +115,7 @@ func PinProcessExcept(set unix.CPUSet, except int) error {
 	var errs []error
 	for _, e := range ents {
 		tid, err := strconv.Atoi(e.Name())
-		if err != nil || tid == except {
+		if err != nil || slices.Contains(except, tid) {
 			continue
 		}
 		// A thread may exit between the listing and the call.

@@ -44,6 +44,11 @@ type suite struct {
 	report     Report
 	runs       map[string][]Point // rounds by system/shape
 	order      []string
+	// split (VMQ_BENCH_LAYOUT=split) puts the receiving guest on the
+	// source CPU, so the SUT CPU runs only the switch: vmq's worker, or
+	// DPDK's forwarding testpmd. The default shares the SUT CPU between
+	// the switch and the guest.
+	split bool
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -89,6 +94,7 @@ func BenchmarkSuite(b *testing.B) {
 	for _, k := range strings.Split(os.Getenv("VMQ_BENCH_SKIP"), ",") {
 		skip[strings.TrimSpace(k)] = true
 	}
+	s.split = os.Getenv("VMQ_BENCH_LAYOUT") == "split"
 	sizes := envInts("VMQ_BENCH_SIZES", []int{64, 512, 1514})
 	vmCounts := envInts("VMQ_BENCH_VMS", []int{1, 8, 64, 256})
 	start := time.Now()
@@ -98,6 +104,10 @@ func BenchmarkSuite(b *testing.B) {
 			"tx: vmq's process minus the sending guest's thread vs the forwarding testpmd). "+
 			"One NIC queue, vhost-user rings of %d. Delivered Mpps over a %v window after %v warm-up; "+
 			"frame sizes below 66 are raised to 66 (the 24-byte pktgen payload).", srcCPU, sutCPU, s.ring, s.win, s.warm)}
+	if s.split {
+		s.report.Shape += fmt.Sprintf(" Layout split: in rx the receiving guest (vmq's Go guest thread, DPDK's virtio_user testpmd) "+
+			"runs on CPU %d with the generator, and only the switch is measured on CPU %d.", srcCPU, sutCPU)
+	}
 	s.report.Host, _ = os.Hostname()
 	s.report.LoadAvg[0] = loadavg()
 
@@ -372,13 +382,13 @@ func vmMAC(i int) net.HardwareAddr {
 
 // runRX runs the generator at full speed at macs for one measurement and
 // fills p from the receiver's count and the system under test's CPU.
-func (s *suite) runRX(p *Point, macs []net.HardwareAddr, recv func() uint64, cpu func() (CPUTimes, error)) error {
+func (s *suite) runRX(p *Point, macs []net.HardwareAddr, recv func() uint64, cpu func() (CPUTimes, error), prepare func() error) error {
 	base := recv()
 	g, err := s.startGen(macs, p.Size, s.nextStream(), s.warm+s.win+s.win/4, 0, 0)
 	if err != nil {
 		return err
 	}
-	werr := s.window(p, nil, func() sample {
+	werr := s.window(p, prepare, func() sample {
 		c, err := cpu()
 		return sample{at: time.Now(), recv: recv(), cpu: c, err: err}
 	})
@@ -411,7 +421,7 @@ func (s *suite) ceilingRX(size int) Point {
 	}
 	// The sink runs on the generator's CPU (veth runs the receiver's XDP
 	// in the sender's context): nothing else to account.
-	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, func() (CPUTimes, error) { return CPUTimes{}, nil }); err != nil {
+	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, func() (CPUTimes, error) { return CPUTimes{}, nil }, nil); err != nil {
 		p.Err = err.Error()
 	}
 	p.CPUPerMpkt = -1

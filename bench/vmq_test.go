@@ -22,13 +22,15 @@ import (
 // vmqRig is the filter on the NIC, the dataplane (one worker on queue 0)
 // and n VMs, each with a Go guest in this process.
 type vmqRig struct {
-	filter  *bpf.Filter
-	dp      *dataplane.Dataplane
-	macs    []net.HardwareAddr
-	guests  []*frontend.Guest
-	cancel  context.CancelFunc
-	done    []chan error
-	cleanup []func()
+	filter *bpf.Filter
+	dp     *dataplane.Dataplane
+	macs   []net.HardwareAddr
+	guests []*frontend.Guest
+	cancel context.CancelFunc
+	done   []chan error
+	// guestTids are the guests' threads in the split layout (on srcCPU).
+	guestTids []int
+	cleanup   []func()
 }
 
 func (r *vmqRig) close() {
@@ -107,7 +109,20 @@ func (s *suite) startVMQ(n int) (*vmqRig, error) {
 			return nil, fmt.Errorf("guest %s: %w", name, err)
 		}
 		done := make(chan error, 1)
-		go func() { done <- g.Run(ctx) }()
+		if s.split {
+			// The guest's loop on its own thread on the source CPU.
+			tidc := make(chan int, 1)
+			go func() {
+				runtime.LockOSThread()
+				src := CPUSet(srcCPU)
+				unix.SchedSetaffinity(0, &src)
+				tidc <- unix.Gettid()
+				done <- g.Run(ctx) // the thread exits with the goroutine: never reused
+			}()
+			r.guestTids = append(r.guestTids, <-tidc)
+		} else {
+			go func() { done <- g.Run(ctx) }()
+		}
 		r.macs = append(r.macs, mac)
 		r.guests = append(r.guests, g)
 		r.done = append(r.done, done)
@@ -168,12 +183,26 @@ func (s *suite) vmqRX(size, n int) Point {
 		return p
 	}
 	defer r.close()
-	if err := pinSUT(); err != nil {
+	// Everything but the guests' threads on the SUT CPU; again after the
+	// warm-up, since threads spawned from a guest thread inherit its CPU.
+	pin := func() error { return PinProcessExcept(CPUSet(sutCPU), r.guestTids...) }
+	if err := pin(); err != nil {
 		p.Err = err.Error()
 		return p
 	}
+	// The SUT's CPU: this process without the guests' threads.
+	cpu := func() (CPUTimes, error) {
+		c, err := SelfCPU()
+		for _, tid := range r.guestTids {
+			g, gerr := ThreadCPU(tid)
+			c.User -= g.User
+			c.System -= g.System
+			err = errors.Join(err, gerr)
+		}
+		return c, err
+	}
 	stream := s.stream + 1000 // runRX takes the next stream
-	if err := s.runRX(&p, r.macs, r.rxFrames, SelfCPU); err != nil {
+	if err := s.runRX(&p, r.macs, r.rxFrames, cpu, pin); err != nil {
 		p.Err = err.Error()
 		return p
 	}
@@ -215,7 +244,7 @@ func (s *suite) vmqTX(size int) Point {
 		return p
 	}
 	defer sink.Close()
-	if err := pinSUT(); err != nil {
+	if err := PinProcessExcept(CPUSet(sutCPU), r.guestTids...); err != nil {
 		p.Err = err.Error()
 		return p
 	}
@@ -238,10 +267,17 @@ func (s *suite) vmqTX(size int) Point {
 	tid := <-tidc
 	// Threads the runtime spawned from the generating thread inherited
 	// its CPU: put them back.
-	repin := func() error { return PinProcessExcept(CPUSet(sutCPU), tid) }
+	guests := append([]int{tid}, r.guestTids...)
+	repin := func() error { return PinProcessExcept(CPUSet(sutCPU), guests...) }
 	werr := s.window(&p, repin, func() sample {
 		c, err1 := SelfCPU()
-		gc, err2 := ThreadCPU(tid)
+		var gc CPUTimes
+		var err2 error
+		for _, g := range guests {
+			tc, err := ThreadCPU(g)
+			gc.User, gc.System = gc.User+tc.User, gc.System+tc.System
+			err2 = errors.Join(err2, err)
+		}
 		return sample{at: time.Now(), recv: recv(), sent: g.Stats().TxFrames, cpu: c, srcCPU: gc, err: errors.Join(err1, err2)}
 	})
 	dumpThreads("vmq tx")
