@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,11 +39,17 @@ type bed struct {
 
 func newBed(t *testing.T, vms ...control.VMConfig) *bed {
 	t.Helper()
+	return newBedQueues(t, 1, vms...)
+}
+
+// newBedQueues is newBed with a NIC of several queues, all served.
+func newBedQueues(t *testing.T, queues int, vms ...control.VMConfig) *bed {
+	t.Helper()
 	b := &bed{t: t, host: netnstest.New(t), wire: netnstest.New(t), dir: t.TempDir()}
 	for _, ns := range []*netnstest.NS{b.host, b.wire} {
 		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	}
-	b.nic, b.peer = netnstest.NewVethPair(t, b.host, b.wire, netnstest.VethOptions{MTU: 1500})
+	b.nic, b.peer = netnstest.NewVethPair(t, b.host, b.wire, netnstest.VethOptions{Queues: queues, MTU: 1500})
 	b.wire.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", b.peer.Name)
 
 	pinRoot := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("vmqdtest-"))
@@ -52,6 +59,10 @@ func newBed(t *testing.T, vms ...control.VMConfig) *bed {
 	t.Cleanup(func() { os.RemoveAll(pinRoot) })
 
 	cfg := control.Default(b.nic.Name)
+	cfg.Queues = nil
+	for q := range queues {
+		cfg.Queues = append(cfg.Queues, q)
+	}
 	cfg.PinDir = pinRoot
 	cfg.API.Socket = filepath.Join(b.dir, "api.sock")
 	cfg.Metrics.Address = "" // start() serves metrics on a free port
@@ -356,4 +367,51 @@ func vmNames(d *daemon) string {
 		names = append(names, v.Name)
 	}
 	return strings.Join(names, ",")
+}
+
+// vmqctl status tells the operator what vmqd found and chose: the driver,
+// the channels, native or generic XDP, copy or zero-copy sockets, per
+// worker; on one queue and on four.
+func TestDaemonReportsNIC(t *testing.T) {
+	for _, queues := range []int{1, 4} {
+		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
+			b := newBedQueues(t, queues, vm1)
+			b.start()
+			c := control.NewClient(b.cfg.API.Socket)
+			defer c.Close()
+			st, err := c.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			nic := st.NIC
+			if nic.Name != b.nic.Name || nic.Driver != "veth" || nic.Channels != queues || nic.MTU != 1500 ||
+				nic.AttachMode != "native" || !nic.Attached || nic.FrameSize != 4096 || len(nic.Queues) != queues {
+				t.Fatalf("status NIC: %+v", nic)
+			}
+			if !slices.ContainsFunc(nic.Notes, func(n string) bool { return strings.Contains(n, "copy mode") }) {
+				t.Errorf("no note on copy mode: %q", nic.Notes)
+			}
+			if len(st.Workers) != queues {
+				t.Fatalf("%d workers, want %d", len(st.Workers), queues)
+			}
+			for i, w := range st.Workers {
+				// vm1's socket and the flood socket on every queue.
+				if w.Queue != i || w.XDPSockets != 2 || w.TotalFrames == 0 {
+					t.Errorf("worker %d: %+v", i, w)
+				}
+			}
+			snap, err := c.Stats(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snap.Sockets) != queues {
+				t.Fatalf("%d sockets of vm1, want one per queue", len(snap.Sockets))
+			}
+			for _, s := range snap.Sockets {
+				if s.VM != "vm1" || s.ZeroCopy {
+					t.Errorf("socket %+v: want vm1 in copy mode (veth)", s)
+				}
+			}
+		})
+	}
 }
