@@ -4,19 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/testpmd"
 )
 
 func TestFlags(t *testing.T) {
@@ -45,61 +39,18 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // The command sends an exact count to DPDK's vhost backend (testpmd
 // rxonly, which connects to the guest's listening socket) and reports it.
 func TestSendToTestpmd(t *testing.T) {
-	bin := testenv.RequireCommand(t, "dpdk-testpmd")
+	testenv.RequireCommand(t, "dpdk-testpmd")
 	testenv.RequireRoot(t)
 	sock := filepath.Join(t.TempDir(), "guest.sock")
-	prefix := netnstest.UniqueName("vmqc")
-	var out lockedBuf
-	cmd := exec.Command(bin, "--lcores=0@0,1@0", "--no-pci", "--no-huge", "-m", "256", "--file-prefix="+prefix,
-		"--vdev", "net_vhost0,iface="+sock+",queues=2,client=1", "--", "--forward-mode=rxonly", "--stats-period=1",
-		"--nb-cores=1", "--rxq=2", "--txq=2", "--total-num-mbufs=16384", "--no-flush-rx")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
+	pmd, err := testpmd.Start(t, testpmd.Config{Prefix: "vmqc", Lcores: "0@0,1@0", Mem: 256, EAL: []string{"--no-huge"},
+		Vdevs: []string{"net_vhost0,iface=" + sock + ",queues=2,client=1"},
+		App:   []string{"--forward-mode=rxonly", "--nb-cores=1", "--rxq=2", "--txq=2", "--total-num-mbufs=16384", "--no-flush-rx"}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	stop := func() {
-		select {
-		case <-done:
-			return
-		default:
-		}
-		cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
-	t.Cleanup(func() {
-		stop()
-		os.RemoveAll(filepath.Join("/var/run/dpdk", prefix))
-		if t.Failed() {
-			t.Logf("testpmd:\n%s", out.String())
-		}
-	})
 
 	var stdout bytes.Buffer
 	o, err := parseFlags([]string{"--socket", sock, "--server", "--queues", "2", "--ip", "198.18.0.10",
@@ -118,12 +69,12 @@ func TestSendToTestpmd(t *testing.T) {
 	if s.TxFrames != 10001 || s.TxBytes != 10001*200 || len(s.Queues) != 2 || s.Queues[0].TxFrames != 5001 || s.Connects != 1 {
 		t.Fatalf("summary %+v", s)
 	}
-	stop()
-	m := regexp.MustCompile(`(?s)Accumulated forward statistics.*?RX-packets: +(\d+)`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatal("no testpmd statistics")
+	pmd.Stop()
+	rx, _, err := pmd.Stats()
+	if err != nil {
+		t.Fatalf("no testpmd statistics: %v", err)
 	}
-	if rx, _ := strconv.Atoi(m[1]); rx != 10001 {
+	if rx != 10001 {
 		t.Fatalf("testpmd received %d frames, want 10001", rx)
 	}
 

@@ -1,16 +1,10 @@
 package vhostuser
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,35 +14,20 @@ import (
 
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
+	tpmd "github.com/vmq/vmq/internal/testpmd"
 )
 
-// testpmd is an interactive dpdk-testpmd driven through its stdin.
+// testpmd is an interactive dpdk-testpmd driven through its stdin; its
+// methods fail the test on error.
 type testpmd struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	mu     sync.Mutex
-	out    bytes.Buffer
-	prefix string
-	done   chan struct{}
-}
-
-func (p *testpmd) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *testpmd) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	*tpmd.Proc
+	t testing.TB
 }
 
 // pmdArgs are the EAL arguments of one testpmd with a single vdev.
 // Hugepage files go under a unique prefix, removed at cleanup.
 func pmdArgs(prefix, vdev string, lcores string) []string {
-	return []string{"--lcores=" + lcores, "--no-pci", "--file-prefix=" + prefix, "-m", "128",
+	return []string{"--lcores=" + lcores, "--file-prefix=" + prefix, "-m", "128",
 		"--single-file-segments", "--vdev=" + vdev, "--log-level=lib.eal:error"}
 }
 
@@ -56,129 +35,49 @@ func pmdArgs(prefix, vdev string, lcores string) []string {
 // "start", so the test controls exactly when frames flow.
 func startTestpmd(t testing.TB, eal []string, app ...string) *testpmd {
 	t.Helper()
-	bin := testenv.RequireCommand(t, "dpdk-testpmd")
-	testenv.RequireCommand(t, "stdbuf")
-	prefix := ""
-	for _, a := range eal {
-		if s, ok := strings.CutPrefix(a, "--file-prefix="); ok {
-			prefix = s
-		}
-	}
 	// A small mbuf pool: hugepages are shared with other tests (the
 	// default pool alone takes over 300 MB).
-	args := append(append(append([]string{}, eal...), "--", "-i", "--total-num-mbufs=16384"), app...)
-	p := &testpmd{t: t, prefix: prefix, done: make(chan struct{})}
-	// stdout is a pipe: unbuffer it, or command output arrives late.
-	p.cmd = exec.Command("stdbuf", append([]string{"-o0", "-e0", bin}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	var err error
-	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+	p, err := tpmd.Start(t, tpmd.Config{EAL: eal, App: append([]string{"--total-num-mbufs=16384"}, app...), Interactive: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start testpmd: %v", err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("testpmd %v output:\n%s", args, p.output())
-		}
-	})
-	return p
+	return &testpmd{Proc: p, t: t}
 }
 
-func (p *testpmd) kill() {
-	select {
-	case <-p.done:
-	default:
-		io.WriteString(p.stdin, "quit\n")
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	}
-	if p.prefix != "" {
-		files, _ := filepath.Glob("/dev/hugepages/" + p.prefix + "*")
-		for _, f := range files {
-			os.Remove(f)
-		}
-		os.RemoveAll("/var/run/dpdk/" + p.prefix)
-	}
-}
+// kill quits testpmd and removes its files; it is idempotent.
+func (p *testpmd) kill() { p.Stop() }
 
 // command sends one line and returns its output once it contains
 // marker (testpmd prints the prompt before a command's output).
 func (p *testpmd) command(line, marker string) string {
 	p.t.Helper()
-	start := len(p.output())
-	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
-		p.t.Fatalf("testpmd %q: %v", line, err)
+	out, err := p.Command(line, marker)
+	if err != nil {
+		p.t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		out := p.output()[start:]
-		if i := strings.Index(out, marker); i >= 0 && strings.Contains(out[i:], "\n") {
-			return out
-		}
-		select {
-		case <-p.done:
-			p.t.Fatalf("testpmd exited during %q", line)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	p.t.Fatalf("testpmd %q: no %q in output", line, marker)
-	return ""
+	return out
 }
 
 // Markers that end the output of the commands the tests use.
 const (
-	startDone = "packet forwarding"
-	stopDone  = "Done."
-	statsDone = "Tx-bps:"
+	startDone = tpmd.StartDone
+	stopDone  = tpmd.StopDone
 )
 
 // waitPrompt waits for the first prompt (EAL and ports initialised).
 func (p *testpmd) waitPrompt(d time.Duration) {
 	p.t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(p.output(), "testpmd> ") {
-		if time.Now().After(deadline) {
-			p.t.Fatalf("testpmd did not start")
-		}
-		select {
-		case <-p.done:
-			p.t.Fatalf("testpmd exited at start")
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := p.WaitPrompt(d); err != nil {
+		p.t.Fatalf("testpmd did not start: %v", err)
 	}
-}
-
-var statRe = map[string]*regexp.Regexp{}
-
-// stat returns the last "name: N" value in out, or an error.
-func stat(out, name string) (uint64, error) {
-	re, ok := statRe[name]
-	if !ok {
-		re = regexp.MustCompile(regexp.QuoteMeta(name) + `:\s+(\d+)`)
-		statRe[name] = re
-	}
-	m := re.FindAllStringSubmatch(out, -1)
-	if len(m) == 0 {
-		return 0, fmt.Errorf("no %q in testpmd output", name)
-	}
-	return strconv.ParseUint(m[len(m)-1][1], 10, 64)
 }
 
 // portStat reads one counter of port 0 with "show port stats 0".
 func (p *testpmd) portStat(name string) uint64 {
 	p.t.Helper()
-	out := p.command("show port stats 0", statsDone)
-	v, err := stat(out, name)
+	v, err := p.PortStat(0, name)
 	if err != nil {
-		p.t.Fatalf("%v in:\n%s", err, out)
+		p.t.Fatal(err)
 	}
 	return v
 }
@@ -399,7 +298,7 @@ func guestTx(t *testing.T, pmd *testpmd, w *testWorker, min uint64) uint64 {
 	pmd.command("start", startDone)
 	waitFor(t, func() bool { return w.total(&w.popped)-base > min }, "frames from testpmd")
 	out := pmd.command("stop", stopDone)
-	sent, err := stat(out, "TX-packets")
+	sent, err := tpmd.Stat(out, "TX-packets")
 	if err != nil {
 		t.Fatalf("%v:\n%s", err, out)
 	}
@@ -424,8 +323,7 @@ func TestDPDKReconnect(t *testing.T) {
 			w := newTestWorker(t, nil)
 			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
 			guestTx(t, pmd, w, 10000)
-			pmd.cmd.Process.Kill() // a crash: no GET_VRING_BASE, no goodbye
-			<-pmd.done
+			pmd.Kill() // a crash: no GET_VRING_BASE, no goodbye
 			waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
 			waitRunning(t, p, 0)
 			sock := p.Path()

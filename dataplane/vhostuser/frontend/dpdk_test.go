@@ -1,106 +1,56 @@
 package frontend
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
+	tpmd "github.com/vmq/vmq/internal/testpmd"
 )
 
 // testpmd runs dpdk-testpmd with a net_vhost port (DPDK's vhost-user
 // backend) in the background.
-type testpmd struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-}
-
-func (p *testpmd) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *testpmd) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+type testpmd struct{ *tpmd.Proc }
 
 // startTestpmd starts testpmd; client makes net_vhost connect to sock
 // instead of listening on it.
 func startTestpmd(t testing.TB, sock string, queues int, client bool, mode string, extra ...string) *testpmd {
 	t.Helper()
-	bin := testenv.RequireCommand(t, "dpdk-testpmd")
+	testenv.RequireCommand(t, "dpdk-testpmd")
 	testenv.RequireRoot(t)
-	prefix := netnstest.UniqueName("vmqg")
 	vdev := fmt.Sprintf("net_vhost0,iface=%s,queues=%d", sock, queues)
 	if client {
 		vdev += ",client=1"
 	}
-	args := []string{"--lcores=0@0,1@0", "--no-pci", "--no-huge", "-m", "256", "--file-prefix=" + prefix,
-		"--vdev", vdev, "--", "--forward-mode=" + mode, "--stats-period=1", "--nb-cores=1",
+	app := append([]string{"--forward-mode=" + mode, "--nb-cores=1",
 		fmt.Sprintf("--rxq=%d", queues), fmt.Sprintf("--txq=%d", queues), "--total-num-mbufs=16384",
-		"--no-flush-rx"} // frames sent before forwarding starts must count, not be flushed
-	args = append(args, extra...)
-	p := &testpmd{done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start testpmd: %v", err)
+		"--no-flush-rx"}, extra...) // frames sent before forwarding starts must count, not be flushed
+	p, err := tpmd.Start(t, tpmd.Config{Prefix: "vmqg", Lcores: "0@0,1@0", Mem: 256, EAL: []string{"--no-huge"},
+		Vdevs: []string{vdev}, App: app})
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill()
-		os.RemoveAll(filepath.Join("/var/run/dpdk", prefix))
-		if t.Failed() {
-			t.Logf("testpmd output:\n%s", p.output())
-		}
-	})
-	return p
+	return &testpmd{p}
 }
 
-func (p *testpmd) kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-var accumulated = regexp.MustCompile(`(?s)Accumulated forward statistics.*?RX-packets: +(\d+).*?TX-packets: +(\d+)`)
+// kill interrupts testpmd (kills it after 10s); it is idempotent.
+func (p *testpmd) kill() { p.Stop() }
 
 // stop interrupts testpmd and returns its final RX and TX packet counts.
 func (p *testpmd) stop(t testing.TB) (rx, tx uint64) {
 	t.Helper()
-	p.kill()
-	m := accumulated.FindStringSubmatch(p.output())
-	if m == nil {
-		t.Fatalf("no forward statistics in testpmd output:\n%s", p.output())
+	p.Stop()
+	rx, tx, err := p.Stats()
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, p.Output())
 	}
-	rx, _ = strconv.ParseUint(m[1], 10, 64)
-	tx, _ = strconv.ParseUint(m[2], 10, 64)
 	return rx, tx
 }
 
