@@ -100,7 +100,7 @@ func New(cfg Config) (*Dataplane, error) {
 		cfg.FrameSize = xsk.DefaultFrameSize
 	}
 	if cfg.FramesPerQueue == 0 {
-		cfg.FramesPerQueue = xsk.DefaultNumFrames
+		cfg.FramesPerQueue = defaultFramesPerQueue
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -18,6 +18,16 @@ import (
 // batchSize is how many descriptors a worker takes from one ring at once.
 const batchSize = 64
 
+// vmRingSize sizes each VM socket's rx and tx rings. Frames waiting in a
+// VM's rx ring are frames of the queue's shared UMEM: small rings keep many
+// VMs from holding every frame (and starving the fill ring) while the
+// worker drains them a batch at a time.
+const vmRingSize = 256
+
+// defaultFramesPerQueue is the UMEM of each queue: the fill ring (2048),
+// guest TX in flight and the VM sockets' rx rings.
+const defaultFramesPerQueue = 8192
+
 // idlePollTimeout bounds one poll(2) sleep, so an idle worker still
 // notices a stop without a wakeup.
 const idlePollTimeout = 200 * time.Millisecond
@@ -251,7 +261,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: 512, TxSize: 512})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: vmRingSize, TxSize: vmRingSize})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
