@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
@@ -110,7 +111,9 @@ func New(cfg Config) (*Dataplane, error) {
 	for i, qid := range cfg.Queues {
 		w, err := newWorker(dp, i, qid, n)
 		if err != nil {
-			dp.Close()
+			for _, w := range dp.workers { // none runs yet
+				unix.Close(w.wakeFD)
+			}
 			return nil, err
 		}
 		dp.workers = append(dp.workers, w)
@@ -139,6 +142,7 @@ func New(cfg Config) (*Dataplane, error) {
 	if len(errs) > 0 {
 		for _, w := range started {
 			w.send(command{kind: cmdStop})
+			<-w.stopped // its sockets and UMEM are closed
 		}
 		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
 	}

@@ -285,3 +285,35 @@ func TestGuestShrinksItsMemory(t *testing.T) {
 	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 2}, 500)
 	waitRx(t, "vm1 after the fault", g1, n+500)
 }
+
+// A queue the NIC does not have fails New with an error naming it, and
+// the workers that did start are stopped: their queue is free again.
+func TestNewWithBadQueueCleansUp(t *testing.T) {
+	tb := newTestbed(t, 1) // its dataplane holds queue 0: close it first
+	if err := tb.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := tb.host.Handle()
+	fdsBefore := openFDs(t)
+	_, err := New(Config{Ifindex: tb.nic.Index, Queues: []int{0, 3}, Filter: tb.filter, Netns: &h})
+	if err == nil || !strings.Contains(err.Error(), "queue 3") {
+		t.Fatalf("New with queue 3 on a 1-queue NIC: %v", err)
+	}
+	if after := openFDs(t); after != fdsBefore {
+		t.Errorf("%d file descriptors open after the failed New, %d before", after, fdsBefore)
+	}
+	dp, err := New(Config{Ifindex: tb.nic.Index, Queues: []int{0}, Filter: tb.filter, Netns: &h})
+	if err != nil {
+		t.Fatalf("queue 0 not released by the failed New: %v", err)
+	}
+	tb.dp = dp // closed by the testbed's cleanup
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

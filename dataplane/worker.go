@@ -170,11 +170,13 @@ func (w *worker) run(ready chan<- error) {
 	// runtime must discard it when the goroutine ends.
 	if w.dp.cfg.Netns != nil {
 		if err := netns.Set(*w.dp.cfg.Netns); err != nil {
+			unix.Close(w.wakeFD)
 			ready <- fmt.Errorf("worker for queue %d: enter netns: %w", w.queueID, err)
 			return
 		}
 	}
 	if err := w.open(); err != nil {
+		unix.Close(w.wakeFD)
 		ready <- err
 		return
 	}
