@@ -212,10 +212,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	waitStream(t, "vm2", g2, 2, n)
 
 	// vmqctl, the real CLI, over the API socket.
-	vmqctl := filepath.Join(t.TempDir(), "vmqctl")
-	if out, err := exec.Command("go", "build", "-o", vmqctl, "../vmqctl").CombinedOutput(); err != nil {
-		t.Fatalf("build vmqctl: %v\n%s", err, out)
-	}
+	vmqctl := buildTool(t, "../vmqctl", "vmqctl")
 	out, err := exec.Command(vmqctl, "--socket", b.cfg.API.Socket, "stats", "-o", "json").Output()
 	if err != nil {
 		t.Fatalf("vmqctl stats: %v", err)
