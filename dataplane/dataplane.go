@@ -293,6 +293,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Flooded: g.Flooded, Malformed: g.Malformed, NoSocket: g.NoSocket}
 	}
 	for _, w := range dp.workers {
+		s.Sockets = append(s.Sockets, socketStats("", w.queueID, w.flood))
 		s.Workers = append(s.Workers, WorkerStats{
 			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
@@ -325,12 +326,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			}
 			v.Queues = append(v.Queues, qs)
 			if sock := c.socket.Load(); sock != nil {
-				ss := SocketStats{VM: name, Queue: dp.cfg.Queues[i], ZeroCopy: sock.Queue().ZeroCopy()}
-				if ks, err := sock.KernelStats(); err == nil {
-					ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
-					ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
-				}
-				s.Sockets = append(s.Sockets, ss)
+				s.Sockets = append(s.Sockets, socketStats(name, dp.cfg.Queues[i], sock))
 			}
 		}
 		// Frames the backend refused while reading the guest's rings.
@@ -356,6 +352,17 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken})
 	}
 	return s
+}
+
+// socketStats reads a socket's kernel statistics (XDP_STATISTICS); vm is
+// "" for a queue's flood socket.
+func socketStats(vm string, queue int, sock *xsk.Socket) SocketStats {
+	ss := SocketStats{VM: vm, Queue: queue, ZeroCopy: sock.Queue().ZeroCopy()}
+	if ks, err := sock.KernelStats(); err == nil {
+		ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
+		ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
+	}
+	return ss
 }
 
 func (w *worker) freeFrames() int {
