@@ -65,7 +65,7 @@ func TestGuestDisconnectMidTraffic(t *testing.T) {
 	const n = 4000
 	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: mustMAC(mac2)}}, Size: 64, Stream: 1}
 	done := tb.sendAsync(spec, n)
-	eventually(t, "vm2 receiving", func() (bool, string) {
+	testenv.Eventually(t, "vm2 receiving", func() (bool, string) {
 		return g2.Stats().RxFrames > 200, "vm2 not receiving yet"
 	})
 	g2.Close() // the guest process dies
@@ -73,7 +73,7 @@ func TestGuestDisconnectMidTraffic(t *testing.T) {
 	waitRx(t, "vm1", g1, n)
 
 	got2 := g2.Stats().RxFrames
-	eventually(t, "vm2's lost frames counted", func() (bool, string) {
+	testenv.Eventually(t, "vm2's lost frames counted", func() (bool, string) {
 		vs := tb.vmStats("vm2")
 		counted := vs.RxPackets + vs.DropsByReason["guest_not_ready"] + vs.DropsByReason["virtqueue_full"]
 		return counted == n, fmt.Sprintf("vm2: delivered %d + dropped %v != %d sent", vs.RxPackets, vs.DropsByReason, n)
@@ -120,7 +120,7 @@ func TestStalledGuestDoesNotHurtOthers(t *testing.T) {
 	const n = 3000
 	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: hw}}, Size: 64, Stream: 1}, n)
 	waitRx(t, "vm1", g1, n)
-	eventually(t, "stalled guest's drops", func() (bool, string) {
+	testenv.Eventually(t, "stalled guest's drops", func() (bool, string) {
 		vs := tb.vmStats("stalled")
 		full := vs.DropsByReason["virtqueue_full"]
 		return vs.RxPackets+full == n && full >= n-256, fmt.Sprintf("stalled: delivered %d, drops %v", vs.RxPackets, vs.DropsByReason)
@@ -269,7 +269,7 @@ func TestGuestShrinksItsMemory(t *testing.T) {
 	const n = 2000
 	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: hw}}, Size: 64, Stream: 1}, n)
 	waitRx(t, "vm1", g1, n)
-	eventually(t, "shrinker broken", func() (bool, string) {
+	testenv.Eventually(t, "shrinker broken", func() (bool, string) {
 		for _, p := range tb.dp.Snapshot().Ports {
 			if p.VM == "shrinker" && strings.Contains(p.Broken, "memory fault") {
 				return true, ""

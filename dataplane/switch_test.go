@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -99,7 +100,7 @@ func TestGuestToWireByteExact(t *testing.T) {
 		src := mustMAC(mac)
 		return func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], src) }
 	}
-	eventually(t, "frames on the wire", func() (bool, string) {
+	testenv.Eventually(t, "frames on the wire", func() (bool, string) {
 		a, b := len(capture.matching(fromVM(mac1))), len(capture.matching(fromVM(mac3)))
 		return a >= n && b >= n, "captured " + itoa(a) + " and " + itoa(b)
 	})
@@ -176,7 +177,7 @@ func TestSwitchingBetweenGuests(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	eventually(t, "spoofed drops", func() (bool, string) {
+	testenv.Eventually(t, "spoofed drops", func() (bool, string) {
 		vs := tb.vmStats("vm2")
 		d := vs.DropsByReason["spoofed"]
 		return d == 50, fmt.Sprintf("spoofed drops %d; vm2 %+v; guest %+v", d, vs, g2.Stats())

@@ -18,6 +18,7 @@ import (
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -181,26 +182,11 @@ func (tb *testbed) vmStats(name string) VMStats {
 	return VMStats{}
 }
 
-// eventually polls cond until it holds or 10s pass.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached in 10s: %s", what, last)
-}
-
 // waitRx waits until a guest has received exactly want frames, then
 // checks that no more arrive.
 func waitRx(t *testing.T, name string, g *frontend.Guest, want uint64) {
 	t.Helper()
-	eventually(t, name+" rx", func() (bool, string) {
+	testenv.Eventually(t, name+" rx", func() (bool, string) {
 		got := g.Stats().RxFrames
 		return got >= want, fmt.Sprintf("%s received %d of %d", name, got, want)
 	})

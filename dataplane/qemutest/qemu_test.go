@@ -411,27 +411,12 @@ func TestLinuxGuestReconnect(t *testing.T) {
 		if _, err := g.Exec(context.Background(), "true"); err == nil {
 			t.Fatal("command ran on a killed guest")
 		}
-		eventually(t, "port disconnected", func() (bool, string) {
+		testenv.Eventually(t, "port disconnected", func() (bool, string) {
 			p := b.port(spec.name)
 			return !p.Connected, fmt.Sprintf("%+v", p)
 		})
 	}
 	checkNoDrops(t, b.vm(spec.name))
-}
-
-// eventually polls cond until it holds or 10s pass.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		var ok bool
-		if ok, last = cond(); ok {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached in 10s: %s", what, last)
 }
 
 func lastLines(s string, n int) string {
@@ -454,7 +439,7 @@ func TestLinuxGuestIPv6(t *testing.T) {
 	guestExec(t, g, "echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6")
 	// EUI-64 link-local address of the guest's MAC.
 	const ll = "fe80::5054:ff:fe00:9906"
-	eventually(t, "guest link-local address ready", func() (bool, string) {
+	testenv.Eventually(t, "guest link-local address ready", func() (bool, string) {
 		out, _ := g.Exec(context.Background(), "cat /proc/net/if_inet6")
 		return strings.Contains(out, "fe80000000000000505400fffe009906") && !strings.Contains(out, " 40 eth0"), out
 	})

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // RequireAllVar is the environment variable that turns skips into failures.
@@ -47,4 +48,20 @@ func RequireCommand(t testing.TB, name string) string {
 		Skip(t, "needs %s: %v", name, err)
 	}
 	return path
+}
+
+// Eventually polls cond until it holds, failing the test after 10 s with
+// what and the last explanation cond gave.
+func Eventually(t testing.TB, what string, cond func() (ok bool, why string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached in 10s: %s", what, last)
 }
