@@ -422,13 +422,14 @@ func (q *Queue) Push(frame []byte) error {
 // fill copies bytes [pos, pos+len(dst)) of header||frame into dst and
 // remembers where num_buffers (header bytes 10 and 11) went.
 func (q *Queue) fill(dst []byte, pos int, frame []byte) {
-	for len(dst) > 0 && pos < q.hdrLen {
-		dst[0] = 0
-		if pos >= 10 {
-			q.nb[pos-10] = dst[:1]
+	if pos < q.hdrLen {
+		// The header, or the part of it this buffer holds, in one clear.
+		n := min(q.hdrLen-pos, len(dst))
+		clear(dst[:n])
+		for i := max(pos, 10); i < pos+n; i++ { // num_buffers: bytes 10 and 11
+			q.nb[i-10] = dst[i-pos : i-pos+1]
 		}
-		dst = dst[1:]
-		pos++
+		dst, pos = dst[n:], pos+n
 	}
 	if len(dst) > 0 {
 		copy(dst, frame[pos-q.hdrLen:])
