@@ -157,13 +157,17 @@ func (w *testWorker) run(q *Queue, stop, done chan struct{}) {
 		}
 		n := 0
 		if q.IsRX() {
-			for n < 32 && w.toPush[pair].Load() > 0 {
+			// The shared counters move once per batch, as a worker's would.
+			want := min(32, w.toPush[pair].Load())
+			for int64(n) < want {
 				if err := q.Push(w.frame); err != nil {
 					break
 				}
-				w.toPush[pair].Add(-1)
-				w.pushed[pair].Add(1)
 				n++
+			}
+			if n > 0 {
+				w.toPush[pair].Add(-int64(n))
+				w.pushed[pair].Add(uint64(n))
 			}
 		} else {
 			for n < 64 {
