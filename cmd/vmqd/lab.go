@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -234,20 +235,6 @@ func randomSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
-// onThreadIn runs fn on a locked thread in ns and leaves the thread to die.
-func onThreadIn(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 func (l *lab) setupNetwork() error {
 	suffix := randomSuffix()
 	l.hostName, l.wireNm = "vmqlab-host-"+suffix, "vmqlab-wire-"+suffix
@@ -282,7 +269,7 @@ func (l *lab) setupNetwork() error {
 			l.wire = h
 		}
 	}
-	return onThreadIn(l.host, func() error {
+	return inNetns(&l.host, func() error {
 		for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
 			os.WriteFile(p, []byte("1"), 0o644) // quieter counters; absent without IPv6
 		}
@@ -301,7 +288,7 @@ func (l *lab) setupNetwork() error {
 		if err := netlink.LinkSetUp(link); err != nil {
 			return err
 		}
-		return onThreadIn(l.wire, func() error {
+		return inNetns(&l.wire, func() error {
 			for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
 				os.WriteFile(p, []byte("1"), 0o644)
 			}
@@ -397,7 +384,7 @@ func waitGuestsRunning(d *daemon, n int, timeout time.Duration) error {
 
 func (l *lab) attachWireSink() (*pktgen.Sink, error) {
 	var sink *pktgen.Sink
-	err := onThreadIn(l.wire, func() error {
+	err := inNetns(&l.wire, func() error {
 		w, err := net.InterfaceByName(labWire)
 		if err != nil {
 			return err
@@ -419,7 +406,7 @@ func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float
 		return pktgen.Stats{}, err
 	}
 	var st pktgen.Stats
-	err = onThreadIn(l.wire, func() error {
+	err = inNetns(&l.wire, func() error {
 		w, err := net.InterfaceByName(labWire)
 		if err != nil {
 			return err
@@ -513,10 +500,10 @@ type guestSummary struct {
 
 func stopGuests(guests []*guestProc) map[string]guestSummary {
 	out := make(map[string]guestSummary)
-	for _, g := range guests {
+	// One at a time, last first: vm2 sends to vm1, so vm2 flushes its last
+	// frames and exits before vm1 stops counting.
+	for _, g := range slices.Backward(guests) {
 		g.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	for _, g := range guests {
 		g.cmd.Wait()
 		var s guestSummary
 		if err := json.Unmarshal(g.out.Bytes(), &s); err == nil {
@@ -543,17 +530,17 @@ func printLabSummary(w io.Writer, snap dataplane.Snapshot, guests map[string]gue
 	sentTo := []uint64{wire[0].Sent / 2, wire[0].Sent - wire[0].Sent/2, wire[1].Sent}
 	for i, vm := range labVMs {
 		recv, lost, p50, p99 := streamOf(guests[vm.name], vm.stream)
-		var drops uint64
+		drops := "0"
 		for _, v := range snap.VMs {
-			if v.Name == vm.name {
-				drops = sumDrops(v)
+			if v.Name == vm.name && len(v.DropsByReason) > 0 {
+				drops = fmt.Sprint(v.DropsByReason)
 			}
 		}
 		vlan := "-"
 		if vm.vlan != 0 {
 			vlan = fmt.Sprint(vm.vlan)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%v\t%v\t%d\n", vm.name, vlan, sentTo[i], recv, lost,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%v\t%v\t%s\n", vm.name, vlan, sentTo[i], recv, lost,
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), drops)
 	}
 	tw.Flush()
