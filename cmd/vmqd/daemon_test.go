@@ -56,7 +56,11 @@ func newBedQueues(t *testing.T, queues int, vms ...control.VMConfig) *bed {
 	if err := os.MkdirAll(pinRoot, 0o700); err != nil {
 		testenv.Skip(t, "no bpffs at /sys/fs/bpf: %v", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(pinRoot) })
+	t.Cleanup(func() {
+		if err := os.RemoveAll(pinRoot); err != nil {
+			t.Errorf("remove pins: %v", err)
+		}
+	})
 
 	cfg := control.Default(b.nic.Name)
 	cfg.Queues = nil
