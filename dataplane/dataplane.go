@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -65,6 +66,19 @@ type VM struct {
 	QueuePairs    int
 	AllowSpoofing bool
 	MTU           int
+	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
+	// them while it runs.
+	Limits Limits
+
+	// Port hardening, passed to the vhost-user port. MaxMemory bounds the
+	// guest memory a SET_MEM_TABLE may map (0: no limit). SocketOwner and
+	// SocketGroup own a listening socket (-1 leaves it), SocketMode is its
+	// mode (0: 0600). AllowedUIDs, when non-nil, are the only peer uids
+	// accepted.
+	MaxMemory                uint64
+	SocketOwner, SocketGroup int
+	SocketMode               os.FileMode
+	AllowedUIDs              []uint32
 
 	mac MAC
 }
@@ -78,6 +92,12 @@ type Dataplane struct {
 
 	mu  sync.RWMutex // guards vms; held for AddVM/RemoveVM and snapshots
 	vms map[string]*vmEntry
+
+	// slotNames maps a slot to its VM's name for the watchdog, which must
+	// not wait for mu.
+	slotNames sync.Map
+	watchStop chan struct{}
+	watchDone chan struct{}
 }
 
 // vmEntry is the control side of a VM: its port and its counters on
@@ -146,6 +166,8 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
 	}
+	dp.watchStop, dp.watchDone = make(chan struct{}), make(chan struct{})
+	go dp.watchdog(dp.watchStop, dp.watchDone)
 	return dp, nil
 }
 
@@ -176,10 +198,12 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 	}
 	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
 	var added []*worker
+	dp.slotNames.Store(vm.Slot, vm.Name)
 	undo := func(err error) error {
 		for _, w := range added {
 			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
 		}
+		dp.slotNames.Delete(vm.Slot)
 		return err
 	}
 	for i, w := range dp.workers {
@@ -228,6 +252,7 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 			errs = append(errs, err)
 		}
 	}
+	dp.slotNames.CompareAndDelete(e.vm.Slot, name)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %q: %w", name, err)
 	}
@@ -244,6 +269,11 @@ func (dp *Dataplane) Close() error {
 	}
 	dp.vms = map[string]*vmEntry{}
 	dp.mu.Unlock()
+	if dp.watchStop != nil {
+		close(dp.watchStop)
+		<-dp.watchDone
+		dp.watchStop = nil
+	}
 	var errs []error
 	for _, e := range entries {
 		if err := e.port.Close(); err != nil {
@@ -298,6 +328,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
+			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
@@ -311,7 +342,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 	for _, name := range names {
 		e := dp.vms[name]
 		v := VMStats{Name: name, Slot: e.vm.Slot, MAC: e.vm.mac.String(), VLAN: e.vm.VLAN,
-			DropsByReason: make(map[string]uint64)}
+			Limits: e.vm.Limits, DropsByReason: make(map[string]uint64)}
 		for i, c := range e.ctrs {
 			qs := VMQueueStats{Queue: dp.cfg.Queues[i],
 				RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),

@@ -31,6 +31,10 @@ type vmState struct {
 	allowSpoof bool
 	pairs      int // the VM's queue pairs
 
+	// QoS (qos.go): this worker's share of the VM's limits.
+	rxLimited, txLimited bool
+	lim                  vmLimits
+
 	sock *xsk.Socket // the VM's socket on this worker's NIC queue
 	rxqs []*virtq    // guest receive queues owned by this worker
 	ctr  *vmCounters

@@ -37,12 +37,31 @@ type workerCounters struct {
 	busyNS, idleNS, batches, wakeups, polls atomic.Uint64
 	// What the worker owns, published for snapshots.
 	virtqueues, sockets atomic.Int64
+	// inflight: UMEM frames in the queue's rings and the stash (publishInFlight).
+	inflight atomic.Int64
+	// For the watchdog: rounds finished, and the slot of the VM being
+	// served (0: none, or the flood socket).
+	rounds  atomic.Uint64
+	serving atomic.Uint32
+	// stalls is written by the watchdog, not the worker.
+	stalls atomic.Uint64
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
 func (w *worker) publishOwned() {
 	w.ctr.virtqueues.Store(int64(len(w.rxqs) + len(w.txqs)))
 	w.ctr.sockets.Store(int64(len(w.vmList) + 1)) // + the flood socket
+	w.publishInFlight()
+}
+
+// publishInFlight counts the UMEM frames outside the allocator from the
+// rings and the stash. It reads every socket's ring indices, so it runs
+// between rounds now and then (before sleeping, every publishEvery busy
+// rounds, after commands), not per round.
+func (w *worker) publishInFlight() {
+	if w.q != nil {
+		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash))
+	}
 }
 
 // worker forwards for one NIC queue. It alone touches the queue's UMEM,
@@ -77,6 +96,16 @@ type worker struct {
 	nstash  int
 	pollfds []unix.PollFd
 	ctr     workerCounters
+
+	// QoS: VMs with a limit on this worker, and the last bucket refill.
+	nlimited   int
+	lastRefill time.Time
+
+	serving uint32 // what ctr.serving holds, to store only on a change
+
+	// testHook, when set (tests only), runs before the worker serves a
+	// VM's socket in each round: it can hold the worker there.
+	testHook atomic.Pointer[func(slot uint32)]
 }
 
 type cmdKind int
@@ -86,16 +115,18 @@ const (
 	cmdRemoveVM
 	cmdQueueReady
 	cmdQueueStopped
+	cmdSetLimits
 	cmdStop
 )
 
 type command struct {
-	kind cmdKind
-	vm   *VM
-	ctr  *vmCounters
-	slot uint32
-	vq   *vhostuser.Queue
-	done chan error
+	kind   cmdKind
+	vm     *VM
+	ctr    *vmCounters
+	slot   uint32
+	vq     *vhostuser.Queue
+	limits Limits
+	done   chan error
 }
 
 func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
@@ -202,6 +233,7 @@ func (w *worker) run(ready chan<- error) {
 				now := time.Now()
 				add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
 				busySince = now
+				w.publishInFlight()
 			}
 			continue
 		}
@@ -214,6 +246,7 @@ func (w *worker) run(ready chan<- error) {
 		}
 		// Spinning counts as busy: the core was taken.
 		add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
+		w.publishInFlight()
 		w.sleep()
 		woke := time.Now()
 		add(&w.ctr.idleNS, uint64(woke.Sub(now)))
@@ -250,6 +283,11 @@ func (w *worker) apply(c command) error {
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil
+	case cmdSetLimits:
+		if st, ok := w.vms[c.slot]; ok {
+			w.setLimits(st, c.limits)
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown worker command %d", c.kind)
 }
@@ -276,6 +314,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
 		sock: sock, ctr: ctr,
 	}
+	w.setLimits(st, vm.Limits)
 	ctr.socket.Store(sock)
 	w.vms[vm.Slot] = st
 	w.vmList = append(w.vmList, st)
@@ -296,6 +335,7 @@ func (w *worker) removeVM(slot uint32) error {
 	w.txqs = removeVirtqs(w.txqs, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
 	st.rxqs = nil
+	w.setLimits(st, Limits{}) // keeps the count of limited VMs right
 	w.fdb.remove(st)
 	delete(w.vms, slot)
 	w.vmList = removeVM(w.vmList, st)
@@ -367,13 +407,22 @@ func removeVM(list []*vmState, st *vmState) []*vmState {
 // round does one pass over every source of work and returns how many
 // frames it moved.
 func (w *worker) round() int {
+	if w.nlimited > 0 {
+		w.refillLimits()
+	}
+	w.serve(0)
 	w.q.Reap()
 	w.q.Refill(0)
 	n := w.receiveFlood()
 	for _, vm := range w.vmList {
+		w.serve(vm.slot)
+		if h := w.testHook.Load(); h != nil {
+			(*h)(vm.slot)
+		}
 		n += w.receiveVM(vm)
 	}
 	for _, vq := range w.txqs {
+		w.serve(vq.vm.slot)
 		n += w.transmit(vq)
 	}
 	// In copy mode one sendto moves a bounded number of frames: frames a
@@ -393,6 +442,7 @@ func (w *worker) round() int {
 	if n > 0 {
 		add(&w.ctr.batches, 1)
 	}
+	add(&w.ctr.rounds, 1)
 	return n
 }
 
@@ -460,6 +510,12 @@ func (w *worker) receiveFlood() int {
 // deliver gives an untagged frame to vm's guest: into a receive queue this
 // worker owns, or through the mailbox of the worker that owns one.
 func (w *worker) deliver(vm *vmState, frame []byte) {
+	// The limit is charged where the frame enters vmq (this worker), not
+	// where a mailbox takes it: each worker polices its own share.
+	if vm.rxLimited && !vm.admitRx(len(frame)) {
+		vm.drop(DropRateLimited)
+		return
+	}
 	if len(vm.rxqs) > 0 {
 		w.push(vm.rxqs[0], frame)
 		return
@@ -488,7 +544,17 @@ func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
 	w.push(vm.rxqs[0], frame)
 }
 
+// serve publishes the slot of the VM whose rings the worker is about to
+// touch, for the watchdog's report.
+func (w *worker) serve(slot uint32) {
+	if w.serving != slot {
+		w.serving = slot
+		w.ctr.serving.Store(slot)
+	}
+}
+
 func (w *worker) push(vq *virtq, frame []byte) {
+	w.serve(vq.vm.slot)
 	defer vq.q.RecoverFault()
 	vm := vq.vm
 	switch err := vq.q.Push(frame); {
@@ -505,42 +571,9 @@ func (w *worker) push(vq *virtq, frame []byte) {
 
 // transmit takes up to a batch of the guest's frames from vq: to local VMs
 // directly, to the wire through the VM's socket (tagged with its VLAN).
-func (w *worker) transmit(vq *virtq) (popped int) {
-	// A fault in guest memory breaks only this guest's device; the UMEM
-	// frame held at that moment is lost to the allocator (one per fault).
-	defer vq.q.RecoverFault()
+func (w *worker) transmit(vq *virtq) int {
 	vm := vq.vm
-	wire := 0
-	// Local deliveries and drops give their frame back at once, so bound
-	// the pops as well as the wire batch.
-	for wire < batchSize && popped < 2*batchSize {
-		addr, ok := w.takeFrame()
-		if !ok {
-			break // no free UMEM frame: the guest's frames wait in its ring
-		}
-		buf := w.q.Buffer(addr)
-		n, err := vq.q.Pop(buf[vlanTagLen:])
-		if err != nil {
-			w.returnFrame(addr)
-			if !errors.Is(err, vhostuser.ErrEmpty) {
-				vm.drop(DropBroken)
-			}
-			break
-		}
-		popped++
-		frame := buf[vlanTagLen : vlanTagLen+n]
-		if !w.forward(vm, frame) {
-			w.returnFrame(addr)
-			continue
-		}
-		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vm.vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vm.vlan)
-			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
-		}
-		w.txDescs[wire] = d
-		wire++
-	}
+	wire, popped := w.popBatch(vq)
 	if wire > 0 {
 		sent, err := vm.sock.Transmit(w.txDescs[:wire])
 		if sent < wire {
@@ -560,6 +593,66 @@ func (w *worker) transmit(vq *virtq) (popped int) {
 		vq.dirty = true
 	}
 	return popped
+}
+
+// noFrame marks "no UMEM frame held" (frame addresses are offsets in the
+// UMEM, far below it).
+const noFrame = ^uint64(0)
+
+// popBatch pops the guest's frames into UMEM frames: those for the wire
+// end up in w.txDescs[:wire]. A fault in guest memory breaks only this
+// guest's device and loses no UMEM frame: the frame being filled goes
+// back to the stash, and the frames already in txDescs are still sent
+// (the named results survive the recovered panic).
+func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	held := noFrame
+	defer func() {
+		if held != noFrame {
+			w.returnFrame(held)
+		}
+	}()
+	defer vq.q.RecoverFault() // runs first: the panic is over when held goes back
+	vm := vq.vm
+	// Local deliveries and drops give their frame back at once, so bound
+	// the pops as well as the wire batch.
+	for wire < batchSize && popped < 2*batchSize {
+		if held == noFrame {
+			a, ok := w.takeFrame()
+			if !ok {
+				break // no free UMEM frame: the guest's frames wait in its ring
+			}
+			held = a
+		}
+		// A frame that was not sent (dropped or delivered locally) is
+		// reused for the next pop.
+		addr := held
+		buf := w.q.Buffer(addr)
+		n, err := vq.q.Pop(buf[vlanTagLen:])
+		if err != nil {
+			if !errors.Is(err, vhostuser.ErrEmpty) {
+				vm.drop(DropBroken)
+			}
+			break
+		}
+		popped++
+		if vm.txLimited && !vm.admitTx(n) {
+			vm.drop(DropRateLimited)
+			continue
+		}
+		frame := buf[vlanTagLen : vlanTagLen+n]
+		if !w.forward(vm, frame) {
+			continue
+		}
+		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
+		if vm.vlan != 0 {
+			insertTag(buf, vlanTagLen, n, vm.vlan)
+			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+		}
+		w.txDescs[wire] = d
+		wire++
+		held = noFrame
+	}
+	return wire, popped
 }
 
 // forward switches one frame a guest sent: checks it, delivers it to the
@@ -621,12 +714,14 @@ func (w *worker) returnFrame(addr uint64) {
 func (w *worker) flushAll() {
 	for _, vq := range w.rxqs {
 		if vq.dirty {
+			w.serve(vq.vm.slot)
 			flush(vq.q)
 			vq.dirty = false
 		}
 	}
 	for _, vq := range w.txqs {
 		if vq.dirty {
+			w.serve(vq.vm.slot)
 			flush(vq.q)
 			vq.dirty = false
 		}
