@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -21,7 +22,16 @@ var (
 	ErrTooBig = errors.New("vhost-user: frame larger than the guest's receive buffer")
 	// ErrBroken: the device was marked broken (a hostile or buggy guest).
 	ErrBroken = errors.New("vhost-user: device broken")
+	// ErrBudget: the descriptors this queue may walk until the next
+	// SetBudget are used up (see SetBudget).
+	ErrBudget = errors.New("vhost-user: descriptor budget of this round used up")
 )
+
+// errBudgetSpent is nextDesc's signal that the budget ran out mid-chain.
+var errBudgetSpent = errors.New("budget spent")
+
+// unlimitedBudget is the budget of a queue nobody set one on.
+const unlimitedBudget = math.MaxInt
 
 // DropReason says why a queue dropped a frame.
 type DropReason int
@@ -31,10 +41,11 @@ const (
 	DropTooBig                      // RX: no room without MRG_RXBUF; TX: larger than the destination
 	DropMalformed                   // TX: shorter than the virtio-net header, or empty
 	DropBroken                      // the device is broken
+	DropBudget                      // the round's descriptor budget ran out (SetBudget)
 	NumDropReasons
 )
 
-var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken"}
+var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken", "budget"}
 
 func (r DropReason) String() string {
 	if r < 0 || r >= NumDropReasons {
@@ -112,11 +123,14 @@ type Queue struct {
 	usedFlags uint16
 	broken    bool
 	dirty     bool // st changed since the last publish
-	flushes   uint64
-	ch        chain
-	nb        [2][]byte // where num_buffers landed in guest memory
-	ev        [8]byte
-	st        QueueStats
+	// budget is how many descriptors Push and Pop may still walk;
+	// budgetGiven what the last SetBudget gave (see SetBudget).
+	budget, budgetGiven int
+	flushes             uint64
+	ch                  chain
+	nb                  [2][]byte // where num_buffers landed in guest memory
+	ev                  [8]byte
+	st                  QueueStats
 
 	pub [numStats]atomic.Uint64 // st as of the last Flush, for Stats
 
@@ -221,7 +235,28 @@ func (q *Queue) start(base uint16) {
 	q.usedFlags = 0
 	q.broken = false
 	q.ch = chain{}
+	q.SetBudget(-1)
 }
+
+// SetBudget bounds the work a guest's ring can cost its worker: Push and
+// Pop may walk n more descriptors (direct ones, indirect descriptors and
+// each entry of their tables, zero-length ones and ones walked for a
+// chain that was then rolled back all count 1) until the next SetBudget;
+// n < 0 means no bound (the default). When the budget runs out, Push rolls
+// the ring back, drops the frame and returns ErrBudget; Pop leaves the
+// chain for the next round and returns ErrBudget, unless that chain alone
+// used up a whole budget (it can never be sent), which Pop consumes and
+// drops. Owner only.
+func (q *Queue) SetBudget(n int) {
+	if n < 0 {
+		n = unlimitedBudget
+	}
+	q.budget, q.budgetGiven = n, n
+}
+
+// Budget reports the descriptors Push and Pop may still walk (near
+// math.MaxInt when unbounded). Owner only.
+func (q *Queue) Budget() int { return q.budget }
 
 // RecoverFault, deferred by a worker around its work on q, turns a
 // memory fault in guest memory into a broken device instead of a crashed
@@ -296,6 +331,10 @@ func (q *Queue) startChain(head uint16) error {
 func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 	c := &q.ch
 	for c.more {
+		if q.budget <= 0 {
+			return d, false, errBudgetSpent
+		}
+		q.budget--
 		if c.count >= c.size {
 			return d, false, q.fail("descriptor chain longer than its table (%d entries): a loop", c.size)
 		}
@@ -353,6 +392,11 @@ func (q *Queue) Push(frame []byte) error {
 		q.dirty = true
 		return ErrBroken
 	}
+	if q.budget <= 0 {
+		q.st.Drops[DropBudget]++
+		q.dirty = true
+		return ErrBudget
+	}
 	total := q.hdrLen + len(frame)
 	startAvail, startUsed := q.lastAvail, q.usedIdx
 	written, nbufs := 0, 0
@@ -375,6 +419,13 @@ func (q *Queue) Push(frame []byte) error {
 		chainLen := 0
 		for written < total {
 			d, ok, err := q.nextDesc()
+			if err == errBudgetSpent {
+				// The guest's buffers stay posted; only this frame is lost.
+				q.lastAvail, q.usedIdx = startAvail, startUsed
+				q.st.Drops[DropBudget]++
+				q.dirty = true
+				return ErrBudget
+			}
 			if err != nil {
 				return err
 			}
@@ -444,6 +495,9 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 		if q.isBroken() {
 			return 0, ErrBroken
 		}
+		if q.budget <= 0 {
+			return 0, ErrBudget // the frame waits in the ring for the next round
+		}
 		ok, err := q.haveAvail()
 		if err != nil {
 			return 0, err
@@ -451,6 +505,7 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 		if !ok {
 			return 0, ErrEmpty
 		}
+		budgetAtHead := q.budget
 		head := q.availHead()
 		if err := q.startChain(head); err != nil {
 			return 0, err
@@ -458,6 +513,17 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 		skip, n, tooBig := uint32(q.hdrLen), 0, false
 		for {
 			d, ok, err := q.nextDesc()
+			if err == errBudgetSpent {
+				if budgetAtHead < q.budgetGiven {
+					q.lastAvail-- // not ours to judge yet: retry with a whole budget
+					return 0, ErrBudget
+				}
+				// A whole budget did not reach its end: it never will.
+				q.putUsed(head, 0)
+				q.st.Drops[DropBudget]++
+				q.dirty = true
+				return 0, ErrBudget
+			}
 			if err != nil {
 				return 0, err
 			}
