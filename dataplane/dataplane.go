@@ -366,6 +366,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.Drops[DropMalformed] += qs.Drops[vhostuser.DropMalformed]
 			if !q.IsRX() {
 				v.Drops[DropMalformed] += qs.Drops[vhostuser.DropTooBig]
+				// Chains Pop dropped because no budget could finish them
+				// (on RX the worker counts ErrBudget itself).
+				v.Drops[DropBudget] += qs.Drops[vhostuser.DropBudget]
 			}
 		}
 		for r, n := range v.Drops {

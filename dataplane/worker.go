@@ -102,6 +102,7 @@ type worker struct {
 	lastRefill time.Time
 
 	serving uint32 // what ctr.serving holds, to store only on a change
+	rr      uint   // rounds: rotates the order VMs are served in
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -410,20 +411,32 @@ func (w *worker) round() int {
 	if w.nlimited > 0 {
 		w.refillLimits()
 	}
+	w.grantCredit()
+	// Who goes first rotates, so no VM is always the one that finds the
+	// stash, the tx ring or a mailbox used up by the others.
+	w.rr++
 	w.serve(0)
 	w.q.Reap()
 	w.q.Refill(0)
 	n := w.receiveFlood()
-	for _, vm := range w.vmList {
-		w.serve(vm.slot)
-		if h := w.testHook.Load(); h != nil {
-			(*h)(vm.slot)
+	if nv := len(w.vmList); nv > 0 {
+		first := int(w.rr % uint(nv))
+		for i := range nv {
+			vm := w.vmList[(first+i)%nv]
+			w.serve(vm.slot)
+			if h := w.testHook.Load(); h != nil {
+				(*h)(vm.slot)
+			}
+			n += w.receiveVM(vm)
 		}
-		n += w.receiveVM(vm)
 	}
-	for _, vq := range w.txqs {
-		w.serve(vq.vm.slot)
-		n += w.transmit(vq)
+	if nq := len(w.txqs); nq > 0 {
+		first := int(w.rr % uint(nq))
+		for i := range nq {
+			vq := w.txqs[(first+i)%nq]
+			w.serve(vq.vm.slot)
+			n += w.transmit(vq)
+		}
 	}
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
@@ -448,10 +461,15 @@ func (w *worker) round() int {
 
 // receiveVM moves frames the filter steered to vm's socket into the guest.
 func (w *worker) receiveVM(vm *vmState) int {
-	n := vm.sock.Receive(w.descs[:])
+	// Each frame costs 1 unit to take and at least 1 descriptor to push:
+	// take no more than the credit can serve; the rest waits in the
+	// socket's ring (nothing is lost that the kernel did not count).
+	n := vm.sock.Receive(w.descs[:min(batchSize, vm.credit/2)])
 	if n == 0 {
 		return 0
 	}
+	vm.credit -= n
+	vm.busy = true
 	for _, d := range w.descs[:n] {
 		frame := w.q.Frame(d)
 		if len(frame) < minFrameLen {
@@ -553,10 +571,15 @@ func (w *worker) serve(slot uint32) {
 	}
 }
 
+// push gives a frame to a guest receive queue, the descriptors it walks
+// paid from the receiving VM's credit (its ring decides the cost).
 func (w *worker) push(vq *virtq, frame []byte) {
-	w.serve(vq.vm.slot)
-	defer vq.q.RecoverFault()
 	vm := vq.vm
+	w.serve(vm.slot)
+	vm.busy = true
+	vq.q.SetBudget(vm.credit)
+	defer func() { vm.credit = vq.q.Budget() }()
+	defer vq.q.RecoverFault()
 	switch err := vq.q.Push(frame); {
 	case err == nil:
 		vq.dirty = true
@@ -564,6 +587,8 @@ func (w *worker) push(vq *virtq, frame []byte) {
 		add(&vm.ctr.rxBytes, uint64(len(frame)))
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
+	case errors.Is(err, vhostuser.ErrBudget):
+		vm.drop(DropBudget)
 	default: // the guest broke its ring; the port knows and reports it
 		vm.drop(DropBroken)
 	}
@@ -573,7 +598,14 @@ func (w *worker) push(vq *virtq, frame []byte) {
 // directly, to the wire through the VM's socket (tagged with its VLAN).
 func (w *worker) transmit(vq *virtq) int {
 	vm := vq.vm
+	// One SetBudget per round: Pop leaves a chain cut by the budget for the
+	// next round, and drops it only if a whole budget could not finish it.
+	vq.q.SetBudget(vm.credit)
 	wire, popped := w.popBatch(vq)
+	if left := vq.q.Budget() - popped; left != vm.credit {
+		vm.credit = max(left, 0)
+		vm.busy = true
+	}
 	if wire > 0 {
 		sent, err := vm.sock.Transmit(w.txDescs[:wire])
 		if sent < wire {
@@ -614,8 +646,9 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 	defer vq.q.RecoverFault() // runs first: the panic is over when held goes back
 	vm := vq.vm
 	// Local deliveries and drops give their frame back at once, so bound
-	// the pops as well as the wire batch.
-	for wire < batchSize && popped < 2*batchSize {
+	// the pops as well as the wire batch; each frame handled costs a unit
+	// on top of its descriptors, so stop while the budget still pays them.
+	for wire < batchSize && popped < 2*batchSize && popped < vq.q.Budget() {
 		if held == noFrame {
 			a, ok := w.takeFrame()
 			if !ok {
@@ -629,7 +662,9 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		buf := w.q.Buffer(addr)
 		n, err := vq.q.Pop(buf[vlanTagLen:])
 		if err != nil {
-			if !errors.Is(err, vhostuser.ErrEmpty) {
+			// ErrBudget: the frame waits in the ring, or Pop dropped and
+			// counted a chain no budget can finish.
+			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
 				vm.drop(DropBroken)
 			}
 			break
