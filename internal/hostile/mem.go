@@ -114,3 +114,19 @@ func (m *Mem) Close() {
 		m.FD = -1
 	}
 }
+
+// AllocGPA carves n bytes (16-byte aligned, as descriptor tables need)
+// and returns their guest physical address.
+func (m *Mem) AllocGPA(n int) (uint64, error) {
+	off, err := m.Alloc(n, 16)
+	if err != nil {
+		return 0, err
+	}
+	return m.GPAOf(off), nil
+}
+
+// At returns the n bytes at guest physical address gpa.
+func (m *Mem) At(gpa uint64, n int) []byte {
+	off := int(gpa - m.GPA)
+	return m.data[off : off+n]
+}

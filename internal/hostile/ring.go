@@ -26,6 +26,7 @@ type Ring struct {
 
 	availIdx   uint16 // next avail slot (published by Publish)
 	availFlags uint16
+	cursor     uint16 // next descriptor slot Post writes
 
 	bufOff   []int // per descriptor, once Buffers ran
 	bufLen   int
@@ -179,4 +180,23 @@ func (r *Ring) PostRX() int {
 	}
 	r.Publish()
 	return n
+}
+
+// Post writes a chain into consecutive descriptor slots from the ring's
+// cursor (linking them with NEXT unless a descriptor sets Flags NEXT or
+// Next itself), pushes its head and publishes it.
+func (r *Ring) Post(ds ...Desc) uint16 {
+	head := r.cursor
+	for i, d := range ds {
+		idx := int(r.cursor) % r.Num
+		if i < len(ds)-1 && d.Flags&virtio.DescFNext == 0 && d.Next == 0 {
+			d.Flags |= virtio.DescFNext
+			d.Next = uint16((idx + 1) % r.Num)
+		}
+		r.SetDesc(idx, d)
+		r.cursor = uint16((idx + 1) % r.Num)
+	}
+	r.Push(head)
+	r.Publish()
+	return head
 }
