@@ -32,10 +32,11 @@ import (
 const (
 	victimMAC   = "02:00:00:00:03:01"
 	attackerMAC = "02:00:00:00:03:02"
-	// Fixed victim rates: well below what two busy cores sustain, so
-	// any loss is the attacker's doing.
-	victimRxRate = 20000 // wire → victim, frames/s
-	victimTxRate = 10000 // victim → wire, frames/s
+	// Fixed victim rates a busy, shared 2-core machine sustains: the
+	// victim's 256-entry AF_XDP rx ring then rides out 50 ms of its
+	// worker being descheduled, so a loss is the attacker's doing.
+	victimRxRate = 5000 // wire → victim, frames/s
+	victimTxRate = 5000 // victim → wire, frames/s
 	// afterAttack is how long the victim's traffic goes on once the
 	// attack has landed: exactness is checked during and after.
 	afterAttack = 500 * time.Millisecond
@@ -303,6 +304,9 @@ func (h *hostileBed) addAttacker(t *testing.T) *attacker {
 	if out, _, err := h.ctl(5*time.Second, "vm", "add", a.name, "--mac", attackerMAC, "--socket", a.sock, "--mode", h.mode); err != nil {
 		t.Fatalf("vmqctl vm add attacker: %v\n%s", err, out)
 	}
+	// An attack that stops early leaves no attacker for the next one
+	// (checkDaemon removes it on the normal path; this then finds none).
+	t.Cleanup(func() { h.ctl(2*time.Second, "vm", "rm", a.name) })
 	return a
 }
 
@@ -651,12 +655,20 @@ type hostileAttack struct {
 	// victim's traffic is flowing meanwhile). It may check what vmqd must
 	// say about it (a refusal, a broken device).
 	run func(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
+	// needs, if set, says why this vmqd cannot take the attack ("" if it
+	// can): a feature of the isolation work not merged yet.
+	needs func(h *hostileBed) string
 }
 
 // runAttack runs one attack against a healthy vmqd: victim traffic both
 // ways, the attack, more traffic, then every pass criterion.
 func (h *hostileBed) runAttack(t *testing.T, atk hostileAttack) {
 	h.ensureUp(t)
+	if atk.needs != nil {
+		if missing := atk.needs(h); missing != "" {
+			testenv.Skip(t, "%s", missing)
+		}
+	}
 	h.seq++
 	defer func() {
 		if t.Failed() {
