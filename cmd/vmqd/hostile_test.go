@@ -236,23 +236,26 @@ func attackTruncateBeforeStart(t *testing.T, h *hostileBed, a *attacker, _ *traf
 	t.Logf("attacker device broken: %s", a.waitBroken(""))
 }
 
-// Each round: a device with 256 frames queued for the wire, the memfd
-// truncated while the worker pops them, a fault in the middle of a TX
-// batch, a reconnect. Every UMEM frame held at a fault must come back.
+// Each round: a device with 4096 frames queued for the wire, the memfd
+// truncated while the worker pops them (64 a round, for milliseconds), a
+// fault in the middle of a TX batch, a reconnect. Every UMEM frame held
+// at a fault (the one being filled, the batch not yet on the tx ring)
+// must come back.
 func attackTxFaults(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
-	const rounds = 150
-	frames := attackerFrames(t, h.b.peer.MAC, 256)
+	const rounds, queue = 150, 4096
+	frames := attackerFrames(t, h.b.peer.MAC, queue)
 	start := time.Now()
 	faults := 0
 	for faults < rounds && time.Since(start) < 5*time.Second {
-		d := a.device(hostile.Config{})
+		d := a.device(hostile.Config{QueueSize: queue, BufSize: 256})
 		mustStart(t, h, d)
-		d.TX().SendFrames(frames)
+		tx := d.TX()
+		tx.SendFrames(frames)
 		d.KickRing(1)
-		// Truncate as soon as the worker is popping, so the fault lands
-		// with frames in hand.
+		// The first used entries mean the worker is popping; thousands
+		// are still queued, so the truncation lands mid-batch.
 		deadline := time.Now().Add(2 * time.Second)
-		for d.TX().UsedIdx() == 0 && time.Now().Before(deadline) {
+		for tx.UsedIdx() == 0 && time.Now().Before(deadline) {
 		}
 		if err := d.Mem.Truncate(0); err != nil {
 			t.Fatal(err)

@@ -637,6 +637,7 @@ func (h *hostileBed) checkFrames(t *testing.T, freeBefore int) {
 		t.Errorf("UMEM counters: %s", why)
 		return
 	}
+	t.Logf("worker 0: %d UMEM frames free at idle before the attack, %d after", freeBefore, free[0])
 	if lost := freeBefore - free[0]; lost > stashSlack {
 		t.Errorf("UMEM frames lost: %d free at idle before the attack, %d after (more than a stash of %d apart)", freeBefore, free[0], stashSlack)
 	}
