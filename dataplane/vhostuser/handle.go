@@ -358,6 +358,7 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			}
 			q.cfg.kickFD, q.cfg.kickSet = fd, true
 		case ReqSetVringCall:
+			p.stopNotifier() // it may be writing the old fd; refresh restarts it
 			closeFD(&q.cfg.callFD)
 			q.cfg.callFD = fd
 			q.callFD = fd

@@ -112,6 +112,7 @@ type Port struct {
 	h       Handler
 	offered uint64
 	queues  []*Queue
+	nt      *notifier // writes the queues' call eventfds
 
 	dev        device
 	brokenFlag atomic.Bool
@@ -191,6 +192,10 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		q := &Queue{port: p, index: i, kickFD: -1, callFD: -1}
 		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
 		p.queues = append(p.queues, q)
+	}
+	p.nt = newNotifier(p.queues, p.log)
+	for _, q := range p.queues {
+		q.nt = p.nt
 	}
 	p.state = PortState{Path: path, Mode: mode, QueuePairs: cfg.QueuePairs}
 	return p, nil
@@ -424,6 +429,7 @@ func (p *Port) stopAll() {
 
 // refresh hands every queue that became ready to the handler.
 func (p *Port) refresh() {
+	p.nt.start()
 	if p.brokenFlag.Load() || p.dev.mem == nil {
 		return
 	}
@@ -439,7 +445,7 @@ func (p *Port) refresh() {
 			return
 		}
 		q.start(c.base)
-		q.kickFD, q.callFD = c.kickFD, c.callFD
+		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
 		c.running = true
 		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)
 		p.h.QueueReady(q)
@@ -450,7 +456,9 @@ func (p *Port) refresh() {
 // fds closed, memory unmapped.
 func (p *Port) resetDevice() {
 	p.stopAll()
+	p.stopNotifier()
 	for _, q := range p.queues {
+		q.callPending.Store(false)
 		closeFD(&q.cfg.kickFD)
 		closeFD(&q.cfg.callFD)
 		closeFD(&q.cfg.errFD)
@@ -464,6 +472,22 @@ func (p *Port) resetDevice() {
 		p.mu.Lock()
 		p.state.Broken = ""
 		p.mu.Unlock()
+	}
+}
+
+// stopNotifier stops the call notifier so that call fds may be closed or
+// replaced. If it cannot be stopped (a guest keeps its blocked write
+// going), the call fds are left open rather than closed under a write
+// that may still use their numbers: the notifier exits when the write
+// ends.
+func (p *Port) stopNotifier() {
+	if p.nt.stop() {
+		return
+	}
+	p.log.Error("vhost-user call notifier blocked in a write to the guest's call eventfd: leaving its call fds open",
+		"bound", notifyGrace*notifyDrains)
+	for _, q := range p.queues {
+		q.cfg.callFD = -1 // leaked: never closed, so never reused
 	}
 }
 
