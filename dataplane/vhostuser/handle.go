@@ -111,7 +111,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
-	reply, herr := p.handle(&m)
+	reply, herr := p.handleGuarded(&m)
 	closeFDs(m.fds)
 	p.publishState()
 	if herr != nil {
@@ -145,6 +145,20 @@ func (p *Port) write(c *net.UnixConn, b []byte) error {
 		return fmt.Errorf("write reply: %w", err)
 	}
 	return nil
+}
+
+// handleGuarded is handle with memory faults (a guest that shrank a
+// mapped file) turned into a broken device and an error, never a crash.
+func (p *Port) handleGuarded(m *message) (reply []byte, err error) {
+	var fault error
+	defer func() { // runs after faultError recovered
+		if fault != nil {
+			p.markBroken(fault.Error())
+			reply, err = nil, fault
+		}
+	}()
+	defer faultError(&fault, "handling "+m.hdr.Request.String())
+	return p.handle(m)
 }
 
 // vring returns the queue a vring index names.

@@ -1,9 +1,11 @@
 package vhostuser
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,5 +172,74 @@ func TestCallSaturated(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTruncatedBeforeStart: the front-end shrinks its memory file after
+// SET_MEM_TABLE and before the rings start. Starting a ring reads used.idx
+// on the port's control goroutine: SIGBUS there must break the device,
+// not crash the daemon, and a reset brings it back.
+func TestTruncatedBeforeStart(t *testing.T) {
+	h := newRecHandler()
+	p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	defer h.drain()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	kick := [2]int{eventfd(t), eventfd(t)}
+	call := [2]int{eventfd(t), eventfd(t)}
+	defer func() {
+		for _, fd := range append(kick[:], call[:]...) {
+			unix.Close(fd)
+		}
+	}()
+	f := dialFE(t, p.Path())
+	defer f.c.Close()
+	f.send(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck))
+	f.mustAck(ReqSetFeatures, u64p(virtio.FVersion1|virtio.FProtocolFeatures))
+	tbl := make([]byte, MemTableLen(1))
+	EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}})
+	f.mustAck(ReqSetMemTable, tbl, gm.fd)
+	if err := unix.Ftruncate(gm.fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	g := layoutGuest(t, gm.mem, testBase, 256) // addresses only: the memory is gone
+	d, a, u := g.addrs()
+	f.mustAck(ReqSetVringNum, statep(1, 256))
+	f.mustAck(ReqSetVringAddr, addrp(1, d, a, u))
+	f.mustAck(ReqSetVringCall, u64p(1), call[1])
+	f.mustAck(ReqSetVringKick, u64p(1), kick[1])
+	f.mustAck(ReqSetVringEnable, statep(1, 1)) // the ring starts here
+	reason := recv(t, h.broken, "DeviceBroken")
+	if !strings.Contains(reason, "memory fault") || !strings.Contains(reason, "used ring") {
+		t.Fatalf("broken because %q, want a memory fault on the used ring", reason)
+	}
+	if st := p.State(); st.Running[1] || st.BrokenCount != 1 {
+		t.Fatalf("state after the fault: running %v, broken count %d", st.Running, st.BrokenCount)
+	}
+	if s := f.getU64(ReqGetStatus); s&statusNeedsReset == 0 {
+		t.Fatalf("GET_STATUS %#x without NEEDS_RESET", s)
+	}
+
+	// A reset and memory that is there again: the device works.
+	f.send(ReqResetOwner, 0, nil)
+	if err := unix.Ftruncate(gm.fd, feMemSize); err != nil {
+		t.Fatal(err)
+	}
+	gs := f.handshake(gm, virtio.FVersion1|virtio.FProtocolFeatures, kick, call)
+	var txq *Queue
+	for i := 0; i < 2; i++ {
+		if q := recv(t, h.ready, "QueueReady after reset"); !q.IsRX() {
+			txq = q
+		}
+	}
+	fr := frameOf(100, 3)
+	gs[1].sendFrame(fr, 100)
+	dst := make([]byte, 2048)
+	if n, err := txq.Pop(dst); err != nil || !bytes.Equal(dst[:n], fr) {
+		t.Fatalf("pop after reset: %d %v", n, err)
 	}
 }

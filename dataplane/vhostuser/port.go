@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -297,6 +298,7 @@ func (p *Port) isClosing() bool {
 
 func (p *Port) acceptLoop() {
 	defer close(p.done)
+	guardFaults()
 	for {
 		c, err := p.ln.AcceptUnix()
 		if err != nil {
@@ -317,6 +319,7 @@ func (p *Port) acceptLoop() {
 
 func (p *Port) dialLoop() {
 	defer close(p.done)
+	guardFaults()
 	backoff := p.cfg.ReconnectMin
 	for !p.isClosing() {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.path, Net: "unix"})
@@ -444,12 +447,44 @@ func (p *Port) refresh() {
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
 			return
 		}
-		q.start(c.base)
+		if err := startQueue(q, c.base); err != nil {
+			c.brokenOn = true
+			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
+			return
+		}
 		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
 		c.running = true
 		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)
 		p.h.QueueReady(q)
 	}
+}
+
+// guardFaults makes a memory fault on the calling goroutine a panic
+// (recovered by faultError) instead of a crash: the control goroutine
+// reads guest memory (used.idx when a ring starts), and the guest can
+// shrink the file behind a mapped region at any time (SIGBUS).
+func guardFaults() { debug.SetPanicOnFault(true) }
+
+// faultError, deferred, turns a recovered memory fault into *err; other
+// panics go on.
+func faultError(err *error, what string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	f, ok := r.(interface{ Addr() uintptr })
+	if !ok {
+		panic(r)
+	}
+	*err = fmt.Errorf("memory fault at %#x in guest memory %s: %v", f.Addr(), what, r)
+}
+
+// startQueue starts q (it reads used.idx in guest memory) with faults
+// guarded.
+func startQueue(q *Queue, base uint16) (err error) {
+	defer faultError(&err, "reading the used ring")
+	q.start(base)
+	return nil
 }
 
 // resetDevice returns the device to its initial state: queues stopped,
