@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -129,7 +131,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	case m.hdr.Flags&FlagNeedReply != 0 && p.dev.protocol&ProtocolFReplyAck != 0:
 		ack := ReplyAckOK
 		if herr != nil {
-			p.log.Warn("vhost-user request failed", "err", herr)
+			p.logGuest(slog.LevelWarn, "vhost-user request failed", "err", herr)
 			ack = ReplyAckFailed
 		}
 		Header{Request: m.hdr.Request, Flags: ReplyFlags, Size: U64Len}.Encode(out[:])
@@ -159,6 +161,28 @@ func (p *Port) handleGuarded(m *message) (reply []byte, err error) {
 	}()
 	defer faultError(&fault, "handling "+m.hdr.Request.String())
 	return p.handle(m)
+}
+
+// checkMemoryLimit refuses a memory table larger than Config.MaxMemory
+// (a sparse file can claim any size; mapping it costs address space and
+// page tables).
+func (p *Port) checkMemoryLimit(regs []MemRegion) error {
+	limit := p.cfg.MaxMemory
+	if limit == 0 {
+		return nil
+	}
+	var sum uint64
+	for _, r := range regs {
+		if sum+r.MemorySize < sum {
+			sum = math.MaxUint64 // saturate: still above any limit
+			break
+		}
+		sum += r.MemorySize
+	}
+	if sum > limit {
+		return fmt.Errorf("%sguest memory of %d bytes exceeds max_guest_memory %d", vmPrefix(p.cfg.Name), sum, limit)
+	}
+	return nil
 }
 
 // vring returns the queue a vring index names.
@@ -250,6 +274,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			// Overlapping or overflowing regions: a hostile front-end.
 			p.markBroken(fmt.Sprintf("memory table: %v", err))
 			return nil, err
+		}
+		if err := p.checkMemoryLimit(regs); err != nil {
+			return nil, err // refused before anything is mapped
 		}
 		mem, err := mapRegions(regs, m.fds)
 		if err != nil {

@@ -3,9 +3,16 @@ package vhostuser
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -241,5 +248,189 @@ func TestTruncatedBeforeStart(t *testing.T) {
 	dst := make([]byte, 2048)
 	if n, err := txq.Pop(dst); err != nil || !bytes.Equal(dst[:n], fr) {
 		t.Fatalf("pop after reset: %d %v", n, err)
+	}
+}
+
+// TestMemoryLimit: a memory table above MaxMemory is refused with an
+// error naming the VM, the size and the limit; nothing is mapped and the
+// front-end may try again within the limit.
+func TestMemoryLimit(t *testing.T) {
+	h := newRecHandler()
+	var logs strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{Name: "web", MaxMemory: 2 * feMemSize, Handler: h, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	defer h.drain()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	f := dialFE(t, p.Path())
+	defer f.c.Close()
+	f.send(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck))
+	f.mustAck(ReqSetFeatures, u64p(virtio.FVersion1|virtio.FProtocolFeatures))
+	// Two regions of 4 GiB each over a 1 MiB file: sparse claims are
+	// refused by the limit before the file size is even looked at.
+	tbl := make([]byte, MemTableLen(2))
+	EncodeMemTable(tbl, []MemRegion{
+		{GuestPhysAddr: 0, MemorySize: 4 << 30, UserspaceAddr: 0x7f0000000000},
+		{GuestPhysAddr: 4 << 30, MemorySize: 4 << 30, UserspaceAddr: 0x7f0100000000},
+	})
+	if v := f.ack(ReqSetMemTable, tbl, gm.fd, gm.fd); v == 0 {
+		t.Fatal("memory table of 8 GiB acked with a 2 MiB limit")
+	}
+	want := `VM "web": guest memory of 8589934592 bytes exceeds max_guest_memory 2097152`
+	mu.Lock()
+	got := logs.String()
+	mu.Unlock()
+	if !strings.Contains(got, strings.ReplaceAll(want, `"`, `\"`)) {
+		t.Fatalf("log does not say %q:\n%s", want, got)
+	}
+	if st := p.State(); st.BrokenCount != 0 || !st.Connected {
+		t.Fatalf("state after a refused table: %+v", st)
+	}
+	// Within the limit (two regions summing to exactly the limit).
+	EncodeMemTable(tbl, []MemRegion{
+		{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase},
+		{GuestPhysAddr: testBase + feMemSize, MemorySize: feMemSize, UserspaceAddr: testBase + feMemSize},
+	})
+	gm2 := newGuestMem(t, feMemSize)
+	defer gm2.close()
+	f.mustAck(ReqSetMemTable, tbl, gm.fd, gm2.fd)
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// TestSocketOwnership: the listening socket gets the configured owner,
+// group and mode (0600 by default), its missing directory is created
+// 0750, and the socket is gone after Close.
+func TestSocketOwnership(t *testing.T) {
+	testenv.RequireRoot(t) // chown to another uid needs CAP_CHOWN
+	dir := filepath.Join(t.TempDir(), "run", "vmq")
+	path := filepath.Join(dir, "web.sock")
+	p, err := Listen(path, Config{SocketOwner: 4242, SocketGroup: 4343, SocketMode: 0o660, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Mode&0o7777 != 0o660 || st.Uid != 4242 || st.Gid != 4343 {
+		t.Fatalf("socket mode %o uid %d gid %d, want socket 0660 4242:4343", st.Mode, st.Uid, st.Gid)
+	}
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o750 || st.Gid != 4343 {
+		t.Fatalf("directory mode %o gid %d, want 0750 group 4343", st.Mode&0o7777, st.Gid)
+	}
+	f := dialFE(t, path) // root connects whatever the mode
+	if v := f.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+		t.Fatalf("features %#x", v)
+	}
+	f.c.Close()
+	p.Close()
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+
+	// Defaults: 0600, owner and group left as created (-1).
+	p, err = Listen(path, Config{SocketOwner: -1, SocketGroup: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o600 || st.Uid != uint32(os.Geteuid()) {
+		t.Fatalf("default socket mode %o uid %d, want 0600 and uid %d", st.Mode&0o7777, st.Uid, os.Geteuid())
+	}
+}
+
+// TestPeerRejected: a front-end whose uid is not allowed is disconnected
+// at once and counted, in both socket modes; an allowed one is served.
+func TestPeerRejected(t *testing.T) {
+	me := uint32(os.Geteuid())
+	t.Run("server", func(t *testing.T) {
+		p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{AllowedUIDs: []uint32{me + 1}, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		for i := 0; i < 3; i++ {
+			f := dialFE(t, p.Path())
+			if !f.eof() {
+				t.Fatal("rejected peer's connection not closed")
+			}
+			f.c.Close()
+		}
+		testenv.Eventually(t, "rejections counted", func() (bool, string) {
+			st := p.State()
+			return st.PeerRejected == 3 && st.Connects == 0, fmt.Sprintf("rejected %d connects %d", st.PeerRejected, st.Connects)
+		})
+		p2, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{AllowedUIDs: []uint32{me + 1, me}, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p2.Close()
+		f := dialFE(t, p2.Path())
+		defer f.c.Close()
+		if v := f.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+			t.Fatalf("allowed peer: features %#x", v)
+		}
+		if st := p2.State(); st.PeerRejected != 0 || st.Connects != 1 {
+			t.Fatalf("allowed peer: %+v", st)
+		}
+	})
+	t.Run("client", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "guest.sock")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		p, err := Dial(path, Config{AllowedUIDs: []uint32{}, Logger: testLogger(t),
+			ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		for i := 0; i < 2; i++ {
+			ln.SetDeadline(time.Now().Add(5 * time.Second))
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := &fe{t: t, c: c}
+			if !f.eof() {
+				t.Fatal("the port kept a connection to a listener it does not allow")
+			}
+			c.Close()
+		}
+		testenv.Eventually(t, "rejections counted", func() (bool, string) {
+			st := p.State()
+			return st.PeerRejected >= 2 && st.Connects == 0, fmt.Sprintf("rejected %d connects %d", st.PeerRejected, st.Connects)
+		})
+	})
+}
+
+// TestVMNameInErrors: port errors name the VM.
+func TestVMNameInErrors(t *testing.T) {
+	_, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{Name: "web", QueuePairs: -1})
+	if err == nil || !strings.HasPrefix(err.Error(), `VM "web": `) {
+		t.Fatalf("error %v does not name the VM", err)
 	}
 }

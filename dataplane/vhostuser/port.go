@@ -1,12 +1,16 @@
 package vhostuser
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +49,23 @@ type Config struct {
 	Logger   *slog.Logger
 	// Client-mode reconnect backoff; 0 means 50ms and 2s.
 	ReconnectMin, ReconnectMax time.Duration
+
+	// Name is the VM's name, for errors ("VM %q: ...").
+	Name string
+	// MaxMemory bounds the guest memory a SET_MEM_TABLE may map, in bytes
+	// (the sum of its regions); 0 means no limit.
+	MaxMemory uint64
+	// Server mode: the listening socket's owner and group (-1 leaves
+	// them as created: vmqd's own; an id equal to the current one is not
+	// applied) and permissions (0 means 0600), all set before listen(2),
+	// so no front-end can connect before they hold. A missing directory
+	// is created 0750 (group SocketGroup, if set).
+	SocketOwner, SocketGroup int
+	SocketMode               os.FileMode
+	// AllowedUIDs, if non-nil, lists the uids a front-end process may
+	// run as (SO_PEERCRED, both modes); any other peer is disconnected at
+	// once and counted in PortState.PeerRejected.
+	AllowedUIDs []uint32
 }
 
 // DefaultFeatures are the virtio features a port offers by default.
@@ -76,6 +97,7 @@ type PortState struct {
 	Broken           string // why the device is broken, "" if not
 	BrokenCount      uint64 // times the device was marked broken
 	Connects         uint64 // connections accepted or made
+	PeerRejected     uint64 // connections refused: peer uid not in AllowedUIDs
 }
 
 // vringConfig is what the front-end told us about one vring.
@@ -127,6 +149,10 @@ type Port struct {
 	closeErr error
 	once     sync.Once
 
+	// logGuest's rate limit, control goroutine only.
+	guestLogNext    time.Time
+	guestLogDropped int
+
 	rbuf [HeaderLen + MaxPayloadLen]byte
 	oob  []byte
 	regs [MaxMemRegions]MemRegion
@@ -139,11 +165,12 @@ func (nopHandler) QueueStopped(*Queue)        {}
 func (nopHandler) DeviceBroken(*Port, string) {}
 
 func newPort(path, mode string, cfg Config) (*Port, error) {
+	vm := vmPrefix(cfg.Name)
 	if cfg.QueuePairs == 0 {
 		cfg.QueuePairs = 1
 	}
 	if cfg.QueuePairs < 0 || cfg.QueuePairs > MaxQueuePairs {
-		return nil, fmt.Errorf("vhost-user port %s: %d queue pairs, want 1..%d", path, cfg.QueuePairs, MaxQueuePairs)
+		return nil, fmt.Errorf("%svhost-user port %s: %d queue pairs, want 1..%d", vm, path, cfg.QueuePairs, MaxQueuePairs)
 	}
 	if cfg.Features == 0 {
 		cfg.Features = DefaultFeatures
@@ -152,16 +179,16 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		}
 	}
 	if extra := cfg.Features &^ supportedFeatures; extra != 0 {
-		return nil, fmt.Errorf("vhost-user port %s: unsupported features %#x", path, extra)
+		return nil, fmt.Errorf("%svhost-user port %s: unsupported features %#x", vm, path, extra)
 	}
 	if cfg.MAC != nil && len(cfg.MAC) != 6 {
-		return nil, fmt.Errorf("vhost-user port %s: MAC %v is not 6 bytes", path, cfg.MAC)
+		return nil, fmt.Errorf("%svhost-user port %s: MAC %v is not 6 bytes", vm, path, cfg.MAC)
 	}
 	if cfg.MAC == nil {
 		cfg.Features &^= virtio.NetFMAC
 	}
 	if cfg.MTU < 0 || cfg.MTU > 65535 {
-		return nil, fmt.Errorf("vhost-user port %s: MTU %d", path, cfg.MTU)
+		return nil, fmt.Errorf("%svhost-user port %s: MTU %d", vm, path, cfg.MTU)
 	}
 	if cfg.MTU == 0 {
 		cfg.Features &^= virtio.NetFMTU
@@ -210,26 +237,119 @@ func Listen(path string, cfg Config) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
+	vm := vmPrefix(cfg.Name)
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("vhost-user listen %s: exists and is not a socket", path)
+			return nil, fmt.Errorf("%svhost-user listen %s: exists and is not a socket", vm, path)
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("vhost-user listen %s: socket in use", path)
+			return nil, fmt.Errorf("%svhost-user listen %s: socket in use", vm, path)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("vhost-user listen %s: remove stale socket: %w", path, err)
+			return nil, fmt.Errorf("%svhost-user listen %s: remove stale socket: %w", vm, path, err)
 		}
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := listenUnix(path, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("vhost-user listen %s: %w", path, err)
+		return nil, fmt.Errorf("%svhost-user listen %s: %w", vm, path, err)
 	}
-	ln.SetUnlinkOnClose(true)
 	p.ln = ln
 	go p.acceptLoop()
 	return p, nil
+}
+
+// listenUnix binds a unix socket at path, sets its owner, group and mode,
+// and only then listens: until listen(2) a connect is refused, so nobody
+// reaches the socket with permissions it should not have.
+func listenUnix(path string, cfg Config) (*net.UnixListener, error) {
+	if err := makeSocketDir(filepath.Dir(path), cfg.SocketGroup); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), path) // closes fd
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("bind: %w", err)
+	}
+	ln, err := func() (net.Listener, error) {
+		if err := setOwner(path, cfg.SocketOwner, cfg.SocketGroup); err != nil {
+			return nil, err
+		}
+		mode := cfg.SocketMode.Perm()
+		if mode == 0 {
+			mode = 0o600
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return nil, fmt.Errorf("socket mode: %w", err)
+		}
+		if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		return net.FileListener(f) // a dup: f's fd is closed on return
+	}()
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
+}
+
+// makeSocketDir creates a missing socket directory 0750 (whatever the
+// umask), with group gid if gid >= 0.
+func makeSocketDir(dir string, gid int) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there (or not ours to judge): bind reports problems
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o750); err != nil {
+		return fmt.Errorf("socket directory mode: %w", err)
+	}
+	if err := setOwner(dir, -1, gid); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	return nil
+}
+
+// setOwner changes path's owner and group where uid or gid is >= 0 and
+// differs from the current one (vmqd runs without CAP_CHOWN by default:
+// a no-op chown must not need it).
+func setOwner(path string, uid, gid int) error {
+	if uid < 0 && gid < 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if uid == int(st.Uid) {
+		uid = -1
+	}
+	if gid == int(st.Gid) {
+		gid = -1
+	}
+	if uid < 0 && gid < 0 {
+		return nil
+	}
+	if err := os.Lchown(path, uid, gid); err != nil {
+		return fmt.Errorf("owner %d group %d: %w", uid, gid, err)
+	}
+	return nil
+}
+
+// vmPrefix is the "VM %q: " prefix of errors, or "" without a name.
+func vmPrefix(name string) string {
+	if name == "" {
+		return ""
+	}
+	return fmt.Sprintf("VM %q: ", name)
 }
 
 // Dial creates a client-mode port: vmq connects to the front-end's
@@ -313,7 +433,7 @@ func (p *Port) acceptLoop() {
 			}
 			continue
 		}
-		p.serveConn(c)
+		_ = p.serveConn(c) // a refused peer is counted and logged; accept the next
 	}
 }
 
@@ -333,18 +453,36 @@ func (p *Port) dialLoop() {
 			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
+		if err := p.serveConn(c); err != nil {
+			// A rejected peer: retry no faster than a failed connect.
+			select {
+			case <-p.closing:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, p.cfg.ReconnectMax)
+			continue
+		}
 		backoff = p.cfg.ReconnectMin
-		p.serveConn(c)
 	}
 }
 
-// serveConn runs one front-end session to its end.
-func (p *Port) serveConn(c *net.UnixConn) {
+// serveConn runs one front-end session to its end. An error: the peer
+// was refused before the session began.
+func (p *Port) serveConn(c *net.UnixConn) error {
+	if err := p.checkPeer(c); err != nil {
+		c.Close()
+		p.mu.Lock()
+		p.state.PeerRejected++
+		p.mu.Unlock()
+		p.logGuest(slog.LevelWarn, "vhost-user front-end rejected", "err", err)
+		return err
+	}
 	p.mu.Lock()
 	if p.isClosing() {
 		p.mu.Unlock()
 		c.Close()
-		return
+		return nil
 	}
 	p.conn = c
 	p.state.Connected = true
@@ -358,7 +496,7 @@ func (p *Port) serveConn(c *net.UnixConn) {
 			if errors.Is(err, errEOF) || p.isClosing() {
 				p.log.Info("vhost-user front-end disconnected")
 			} else {
-				p.log.Error("vhost-user connection closed", "err", err)
+				p.logGuest(slog.LevelError, "vhost-user connection closed", "err", err)
 			}
 			break
 		}
@@ -370,6 +508,54 @@ func (p *Port) serveConn(c *net.UnixConn) {
 	p.mu.Unlock()
 	c.Close()
 	p.publishState()
+	return nil
+}
+
+// checkPeer refuses a front-end whose uid (SO_PEERCRED: the connecting
+// process in server mode, the listening one in client mode) is not in
+// Config.AllowedUIDs.
+func (p *Port) checkPeer(c *net.UnixConn) error {
+	if p.cfg.AllowedUIDs == nil {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%speer credentials: %w", vmPrefix(p.cfg.Name), err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		cerr = err
+	}
+	if cerr != nil {
+		return fmt.Errorf("%speer credentials: %w", vmPrefix(p.cfg.Name), cerr)
+	}
+	if !slices.Contains(p.cfg.AllowedUIDs, cred.Uid) {
+		return fmt.Errorf("%speer uid %d (pid %d) not allowed", vmPrefix(p.cfg.Name), cred.Uid, cred.Pid)
+	}
+	return nil
+}
+
+// guestLogEvery bounds the log lines a front-end can cause: at most one
+// per port per interval (timeouts, rejected peers, protocol errors).
+const guestLogEvery = 10 * time.Second
+
+// logGuest logs a line a front-end caused, at most one per guestLogEvery;
+// the next line says how many were left out. Control goroutine only.
+func (p *Port) logGuest(level slog.Level, msg string, args ...any) {
+	now := time.Now()
+	if now.Before(p.guestLogNext) {
+		p.guestLogDropped++
+		return
+	}
+	p.guestLogNext = now.Add(guestLogEvery)
+	if p.guestLogDropped > 0 {
+		args = append(args, "suppressed", p.guestLogDropped)
+		p.guestLogDropped = 0
+	}
+	p.log.Log(context.Background(), level, msg, args...)
 }
 
 // publishState copies the control state into p.state for State().
