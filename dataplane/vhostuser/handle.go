@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,6 +36,10 @@ func closeFDs(fds []int) {
 func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 	var m message
 	hb := p.rbuf[:HeaderLen]
+	// Waiting for the next message has no deadline...
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return m, fmt.Errorf("clear read deadline: %w", err)
+	}
 	n, oobn, flags, _, err := c.ReadMsgUnix(hb, p.oob)
 	if oobn > 0 {
 		fds, perr := parseRights(p.oob[:oobn])
@@ -55,10 +60,16 @@ func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 		closeFDs(m.fds)
 		return m, fmt.Errorf("message with more than %d fds", MaxMemRegions)
 	}
+	// ...but once it has begun, the rest must follow within the timeout:
+	// half a message must not hold the port (and its reconnects) forever.
+	if err := c.SetReadDeadline(time.Now().Add(p.cfg.MessageTimeout)); err != nil {
+		closeFDs(m.fds)
+		return m, fmt.Errorf("set read deadline: %w", err)
+	}
 	if n < HeaderLen {
 		if _, err := io.ReadFull(c, hb[n:]); err != nil {
 			closeFDs(m.fds)
-			return m, fmt.Errorf("read message header: %w", err)
+			return m, fmt.Errorf("read message header: %w", timeoutErr(err))
 		}
 	}
 	m.hdr, err = DecodeHeader(hb)
@@ -69,7 +80,7 @@ func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 	m.payload = p.rbuf[HeaderLen : HeaderLen+int(m.hdr.Size)]
 	if _, err := io.ReadFull(c, m.payload); err != nil {
 		closeFDs(m.fds)
-		return m, fmt.Errorf("read %v payload of %d bytes: %w", m.hdr.Request, m.hdr.Size, err)
+		return m, fmt.Errorf("read %v payload of %d bytes: %w", m.hdr.Request, m.hdr.Size, timeoutErr(err))
 	}
 	return m, nil
 }
@@ -142,11 +153,28 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	}
 }
 
+// write sends a reply; a front-end that does not read it within the
+// message timeout loses the connection.
 func (p *Port) write(c *net.UnixConn, b []byte) error {
+	if err := c.SetWriteDeadline(time.Now().Add(p.cfg.MessageTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
 	if _, err := c.Write(b); err != nil {
-		return fmt.Errorf("write reply: %w", err)
+		return fmt.Errorf("write reply: %w", timeoutErr(err))
 	}
 	return nil
+}
+
+// errTimeout marks a connection closed for a slow message or an unread
+// reply (PortState.Timeouts).
+var errTimeout = errors.New("message timeout")
+
+// timeoutErr tags a deadline error with errTimeout.
+func timeoutErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errTimeout, err)
+	}
+	return err
 }
 
 // handleGuarded is handle with memory faults (a guest that shrank a

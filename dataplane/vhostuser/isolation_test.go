@@ -434,3 +434,133 @@ func TestVMNameInErrors(t *testing.T) {
 		t.Fatalf("error %v does not name the VM", err)
 	}
 }
+
+// TestMessageTimeout: half a message, or a reply the front-end never
+// reads, closes the connection after MessageTimeout (counted); the port
+// then serves the next front-end. An idle connection has no deadline.
+func TestMessageTimeout(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	newPort := func(t *testing.T) *Port {
+		p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{MessageTimeout: timeout, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	// closed waits for the port to drop f for a timeout, then checks that
+	// a new front-end is served.
+	closed := func(t *testing.T, p *Port, f *fe) {
+		t.Helper()
+		testenv.Eventually(t, "timeout counted", func() (bool, string) {
+			st := p.State()
+			return st.Timeouts == 1 && !st.Connected, fmt.Sprintf("timeouts %d connected %v", st.Timeouts, st.Connected)
+		})
+		f.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var b [64]byte
+		for {
+			if _, err := f.c.Read(b[:]); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatal("connection still open after the timeout")
+				}
+				break // EOF or reset: closed
+			}
+		}
+		f.c.Close()
+		f2 := dialFE(t, p.Path())
+		defer f2.c.Close()
+		if v := f2.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+			t.Fatalf("next front-end: features %#x", v)
+		}
+	}
+
+	t.Run("half_header", func(t *testing.T) {
+		p := newPort(t)
+		f := dialFE(t, p.Path())
+		if _, err := f.c.Write(msg(ReqGetFeatures, 0, nil)[:6]); err != nil {
+			t.Fatal(err)
+		}
+		closed(t, p, f)
+	})
+	t.Run("half_payload", func(t *testing.T) {
+		p := newPort(t)
+		f := dialFE(t, p.Path())
+		m := msg(ReqSetVringAddr, 0, addrp(0, testBase, testBase+0x1000, testBase+0x2000))
+		if _, err := f.c.Write(m[:HeaderLen+10]); err != nil {
+			t.Fatal(err)
+		}
+		closed(t, p, f)
+	})
+	t.Run("reply_never_read", func(t *testing.T) {
+		p := newPort(t)
+		f := dialFE(t, p.Path())
+		// Requests with replies, never reading them: the port's send
+		// buffer fills, its reply write times out. The writer stops when
+		// the port closes the connection.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m := msg(ReqGetFeatures, 0, nil)
+			for i := 0; i < 1<<20; i++ {
+				if _, err := f.c.Write(m); err != nil {
+					return
+				}
+			}
+		}()
+		testenv.Eventually(t, "timeout counted", func() (bool, string) {
+			st := p.State()
+			return st.Timeouts == 1, fmt.Sprintf("timeouts %d", st.Timeouts)
+		})
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the front-end's writes still go through after the timeout")
+		}
+		f.c.Close()
+		f2 := dialFE(t, p.Path())
+		defer f2.c.Close()
+		if v := f2.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+			t.Fatalf("next front-end: features %#x", v)
+		}
+	})
+	t.Run("log_rate_limited", func(t *testing.T) {
+		var logs strings.Builder
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+		p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{MessageTimeout: timeout, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		for i := 1; i <= 3; i++ {
+			f := dialFE(t, p.Path())
+			if _, err := f.c.Write([]byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, "timeout counted", func() (bool, string) {
+				st := p.State()
+				return st.Timeouts == uint64(i) && !st.Connected, fmt.Sprintf("timeouts %d, want %d", st.Timeouts, i)
+			})
+			f.c.Close()
+		}
+		mu.Lock()
+		n := strings.Count(logs.String(), "too slow")
+		mu.Unlock()
+		if n != 1 {
+			t.Fatalf("%d timeout log lines for 3 timeouts within 10s, want 1", n)
+		}
+	})
+	t.Run("idle_is_fine", func(t *testing.T) {
+		p := newPort(t)
+		f := dialFE(t, p.Path())
+		defer f.c.Close()
+		f.getU64(ReqGetFeatures)
+		time.Sleep(3 * timeout) // the interval under test, not synchronisation
+		if v := f.getU64(ReqGetFeatures); v&virtio.FVersion1 == 0 {
+			t.Fatalf("features %#x", v)
+		}
+		if st := p.State(); st.Timeouts != 0 || !st.Connected {
+			t.Fatalf("idle connection: %+v", st)
+		}
+	})
+}

@@ -66,6 +66,11 @@ type Config struct {
 	// run as (SO_PEERCRED, both modes); any other peer is disconnected at
 	// once and counted in PortState.PeerRejected.
 	AllowedUIDs []uint32
+	// MessageTimeout bounds a message once its first byte has arrived
+	// (the rest must follow within it) and the write of each reply; a
+	// front-end that is slower loses its connection (PortState.Timeouts).
+	// Waiting for the next message has no deadline. 0 means 5s.
+	MessageTimeout time.Duration
 }
 
 // DefaultFeatures are the virtio features a port offers by default.
@@ -78,6 +83,9 @@ const supportedFeatures = DefaultFeatures | virtio.NetFMTU
 
 // offeredProtocol are the protocol features the back-end implements.
 const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig
+
+// DefaultMessageTimeout is Config.MessageTimeout's default.
+const DefaultMessageTimeout = 5 * time.Second
 
 // MaxQueuePairs bounds Config.QueuePairs (the vring index is one byte).
 const MaxQueuePairs = 128
@@ -98,6 +106,7 @@ type PortState struct {
 	BrokenCount      uint64 // times the device was marked broken
 	Connects         uint64 // connections accepted or made
 	PeerRejected     uint64 // connections refused: peer uid not in AllowedUIDs
+	Timeouts         uint64 // connections closed for a slow message or an unread reply
 }
 
 // vringConfig is what the front-end told us about one vring.
@@ -195,6 +204,9 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 	}
 	if cfg.QueuePairs == 1 {
 		cfg.Features &^= virtio.NetFMQ
+	}
+	if cfg.MessageTimeout <= 0 {
+		cfg.MessageTimeout = DefaultMessageTimeout
 	}
 	if cfg.ReconnectMin <= 0 {
 		cfg.ReconnectMin = 50 * time.Millisecond
@@ -493,9 +505,16 @@ func (p *Port) serveConn(c *net.UnixConn) error {
 	for {
 		err := p.serveOne(c)
 		if err != nil {
-			if errors.Is(err, errEOF) || p.isClosing() {
+			switch {
+			case errors.Is(err, errEOF) || p.isClosing():
 				p.log.Info("vhost-user front-end disconnected")
-			} else {
+			case errors.Is(err, errTimeout):
+				p.mu.Lock()
+				p.state.Timeouts++
+				p.mu.Unlock()
+				p.logGuest(slog.LevelWarn, "vhost-user front-end too slow: connection closed",
+					"err", err, "timeout", p.cfg.MessageTimeout)
+			default:
 				p.logGuest(slog.LevelError, "vhost-user connection closed", "err", err)
 			}
 			break
