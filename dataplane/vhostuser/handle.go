@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -418,6 +419,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		}
 		switch m.hdr.Request {
 		case ReqSetVringKick:
+			// A semaphore eventfd gives up 1 per read: a guest could keep
+			// it readable for 2^64 reads and its worker from ever sleeping.
+			if fd >= 0 && isSemaphore(fd) {
+				unix.Close(fd)
+				return nil, fmt.Errorf("vring %d: kick fd is a semaphore eventfd", q.index)
+			}
 			closeFD(&q.cfg.kickFD)
 			if fd >= 0 {
 				if err := unix.SetNonblock(fd, true); err != nil {
@@ -500,4 +507,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 func isEventfd(fd int) bool {
 	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	return err == nil && target == "anon_inode:[eventfd]"
+}
+
+// isSemaphore reports whether an eventfd was made with EFD_SEMAPHORE
+// (fixed at creation; recent kernels, 6.18 here, show it in fdinfo).
+// Unknown counts as not: older kernels do not say.
+func isSemaphore(fd int) bool {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	return err == nil && bytes.Contains(b, []byte("\neventfd-semaphore: 1"))
 }

@@ -564,3 +564,32 @@ func TestMessageTimeout(t *testing.T) {
 		}
 	})
 }
+
+// TestSemaphoreKickRefused: a semaphore eventfd as kick fd is refused (it
+// could stay readable for 2^64 reads, so its worker would never sleep).
+func TestSemaphoreKickRefused(t *testing.T) {
+	p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	sem, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK|unix.EFD_SEMAPHORE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sem)
+	if !isSemaphore(sem) {
+		testenv.Skip(t, "this kernel does not show eventfd-semaphore in fdinfo (an older kernel)")
+	}
+	f := dialFE(t, p.Path())
+	defer f.c.Close()
+	f.send(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck))
+	if v := f.ack(ReqSetVringKick, u64p(1), sem); v == 0 {
+		t.Fatal("semaphore eventfd acked as kick fd")
+	}
+	plain := eventfd(t)
+	defer unix.Close(plain)
+	if v := f.ack(ReqSetVringKick, u64p(1), plain); v != 0 {
+		t.Fatalf("plain eventfd as kick fd: ack %d", v)
+	}
+}
