@@ -18,6 +18,7 @@ import (
 //	GET    /v1/vms          → []VMInfo
 //	POST   /v1/vms          VMConfig → 201 VMInfo
 //	GET    /v1/vms/{name}   → VMDetail
+//	PATCH  /v1/vms/{name}   VMPatch → VMInfo (limits change live)
 //	DELETE /v1/vms/{name}   → 204
 //	GET    /v1/status       → Status
 //	GET    /v1/stats        → dataplane.Snapshot
@@ -80,6 +81,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/vms", s.listVMs)
 	mux.HandleFunc("POST /v1/vms", s.addVM)
 	mux.HandleFunc("GET /v1/vms/{name}", s.showVM)
+	mux.HandleFunc("PATCH /v1/vms/{name}", s.patchVM)
 	mux.HandleFunc("DELETE /v1/vms/{name}", s.removeVM)
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/stats", s.stats)
@@ -135,22 +137,49 @@ func (s *Server) showVM(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, http.StatusOK, d)
 }
 
-func (s *Server) addVM(w http.ResponseWriter, r *http.Request) {
-	var vm VMConfig
+// decodeBody reads one JSON object (unknown fields are errors) into v, or
+// answers the error and returns false.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, what string) bool {
 	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&vm); err != nil {
+	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			s.writeError(w, r, &APIError{Status: http.StatusRequestEntityTooLarge, Message: fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)})
-			return
+			return false
 		}
 		s.writeError(w, r, &APIError{Status: http.StatusBadRequest, Message: "bad JSON: " + err.Error()})
-		return
+		return false
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		s.writeError(w, r, &APIError{Status: http.StatusBadRequest, Message: "bad JSON: trailing data after the VM object"})
+		s.writeError(w, r, &APIError{Status: http.StatusBadRequest, Message: "bad JSON: trailing data after the " + what + " object"})
+		return false
+	}
+	return true
+}
+
+func (s *Server) patchVM(w http.ResponseWriter, r *http.Request) {
+	var p VMPatch
+	if !s.decodeBody(w, r, &p, "patch") {
+		return
+	}
+	name := r.PathValue("name")
+	if p.Limits == nil {
+		s.writeError(w, r, &APIError{Status: http.StatusBadRequest, Message: "nothing to change: the patch has no limits"})
+		return
+	}
+	info, err := s.ctl.SetLimits(r.Context(), name, *p.Limits)
+	if err != nil {
+		s.writeError(w, r, apiErrorFor(err))
+		return
+	}
+	s.writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) addVM(w http.ResponseWriter, r *http.Request) {
+	var vm VMConfig
+	if !s.decodeBody(w, r, &vm, "VM") {
 		return
 	}
 	info, err := s.ctl.AddVM(r.Context(), vm)

@@ -62,6 +62,13 @@ func (c *Client) GetVM(ctx context.Context, name string) (VMDetail, error) {
 	return out, err
 }
 
+// PatchVM changes a running VM's settings (its QoS limits) live.
+func (c *Client) PatchVM(ctx context.Context, name string, p VMPatch) (VMInfo, error) {
+	var out VMInfo
+	err := c.do(ctx, http.MethodPatch, "/v1/vms/"+url.PathEscape(name), p, &out)
+	return out, err
+}
+
 // RemoveVM removes a VM.
 func (c *Client) RemoveVM(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(name), nil, nil)

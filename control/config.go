@@ -72,7 +72,9 @@ type Config struct {
 	Metrics            MetricsConfig `yaml:"metrics" json:"metrics"`
 	Polling            PollingConfig `yaml:"polling" json:"polling"`
 	KeepSteeringOnExit bool          `yaml:"keep_steering_on_exit" json:"keep_steering_on_exit"`
-	VMs                []VMConfig    `yaml:"vms" json:"vms"`
+	// MaxGuestMemory is the default max_guest_memory of every VM.
+	MaxGuestMemory ByteSize   `yaml:"max_guest_memory" json:"max_guest_memory"`
+	VMs            []VMConfig `yaml:"vms" json:"vms"`
 }
 
 // APIConfig says where the control API listens.
@@ -105,6 +107,18 @@ type VMConfig struct {
 	Mode          string `yaml:"mode" json:"mode"`
 	QueuePairs    int    `yaml:"queue_pairs" json:"queue_pairs"`
 	AllowSpoofing bool   `yaml:"allow_spoofing" json:"allow_spoofing"`
+	// Limits are the VM's QoS limits (0 = unlimited); they change live.
+	Limits Limits `yaml:"limits,omitempty" json:"limits"`
+	// MaxGuestMemory bounds the guest memory the VM's port maps (0 = no
+	// limit); omitted, the global max_guest_memory.
+	MaxGuestMemory ByteSize `yaml:"max_guest_memory" json:"max_guest_memory"`
+	// SocketOwner and SocketGroup own a server socket (a name or a numeric
+	// id; "" leaves vmqd's), SocketMode is its mode (default 0600).
+	SocketOwner IDSpec   `yaml:"socket_owner,omitempty" json:"socket_owner,omitempty"`
+	SocketGroup IDSpec   `yaml:"socket_group,omitempty" json:"socket_group,omitempty"`
+	SocketMode  FileMode `yaml:"socket_mode" json:"socket_mode"`
+	// AllowedUIDs, if set, are the only peer uids (SO_PEERCRED) accepted.
+	AllowedUIDs []uint32 `yaml:"allowed_uids,omitempty" json:"allowed_uids,omitempty"`
 }
 
 // HardwareAddr is the VM's MAC; valid only on a validated config.
@@ -179,6 +193,7 @@ type fileConfig struct {
 	Metrics            fileMetrics    `yaml:"metrics"`
 	Polling            filePolling    `yaml:"polling"`
 	KeepSteeringOnExit bool           `yaml:"keep_steering_on_exit"`
+	MaxGuestMemory     *ByteSize      `yaml:"max_guest_memory"`
 	VMs                []fileVMConfig `yaml:"vms"`
 }
 
@@ -204,6 +219,13 @@ type fileVMConfig struct {
 	Mode          *string `yaml:"mode"`
 	QueuePairs    *int    `yaml:"queue_pairs"`
 	AllowSpoofing bool    `yaml:"allow_spoofing"`
+
+	Limits         Limits    `yaml:"limits"`
+	MaxGuestMemory *ByteSize `yaml:"max_guest_memory"`
+	SocketOwner    IDSpec    `yaml:"socket_owner"`
+	SocketGroup    IDSpec    `yaml:"socket_group"`
+	SocketMode     *FileMode `yaml:"socket_mode"`
+	AllowedUIDs    []uint32  `yaml:"allowed_uids"`
 }
 
 // queueSpec is either a count ("queues: 4" = queues 0..3) or a list.
@@ -296,6 +318,8 @@ func Default(nic string) *Config {
 		API:        APIConfig{Socket: DefaultAPISocket, Mode: DefaultAPIMode},
 		Metrics:    MetricsConfig{Address: DefaultMetricsAddr},
 		Polling:    PollingConfig{BusyPoll: DefaultBusyPoll},
+
+		MaxGuestMemory: DefaultMaxGuestMemory,
 	}
 }
 
@@ -376,7 +400,7 @@ var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type control\.
 func rewriteYAMLError(m string) string {
 	sections := map[string]string{
 		"fileConfig": "at the top level", "fileAPI": "in api", "fileMetrics": "in metrics",
-		"filePolling": "in polling", "fileVMConfig": "in a VM",
+		"filePolling": "in polling", "fileVMConfig": "in a VM", "Limits": "in a VM's limits",
 	}
 	m = unknownFieldRE.ReplaceAllStringFunc(m, func(s string) string {
 		sub := unknownFieldRE.FindStringSubmatch(s)
@@ -422,10 +446,22 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 	if fc.Polling.BusyPoll != nil {
 		cfg.Polling.BusyPoll = *fc.Polling.BusyPoll
 	}
+	if fc.MaxGuestMemory != nil {
+		cfg.MaxGuestMemory = *fc.MaxGuestMemory
+	}
 	for _, f := range fc.VMs {
 		vm := VMConfig{
 			Name: f.Name, MAC: f.MAC, VLAN: f.VLAN, Socket: f.Socket,
 			Mode: ModeServer, QueuePairs: 1, AllowSpoofing: f.AllowSpoofing,
+			Limits: f.Limits, MaxGuestMemory: cfg.MaxGuestMemory,
+			SocketOwner: f.SocketOwner, SocketGroup: f.SocketGroup, SocketMode: DefaultSocketMode,
+			AllowedUIDs: f.AllowedUIDs,
+		}
+		if f.MaxGuestMemory != nil {
+			vm.MaxGuestMemory = *f.MaxGuestMemory
+		}
+		if f.SocketMode != nil {
+			vm.SocketMode = *f.SocketMode
 		}
 		if f.Mode != nil {
 			vm.Mode = *f.Mode
@@ -557,6 +593,7 @@ func validateVM(vm *VMConfig, p string, queues int) errList {
 	if vm.QueuePairs < 1 || vm.QueuePairs > queues {
 		errs.add(p+".queue_pairs", "%d is outside 1..%d (the number of NIC queues)", vm.QueuePairs, queues)
 	}
+	validateIsolation(vm, p, &errs)
 	return errs
 }
 

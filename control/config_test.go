@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -59,9 +60,11 @@ func TestParseValid(t *testing.T) {
 	if cfg.Polling.BusyPoll != 20*time.Microsecond || !cfg.KeepSteeringOnExit {
 		t.Errorf("polling/keep = %v/%v", cfg.Polling.BusyPoll, cfg.KeepSteeringOnExit)
 	}
-	want1 := VMConfig{Name: "vm1", MAC: "02:00:00:00:00:0a", Socket: dir + "/vm1.sock", Mode: ModeServer, QueuePairs: 1}
-	want2 := VMConfig{Name: "vm2", MAC: "02:00:00:00:00:0b", VLAN: 100, Socket: dir + "/vm2.sock", Mode: ModeClient, QueuePairs: 2, AllowSpoofing: true}
-	if len(cfg.VMs) != 2 || cfg.VMs[0] != want1 || cfg.VMs[1] != want2 {
+	want1 := VMConfig{Name: "vm1", MAC: "02:00:00:00:00:0a", Socket: dir + "/vm1.sock", Mode: ModeServer, QueuePairs: 1,
+		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode}
+	want2 := VMConfig{Name: "vm2", MAC: "02:00:00:00:00:0b", VLAN: 100, Socket: dir + "/vm2.sock", Mode: ModeClient, QueuePairs: 2, AllowSpoofing: true,
+		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode}
+	if len(cfg.VMs) != 2 || !reflect.DeepEqual(cfg.VMs[0], want1) || !reflect.DeepEqual(cfg.VMs[1], want2) {
 		t.Errorf("vms = %+v\nwant %+v, %+v", cfg.VMs, want1, want2)
 	}
 }

@@ -200,6 +200,14 @@ func (c *Controller) AddVM(ctx context.Context, vm VMConfig) (VMInfo, error) {
 	if vm.QueuePairs == 0 {
 		vm.QueuePairs = 1
 	}
+	if vm.SocketMode == 0 {
+		vm.SocketMode = DefaultSocketMode
+	}
+	if vm.MaxGuestMemory == 0 {
+		c.mu.RLock()
+		vm.MaxGuestMemory = c.cfg.MaxGuestMemory
+		c.mu.RUnlock()
+	}
 	if err := c.checkNewVM(&vm, "vm"); err != nil {
 		return VMInfo{}, err
 	}
@@ -209,6 +217,32 @@ func (c *Controller) AddVM(ctx context.Context, vm VMConfig) (VMInfo, error) {
 		return VMInfo{}, ErrNotStarted
 	}
 	return c.addLocked(ctx, vm, SourceAPI, 0, false)
+}
+
+// SetLimits changes a running VM's QoS limits live (PATCH /v1/vms/{name}):
+// the patch's fields replace the current ones, 0 clears a limit.
+func (c *Controller) SetLimits(ctx context.Context, name string, patch LimitsPatch) (VMInfo, error) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	if !c.isStarted() {
+		return VMInfo{}, ErrNotStarted
+	}
+	return c.setLimitsLocked(name, patch.Apply)
+}
+
+func (c *Controller) setLimitsLocked(name string, change func(Limits) Limits) (VMInfo, error) {
+	info, ok := c.reg.Get(name)
+	if !ok {
+		return VMInfo{}, fmt.Errorf("set limits of VM %q: %w", name, ErrNotFound)
+	}
+	l := change(info.Limits)
+	if err := c.dp.SetLimits(name, l.Dataplane()); err != nil {
+		return VMInfo{}, fmt.Errorf("set limits of VM %q: %w", name, err)
+	}
+	c.reg.SetLimits(name, l)
+	c.log.Info("VM limits set", "vm", name, "rx_pps", l.RxPPS, "rx_bps", l.RxBPS, "tx_pps", l.TxPPS, "tx_bps", l.TxBPS)
+	info, _ = c.reg.Get(name)
+	return info, nil
 }
 
 // RemoveVM removes one VM; others are not touched.
@@ -317,6 +351,10 @@ func (c *Controller) Reload(ctx context.Context, next *Config) (*ReloadPlan, err
 		_, err := c.addLocked(ctx, vm, SourceConfig, 0, false)
 		errs = append(errs, err)
 	}
+	for _, vm := range plan.Limits {
+		_, err := c.setLimitsLocked(vm.Name, func(Limits) Limits { return vm.Limits })
+		errs = append(errs, err)
+	}
 
 	applied := *next
 	applied.NIC, applied.AttachMode, applied.Queues = running.NIC, running.AttachMode, running.Queues
@@ -330,7 +368,7 @@ func (c *Controller) Reload(ctx context.Context, next *Config) (*ReloadPlan, err
 		c.log.Warn("config change needs a restart", "change", r)
 	}
 	c.log.Info("config reloaded", "removed", len(plan.Remove), "changed", len(plan.Change),
-		"added", len(plan.Add), "restart_pending", len(plan.Restart))
+		"added", len(plan.Add), "limits_changed", len(plan.Limits), "restart_pending", len(plan.Restart))
 	if err := errors.Join(errs...); err != nil {
 		return plan, fmt.Errorf("reload: %w", err)
 	}

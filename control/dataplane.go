@@ -19,6 +19,7 @@ import (
 //     new frame is steered to the slot; the dataplane clears the slot's
 //     XSKMAP entries and closes the sockets and port. The slot may be
 //     given to another VM as soon as RemoveVM returns nil.
+//   - SetLimits changes a running VM's QoS limits live (no reconnect).
 //   - Snapshot may be called at any time, concurrently with the others.
 //
 // Control serializes AddVM/RemoveVM calls (never two at once) and never
@@ -26,6 +27,7 @@ import (
 type Dataplane interface {
 	AddVM(ctx context.Context, vm VMSpec) error
 	RemoveVM(ctx context.Context, name string) error
+	SetLimits(name string, l dataplane.Limits) error
 	Snapshot() dataplane.Snapshot
 }
 

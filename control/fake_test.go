@@ -71,6 +71,19 @@ func (d *fakeDP) RemoveVM(ctx context.Context, name string) error {
 	return nil
 }
 
+func (d *fakeDP) SetLimits(name string, l dataplane.Limits) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.calls = append(d.calls, fmt.Sprintf("limits %s %d/%d/%d/%d", name, l.RxPPS, l.RxBPS, l.TxPPS, l.TxBPS))
+	vm, ok := d.vms[name]
+	if !ok {
+		return fmt.Errorf("fake: no VM %q", name)
+	}
+	vm.Limits = Limits{RxPPS: l.RxPPS, RxBPS: l.RxBPS, TxPPS: l.TxPPS, TxBPS: l.TxBPS}
+	d.vms[name] = vm
+	return nil
+}
+
 func (d *fakeDP) hasSlot(slot uint32) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -94,7 +107,7 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 		vm := d.vms[name]
 		s.VMs = append(s.VMs, dataplane.VMStats{Name: vm.Name, Slot: vm.Slot, MAC: vm.MAC, VLAN: uint16(vm.VLAN),
 			RxPackets: uint64(vm.Slot) * 10, RxBytes: uint64(vm.Slot) * 1000, TxPackets: uint64(vm.Slot), TxBytes: uint64(vm.Slot) * 100,
-			DropsByReason: map[string]uint64{"virtqueue_full": 1}})
+			DropsByReason: map[string]uint64{"virtqueue_full": 1}, Limits: vm.Limits.Dataplane()})
 		s.Ports = append(s.Ports, dataplane.PortStats{VM: vm.Name, Path: vm.Socket, Mode: vm.Mode, Connected: true, QueuePairs: vm.QueuePairs})
 		s.Sockets = append(s.Sockets, dataplane.SocketStats{VM: vm.Name, Queue: 0})
 	}

@@ -120,6 +120,15 @@ func (r *Registry) SetState(name string, st VMState, why error) {
 	}
 }
 
+// SetLimits records a VM's new QoS limits.
+func (r *Registry) SetLimits(name string, l Limits) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if info, ok := r.byName[name]; ok {
+		info.Limits = l
+	}
+}
+
 // Release forgets a VM and frees its slot, key and socket.
 func (r *Registry) Release(name string) {
 	r.mu.Lock()

@@ -14,6 +14,9 @@ type ReloadPlan struct {
 	Change []VMConfig `json:"change,omitempty"`
 	// Add are VMs only in the new config.
 	Add []VMConfig `json:"add,omitempty"`
+	// Limits are VMs in both whose QoS limits alone differ: applied live,
+	// without a reconnect.
+	Limits []VMConfig `json:"limits,omitempty"`
 	// Restart lists NIC-level changes that only take effect after a
 	// restart; they are reported, not applied.
 	Restart []string `json:"restart,omitempty"`
@@ -23,7 +26,7 @@ type ReloadPlan struct {
 
 // Empty reports whether the reload changes nothing at all.
 func (p *ReloadPlan) Empty() bool {
-	return len(p.Remove) == 0 && len(p.Change) == 0 && len(p.Add) == 0 &&
+	return len(p.Remove) == 0 && len(p.Change) == 0 && len(p.Add) == 0 && len(p.Limits) == 0 &&
 		len(p.Restart) == 0 && p.KeepSteeringOnExit == nil
 }
 
@@ -80,8 +83,10 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 		switch {
 		case !ok:
 			p.Add = append(p.Add, vm)
-		case o != vm:
+		case !sameVM(o, vm):
 			p.Change = append(p.Change, vm)
+		case o.Limits != vm.Limits:
+			p.Limits = append(p.Limits, vm)
 		}
 	}
 	for _, vm := range old.VMs {
@@ -95,6 +100,7 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 	}
 	byName(p.Change)
 	byName(p.Add)
+	byName(p.Limits)
 	return p
 }
 

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -65,6 +66,19 @@ type VM struct {
 	QueuePairs    int
 	AllowSpoofing bool
 	MTU           int
+	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
+	// them while it runs.
+	Limits Limits
+
+	// Port hardening, passed to the vhost-user port. MaxMemory bounds the
+	// guest memory a SET_MEM_TABLE may map (0: no limit). SocketOwner and
+	// SocketGroup own a listening socket (-1 leaves it), SocketMode is its
+	// mode (0: 0600). AllowedUIDs, when non-nil, are the only peer uids
+	// accepted.
+	MaxMemory                uint64
+	SocketOwner, SocketGroup int
+	SocketMode               os.FileMode
+	AllowedUIDs              []uint32
 
 	mac MAC
 }
@@ -78,6 +92,12 @@ type Dataplane struct {
 
 	mu  sync.RWMutex // guards vms; held for AddVM/RemoveVM and snapshots
 	vms map[string]*vmEntry
+
+	// slotNames maps a slot to its VM's name for the watchdog, which must
+	// not wait for mu.
+	slotNames sync.Map
+	watchStop chan struct{}
+	watchDone chan struct{}
 }
 
 // vmEntry is the control side of a VM: its port and its counters on
@@ -146,6 +166,8 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
 	}
+	dp.watchStop, dp.watchDone = make(chan struct{}), make(chan struct{})
+	go dp.watchdog(dp.watchStop, dp.watchDone)
 	return dp, nil
 }
 
@@ -176,10 +198,12 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 	}
 	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
 	var added []*worker
+	dp.slotNames.Store(vm.Slot, vm.Name)
 	undo := func(err error) error {
 		for _, w := range added {
 			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
 		}
+		dp.slotNames.Delete(vm.Slot)
 		return err
 	}
 	for i, w := range dp.workers {
@@ -194,6 +218,11 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		Handler: &portHandler{dp: dp, slot: vm.Slot, name: vm.Name},
 		Logger:  dp.log.With("vm", vm.Name),
 	}
+	// TODO(iso-vhost): once vhostuser.Config has the Part A fields, pass
+	// the port hardening through: Name: vm.Name, MaxMemory: vm.MaxMemory,
+	// SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup,
+	// SocketMode: vm.SocketMode, AllowedUIDs: vm.AllowedUIDs. Until then
+	// they are parsed, validated and carried in VM but not enforced.
 	var err error
 	if vm.Client {
 		e.port, err = vhostuser.Dial(vm.Socket, pcfg)
@@ -228,6 +257,7 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 			errs = append(errs, err)
 		}
 	}
+	dp.slotNames.CompareAndDelete(e.vm.Slot, name)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %q: %w", name, err)
 	}
@@ -244,6 +274,11 @@ func (dp *Dataplane) Close() error {
 	}
 	dp.vms = map[string]*vmEntry{}
 	dp.mu.Unlock()
+	if dp.watchStop != nil {
+		close(dp.watchStop)
+		<-dp.watchDone
+		dp.watchStop = nil
+	}
 	var errs []error
 	for _, e := range entries {
 		if err := e.port.Close(); err != nil {
@@ -298,6 +333,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
+			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
@@ -311,7 +347,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 	for _, name := range names {
 		e := dp.vms[name]
 		v := VMStats{Name: name, Slot: e.vm.Slot, MAC: e.vm.mac.String(), VLAN: e.vm.VLAN,
-			DropsByReason: make(map[string]uint64)}
+			Limits: e.vm.Limits, DropsByReason: make(map[string]uint64)}
 		for i, c := range e.ctrs {
 			qs := VMQueueStats{Queue: dp.cfg.Queues[i],
 				RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
@@ -335,6 +371,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.Drops[DropMalformed] += qs.Drops[vhostuser.DropMalformed]
 			if !q.IsRX() {
 				v.Drops[DropMalformed] += qs.Drops[vhostuser.DropTooBig]
+				// Chains Pop dropped because no budget could finish them
+				// (on RX the worker counts ErrBudget itself).
+				v.Drops[DropBudget] += qs.Drops[vhostuser.DropBudget]
 			}
 		}
 		for r, n := range v.Drops {
@@ -347,6 +386,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 		}
 		s.VMs = append(s.VMs, v)
 		ps := e.port.State()
+		// TODO(iso-vhost): add PortState.Timeouts and PeerRejected to
+		// PortStats (and vmq_port_timeouts_total,
+		// vmq_port_peer_rejected_total in metrics) once Part A lands.
 		s.Ports = append(s.Ports, PortStats{VM: name, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
 			Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
 			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken})

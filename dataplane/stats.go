@@ -15,12 +15,14 @@ const (
 	DropBroken                          // the guest's device is marked broken
 	DropTxRingFull                      // the AF_XDP tx ring had no room
 	DropMalformed                       // a guest frame too short or otherwise unusable
+	DropRateLimited                     // over the VM's QoS limit (Limits)
+	DropBudget                          // the VM used up its fair share of the worker's round
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
-	"broken", "tx_ring_full", "malformed",
+	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
 }
 
 // String is the reason's label value in metrics and the API.
@@ -77,6 +79,14 @@ type WorkerStats struct {
 	XDPSockets  int    `json:"xdp_sockets"`
 	FreeFrames  int    `json:"free_frames"`
 	TotalFrames int    `json:"total_frames"`
+	// InFlightFrames are the frames outside the allocator, counted from the
+	// rings (fill, every socket's rx and tx, completion) and the worker's
+	// stash, not from the allocator: once traffic stops,
+	// FreeFrames + InFlightFrames == TotalFrames, or frames were lost.
+	InFlightFrames int `json:"inflight_frames"`
+	// Stalls counts the times the watchdog saw the worker stuck in one
+	// round for longer than StallThreshold.
+	Stalls uint64 `json:"stalls"`
 }
 
 // VMStats are one VM's counters; RX is wire→guest, TX is guest→wire/VMs.
@@ -97,6 +107,8 @@ type VMStats struct {
 	FilterBytes     uint64         `json:"filter_bytes"`
 	FilterRedirErrs uint64         `json:"filter_redirect_errors"`
 	Queues          []VMQueueStats `json:"queues,omitempty"`
+	// Limits are the VM's QoS limits now (zero: unlimited).
+	Limits Limits `json:"limits"`
 }
 
 // VMQueueStats are a VM's counters on one NIC queue / virtqueue pair.

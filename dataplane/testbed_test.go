@@ -36,6 +36,13 @@ type testbed struct {
 
 func newTestbed(t *testing.T, queues int) *testbed {
 	t.Helper()
+	return newTestbedCfg(t, queues, nil)
+}
+
+// newTestbedCfg is newTestbed with a hook to change the dataplane's
+// config before it starts.
+func newTestbedCfg(t *testing.T, queues int, change func(*Config)) *testbed {
+	t.Helper()
 	tb := &testbed{t: t, host: netnstest.New(t), wire: netnstest.New(t), dir: t.TempDir(),
 		guests: make(map[string]*frontend.Guest)}
 	for _, ns := range []*netnstest.NS{tb.host, tb.wire} {
@@ -63,8 +70,12 @@ func newTestbed(t *testing.T, queues int) *testbed {
 	}
 	t.Cleanup(func() { tb.filter.Close() })
 	h := tb.host.Handle()
-	tb.dp, err = New(Config{Ifindex: tb.nic.Index, Queues: qids, Filter: tb.filter,
-		BusyPoll: 20 * time.Microsecond, Netns: &h})
+	cfg := Config{Ifindex: tb.nic.Index, Queues: qids, Filter: tb.filter,
+		BusyPoll: 20 * time.Microsecond, Netns: &h}
+	if change != nil {
+		change(&cfg)
+	}
+	tb.dp, err = New(cfg)
 	if err != nil {
 		t.Fatalf("dataplane: %v", err)
 	}

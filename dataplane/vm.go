@@ -31,6 +31,15 @@ type vmState struct {
 	allowSpoof bool
 	pairs      int // the VM's queue pairs
 
+	// Fair share (fairshare.go): work units left this round, and whether
+	// the VM had any work this round.
+	credit int
+	busy   bool
+
+	// QoS (qos.go): this worker's share of the VM's limits.
+	rxLimited, txLimited bool
+	lim                  vmLimits
+
 	sock *xsk.Socket // the VM's socket on this worker's NIC queue
 	rxqs []*virtq    // guest receive queues owned by this worker
 	ctr  *vmCounters

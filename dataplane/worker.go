@@ -37,12 +37,31 @@ type workerCounters struct {
 	busyNS, idleNS, batches, wakeups, polls atomic.Uint64
 	// What the worker owns, published for snapshots.
 	virtqueues, sockets atomic.Int64
+	// inflight: UMEM frames in the queue's rings and the stash (publishInFlight).
+	inflight atomic.Int64
+	// For the watchdog: rounds finished, and the slot of the VM being
+	// served (0: none, or the flood socket).
+	rounds  atomic.Uint64
+	serving atomic.Uint32
+	// stalls is written by the watchdog, not the worker.
+	stalls atomic.Uint64
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
 func (w *worker) publishOwned() {
 	w.ctr.virtqueues.Store(int64(len(w.rxqs) + len(w.txqs)))
 	w.ctr.sockets.Store(int64(len(w.vmList) + 1)) // + the flood socket
+	w.publishInFlight()
+}
+
+// publishInFlight counts the UMEM frames outside the allocator from the
+// rings and the stash. It reads every socket's ring indices, so it runs
+// between rounds now and then (before sleeping, every publishEvery busy
+// rounds, after commands), not per round.
+func (w *worker) publishInFlight() {
+	if w.q != nil {
+		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash))
+	}
 }
 
 // worker forwards for one NIC queue. It alone touches the queue's UMEM,
@@ -77,6 +96,17 @@ type worker struct {
 	nstash  int
 	pollfds []unix.PollFd
 	ctr     workerCounters
+
+	// QoS: VMs with a limit on this worker, and the last bucket refill.
+	nlimited   int
+	lastRefill time.Time
+
+	serving uint32 // what ctr.serving holds, to store only on a change
+	rr      uint   // rounds: rotates the order VMs are served in
+
+	// testHook, when set (tests only), runs before the worker serves a
+	// VM's socket in each round: it can hold the worker there.
+	testHook atomic.Pointer[func(slot uint32)]
 }
 
 type cmdKind int
@@ -86,16 +116,18 @@ const (
 	cmdRemoveVM
 	cmdQueueReady
 	cmdQueueStopped
+	cmdSetLimits
 	cmdStop
 )
 
 type command struct {
-	kind cmdKind
-	vm   *VM
-	ctr  *vmCounters
-	slot uint32
-	vq   *vhostuser.Queue
-	done chan error
+	kind   cmdKind
+	vm     *VM
+	ctr    *vmCounters
+	slot   uint32
+	vq     *vhostuser.Queue
+	limits Limits
+	done   chan error
 }
 
 func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
@@ -202,6 +234,7 @@ func (w *worker) run(ready chan<- error) {
 				now := time.Now()
 				add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
 				busySince = now
+				w.publishInFlight()
 			}
 			continue
 		}
@@ -214,6 +247,7 @@ func (w *worker) run(ready chan<- error) {
 		}
 		// Spinning counts as busy: the core was taken.
 		add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
+		w.publishInFlight()
 		w.sleep()
 		woke := time.Now()
 		add(&w.ctr.idleNS, uint64(woke.Sub(now)))
@@ -250,6 +284,11 @@ func (w *worker) apply(c command) error {
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil
+	case cmdSetLimits:
+		if st, ok := w.vms[c.slot]; ok {
+			w.setLimits(st, c.limits)
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown worker command %d", c.kind)
 }
@@ -276,6 +315,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
 		sock: sock, ctr: ctr,
 	}
+	w.setLimits(st, vm.Limits)
 	ctr.socket.Store(sock)
 	w.vms[vm.Slot] = st
 	w.vmList = append(w.vmList, st)
@@ -296,6 +336,7 @@ func (w *worker) removeVM(slot uint32) error {
 	w.txqs = removeVirtqs(w.txqs, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
 	st.rxqs = nil
+	w.setLimits(st, Limits{}) // keeps the count of limited VMs right
 	w.fdb.remove(st)
 	delete(w.vms, slot)
 	w.vmList = removeVM(w.vmList, st)
@@ -367,14 +408,35 @@ func removeVM(list []*vmState, st *vmState) []*vmState {
 // round does one pass over every source of work and returns how many
 // frames it moved.
 func (w *worker) round() int {
+	if w.nlimited > 0 {
+		w.refillLimits()
+	}
+	w.grantCredit()
+	// Who goes first rotates, so no VM is always the one that finds the
+	// stash, the tx ring or a mailbox used up by the others.
+	w.rr++
+	w.serve(0)
 	w.q.Reap()
 	w.q.Refill(0)
 	n := w.receiveFlood()
-	for _, vm := range w.vmList {
-		n += w.receiveVM(vm)
+	if nv := len(w.vmList); nv > 0 {
+		first := int(w.rr % uint(nv))
+		for i := range nv {
+			vm := w.vmList[(first+i)%nv]
+			w.serve(vm.slot)
+			if h := w.testHook.Load(); h != nil {
+				(*h)(vm.slot)
+			}
+			n += w.receiveVM(vm)
+		}
 	}
-	for _, vq := range w.txqs {
-		n += w.transmit(vq)
+	if nq := len(w.txqs); nq > 0 {
+		first := int(w.rr % uint(nq))
+		for i := range nq {
+			vq := w.txqs[(first+i)%nq]
+			w.serve(vq.vm.slot)
+			n += w.transmit(vq)
+		}
 	}
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
@@ -393,15 +455,21 @@ func (w *worker) round() int {
 	if n > 0 {
 		add(&w.ctr.batches, 1)
 	}
+	add(&w.ctr.rounds, 1)
 	return n
 }
 
 // receiveVM moves frames the filter steered to vm's socket into the guest.
 func (w *worker) receiveVM(vm *vmState) int {
-	n := vm.sock.Receive(w.descs[:])
+	// Each frame costs 1 unit to take and at least 1 descriptor to push:
+	// take no more than the credit can serve; the rest waits in the
+	// socket's ring (nothing is lost that the kernel did not count).
+	n := vm.sock.Receive(w.descs[:min(batchSize, vm.credit/2)])
 	if n == 0 {
 		return 0
 	}
+	vm.credit -= n
+	vm.busy = true
 	for _, d := range w.descs[:n] {
 		frame := w.q.Frame(d)
 		if len(frame) < minFrameLen {
@@ -460,6 +528,12 @@ func (w *worker) receiveFlood() int {
 // deliver gives an untagged frame to vm's guest: into a receive queue this
 // worker owns, or through the mailbox of the worker that owns one.
 func (w *worker) deliver(vm *vmState, frame []byte) {
+	// The limit is charged where the frame enters vmq (this worker), not
+	// where a mailbox takes it: each worker polices its own share.
+	if vm.rxLimited && !vm.admitRx(len(frame)) {
+		vm.drop(DropRateLimited)
+		return
+	}
 	if len(vm.rxqs) > 0 {
 		w.push(vm.rxqs[0], frame)
 		return
@@ -488,9 +562,24 @@ func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
 	w.push(vm.rxqs[0], frame)
 }
 
+// serve publishes the slot of the VM whose rings the worker is about to
+// touch, for the watchdog's report.
+func (w *worker) serve(slot uint32) {
+	if w.serving != slot {
+		w.serving = slot
+		w.ctr.serving.Store(slot)
+	}
+}
+
+// push gives a frame to a guest receive queue, the descriptors it walks
+// paid from the receiving VM's credit (its ring decides the cost).
 func (w *worker) push(vq *virtq, frame []byte) {
-	defer vq.q.RecoverFault()
 	vm := vq.vm
+	w.serve(vm.slot)
+	vm.busy = true
+	vq.q.SetBudget(vm.credit)
+	defer func() { vm.credit = vq.q.Budget() }()
+	defer vq.q.RecoverFault()
 	switch err := vq.q.Push(frame); {
 	case err == nil:
 		vq.dirty = true
@@ -498,6 +587,8 @@ func (w *worker) push(vq *virtq, frame []byte) {
 		add(&vm.ctr.rxBytes, uint64(len(frame)))
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
+	case errors.Is(err, vhostuser.ErrBudget):
+		vm.drop(DropBudget)
 	default: // the guest broke its ring; the port knows and reports it
 		vm.drop(DropBroken)
 	}
@@ -505,41 +596,15 @@ func (w *worker) push(vq *virtq, frame []byte) {
 
 // transmit takes up to a batch of the guest's frames from vq: to local VMs
 // directly, to the wire through the VM's socket (tagged with its VLAN).
-func (w *worker) transmit(vq *virtq) (popped int) {
-	// A fault in guest memory breaks only this guest's device; the UMEM
-	// frame held at that moment is lost to the allocator (one per fault).
-	defer vq.q.RecoverFault()
+func (w *worker) transmit(vq *virtq) int {
 	vm := vq.vm
-	wire := 0
-	// Local deliveries and drops give their frame back at once, so bound
-	// the pops as well as the wire batch.
-	for wire < batchSize && popped < 2*batchSize {
-		addr, ok := w.takeFrame()
-		if !ok {
-			break // no free UMEM frame: the guest's frames wait in its ring
-		}
-		buf := w.q.Buffer(addr)
-		n, err := vq.q.Pop(buf[vlanTagLen:])
-		if err != nil {
-			w.returnFrame(addr)
-			if !errors.Is(err, vhostuser.ErrEmpty) {
-				vm.drop(DropBroken)
-			}
-			break
-		}
-		popped++
-		frame := buf[vlanTagLen : vlanTagLen+n]
-		if !w.forward(vm, frame) {
-			w.returnFrame(addr)
-			continue
-		}
-		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vm.vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vm.vlan)
-			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
-		}
-		w.txDescs[wire] = d
-		wire++
+	// One SetBudget per round: Pop leaves a chain cut by the budget for the
+	// next round, and drops it only if a whole budget could not finish it.
+	vq.q.SetBudget(vm.credit)
+	wire, popped := w.popBatch(vq)
+	if left := vq.q.Budget() - popped; left != vm.credit {
+		vm.credit = max(left, 0)
+		vm.busy = true
 	}
 	if wire > 0 {
 		sent, err := vm.sock.Transmit(w.txDescs[:wire])
@@ -560,6 +625,69 @@ func (w *worker) transmit(vq *virtq) (popped int) {
 		vq.dirty = true
 	}
 	return popped
+}
+
+// noFrame marks "no UMEM frame held" (frame addresses are offsets in the
+// UMEM, far below it).
+const noFrame = ^uint64(0)
+
+// popBatch pops the guest's frames into UMEM frames: those for the wire
+// end up in w.txDescs[:wire]. A fault in guest memory breaks only this
+// guest's device and loses no UMEM frame: the frame being filled goes
+// back to the stash, and the frames already in txDescs are still sent
+// (the named results survive the recovered panic).
+func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	held := noFrame
+	defer func() {
+		if held != noFrame {
+			w.returnFrame(held)
+		}
+	}()
+	defer vq.q.RecoverFault() // runs first: the panic is over when held goes back
+	vm := vq.vm
+	// Local deliveries and drops give their frame back at once, so bound
+	// the pops as well as the wire batch; each frame handled costs a unit
+	// on top of its descriptors, so stop while the budget still pays them.
+	for wire < batchSize && popped < 2*batchSize && popped < vq.q.Budget() {
+		if held == noFrame {
+			a, ok := w.takeFrame()
+			if !ok {
+				break // no free UMEM frame: the guest's frames wait in its ring
+			}
+			held = a
+		}
+		// A frame that was not sent (dropped or delivered locally) is
+		// reused for the next pop.
+		addr := held
+		buf := w.q.Buffer(addr)
+		n, err := vq.q.Pop(buf[vlanTagLen:])
+		if err != nil {
+			// ErrBudget: the frame waits in the ring, or Pop dropped and
+			// counted a chain no budget can finish.
+			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
+				vm.drop(DropBroken)
+			}
+			break
+		}
+		popped++
+		if vm.txLimited && !vm.admitTx(n) {
+			vm.drop(DropRateLimited)
+			continue
+		}
+		frame := buf[vlanTagLen : vlanTagLen+n]
+		if !w.forward(vm, frame) {
+			continue
+		}
+		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
+		if vm.vlan != 0 {
+			insertTag(buf, vlanTagLen, n, vm.vlan)
+			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+		}
+		w.txDescs[wire] = d
+		wire++
+		held = noFrame
+	}
+	return wire, popped
 }
 
 // forward switches one frame a guest sent: checks it, delivers it to the
@@ -621,12 +749,14 @@ func (w *worker) returnFrame(addr uint64) {
 func (w *worker) flushAll() {
 	for _, vq := range w.rxqs {
 		if vq.dirty {
+			w.serve(vq.vm.slot)
 			flush(vq.q)
 			vq.dirty = false
 		}
 	}
 	for _, vq := range w.txqs {
 		if vq.dirty {
+			w.serve(vq.vm.slot)
 			flush(vq.q)
 			vq.dirty = false
 		}

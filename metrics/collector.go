@@ -27,10 +27,12 @@ type collector struct {
 	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood *prometheus.Desc
 	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs                        *prometheus.Desc
 	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes                       *prometheus.Desc
+	vmLimit                                                                  *prometheus.Desc
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
+	wStalls, umemInFlight                                                                 *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken *prometheus.Desc
 }
@@ -75,6 +77,7 @@ func NewCollector(src Source) prometheus.Collector {
 		vmqRxBytes:        desc("vm_queue_rx_bytes_total", "Bytes delivered to the VM, by NIC queue.", vmq...),
 		vmqTxPackets:      desc("vm_queue_tx_packets_total", "Frames the VM sent, by NIC queue.", vmq...),
 		vmqTxBytes:        desc("vm_queue_tx_bytes_total", "Bytes the VM sent, by NIC queue.", vmq...),
+		vmLimit:           desc("vm_limit", "A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second. Absent: unlimited. Frames over it are dropped as rate_limited.", "vm", "direction", "unit"),
 
 		xskZeroCopy:   desc("xsk_zero_copy", "1 if the AF_XDP socket is bound in zero-copy mode, 0 for copy mode.", vmq...),
 		xskRxDropped:  desc("xsk_rx_dropped_total", "XDP_STATISTICS rx_dropped: frames the kernel dropped for the socket.", vmq...),
@@ -93,6 +96,9 @@ func NewCollector(src Source) prometheus.Collector {
 		wSockets:    desc("worker_xdp_sockets", "AF_XDP sockets bound to the queue.", q...),
 		umemFree:    desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
 		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
+		wStalls:     desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
+		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
+			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
 		portInfo:       desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
 		portConnected:  desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
@@ -111,9 +117,10 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.filterRedirected, c.filterPassed, c.filterFlooded, c.filterMalformed, c.filterNoSocket,
 		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood,
 		c.vmFilterPackets, c.vmFilterBytes, c.vmFilterRedirErrs,
-		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes,
+		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes, c.vmLimit,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
+		c.wStalls, c.umemInFlight,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken,
 	} {
 		ch <- d
@@ -215,6 +222,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.wSockets, float64(w.XDPSockets), ql)
 		gauge(ch, c.umemFree, float64(w.FreeFrames), ql)
 		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
+		counter(ch, c.wStalls, w.Stalls, ql)
+		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
 	}
 
 	for i := range s.Ports {
@@ -257,6 +266,15 @@ func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats)
 	for reason, n := range v.DropsByReason {
 		if !knownReason(reason) {
 			counter(ch, c.vmDrops, n, v.Name, reason)
+		}
+	}
+
+	for _, l := range []struct {
+		dir, unit string
+		v         uint64
+	}{{"rx", "packets", v.Limits.RxPPS}, {"rx", "bits", v.Limits.RxBPS}, {"tx", "packets", v.Limits.TxPPS}, {"tx", "bits", v.Limits.TxBPS}} {
+		if l.v > 0 {
+			gauge(ch, c.vmLimit, float64(l.v), v.Name, l.dir, l.unit)
 		}
 	}
 

@@ -34,6 +34,8 @@ func fakeSnapshot() dataplane.Snapshot {
 	}
 	web.Drops[dataplane.DropVirtqueueFull] = 17
 	web.Drops[dataplane.DropSpoofed] = 3
+	web.Drops[dataplane.DropRateLimited] = 40
+	web.Limits = dataplane.Limits{RxPPS: 10000, TxBPS: 1e9}
 	db := dataplane.VMStats{
 		Name: "db", Slot: 2, MAC: "52:54:00:00:00:02",
 		RxPackets: 55, RxBytes: 5500, TxPackets: 66, TxBytes: 6600,
@@ -49,7 +51,7 @@ func fakeSnapshot() dataplane.Snapshot {
 		Filter: dataplane.FilterStats{Redirected: 1060, Passed: 300, Flooded: 12, Malformed: 2, NoSocket: 1},
 		Workers: []dataplane.WorkerStats{
 			{Queue: 0, BusyNS: 1_500_000_000, IdleNS: 8_500_000_000, Batches: 40, Wakeups: 5, Polls: 30,
-				VirtQueues: 2, XDPSockets: 2, FreeFrames: 3000, TotalFrames: 4096},
+				VirtQueues: 2, XDPSockets: 2, FreeFrames: 3000, TotalFrames: 4096, InFlightFrames: 1096, Stalls: 2},
 			{Queue: 1, BusyNS: 250_000_000, IdleNS: 9_750_000_000, Batches: 20, Wakeups: 1, Polls: 19,
 				VirtQueues: 4, XDPSockets: 3, FreeFrames: 4000, TotalFrames: 4096},
 		},
@@ -94,6 +96,8 @@ vmq_vm_tx_bytes_total{vm="web"} 3e+06
 # TYPE vmq_vm_drops_total counter
 vmq_vm_drops_total{reason="broken",vm="db"} 0
 vmq_vm_drops_total{reason="broken",vm="web"} 0
+vmq_vm_drops_total{reason="budget",vm="db"} 0
+vmq_vm_drops_total{reason="budget",vm="web"} 0
 vmq_vm_drops_total{reason="future_reason",vm="db"} 2
 vmq_vm_drops_total{reason="guest_not_ready",vm="db"} 9
 vmq_vm_drops_total{reason="guest_not_ready",vm="web"} 0
@@ -101,6 +105,8 @@ vmq_vm_drops_total{reason="malformed",vm="db"} 0
 vmq_vm_drops_total{reason="malformed",vm="web"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="db"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="web"} 0
+vmq_vm_drops_total{reason="rate_limited",vm="db"} 0
+vmq_vm_drops_total{reason="rate_limited",vm="web"} 40
 vmq_vm_drops_total{reason="spoofed",vm="db"} 0
 vmq_vm_drops_total{reason="spoofed",vm="web"} 3
 vmq_vm_drops_total{reason="tx_ring_full",vm="db"} 0
@@ -142,6 +148,18 @@ vmq_xsk_zero_copy{queue="1",vm="web"} 1
 # TYPE vmq_worker_busy_seconds_total counter
 vmq_worker_busy_seconds_total{queue="0"} 1.5
 vmq_worker_busy_seconds_total{queue="1"} 0.25
+# HELP vmq_vm_limit A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second. Absent: unlimited. Frames over it are dropped as rate_limited.
+# TYPE vmq_vm_limit gauge
+vmq_vm_limit{direction="rx",unit="packets",vm="web"} 10000
+vmq_vm_limit{direction="tx",unit="bits",vm="web"} 1e+09
+# HELP vmq_worker_stalls_total Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).
+# TYPE vmq_worker_stalls_total counter
+vmq_worker_stalls_total{queue="0"} 2
+vmq_worker_stalls_total{queue="1"} 0
+# HELP vmq_worker_inflight_frames UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; with no traffic, umem_free_frames + this = umem_frames, or frames were lost.
+# TYPE vmq_worker_inflight_frames gauge
+vmq_worker_inflight_frames{queue="0"} 1096
+vmq_worker_inflight_frames{queue="1"} 0
 # HELP vmq_umem_free_frames Free frames in the queue's UMEM.
 # TYPE vmq_umem_free_frames gauge
 vmq_umem_free_frames{queue="0"} 3000
@@ -181,6 +199,7 @@ vmq_port_info{mode="server",path="/run/vmq/web.sock",vm="web"} 1
 		"vmq_filter_redirected_packets_total", "vmq_filter_no_socket_packets_total",
 		"vmq_xsk_fill_ring_empty_total", "vmq_xsk_zero_copy",
 		"vmq_worker_busy_seconds_total", "vmq_umem_free_frames",
+		"vmq_vm_limit", "vmq_worker_stalls_total", "vmq_worker_inflight_frames",
 		"vmq_nic_info", "vmq_xdp_attached",
 		"vmq_port_connected", "vmq_port_broken", "vmq_port_features_info", "vmq_port_ring_size", "vmq_port_info",
 	}
@@ -220,6 +239,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_busy_seconds_total": 2, "vmq_worker_idle_seconds_total": 2, "vmq_worker_batches_total": 2,
 		"vmq_worker_wakeups_total": 2, "vmq_worker_polls_total": 2, "vmq_worker_virtqueues": 2,
 		"vmq_worker_xdp_sockets": 2, "vmq_umem_free_frames": 2, "vmq_umem_frames": 2,
+		"vmq_worker_stalls_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 2,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
 	}

@@ -45,18 +45,21 @@ func TestPrometheusEndToEnd(t *testing.T) {
 		t.Errorf("missing VMs %v", want)
 	}
 	for q, v := range map[string]string{
-		`vmq_vm_tx_packets_total{vm="web"}`:                  "2002",
-		`sum(vmq_vm_queue_rx_packets_total{vm="web"})`:       "1001",
-		`vmq_vm_drops_total{vm="web",reason="spoofed"}`:      "3",
-		`vmq_xsk_fill_ring_empty_total{vm="(flood)"}`:        "6",
-		`vmq_xdp_attached`:                                   "1",
-		`vmq_port_broken{vm="db"}`:                           "1",
-		`count(vmq_vm_drops_total{vm="db"})`:                 "8",
-		`vmq_worker_idle_seconds_total{queue="1"}`:           "9.75",
-		`up{job="vmqd"}`:                                     "1",
-		`count(vmq_build_info{version!="",goversion!=""})`:   "1",
-		`count(go_goroutines) + count(process_open_fds)`:     "2",
-		`sum(scrape_samples_scraped{job="vmqd"}) > bool 100`: "1",
+		`vmq_vm_tx_packets_total{vm="web"}`:                    "2002",
+		`sum(vmq_vm_queue_rx_packets_total{vm="web"})`:         "1001",
+		`vmq_vm_drops_total{vm="web",reason="spoofed"}`:        "3",
+		`vmq_xsk_fill_ring_empty_total{vm="(flood)"}`:          "6",
+		`vmq_xdp_attached`:                                     "1",
+		`vmq_port_broken{vm="db"}`:                             "1",
+		`count(vmq_vm_drops_total{vm="db"})`:                   "10", // every reason + one only the API knows
+		`vmq_vm_limit{vm="web",direction="rx",unit="packets"}`: "10000",
+		`vmq_worker_stalls_total{queue="0"}`:                   "2",
+		`vmq_worker_inflight_frames{queue="0"}`:                "1096",
+		`vmq_worker_idle_seconds_total{queue="1"}`:             "9.75",
+		`up{job="vmqd"}`:                                       "1",
+		`count(vmq_build_info{version!="",goversion!=""})`:     "1",
+		`count(go_goroutines) + count(process_open_fds)`:       "2",
+		`sum(scrape_samples_scraped{job="vmqd"}) > bool 100`:   "1",
 	} {
 		r, err := p.Query(q)
 		if err != nil {

@@ -3,6 +3,7 @@
 //	vmqctl [--socket PATH] [-o table|json] vm list
 //	vmqctl vm show NAME
 //	vmqctl vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client] [--queue-pairs N] [--allow-spoofing]
+//	vmqctl vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
 //	vmqctl vm rm NAME
 //	vmqctl status
 //	vmqctl stats
@@ -42,7 +43,11 @@ commands:
   vm list                         list VMs
   vm show NAME                    one VM with its counters
   vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client]
-             [--queue-pairs N] [--allow-spoofing]
+             [--queue-pairs N] [--allow-spoofing] [limit flags]
+  vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
+                                  change a running VM's QoS limits live
+                                  (frames or bits per second; 0 clears;
+                                  flags not given keep their value)
   vm rm NAME                      remove a VM
   status                          NIC and worker status
   stats                           dataplane counters
@@ -127,7 +132,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 	cmd, args := args[0], args[1:]
 	if cmd == "vm" {
 		if len(args) == 0 {
-			return fmt.Errorf("%w: vm needs list, show, add or rm", errUsage)
+			return fmt.Errorf("%w: vm needs list, show, add, set or rm", errUsage)
 		}
 		cmd, args = "vm "+args[0], args[1:]
 	}
@@ -148,10 +153,29 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 	} else {
 		fs.StringVar(&c.socket, "socket", c.socket, "vmqd API socket")
 	}
+	var lim control.Limits
+	if cmd == "vm add" || cmd == "vm set" {
+		fs.Uint64Var(&lim.RxPPS, "rx-pps", 0, "RX limit, frames/s (0 = none)")
+		fs.Uint64Var(&lim.RxBPS, "rx-bps", 0, "RX limit, bits/s (0 = none)")
+		fs.Uint64Var(&lim.TxPPS, "tx-pps", 0, "TX limit, frames/s (0 = none)")
+		fs.Uint64Var(&lim.TxBPS, "tx-bps", 0, "TX limit, bits/s (0 = none)")
+	}
 	args, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
+	vm.Limits = lim
+	// vm set sends only the limits named on the command line.
+	var patch control.LimitsPatch
+	set := 0
+	fs.Visit(func(f *flag.Flag) {
+		p := map[string]**uint64{"rx-pps": &patch.RxPPS, "rx-bps": &patch.RxBPS, "tx-pps": &patch.TxPPS, "tx-bps": &patch.TxBPS}[f.Name]
+		if p != nil {
+			v := f.Value.(flag.Getter).Get().(uint64)
+			*p = &v
+			set++
+		}
+	})
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("%w: -o %q: want table or json", errUsage, c.output)
 	}
@@ -170,6 +194,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.vmShow(ctx, cl, args)
 	case "vm add":
 		return c.vmAdd(ctx, cl, vm, args)
+	case "vm set":
+		if set == 0 {
+			return fmt.Errorf("%w: vm set needs at least one of --rx-pps, --rx-bps, --tx-pps, --tx-bps", errUsage)
+		}
+		return c.vmSet(ctx, cl, patch, args)
 	case "vm rm", "vm remove":
 		return c.vmRemove(ctx, cl, args)
 	}
@@ -260,6 +289,7 @@ func (c *cli) vmShow(ctx context.Context, cl *control.Client, args []string) err
 	kv("Socket", fmt.Sprintf("%s (%s)", d.Socket, d.Mode))
 	kv("Queue pairs", d.QueuePairs)
 	kv("Allow spoofing", d.AllowSpoofing)
+	kv("Limits", limitsString(d.Limits))
 	if p := d.Port; p != nil {
 		kv("Connected", p.Connected)
 		if p.Broken != "" {
@@ -275,6 +305,39 @@ func (c *cli) vmShow(ctx context.Context, cl *control.Client, args []string) err
 		kv("Drops", dropsString(s.DropsByReason))
 	}
 	return tw.Flush()
+}
+
+// limitsString lists the limits set, or "none".
+func limitsString(l control.Limits) string {
+	var parts []string
+	for _, f := range []struct {
+		name string
+		v    uint64
+	}{{"rx_pps", l.RxPPS}, {"rx_bps", l.RxBPS}, {"tx_pps", l.TxPPS}, {"tx_bps", l.TxBPS}} {
+		if f.v > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", f.name, f.v))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+func (c *cli) vmSet(ctx context.Context, cl *control.Client, patch control.LimitsPatch, args []string) error {
+	name, err := oneName("vm set", args)
+	if err != nil {
+		return err
+	}
+	info, err := cl.PatchVM(ctx, name, control.VMPatch{Limits: &patch})
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		return c.json(info)
+	}
+	fmt.Fprintf(c.stdout, "VM %s limits: %s\n", info.Name, limitsString(info.Limits))
+	return nil
 }
 
 // dropsString lists nonzero drop counters by reason, sorted.
@@ -367,9 +430,10 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 	fmt.Fprintln(c.stdout)
 	rows := make([][]any, len(st.Workers))
 	for i, w := range st.Workers {
-		rows[i] = []any{w.Queue, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets, fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames)}
+		rows[i] = []any{w.Queue, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
+			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls}
 	}
-	return c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES", rows)
+	return c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS", rows)
 }
 
 func busyPercent(w dataplane.WorkerStats) string {

@@ -39,6 +39,18 @@ func (d *fakeDP) RemoveVM(_ context.Context, name string) error {
 	return nil
 }
 
+func (d *fakeDP) SetLimits(name string, l dataplane.Limits) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	vm, ok := d.vms[name]
+	if !ok {
+		return fmt.Errorf("fake: no VM %q", name)
+	}
+	vm.Limits = control.Limits{RxPPS: l.RxPPS, RxBPS: l.RxBPS, TxPPS: l.TxPPS, TxBPS: l.TxBPS}
+	d.vms[name] = vm
+	return nil
+}
+
 func (d *fakeDP) Snapshot() dataplane.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -46,7 +58,7 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 		NIC:    dataplane.NICStatus{Name: "veth0", Index: 7, Driver: "veth", MTU: 1500, Queues: []int{0, 1}, Channels: 4, AttachMode: "native", Attached: true, FrameSize: 4096, Notes: []string{"copy mode: veth has no zero-copy"}},
 		Filter: dataplane.FilterStats{Redirected: 1000, Passed: 20, Flooded: 3, Malformed: 1, NoSocket: 2},
 		Workers: []dataplane.WorkerStats{
-			{Queue: 0, BusyNS: 250, IdleNS: 750, Batches: 40, Wakeups: 5, Polls: 2, VirtQueues: 2, XDPSockets: 2, FreeFrames: 1900, TotalFrames: 2048},
+			{Queue: 0, BusyNS: 250, IdleNS: 750, Batches: 40, Wakeups: 5, Polls: 2, VirtQueues: 2, XDPSockets: 2, FreeFrames: 1900, TotalFrames: 2048, InFlightFrames: 148, Stalls: 1},
 			{Queue: 1, Batches: 0, TotalFrames: 2048, FreeFrames: 2048},
 		},
 		Sockets: []dataplane.SocketStats{{VM: "", Queue: 0}},
@@ -182,6 +194,7 @@ VLAN:            5
 Socket:          DIR/new.sock (client)
 Queue pairs:     2
 Allow spoofing:  true
+Limits:          none
 Connected:       true
 Features:        0x130000000 (protocol 0x0)
 RX:              300 packets, 19200 bytes
@@ -256,9 +269,9 @@ func TestStatus(t *testing.T) {
 		!strings.HasPrefix(lines[2], "VMs: 2 (2 running), slots max 255; up since ") {
 		t.Errorf("status header:\n%s", out)
 	}
-	wantTable := retab(`QUEUE BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES
-0 25.0% 40 5 2 2 2 1900/2048
-1 - 0 0 0 0 0 2048/2048
+	wantTable := retab(`QUEUE BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES INFLIGHT STALLS
+0 25.0% 40 5 2 2 2 1900/2048 148 1
+1 - 0 0 0 0 0 2048/2048 0 0
 `)
 	if !strings.HasSuffix(out, "\n\n"+wantTable) {
 		t.Errorf("status table:\n%s\nwant suffix:\n%s", out, wantTable)
@@ -292,5 +305,44 @@ db 0 false 2 0 0 0 0 0
 	}
 	if s.Filter.Redirected != 1000 || len(s.VMs) != 2 || s.VMs[1].RxBytes != 12800 || s.VMs[1].DropsByReason["virtqueue_full"] != 2 {
 		t.Errorf("stats json = %+v", s)
+	}
+}
+
+func TestVMSetLimits(t *testing.T) {
+	sock, dir := server(t)
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--tx-pps", "1000", "--rx-bps", "50000000"}, 0,
+		"VM web limits: rx_bps=50000000 tx_pps=1000\n")
+	// Flags not given keep their value; 0 clears.
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--tx-pps", "0", "--rx-pps", "7"}, 0,
+		"VM web limits: rx_pps=7 rx_bps=50000000\n")
+	out := expect(t, []string{"--socket", sock, "vm", "show", "web"}, 0, "")
+	if !strings.Contains(out, "Limits:          rx_pps=7 rx_bps=50000000\n") {
+		t.Errorf("show:\n%s", out)
+	}
+	out = expect(t, []string{"--socket", sock, "-o", "json", "vm", "set", "web", "--rx-bps", "0"}, 0, "")
+	var info control.VMInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Limits != (control.Limits{RxPPS: 7}) {
+		t.Errorf("json: %+v %v\n%s", info.Limits, err, out)
+	}
+	// Limits on add.
+	expect(t, []string{"--socket", sock, "vm", "add", "lim", "--mac", "02:00:00:00:00:0c", "--socket", dir + "/lim.sock", "--tx-bps", "1000000"}, 0, "added VM lim on slot 3\n")
+	out = expect(t, []string{"--socket", sock, "vm", "show", "lim"}, 0, "")
+	if !strings.Contains(out, "Limits:          tx_bps=1000000\n") {
+		t.Errorf("show after add:\n%s", out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"vm", "set", "web"}, 2, "vm set needs at least one of"},
+		{[]string{"vm", "set", "--tx-pps", "5"}, 2, "needs exactly one VM name"},
+		{[]string{"vm", "set", "web", "--tx-pps", "-5"}, 2, "invalid value"},
+		{[]string{"vm", "set", "ghost", "--tx-pps", "5"}, 1, "no such VM (HTTP 404)"},
+	} {
+		code, out, errOut := vmqctl(t, append([]string{"--socket", sock}, tc.args...)...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("vmqctl %v: exit %d stderr %q stdout %q; want exit %d containing %q", tc.args, code, errOut, out, tc.code, tc.want)
+		}
 	}
 }

@@ -275,11 +275,26 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 			return fmt.Errorf("socket directory of VM %q: %w", vm.Name, err)
 		}
 	}
+	uid, err := vm.SocketOwner.UID()
+	if err != nil {
+		return fmt.Errorf("VM %q: socket_owner: %w", vm.Name, err)
+	}
+	gid, err := vm.SocketGroup.GID()
+	if err != nil {
+		return fmt.Errorf("VM %q: socket_group: %w", vm.Name, err)
+	}
 	return a.d.dp.AddVM(ctx, dataplane.VM{
 		Name: vm.Name, Slot: vm.Slot, MAC: vm.HardwareAddr(), VLAN: uint16(vm.VLAN),
 		Socket: vm.Socket, Client: vm.Mode == control.ModeClient,
 		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU,
+		Limits: vm.Limits.Dataplane(), MaxMemory: uint64(vm.MaxGuestMemory),
+		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
+		AllowedUIDs: vm.AllowedUIDs,
 	})
+}
+
+func (a dpAdapter) SetLimits(name string, l dataplane.Limits) error {
+	return a.d.dp.SetLimits(name, l)
 }
 
 func (a dpAdapter) RemoveVM(ctx context.Context, name string) error {

@@ -389,6 +389,22 @@ func (q *Queue) NumFrames() int { return q.pool.total() }
 // FreeFrames is how many of the queue's frames are in its allocator.
 func (q *Queue) FreeFrames() int { return int(q.pool.free.Load()) }
 
+// RingFrames counts the frames in the queue's rings from the rings' shared
+// indices, independently of the allocator: the fill ring, the completion
+// ring and every socket's rx and tx rings. Frames the caller holds and
+// frames the kernel is moving between two rings are not counted. Only the
+// queue's worker may call it.
+func (q *Queue) RingFrames() int {
+	if q.closed.Load() {
+		return 0
+	}
+	n := int(q.fill.pending()) + int(q.comp.pending())
+	for _, s := range q.sockets {
+		n += s.RxPending() + s.TxPending()
+	}
+	return n
+}
+
 // Alloc takes up to len(addrs) free frames for the caller (e.g. to copy a
 // guest frame into for TX) and returns how many it took. addrs are the
 // frames' UMEM addresses.

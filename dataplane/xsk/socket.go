@@ -265,10 +265,18 @@ func (s *Socket) TxPending() int {
 	return int(s.tx.pending())
 }
 
+// RxPending is how many received frames wait in the socket's rx ring.
+func (s *Socket) RxPending() int {
+	if s.rx.size == 0 {
+		return 0
+	}
+	return int(s.rx.pending())
+}
+
 // Close closes a secondary socket. Frames waiting in its rx ring go back
-// to the queue's allocator first, so closing leaks nothing; tx frames the
-// kernel has not sent yet are lost to the allocator. The primary socket
-// closes with its queue.
+// to the queue's allocator first, and so do tx frames the kernel never
+// took, so closing leaks nothing. The primary socket closes with its
+// queue.
 func (s *Socket) Close() error {
 	if s == s.q.primary {
 		return fmt.Errorf("close socket on %s: the primary socket closes with its queue", s.q.name)
@@ -300,7 +308,23 @@ func (s *Socket) close() error {
 		s.q.pool.sync()
 		s.q.received.Add(uint64(n))
 	}
-	return s.unmapAndClose()
+	// Close the socket before its rings are unmapped: once it is released
+	// the kernel takes nothing more from the tx ring, so what is left
+	// there is ours again (frames it took complete on the shared
+	// completion ring as usual).
+	var err error
+	if s.fd >= 0 {
+		err = unix.Close(s.fd)
+		s.fd = -1
+	}
+	if s.tx.size > 0 && s.tx.mem != nil {
+		prod := s.tx.cachedProd
+		for i := atomic.LoadUint32(s.tx.consumer); i != prod; i++ {
+			s.q.pool.putFrom(s.tx.at(i).Addr, frameKernel)
+		}
+		s.q.pool.sync()
+	}
+	return errors.Join(err, s.unmapAndClose())
 }
 
 func (s *Socket) unmapAndClose() error {

@@ -1,0 +1,29 @@
+package dataplane
+
+// Fair share: every VM on a worker gets a quantum of work units per round
+// (deficit round robin), shared by everything the worker does for it: a
+// frame taken from its socket or popped from its TX ring costs 1, and
+// every descriptor its rings make Push or Pop walk costs 1 (the vhostuser
+// queue budget, SetBudget/Budget). A VM whose rings are expensive (tiny
+// chains, huge indirect tables) or that floods gets its quantum and no
+// more; the others keep theirs. RX frames that find no credit are dropped
+// as budget (frames not yet taken from the socket wait there); TX chains
+// wait in the guest's ring for the next round.
+
+// fairQuantum is a VM's work per round: a full RX batch (64 frames, 2
+// units each) plus a full TX batch (64 frames of 1–2 descriptors) and some
+// local and flooded frames fit, so an ordinary VM never notices it.
+const fairQuantum = 512
+
+// grantCredit starts a round: each VM gets a quantum on top of what it
+// carries, carrying at most one quantum, and nothing when it had no work
+// in the last round (idle VMs do not bank credit for a burst).
+func (w *worker) grantCredit() {
+	for _, vm := range w.vmList {
+		if !vm.busy {
+			vm.credit = 0
+		}
+		vm.credit = min(vm.credit, fairQuantum) + fairQuantum
+		vm.busy = false
+	}
+}
