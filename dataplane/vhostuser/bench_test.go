@@ -187,3 +187,35 @@ func pinThread(cpu int) {
 	set.Set(cpu)
 	unix.SchedSetaffinity(0, &set)
 }
+
+// BenchmarkPopCall is BenchmarkPop/64 with a call eventfd: every Flush
+// (one per 32 frames) asks to notify the guest, so this measures the
+// call path a worker pays per batch.
+func BenchmarkPopCall(b *testing.B) {
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(efd)
+	g := newTestGuest(b, 256, testFeatures, false)
+	stop := benchCallFD(b, g.q, efd)
+	defer stop()
+	f := frameOf(64, 1)
+	for i := 0; i < 256; i++ {
+		g.sendFrame(f, 2048)
+	}
+	dst := make([]byte, 2048)
+	b.SetBytes(64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := g.q.Pop(dst); err != nil {
+			b.Fatal(err)
+		}
+		if i%32 == 31 {
+			g.q.Flush()
+		}
+		g.publish(uint16(2*(i%128)) % 256)
+	}
+	g.q.Flush()
+}

@@ -25,8 +25,10 @@
 //	RX (to the guest):   for frames { q.Push(f) }  q.Flush()
 //	TX (from the guest): for { n, err := q.Pop(umemFrame) ... }  q.Flush()
 //
-// Flush publishes the used index once and writes the call eventfd at most
-// once, as EVENT_IDX or the no-interrupt flag ask. A busy worker calls
+// Flush publishes the used index once and, as EVENT_IDX or the
+// no-interrupt flag ask, has the port's notifier goroutine write the call
+// eventfd (a guest can make that write block: the worker never makes it,
+// and never blocks on a guest's fd; AckKick reads with RWF_NOWAIT). A busy worker calls
 // DisableNotify; before sleeping it calls EnableNotify (which reports
 // work that raced in), polls KickFD, then AckKick. Workers should run
 // with debug.SetPanicOnFault(true) and defer q.RecoverFault() around a

@@ -1,13 +1,17 @@
 package vhostuser
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -33,6 +37,10 @@ func closeFDs(fds []int) {
 func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 	var m message
 	hb := p.rbuf[:HeaderLen]
+	// Waiting for the next message has no deadline...
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return m, fmt.Errorf("clear read deadline: %w", err)
+	}
 	n, oobn, flags, _, err := c.ReadMsgUnix(hb, p.oob)
 	if oobn > 0 {
 		fds, perr := parseRights(p.oob[:oobn])
@@ -53,10 +61,16 @@ func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 		closeFDs(m.fds)
 		return m, fmt.Errorf("message with more than %d fds", MaxMemRegions)
 	}
+	// ...but once it has begun, the rest must follow within the timeout:
+	// half a message must not hold the port (and its reconnects) forever.
+	if err := c.SetReadDeadline(time.Now().Add(p.cfg.MessageTimeout)); err != nil {
+		closeFDs(m.fds)
+		return m, fmt.Errorf("set read deadline: %w", err)
+	}
 	if n < HeaderLen {
 		if _, err := io.ReadFull(c, hb[n:]); err != nil {
 			closeFDs(m.fds)
-			return m, fmt.Errorf("read message header: %w", err)
+			return m, fmt.Errorf("read message header: %w", timeoutErr(err))
 		}
 	}
 	m.hdr, err = DecodeHeader(hb)
@@ -67,7 +81,7 @@ func (p *Port) readMessage(c *net.UnixConn) (message, error) {
 	m.payload = p.rbuf[HeaderLen : HeaderLen+int(m.hdr.Size)]
 	if _, err := io.ReadFull(c, m.payload); err != nil {
 		closeFDs(m.fds)
-		return m, fmt.Errorf("read %v payload of %d bytes: %w", m.hdr.Request, m.hdr.Size, err)
+		return m, fmt.Errorf("read %v payload of %d bytes: %w", m.hdr.Request, m.hdr.Size, timeoutErr(err))
 	}
 	return m, nil
 }
@@ -111,7 +125,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
-	reply, herr := p.handle(&m)
+	reply, herr := p.handleGuarded(&m)
 	closeFDs(m.fds)
 	p.publishState()
 	if herr != nil {
@@ -129,7 +143,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	case m.hdr.Flags&FlagNeedReply != 0 && p.dev.protocol&ProtocolFReplyAck != 0:
 		ack := ReplyAckOK
 		if herr != nil {
-			p.log.Warn("vhost-user request failed", "err", herr)
+			p.logGuest(slog.LevelWarn, "vhost-user request failed", "err", herr)
 			ack = ReplyAckFailed
 		}
 		Header{Request: m.hdr.Request, Flags: ReplyFlags, Size: U64Len}.Encode(out[:])
@@ -140,9 +154,62 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	}
 }
 
+// write sends a reply; a front-end that does not read it within the
+// message timeout loses the connection.
 func (p *Port) write(c *net.UnixConn, b []byte) error {
+	if err := c.SetWriteDeadline(time.Now().Add(p.cfg.MessageTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
 	if _, err := c.Write(b); err != nil {
-		return fmt.Errorf("write reply: %w", err)
+		return fmt.Errorf("write reply: %w", timeoutErr(err))
+	}
+	return nil
+}
+
+// errTimeout marks a connection closed for a slow message or an unread
+// reply (PortState.Timeouts).
+var errTimeout = errors.New("message timeout")
+
+// timeoutErr tags a deadline error with errTimeout.
+func timeoutErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errTimeout, err)
+	}
+	return err
+}
+
+// handleGuarded is handle with memory faults (a guest that shrank a
+// mapped file) turned into a broken device and an error, never a crash.
+func (p *Port) handleGuarded(m *message) (reply []byte, err error) {
+	var fault error
+	defer func() { // runs after faultError recovered
+		if fault != nil {
+			p.markBroken(fault.Error())
+			reply, err = nil, fault
+		}
+	}()
+	defer faultError(&fault, "handling "+m.hdr.Request.String())
+	return p.handle(m)
+}
+
+// checkMemoryLimit refuses a memory table larger than Config.MaxMemory
+// (a sparse file can claim any size; mapping it costs address space and
+// page tables).
+func (p *Port) checkMemoryLimit(regs []MemRegion) error {
+	limit := p.cfg.MaxMemory
+	if limit == 0 {
+		return nil
+	}
+	var sum uint64
+	for _, r := range regs {
+		if sum+r.MemorySize < sum {
+			sum = math.MaxUint64 // saturate: still above any limit
+			break
+		}
+		sum += r.MemorySize
+	}
+	if sum > limit {
+		return fmt.Errorf("%sguest memory of %d bytes exceeds max_guest_memory %d", vmPrefix(p.cfg.Name), sum, limit)
 	}
 	return nil
 }
@@ -236,6 +303,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			// Overlapping or overflowing regions: a hostile front-end.
 			p.markBroken(fmt.Sprintf("memory table: %v", err))
 			return nil, err
+		}
+		if err := p.checkMemoryLimit(regs); err != nil {
+			return nil, err // refused before anything is mapped
 		}
 		mem, err := mapRegions(regs, m.fds)
 		if err != nil {
@@ -349,6 +419,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		}
 		switch m.hdr.Request {
 		case ReqSetVringKick:
+			// A semaphore eventfd gives up 1 per read: a guest could keep
+			// it readable for 2^64 reads and its worker from ever sleeping.
+			if fd >= 0 && isSemaphore(fd) {
+				unix.Close(fd)
+				return nil, fmt.Errorf("vring %d: kick fd is a semaphore eventfd", q.index)
+			}
 			closeFD(&q.cfg.kickFD)
 			if fd >= 0 {
 				if err := unix.SetNonblock(fd, true); err != nil {
@@ -358,6 +434,7 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			}
 			q.cfg.kickFD, q.cfg.kickSet = fd, true
 		case ReqSetVringCall:
+			p.stopNotifier() // it may be writing the old fd; refresh restarts it
 			closeFD(&q.cfg.callFD)
 			q.cfg.callFD = fd
 			q.callFD = fd
@@ -430,4 +507,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 func isEventfd(fd int) bool {
 	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	return err == nil && target == "anon_inode:[eventfd]"
+}
+
+// isSemaphore reports whether an eventfd was made with EFD_SEMAPHORE
+// (fixed at creation; recent kernels, 6.18 here, show it in fdinfo).
+// Unknown counts as not: older kernels do not say.
+func isSemaphore(fd int) bool {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	return err == nil && bytes.Contains(b, []byte("\neventfd-semaphore: 1"))
 }

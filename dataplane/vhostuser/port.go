@@ -1,11 +1,16 @@
 package vhostuser
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +49,28 @@ type Config struct {
 	Logger   *slog.Logger
 	// Client-mode reconnect backoff; 0 means 50ms and 2s.
 	ReconnectMin, ReconnectMax time.Duration
+
+	// Name is the VM's name, for errors ("VM %q: ...").
+	Name string
+	// MaxMemory bounds the guest memory a SET_MEM_TABLE may map, in bytes
+	// (the sum of its regions); 0 means no limit.
+	MaxMemory uint64
+	// Server mode: the listening socket's owner and group (-1 leaves
+	// them as created: vmqd's own; an id equal to the current one is not
+	// applied) and permissions (0 means 0600), all set before listen(2),
+	// so no front-end can connect before they hold. A missing directory
+	// is created 0750 (group SocketGroup, if set).
+	SocketOwner, SocketGroup int
+	SocketMode               os.FileMode
+	// AllowedUIDs, if non-nil, lists the uids a front-end process may
+	// run as (SO_PEERCRED, both modes); any other peer is disconnected at
+	// once and counted in PortState.PeerRejected.
+	AllowedUIDs []uint32
+	// MessageTimeout bounds a message once its first byte has arrived
+	// (the rest must follow within it) and the write of each reply; a
+	// front-end that is slower loses its connection (PortState.Timeouts).
+	// Waiting for the next message has no deadline. 0 means 5s.
+	MessageTimeout time.Duration
 }
 
 // DefaultFeatures are the virtio features a port offers by default.
@@ -56,6 +83,9 @@ const supportedFeatures = DefaultFeatures | virtio.NetFMTU
 
 // offeredProtocol are the protocol features the back-end implements.
 const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig
+
+// DefaultMessageTimeout is Config.MessageTimeout's default.
+const DefaultMessageTimeout = 5 * time.Second
 
 // MaxQueuePairs bounds Config.QueuePairs (the vring index is one byte).
 const MaxQueuePairs = 128
@@ -75,6 +105,8 @@ type PortState struct {
 	Broken           string // why the device is broken, "" if not
 	BrokenCount      uint64 // times the device was marked broken
 	Connects         uint64 // connections accepted or made
+	PeerRejected     uint64 // connections refused: peer uid not in AllowedUIDs
+	Timeouts         uint64 // connections closed for a slow message or an unread reply
 }
 
 // vringConfig is what the front-end told us about one vring.
@@ -112,6 +144,7 @@ type Port struct {
 	h       Handler
 	offered uint64
 	queues  []*Queue
+	nt      *notifier // writes the queues' call eventfds
 
 	dev        device
 	brokenFlag atomic.Bool
@@ -125,6 +158,10 @@ type Port struct {
 	closeErr error
 	once     sync.Once
 
+	// logGuest's rate limit, control goroutine only.
+	guestLogNext    time.Time
+	guestLogDropped int
+
 	rbuf [HeaderLen + MaxPayloadLen]byte
 	oob  []byte
 	regs [MaxMemRegions]MemRegion
@@ -137,11 +174,12 @@ func (nopHandler) QueueStopped(*Queue)        {}
 func (nopHandler) DeviceBroken(*Port, string) {}
 
 func newPort(path, mode string, cfg Config) (*Port, error) {
+	vm := vmPrefix(cfg.Name)
 	if cfg.QueuePairs == 0 {
 		cfg.QueuePairs = 1
 	}
 	if cfg.QueuePairs < 0 || cfg.QueuePairs > MaxQueuePairs {
-		return nil, fmt.Errorf("vhost-user port %s: %d queue pairs, want 1..%d", path, cfg.QueuePairs, MaxQueuePairs)
+		return nil, fmt.Errorf("%svhost-user port %s: %d queue pairs, want 1..%d", vm, path, cfg.QueuePairs, MaxQueuePairs)
 	}
 	if cfg.Features == 0 {
 		cfg.Features = DefaultFeatures
@@ -150,22 +188,25 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		}
 	}
 	if extra := cfg.Features &^ supportedFeatures; extra != 0 {
-		return nil, fmt.Errorf("vhost-user port %s: unsupported features %#x", path, extra)
+		return nil, fmt.Errorf("%svhost-user port %s: unsupported features %#x", vm, path, extra)
 	}
 	if cfg.MAC != nil && len(cfg.MAC) != 6 {
-		return nil, fmt.Errorf("vhost-user port %s: MAC %v is not 6 bytes", path, cfg.MAC)
+		return nil, fmt.Errorf("%svhost-user port %s: MAC %v is not 6 bytes", vm, path, cfg.MAC)
 	}
 	if cfg.MAC == nil {
 		cfg.Features &^= virtio.NetFMAC
 	}
 	if cfg.MTU < 0 || cfg.MTU > 65535 {
-		return nil, fmt.Errorf("vhost-user port %s: MTU %d", path, cfg.MTU)
+		return nil, fmt.Errorf("%svhost-user port %s: MTU %d", vm, path, cfg.MTU)
 	}
 	if cfg.MTU == 0 {
 		cfg.Features &^= virtio.NetFMTU
 	}
 	if cfg.QueuePairs == 1 {
 		cfg.Features &^= virtio.NetFMQ
+	}
+	if cfg.MessageTimeout <= 0 {
+		cfg.MessageTimeout = DefaultMessageTimeout
 	}
 	if cfg.ReconnectMin <= 0 {
 		cfg.ReconnectMin = 50 * time.Millisecond
@@ -192,6 +233,10 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
 		p.queues = append(p.queues, q)
 	}
+	p.nt = newNotifier(p.queues, p.log)
+	for _, q := range p.queues {
+		q.nt = p.nt
+	}
 	p.state = PortState{Path: path, Mode: mode, QueuePairs: cfg.QueuePairs}
 	return p, nil
 }
@@ -204,26 +249,119 @@ func Listen(path string, cfg Config) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
+	vm := vmPrefix(cfg.Name)
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("vhost-user listen %s: exists and is not a socket", path)
+			return nil, fmt.Errorf("%svhost-user listen %s: exists and is not a socket", vm, path)
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("vhost-user listen %s: socket in use", path)
+			return nil, fmt.Errorf("%svhost-user listen %s: socket in use", vm, path)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("vhost-user listen %s: remove stale socket: %w", path, err)
+			return nil, fmt.Errorf("%svhost-user listen %s: remove stale socket: %w", vm, path, err)
 		}
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := listenUnix(path, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("vhost-user listen %s: %w", path, err)
+		return nil, fmt.Errorf("%svhost-user listen %s: %w", vm, path, err)
 	}
-	ln.SetUnlinkOnClose(true)
 	p.ln = ln
 	go p.acceptLoop()
 	return p, nil
+}
+
+// listenUnix binds a unix socket at path, sets its owner, group and mode,
+// and only then listens: until listen(2) a connect is refused, so nobody
+// reaches the socket with permissions it should not have.
+func listenUnix(path string, cfg Config) (*net.UnixListener, error) {
+	if err := makeSocketDir(filepath.Dir(path), cfg.SocketGroup); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), path) // closes fd
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("bind: %w", err)
+	}
+	ln, err := func() (net.Listener, error) {
+		if err := setOwner(path, cfg.SocketOwner, cfg.SocketGroup); err != nil {
+			return nil, err
+		}
+		mode := cfg.SocketMode.Perm()
+		if mode == 0 {
+			mode = 0o600
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return nil, fmt.Errorf("socket mode: %w", err)
+		}
+		if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		return net.FileListener(f) // a dup: f's fd is closed on return
+	}()
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(true)
+	return ul, nil
+}
+
+// makeSocketDir creates a missing socket directory 0750 (whatever the
+// umask), with group gid if gid >= 0.
+func makeSocketDir(dir string, gid int) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there (or not ours to judge): bind reports problems
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o750); err != nil {
+		return fmt.Errorf("socket directory mode: %w", err)
+	}
+	if err := setOwner(dir, -1, gid); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	return nil
+}
+
+// setOwner changes path's owner and group where uid or gid is >= 0 and
+// differs from the current one (vmqd runs without CAP_CHOWN by default:
+// a no-op chown must not need it).
+func setOwner(path string, uid, gid int) error {
+	if uid < 0 && gid < 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if uid == int(st.Uid) {
+		uid = -1
+	}
+	if gid == int(st.Gid) {
+		gid = -1
+	}
+	if uid < 0 && gid < 0 {
+		return nil
+	}
+	if err := os.Lchown(path, uid, gid); err != nil {
+		return fmt.Errorf("owner %d group %d: %w", uid, gid, err)
+	}
+	return nil
+}
+
+// vmPrefix is the "VM %q: " prefix of errors, or "" without a name.
+func vmPrefix(name string) string {
+	if name == "" {
+		return ""
+	}
+	return fmt.Sprintf("VM %q: ", name)
 }
 
 // Dial creates a client-mode port: vmq connects to the front-end's
@@ -292,6 +430,7 @@ func (p *Port) isClosing() bool {
 
 func (p *Port) acceptLoop() {
 	defer close(p.done)
+	guardFaults()
 	for {
 		c, err := p.ln.AcceptUnix()
 		if err != nil {
@@ -306,12 +445,13 @@ func (p *Port) acceptLoop() {
 			}
 			continue
 		}
-		p.serveConn(c)
+		_ = p.serveConn(c) // a refused peer is counted and logged; accept the next
 	}
 }
 
 func (p *Port) dialLoop() {
 	defer close(p.done)
+	guardFaults()
 	backoff := p.cfg.ReconnectMin
 	for !p.isClosing() {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.path, Net: "unix"})
@@ -325,18 +465,36 @@ func (p *Port) dialLoop() {
 			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
+		if err := p.serveConn(c); err != nil {
+			// A rejected peer: retry no faster than a failed connect.
+			select {
+			case <-p.closing:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, p.cfg.ReconnectMax)
+			continue
+		}
 		backoff = p.cfg.ReconnectMin
-		p.serveConn(c)
 	}
 }
 
-// serveConn runs one front-end session to its end.
-func (p *Port) serveConn(c *net.UnixConn) {
+// serveConn runs one front-end session to its end. An error: the peer
+// was refused before the session began.
+func (p *Port) serveConn(c *net.UnixConn) error {
+	if err := p.checkPeer(c); err != nil {
+		c.Close()
+		p.mu.Lock()
+		p.state.PeerRejected++
+		p.mu.Unlock()
+		p.logGuest(slog.LevelWarn, "vhost-user front-end rejected", "err", err)
+		return err
+	}
 	p.mu.Lock()
 	if p.isClosing() {
 		p.mu.Unlock()
 		c.Close()
-		return
+		return nil
 	}
 	p.conn = c
 	p.state.Connected = true
@@ -347,10 +505,17 @@ func (p *Port) serveConn(c *net.UnixConn) {
 	for {
 		err := p.serveOne(c)
 		if err != nil {
-			if errors.Is(err, errEOF) || p.isClosing() {
+			switch {
+			case errors.Is(err, errEOF) || p.isClosing():
 				p.log.Info("vhost-user front-end disconnected")
-			} else {
-				p.log.Error("vhost-user connection closed", "err", err)
+			case errors.Is(err, errTimeout):
+				p.mu.Lock()
+				p.state.Timeouts++
+				p.mu.Unlock()
+				p.logGuest(slog.LevelWarn, "vhost-user front-end too slow: connection closed",
+					"err", err, "timeout", p.cfg.MessageTimeout)
+			default:
+				p.logGuest(slog.LevelError, "vhost-user connection closed", "err", err)
 			}
 			break
 		}
@@ -362,6 +527,54 @@ func (p *Port) serveConn(c *net.UnixConn) {
 	p.mu.Unlock()
 	c.Close()
 	p.publishState()
+	return nil
+}
+
+// checkPeer refuses a front-end whose uid (SO_PEERCRED: the connecting
+// process in server mode, the listening one in client mode) is not in
+// Config.AllowedUIDs.
+func (p *Port) checkPeer(c *net.UnixConn) error {
+	if p.cfg.AllowedUIDs == nil {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%speer credentials: %w", vmPrefix(p.cfg.Name), err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		cerr = err
+	}
+	if cerr != nil {
+		return fmt.Errorf("%speer credentials: %w", vmPrefix(p.cfg.Name), cerr)
+	}
+	if !slices.Contains(p.cfg.AllowedUIDs, cred.Uid) {
+		return fmt.Errorf("%speer uid %d (pid %d) not allowed", vmPrefix(p.cfg.Name), cred.Uid, cred.Pid)
+	}
+	return nil
+}
+
+// guestLogEvery bounds the log lines a front-end can cause: at most one
+// per port per interval (timeouts, rejected peers, protocol errors).
+const guestLogEvery = 10 * time.Second
+
+// logGuest logs a line a front-end caused, at most one per guestLogEvery;
+// the next line says how many were left out. Control goroutine only.
+func (p *Port) logGuest(level slog.Level, msg string, args ...any) {
+	now := time.Now()
+	if now.Before(p.guestLogNext) {
+		p.guestLogDropped++
+		return
+	}
+	p.guestLogNext = now.Add(guestLogEvery)
+	if p.guestLogDropped > 0 {
+		args = append(args, "suppressed", p.guestLogDropped)
+		p.guestLogDropped = 0
+	}
+	p.log.Log(context.Background(), level, msg, args...)
 }
 
 // publishState copies the control state into p.state for State().
@@ -424,6 +637,7 @@ func (p *Port) stopAll() {
 
 // refresh hands every queue that became ready to the handler.
 func (p *Port) refresh() {
+	p.nt.start()
 	if p.brokenFlag.Load() || p.dev.mem == nil {
 		return
 	}
@@ -438,19 +652,53 @@ func (p *Port) refresh() {
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
 			return
 		}
-		q.start(c.base)
-		q.kickFD, q.callFD = c.kickFD, c.callFD
+		if err := startQueue(q, c.base); err != nil {
+			c.brokenOn = true
+			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
+			return
+		}
+		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
 		c.running = true
 		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)
 		p.h.QueueReady(q)
 	}
 }
 
+// guardFaults makes a memory fault on the calling goroutine a panic
+// (recovered by faultError) instead of a crash: the control goroutine
+// reads guest memory (used.idx when a ring starts), and the guest can
+// shrink the file behind a mapped region at any time (SIGBUS).
+func guardFaults() { debug.SetPanicOnFault(true) }
+
+// faultError, deferred, turns a recovered memory fault into *err; other
+// panics go on.
+func faultError(err *error, what string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	f, ok := r.(interface{ Addr() uintptr })
+	if !ok {
+		panic(r)
+	}
+	*err = fmt.Errorf("memory fault at %#x in guest memory %s: %v", f.Addr(), what, r)
+}
+
+// startQueue starts q (it reads used.idx in guest memory) with faults
+// guarded.
+func startQueue(q *Queue, base uint16) (err error) {
+	defer faultError(&err, "reading the used ring")
+	q.start(base)
+	return nil
+}
+
 // resetDevice returns the device to its initial state: queues stopped,
 // fds closed, memory unmapped.
 func (p *Port) resetDevice() {
 	p.stopAll()
+	p.stopNotifier()
 	for _, q := range p.queues {
+		q.callPending.Store(false)
 		closeFD(&q.cfg.kickFD)
 		closeFD(&q.cfg.callFD)
 		closeFD(&q.cfg.errFD)
@@ -464,6 +712,22 @@ func (p *Port) resetDevice() {
 		p.mu.Lock()
 		p.state.Broken = ""
 		p.mu.Unlock()
+	}
+}
+
+// stopNotifier stops the call notifier so that call fds may be closed or
+// replaced. If it cannot be stopped (a guest keeps its blocked write
+// going), the call fds are left open rather than closed under a write
+// that may still use their numbers: the notifier exits when the write
+// ends.
+func (p *Port) stopNotifier() {
+	if p.nt.stop() {
+		return
+	}
+	p.log.Error("vhost-user call notifier blocked in a write to the guest's call eventfd: leaving its call fds open",
+		"bound", notifyGrace*notifyDrains)
+	for _, q := range p.queues {
+		q.cfg.callFD = -1 // leaked: never closed, so never reused
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/testenv"
 )
 
 // recHandler hands ready queues to the test, which plays the worker
@@ -283,10 +284,16 @@ func TestPortServer(t *testing.T) {
 		t.Fatalf("pop: %d %v", n, err)
 	}
 	txq.Flush()
-	var ev [8]byte
-	if _, err := unix.Read(call[1], ev[:]); err != nil {
-		t.Fatalf("no call after flush: %v", err)
-	}
+	// The port's notifier writes the call eventfd for the worker.
+	testenv.Eventually(t, "call after flush", func() (bool, string) {
+		var ev [8]byte
+		_, err := unix.Read(call[1], ev[:])
+		return err == nil, fmt.Sprint(err)
+	})
+	testenv.Eventually(t, "call counted", func() (bool, string) {
+		st := p.State()
+		return st.Calls == 1, fmt.Sprintf("calls %d, want 1", st.Calls)
+	})
 	// Back-end → guest.
 	a := gs[0].postRX(2048)
 	if err := rxq.Push(f1); err != nil {

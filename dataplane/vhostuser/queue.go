@@ -7,8 +7,6 @@ import (
 	"math"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vmq/vmq/dataplane/virtio"
 )
 
@@ -59,8 +57,11 @@ func (r DropReason) String() string {
 type QueueStats struct {
 	Frames, Bytes uint64
 	Kicks         uint64 // kick eventfd reads with a non-zero count
-	Calls         uint64 // call eventfd writes
-	Drops         [NumDropReasons]uint64
+	Calls         uint64 // call eventfd writes (done by the port's notifier)
+	// CallsCoalesced counts Flushes that asked for a call while one was
+	// still pending: the notifier's one write serves both.
+	CallsCoalesced uint64
+	Drops          [NumDropReasons]uint64
 }
 
 const numStats = 4 + int(NumDropReasons)
@@ -113,7 +114,8 @@ type Queue struct {
 	eventIdx  bool
 	indirect  bool
 	kickFD    int
-	callFD    int
+	callFD    int       // written by the notifier only; see notifier
+	nt        *notifier // nil: calls are requested but nobody writes them
 
 	// Data-path state, owned by the worker.
 	lastAvail uint16 // next avail entry to consume
@@ -133,6 +135,9 @@ type Queue struct {
 	st                  QueueStats
 
 	pub [numStats]atomic.Uint64 // st as of the last Flush, for Stats
+
+	callPending atomic.Bool   // set by Flush, cleared by the notifier
+	calls       atomic.Uint64 // call eventfd writes, by the notifier
 
 	cfg vringConfig // control goroutine only
 }
@@ -164,7 +169,8 @@ func (q *Queue) Stats() QueueStats {
 	s.Frames = q.pub[0].Load()
 	s.Bytes = q.pub[1].Load()
 	s.Kicks = q.pub[2].Load()
-	s.Calls = q.pub[3].Load()
+	s.Calls = q.calls.Load()
+	s.CallsCoalesced = q.pub[3].Load()
 	for i := range s.Drops {
 		s.Drops[i] = q.pub[4+i].Load()
 	}
@@ -175,7 +181,7 @@ func (q *Queue) publishStats() {
 	q.pub[0].Store(q.st.Frames)
 	q.pub[1].Store(q.st.Bytes)
 	q.pub[2].Store(q.st.Kicks)
-	q.pub[3].Store(q.st.Calls)
+	q.pub[3].Store(q.st.CallsCoalesced)
 	for i, v := range q.st.Drops {
 		q.pub[4+i].Store(v)
 	}
@@ -578,7 +584,8 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 }
 
 // Flush publishes the used entries of this batch with one atomic store
-// and notifies the guest (one eventfd write) if it asked for it.
+// and, if the guest asked for it, has the port's notifier write the call
+// eventfd (Flush itself makes no syscall and never blocks).
 func (q *Queue) Flush() {
 	published := q.usedIdx != q.usedPub
 	if published {
@@ -588,11 +595,7 @@ func (q *Queue) Flush() {
 		// being a full barrier, the index before the reads below.
 		atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
 		if q.callFD >= 0 && q.needCall(old, q.usedPub) {
-			binary.NativeEndian.PutUint64(q.ev[:], 1)
-			if _, err := unix.Write(q.callFD, q.ev[:]); err == nil {
-				q.st.Calls++
-				q.dirty = true
-			}
+			q.requestCall()
 		}
 	}
 	// Publishing costs one locked store per counter: do it when frames
@@ -602,6 +605,19 @@ func (q *Queue) Flush() {
 	if q.dirty && (published || q.flushes%64 == 0) {
 		q.dirty = false
 		q.publishStats()
+	}
+}
+
+// requestCall hands the call to the port's notifier: the worker never
+// writes the guest's call eventfd (the guest can make that write block).
+// One atomic and, unless a call is still pending, a non-blocking wake-up.
+func (q *Queue) requestCall() {
+	if q.callPending.Swap(true) {
+		q.st.CallsCoalesced++
+		return
+	}
+	if q.nt != nil {
+		q.nt.signal()
 	}
 }
 
@@ -643,13 +659,14 @@ func (q *Queue) EnableNotify() (pending bool, err error) {
 	return q.haveAvail()
 }
 
-// AckKick drains the kick eventfd (non-blocking); call it after poll
-// reported the fd readable.
+// AckKick drains the kick eventfd; call it after poll reported the fd
+// readable. It never blocks, even if the guest cleared O_NONBLOCK on the
+// fd it shares with us (see readNoWait).
 func (q *Queue) AckKick() {
 	if q.kickFD < 0 {
 		return
 	}
-	if n, err := unix.Read(q.kickFD, q.ev[:]); err == nil && n == 8 {
+	if n, e := readNoWait(q.kickFD, &q.ev); e == 0 && n == 8 {
 		q.st.Kicks++
 		q.dirty = true
 	}

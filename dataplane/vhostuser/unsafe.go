@@ -3,6 +3,8 @@ package vhostuser
 import (
 	"sync/atomic"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Guest memory is shared with another process, so ring indices are read
@@ -21,3 +23,18 @@ func atomicStore32(b []byte, off int, v uint32) {
 
 // addrOf is the address of b's first byte, for alignment checks.
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// readNoWait reads an eventfd's 8-byte counter into b without ever
+// blocking, whatever O_NONBLOCK on the shared file description says (a
+// guest can clear it): preadv2 with RWF_NOWAIT returns EAGAIN at 0. It is
+// a raw syscall: it cannot block, so a locked worker thread keeps its P.
+// The offset -1 means "the current position", as read(2).
+func readNoWait(fd int, b *[8]byte) (int, unix.Errno) {
+	iov := unix.Iovec{Base: &b[0], Len: 8}
+	n, _, e := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1,
+		^uintptr(0), 0, unix.RWF_NOWAIT)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), 0
+}
