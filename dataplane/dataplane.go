@@ -214,15 +214,13 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		added = append(added, w)
 	}
 	pcfg := vhostuser.Config{
-		MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
-		Handler: &portHandler{dp: dp, slot: vm.Slot, name: vm.Name},
-		Logger:  dp.log.With("vm", vm.Name),
+		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
+		MaxMemory:   vm.MaxMemory,
+		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
+		AllowedUIDs: vm.AllowedUIDs,
+		Handler:     &portHandler{dp: dp, slot: vm.Slot, name: vm.Name},
+		Logger:      dp.log.With("vm", vm.Name),
 	}
-	// TODO(iso-vhost): once vhostuser.Config has the Part A fields, pass
-	// the port hardening through: Name: vm.Name, MaxMemory: vm.MaxMemory,
-	// SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup,
-	// SocketMode: vm.SocketMode, AllowedUIDs: vm.AllowedUIDs. Until then
-	// they are parsed, validated and carried in VM but not enforced.
 	var err error
 	if vm.Client {
 		e.port, err = vhostuser.Dial(vm.Socket, pcfg)
@@ -386,12 +384,10 @@ func (dp *Dataplane) Snapshot() Snapshot {
 		}
 		s.VMs = append(s.VMs, v)
 		ps := e.port.State()
-		// TODO(iso-vhost): add PortState.Timeouts and PeerRejected to
-		// PortStats (and vmq_port_timeouts_total,
-		// vmq_port_peer_rejected_total in metrics) once Part A lands.
 		s.Ports = append(s.Ports, PortStats{VM: name, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
 			Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
-			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken})
+			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
+			Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected})
 	}
 	return s
 }

@@ -146,4 +146,9 @@ type PortStats struct {
 	Kicks            uint64 `json:"kicks"`
 	Calls            uint64 `json:"calls"`
 	Broken           string `json:"broken,omitempty"` // why the device was marked broken
+	// Control connections closed because a message did not arrive whole,
+	// or a reply was not read, within the port's message timeout.
+	Timeouts uint64 `json:"timeouts"`
+	// Connections refused because the peer's uid is not allowed.
+	PeerRejected uint64 `json:"peer_rejected"`
 }

@@ -66,7 +66,8 @@ func fakeSnapshot() dataplane.Snapshot {
 			{VM: "web", Path: "/run/vmq/web.sock", Mode: "server", Connected: true,
 				Features: 1<<32 | 1<<15 | 1<<30, ProtocolFeatures: 0x8203, QueuePairs: 2,
 				RingSizes: []int{256, 256, 1024, 1024}, Kicks: 77, Calls: 88},
-			{VM: "db", Path: "/run/vmq/db.sock", Mode: "client", Broken: "descriptor loop"},
+			{VM: "db", Path: "/run/vmq/db.sock", Mode: "client", Broken: "descriptor loop",
+				Timeouts: 3, PeerRejected: 2},
 		},
 	}
 }
@@ -178,6 +179,14 @@ vmq_port_connected{vm="web"} 1
 # TYPE vmq_port_broken gauge
 vmq_port_broken{vm="db"} 1
 vmq_port_broken{vm="web"} 0
+# HELP vmq_port_control_timeouts_total vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.
+# TYPE vmq_port_control_timeouts_total counter
+vmq_port_control_timeouts_total{vm="db"} 3
+vmq_port_control_timeouts_total{vm="web"} 0
+# HELP vmq_port_peer_rejected_total vhost-user connections refused because the peer's uid is not in allowed_uids.
+# TYPE vmq_port_peer_rejected_total counter
+vmq_port_peer_rejected_total{vm="db"} 2
+vmq_port_peer_rejected_total{vm="web"} 0
 # HELP vmq_port_features_info Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.
 # TYPE vmq_port_features_info gauge
 vmq_port_features_info{features="0x0",protocol_features="0x0",vm="db"} 1
@@ -202,6 +211,7 @@ vmq_port_info{mode="server",path="/run/vmq/web.sock",vm="web"} 1
 		"vmq_vm_limit", "vmq_worker_stalls_total", "vmq_worker_inflight_frames",
 		"vmq_nic_info", "vmq_xdp_attached",
 		"vmq_port_connected", "vmq_port_broken", "vmq_port_features_info", "vmq_port_ring_size", "vmq_port_info",
+		"vmq_port_control_timeouts_total", "vmq_port_peer_rejected_total",
 	}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -242,6 +252,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_stalls_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 2,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
+		"vmq_port_control_timeouts_total": 2, "vmq_port_peer_rejected_total": 2,
 	}
 	for name, n := range want {
 		if got[name] != n {

@@ -271,7 +271,7 @@ type dpAdapter struct{ d *daemon }
 
 func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 	if vm.Mode != control.ModeClient {
-		if err := os.MkdirAll(filepath.Dir(vm.Socket), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(vm.Socket), 0o750); err != nil {
 			return fmt.Errorf("socket directory of VM %q: %w", vm.Name, err)
 		}
 	}
