@@ -16,6 +16,7 @@ import (
 type pktgenBPFGenConfig struct {
 	_          structs.HostLayout
 	Limit      uint64
+	Call       uint64
 	N_dsts     uint32
 	StreamBase uint32
 	SportFirst uint16
@@ -24,7 +25,11 @@ type pktgenBPFGenConfig struct {
 	DportCount uint16
 	Tags       uint8
 	UdpCsum    uint8
-	Pad        [6]uint8
+	Stamp      uint8
+	Pad        uint8
+	Ifindex    uint32
+	ClockEvery uint32
+	_          [4]byte
 }
 
 type pktgenBPFGenDst struct {
@@ -35,9 +40,16 @@ type pktgenBPFGenDst struct {
 }
 
 type pktgenBPFGenState struct {
-	_    structs.HostLayout
-	Seq  uint64
-	Over uint64
+	_         structs.HostLayout
+	Seq       uint64
+	Over      uint64
+	Sseq      uint64
+	Ts        uint64
+	Call      uint64
+	Di        uint32
+	Si        uint32
+	Pi        uint32
+	ClockLeft uint32
 }
 
 type pktgenBPFSinkConfig struct {
