@@ -1,6 +1,7 @@
 package pktgen
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -133,8 +134,16 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 	}
 	for i := range t.dests {
 		d := pktgenBPFGenDst{Hdr: t.dests[i].hdr, CsumBase: t.dests[i].csumBase}
+		stream := t.spec.Stream + uint32(i)
 		if opts.NoStamp {
 			d.CsumBase -= PayloadMagic>>16 + PayloadMagic&0xffff // the base's only payload term
+		} else {
+			// Per destination, not per frame: the stream and its sum.
+			var head [8]byte
+			binary.BigEndian.PutUint32(head[0:], PayloadMagic)
+			binary.BigEndian.PutUint32(head[4:], stream)
+			d.PlHead = binary.NativeEndian.Uint64(head[:]) // stored as these bytes
+			d.CsumBase += stream>>16 + stream&0xffff
 		}
 		if err := g.objs.Dsts.Put(uint32(i), &d); err != nil {
 			g.objs.close()
@@ -150,7 +159,6 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 	}
 	g.conf = pktgenBPFGenConfig{
 		N_dsts:     uint32(len(t.dests)),
-		StreamBase: t.spec.Stream,
 		SportFirst: t.src.First,
 		SportCount: uint16(t.src.Count()), // a full 0-65535 range wraps to 0, which the program reads as 1
 		DportFirst: t.dst.First,

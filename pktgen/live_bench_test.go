@@ -11,7 +11,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/netnstest"
 )
 
 // benchCPU is the core every generator benchmark pins its sending thread
@@ -85,6 +88,74 @@ func (r *refGenerator) send(n int) error {
 	return nil
 }
 
+// dropSink is the minimal XDP_DROP sink: a per-CPU frame counter, nothing
+// read from the frame, so every generator's frames cost it the same.
+type dropSink struct {
+	count *ebpf.Map
+	prog  *ebpf.Program
+	lnk   link.Link
+}
+
+func attachDropSink(ifindex int) (_ *dropSink, err error) {
+	d := &dropSink{}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	d.count, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("drop sink: counter map: %w", err)
+	}
+	d.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "drop_sink",
+		Type: ebpf.XDP,
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.R10, -4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, d.count.FD()),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 1).WithSymbol("out"), // XDP_DROP
+			asm.Return(),
+		},
+		License: "Dual BSD/GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("drop sink: load program: %w", err)
+	}
+	d.lnk, err = link.AttachXDP(link.XDPOptions{Program: d.prog, Interface: ifindex, Flags: link.XDPDriverMode})
+	if err != nil {
+		return nil, fmt.Errorf("drop sink: attach to ifindex %d: %w", ifindex, err)
+	}
+	return d, nil
+}
+
+// frames is the frames counted on all CPUs.
+func (d *dropSink) frames() (uint64, error) {
+	var per []uint64
+	if err := d.count.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("drop sink: read counter: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+func (d *dropSink) close() {
+	if d.lnk != nil {
+		_ = d.lnk.Close()
+	}
+	_ = d.prog.Close() // nil-safe
+	_ = d.count.Close()
+}
+
 // threadCPU is the calling thread's user+system CPU time. On veth the
 // sink's XDP runs in the sender's softirq, on this thread's account.
 func threadCPU() (time.Duration, error) {
@@ -129,16 +200,28 @@ func BenchmarkLiveVsReference(b *testing.B) {
 	if b.N < 1000 {
 		return // the framework's probe run: too short to measure anything
 	}
-	p := newLivePair(b, FlowSpec{Size: 60}, SinkOptions{})
-	sinkMAC := p.gen.Template().Spec().Dests[0].MAC
-	ref, err := newRefGenerator(p.gen.Template().Base(), p.tx.Index)
+	nsA, nsB := netnstest.New(b), netnstest.New(b)
+	tx, rx := netnstest.NewVethPair(b, nsA, nsB, netnstest.VethOptions{})
+	var sink *dropSink
+	if err := nsB.Do(func() (err error) {
+		sink, err = attachDropSink(rx.Index)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer sink.close()
+	refTmpl, err := NewTemplate(FlowSpec{SrcMAC: tx.MAC, Dests: []Dest{{MAC: rx.MAC}}, Size: 60})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref, err := newRefGenerator(refTmpl.Base(), tx.Index)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer ref.prog.Close()
 	// The reference with its program held in the dispatcher (as
 	// vmq-pktgen's is): the kernel's speed without per-call waits.
-	refKeep, err := newRefGenerator(p.gen.Template().Base(), p.tx.Index)
+	refKeep, err := newRefGenerator(refTmpl.Base(), tx.Index)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -148,14 +231,14 @@ func BenchmarkLiveVsReference(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer k.close()
-	dests := []Dest{{MAC: sinkMAC}, {MAC: mac("02:00:00:00:00:0b")}, {MAC: mac("02:00:00:00:00:0c")}, {MAC: mac("02:00:00:00:00:0d")}}
+	dests := []Dest{{MAC: rx.MAC}, {MAC: mac("02:00:00:00:00:0b")}, {MAC: mac("02:00:00:00:00:0c")}, {MAC: mac("02:00:00:00:00:0d")}}
 	gen := func(spec FlowSpec, opts LiveOptions, burst int) func(int) error {
-		spec.SrcMAC, spec.Size = p.tx.MAC, 60
+		spec.SrcMAC, spec.Size = tx.MAC, 60
 		tm, err := NewTemplate(spec)
 		if err != nil {
 			b.Fatal(err)
 		}
-		opts.Ifindex = p.tx.Index
+		opts.Ifindex = tx.Index
 		g, err := NewLiveGenerator(tm, opts)
 		if err != nil {
 			b.Fatal(err)
@@ -178,14 +261,23 @@ func BenchmarkLiveVsReference(b *testing.B) {
 		{name: "stamp-clock1", send: gen(rotate, LiveOptions{ClockEvery: 1}, 0)},
 		{name: "nostamp", send: gen(rotate, LiveOptions{NoStamp: true}, 0)},
 	}
-	base, err := p.sink.Stats()
+	if only := os.Getenv("VMQ_BENCH_ONLY"); only != "" {
+		// Profiling one variant: perf record -p on this process.
+		var sel []*liveVariant
+		for _, v := range vs {
+			if v.name == "ref" || v.name == only {
+				sel = append(sel, v)
+			}
+		}
+		vs = sel
+	}
+	seen, err := sink.frames()
 	if err != nil {
 		b.Fatal(err)
 	}
 	cpu := benchCPU(b)
-	seen := base.Frames
 	b.ResetTimer()
-	if err := p.tx.NS.Do(func() error {
+	if err := nsA.Do(func() error {
 		if err := pinThread(cpu); err != nil {
 			return err
 		}
@@ -208,7 +300,10 @@ func BenchmarkLiveVsReference(b *testing.B) {
 				v.cpu = append(v.cpu, float64(b.N)/(c1-c0).Seconds()/1e6)
 				// Settle, so the next variant's count starts clean.
 				want := seen + uint64(b.N)
-				got := waitSinkFrames(b, p.sink, want)
+				got, err := waitDropSink(sink, want)
+				if err != nil {
+					return err
+				}
 				v.lost += int64(want) - int64(got)
 				seen = got
 
@@ -219,24 +314,44 @@ func BenchmarkLiveVsReference(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	want := base.Frames + uint64(rounds*len(vs)*b.N)
-	// The kernel's own frames (IPv6 router solicitations) come on top.
-	if got := waitSinkFrames(b, p.sink, want); got < want || got > want+100 {
-		b.Fatalf("sink saw %d frames, want %d", got-base.Frames, want-base.Frames)
+	for _, v := range vs {
+		b.Logf("%-13s wall Mpps %.3f  per CPU-s %.3f  lost %d", v.name, v.wall, v.cpu, v.lost)
+	}
+	// A veth drops what its peer's ring cannot take when the receiving
+	// softirq is late (other work on the CPU): some loss is the machine's,
+	// more than 1% is a bug. The kernel's own frames (IPv6 router
+	// solicitations) may come on top: lost < 0.
+	for _, v := range vs {
+		if v.lost > int64(rounds*b.N/100) {
+			b.Errorf("%s: the sink counted %d frames fewer than were sent", v.name, v.lost)
+		}
+		if v.lost > 0 {
+			b.ReportMetric(float64(v.lost), v.name+"-lost")
+		}
 	}
 	for _, v := range vs {
 		b.ReportMetric(median(v.wall), v.name+"-Mpps")
 		if v.name != "ref" {
-			ratios := make([]float64, rounds)
-			for r := range ratios {
-				ratios[r] = v.wall[r] / vs[0].wall[r]
-			}
-			b.ReportMetric(median(ratios), v.name+"/ref")
+			b.ReportMetric(ratio(v, vs[0]), v.name+"/ref")
 		}
 	}
 	for _, v := range vs {
 		b.ReportMetric(median(v.cpu), v.name+"-Mpps/cpu")
 	}
+	if len(vs) > 3 {
+		// vmq-pktgen against the kernel's speed without per-call waits.
+		b.ReportMetric(ratio(vs[3], vs[1]), vs[3].name+"/"+vs[1].name)
+	}
+}
+
+// ratio is the median over rounds of v's wall Mpps over ref's in the same
+// round.
+func ratio(v, ref *liveVariant) float64 {
+	rs := make([]float64, len(v.wall))
+	for r := range rs {
+		rs[r] = v.wall[r] / ref.wall[r]
+	}
+	return median(rs)
 }
 
 func median(xs []float64) float64 {
@@ -245,19 +360,74 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// waitSinkFrames polls the sink until it has counted want frames (or a few
+// waitDropSink polls the sink until it has counted want frames (or a few
 // seconds pass) and returns the count.
-func waitSinkFrames(b *testing.B, s *Sink, want uint64) uint64 {
-	b.Helper()
+func waitDropSink(s *dropSink, want uint64) (uint64, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		st, err := s.Stats()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if st.Frames >= want || time.Now().After(deadline) {
-			return st.Frames
+		n, err := s.frames()
+		if err != nil || n >= want || time.Now().After(deadline) {
+			return n, err
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkLiveProgram is the XDP program's own cost per frame, without
+// the kernel's transmit: BPF_PROG_RUN (not live) repeats it on one frame
+// and times the runs. ref is the reference's XDP_TX-only program.
+//
+//	go test -run '^$' -bench LiveProgram ./pktgen
+func BenchmarkLiveProgram(b *testing.B) {
+	netnstest.New(b) // root
+	spec := FlowSpec{Size: 60, SrcPorts: PortRange{1000, 1999},
+		Dests: []Dest{{MAC: mac("02:00:00:00:00:0a")}, {MAC: mac("02:00:00:00:00:0b")}, {MAC: mac("02:00:00:00:00:0c")}, {MAC: mac("02:00:00:00:00:0d")}}}
+	csum := spec
+	csum.UDPChecksum = true
+	for _, c := range []struct {
+		name string
+		spec FlowSpec
+		opts LiveOptions
+	}{
+		{"ref", spec, LiveOptions{}},
+		{"nostamp", spec, LiveOptions{NoStamp: true}},
+		{"stamp", spec, LiveOptions{}},
+		{"stamp-clock1", spec, LiveOptions{ClockEvery: 1}},
+		{"stamp-csum", csum, LiveOptions{}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			tm, err := NewTemplate(c.spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.opts.Ifindex, c.opts.NoKeeper = 1, true
+			g, err := NewLiveGenerator(tm, c.opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Close()
+			prog := g.objs.Prog
+			if c.name == "ref" {
+				r, err := newRefGenerator(g.base, 1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.prog.Close()
+				prog = r.prog
+			}
+			g.conf.Limit = 1 << 62
+			if err := g.objs.Conf.Put(uint32(0), &g.conf); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			ret, per, err := prog.Benchmark(g.base, b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ret != 3 {
+				b.Fatalf("program returned %d, want XDP_TX", ret)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "ns/frame")
+		})
 	}
 }

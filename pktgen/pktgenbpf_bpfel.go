@@ -18,7 +18,7 @@ type pktgenBPFGenConfig struct {
 	Limit      uint64
 	Call       uint64
 	N_dsts     uint32
-	StreamBase uint32
+	Pad0       uint32
 	SportFirst uint16
 	SportCount uint16
 	DportFirst uint16
@@ -35,6 +35,7 @@ type pktgenBPFGenConfig struct {
 type pktgenBPFGenDst struct {
 	_        structs.HostLayout
 	Hdr      [56]uint8
+	PlHead   uint64
 	CsumBase uint32
 	Pad      uint32
 }

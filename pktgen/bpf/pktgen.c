@@ -20,7 +20,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
-#define MAX_DSTS 256
+#define MAX_DSTS 256 // pktgen.MaxDests
 #define HDR_MAX 56
 #define PAYLOAD_MAGIC 0x564d5131
 #define PAYLOAD_LEN 24
@@ -29,7 +29,7 @@ struct gen_config {
 	__u64 limit;       // stamp frames while seq < limit, drop the rest
 	__u64 call;        // BPF_PROG_RUN call number: a new one rereads the clock
 	__u32 n_dsts;      // destinations rotated frame by frame, >= 1
-	__u32 stream_base; // stream of destination i is stream_base + i
+	__u32 pad0;
 	__u16 sport_first;
 	__u16 sport_count; // >= 1
 	__u16 dport_first;
@@ -43,10 +43,13 @@ struct gen_config {
 };
 
 // One destination: the frame header up to the UDP data (42, 46 or 50 bytes)
-// with UDP ports and checksum zero, and the unfolded one's-complement sum
-// of everything the UDP checksum covers except the per-frame fields.
+// with UDP ports and checksum zero, the payload's first 8 bytes (magic and
+// stream, as sent), and the unfolded one's-complement sum of everything
+// the UDP checksum covers except the per-frame fields (ports, and when
+// stamping seq and timestamp).
 struct gen_dst {
 	__u8 hdr[HDR_MAX];
+	__u64 pl_head;
 	__u32 csum_base;
 	__u32 pad;
 };
@@ -88,13 +91,7 @@ struct {
 
 static __always_inline void put_be16(__u8 *p, __u16 v)
 {
-	p[0] = v >> 8;
-	p[1] = v;
-}
-
-static __always_inline void put_be32(__u8 *p, __u32 v)
-{
-	*(__u32 *)p = __builtin_bswap32(v);
+	*(__u16 *)p = __builtin_bswap16(v);
 }
 
 static __always_inline void put_be64(__u8 *p, __u64 v)
@@ -103,7 +100,7 @@ static __always_inline void put_be64(__u8 *p, __u64 v)
 }
 
 static __always_inline int stamp(struct xdp_md *ctx, const struct gen_config *cfg,
-				 const struct gen_dst *dst, const int hlen, __u32 stream,
+				 const struct gen_dst *dst, const int hlen,
 				 __u64 sseq, __u64 ts, __u16 sport, __u16 dport)
 {
 	__u8 *data = (void *)(long)ctx->data;
@@ -112,10 +109,15 @@ static __always_inline int stamp(struct xdp_md *ctx, const struct gen_config *cf
 	if (data + hlen + PAYLOAD_LEN > end)
 		return XDP_ABORTED;
 
-	// hlen is a multiple of 2; copy in 16-bit words.
+	// hlen is 42, 46 or 50: copy in 64-bit words, then the 2-6 bytes
+	// left (x86 takes unaligned stores at full speed).
 #pragma unroll
-	for (int i = 0; i < hlen; i += 2)
-		*(__u16 *)(data + i) = *(const __u16 *)(dst->hdr + i);
+	for (int i = 0; i + 8 <= hlen; i += 8)
+		*(__u64 *)(data + i) = *(const __u64 *)(dst->hdr + i);
+	if (hlen % 8 >= 4)
+		*(__u32 *)(data + hlen / 8 * 8) = *(const __u32 *)(dst->hdr + hlen / 8 * 8);
+	if (hlen % 4 == 2)
+		*(__u16 *)(data + hlen - 2) = *(const __u16 *)(dst->hdr + hlen - 2);
 
 	__u8 *udp = data + hlen - 8;
 	__u8 *pl = data + hlen;
@@ -123,19 +125,17 @@ static __always_inline int stamp(struct xdp_md *ctx, const struct gen_config *cf
 	put_be16(udp, sport);
 	put_be16(udp + 2, dport);
 	if (cfg->stamp) {
-		put_be32(pl, PAYLOAD_MAGIC);
-		put_be32(pl + 4, stream);
+		*(__u64 *)pl = dst->pl_head;
 		put_be64(pl + 8, sseq);
 		put_be64(pl + 16, ts);
 	}
 
 	if (cfg->udp_csum) {
-		// csum_base covers the magic only when stamping; otherwise the
-		// payload is data_in's zeros.
+		// csum_base has the payload's constant part (magic and stream,
+		// or nothing: data_in's zeros when not stamping).
 		__u64 sum = dst->csum_base;
 		sum += sport + dport;
 		if (cfg->stamp) {
-			sum += (stream >> 16) + (stream & 0xffff);
 			sum += (sseq >> 48) + ((sseq >> 32) & 0xffff) + ((sseq >> 16) & 0xffff) + (sseq & 0xffff);
 			sum += (ts >> 48) + ((ts >> 32) & 0xffff) + ((ts >> 16) & 0xffff) + (ts & 0xffff);
 		}
@@ -170,23 +170,20 @@ int pktgen_xdp(struct xdp_md *ctx)
 		st->over++;
 		return XDP_DROP;
 	}
-
-	__u32 n = cfg->n_dsts;
-	if (n == 0 || n > MAX_DSTS)
-		n = 1;
-	__u32 ns = cfg->sport_count ? cfg->sport_count : 1;
-	__u32 nd = cfg->dport_count ? cfg->dport_count : 1;
 	__u32 di = st->di;
-	__u64 sseq = st->sseq;
-	__u32 si = st->si, pi = st->pi;
-	if (di >= n || si >= ns || pi >= nd) // never, unless the config changed
+	struct gen_dst *dst = bpf_map_lookup_elem(&gen_dsts, &di);
+	if (!dst)
 		return XDP_ABORTED;
+	__u64 sseq = st->sseq;
+	__u16 sport = cfg->sport_first + st->si;
+	__u16 dport = cfg->dport_first + st->pi;
 
 	// The timestamp is read once per clock_every frames (and at the
 	// start of every call): the clock read is the costliest part of a
 	// stamp. A frame's timestamp is never later than its transmit.
-	__u64 ts = st->ts;
+	__u64 ts = 0;
 	if (cfg->stamp) {
+		ts = st->ts;
 		if (st->clock_left == 0 || st->call != cfg->call) {
 			ts = bpf_ktime_get_ns();
 			st->ts = ts;
@@ -196,41 +193,38 @@ int pktgen_xdp(struct xdp_md *ctx)
 		st->clock_left--;
 	}
 
-	struct gen_dst *dst = bpf_map_lookup_elem(&gen_dsts, &di);
-	if (!dst)
-		return XDP_ABORTED;
-
-	__u32 stream = cfg->stream_base + di;
-	__u16 sport = cfg->sport_first + si;
-	__u16 dport = cfg->dport_first + pi;
 	int act;
 	switch (cfg->tags) {
 	case 0:
-		act = stamp(ctx, cfg, dst, 42, stream, sseq, ts, sport, dport);
+		act = stamp(ctx, cfg, dst, 42, sseq, ts, sport, dport);
 		break;
 	case 1:
-		act = stamp(ctx, cfg, dst, 46, stream, sseq, ts, sport, dport);
+		act = stamp(ctx, cfg, dst, 46, sseq, ts, sport, dport);
 		break;
 	default:
-		act = stamp(ctx, cfg, dst, 50, stream, sseq, ts, sport, dport);
+		act = stamp(ctx, cfg, dst, 50, sseq, ts, sport, dport);
 		break;
 	}
 	if (act != XDP_TX)
 		return act;
+
+	// Next frame: destination, then the stream's ports, as FlowSpec says.
 	st->seq = seq + 1;
-	if (++di == n) {
+	if (++di >= cfg->n_dsts) {
 		di = 0;
 		st->sseq = sseq + 1;
-		if (++si == ns) {
+		__u32 si = st->si + 1;
+		if (si >= cfg->sport_count) {
 			si = 0;
-			if (++pi == nd)
+			__u32 pi = st->pi + 1;
+			if (pi >= cfg->dport_count)
 				pi = 0;
 			st->pi = pi;
 		}
 		st->si = si;
 	}
 	st->di = di;
-	return act;
+	return XDP_TX;
 }
 
 // ---- sink ----
