@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -22,10 +24,8 @@ type LiveOptions struct {
 	// BatchSize is the kernel's live-frames batch (frames per page-pool
 	// refill and transmit flush), 1..256; 0 means 64.
 	BatchSize uint32
-	// MaxChunk bounds the frames of one BPF_PROG_RUN call (0 = 1<<16).
-	// If a signal interrupts a call, the kernel's loop restarts from zero
-	// and the program drops what exceeds the requested count; a bound keeps
-	// that wasted work small.
+	// MaxChunk bounds the frames of one BPF_PROG_RUN call (0 = 1<<20).
+	// A call a signal interrupts goes on from the frame it got to.
 	MaxChunk int
 	// NoStamp leaves the payload out: frames carry headers (destinations
 	// and ports still rotate) and data_in's zero payload, which receivers
@@ -76,15 +76,33 @@ type xdpMD struct {
 // the interface's network namespace (netnstest's NS.Do, or
 // runtime.LockOSThread + setns); Close may be called from anywhere.
 type LiveGenerator struct {
-	tmpl  *Template
-	opts  LiveOptions
-	base  []byte
-	ctx   xdpMD
-	conf  pktgenBPFGenConfig
-	objs  liveObjects
-	sent  uint64 // frames stamped so far (the program's sequence counter)
-	runOp ebpf.RunOptions
-	keep  *keeper // nil without the dispatcher keeper
+	tmpl *Template
+	opts LiveOptions
+	base []byte
+	ctx  xdpMD
+	conf pktgenBPFGenConfig
+	objs liveObjects
+	sent uint64 // frames stamped so far (the program's sequence counter)
+	attr testRunAttr
+	keep *keeper // nil without the dispatcher keeper
+	// The last call's frames per second, for Chunk.
+	rate        float64
+	interrupted int // calls a signal cut short (for tests)
+}
+
+// testRunAttr is union bpf_attr's BPF_PROG_TEST_RUN member. The generator
+// makes the call itself rather than through ebpf.Program.Run, which
+// restarts an interrupted call with its full count: a large one might
+// then never finish under a signal every few ms (profiling).
+type testRunAttr struct {
+	ProgFD, Retval          uint32
+	DataSizeIn, DataSizeOut uint32
+	DataIn, DataOut         uint64
+	Repeat, Duration        uint32
+	CtxSizeIn, CtxSizeOut   uint32
+	CtxIn, CtxOut           uint64
+	Flags, CPU, BatchSize   uint32
+	_                       uint32
 }
 
 type liveObjects struct {
@@ -114,7 +132,7 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 		return nil, fmt.Errorf("live generator: batch size %d above 256", opts.BatchSize)
 	}
 	if opts.MaxChunk <= 0 {
-		opts.MaxChunk = 1 << 16
+		opts.MaxChunk = 1 << 20
 	}
 	if opts.ClockEvery <= 0 {
 		opts.ClockEvery = defaultClockEvery
@@ -174,11 +192,14 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 		return nil, errors.New("live generator: a port range of all 65536 ports is not supported; use 1-65535")
 	}
 	g.ctx = xdpMD{DataEnd: uint32(len(g.base)), IngressIfindex: uint32(opts.Ifindex), RxQueueIndex: opts.Queue}
-	g.runOp = ebpf.RunOptions{
-		Data:      g.base,
-		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-		BatchSize: opts.BatchSize,
-		Context:   g.ctx,
+	g.attr = testRunAttr{
+		ProgFD:     uint32(g.objs.Prog.FD()),
+		DataSizeIn: uint32(len(g.base)),
+		DataIn:     uint64(uintptr(unsafe.Pointer(&g.base[0]))),
+		CtxSizeIn:  uint32(unsafe.Sizeof(g.ctx)),
+		CtxIn:      uint64(uintptr(unsafe.Pointer(&g.ctx))),
+		Flags:      unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+		BatchSize:  opts.BatchSize,
 	}
 	if !opts.NoKeeper {
 		// Best effort: without it the generator is correct, only slow.
@@ -197,9 +218,17 @@ func (g *LiveGenerator) Template() *Template { return g.tmpl }
 // FrameLen is the length of each frame.
 func (g *LiveGenerator) FrameLen() int { return g.tmpl.frameLen }
 
-// Chunk is the frames per call of an unpaced Run: MaxChunk, so the
-// ~0.15 ms of set-up per BPF_PROG_RUN call is well under 1% of it.
-func (g *LiveGenerator) Chunk() int { return g.opts.MaxChunk }
+// chunkTime is how long an unpaced call should last: long enough that a
+// call's set-up (0.05 ms idle; ms when other processes hold the XDP
+// dispatcher's mutex) is small beside it, short enough for Run to end
+// near its deadline.
+const chunkTime = 0.1 // seconds
+
+// Chunk is the frames per call of an unpaced Run: what the last call sent
+// in chunkTime, within 1<<14..MaxChunk.
+func (g *LiveGenerator) Chunk() int {
+	return max(min(int(g.rate*chunkTime), g.opts.MaxChunk), min(1<<14, g.opts.MaxChunk))
+}
 
 // Sent is the number of frames stamped and handed to the interface so far;
 // it is also the frame number of the next frame.
@@ -218,23 +247,48 @@ func (g *LiveGenerator) Send(n int) (sent, failed int, err error) {
 		if err := g.objs.Conf.Put(uint32(0), &g.conf); err != nil {
 			return sent, 0, fmt.Errorf("live generator: set limit: %w", err)
 		}
-		g.runOp.Repeat = uint32(chunk)
-		_, runErr := g.objs.Prog.Run(&g.runOp)
-		var st pktgenBPFGenState
-		if err := g.objs.State.Lookup(uint32(0), &st); err != nil {
-			return sent, 0, fmt.Errorf("live generator: read counter: %w", err)
-		}
-		done := int(st.Seq - g.sent)
-		g.sent = st.Seq
+		start := time.Now()
+		done, err := g.run()
 		sent += done
-		if runErr != nil {
-			return sent, 0, fmt.Errorf("live generator: BPF_PROG_RUN on ifindex %d: %w", g.opts.Ifindex, runErr)
+		if err != nil {
+			return sent, 0, err
 		}
 		if done < chunk {
 			return sent, 0, fmt.Errorf("live generator: program stamped %d of %d frames (frame too short for its header?)", done, chunk)
 		}
+		if el := time.Since(start).Seconds(); el > 0 {
+			g.rate = float64(done) / el
+		}
 	}
 	return sent, 0, nil
+}
+
+// run makes BPF_PROG_RUN calls until the program's counter reaches the
+// limit (a call a signal interrupted goes on with the frames left) or a
+// call stamps nothing. It returns the frames stamped.
+func (g *LiveGenerator) run() (int, error) {
+	first := g.sent
+	for g.sent < g.conf.Limit {
+		g.attr.Repeat = uint32(g.conf.Limit - g.sent)
+		_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&g.attr)), unsafe.Sizeof(g.attr))
+		runtime.KeepAlive(g.base) // the kernel read data_in and ctx through g.attr
+		runtime.KeepAlive(&g.ctx)
+		var st pktgenBPFGenState
+		if err := g.objs.State.Lookup(uint32(0), &st); err != nil {
+			return int(g.sent - first), fmt.Errorf("live generator: read counter: %w", err)
+		}
+		progress := st.Seq != g.sent
+		g.sent = st.Seq
+		switch {
+		case errno == unix.EINTR: // a signal: go on with the frames left
+			g.interrupted++
+		case errno != 0:
+			return int(g.sent - first), fmt.Errorf("live generator: BPF_PROG_RUN on ifindex %d: %w", g.opts.Ifindex, errno)
+		case !progress:
+			return int(g.sent - first), nil
+		}
+	}
+	return int(g.sent - first), nil
 }
 
 // Close releases the program and maps.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,11 +161,16 @@ func (d *dropSink) close() {
 // threadCPU is the calling thread's user+system CPU time. On veth the
 // sink's XDP runs in the sender's softirq, on this thread's account.
 func threadCPU() (time.Duration, error) {
+	ru, err := threadUsage()
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), err
+}
+
+func threadUsage() (unix.Rusage, error) {
 	var ru unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
-		return 0, fmt.Errorf("getrusage: %w", err)
+		return ru, fmt.Errorf("getrusage: %w", err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+	return ru, nil
 }
 
 // liveVariant is one way of sending in BenchmarkLiveVsReference.
@@ -173,6 +180,8 @@ type liveVariant struct {
 	wall []float64 // Mpps per round
 	cpu  []float64 // Mpps per second of the thread's CPU
 	lost int64     // frames the sink did not count
+	// Voluntary and involuntary context switches of the sending thread.
+	nvcsw, nivcsw int64
 }
 
 // BenchmarkLiveVsReference measures, in one run, on one pinned core, into
@@ -190,13 +199,19 @@ type liveVariant struct {
 //   - stamp-clock1: the same, the clock read for every frame;
 //   - nostamp: 4 destinations rotated, no payload.
 //
-// The variants take turns, 3 rounds; each reports its median Mpps (wall
-// clock, and per second of the sending thread's CPU) and its ratio to ref
-// in the same round (median). Run:
+// The variants take turns, VMQ_BENCH_ROUNDS rounds (default 5); each
+// reports its median Mpps (wall clock, and per second of the sending
+// thread's CPU) and its ratio to ref in the same round (median). Run:
 //
-//	go test -run '^$' -bench LiveVsReference -benchtime 2000000x ./pktgen
+//	go test -run '^$' -bench LiveVsReference -benchtime 1000000x ./pktgen
 func BenchmarkLiveVsReference(b *testing.B) {
-	const rounds = 3
+	rounds := 5
+	if v := os.Getenv("VMQ_BENCH_ROUNDS"); v != "" {
+		var err error
+		if rounds, err = strconv.Atoi(v); err != nil || rounds < 1 {
+			b.Fatalf("VMQ_BENCH_ROUNDS=%q: want a positive number", v)
+		}
+	}
 	if b.N < 1000 {
 		return // the framework's probe run: too short to measure anything
 	}
@@ -256,16 +271,16 @@ func BenchmarkLiveVsReference(b *testing.B) {
 	vs := []*liveVariant{
 		{name: "ref", send: ref.send},
 		{name: "ref-keep", send: refKeep.send},
-		{name: "old", send: gen(FlowSpec{Dests: dests[:1], SrcPorts: PortRange{1000, 1999}}, LiveOptions{NoKeeper: true, ClockEvery: 1}, unpacedChunk)},
+		{name: "old", send: gen(FlowSpec{Dests: dests[:1], SrcPorts: PortRange{1000, 1999}}, LiveOptions{NoKeeper: true, ClockEvery: 1, MaxChunk: unpacedChunk}, 0)},
 		{name: "stamp", send: gen(rotate, LiveOptions{}, 0)},
 		{name: "stamp-clock1", send: gen(rotate, LiveOptions{ClockEvery: 1}, 0)},
 		{name: "nostamp", send: gen(rotate, LiveOptions{NoStamp: true}, 0)},
 	}
 	if only := os.Getenv("VMQ_BENCH_ONLY"); only != "" {
-		// Profiling one variant: perf record -p on this process.
+		// Profiling some variants (and ref): perf record -p on this process.
 		var sel []*liveVariant
 		for _, v := range vs {
-			if v.name == "ref" || v.name == only {
+			if v.name == "ref" || slices.Contains(strings.Split(only, ","), v.name) {
 				sel = append(sel, v)
 			}
 		}
@@ -282,20 +297,30 @@ func BenchmarkLiveVsReference(b *testing.B) {
 			return err
 		}
 		for r := 0; r < rounds; r++ {
-			for _, v := range vs {
-				c0, err := threadCPU()
+			// Every other round runs the variants backwards, so a drift in
+			// the machine's load does not favour the first.
+			order := slices.Clone(vs)
+			if r%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, v := range order {
+				u0, err := threadUsage()
 				if err != nil {
 					return err
 				}
+				c0 := time.Duration(u0.Utime.Nano() + u0.Stime.Nano())
 				start := time.Now()
 				if err := v.send(b.N); err != nil {
 					return fmt.Errorf("%s: %w", v.name, err)
 				}
 				el := time.Since(start)
-				c1, err := threadCPU()
+				u1, err := threadUsage()
 				if err != nil {
 					return err
 				}
+				c1 := time.Duration(u1.Utime.Nano() + u1.Stime.Nano())
+				v.nvcsw += u1.Nvcsw - u0.Nvcsw
+				v.nivcsw += u1.Nivcsw - u0.Nivcsw
 				v.wall = append(v.wall, float64(b.N)/el.Seconds()/1e6)
 				v.cpu = append(v.cpu, float64(b.N)/(c1-c0).Seconds()/1e6)
 				// Settle, so the next variant's count starts clean.
@@ -315,7 +340,8 @@ func BenchmarkLiveVsReference(b *testing.B) {
 	}
 	b.StopTimer()
 	for _, v := range vs {
-		b.Logf("%-13s wall Mpps %.3f  per CPU-s %.3f  lost %d", v.name, v.wall, v.cpu, v.lost)
+		b.Logf("%-13s wall Mpps %.3f  per CPU-s %.3f  lost %d  context switches %d voluntary, %d not",
+			v.name, v.wall, v.cpu, v.lost, v.nvcsw, v.nivcsw)
 	}
 	// A veth drops what its peer's ring cannot take when the receiving
 	// softirq is late (other work on the CPU): some loss is the machine's,
@@ -332,24 +358,24 @@ func BenchmarkLiveVsReference(b *testing.B) {
 	for _, v := range vs {
 		b.ReportMetric(median(v.wall), v.name+"-Mpps")
 		if v.name != "ref" {
-			b.ReportMetric(ratio(v, vs[0]), v.name+"/ref")
+			b.ReportMetric(ratio(v.wall, vs[0].wall), v.name+"/ref")
+			b.ReportMetric(ratio(v.cpu, vs[0].cpu), v.name+"/ref-cpu")
 		}
 	}
 	for _, v := range vs {
 		b.ReportMetric(median(v.cpu), v.name+"-Mpps/cpu")
 	}
-	if len(vs) > 3 {
+	if len(vs) > 3 && vs[1].name == "ref-keep" && vs[3].name == "stamp" {
 		// vmq-pktgen against the kernel's speed without per-call waits.
-		b.ReportMetric(ratio(vs[3], vs[1]), vs[3].name+"/"+vs[1].name)
+		b.ReportMetric(ratio(vs[3].wall, vs[1].wall), vs[3].name+"/"+vs[1].name)
 	}
 }
 
-// ratio is the median over rounds of v's wall Mpps over ref's in the same
-// round.
-func ratio(v, ref *liveVariant) float64 {
-	rs := make([]float64, len(v.wall))
+// ratio is the median over rounds of v's rate over ref's in the same round.
+func ratio(v, ref []float64) float64 {
+	rs := make([]float64, len(v))
 	for r := range rs {
-		rs[r] = v.wall[r] / ref.wall[r]
+		rs[r] = v[r] / ref[r]
 	}
 	return median(rs)
 }

@@ -500,3 +500,48 @@ func TestLiveTracker(t *testing.T) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// A call interrupted by signals (here every 2 ms, as a profiler's would)
+// goes on from where it got: the count stays exact, no frame twice.
+func TestLiveSendInterrupted(t *testing.T) {
+	const stream, n = 9, 1 << 20
+	p := newLivePair(t, FlowSpec{Stream: stream}, SinkOptions{Stream: stream})
+	var sent int
+	if err := p.tx.NS.Do(func() error {
+		tid := unix.Gettid()
+		stop := make(chan struct{})
+		signals := make(chan int)
+		go func() {
+			k := 0
+			for {
+				select {
+				case <-stop:
+					signals <- k
+					return
+				case <-time.After(2 * time.Millisecond):
+					// SIGURG: the Go runtime's own preemption signal, harmless.
+					if unix.Tgkill(unix.Getpid(), tid, unix.SIGURG) == nil {
+						k++
+					}
+				}
+			}
+		}()
+		var err error
+		sent, _, err = p.gen.Send(n)
+		close(stop)
+		t.Logf("%d signals during the send", <-signals)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sent != n || p.gen.Sent() != n {
+		t.Fatalf("sent %d (generator counted %d), want %d", sent, p.gen.Sent(), n)
+	}
+	if p.gen.interrupted == 0 {
+		t.Fatal("no call was interrupted: the test tested nothing")
+	}
+	t.Logf("%d calls interrupted", p.gen.interrupted)
+	if st := waitFrames(t, p.sink, n); st.Tracked != n || st.Dups != 0 || st.MaxSeq != n {
+		t.Fatalf("sink %+v, want %d frames once each", st, n)
+	}
+}
