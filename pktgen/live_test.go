@@ -545,3 +545,24 @@ func TestLiveSendInterrupted(t *testing.T) {
 		t.Fatalf("sink %+v, want %d frames once each", st, n)
 	}
 }
+
+// An unpaced run with a duration ends near it although the generator
+// sends ~100 ms per call at full speed, and every frame arrives once.
+func TestRunUnpacedDuration(t *testing.T) {
+	p := newLivePair(t, FlowSpec{Stream: 3}, SinkOptions{Stream: 3})
+	const d = 400 * time.Millisecond
+	var st Stats
+	if err := p.tx.NS.Do(func() (err error) {
+		st, err = Run(context.Background(), p.gen, RunOptions{Duration: d})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st.Elapsed < d || st.Elapsed > d+150*time.Millisecond {
+		t.Fatalf("ran %v for a duration of %v (%d frames)", st.Elapsed, d, st.Sent)
+	}
+	if got := waitFrames(t, p.sink, st.Sent); got.Tracked != min(st.Sent, SinkSeqRange) || got.Payloads != st.Sent || got.Dups != 0 {
+		t.Fatalf("sink %+v, sent %d", got, st.Sent)
+	}
+	t.Logf("%d frames in %v: %.2f Mpps", st.Sent, st.Elapsed, st.PPS()/1e6)
+}

@@ -99,14 +99,13 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 	if burst <= 0 {
 		burst = 64
 	}
-	chunk := unpacedChunk
-	if c, ok := s.(chunker); ok {
-		chunk = max(c.Chunk(), 1)
+	// The sender's chunk may change as it learns its speed: ask each time.
+	chunk := func() int {
+		if c, ok := s.(chunker); ok {
+			return max(c.Chunk(), burst)
+		}
+		return max(unpacedChunk, burst)
 	}
-	if opts.Rate == 0 {
-		burst = max(burst, chunk)
-	}
-	chunk = max(chunk, burst)
 	tick := opts.Tick
 	if tick <= 0 {
 		tick = time.Second
@@ -138,7 +137,15 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 			break
 		}
 		n := burst
-		if opts.Rate > 0 {
+		if opts.Rate == 0 {
+			n = chunk()
+			if el := now.Sub(start); !deadline.IsZero() && k > 0 && el > 0 {
+				// Near the deadline, only what fits before it at the
+				// speed so far: a large chunk must not overrun it.
+				fits := float64(k) / el.Seconds() * deadline.Sub(now).Seconds()
+				n = min(n, max(int(fits)+1, min(burst, 64)))
+			}
+		} else {
 			// Hold the average: frame k is due at start + k/rate.
 			due := start.Add(time.Duration(float64(k) / opts.Rate * float64(time.Second)))
 			if wait := due.Sub(now); wait > 0 {
@@ -156,7 +163,7 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 			}
 			// Behind: catch up with every frame due by now.
 			if dueNow := uint64(now.Sub(start).Seconds()*opts.Rate) + 1; dueNow > k+uint64(n) {
-				n = int(min(dueNow-k, uint64(chunk)))
+				n = int(min(dueNow-k, uint64(chunk())))
 			}
 		}
 		if opts.Count > 0 {
