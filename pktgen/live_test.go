@@ -326,8 +326,15 @@ func BenchmarkLiveFrames(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds()/1e6, "Mpps")
 	st := waitFrames(b, p.sink, uint64(b.N))
-	if st.Payloads != uint64(b.N) {
+	// At full speed a veth drops what its peer's ring (256 frames) cannot
+	// take when the receiving softirq is deferred to ksoftirqd (other work
+	// on the CPU); the minimal generator loses them too. More than 1% is
+	// a bug; less is reported.
+	if st.Payloads > uint64(b.N) || st.Payloads < uint64(b.N)-uint64(b.N)/100 {
 		b.Fatalf("sink saw %d of %d frames", st.Payloads, b.N)
+	}
+	if lost := uint64(b.N) - st.Payloads; lost > 0 {
+		b.ReportMetric(float64(lost)/float64(b.N)*100, "%lost")
 	}
 }
 
