@@ -66,7 +66,7 @@ type xdpMD struct {
 // dispatcher is only reference-counted, so the generator keeps its program
 // attached (generic XDP) to the loopback of a private network namespace of
 // its own, created for that and gone with the generator. A call then costs
-// ~0.15 ms of set-up, and paced runs can send small bursts. Where the
+// 0.05-0.15 ms of set-up, and paced runs can send small bursts. Where the
 // namespace cannot be made (no CAP_SYS_ADMIN), the generator works without
 // it, slowly (Keeper reports which).
 //
