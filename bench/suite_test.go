@@ -294,6 +294,11 @@ func (g *generator) wait() (genSummary, error) {
 	if err != nil || sum.Error != "" {
 		return sum, fmt.Errorf("generator: %v %s; stderr %s", err, sum.Error, g.stderr.String())
 	}
+	// A generator that cannot hold its program in the XDP dispatcher
+	// waits ~20 ms per call: it would measure itself, not the ceiling.
+	if i := strings.Index(g.stderr.String(), "warning:"); i >= 0 {
+		return sum, fmt.Errorf("generator not at full speed: %s", strings.SplitN(g.stderr.String()[i:], "\n", 2)[0])
+	}
 	return sum, nil
 }
 

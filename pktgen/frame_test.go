@@ -34,6 +34,25 @@ type parsed struct {
 // checksum and lengths, UDP checksum (if not zero), payload, zero padding.
 func checkFrame(t testing.TB, f []byte, wantLen int) parsed {
 	t.Helper()
+	p, udp := checkHeaders(t, f, wantLen)
+	var ok bool
+	p.payload, ok = ParsePayload(udp[8:])
+	if !ok {
+		t.Fatal("no payload")
+	}
+	if !bytes.Equal(udp[8+PayloadLen:], make([]byte, len(udp)-8-PayloadLen)) {
+		t.Fatal("padding not zero")
+	}
+	if got, ok := ParseFrame(f); !ok || got != p.payload {
+		t.Fatalf("ParseFrame = %+v, %v; want %+v", got, ok, p.payload)
+	}
+	return p
+}
+
+// checkHeaders checks a frame's headers and checksums, whatever its UDP
+// data, and returns them and the UDP header and data.
+func checkHeaders(t testing.TB, f []byte, wantLen int) (parsed, []byte) {
+	t.Helper()
 	var p parsed
 	if len(f) != wantLen {
 		t.Fatalf("frame length %d, want %d", len(f), wantLen)
@@ -100,18 +119,7 @@ func checkFrame(t testing.TB, f []byte, wantLen int) parsed {
 			t.Fatalf("UDP checksum %#x wrong (sum %#x)", p.udpCsum, s)
 		}
 	}
-	var ok bool
-	p.payload, ok = ParsePayload(udp[8:])
-	if !ok {
-		t.Fatal("no payload")
-	}
-	if !bytes.Equal(udp[8+PayloadLen:], make([]byte, len(udp)-8-PayloadLen)) {
-		t.Fatal("padding not zero")
-	}
-	if got, ok := ParseFrame(f); !ok || got != p.payload {
-		t.Fatalf("ParseFrame = %+v, %v; want %+v", got, ok, p.payload)
-	}
-	return p
+	return p, udp
 }
 
 func TestFrameBuild(t *testing.T) {

@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
+	"net/netip"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/netnstest"
 )
@@ -26,40 +30,94 @@ func TestLiveProgramMatchesTemplate(t *testing.T) {
 			SrcPorts: PortRange{1, 65535}},
 	}
 	for name, spec := range specs {
-		t.Run(name, func(t *testing.T) {
-			tm, err := NewTemplate(spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, err := NewLiveGenerator(tm, LiveOptions{Ifindex: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer g.Close()
-			g.conf.Limit = 1 << 62
+		for _, noStamp := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/nostamp=%v", name, noStamp), func(t *testing.T) {
+				testLiveProgram(t, spec, noStamp)
+			})
+		}
+	}
+}
+
+// testLiveProgram runs the program 20 times with a timestamp read every 4
+// frames and a new call at frame 10 (which reads the clock afresh).
+func testLiveProgram(t *testing.T, spec FlowSpec, noStamp bool) {
+	tm, err := NewTemplate(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewLiveGenerator(tm, LiveOptions{Ifindex: 1, ClockEvery: 4, NoStamp: noStamp, NoKeeper: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	g.conf.Limit = 1 << 62
+	if err := g.objs.Conf.Put(uint32(0), &g.conf); err != nil {
+		t.Fatal(err)
+	}
+	// Feed the program garbage headers: it must rewrite them all.
+	in := g.base
+	for i := 0; i < tm.HeaderLen()+PayloadLen; i++ {
+		if i < tm.HeaderLen() || !noStamp {
+			in[i] = 0xa5
+		}
+	}
+	hl := tm.HeaderLen()
+	var prevTS, callTS uint64
+	for n := uint64(0); n < 20; n++ {
+		if n == 10 {
+			g.conf.Call++
 			if err := g.objs.Conf.Put(uint32(0), &g.conf); err != nil {
 				t.Fatal(err)
 			}
-			// Feed the program garbage headers: it must rewrite them all.
-			in := tm.Base()
-			for i := 0; i < tm.HeaderLen()+PayloadLen; i++ {
-				in[i] = 0xa5
+			callTS = MonotonicNS()
+		}
+		ret, out, err := g.objs.Prog.Test(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ret != 3 { // XDP_TX
+			t.Fatalf("frame %d: program returned %d, want XDP_TX", n, ret)
+		}
+		if noStamp {
+			// Headers and ports rotate; the payload stays data_in's zeros
+			// and the checksum (checked by checkFrame) covers them.
+			want := tm.Frame(n, 0)
+			clear(want[hl:])
+			out[hl-2], out[hl-1], want[hl-2], want[hl-1] = 0, 0, 0, 0
+			if !bytes.Equal(out, want) {
+				t.Fatalf("frame %d differs\n bpf %x\n  go %x", n, out, want)
 			}
-			for n := uint64(0); n < 20; n++ {
-				ret, out, err := g.objs.Prog.Test(in)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if ret != 3 { // XDP_TX
-					t.Fatalf("frame %d: program returned %d, want XDP_TX", n, ret)
-				}
-				ts := binary.BigEndian.Uint64(out[tm.HeaderLen()+16:])
-				if want := tm.Frame(n, ts); !bytes.Equal(out, want) {
-					t.Fatalf("frame %d differs\n bpf %x\n  go %x", n, out, want)
-				}
-				checkFrame(t, out, tm.FrameLen())
-			}
-		})
+			continue
+		}
+		ts := binary.BigEndian.Uint64(out[hl+16:])
+		if want := tm.Frame(n, ts); !bytes.Equal(out, want) {
+			t.Fatalf("frame %d differs\n bpf %x\n  go %x", n, out, want)
+		}
+		checkFrame(t, out, tm.FrameLen())
+		// Frames 0-3, 4-7, 8-9 (the call ends), 10-13, 14-17, 18-19
+		// share a clock read; a new call reads it afresh.
+		fresh := n%4 == 0 && n < 10 || n >= 10 && (n-10)%4 == 0
+		switch {
+		case n == 10 && ts < callTS:
+			t.Fatalf("frame %d: timestamp %d from before the call (%d)", n, ts, callTS)
+		case fresh && ts < prevTS, !fresh && ts != prevTS:
+			t.Fatalf("frame %d: timestamp %d after %d (clock read every 4 frames)", n, ts, prevTS)
+		}
+		prevTS = ts
+	}
+	if noStamp {
+		// The header rewrite and the checksum over a zero payload.
+		_, out, err := g.objs.Prog.Test(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, udp := checkHeaders(t, out, tm.FrameLen())
+		if spec.UDPChecksum && binary.BigEndian.Uint16(udp[6:]) == 0 {
+			t.Fatal("no UDP checksum")
+		}
+		if !bytes.Equal(udp[8:], make([]byte, len(udp)-8)) {
+			t.Fatalf("unstamped frame's UDP data %x, want zeros", udp[8:])
+		}
 	}
 }
 
@@ -268,7 +326,250 @@ func BenchmarkLiveFrames(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds()/1e6, "Mpps")
 	st := waitFrames(b, p.sink, uint64(b.N))
-	if st.Payloads != uint64(b.N) {
+	// At full speed a veth drops what its peer's ring (256 frames) cannot
+	// take when the receiving softirq is deferred to ksoftirqd (other work
+	// on the CPU); the minimal generator loses them too. More than 1% is
+	// a bug; less is reported.
+	if st.Payloads > uint64(b.N) || st.Payloads < uint64(b.N)-uint64(b.N)/100 {
 		b.Fatalf("sink saw %d of %d frames", st.Payloads, b.N)
 	}
+	if lost := uint64(b.N) - st.Payloads; lost > 0 {
+		b.ReportMetric(float64(lost)/float64(b.N)*100, "%lost")
+	}
+}
+
+// The generator holds its program in the XDP dispatcher through a private
+// namespace's loopback, and lets go of it at Close.
+func TestLiveKeeper(t *testing.T) {
+	p := newLivePair(t, FlowSpec{Stream: 1}, SinkOptions{Stream: 1})
+	if !p.gen.Keeper() {
+		t.Fatal("no dispatcher keeper (as root)")
+	}
+	info, err := p.gen.keep.lnk.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := info.XDP(); x == nil || x.Ifindex != 1 {
+		t.Fatalf("keeper link %+v: want XDP on ifindex 1", info)
+	}
+	// Small calls are cheap with it (without, each pays two
+	// synchronize_rcu() waits, ~20 ms here). Logged, not asserted: timing.
+	start := time.Now()
+	if err := p.tx.NS.Do(func() error {
+		for i := 0; i < 50; i++ {
+			if _, _, err := p.gen.Send(64); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("50 calls of 64 frames: %v", time.Since(start))
+	if got := waitFrames(t, p.sink, 50*64); got.Tracked != 50*64 || got.Dups != 0 {
+		t.Fatalf("sink %+v", got)
+	}
+	lnk := p.gen.keep.lnk
+	if err := p.gen.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lnk.Info(); err == nil {
+		t.Fatal("keeper link still open after Close")
+	}
+}
+
+// A rate above what bursts of Burst reach call by call is held by sending
+// what is due in bigger calls; the count stays exact.
+func TestRunHighRate(t *testing.T) {
+	p := newLivePair(t, FlowSpec{Stream: 1}, SinkOptions{Stream: 1})
+	const rate, count = 1e6, 100000 // 0.1 s
+	var st Stats
+	if err := p.tx.NS.Do(func() (err error) {
+		st, err = Run(context.Background(), p.gen, RunOptions{Count: count, Rate: rate, Burst: 1})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st.Sent != count || st.Errors != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Not faster than twice the rate; and not 15 times slower (a call per
+	// frame, ~45 µs each, would take 4.5 s).
+	if lo, hi := time.Duration(float64(count)/(2*rate)*float64(time.Second)), 1500*time.Millisecond; st.Elapsed < lo || st.Elapsed > hi {
+		t.Fatalf("sent %d frames at rate %v in %v, want %v..%v", count, rate, st.Elapsed, lo, hi)
+	}
+	if got := waitFrames(t, p.sink, count); got.Tracked != count || got.Dups != 0 || got.TSBack != 0 {
+		t.Fatalf("sink %+v", got)
+	}
+}
+
+// A receiver's Tracker counts the generator's frames exactly, paced in
+// bursts, rotated over destinations, and measures a plausible latency:
+// timestamps are read at each call and every ClockEvery frames, never
+// later than the frame's transmit and never going back.
+func TestLiveTracker(t *testing.T) {
+	nsA, nsB := netnstest.New(t), netnstest.New(t)
+	a, b := netnstest.NewVethPair(t, nsA, nsB, netnstest.VethOptions{})
+	var sink *Sink
+	var fd int
+	if err := nsB.Do(func() (err error) {
+		// XDP_PASS: the frames go on to the stack, where a packet
+		// socket reads them as a receiver would.
+		if sink, err = AttachSink(b.Index, SinkOptions{Pass: true, Stream: 40}); err != nil {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if err := nsB.Do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: b.Index})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	tm, err := NewTemplate(FlowSpec{SrcMAC: a.MAC, Stream: 40, UDPChecksum: true,
+		Dests: []Dest{{MAC: b.MAC}, {MAC: b.MAC, IP: netip.MustParseAddr("10.0.0.3")}, {MAC: b.MAC, IP: netip.MustParseAddr("10.0.0.4")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewLiveGenerator(tm, LiveOptions{Ifindex: a.Index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	const count = 6000
+	before := MonotonicNS()
+	if err := nsA.Do(func() error {
+		_, err := Run(context.Background(), g, RunOptions{Count: count, Rate: 30000, Burst: 50})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tr := NewTracker(4)
+	buf := make([]byte, 2048)
+	var lastTS [3]uint64
+	var frames, shared int
+	for frames < count {
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			if MonotonicNS()-before > uint64(10*time.Second) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := MonotonicNS()
+		pl, ok := ParseFrame(buf[:n])
+		if !ok {
+			continue // the kernel's own frames
+		}
+		frames++
+		if pl.TimestampNS < before || pl.TimestampNS > now {
+			t.Fatalf("frame %+v: timestamp outside the run (%d..%d)", pl, before, now)
+		}
+		i := pl.Stream - 40
+		if pl.TimestampNS < lastTS[i] {
+			t.Fatalf("frame %+v: timestamp before the stream's previous %d", pl, lastTS[i])
+		}
+		if pl.TimestampNS == lastTS[i] {
+			shared++
+		}
+		lastTS[i] = pl.TimestampNS
+		tr.Observe(pl, now)
+	}
+	st := tr.Stats()
+	if len(st) != 3 {
+		t.Fatalf("tracker streams %+v", st)
+	}
+	for _, s := range st {
+		if s.Received != count/3 || s.Lost != 0 || s.Reordered != 0 || s.Duplicates != 0 || s.NextSeq != count/3 ||
+			s.Latency.Count != count/3 || s.Latency.Max > uint64(time.Second) {
+			t.Fatalf("stream %+v", s)
+		}
+	}
+	// 16 frames share a clock read (in bursts of 50: 3 reads and a short
+	// group per call), so most frames of a stream repeat a timestamp.
+	if shared < count/2 {
+		t.Fatalf("%d of %d frames repeat their stream's previous timestamp: the clock is read too often", shared, count)
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// A call interrupted by signals (here every 2 ms, as a profiler's would)
+// goes on from where it got: the count stays exact, no frame twice.
+func TestLiveSendInterrupted(t *testing.T) {
+	const stream, n = 9, 1 << 20
+	p := newLivePair(t, FlowSpec{Stream: stream}, SinkOptions{Stream: stream})
+	var sent int
+	if err := p.tx.NS.Do(func() error {
+		tid := unix.Gettid()
+		stop := make(chan struct{})
+		signals := make(chan int)
+		go func() {
+			k := 0
+			for {
+				select {
+				case <-stop:
+					signals <- k
+					return
+				case <-time.After(2 * time.Millisecond):
+					// SIGURG: the Go runtime's own preemption signal, harmless.
+					if unix.Tgkill(unix.Getpid(), tid, unix.SIGURG) == nil {
+						k++
+					}
+				}
+			}
+		}()
+		var err error
+		sent, _, err = p.gen.Send(n)
+		close(stop)
+		t.Logf("%d signals during the send", <-signals)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sent != n || p.gen.Sent() != n {
+		t.Fatalf("sent %d (generator counted %d), want %d", sent, p.gen.Sent(), n)
+	}
+	if p.gen.interrupted == 0 {
+		t.Fatal("no call was interrupted: the test tested nothing")
+	}
+	t.Logf("%d calls interrupted", p.gen.interrupted)
+	if st := waitFrames(t, p.sink, n); st.Tracked != n || st.Dups != 0 || st.MaxSeq != n {
+		t.Fatalf("sink %+v, want %d frames once each", st, n)
+	}
+}
+
+// An unpaced run with a duration ends near it although the generator
+// sends ~100 ms per call at full speed, and every frame arrives once.
+func TestRunUnpacedDuration(t *testing.T) {
+	p := newLivePair(t, FlowSpec{Stream: 3}, SinkOptions{Stream: 3})
+	const d = 400 * time.Millisecond
+	var st Stats
+	if err := p.tx.NS.Do(func() (err error) {
+		st, err = Run(context.Background(), p.gen, RunOptions{Duration: d})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st.Elapsed < d || st.Elapsed > d+150*time.Millisecond {
+		t.Fatalf("ran %v for a duration of %v (%d frames)", st.Elapsed, d, st.Sent)
+	}
+	if got := waitFrames(t, p.sink, st.Sent); got.Tracked != min(st.Sent, SinkSeqRange) || got.Payloads != st.Sent || got.Dups != 0 {
+		t.Fatalf("sink %+v, sent %d", got, st.Sent)
+	}
+	t.Logf("%d frames in %v: %.2f Mpps", st.Sent, st.Elapsed, st.PPS()/1e6)
 }

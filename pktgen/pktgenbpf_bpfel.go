@@ -16,28 +16,41 @@ import (
 type pktgenBPFGenConfig struct {
 	_          structs.HostLayout
 	Limit      uint64
+	Call       uint64
 	N_dsts     uint32
-	StreamBase uint32
+	Pad0       uint32
 	SportFirst uint16
 	SportCount uint16
 	DportFirst uint16
 	DportCount uint16
 	Tags       uint8
 	UdpCsum    uint8
-	Pad        [6]uint8
+	Stamp      uint8
+	Pad        uint8
+	Ifindex    uint32
+	ClockEvery uint32
+	_          [4]byte
 }
 
 type pktgenBPFGenDst struct {
 	_        structs.HostLayout
 	Hdr      [56]uint8
+	PlHead   uint64
 	CsumBase uint32
 	Pad      uint32
 }
 
 type pktgenBPFGenState struct {
-	_    structs.HostLayout
-	Seq  uint64
-	Over uint64
+	_         structs.HostLayout
+	Seq       uint64
+	Over      uint64
+	Sseq      uint64
+	Ts        uint64
+	Call      uint64
+	Di        uint32
+	Si        uint32
+	Pi        uint32
+	ClockLeft uint32
 }
 
 type pktgenBPFSinkConfig struct {

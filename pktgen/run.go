@@ -19,6 +19,17 @@ type Sender interface {
 	FrameLen() int
 }
 
+// chunker is a Sender with its own preferred frames per unpaced Send call
+// (a LiveGenerator's set-up per call is worth amortising over more frames
+// than a socket's).
+type chunker interface {
+	Chunk() int
+}
+
+// unpacedChunk is the frames per Send call of an unpaced run unless the
+// sender says otherwise: small enough to check deadlines and ticks often.
+const unpacedChunk = 16384
+
 // RunOptions say how much to send and how fast. With neither Count nor
 // Duration, Run sends until ctx ends.
 type RunOptions struct {
@@ -26,9 +37,13 @@ type RunOptions struct {
 	Duration time.Duration // how long to send (0 = no limit)
 	// Rate in frames per second (0 = as fast as possible). Frames go in
 	// bursts of Burst; between bursts Run sleeps to hold the average.
+	// When a call has fallen behind (the rate is above what bursts of
+	// Burst reach), the next call sends every frame that is due, so the
+	// average holds up to the sender's full speed.
 	Rate float64
 	// Burst is the frames per Send call when paced (default 64). Unpaced
-	// runs send larger chunks (at least 16384) to amortise the call.
+	// runs send larger chunks (at least 16384, or the sender's own) to
+	// amortise the call.
 	Burst int
 	// Tick, when OnTick is set, is how often OnTick gets the running
 	// totals (default 1s). OnTick runs on the sending goroutine: keep it short.
@@ -84,8 +99,12 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 	if burst <= 0 {
 		burst = 64
 	}
-	if opts.Rate == 0 {
-		burst = max(burst, 16384)
+	// The sender's chunk may change as it learns its speed: ask each time.
+	chunk := func() int {
+		if c, ok := s.(chunker); ok {
+			return max(c.Chunk(), burst)
+		}
+		return max(unpacedChunk, burst)
 	}
 	tick := opts.Tick
 	if tick <= 0 {
@@ -113,17 +132,22 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 		if !deadline.IsZero() && !now.Before(deadline) {
 			break
 		}
-		n := burst
-		if opts.Count > 0 {
-			left := opts.Count - st.Sent - st.Errors
-			if left == 0 {
-				break
-			}
-			n = int(min(uint64(n), left))
+		k := st.Sent + st.Errors // the next frame
+		if opts.Count > 0 && k >= opts.Count {
+			break
 		}
-		if opts.Rate > 0 {
+		n := burst
+		if opts.Rate == 0 {
+			n = chunk()
+			if el := now.Sub(start); !deadline.IsZero() && k > 0 && el > 0 {
+				// Near the deadline, only what fits before it at the
+				// speed so far: a large chunk must not overrun it.
+				fits := float64(k) / el.Seconds() * deadline.Sub(now).Seconds()
+				n = min(n, max(int(fits)+1, min(burst, 64)))
+			}
+		} else {
 			// Hold the average: frame k is due at start + k/rate.
-			due := start.Add(time.Duration(float64(st.Sent+st.Errors) / opts.Rate * float64(time.Second)))
+			due := start.Add(time.Duration(float64(k) / opts.Rate * float64(time.Second)))
 			if wait := due.Sub(now); wait > 0 {
 				if !deadline.IsZero() && due.After(deadline) {
 					wait = deadline.Sub(now)
@@ -137,6 +161,13 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 				}
 				continue
 			}
+			// Behind: catch up with every frame due by now.
+			if dueNow := uint64(now.Sub(start).Seconds()*opts.Rate) + 1; dueNow > k+uint64(n) {
+				n = int(min(dueNow-k, uint64(chunk())))
+			}
+		}
+		if opts.Count > 0 {
+			n = int(min(uint64(n), opts.Count-k))
 		}
 		sent, failed, err := s.Send(n)
 		st.Sent += uint64(sent)

@@ -54,6 +54,8 @@ type config struct {
 	burst, threads, queue int
 	stream                uint
 	udpCsum, jsonOut      bool
+	noStamp               bool
+	clockEvery            int
 	spec                  pktgen.FlowSpec
 }
 
@@ -95,6 +97,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.queue, "queue", 0, "queue: rx queue index seen by the xdp program, or the AF_XDP queue")
 	fs.UintVar(&c.stream, "stream", 0, "payload stream of the first destination (thread t, destination i: stream + t*destinations + i)")
 	fs.BoolVar(&c.udpCsum, "udp-csum", false, "compute UDP checksums (default 0: none)")
+	fs.BoolVar(&c.noStamp, "no-stamp", false, "xdp mode: no payload (receivers cannot count loss or latency); saves the stamp's cost")
+	fs.IntVar(&c.clockEvery, "clock-every", 16, "xdp mode: frames per timestamp read (1 = every frame; a read costs more than the rest of the stamp)")
 	fs.StringVar(&c.mode, "mode", "xdp", "xdp (BPF_PROG_RUN live frames), xsk (AF_XDP tx) or packet (AF_PACKET)")
 	fs.BoolVar(&c.jsonOut, "json", false, "print the summary as JSON on stdout")
 	if err := fs.Parse(args); err != nil {
@@ -117,6 +121,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 	default:
 		return nil, fmt.Errorf("--mode %q: want xdp, xsk or packet", c.mode)
+	}
+	if c.mode != "xdp" && c.noStamp {
+		return nil, errors.New("--no-stamp is for --mode xdp")
+	}
+	if c.clockEvery < 1 {
+		return nil, fmt.Errorf("--clock-every %d: want at least 1", c.clockEvery)
 	}
 	if c.threads < 1 || c.threads > 64 {
 		return nil, fmt.Errorf("--threads %d out of 1..64", c.threads)
@@ -228,6 +238,7 @@ func inNetns(name string, fn func() error) error {
 }
 
 type worker struct {
+	warn   string // said once on stderr
 	sender pktgen.Sender
 	close  func() error
 	sent   atomic.Uint64
@@ -301,6 +312,9 @@ func generate(ctx context.Context, c *config, stderr io.Writer) (Summary, error)
 					ready <- err
 					return err
 				}
+				if w.warn != "" {
+					fmt.Fprintf(stderr, "vmq-pktgen: warning: %s\n", w.warn)
+				}
 				ready <- nil
 				st, err := pktgen.Run(ctx, w.sender, opts)
 				w.stats = st
@@ -365,9 +379,13 @@ loop:
 func (w *worker) open(c *config, tm *pktgen.Template, ifindex int) error {
 	switch c.mode {
 	case "xdp":
-		g, err := pktgen.NewLiveGenerator(tm, pktgen.LiveOptions{Ifindex: ifindex, Queue: uint32(c.queue)})
+		g, err := pktgen.NewLiveGenerator(tm, pktgen.LiveOptions{Ifindex: ifindex, Queue: uint32(c.queue),
+			NoStamp: c.noStamp, ClockEvery: c.clockEvery})
 		if err != nil {
 			return err
+		}
+		if !g.Keeper() {
+			w.warn = "xdp mode: cannot hold the program in the XDP dispatcher (a private network namespace needs CAP_SYS_ADMIN): every call waits ~20 ms"
 		}
 		w.sender, w.close = g, g.Close
 	case "xsk":

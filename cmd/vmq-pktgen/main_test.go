@@ -28,6 +28,8 @@ func TestFlagErrors(t *testing.T) {
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--qinq", "5"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a,02:00:00:00:00:0b@3", "--count", "1"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "extra"},
+		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--mode", "packet", "--no-stamp"},
+		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--clock-every", "0"},
 	}
 	for _, args := range bad {
 		var out, errOut bytes.Buffer
@@ -58,8 +60,13 @@ func TestCommandJSON(t *testing.T) {
 		mode    string
 		threads string
 		stream  uint32
-	}{{"xdp", "2", 10}, {"packet", "1", 20}, {"xsk", "1", 30}} {
-		t.Run(tc.mode, func(t *testing.T) {
+		noStamp bool
+	}{{"xdp", "2", 10, false}, {"packet", "1", 20, false}, {"xsk", "1", 30, false}, {"xdp", "1", 50, true}} {
+		name := tc.mode
+		if tc.noStamp {
+			name += "-nostamp"
+		}
+		t.Run(name, func(t *testing.T) {
 			var sink *pktgen.Sink
 			if err := nsB.Do(func() (err error) {
 				sink, err = pktgen.AttachSink(b.Index, pktgen.SinkOptions{Stream: tc.stream})
@@ -71,7 +78,8 @@ func TestCommandJSON(t *testing.T) {
 			const count = 1001
 			cmd := exec.Command(bin, "--dev", a.Name, "--netns", nsA.Name, "--dst-mac", b.MAC.String()+"@5",
 				"--qinq", "6", "--udp-src", "1000-1099", "--size", "128", "--count", "1001", "--rate", "20000",
-				"--threads", tc.threads, "--stream", strconv.FormatUint(uint64(tc.stream), 10), "--mode", tc.mode, "--udp-csum", "--json")
+				"--threads", tc.threads, "--stream", strconv.FormatUint(uint64(tc.stream), 10), "--mode", tc.mode, "--udp-csum", "--json",
+				"--no-stamp="+strconv.FormatBool(tc.noStamp))
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Run(); err != nil {
@@ -84,7 +92,21 @@ func TestCommandJSON(t *testing.T) {
 			if sum.Sent+sum.Errors != count || sum.FrameLen != 128 || sum.Mode != tc.mode || sum.Error != "" || sum.PPS <= 0 {
 				t.Fatalf("summary %+v", sum)
 			}
+			if strings.Contains(stderr.String(), "warning") {
+				t.Fatalf("stderr: %s", stderr.String())
+			}
 			st, err := sink.Stats()
+			if tc.noStamp {
+				// Frames without a payload: the sink counts them, no more.
+				for i := 0; err == nil && st.Frames < sum.Sent && i < 100; i++ {
+					time.Sleep(20 * time.Millisecond)
+					st, err = sink.Stats()
+				}
+				if err != nil || st.Frames < sum.Sent || st.Frames > sum.Sent+100 || st.Payloads != 0 || st.Bytes < sum.Bytes {
+					t.Fatalf("sink %+v, %v; command sent %d", st, err, sum.Sent)
+				}
+				return
+			}
 			for i := 0; err == nil && st.Payloads < sum.Sent && i < 100; i++ {
 				time.Sleep(20 * time.Millisecond)
 				st, err = sink.Stats()
