@@ -385,7 +385,7 @@ func TestRunHighRate(t *testing.T) {
 	const rate, count = 1e6, 100000 // 0.1 s
 	var st Stats
 	if err := p.tx.NS.Do(func() (err error) {
-		st, err = Run(context.Background(), p.gen, RunOptions{Count: count, Rate: rate, Burst: 1})
+		st, err = Run(context.Background(), p.gen, RunOptions{Count: count, Rate: rate, Burst: 1, CatchUp: true})
 		return err
 	}); err != nil {
 		t.Fatal(err)

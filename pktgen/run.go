@@ -37,10 +37,15 @@ type RunOptions struct {
 	Duration time.Duration // how long to send (0 = no limit)
 	// Rate in frames per second (0 = as fast as possible). Frames go in
 	// bursts of Burst; between bursts Run sleeps to hold the average.
-	// When a call has fallen behind (the rate is above what bursts of
-	// Burst reach), the next call sends every frame that is due, so the
-	// average holds up to the sender's full speed.
+	// A sender that falls behind (descheduled, or a rate above what
+	// bursts of Burst reach) resumes the schedule from where it is: no
+	// call sends more than Burst, so a receiver with a small ring sees no
+	// catch-up bursts, and the average may fall below Rate. See CatchUp.
 	Rate float64
+	// CatchUp makes a late paced run send every frame that is due in one
+	// call (up to the sender's chunk), so the average holds up to the
+	// sender's full speed: what a load test wants, not an exact-count test.
+	CatchUp bool
 	// Burst is the frames per Send call when paced (default 64). Unpaced
 	// runs send larger chunks (at least 16384, or the sender's own) to
 	// amortise the call.
@@ -112,6 +117,7 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 	}
 	st := Stats{FrameLen: s.FrameLen()}
 	start := time.Now()
+	sched := start // frame k is due at sched + k/rate
 	nextTick := start.Add(tick)
 	var deadline time.Time
 	if opts.Duration > 0 {
@@ -146,8 +152,8 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 				n = min(n, max(int(fits)+1, min(burst, 64)))
 			}
 		} else {
-			// Hold the average: frame k is due at start + k/rate.
-			due := start.Add(time.Duration(float64(k) / opts.Rate * float64(time.Second)))
+			// Hold the average: frame k is due at sched + k/rate.
+			due := sched.Add(time.Duration(float64(k) / opts.Rate * float64(time.Second)))
 			if wait := due.Sub(now); wait > 0 {
 				if !deadline.IsZero() && due.After(deadline) {
 					wait = deadline.Sub(now)
@@ -161,9 +167,15 @@ func Run(ctx context.Context, s Sender, opts RunOptions) (Stats, error) {
 				}
 				continue
 			}
-			// Behind: catch up with every frame due by now.
-			if dueNow := uint64(now.Sub(start).Seconds()*opts.Rate) + 1; dueNow > k+uint64(n) {
-				n = int(min(dueNow-k, uint64(chunk())))
+			if opts.CatchUp {
+				// Behind: catch up with every frame due by now.
+				if dueNow := uint64(now.Sub(sched).Seconds()*opts.Rate) + 1; dueNow > k+uint64(n) {
+					n = int(min(dueNow-k, uint64(chunk())))
+				}
+			} else if late := now.Sub(due); late > time.Duration(float64(burst)/opts.Rate*float64(time.Second)) {
+				// More than a burst late: the schedule restarts from now
+				// rather than sending the debt back to back.
+				sched = sched.Add(late)
 			}
 		}
 		if opts.Count > 0 {

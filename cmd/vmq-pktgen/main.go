@@ -291,6 +291,7 @@ func generate(ctx context.Context, c *config, stderr io.Writer) (Summary, error)
 			Duration: c.duration,
 			Rate:     c.rate / float64(c.threads),
 			Burst:    c.burst,
+			CatchUp:  true, // a load test holds its average rate
 			Tick:     200 * time.Millisecond,
 			OnTick: func(s pktgen.Stats) {
 				w.sent.Store(s.Sent)
