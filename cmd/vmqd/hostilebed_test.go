@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -489,11 +488,10 @@ func (h *hostileBed) checkVictim(t *testing.T, tr *traffic) {
 	if tr.rxSent == 0 || tr.txQueued == 0 {
 		t.Fatalf("no victim traffic: %d to it, %d from it", tr.rxSent, tr.txQueued)
 	}
-	var last string
-	ok := eventuallyOK(func() (bool, string) {
+	ok, last := testenv.Poll(func() (bool, string) {
 		rx := streamReceived(h.victim, tr.rxStream)
 		st, err := tr.sink.Stats()
-		last = fmt.Sprintf("wire→victim %d of %d, victim→wire %d of %d (sink %+v, %v)", rx, tr.rxSent, st.Tracked, tr.txQueued, st, err)
+		last := fmt.Sprintf("wire→victim %d of %d, victim→wire %d of %d (sink %+v, %v)", rx, tr.rxSent, st.Tracked, tr.txQueued, st, err)
 		return rx >= tr.rxSent && st.Tracked >= tr.txQueued, last
 	})
 	if !ok {
@@ -509,31 +507,6 @@ func (h *hostileBed) checkVictim(t *testing.T, tr *traffic) {
 		t.Errorf("victim→wire: %+v, want exactly %d", st, tr.txQueued)
 	}
 }
-
-// eventuallyOK is testenv.Eventually that reports instead of failing, so
-// the caller can add what vmqd says.
-func eventuallyOK(cond func() (bool, string)) bool {
-	ok := false
-	ft := &fakeTB{}
-	func() {
-		defer func() {
-			if r := recover(); r != nil && r != errFakeFatal {
-				panic(r)
-			}
-		}()
-		testenv.Eventually(ft, "", func() (bool, string) { ok, _ = cond(); return ok, "" })
-	}()
-	return ok
-}
-
-// fakeTB lets testenv.Eventually poll without failing a test: it only
-// calls Helper and Fatalf.
-type fakeTB struct{ testing.TB }
-
-func (*fakeTB) Helper()               {}
-func (*fakeTB) Fatalf(string, ...any) { panic(errFakeFatal) }
-
-var errFakeFatal = errors.New("poll gave up")
 
 // checkDaemon: vmqd is alive, `vmqctl stats` and /metrics answer within
 // a second, and `vmqctl vm rm attacker` answers within a second.
@@ -561,91 +534,46 @@ func (h *hostileBed) checkDaemon(t *testing.T, a *attacker) {
 	}
 }
 
-// workerFrames reads every worker's UMEM counters from the raw JSON of
-// `vmqctl stats`, so the test compiles before WorkerStats has
-// InFlightFrames. inflight is -1 when vmqd does not report it.
-func (h *hostileBed) workerFrames() (free, inflight, total []int, err error) {
-	out, _, err := h.ctl(answerWithin, "stats", "-o", "json")
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("vmqctl stats: %w\n%s", err, out)
-	}
-	var s struct {
-		Workers []map[string]json.RawMessage `json:"workers"`
-	}
-	if err := json.Unmarshal([]byte(out), &s); err != nil {
-		return nil, nil, nil, fmt.Errorf("vmqctl stats -o json: %w", err)
-	}
-	num := func(w map[string]json.RawMessage, keys ...string) int {
-		for _, k := range keys {
-			if v, ok := w[k]; ok {
-				n, _ := strconv.Atoi(string(v))
-				return n
-			}
-		}
-		return -1
-	}
-	for _, w := range s.Workers {
-		free = append(free, num(w, "free_frames"))
-		total = append(total, num(w, "total_frames"))
-		// Part B's WorkerStats.InFlightFrames; the JSON name follows the
-		// metric vmq_worker_inflight_frames.
-		inflight = append(inflight, num(w, "inflight_frames", "in_flight_frames"))
-	}
-	return free, inflight, total, nil
-}
-
 // idleFree is worker 0's free UMEM frames with no traffic.
 func (h *hostileBed) idleFree(t *testing.T) int {
 	t.Helper()
-	free, _, _, err := h.workerFrames()
+	s, err := h.snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return free[0]
+	return s.Workers[0].FreeFrames
 }
 
 // stashSlack is how many UMEM frames a worker may hold in its TX stash
 // while idle: free counts taken at two idle moments may differ by it.
 const stashSlack = 64
 
-// checkFrames: no UMEM frame went missing. Free frames at idle did not
-// fall by more than a stash (works on any vmqd), and, where vmqd reports
-// frames in flight, FreeFrames + InFlightFrames == TotalFrames exactly.
+// checkFrames: no UMEM frame went missing. Every worker's free frames
+// plus the frames in its rings and stash (counted from the rings, not
+// from the allocator) add up to its UMEM once traffic has stopped, and
+// worker 0's free frames at idle did not fall by more than a stash.
 func (h *hostileBed) checkFrames(t *testing.T, freeBefore int) {
 	t.Helper()
-	var free, inflight, total []int
-	var why string
-	exact := eventuallyOK(func() (bool, string) {
-		var err error
-		free, inflight, total, err = h.workerFrames()
+	var free int
+	ok, why := testenv.Poll(func() (bool, string) {
+		s, err := h.snapshot()
 		if err != nil {
-			why = err.Error()
-			return false, why
+			return false, err.Error()
 		}
-		if len(inflight) > 0 && inflight[0] < 0 {
-			panic(errFakeFatal) // not reported: nothing to wait for
-		}
-		for i := range free {
-			if free[i]+inflight[i] != total[i] {
-				why = fmt.Sprintf("worker %d: free %d + in flight %d != total %d", i, free[i], inflight[i], total[i])
-				return false, why
+		free = s.Workers[0].FreeFrames
+		for _, w := range s.Workers {
+			if w.FreeFrames+w.InFlightFrames != w.TotalFrames {
+				return false, fmt.Sprintf("queue %d: free %d + in flight %d != total %d", w.Queue, w.FreeFrames, w.InFlightFrames, w.TotalFrames)
 			}
 		}
 		return true, ""
 	})
-	if free == nil {
-		t.Errorf("UMEM counters: %s", why)
+	if !ok {
+		t.Errorf("UMEM invariant: %s", why)
 		return
 	}
-	t.Logf("worker 0: %d UMEM frames free at idle before the attack, %d after", freeBefore, free[0])
-	if lost := freeBefore - free[0]; lost > stashSlack {
-		t.Errorf("UMEM frames lost: %d free at idle before the attack, %d after (more than a stash of %d apart)", freeBefore, free[0], stashSlack)
-	}
-	if inflight[0] < 0 {
-		testenv.Skip(t, "vmqd reports no inflight_frames per worker (WorkerStats.InFlightFrames, Part B): exact UMEM invariant not checked")
-	}
-	if !exact {
-		t.Errorf("UMEM invariant: %s", why)
+	if lost := freeBefore - free; lost > stashSlack {
+		t.Errorf("UMEM frames lost: %d free at idle before the attack, %d after (more than a stash of %d apart)", freeBefore, free, stashSlack)
 	}
 }
 
@@ -656,20 +584,12 @@ type hostileAttack struct {
 	// victim's traffic is flowing meanwhile). It may check what vmqd must
 	// say about it (a refusal, a broken device).
 	run func(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
-	// needs, if set, says why this vmqd cannot take the attack ("" if it
-	// can): a feature of the isolation work not merged yet.
-	needs func(h *hostileBed) string
 }
 
 // runAttack runs one attack against a healthy vmqd: victim traffic both
 // ways, the attack, more traffic, then every pass criterion.
 func (h *hostileBed) runAttack(t *testing.T, atk hostileAttack) {
 	h.ensureUp(t)
-	if atk.needs != nil {
-		if missing := atk.needs(h); missing != "" {
-			testenv.Skip(t, "%s", missing)
-		}
-	}
 	h.seq++
 	defer func() {
 		if t.Failed() {

@@ -54,14 +54,23 @@ func RequireCommand(t testing.TB, name string) string {
 // what and the last explanation cond gave.
 func Eventually(t testing.TB, what string, cond func() (ok bool, why string)) {
 	t.Helper()
+	if ok, last := Poll(cond); !ok {
+		t.Fatalf("%s: not reached in 10s: %s", what, last)
+	}
+}
+
+// Poll is Eventually for a caller that reports the failure itself (with
+// more context): it says whether cond held within 10 s, and cond's last
+// explanation.
+func Poll(cond func() (ok bool, why string)) (bool, string) {
 	deadline := time.Now().Add(10 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
 		var ok bool
 		if ok, last = cond(); ok {
-			return
+			return true, ""
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("%s: not reached in 10s: %s", what, last)
+	return false, last
 }
