@@ -314,7 +314,7 @@ func (h *portHandler) QueueStopped(q *vhostuser.Queue) {
 }
 
 func (h *portHandler) DeviceBroken(p *vhostuser.Port, reason string) {
-	h.dp.log.Warn("guest device broken", "vm", h.name, "reason", reason)
+	// The port has logged it (rate-limited: the guest controls how often).
 }
 
 // Snapshot reports every counter. Safe from any goroutine.

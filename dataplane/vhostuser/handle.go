@@ -143,7 +143,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	case m.hdr.Flags&FlagNeedReply != 0 && p.dev.protocol&ProtocolFReplyAck != 0:
 		ack := ReplyAckOK
 		if herr != nil {
-			p.logGuest(slog.LevelWarn, "vhost-user request failed", "err", herr)
+			p.logGuest(&p.faultLog, slog.LevelWarn, "vhost-user request failed", "err", herr)
 			ack = ReplyAckFailed
 		}
 		Header{Request: m.hdr.Request, Flags: ReplyFlags, Size: U64Len}.Encode(out[:])

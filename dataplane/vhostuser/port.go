@@ -158,9 +158,9 @@ type Port struct {
 	closeErr error
 	once     sync.Once
 
-	// logGuest's rate limit, control goroutine only.
-	guestLogNext    time.Time
-	guestLogDropped int
+	// Rate limits of the log lines a front-end causes: its comings and
+	// goings, and its faults (apart, so a reconnect does not hide why).
+	connLog, faultLog logLimit
 
 	rbuf [HeaderLen + MaxPayloadLen]byte
 	oob  []byte
@@ -487,7 +487,7 @@ func (p *Port) serveConn(c *net.UnixConn) error {
 		p.mu.Lock()
 		p.state.PeerRejected++
 		p.mu.Unlock()
-		p.logGuest(slog.LevelWarn, "vhost-user front-end rejected", "err", err)
+		p.logGuest(&p.faultLog, slog.LevelWarn, "vhost-user front-end rejected", "err", err)
 		return err
 	}
 	p.mu.Lock()
@@ -500,22 +500,22 @@ func (p *Port) serveConn(c *net.UnixConn) error {
 	p.state.Connected = true
 	p.state.Connects++
 	p.mu.Unlock()
-	p.log.Info("vhost-user front-end connected")
+	p.logGuest(&p.connLog, slog.LevelInfo, "vhost-user front-end connected")
 
 	for {
 		err := p.serveOne(c)
 		if err != nil {
 			switch {
 			case errors.Is(err, errEOF) || p.isClosing():
-				p.log.Info("vhost-user front-end disconnected")
+				p.logGuest(&p.connLog, slog.LevelInfo, "vhost-user front-end disconnected")
 			case errors.Is(err, errTimeout):
 				p.mu.Lock()
 				p.state.Timeouts++
 				p.mu.Unlock()
-				p.logGuest(slog.LevelWarn, "vhost-user front-end too slow: connection closed",
+				p.logGuest(&p.faultLog, slog.LevelWarn, "vhost-user front-end too slow: connection closed",
 					"err", err, "timeout", p.cfg.MessageTimeout)
 			default:
-				p.logGuest(slog.LevelError, "vhost-user connection closed", "err", err)
+				p.logGuest(&p.faultLog, slog.LevelError, "vhost-user connection closed", "err", err)
 			}
 			break
 		}
@@ -558,22 +558,35 @@ func (p *Port) checkPeer(c *net.UnixConn) error {
 }
 
 // guestLogEvery bounds the log lines a front-end can cause: at most one
-// per port per interval (timeouts, rejected peers, protocol errors).
+// per port per interval of each kind (connects and disconnects; timeouts,
+// rejected peers, protocol errors and a broken device), so a guest that
+// reconnects or breaks its rings in a loop cannot fill the host's log.
 const guestLogEvery = 10 * time.Second
 
-// logGuest logs a line a front-end caused, at most one per guestLogEvery;
-// the next line says how many were left out. Control goroutine only.
-func (p *Port) logGuest(level slog.Level, msg string, args ...any) {
+// logLimit lets one line through per guestLogEvery and counts the rest.
+type logLimit struct {
+	mu      sync.Mutex // a worker may log a broken device too
+	next    time.Time
+	dropped int
+}
+
+// logGuest logs a line a front-end caused, at most one per guestLogEvery
+// of its kind; the next line says how many were left out. Safe from any
+// goroutine.
+func (p *Port) logGuest(l *logLimit, level slog.Level, msg string, args ...any) {
+	l.mu.Lock()
 	now := time.Now()
-	if now.Before(p.guestLogNext) {
-		p.guestLogDropped++
+	if now.Before(l.next) {
+		l.dropped++
+		l.mu.Unlock()
 		return
 	}
-	p.guestLogNext = now.Add(guestLogEvery)
-	if p.guestLogDropped > 0 {
-		args = append(args, "suppressed", p.guestLogDropped)
-		p.guestLogDropped = 0
+	l.next = now.Add(guestLogEvery)
+	if l.dropped > 0 {
+		args = append(args, "suppressed", l.dropped)
+		l.dropped = 0
 	}
+	l.mu.Unlock()
 	p.log.Log(context.Background(), level, msg, args...)
 }
 
@@ -606,7 +619,7 @@ func (p *Port) markBroken(reason string) {
 	if !p.brokenFlag.CompareAndSwap(false, true) {
 		return
 	}
-	p.log.Error("vhost-user device broken", "reason", reason)
+	p.logGuest(&p.faultLog, slog.LevelError, "vhost-user device broken", "reason", reason)
 	p.mu.Lock()
 	p.state.Broken = reason
 	p.state.BrokenCount++
