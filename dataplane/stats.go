@@ -146,6 +146,8 @@ type PortStats struct {
 	Kicks            uint64 `json:"kicks"`
 	Calls            uint64 `json:"calls"`
 	Broken           string `json:"broken,omitempty"` // why the device was marked broken
+	// Standby: a migration's standby port (the destination QEMU's).
+	Standby bool `json:"standby,omitempty"`
 	// Control connections closed because a message did not arrive whole,
 	// or a reply was not read, within the port's message timeout.
 	Timeouts uint64 `json:"timeouts"`

@@ -117,6 +117,7 @@ const (
 	cmdQueueReady
 	cmdQueueStopped
 	cmdSetLimits
+	cmdAnnounce // send the VM's RARP (migrate.go)
 	cmdStop
 )
 
@@ -289,6 +290,8 @@ func (w *worker) apply(c command) error {
 			w.setLimits(st, c.limits)
 		}
 		return nil
+	case cmdAnnounce:
+		return w.announce(c.slot)
 	}
 	return fmt.Errorf("unknown worker command %d", c.kind)
 }
@@ -354,7 +357,9 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 	}
 	vq := &virtq{q: q, vm: st}
 	if q.IsRX() {
-		st.rxqs = append(st.rxqs, vq)
+		// Frames go to rxqs[0]: the queue that started last, so a
+		// migration's destination takes over when its rings start.
+		st.rxqs = append([]*virtq{vq}, st.rxqs...)
 		w.rxqs = append(w.rxqs, vq)
 	} else {
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
