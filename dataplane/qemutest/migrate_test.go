@@ -108,6 +108,11 @@ func (b *bed) initrdWith(spec guestSpec, extra ...File) string {
 // startQEMU starts a guest on socket (server: QEMU listens) with a
 // monitor and, if incoming > 0, waiting for a migration on that port.
 func (b *bed) startQEMU(spec guestSpec, initrd, socket string, server bool, mon string, incoming int) *Guest {
+	return b.startQEMUConfig(spec, initrd, Config{Socket: socket, Server: server}, mon, incoming)
+}
+
+func (b *bed) startQEMUConfig(spec guestSpec, initrd string, cfg Config, mon string, incoming int) *Guest {
+	socket, server := cfg.Socket, cfg.Server
 	t := b.t
 	t.Helper()
 	k, _ := requireGuestTools(t)
@@ -117,7 +122,7 @@ func (b *bed) startQEMU(spec guestSpec, initrd, socket string, server bool, mon 
 		extra = append(extra, "-incoming", fmt.Sprintf("tcp:127.0.0.1:%d", incoming))
 	}
 	extra = append(extra, strings.Fields(os.Getenv("VMQ_QEMU_EXTRA"))...)
-	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, MAC: hw,
+	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, Reconnect: cfg.Reconnect, MAC: hw,
 		QueuePairs: 1, CPUs: 1, QEMU: os.Getenv("VMQ_QEMU"), Extra: extra,
 		Log: func(line string) { t.Logf("%s console: %s", filepath.Base(socket), line) }})
 	if err != nil {

@@ -71,6 +71,9 @@ type Config struct {
 	// and waits (in its startup) for the backend to connect.
 	Socket     string
 	Server     bool
+	// Reconnect, with Server off, makes QEMU reconnect to a backend that
+	// went away (the chardev's reconnect=SECONDS), e.g. a restarted vmqd.
+	Reconnect int
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
 	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
@@ -123,6 +126,8 @@ func (cfg Config) Args() []string {
 	chardev := "socket,id=chr0,path=" + cfg.Socket
 	if cfg.Server {
 		chardev += ",server=on,wait=off"
+	} else if cfg.Reconnect > 0 {
+		chardev += fmt.Sprintf(",reconnect=%d", cfg.Reconnect)
 	}
 	args := []string{
 		"-name", "vmq-guest", "-nodefaults", "-no-user-config", "-no-reboot",

@@ -1,0 +1,177 @@
+package qemutest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// The life of a guest on a vmq port: each test boots a Linux guest, does
+// one thing to it, its QEMU or vmq, and then requires the wire to reach
+// the guest again within reachBound, every UMEM frame accounted for and
+// nothing left behind (fds, goroutines, guest memory mappings).
+
+// reachBound is how soon after the event the wire must reach the guest
+// again (testenv.Poll's bound): a guest reboot under TCG included.
+const reachBound = "10s"
+
+// life is one guest on the bed: vmq serves the VM's socket (client:
+// vmq connects to QEMU's), QEMU has a monitor and, when it connects to
+// vmq, reconnect=1.
+type life struct {
+	t      *testing.T
+	b      *bed
+	spec   guestSpec
+	hw     net.HardwareAddr
+	client bool
+	initrd string
+	sock   string
+	mon    string
+	g      *Guest
+	m      *monitor
+}
+
+func newLife(t *testing.T, client bool) *life {
+	b := newBed(t, 1)
+	l := &life{t: t, b: b, client: client,
+		spec: guestSpec{name: "life", slot: 1, mac: "52:54:00:00:99:22", ip: "10.99.0.22", pairs: 1, cpus: 1}}
+	l.hw, _ = net.ParseMAC(l.spec.mac)
+	l.initrd = b.initrd(l.spec)
+	l.sock = filepath.Join(b.dir, "life.sock")
+	base := leakBaseline(t)
+	t.Cleanup(func() { checkLeaks(t, base) })
+	l.addVM()
+	t.Cleanup(func() { b.dp.RemoveVM(context.Background(), l.spec.name) })
+	l.boot()
+	l.reach("first boot")
+	return l
+}
+
+func (l *life) addVM() {
+	vm := dataplane.VM{Name: l.spec.name, Slot: l.spec.slot, MAC: l.hw, Socket: l.sock, Client: l.client, QueuePairs: 1}
+	if err := l.b.dp.AddVM(context.Background(), vm); err != nil {
+		l.t.Fatal(err)
+	}
+	if err := l.b.filter.SetFilter(l.hw, 0, l.spec.slot); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// boot starts QEMU and waits for the guest's eth0.
+func (l *life) boot() {
+	l.mon = filepath.Join(l.b.dir, fmt.Sprintf("life-%d.mon", time.Now().UnixNano()))
+	l.g = l.b.startQEMUConfig(l.spec, l.initrd, Config{Socket: l.sock, Server: l.client, Reconnect: 1}, l.mon, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := l.g.WaitBoot(ctx); err != nil {
+		l.t.Fatal(err)
+	}
+	l.m = dialMonitor(l.t, l.mon)
+}
+
+// reach requires the wire to ping the guest within reachBound and
+// reports how long it took; then the UMEM is checked.
+func (l *life) reach(after string) {
+	l.t.Helper()
+	start := time.Now()
+	if ok, why := testenv.Poll(func() (bool, string) {
+		out, err := l.b.wire.Command("ping", "-c", "1", "-W", "1", l.spec.ip).CombinedOutput()
+		return err == nil, string(out)
+	}); !ok {
+		l.t.Fatalf("after %s: the wire does not reach the guest within %s: %s\nport %+v", after, reachBound, why, l.b.port(l.spec.name))
+	}
+	l.t.Logf("after %s: the wire reaches the guest in %v", after, time.Since(start).Round(time.Millisecond))
+	checkPing(l.t, "wire -> guest after "+after, l.b.pingFromWire(l.spec.ip, "-c", "5", "-i", "0.05", "-W", "2"), 5)
+	checkUMEM(l.t, l.b)
+}
+
+func (l *life) waitPort(connected bool) {
+	l.t.Helper()
+	testenv.Eventually(l.t, fmt.Sprintf("port connected=%v", connected), func() (bool, string) {
+		p, ok := portOf(l.b.dp.Snapshot(), l.spec.name, false)
+		return ok && p.Connected == connected, fmt.Sprintf("%+v", p)
+	})
+}
+
+func modes(t *testing.T, f func(t *testing.T, client bool)) {
+	for _, mode := range []string{"server", "client"} {
+		t.Run(mode, func(t *testing.T) { f(t, mode == "client") })
+	}
+}
+
+// TestLinuxGuestReboot resets the guest (system_reset: the driver goes,
+// the device is reset to status 0, the new kernel's driver sets it up
+// again on the same connection).
+func TestLinuxGuestReboot(t *testing.T) {
+	l := newLife(t, false)
+	off := len(l.g.Console())
+	l.m.do(t, "system_reset")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if _, err := l.g.WaitFor(ctx, off, Marker); err != nil {
+		t.Fatalf("reboot: %v", err)
+	}
+	l.waitPort(true)
+	l.reach("a guest reboot")
+}
+
+// TestLinuxGuestQEMUKilled kills QEMU with SIGKILL and starts it again on
+// the same socket.
+func TestLinuxGuestQEMUKilled(t *testing.T) {
+	modes(t, func(t *testing.T, client bool) {
+		l := newLife(t, client)
+		l.g.Close() // SIGKILL
+		l.waitPort(false)
+		os.Remove(l.mon)
+		l.boot()
+		l.waitPort(true)
+		l.reach("QEMU killed and restarted")
+	})
+}
+
+// TestLinuxGuestVmqdRestart closes the whole dataplane under a running
+// guest and starts a new one (vmqd's restart; the filter's map entries
+// stay, as pinned maps do): vmq as client reconnects, QEMU as client
+// reconnects with reconnect=1.
+func TestLinuxGuestVmqdRestart(t *testing.T) {
+	modes(t, func(t *testing.T, client bool) {
+		l := newLife(t, client)
+		if err := l.b.dp.Close(); err != nil {
+			t.Fatal(err)
+		}
+		h := l.b.host.Handle()
+		dp, err := dataplane.New(dataplane.Config{Ifindex: l.b.nic.Index, Queues: []int{0}, Filter: l.b.filter,
+			BusyPoll: 20 * time.Microsecond, Netns: &h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.b.dp = dp
+		l.addVM()
+		l.waitPort(true)
+		l.reach("vmqd restarted")
+	})
+}
+
+// TestLinuxGuestReAdd removes the VM from vmq and adds it again while its
+// guest runs.
+func TestLinuxGuestReAdd(t *testing.T) {
+	modes(t, func(t *testing.T, client bool) {
+		l := newLife(t, client)
+		if err := l.b.filter.DeleteFilter(l.hw, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.b.dp.RemoveVM(context.Background(), l.spec.name); err != nil {
+			t.Fatal(err)
+		}
+		l.addVM()
+		l.waitPort(true)
+		l.reach("the VM removed and added again")
+	})
+}
