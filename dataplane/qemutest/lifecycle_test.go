@@ -67,7 +67,7 @@ func (l *life) addVM() {
 // boot starts QEMU and waits for the guest's eth0.
 func (l *life) boot() {
 	l.mon = filepath.Join(l.b.dir, fmt.Sprintf("life-%d.mon", time.Now().UnixNano()))
-	l.g = l.b.startQEMUConfig(l.spec, l.initrd, Config{Socket: l.sock, Server: l.client, Reconnect: 1}, l.mon, 0)
+	l.g = l.b.startQEMUConfig(l.spec, l.initrd, Config{Socket: l.sock, Server: l.client, Reconnect: 1, Reboot: true}, l.mon, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := l.g.WaitBoot(ctx); err != nil {

@@ -122,7 +122,7 @@ func (b *bed) startQEMUConfig(spec guestSpec, initrd string, cfg Config, mon str
 		extra = append(extra, "-incoming", fmt.Sprintf("tcp:127.0.0.1:%d", incoming))
 	}
 	extra = append(extra, strings.Fields(os.Getenv("VMQ_QEMU_EXTRA"))...)
-	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, Reconnect: cfg.Reconnect, MAC: hw,
+	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, Reconnect: cfg.Reconnect, Reboot: cfg.Reboot, MAC: hw,
 		QueuePairs: 1, CPUs: 1, QEMU: os.Getenv("VMQ_QEMU"), Extra: extra,
 		Log: func(line string) { t.Logf("%s console: %s", filepath.Base(socket), line) }})
 	if err != nil {
