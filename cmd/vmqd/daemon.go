@@ -155,7 +155,7 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		return nil, err
 	}
 	if cfg.StateFile == "" {
-		d.log.Warn("no state_file: VMs added over the API (CNI ports) will not survive a restart")
+		d.log.Info("no state_file: VMs added over the API (CNI ports) will not survive a restart")
 	}
 
 	ft := filterTable{d.filter}
