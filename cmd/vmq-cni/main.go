@@ -15,9 +15,16 @@
 // The MAC comes from runtimeConfig.mac (the "mac" capability), else
 // CNI_ARGS MAC=..., else it is generated from the sandbox id and
 // interface name (stable for the sandbox, locally administered).
+//
+//	vmq-cni install --bin-dir /host/opt/cni/bin [--conf FILE --conf-dir DIR]
+//
+// copies the binary (and a network config) into place atomically.
 package main
 
 import (
+	"fmt"
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -25,6 +32,16 @@ import (
 )
 
 func main() {
+	// "vmq-cni install" is the DaemonSet's init container: the image has
+	// no shell, and the copy must be atomic for a runtime calling the
+	// binary at that moment.
+	if len(os.Args) > 1 && os.Args[1] == "install" {
+		if err := install(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "vmq-cni install:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus},
 		version.PluginSupports("1.0.0", "1.1.0"), "vmq-cni "+metrics.Version+": vhost-user ports on vmq")
 }
