@@ -20,7 +20,7 @@ import (
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/promtest"
 	"github.com/vmq/vmq/internal/testenv"

@@ -14,8 +14,8 @@ import (
 
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane/vhostuser"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/hostile"
 	"github.com/vmq/vmq/internal/testenv"
 )

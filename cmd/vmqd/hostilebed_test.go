@@ -18,7 +18,7 @@ import (
 
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/hostile"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
