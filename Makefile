@@ -46,7 +46,7 @@ bench:
 	$(GO) test -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x -count 1 -timeout 30m ./bench
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 30m \
 		./bpf ./dataplane/xsk ./dataplane/vhostuser ./pktgen ./metrics ./control
-	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./dataplane/vhostuser/frontend
+	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./guest/frontend
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
