@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/vmq/vmq/metrics.Version=$(VERSION)
-CMDS    := vmqd vmqctl vmq-pktgen vmq-guest
+CMDS    := vmqd vmqctl vmq-pktgen vmq-guest vmq-cni
 # Kernel tests share two cores: one package at a time keeps exact frame
 # counts honest under load.
 TESTFLAGS ?= -count=1 -p 1 -timeout 25m
@@ -46,7 +46,7 @@ bench:
 	$(GO) test -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x -count 1 -timeout 30m ./bench
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 30m \
 		./bpf ./dataplane/xsk ./dataplane/vhostuser ./pktgen ./metrics ./control
-	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./dataplane/vhostuser/frontend
+	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./guest/frontend
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -15,7 +15,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/pktgen"
 )
 

@@ -9,6 +9,7 @@
 //	vmqctl vm migrate-abort NAME
 //	vmqctl status
 //	vmqctl stats
+//	vmqctl health [--addr HOST:PORT] [--live]
 package main
 
 import (
@@ -56,6 +57,10 @@ commands:
   vm migrate-abort NAME           close the standby port (a failed migration)
   status                          NIC and worker status
   stats                           dataplane counters
+  health [--addr HOST:PORT] [--live]
+                                  vmqd's /healthz and /readyz on its metrics
+                                  listener (env VMQ_METRICS_ADDR); exit 1
+                                  when a check fails
 `
 
 // errUsage marks errors that deserve the usage text (exit 2).
@@ -162,6 +167,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 	} else {
 		fs.StringVar(&c.socket, "socket", c.socket, "vmqd API socket")
 	}
+	addr, live := healthAddr(), false
+	if cmd == "health" {
+		fs.StringVar(&addr, "addr", addr, "vmqd metrics listener (env VMQ_METRICS_ADDR)")
+		fs.BoolVar(&live, "live", false, "only /healthz (liveness)")
+	}
 	var lim control.Limits
 	if cmd == "vm add" || cmd == "vm set" {
 		fs.Uint64Var(&lim.RxPPS, "rx-pps", 0, "RX limit, frames/s (0 = none)")
@@ -197,6 +207,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.status(ctx, cl, args)
 	case "stats":
 		return c.stats(ctx, cl, args)
+	case "health":
+		return c.health(ctx, addr, live, args)
 	case "vm list", "vm ls":
 		return c.vmList(ctx, cl, args)
 	case "vm show":

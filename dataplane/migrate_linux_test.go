@@ -1,4 +1,4 @@
-package qemutest
+package dataplane
 
 import (
 	"bufio"
@@ -20,9 +20,20 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/guest/qemu"
+	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 )
+
+// guestSpec is a Linux guest and its slot.
+type guestSpec struct {
+	name  string
+	slot  uint32
+	mac   string
+	ip    string // in 10.99.0.0/24
+	pairs int
+	cpus  int
+}
 
 // monitor is a QEMU HMP monitor on a unix socket.
 type monitor struct {
@@ -89,17 +100,17 @@ func udpcheckBinary(t *testing.T) []byte {
 }
 
 // initrdWith builds spec's initramfs with the stream checker in it.
-func (b *bed) initrdWith(spec guestSpec, extra ...File) string {
-	t := b.t
+func (tb *testbed) initrdWith(spec guestSpec, extra ...qemu.File) string {
+	t := tb.t
 	t.Helper()
-	k, bb := requireGuestTools(t)
-	mods, err := k.Modules(NetModules...)
+	k, bb := tbed.RequireLinuxGuest(t)
+	mods, err := k.Modules(qemu.NetModules...)
 	if err != nil {
 		t.Fatalf("guest modules: %v", err)
 	}
-	initrd := filepath.Join(b.dir, spec.name+".initrd")
+	initrd := filepath.Join(tb.Dir, spec.name+".initrd")
 	prefix := netip.PrefixFrom(netip.MustParseAddr(spec.ip), 24)
-	if err := (Initramfs{Busybox: bb, Modules: mods, Init: InitScript(ModuleNames(mods), prefix), Extra: extra}).Write(initrd); err != nil {
+	if err := (qemu.Initramfs{Busybox: bb, Modules: mods, Init: qemu.InitScript(qemu.ModuleNames(mods), prefix), Extra: extra}).Write(initrd); err != nil {
 		t.Fatal(err)
 	}
 	return initrd
@@ -107,22 +118,22 @@ func (b *bed) initrdWith(spec guestSpec, extra ...File) string {
 
 // startQEMU starts a guest on socket (server: QEMU listens) with a
 // monitor and, if incoming > 0, waiting for a migration on that port.
-func (b *bed) startQEMU(spec guestSpec, initrd, socket string, server bool, mon string, incoming int) *Guest {
-	return b.startQEMUConfig(spec, initrd, Config{Socket: socket, Server: server}, mon, incoming)
+func (tb *testbed) startQEMU(spec guestSpec, initrd, socket string, server bool, mon string, incoming int) *qemu.Guest {
+	return tb.startQEMUConfig(spec, initrd, qemu.Config{Socket: socket, Server: server}, mon, incoming)
 }
 
-func (b *bed) startQEMUConfig(spec guestSpec, initrd string, cfg Config, mon string, incoming int) *Guest {
+func (tb *testbed) startQEMUConfig(spec guestSpec, initrd string, cfg qemu.Config, mon string, incoming int) *qemu.Guest {
 	socket, server := cfg.Socket, cfg.Server
-	t := b.t
+	t := tb.t
 	t.Helper()
-	k, _ := requireGuestTools(t)
+	k, _ := tbed.RequireLinuxGuest(t)
 	hw, _ := net.ParseMAC(spec.mac)
 	extra := []string{"-monitor", "unix:" + mon + ",server=on,wait=off"}
 	if incoming > 0 {
 		extra = append(extra, "-incoming", fmt.Sprintf("tcp:127.0.0.1:%d", incoming))
 	}
 	extra = append(extra, strings.Fields(os.Getenv("VMQ_QEMU_EXTRA"))...)
-	g, err := Start(Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, Reconnect: cfg.Reconnect, Reboot: cfg.Reboot, MAC: hw,
+	g, err := qemu.Start(qemu.Config{Kernel: k.Image, Initrd: initrd, Socket: socket, Server: server, Reconnect: cfg.Reconnect, Reboot: cfg.Reboot, MAC: hw,
 		QueuePairs: 1, CPUs: 1, QEMU: os.Getenv("VMQ_QEMU"), Extra: extra,
 		Log: func(line string) { t.Logf("%s console: %s", filepath.Base(socket), line) }})
 	if err != nil {
@@ -158,11 +169,11 @@ type stream struct {
 	done  chan struct{}
 }
 
-func (b *bed) startStream(dst string, every time.Duration) *stream {
-	t := b.t
+func (tb *testbed) startStream(dst string, every time.Duration) *stream {
+	t := tb.t
 	s := &stream{every: every, stop: make(chan struct{}), done: make(chan struct{})}
 	// A socket stays in the namespace it was made in.
-	if err := b.wire.Do(func() error {
+	if err := tb.Wire.Do(func() error {
 		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.ParseIP(dst), Port: 9000})
 		s.conn = c
 		return err
@@ -239,17 +250,17 @@ type rarpCounter struct {
 	n  int
 }
 
-func (b *bed) countRARP(mac net.HardwareAddr) *rarpCounter {
-	t := b.t
+func (tb *testbed) countRARP(mac net.HardwareAddr) *rarpCounter {
+	t := tb.t
 	rc := &rarpCounter{fd: -1}
 	const ethPRARP = 0x8035
-	if err := b.wire.Do(func() error {
+	if err := tb.Wire.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(ethPRARP)))
 		if err != nil {
 			return err
 		}
 		rc.fd = fd
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(ethPRARP), Ifindex: b.peer.Index})
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(ethPRARP), Ifindex: tb.Peer.Index})
 	}); err != nil {
 		t.Fatalf("RARP socket: %v", err)
 	}
@@ -290,13 +301,13 @@ func (rc *rarpCounter) count() int {
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // portOf finds a VM's port (standby or not) in a snapshot.
-func portOf(s dataplane.Snapshot, vm string, standby bool) (dataplane.PortStats, bool) {
+func portOf(s Snapshot, vm string, standby bool) (PortStats, bool) {
 	for _, p := range s.Ports {
 		if p.VM == vm && p.Standby == standby {
 			return p, true
 		}
 	}
-	return dataplane.PortStats{}, false
+	return PortStats{}, false
 }
 
 var (
@@ -321,38 +332,38 @@ func TestLinuxGuestMigrate(t *testing.T) {
 }
 
 func testMigrate(t *testing.T, client bool) {
-	b := newBed(t, 1)
+	tb := newLinuxBed(t, 1)
 	spec := guestSpec{name: "mig", slot: 1, mac: "52:54:00:00:99:12", ip: "10.99.0.12", pairs: 1, cpus: 1}
 	hw, _ := net.ParseMAC(spec.mac)
-	initrd := b.initrdWith(spec, File{Name: "bin/udpcheck", Mode: ModeRegular | 0o755, Data: udpcheckBinary(t)})
-	socks := [2]string{filepath.Join(b.dir, "a.sock"), filepath.Join(b.dir, "b.sock")}
-	mons := [2]string{filepath.Join(b.dir, "a.mon"), filepath.Join(b.dir, "b.mon")}
+	initrd := tb.initrdWith(spec, qemu.File{Name: "bin/udpcheck", Mode: qemu.ModeRegular | 0o755, Data: udpcheckBinary(t)})
+	socks := [2]string{filepath.Join(tb.Dir, "a.sock"), filepath.Join(tb.Dir, "tb.sock")}
+	mons := [2]string{filepath.Join(tb.Dir, "a.mon"), filepath.Join(tb.Dir, "tb.mon")}
 	base := leakBaseline(t)
 	t.Cleanup(func() { checkLeaks(t, base) }) // after the guests, sockets and the VM are gone
 
 	// The source boots on socket a.
-	vm := dataplane.VM{Name: spec.name, Slot: spec.slot, MAC: hw, Socket: socks[0], Client: client, QueuePairs: 1}
-	if err := b.dp.AddVM(context.Background(), vm); err != nil {
+	vm := VM{Name: spec.name, Slot: spec.slot, MAC: hw, Socket: socks[0], Client: client, QueuePairs: 1}
+	if err := tb.dp.AddVM(context.Background(), vm); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.filter.SetFilter(hw, 0, spec.slot); err != nil {
+	if err := tb.filter.SetFilter(hw, 0, spec.slot); err != nil {
 		t.Fatal(err)
 	}
-	g := b.startQEMU(spec, initrd, socks[0], client, mons[0], 0)
+	g := tb.startQEMU(spec, initrd, socks[0], client, mons[0], 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := g.WaitBoot(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkPing(t, "wire -> guest", b.pingFromWire(spec.ip, "-c", "3", "-i", "0.1", "-W", "5"), 3)
-	guestExec(t, g, "udpcheck > /tmp/udp.log 2>&1 & true")
-	rarp := b.countRARP(hw)
+	tbed.CheckPing(t, "wire -> guest", tb.PingFromWire(spec.ip, "-c", "3", "-i", "0.1", "-W", "5"), 3)
+	tbed.GuestExec(t, g, "udpcheck > /tmp/udp.log 2>&1 & true")
+	rarp := tb.countRARP(hw)
 	testenv.Eventually(t, "udpcheck listening", func() (bool, string) {
 		out, _ := g.Exec(ctx, "cat /tmp/udp.log")
 		return strings.Contains(out, "UDPCHECK-READY"), out
 	})
-	st := b.startStream(spec.ip, 4*time.Millisecond)
-	pinger := b.wire.Command("ping", "-i", "0.05", "-W", "1", spec.ip)
+	st := tb.startStream(spec.ip, 4*time.Millisecond)
+	pinger := tb.Wire.Command("ping", "-i", "0.05", "-W", "1", spec.ip)
 	pingOut := &strings.Builder{}
 	pinger.Stdout = pingOut
 	if err := pinger.Start(); err != nil {
@@ -365,13 +376,13 @@ func testMigrate(t *testing.T, client bool) {
 	for r := 0; r < rounds; r++ {
 		src, dst := r%2, (r+1)%2
 		os.Remove(mons[dst])
-		if err := b.dp.PrepareMigration(context.Background(), spec.name, socks[dst], client); err != nil {
+		if err := tb.dp.PrepareMigration(context.Background(), spec.name, socks[dst], client); err != nil {
 			t.Fatalf("round %d: %v", r, err)
 		}
 		port := freePort(t)
-		dg := b.startQEMU(spec, initrd, socks[dst], client, mons[dst], port)
+		dg := tb.startQEMU(spec, initrd, socks[dst], client, mons[dst], port)
 		testenv.Eventually(t, "destination connected to the standby port", func() (bool, string) {
-			p, ok := portOf(b.dp.Snapshot(), spec.name, true)
+			p, ok := portOf(tb.dp.Snapshot(), spec.name, true)
 			return ok && p.Connected, fmt.Sprintf("%+v", p)
 		})
 		dmon := dialMonitor(t, mons[dst])
@@ -408,7 +419,7 @@ func testMigrate(t *testing.T, client bool) {
 		mon.c.Write([]byte("quit\n"))
 		<-g.Exited()
 		testenv.Eventually(t, "standby port promoted", func() (bool, string) {
-			s := b.dp.Snapshot()
+			s := tb.dp.Snapshot()
 			p, ok := portOf(s, spec.name, false)
 			_, standby := portOf(s, spec.name, true)
 			return ok && !standby && p.Path == socks[dst] && p.Connected, fmt.Sprintf("%+v", s.Ports)
@@ -421,18 +432,18 @@ func testMigrate(t *testing.T, client bool) {
 		g, mon = dg, dmon
 		// The guest kept its address and its neighbour; the wire reaches
 		// it at once.
-		if out := guestExec(t, g, "ip -4 addr show dev eth0; ip neigh show dev eth0"); !strings.Contains(out, spec.ip+"/24") || !strings.Contains(out, wireIP) {
+		if out := tbed.GuestExec(t, g, "ip -4 addr show dev eth0; ip neigh show dev eth0"); !strings.Contains(out, spec.ip+"/24") || !strings.Contains(out, wireIP) {
 			t.Fatalf("round %d: guest lost its IP or ARP state:\n%s", r, out)
 		}
 		// The bound: 10 s, a third of the kernel's base_reachable_time,
 		// and far below a stale neighbour's garbage collection.
 		resumed := time.Now()
 		if ok, why := testenv.Poll(func() (bool, string) {
-			out, err := b.wire.Command("ping", "-c", "1", "-W", "1", spec.ip).CombinedOutput()
+			out, err := tb.Wire.Command("ping", "-c", "1", "-W", "1", spec.ip).CombinedOutput()
 			return err == nil, string(out)
 		}); !ok {
 			out, _ := g.Exec(ctx, "cat /proc/interrupts | grep -i virtio; ip -s link show eth0")
-			t.Fatalf("round %d: the wire does not reach the migrated guest: %s\nVM %+v\nport %+v\nguest: %s", r, why, b.vm(spec.name), b.port(spec.name), out)
+			t.Fatalf("round %d: the wire does not reach the migrated guest: %s\nVM %+v\nport %+v\nguest: %s", r, why, tb.vmStats(spec.name), tb.portStats(spec.name), out)
 		}
 		windows[r][1] = time.Now()
 		t.Logf("round %d: the wire reaches the guest %v after the source quit", r, time.Since(resumed).Round(time.Millisecond))
@@ -448,7 +459,7 @@ func testMigrate(t *testing.T, client bool) {
 		return sum != nil, out
 	}); !ok {
 		out, _ := g.Exec(ctx, "grep Udp: /proc/net/snmp; ps")
-		t.Fatalf("no udpcheck summary: %s\nguest: %s\nVM: %+v", why, out, b.vm(spec.name))
+		t.Fatalf("no udpcheck summary: %s\nguest: %s\nVM: %+v", why, out, tb.vmStats(spec.name))
 	}
 	recv, _ := strconv.Atoi(sum[1])
 	corrupt, _ := strconv.Atoi(sum[2])
@@ -476,17 +487,17 @@ func testMigrate(t *testing.T, client bool) {
 			t.Logf("  outside the migrations: lost %d frames (seq %d on)", n, first)
 		}
 	}
-	t.Logf("ping during the migrations: %s", lastLines(pingOut.String(), 2))
+	t.Logf("ping during the migrations: %s", tbed.LastLines(pingOut.String(), 2))
 	// The guest may drop what it is too slow for (TCG): its UDP receive
 	// buffer errors are not the switch's loss.
-	snmp := guestExec(t, g, "grep Udp: /proc/net/snmp")
+	snmp := tbed.GuestExec(t, g, "grep Udp: /proc/net/snmp")
 	rcvbuf := 0
 	if ls := strings.Split(strings.TrimSpace(snmp), "\n"); len(ls) == 2 {
 		if f := strings.Fields(ls[1]); len(f) > 5 {
 			rcvbuf = atoi(f[5])
 		}
 	}
-	v := b.vm(spec.name)
+	v := tb.vmStats(spec.name)
 	t.Logf("loss: %d frames in the migrations, %d outside (guest receive buffer overflows: %d); vmq drops: %v",
 		lostIn, lostOut, rcvbuf, v.DropsByReason)
 	if corrupt != 0 {
@@ -498,9 +509,9 @@ func testMigrate(t *testing.T, client bool) {
 	if recv < sent/2 {
 		t.Errorf("only %d of %d frames arrived", recv, sent)
 	}
-	checkUMEM(t, b)
+	checkUMEM(t, tb)
 	g.Close()
-	if err := b.dp.RemoveVM(context.Background(), spec.name); err != nil {
+	if err := tb.dp.RemoveVM(context.Background(), spec.name); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -550,10 +561,10 @@ func checkLeaks(t *testing.T, base leaks) {
 }
 
 // checkUMEM requires every worker's UMEM frames accounted for.
-func checkUMEM(t *testing.T, b *bed) {
+func checkUMEM(t *testing.T, tb *testbed) {
 	t.Helper()
 	testenv.Eventually(t, "UMEM frames accounted for", func() (bool, string) {
-		for _, w := range b.dp.Snapshot().Workers {
+		for _, w := range tb.dp.Snapshot().Workers {
 			if w.FreeFrames+w.InFlightFrames != w.TotalFrames {
 				return false, fmt.Sprintf("queue %d: free %d + in flight %d != %d", w.Queue, w.FreeFrames, w.InFlightFrames, w.TotalFrames)
 			}

@@ -1,4 +1,4 @@
-package qemutest
+package dataplane
 
 import (
 	"context"
@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/guest/qemu"
+	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 )
 
@@ -27,47 +28,47 @@ const reachBound = "10s"
 // vmq, reconnect=1.
 type life struct {
 	t      *testing.T
-	b      *bed
+	tb     *testbed
 	spec   guestSpec
 	hw     net.HardwareAddr
 	client bool
 	initrd string
 	sock   string
 	mon    string
-	g      *Guest
+	g      *qemu.Guest
 	m      *monitor
 }
 
 func newLife(t *testing.T, client bool) *life {
-	b := newBed(t, 1)
-	l := &life{t: t, b: b, client: client,
+	tb := newLinuxBed(t, 1)
+	l := &life{t: t, tb: tb, client: client,
 		spec: guestSpec{name: "life", slot: 1, mac: "52:54:00:00:99:22", ip: "10.99.0.22", pairs: 1, cpus: 1}}
 	l.hw, _ = net.ParseMAC(l.spec.mac)
-	l.initrd = b.initrd(l.spec)
-	l.sock = filepath.Join(b.dir, "life.sock")
+	l.initrd = tb.initrdWith(l.spec)
+	l.sock = filepath.Join(tb.Dir, "life.sock")
 	base := leakBaseline(t)
 	t.Cleanup(func() { checkLeaks(t, base) })
 	l.addVM()
-	t.Cleanup(func() { b.dp.RemoveVM(context.Background(), l.spec.name) })
+	t.Cleanup(func() { tb.dp.RemoveVM(context.Background(), l.spec.name) })
 	l.boot()
 	l.reach("first boot")
 	return l
 }
 
 func (l *life) addVM() {
-	vm := dataplane.VM{Name: l.spec.name, Slot: l.spec.slot, MAC: l.hw, Socket: l.sock, Client: l.client, QueuePairs: 1}
-	if err := l.b.dp.AddVM(context.Background(), vm); err != nil {
+	vm := VM{Name: l.spec.name, Slot: l.spec.slot, MAC: l.hw, Socket: l.sock, Client: l.client, QueuePairs: 1}
+	if err := l.tb.dp.AddVM(context.Background(), vm); err != nil {
 		l.t.Fatal(err)
 	}
-	if err := l.b.filter.SetFilter(l.hw, 0, l.spec.slot); err != nil {
+	if err := l.tb.filter.SetFilter(l.hw, 0, l.spec.slot); err != nil {
 		l.t.Fatal(err)
 	}
 }
 
 // boot starts QEMU and waits for the guest's eth0.
 func (l *life) boot() {
-	l.mon = filepath.Join(l.b.dir, fmt.Sprintf("life-%d.mon", time.Now().UnixNano()))
-	l.g = l.b.startQEMUConfig(l.spec, l.initrd, Config{Socket: l.sock, Server: l.client, Reconnect: 1, Reboot: true}, l.mon, 0)
+	l.mon = filepath.Join(l.tb.Dir, fmt.Sprintf("life-%d.mon", time.Now().UnixNano()))
+	l.g = l.tb.startQEMUConfig(l.spec, l.initrd, qemu.Config{Socket: l.sock, Server: l.client, Reconnect: 1, Reboot: true}, l.mon, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := l.g.WaitBoot(ctx); err != nil {
@@ -82,20 +83,20 @@ func (l *life) reach(after string) {
 	l.t.Helper()
 	start := time.Now()
 	if ok, why := testenv.Poll(func() (bool, string) {
-		out, err := l.b.wire.Command("ping", "-c", "1", "-W", "1", l.spec.ip).CombinedOutput()
+		out, err := l.tb.Wire.Command("ping", "-c", "1", "-W", "1", l.spec.ip).CombinedOutput()
 		return err == nil, string(out)
 	}); !ok {
-		l.t.Fatalf("after %s: the wire does not reach the guest within %s: %s\nport %+v", after, reachBound, why, l.b.port(l.spec.name))
+		l.t.Fatalf("after %s: the wire does not reach the guest within %s: %s\nport %+v", after, reachBound, why, l.tb.portStats(l.spec.name))
 	}
 	l.t.Logf("after %s: the wire reaches the guest in %v", after, time.Since(start).Round(time.Millisecond))
-	checkPing(l.t, "wire -> guest after "+after, l.b.pingFromWire(l.spec.ip, "-c", "5", "-i", "0.05", "-W", "2"), 5)
-	checkUMEM(l.t, l.b)
+	tbed.CheckPing(l.t, "wire -> guest after "+after, l.tb.PingFromWire(l.spec.ip, "-c", "5", "-i", "0.05", "-W", "2"), 5)
+	checkUMEM(l.t, l.tb)
 }
 
 func (l *life) waitPort(connected bool) {
 	l.t.Helper()
 	testenv.Eventually(l.t, fmt.Sprintf("port connected=%v", connected), func() (bool, string) {
-		p, ok := portOf(l.b.dp.Snapshot(), l.spec.name, false)
+		p, ok := portOf(l.tb.dp.Snapshot(), l.spec.name, false)
 		return ok && p.Connected == connected, fmt.Sprintf("%+v", p)
 	})
 }
@@ -115,7 +116,7 @@ func TestLinuxGuestReboot(t *testing.T) {
 	l.m.do(t, "system_reset")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if _, err := l.g.WaitFor(ctx, off, Marker); err != nil {
+	if _, err := l.g.WaitFor(ctx, off, qemu.Marker); err != nil {
 		t.Fatalf("reboot: %v", err)
 	}
 	l.waitPort(true)
@@ -143,16 +144,16 @@ func TestLinuxGuestQEMUKilled(t *testing.T) {
 func TestLinuxGuestVmqdRestart(t *testing.T) {
 	modes(t, func(t *testing.T, client bool) {
 		l := newLife(t, client)
-		if err := l.b.dp.Close(); err != nil {
+		if err := l.tb.dp.Close(); err != nil {
 			t.Fatal(err)
 		}
-		h := l.b.host.Handle()
-		dp, err := dataplane.New(dataplane.Config{Ifindex: l.b.nic.Index, Queues: []int{0}, Filter: l.b.filter,
+		h := l.tb.Host.Handle()
+		dp, err := New(Config{Ifindex: l.tb.NIC.Index, Queues: []int{0}, Filter: l.tb.filter,
 			BusyPoll: 20 * time.Microsecond, Netns: &h})
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.b.dp = dp
+		l.tb.dp = dp
 		l.addVM()
 		l.waitPort(true)
 		l.reach("vmqd restarted")
@@ -164,10 +165,10 @@ func TestLinuxGuestVmqdRestart(t *testing.T) {
 func TestLinuxGuestReAdd(t *testing.T) {
 	modes(t, func(t *testing.T, client bool) {
 		l := newLife(t, client)
-		if err := l.b.filter.DeleteFilter(l.hw, 0); err != nil {
+		if err := l.tb.filter.DeleteFilter(l.hw, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.b.dp.RemoveVM(context.Background(), l.spec.name); err != nil {
+		if err := l.tb.dp.RemoveVM(context.Background(), l.spec.name); err != nil {
 			t.Fatal(err)
 		}
 		l.addVM()
