@@ -336,8 +336,8 @@ func testMigrate(t *testing.T, client bool) {
 	spec := guestSpec{name: "mig", slot: 1, mac: "52:54:00:00:99:12", ip: "10.99.0.12", pairs: 1, cpus: 1}
 	hw, _ := net.ParseMAC(spec.mac)
 	initrd := tb.initrdWith(spec, qemu.File{Name: "bin/udpcheck", Mode: qemu.ModeRegular | 0o755, Data: udpcheckBinary(t)})
-	socks := [2]string{filepath.Join(tb.Dir, "a.sock"), filepath.Join(tb.Dir, "tb.sock")}
-	mons := [2]string{filepath.Join(tb.Dir, "a.mon"), filepath.Join(tb.Dir, "tb.mon")}
+	socks := [2]string{filepath.Join(tb.Dir, "a.sock"), filepath.Join(tb.Dir, "b.sock")}
+	mons := [2]string{filepath.Join(tb.Dir, "a.mon"), filepath.Join(tb.Dir, "b.mon")}
 	base := leakBaseline(t)
 	t.Cleanup(func() { checkLeaks(t, base) }) // after the guests, sockets and the VM are gone
 
