@@ -94,6 +94,45 @@ func (c *Controller) AbortMigration(ctx context.Context, name string) error {
 	return nil
 }
 
+// MigrationDone records that VM name's migration completed: its socket
+// is the standby port's from now on (and so in the state file, for a VM
+// added over the API; a VM of the YAML file keeps its configured socket
+// there, which its owner must update). The dataplane calls it.
+func (c *Controller) MigrationDone(name, socket string, client bool) {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
+	mode := ModeServer
+	if client {
+		mode = ModeClient
+	}
+	info, ok := c.reg.setSocket(name, socket, mode)
+	if !ok {
+		return
+	}
+	c.log.Info("migration complete", "vm", name, "socket", socket, "mode", mode)
+	if info.Source == SourceAPI {
+		if err := c.persistLocked(); err != nil {
+			c.log.Error("migration complete: state not saved", "vm", name, "err", err)
+		}
+	}
+}
+
+// setSocket moves a VM to another socket; false if it is gone.
+func (r *Registry) setSocket(name, socket, mode string) (VMInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	info, ok := r.byName[name]
+	if !ok {
+		return VMInfo{}, false
+	}
+	if old := filepath.Clean(info.Socket); r.bySock[old] == name {
+		delete(r.bySock, old)
+	}
+	info.Socket, info.Mode = socket, mode
+	r.bySock[filepath.Clean(socket)] = name
+	return *info, true
+}
+
 func (s *Server) prepareMigration(w http.ResponseWriter, r *http.Request) {
 	var req MigrationRequest
 	if !s.decodeBody(w, r, &req, "migration") {

@@ -88,6 +88,14 @@ func TestAPIMigration(t *testing.T) {
 	if err := c.AbortMigration(ctx, name); err != nil {
 		t.Fatal(err)
 	}
+	// A completed migration moves the VM to the destination's socket.
+	ctl.MigrationDone(name, dst, true)
+	if d, err := c.GetVM(ctx, name); err != nil || d.Socket != dst || d.Mode != ModeClient {
+		t.Fatalf("after the migration: %+v %v", d.VMConfig, err)
+	}
+	if err := c.PrepareMigration(ctx, vms[1].Name, MigrationRequest{Socket: dst}); status(err) != http.StatusConflict {
+		t.Fatalf("the migrated VM's socket for another VM: %v", err)
+	}
 	if err := c.AbortMigration(ctx, name); status(err) != http.StatusInternalServerError {
 		t.Fatalf("second abort: %v", err)
 	}

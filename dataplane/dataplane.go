@@ -52,6 +52,10 @@ type Config struct {
 	// NIC is reported as is in snapshots.
 	NIC    NICStatus
 	Logger *slog.Logger
+	// Migrated, if set, hears that a VM's migration completed: its
+	// socket is the standby port's from now on. Called on its own
+	// goroutine.
+	Migrated func(vm, socket string, client bool)
 }
 
 // VM is one guest as the dataplane needs it.

@@ -136,6 +136,11 @@ func (h *portHandler) Disconnected(p *vhostuser.Port) {
 			dp.log.Warn("close the migration source's port", "vm", h.name, "err", err)
 		}
 	}()
+	// Not on the retiring goroutine: the callee may wait for an operation
+	// that waits for the old port to close.
+	if f := dp.cfg.Migrated; f != nil {
+		go f(h.name, m.socket, m.client)
+	}
 }
 
 // Announce sends a RARP for the VM's MAC on its VLAN to the wire (and its

@@ -146,6 +146,11 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
 		FrameSize: cfg.FrameSize, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
 		Netns: o.netns, NIC: d.nic, Logger: d.log,
+		Migrated: func(vm, socket string, client bool) {
+			if d.ctl != nil {
+				d.ctl.MigrationDone(vm, socket, client)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
