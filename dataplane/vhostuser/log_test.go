@@ -2,9 +2,11 @@ package vhostuser
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"testing"
 
@@ -246,5 +248,44 @@ func TestPortDirtyLog(t *testing.T) {
 	f.send(ReqSetLogBase, 0, pl, lfd)
 	if !f.eof() {
 		t.Fatal("SET_LOG_BASE beyond the file accepted")
+	}
+}
+
+// TestDirtyLogFault shrinks the log's file under a running queue (QEMU
+// seals its log; a hostile front-end need not): the worker's write is a
+// memory fault that breaks the device instead of crashing vmq.
+func TestDirtyLogFault(t *testing.T) {
+	g := newTestGuest(t, 64, testFeatures, true)
+	lfd, err := unix.MemfdCreate("vmq-test-log", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Ftruncate(lfd, 1<<16); err != nil {
+		t.Fatal(err)
+	}
+	log, err := mapLog(lfd, 1<<16, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.unmap()
+	g.q.bufLog = log
+	g.postRX(2048)
+	if err := unix.Ftruncate(lfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		var perr error = errors.New("no fault")
+		func() {
+			defer g.q.RecoverFault()
+			perr = g.q.Push(frameOf(100, 1))
+		}()
+		done <- perr
+	}()
+	<-done
+	if !g.q.isBroken() {
+		t.Fatal("queue not broken after a fault in the dirty log")
 	}
 }
