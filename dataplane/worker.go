@@ -35,6 +35,11 @@ const idlePollTimeout = 200 * time.Millisecond
 // workerCounters are a worker's own counters (single writer).
 type workerCounters struct {
 	busyNS, idleNS, batches, wakeups, polls atomic.Uint64
+	// frames: frames moved (taken from sockets, guest rings, mailboxes).
+	// busyRoundNS and busyRoundFrames: the time of the timed rounds
+	// (one in timeEvery) that moved frames, and the frames they moved;
+	// their ratio is the worker's busy cost per frame.
+	frames, busyRoundNS, busyRoundFrames atomic.Uint64
 	// What the worker owns, published for snapshots.
 	virtqueues, sockets atomic.Int64
 	// inflight: UMEM frames in the queue's rings and the stash (publishInFlight).
@@ -101,8 +106,9 @@ type worker struct {
 	nlimited   int
 	lastRefill time.Time
 
-	serving uint32 // what ctr.serving holds, to store only on a change
-	rr      uint   // rounds: rotates the order VMs are served in
+	serving   uint32 // what ctr.serving holds, to store only on a change
+	roundWork int    // work other than frames done in this round (kicks)
+	rr        uint   // rounds: rotates the order VMs are served in
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -216,43 +222,77 @@ func (w *worker) run(ready chan<- error) {
 	defer w.close()
 
 	busyPoll := w.dp.cfg.BusyPoll
-	// The clock is read only while idle (for the busy-poll deadline) and
-	// every publishEvery busy rounds: a round with work costs no time read.
-	const publishEvery = 1024
-	busySince := time.Now()
-	var idleSince time.Time // zero while rounds find work
-	rounds := 0
+	// The clock is read in one round of timeEvery (its two reads time that
+	// round, for busy ns/frame), while idle only every idleCheckEvery empty
+	// rounds (for the busy-poll deadline), and every publishEvery busy
+	// rounds: no clock read per spin or per frame.
+	const (
+		publishEvery   = 1024
+		timeEvery      = 8
+		idleCheckEvery = 16
+	)
+	epoch := time.Now()
+	mono := func() int64 { return int64(time.Since(epoch)) } // one vDSO read
+	busySince := mono()
+	idleSince := int64(-1) // no idle deadline running
+	var rounds, busyRounds, idleRounds uint
+	var frames, timedNS, timedFrames uint64
 	for {
 		work, stop := w.commands()
 		if stop {
 			return
 		}
-		work += w.round()
+		var moved int
+		if rounds++; rounds%timeEvery == 0 {
+			t0 := mono()
+			moved = w.round()
+			if moved > 0 {
+				timedNS += uint64(mono() - t0)
+				timedFrames += uint64(moved)
+			}
+		} else {
+			moved = w.round()
+		}
+		work += moved + w.roundWork
 		if work > 0 {
-			idleSince = time.Time{}
-			if rounds++; rounds%publishEvery == 0 {
-				now := time.Now()
-				add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
+			frames += uint64(moved)
+			idleSince, idleRounds = -1, 0
+			if busyRounds++; busyRounds%publishEvery == 0 {
+				now := mono()
+				add(&w.ctr.busyNS, uint64(now-busySince))
 				busySince = now
+				w.publishTimes(frames, timedNS, timedFrames)
 				w.publishInFlight()
 			}
 			continue
 		}
-		now := time.Now()
-		if idleSince.IsZero() {
+		if idleRounds++; idleRounds%idleCheckEvery != 0 {
+			continue
+		}
+		now := mono()
+		if idleSince < 0 {
 			idleSince = now
 		}
-		if now.Sub(idleSince) < busyPoll {
+		if time.Duration(now-idleSince) < busyPoll {
 			continue
 		}
 		// Spinning counts as busy: the core was taken.
-		add(&w.ctr.busyNS, uint64(now.Sub(busySince)))
+		add(&w.ctr.busyNS, uint64(now-busySince))
+		w.publishTimes(frames, timedNS, timedFrames)
 		w.publishInFlight()
 		w.sleep()
-		woke := time.Now()
-		add(&w.ctr.idleNS, uint64(woke.Sub(now)))
-		busySince, idleSince = woke, time.Time{}
+		woke := mono()
+		add(&w.ctr.idleNS, uint64(woke-now))
+		busySince, idleSince, idleRounds = woke, -1, 0
 	}
+}
+
+// publishTimes publishes the frame and busy-round counts the run loop
+// keeps in registers.
+func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
+	w.ctr.frames.Store(frames)
+	w.ctr.busyRoundNS.Store(timedNS)
+	w.ctr.busyRoundFrames.Store(timedFrames)
 }
 
 // commands applies pending control commands; it reports whether any was
@@ -406,8 +446,9 @@ func removeVM(list []*vmState, st *vmState) []*vmState {
 }
 
 // round does one pass over every source of work and returns how many
-// frames it moved.
+// frames it moved; w.roundWork counts its other work (kicks).
 func (w *worker) round() int {
+	w.roundWork = 0
 	if w.nlimited > 0 {
 		w.refillLimits()
 	}
@@ -443,7 +484,7 @@ func (w *worker) round() int {
 	for _, vm := range w.vmList {
 		if vm.sock.TxPending() > 0 {
 			vm.sock.Kick()
-			n++
+			w.roundWork++
 		}
 	}
 	for i, mb := range w.inbox {
@@ -452,7 +493,7 @@ func (w *worker) round() int {
 		}
 	}
 	w.flushAll()
-	if n > 0 {
+	if n+w.roundWork > 0 {
 		add(&w.ctr.batches, 1)
 	}
 	add(&w.ctr.rounds, 1)
