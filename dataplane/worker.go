@@ -122,6 +122,7 @@ type worker struct {
 	ready, fresh, all []uint64
 	bySlot            []*vmState
 	visit             []*vmState // scratch: the sockets to receive from
+	sweep             bool       // the next round visits every socket
 	touched           []*vmState // credit or busy changed since the last grant
 	dirtyQs           []*virtq   // virtqueues to flush at the end of the round
 	txQueued          []*vmState // sockets with tx frames the kernel has not taken
@@ -300,6 +301,10 @@ func (w *worker) run(ready chan<- error) {
 		if idleRounds++; idleRounds%idleCheckEvery != 0 {
 			continue
 		}
+		// Idle: the next round looks at every socket, so a frame whose
+		// mark was taken before the kernel published it waits at most
+		// idleCheckEvery idle rounds, and never into a sleep.
+		w.sweep = true
 		now := mono()
 		if idleSince < 0 {
 			idleSince = now
@@ -312,6 +317,7 @@ func (w *worker) run(ready chan<- error) {
 		w.publishTimes(frames, timedNS, timedFrames)
 		w.publishInFlight()
 		w.sleep()
+		w.sweep = true // poll woke for some socket, whose mark may be gone
 		woke := mono()
 		add(&w.ctr.idleNS, uint64(woke-now))
 		busySince, idleSince, idleRounds = woke, -1, 0
@@ -572,8 +578,9 @@ func (w *worker) receiveVMs() int {
 	if w.pending == nil {
 		vis = append(vis, w.vmList...)
 	} else {
-		if w.rr%sweepEvery == 0 {
+		if w.sweep || w.rr%sweepEvery == 0 {
 			copy(w.ready, w.all)
+			w.sweep = false
 		}
 		for i := range w.ready {
 			f := w.pending.Take(i) & w.all[i] // bit 0 is the flood socket, served anyway
