@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/bpf"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/pktgen"
 )
