@@ -372,7 +372,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
 			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
-			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
+			BusyRoundFrames: w.ctr.busyRoundFrames.Load(),
+			VirtQueues:      int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
 	dp.mu.RLock()

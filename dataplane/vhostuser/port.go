@@ -477,26 +477,30 @@ func (p *Port) dialLoop() {
 	defer close(p.done)
 	guardFaults()
 	backoff := p.cfg.ReconnectMin
+	// wait sleeps out the backoff and doubles it; false: the port closed.
+	wait := func() bool {
+		select {
+		case <-p.closing:
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, p.cfg.ReconnectMax)
+		return true
+	}
 	for !p.isClosing() {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.path, Net: "unix"})
 		if err != nil {
 			p.log.Debug("vhost-user connect failed", "err", err, "retry_in", backoff)
-			select {
-			case <-p.closing:
+			if !wait() {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
 		if err := p.serveConn(c); err != nil {
 			// A rejected peer: retry no faster than a failed connect.
-			select {
-			case <-p.closing:
+			if !wait() {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
 		backoff = p.cfg.ReconnectMin

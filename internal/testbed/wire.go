@@ -160,6 +160,12 @@ func (b *Bed) Capture() *Capture {
 		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
 			return err
 		}
+		// A test counts every frame: the default buffer (~200 KB, some
+		// 170 frames) overflows when a loaded machine keeps the loop off
+		// its CPU for a few tens of milliseconds.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20); err != nil {
+			return fmt.Errorf("capture buffer: %w", err)
+		}
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: b.Peer.Index})
 	})
 	if err != nil {
