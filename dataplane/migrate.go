@@ -221,6 +221,10 @@ func (w *worker) announce(slot uint32) error {
 		}
 		return fmt.Errorf("announce VM %q: transmit: %w", vm.name, err)
 	}
+	if !vm.txQueued && vm.sock.TxPending() > 0 { // the round kicks it again
+		vm.txQueued = true
+		w.txQueued = append(w.txQueued, vm)
+	}
 	w.flushAll() // local copies: publish their used rings now
 	return nil
 }
