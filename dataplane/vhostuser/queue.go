@@ -457,13 +457,13 @@ func (q *Queue) Push(frame []byte) error {
 					return q.fail("receive buffer %#x+%d: %v", d.addr, d.len, err)
 				}
 				q.fill(b, written, frame)
-				if q.bufLog != nil {
-					q.bufLog.mark(addr, uint64(len(b)))
-				}
 				written += len(b)
 				chainLen += len(b)
 				addr += uint64(len(b))
 				l -= uint32(len(b))
+			}
+			if q.bufLog != nil { // migrating: the bytes of this descriptor
+				q.bufLog.mark(d.addr, addr-d.addr)
 			}
 		}
 		q.putUsed(head, uint32(chainLen))
