@@ -326,6 +326,13 @@ var (
 // the guest's MAC on the wire after each migration, and the standby port
 // promoted when the source quits. Downtime and loss are reported.
 func TestLinuxGuestMigrate(t *testing.T) {
+	// Opt-in until a guest crash seen once in 9 runs (a panic in the
+	// destination guest's virtio-net receive path right after migration)
+	// is explained: CI must not depend on it, and live migration is not
+	// claimed until it is.
+	if os.Getenv("VMQ_TEST_MIGRATION") == "" {
+		t.Skip("live migration is experimental: set VMQ_TEST_MIGRATION=1 to run this test")
+	}
 	for _, mode := range []string{"server", "client"} {
 		t.Run(mode, func(t *testing.T) { testMigrate(t, mode == "client") })
 	}
