@@ -1,0 +1,70 @@
+package bench
+
+import "fmt"
+
+// Trial is one run of a zero-loss search: frames offered at Rate for the
+// search's window, and what came of them.
+type Trial struct {
+	RateMpps float64 `json:"rate_mpps"` // asked for
+	Sent     uint64  `json:"sent"`
+	Received uint64  `json:"received"`
+}
+
+// Lost is the frames offered but not received (0 if more arrived).
+func (t Trial) Lost() uint64 { return t.Sent - min(t.Sent, t.Received) }
+
+// Search is the outcome of a zero-loss search.
+type Search struct {
+	// ZeroLossMpps is the highest rate tried that lost nothing (0: none
+	// did). AtTop means the first trial, at the upper bound, lost
+	// nothing: the true rate may be higher.
+	ZeroLossMpps float64 `json:"zero_loss_mpps"`
+	AtTop        bool    `json:"at_top"`
+	Trials       []Trial `json:"trials"`
+}
+
+// ZeroLoss is RFC 2544's throughput search: a trial at top (Mpps), then a
+// binary search between the highest rate that lost nothing and the lowest
+// that lost frames, until they are closer than precision×top. A trial
+// that sends no frames is an error, not zero loss.
+func ZeroLoss(top, precision float64, trial func(rateMpps float64) (Trial, error)) (Search, error) {
+	var s Search
+	if top <= 0 || precision <= 0 || precision >= 1 {
+		return s, fmt.Errorf("zero-loss search: top %v Mpps, precision %v: want top > 0, 0 < precision < 1", top, precision)
+	}
+	run := func(rate float64) (bool, error) {
+		t, err := trial(rate)
+		t.RateMpps = rate
+		s.Trials = append(s.Trials, t)
+		if err != nil {
+			return false, fmt.Errorf("zero-loss trial at %.4f Mpps: %w", rate, err)
+		}
+		if t.Sent == 0 {
+			return false, fmt.Errorf("zero-loss trial at %.4f Mpps: nothing sent", rate)
+		}
+		return t.Lost() == 0, nil
+	}
+	ok, err := run(top)
+	if err != nil {
+		return s, err
+	}
+	if ok {
+		s.ZeroLossMpps, s.AtTop = top, true
+		return s, nil
+	}
+	lo, hi := 0.0, top
+	for hi-lo > precision*top {
+		mid := (lo + hi) / 2
+		ok, err := run(mid)
+		if err != nil {
+			return s, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	s.ZeroLossMpps = lo
+	return s, nil
+}

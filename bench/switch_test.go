@@ -1,0 +1,289 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	tpmd "github.com/vmq/vmq/internal/testpmd"
+)
+
+// A switch under test: vmqd, or DPDK's forwarding testpmd. It serves
+// vhost-user sockets (listening) for the VMs of a case; begin and end
+// bracket one trial and end returns the forwarding core's busy time per
+// frame moved.
+type switchUT interface {
+	pid() int
+	socket(vm int) string
+	begin() error
+	end() (nsPerFrame float64, how string, err error)
+	close()
+}
+
+// vms is how many VMs a direction needs.
+func vms(dir string) int {
+	if dir == VM2VM {
+		return 2
+	}
+	return 1
+}
+
+// ---- vmq: the vmqd binary ----
+
+type vmqSwitch struct {
+	cmd    *exec.Cmd
+	done   chan struct{}
+	log    *os.File
+	api    string
+	socks  []string
+	http   *http.Client
+	before vmqStats
+}
+
+func (s *suite) startVMQ(dir string, cpu int) (switchUT, error) {
+	d := filepath.Join(s.dir, fmt.Sprintf("vmq%d", s.next()))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, err
+	}
+	pins := filepath.Join("/sys/fs/bpf", filepath.Base(s.dir)+filepath.Base(d))
+	if err := os.MkdirAll(pins, 0o700); err != nil {
+		return nil, fmt.Errorf("vmqd pin dir (bpffs): %w", err)
+	}
+	v := &vmqSwitch{api: filepath.Join(d, "api.sock"), done: make(chan struct{})}
+	// vmqd's defaults otherwise (busy_poll 50µs): what a user runs.
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, pins, v.api)
+	for i := range vms(dir) {
+		sock := filepath.Join(d, fmt.Sprintf("vm%d.sock", i))
+		v.socks = append(v.socks, sock)
+		fmt.Fprintf(&cfg, "  - {name: vm%d, mac: %q, socket: %s, mode: server}\n", i, vmMAC(i), sock)
+	}
+	cfgPath := filepath.Join(d, "vmqd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+		return nil, err
+	}
+	var err error
+	if v.log, err = os.Create(filepath.Join(d, "vmqd.log")); err != nil {
+		return nil, err
+	}
+	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), s.bin.vmqd, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
+	// Two Ps on one CPU: the locked worker thread and the rest are
+	// threads the kernel schedules, not goroutines taking turns.
+	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
+	if err := v.cmd.Start(); err != nil {
+		v.log.Close()
+		return nil, fmt.Errorf("start vmqd: %w", err)
+	}
+	go func() { v.cmd.Wait(); close(v.done); os.RemoveAll(pins) }()
+	v.http = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", v.api)
+		}}}
+	for try := 0; ; try++ {
+		if _, err := v.stats(); err == nil {
+			break
+		} else if try == 100 {
+			v.close()
+			return nil, fmt.Errorf("vmqd API did not answer in 10s: %v; log: %s", err, tpmd.Tail(v.logText(), 1000))
+		}
+		select {
+		case <-v.done:
+			return nil, fmt.Errorf("vmqd exited: %s", tpmd.Tail(v.logText(), 1000))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return v, nil
+}
+
+func (v *vmqSwitch) logText() string {
+	b, _ := os.ReadFile(v.log.Name())
+	return string(b)
+}
+
+func (v *vmqSwitch) pid() int             { return v.cmd.Process.Pid }
+func (v *vmqSwitch) socket(vm int) string { return v.socks[vm] }
+
+func (v *vmqSwitch) close() {
+	v.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-v.done:
+	case <-time.After(10 * time.Second):
+		v.cmd.Process.Kill()
+		<-v.done
+	}
+	v.log.Close()
+}
+
+// vmqStats is the part of GET /v1/stats the benchmark reads. It is
+// decoded here rather than as dataplane.Snapshot so that the worker's
+// busy-round counters are read when the vmqd under test has them.
+type vmqStats struct {
+	Workers []struct {
+		BusyNS          uint64 `json:"busy_ns"`
+		Frames          uint64 `json:"frames"`
+		BusyRoundNS     uint64 `json:"busy_round_ns"`
+		BusyRoundFrames uint64 `json:"busy_round_frames"`
+		HasRounds       bool   `json:"-"`
+	} `json:"workers"`
+	VMs []struct {
+		RxPackets uint64            `json:"rx_packets"`
+		TxPackets uint64            `json:"tx_packets"`
+		Drops     map[string]uint64 `json:"drops"`
+	} `json:"vms"`
+}
+
+func (v *vmqSwitch) stats() (vmqStats, error) {
+	var st vmqStats
+	resp, err := v.http.Get("http://vmqd/v1/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /v1/stats: %s", resp.Status)
+	}
+	var raw json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	// Which counters this vmqd has: the busy-round ones are newer.
+	var probe struct {
+		Workers []map[string]json.RawMessage `json:"workers"`
+	}
+	if json.Unmarshal(raw, &probe) == nil {
+		for i, w := range probe.Workers {
+			_, ok := w["busy_round_frames"]
+			st.Workers[i].HasRounds = ok
+		}
+	}
+	return st, nil
+}
+
+func (v *vmqSwitch) begin() (err error) {
+	v.before, err = v.stats()
+	return err
+}
+
+func (v *vmqSwitch) end() (float64, string, error) {
+	after, err := v.stats()
+	if err != nil {
+		return -1, "", err
+	}
+	ns, how := vmqBusyPerFrame(v.before, after)
+	return ns, how, nil
+}
+
+// vmqBusyPerFrame is the worker's busy time per frame between two
+// snapshots, by DPDK's rule where vmqd counts it (time of rounds that moved
+// frames ÷ those frames); an older vmqd only has its busy time, idle
+// spinning included, ÷ the frames its VMs moved: an upper bound.
+func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
+	var rNS, rFrames, busy, frames uint64
+	rounds := len(b.Workers) > 0
+	for i, w := range b.Workers {
+		if i >= len(a.Workers) {
+			return -1, "worker count changed"
+		}
+		rounds = rounds && w.HasRounds
+		rNS += w.BusyRoundNS - a.Workers[i].BusyRoundNS
+		rFrames += w.BusyRoundFrames - a.Workers[i].BusyRoundFrames
+		busy += w.BusyNS - a.Workers[i].BusyNS
+	}
+	if rounds {
+		if rFrames == 0 {
+			return -1, "busy_round_ns/busy_round_frames: no frames"
+		}
+		return float64(rNS) / float64(rFrames), "worker busy_round_ns/busy_round_frames"
+	}
+	for i, vm := range b.VMs {
+		if i >= len(a.VMs) {
+			return -1, "VM count changed"
+		}
+		frames += vm.RxPackets + vm.TxPackets - a.VMs[i].RxPackets - a.VMs[i].TxPackets
+		for r, n := range vm.Drops {
+			frames += n - a.VMs[i].Drops[r]
+		}
+	}
+	if frames == 0 {
+		return -1, "busy_ns/frames: no frames"
+	}
+	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
+}
+
+// ---- DPDK: testpmd io forwarding ----
+
+type dpdkSwitch struct {
+	fwd   *tpmd.Proc
+	socks []string
+	mhz   *uint64
+}
+
+// startDPDK runs testpmd forwarding (io) between net_af_xdp on the NIC
+// and net_vhost for RX and TX, or between two net_vhost ports for VM→VM,
+// both lcores on cpu (the main lcore waits on stdin).
+func (s *suite) startDPDK(dir string, cpu int) (switchUT, error) {
+	d := &dpdkSwitch{mhz: &s.report.TSCMHz}
+	var vdevs []string
+	if dir != VM2VM {
+		vdevs = append(vdevs, fmt.Sprintf("net_af_xdp0,iface=%s,start_queue=0,queue_count=1", s.nic.Name))
+	}
+	for i := range vms(dir) {
+		sock := filepath.Join(s.dir, fmt.Sprintf("dpdk%d-%d.sock", s.next(), i))
+		d.socks = append(d.socks, sock)
+		vdevs = append(vdevs, fmt.Sprintf("net_vhost%d,iface=%s,queues=1", i, sock))
+	}
+	p, err := s.testpmd("fwd", s.host.Name, cpu, vdevs, "--forward-mode=io", "--record-core-cycles")
+	if err != nil {
+		return nil, err
+	}
+	d.fwd = p
+	return d, nil
+}
+
+func (d *dpdkSwitch) pid() int             { return d.fwd.Pid() }
+func (d *dpdkSwitch) socket(vm int) string { return d.socks[vm] }
+func (d *dpdkSwitch) close()               { d.fwd.Stop() }
+
+// begin starts forwarding, which also zeroes testpmd's forward
+// statistics and core cycles.
+func (d *dpdkSwitch) begin() error {
+	_, err := d.fwd.Command("start", tpmd.StartDone)
+	return err
+}
+
+func (d *dpdkSwitch) end() (float64, string, error) {
+	out, err := d.fwd.Command("stop", tpmd.StopDone)
+	if err != nil {
+		return -1, "", err
+	}
+	c, err := tpmd.ParseCoreCycles(out)
+	if err != nil {
+		return -1, "", err
+	}
+	*d.mhz = c.MHz
+	return c.NSPerPacket(), fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz), nil
+}
+
+// testpmd starts an interactive testpmd with both lcores on cpu and
+// 1024-entry rings.
+func (s *suite) testpmd(name, netns string, cpu int, vdevs []string, app ...string) (*tpmd.Proc, error) {
+	c := tpmd.Config{Name: name, NetNS: netns, Prefix: "vmqbench" + name, Lcores: fmt.Sprintf("0@%d,1@%d", cpu, cpu), Mem: 256,
+		Vdevs: vdevs, EAL: []string{"--single-file-segments", "--log-level=lib.eal:error"},
+		App: append([]string{"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)}
+	p, err := tpmd.StartReady(s.b, c, 60*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
