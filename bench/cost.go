@@ -1,0 +1,80 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// vmqStats is the part of GET /v1/stats the benchmark reads. It is
+// decoded here rather than as dataplane.Snapshot so that the worker's
+// busy-round counters are read when the vmqd under test has them.
+type vmqStats struct {
+	Workers []struct {
+		BusyNS          uint64 `json:"busy_ns"`
+		Frames          uint64 `json:"frames"`
+		BusyRoundNS     uint64 `json:"busy_round_ns"`
+		BusyRoundFrames uint64 `json:"busy_round_frames"`
+		HasRounds       bool   `json:"-"`
+	} `json:"workers"`
+	VMs []struct {
+		RxPackets uint64            `json:"rx_packets"`
+		TxPackets uint64            `json:"tx_packets"`
+		Drops     map[string]uint64 `json:"drops"`
+	} `json:"vms"`
+}
+
+// parseVMQStats decodes GET /v1/stats, noting whether each worker has
+// the busy-round counters.
+func parseVMQStats(b []byte) (vmqStats, error) {
+	var st vmqStats
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	var probe struct {
+		Workers []map[string]json.RawMessage `json:"workers"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	for i, w := range probe.Workers {
+		_, st.Workers[i].HasRounds = w["busy_round_frames"]
+	}
+	return st, nil
+}
+
+// vmqBusyPerFrame is the worker's busy time per frame between two
+// snapshots, by DPDK's rule where vmqd counts it (time of rounds that moved
+// frames ÷ those frames); an older vmqd only has its busy time, idle
+// spinning included, ÷ the frames its VMs moved: an upper bound.
+func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
+	var rNS, rFrames, busy, frames uint64
+	rounds := len(b.Workers) > 0
+	for i, w := range b.Workers {
+		if i >= len(a.Workers) {
+			return -1, "worker count changed"
+		}
+		rounds = rounds && w.HasRounds
+		rNS += w.BusyRoundNS - a.Workers[i].BusyRoundNS
+		rFrames += w.BusyRoundFrames - a.Workers[i].BusyRoundFrames
+		busy += w.BusyNS - a.Workers[i].BusyNS
+	}
+	if rounds {
+		if rFrames == 0 {
+			return -1, "busy_round_ns/busy_round_frames: no frames"
+		}
+		return float64(rNS) / float64(rFrames), "worker busy_round_ns/busy_round_frames"
+	}
+	for i, vm := range b.VMs {
+		if i >= len(a.VMs) {
+			return -1, "VM count changed"
+		}
+		frames += vm.RxPackets + vm.TxPackets - a.VMs[i].RxPackets - a.VMs[i].TxPackets
+		for r, n := range vm.Drops {
+			frames += n - a.VMs[i].Drops[r]
+		}
+	}
+	if frames == 0 {
+		return -1, "busy_ns/frames: no frames"
+	}
+	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
+}
