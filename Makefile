@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/vmq/vmq/metrics.Version=$(VERSION)
-CMDS    := vmqd vmqctl vmq-pktgen vmq-guest
+CMDS    := vmqd vmqctl vmq-pktgen vmq-guest vmq-cni
 # Kernel tests share two cores: one package at a time keeps exact frame
 # counts honest under load.
 TESTFLAGS ?= -count=1 -p 1 -timeout 25m

@@ -225,6 +225,12 @@ func apiErrorFor(err error) *APIError {
 		e.Status = http.StatusNotFound
 	case errors.Is(err, ErrDuplicate):
 		e.Status = http.StatusConflict
+		// Name what clashes: a client retrying an add (vmq-cni) must tell
+		// "my port exists" from "the MAC is in use".
+		var de *DuplicateError
+		if errors.As(err, &de) {
+			e.Fields = []*FieldError{{Field: "vm." + de.Field, Msg: de.Error()}}
+		}
 	case errors.Is(err, ErrNoSlot), errors.Is(err, ErrNotStarted):
 		e.Status = http.StatusServiceUnavailable
 	default:

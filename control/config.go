@@ -41,6 +41,11 @@ const (
 	DefaultPinDir      = "/sys/fs/bpf/vmq"
 	DefaultFrameSize   = 4096
 	DefaultBusyPoll    = 50 * time.Microsecond
+	// DefaultStateFile is where the shipped configs (systemd, Kubernetes)
+	// keep the VMs added over the API; a DaemonSet mounts /var/lib/vmq
+	// from the host. The key has no implicit default so that a config
+	// written for a test never touches the host's state.
+	DefaultStateFile = "/var/lib/vmq/ports.json"
 	// MaxConfigSize bounds what Parse reads; a config is a few KiB.
 	MaxConfigSize = 1 << 20
 	// maxSunPath is sizeof(sockaddr_un.sun_path) minus the NUL.
@@ -72,6 +77,9 @@ type Config struct {
 	Metrics            MetricsConfig `yaml:"metrics" json:"metrics"`
 	Polling            PollingConfig `yaml:"polling" json:"polling"`
 	KeepSteeringOnExit bool          `yaml:"keep_steering_on_exit" json:"keep_steering_on_exit"`
+	// StateFile is where the VMs added over the API are persisted ("" =
+	// not persisted: they die with the daemon).
+	StateFile string `yaml:"state_file" json:"state_file"`
 	// MaxGuestMemory is the default max_guest_memory of every VM.
 	MaxGuestMemory ByteSize   `yaml:"max_guest_memory" json:"max_guest_memory"`
 	VMs            []VMConfig `yaml:"vms" json:"vms"`
@@ -83,6 +91,10 @@ type APIConfig struct {
 	Mode   FileMode `yaml:"mode" json:"mode"`
 	// TCP is an optional host:port; empty means no TCP listener.
 	TCP string `yaml:"tcp,omitempty" json:"tcp,omitempty"`
+	// AllowedVLANs, if set, are the only VLANs a VM added over the API may
+	// use: the node's operator, not the API's client (a CNI call), decides
+	// which VLANs reach this host's VMs. Config-file VMs are not limited.
+	AllowedVLANs []int `yaml:"allowed_vlans,omitempty" json:"allowed_vlans,omitempty"`
 }
 
 // MetricsConfig says where Prometheus metrics are served ("" = off).
@@ -193,14 +205,16 @@ type fileConfig struct {
 	Metrics            fileMetrics    `yaml:"metrics"`
 	Polling            filePolling    `yaml:"polling"`
 	KeepSteeringOnExit bool           `yaml:"keep_steering_on_exit"`
+	StateFile          *string        `yaml:"state_file"`
 	MaxGuestMemory     *ByteSize      `yaml:"max_guest_memory"`
 	VMs                []fileVMConfig `yaml:"vms"`
 }
 
 type fileAPI struct {
-	Socket *string   `yaml:"socket"`
-	Mode   *FileMode `yaml:"mode"`
-	TCP    string    `yaml:"tcp"`
+	Socket       *string   `yaml:"socket"`
+	Mode         *FileMode `yaml:"mode"`
+	TCP          string    `yaml:"tcp"`
+	AllowedVLANs []int     `yaml:"allowed_vlans"`
 }
 
 type fileMetrics struct {
@@ -440,6 +454,10 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 		cfg.API.Mode = *fc.API.Mode
 	}
 	cfg.API.TCP = fc.API.TCP
+	cfg.API.AllowedVLANs = fc.API.AllowedVLANs
+	if fc.StateFile != nil {
+		cfg.StateFile = *fc.StateFile
+	}
 	if fc.Metrics.Address != nil {
 		cfg.Metrics.Address = *fc.Metrics.Address
 	}
@@ -520,6 +538,14 @@ func (c *Config) validate() errList {
 	}
 	if c.API.TCP != "" {
 		checkHostPort(&errs, "api.tcp", c.API.TCP)
+	}
+	for i, v := range c.API.AllowedVLANs {
+		if v < 0 || v > 4094 {
+			errs.add(fmt.Sprintf("api.allowed_vlans[%d]", i), "%d is outside 0..4094 (0 = untagged)", v)
+		}
+	}
+	if c.StateFile != "" && !filepath.IsAbs(c.StateFile) {
+		errs.add("state_file", "%q is not an absolute path", c.StateFile)
 	}
 	if c.Metrics.Address != "" {
 		checkHostPort(&errs, "metrics.address", c.Metrics.Address)

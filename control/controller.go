@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -81,7 +83,9 @@ func (c *Controller) Start(ctx context.Context) (*ReconcilePlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start: read pinned filter table: %w", err)
 	}
-	plan, err := PlanReconcile(cfg.VMs, pinned, c.maxVMs)
+	persisted, perr := c.loadPersisted(cfg)
+	all := append(slices.Clone(cfg.VMs), persisted...)
+	plan, err := PlanReconcile(all, pinned, c.maxVMs)
 	if err != nil {
 		return nil, fmt.Errorf("start: %w", err)
 	}
@@ -91,12 +95,22 @@ func (c *Controller) Start(ctx context.Context) (*ReconcilePlan, error) {
 	c.log.Info("reconciled pinned filters", "kept", len(plan.Keep), "stale", len(plan.Stale),
 		"moved", len(plan.Moved), "to_add", len(plan.Add))
 
-	var errs []error
+	errs := []error{perr}
 	for _, vm := range cfg.VMs {
 		_, kept := plan.Keep[vm.Key()]
 		if _, err := c.addLocked(ctx, vm, SourceConfig, plan.Slots[vm.Name], kept); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// The API's ports come back as they were: same slot, same filter.
+	for _, vm := range persisted {
+		_, kept := plan.Keep[vm.Key()]
+		if _, err := c.addLocked(ctx, vm, SourceAPI, plan.Slots[vm.Name], kept); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(persisted) > 0 {
+		c.log.Info("restored VMs added over the API", "vms", len(persisted), "state_file", cfg.StateFile)
 	}
 	c.mu.Lock()
 	c.started, c.startedAt = true, time.Now()
@@ -211,12 +225,109 @@ func (c *Controller) AddVM(ctx context.Context, vm VMConfig) (VMInfo, error) {
 	if err := c.checkNewVM(&vm, "vm"); err != nil {
 		return VMInfo{}, err
 	}
+	c.mu.RLock()
+	allowed := c.cfg.API.AllowedVLANs
+	c.mu.RUnlock()
+	if err := checkAllowedVLAN(vm.VLAN, allowed, "vm.vlan"); err != nil {
+		return VMInfo{}, err
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	if !c.isStarted() {
 		return VMInfo{}, ErrNotStarted
 	}
-	return c.addLocked(ctx, vm, SourceAPI, 0, false)
+	info, err := c.addLocked(ctx, vm, SourceAPI, 0, false)
+	if err != nil {
+		return VMInfo{}, err
+	}
+	// A port the caller was told exists must survive a restart: if it
+	// cannot be persisted, it is not made.
+	if err := c.persistLocked(); err != nil {
+		if rerr := c.removeLocked(ctx, vm.Name); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
+		}
+		return VMInfo{}, fmt.Errorf("add VM %q: %w", vm.Name, err)
+	}
+	return info, nil
+}
+
+// checkAllowedVLAN enforces api.allowed_vlans on a VM added over the API.
+func checkAllowedVLAN(vlan int, allowed []int, field string) error {
+	if len(allowed) == 0 || slices.Contains(allowed, vlan) {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field,
+		Msg: fmt.Sprintf("VLAN %d is not allowed on this node (api.allowed_vlans: %v)", vlan, allowed)})
+}
+
+// persistLocked writes the VMs added over the API to the state file.
+func (c *Controller) persistLocked() error {
+	c.mu.RLock()
+	path := c.cfg.StateFile
+	c.mu.RUnlock()
+	if path == "" {
+		return nil
+	}
+	var vms []VMConfig
+	for _, info := range c.reg.List() {
+		if info.Source == SourceAPI {
+			vms = append(vms, info.VMConfig)
+		}
+	}
+	if err := SaveState(path, vms); err != nil {
+		return fmt.Errorf("persist API VMs: %w", err)
+	}
+	return nil
+}
+
+// loadPersisted reads the state file and keeps the VMs that are still
+// valid under cfg and clash with no config VM (the config wins). A file
+// that cannot be read is moved aside, not overwritten by the next save.
+func (c *Controller) loadPersisted(cfg *Config) ([]VMConfig, error) {
+	if cfg.StateFile == "" {
+		return nil, nil
+	}
+	vms, err := LoadState(cfg.StateFile)
+	if err != nil {
+		aside := cfg.StateFile + ".broken"
+		if rerr := os.Rename(cfg.StateFile, aside); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("move it aside: %w", rerr))
+		}
+		c.log.Error("state file unreadable: moved aside, API VMs not restored", "state_file", cfg.StateFile, "moved_to", aside, "err", err)
+		return nil, fmt.Errorf("restore API VMs: %w", err)
+	}
+	names, keys, socks := map[string]bool{}, map[FilterKey]bool{}, map[string]bool{filepath.Clean(cfg.API.Socket): true}
+	for _, vm := range cfg.VMs {
+		names[vm.Name], keys[vm.Key()], socks[filepath.Clean(vm.Socket)] = true, true, true
+	}
+	var out []VMConfig
+	var errs []error
+	for i, vm := range vms {
+		f := fmt.Sprintf("state_file.vms[%d]", i)
+		verrs := validateVM(&vm, f, len(cfg.Queues))
+		if err := checkAllowedVLAN(vm.VLAN, cfg.API.AllowedVLANs, f+".vlan"); err != nil {
+			verrs = append(verrs, &FieldError{Field: f + ".vlan", Msg: "not in api.allowed_vlans"})
+		}
+		if len(verrs) == 0 {
+			switch {
+			case names[vm.Name]:
+				verrs.add(f+".name", "%q is taken (by the config or an earlier entry)", vm.Name)
+			case keys[vm.Key()]:
+				verrs.add(f+".mac", "%s on VLAN %d is taken", vm.MAC, vm.VLAN)
+			case socks[filepath.Clean(vm.Socket)]:
+				verrs.add(f+".socket", "%q is taken", vm.Socket)
+			}
+		}
+		if len(verrs) > 0 {
+			err := fmt.Errorf("restore API VM %q: %w", vm.Name, errors.Join(verrs...))
+			c.log.Error("persisted VM not restored", "vm", vm.Name, "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		names[vm.Name], keys[vm.Key()], socks[filepath.Clean(vm.Socket)] = true, true, true
+		out = append(out, vm)
+	}
+	return out, errors.Join(errs...)
 }
 
 // SetLimits changes a running VM's QoS limits live (PATCH /v1/vms/{name}):
@@ -227,7 +338,14 @@ func (c *Controller) SetLimits(ctx context.Context, name string, patch LimitsPat
 	if !c.isStarted() {
 		return VMInfo{}, ErrNotStarted
 	}
-	return c.setLimitsLocked(name, patch.Apply)
+	info, err := c.setLimitsLocked(name, patch.Apply)
+	if err != nil || info.Source != SourceAPI {
+		return info, err
+	}
+	if err := c.persistLocked(); err != nil {
+		return info, fmt.Errorf("set limits of VM %q: applied, but %w", name, err)
+	}
+	return info, nil
 }
 
 func (c *Controller) setLimitsLocked(name string, change func(Limits) Limits) (VMInfo, error) {
@@ -252,7 +370,16 @@ func (c *Controller) RemoveVM(ctx context.Context, name string) error {
 	if !c.isStarted() {
 		return ErrNotStarted
 	}
-	return c.removeLocked(ctx, name)
+	info, _ := c.reg.Get(name)
+	if err := c.removeLocked(ctx, name); err != nil {
+		return err
+	}
+	if info.Source == SourceAPI {
+		if err := c.persistLocked(); err != nil {
+			return fmt.Errorf("remove VM %q: removed, but it comes back after a restart: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func (c *Controller) isStarted() bool {
@@ -360,6 +487,7 @@ func (c *Controller) Reload(ctx context.Context, next *Config) (*ReloadPlan, err
 	applied.NIC, applied.AttachMode, applied.Queues = running.NIC, running.AttachMode, running.Queues
 	applied.FrameSize, applied.PinDir, applied.API = running.FrameSize, running.PinDir, running.API
 	applied.Metrics, applied.Polling = running.Metrics, running.Polling
+	applied.StateFile = running.StateFile
 	c.mu.Lock()
 	c.cfg = &applied
 	c.restartPending = plan.Restart

@@ -18,6 +18,24 @@ var (
 	ErrInvalid   = errors.New("invalid VM")
 )
 
+// DuplicateError is an ErrDuplicate that names what clashes (name, mac
+// or socket), so an API client such as vmq-cni can tell "this sandbox's
+// port exists" from "the MAC is in use".
+type DuplicateError struct {
+	Field  string
+	Msg    string
+	Suffix bool // "VM x already exists" rather than "...: already exists"
+}
+
+func (e *DuplicateError) Error() string {
+	if e.Suffix {
+		return e.Msg + " " + ErrDuplicate.Error()
+	}
+	return e.Msg + ": " + ErrDuplicate.Error()
+}
+
+func (e *DuplicateError) Unwrap() error { return ErrDuplicate }
+
 // VMState is a VM's lifecycle state in the registry.
 type VMState string
 
@@ -76,15 +94,15 @@ func (r *Registry) Reserve(vm VMConfig, src Source, slot uint32) (VMInfo, error)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, dup := r.byName[vm.Name]; dup {
-		return VMInfo{}, fmt.Errorf("VM %q %w", vm.Name, ErrDuplicate)
+		return VMInfo{}, &DuplicateError{Field: "name", Msg: fmt.Sprintf("VM %q", vm.Name), Suffix: true}
 	}
 	k := vm.Key()
 	if other, dup := r.byKey[k]; dup {
-		return VMInfo{}, fmt.Errorf("MAC %s on VLAN %d is VM %q's: %w", vm.MAC, vm.VLAN, other, ErrDuplicate)
+		return VMInfo{}, &DuplicateError{Field: "mac", Msg: fmt.Sprintf("MAC %s on VLAN %d is VM %q's", vm.MAC, vm.VLAN, other)}
 	}
 	sock := filepath.Clean(vm.Socket)
 	if other, dup := r.bySock[sock]; dup {
-		return VMInfo{}, fmt.Errorf("socket %s is VM %q's: %w", vm.Socket, other, ErrDuplicate)
+		return VMInfo{}, &DuplicateError{Field: "socket", Msg: fmt.Sprintf("socket %s is VM %q's", vm.Socket, other)}
 	}
 	if slot == 0 || slot > uint32(r.maxVMs) || r.bySlot[slot] != "" {
 		slot = 0

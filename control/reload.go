@@ -61,6 +61,12 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 	if old.API.TCP != new.API.TCP {
 		restart("api.tcp", quoteEmpty(old.API.TCP), quoteEmpty(new.API.TCP))
 	}
+	if !slices.Equal(old.API.AllowedVLANs, new.API.AllowedVLANs) {
+		restart("api.allowed_vlans", old.API.AllowedVLANs, new.API.AllowedVLANs)
+	}
+	if old.StateFile != new.StateFile {
+		restart("state_file", quoteEmpty(old.StateFile), quoteEmpty(new.StateFile))
+	}
 	if old.Metrics.Address != new.Metrics.Address {
 		restart("metrics.address", quoteEmpty(old.Metrics.Address), quoteEmpty(new.Metrics.Address))
 	}

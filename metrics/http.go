@@ -40,9 +40,17 @@ func Handler(reg *prometheus.Registry) http.Handler {
 }
 
 // Mux returns an http.Handler with reg on /metrics and a short index on /.
-func Mux(reg *prometheus.Registry) http.Handler {
+func Mux(reg *prometheus.Registry) http.Handler { return MuxWithHealth(reg, nil) }
+
+// MuxWithHealth is Mux plus /healthz and /readyz answered by p (none if
+// p is nil).
+func MuxWithHealth(reg *prometheus.Registry, p Prober) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(Path, Handler(reg))
+	if p != nil {
+		mux.Handle(HealthzPath, HealthHandler(p.Live))
+		mux.Handle(ReadyzPath, HealthHandler(p.Ready))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
@@ -71,12 +79,17 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry) error {
 // ServeListener is Serve on a listener the caller opened (a test's
 // 127.0.0.1:0, or a socket handed over by systemd). It closes ln.
 func ServeListener(ctx context.Context, ln net.Listener, reg *prometheus.Registry) error {
+	return ServeHandler(ctx, ln, Mux(reg))
+}
+
+// ServeHandler is ServeListener with the caller's handler (MuxWithHealth).
+func ServeHandler(ctx context.Context, ln net.Listener, h http.Handler) error {
 	addr := ln.Addr()
 	if ta, ok := addr.(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
 		slog.Warn("metrics: serving on a non-loopback address", "addr", addr.String())
 	}
 	srv := &http.Server{
-		Handler:           Mux(reg),
+		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,
 	}

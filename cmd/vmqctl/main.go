@@ -7,6 +7,7 @@
 //	vmqctl vm rm NAME
 //	vmqctl status
 //	vmqctl stats
+//	vmqctl health [--addr HOST:PORT] [--live]
 package main
 
 import (
@@ -51,6 +52,10 @@ commands:
   vm rm NAME                      remove a VM
   status                          NIC and worker status
   stats                           dataplane counters
+  health [--addr HOST:PORT] [--live]
+                                  vmqd's /healthz and /readyz on its metrics
+                                  listener (env VMQ_METRICS_ADDR); exit 1
+                                  when a check fails
 `
 
 // errUsage marks errors that deserve the usage text (exit 2).
@@ -153,6 +158,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 	} else {
 		fs.StringVar(&c.socket, "socket", c.socket, "vmqd API socket")
 	}
+	addr, live := healthAddr(), false
+	if cmd == "health" {
+		fs.StringVar(&addr, "addr", addr, "vmqd metrics listener (env VMQ_METRICS_ADDR)")
+		fs.BoolVar(&live, "live", false, "only /healthz (liveness)")
+	}
 	var lim control.Limits
 	if cmd == "vm add" || cmd == "vm set" {
 		fs.Uint64Var(&lim.RxPPS, "rx-pps", 0, "RX limit, frames/s (0 = none)")
@@ -188,6 +198,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.status(ctx, cl, args)
 	case "stats":
 		return c.stats(ctx, cl, args)
+	case "health":
+		return c.health(ctx, addr, live, args)
 	case "vm list", "vm ls":
 		return c.vmList(ctx, cl, args)
 	case "vm show":

@@ -31,6 +31,7 @@ type daemon struct {
 	api    *control.Server
 	apiLn  net.Listener
 	nic    dataplane.NICStatus
+	health *health
 
 	metricsAddr  string // where /metrics listens, once started
 	stopMetrics  context.CancelFunc
@@ -150,6 +151,12 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		return nil, err
 	}
 	d.log.Info("dataplane running", "queues", cfg.Queues, "frame_size", cfg.FrameSize)
+	if d.health, err = newHealth(d, o.netns); err != nil {
+		return nil, err
+	}
+	if cfg.StateFile == "" {
+		d.log.Info("no state_file: VMs added over the API (CNI ports) will not survive a restart")
+	}
 
 	ft := filterTable{d.filter}
 	d.ctl, err = control.NewController(cfg, dpAdapter{d}, ft, control.Options{Logger: d.log, MaxVMs: control.MaxVMs})
@@ -192,11 +199,12 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		reg := metrics.NewRegistry(metrics.SourceFunc(d.snapshot))
 		go func() {
 			defer close(d.metricsDone)
-			if err := metrics.ServeListener(mctx, ln, reg); err != nil {
+			if err := metrics.ServeHandler(mctx, ln, metrics.MuxWithHealth(reg, d.health)); err != nil {
 				d.log.Error("metrics server", "err", err)
 			}
 		}()
-		d.log.Info("metrics listening", "address", "http://"+d.metricsAddr+metrics.Path)
+		d.log.Info("metrics listening", "address", "http://"+d.metricsAddr+metrics.Path,
+			"healthz", metrics.HealthzPath, "readyz", metrics.ReadyzPath)
 	}
 	return d, nil
 }
@@ -243,6 +251,9 @@ func (d *daemon) stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if d.health != nil {
+		d.health.stopSampling()
+	}
 	if d.dp != nil {
 		if err := d.dp.Close(); err != nil {
 			errs = append(errs, err)
@@ -251,6 +262,9 @@ func (d *daemon) stop(ctx context.Context) error {
 	if d.stopMetrics != nil {
 		d.stopMetrics()
 		<-d.metricsDone
+	}
+	if d.health != nil {
+		d.health.release()
 	}
 	if d.filter != nil {
 		if !d.keepSteering {
