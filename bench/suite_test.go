@@ -317,12 +317,13 @@ func (s *suite) runCase(c Case, sys string, sizes []int) {
 	}
 }
 
+// log reports a point now (b.Logf only prints when the run ends).
 func (s *suite) log(p Point) {
 	if p.Err != "" {
-		s.b.Logf("%s %d B %s: %s", p.Key(), p.Size, p.System, p.Err)
+		fmt.Fprintf(os.Stderr, "%s %d B %s: %s\n", p.Key(), p.Size, p.System, p.Err)
 		return
 	}
-	s.b.Logf("%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f",
+	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f\n",
 		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1])
 }
 
@@ -331,7 +332,7 @@ func (s *suite) log(p Point) {
 func (s *suite) search(c Case, sys string, size int) {
 	z := ZeroLossPoint{Case: c, Size: size, System: sys, LoadAvg: loadavg()}
 	defer func() {
-		s.b.Logf("zero-loss %s %d B %s: %.3f Mpps (at top %v) %v %s", c.Key(), size, sys, z.ZeroLossMpps, z.AtTop, z.Trials, z.Err)
+		fmt.Fprintf(os.Stderr, "zero-loss %s %d B %s: %.3f Mpps (at top %v) %v %s\n", c.Key(), size, sys, z.ZeroLossMpps, z.AtTop, z.Trials, z.Err)
 		s.report.ZeroLoss = append(s.report.ZeroLoss, z)
 	}()
 	over, ok := s.report.point(c, size, sys)
