@@ -3,6 +3,8 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strings"
 )
 
 // vmqStats is the part of GET /v1/stats the benchmark reads. It is
@@ -16,6 +18,10 @@ type vmqStats struct {
 		BusyRoundFrames uint64 `json:"busy_round_frames"`
 		HasRounds       bool   `json:"-"`
 	} `json:"workers"`
+	Sockets []struct {
+		RxDropped     uint64 `json:"rx_dropped"`
+		FillRingEmpty uint64 `json:"fill_ring_empty"`
+	} `json:"sockets"`
 	VMs []struct {
 		RxPackets uint64            `json:"rx_packets"`
 		TxPackets uint64            `json:"tx_packets"`
@@ -77,4 +83,30 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 		return -1, "busy_ns/frames: no frames"
 	}
 	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
+}
+
+// vmqDrops says where vmq lost frames between two snapshots: the kernel
+// (AF_XDP socket ring full) or the worker, by reason.
+func vmqDrops(a, b vmqStats) string {
+	var xsk, fill uint64
+	for i, so := range b.Sockets {
+		if i < len(a.Sockets) {
+			xsk += so.RxDropped - a.Sockets[i].RxDropped
+			fill += so.FillRingEmpty - a.Sockets[i].FillRingEmpty
+		}
+	}
+	drops := map[string]uint64{}
+	for i, vm := range b.VMs {
+		for r, n := range vm.Drops {
+			if i < len(a.VMs) && n > a.VMs[i].Drops[r] {
+				drops[r] += n - a.VMs[i].Drops[r]
+			}
+		}
+	}
+	var parts []string
+	for r, n := range drops {
+		parts = append(parts, fmt.Sprintf("%s %d", r, n))
+	}
+	sort.Strings(parts)
+	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
 }

@@ -205,3 +205,11 @@ func TestVMQBusyPerFrame(t *testing.T) {
 		t.Error("bad JSON: no error")
 	}
 }
+
+func TestVMQDrops(t *testing.T) {
+	a, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
+	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

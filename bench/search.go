@@ -8,6 +8,7 @@ type Trial struct {
 	RateMpps float64 `json:"rate_mpps"` // asked for
 	Sent     uint64  `json:"sent"`
 	Received uint64  `json:"received"`
+	Note     string  `json:"note,omitempty"` // where frames were lost
 }
 
 // Lost is the frames offered but not received (0 if more arrived).

@@ -323,8 +323,8 @@ func (s *suite) log(p Point) {
 		fmt.Fprintf(os.Stderr, "%s %d B %s: %s\n", p.Key(), p.Size, p.System, p.Err)
 		return
 	}
-	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f\n",
-		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1])
+	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f; %s\n",
+		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1], p.Note)
 }
 
 // search runs the zero-loss search of case c on sys at size, from 1.1×
@@ -354,7 +354,7 @@ func (s *suite) search(c Case, sys string, size int) {
 		if p.Err != "" {
 			return Trial{}, errors.New(p.Err)
 		}
-		return Trial{Sent: p.Sent, Received: p.Received}, nil
+		return Trial{Sent: p.Sent, Received: p.Received, Note: p.Note}, nil
 	})
 	if err != nil {
 		z.Err = err.Error()
@@ -411,7 +411,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	sent, secs, srcCPU, serr := r.src.run(size, rate, count, d)
 	z := s.sample(r)
 	recv, rerr := r.rcv.count()
-	busy, how, berr := r.sw.end()
+	busy, how, drops, berr := r.sw.end()
 	if err := errors.Join(serr, rerr, berr, a.err, z.err); err != nil {
 		p.Err = err.Error()
 		return p
@@ -423,7 +423,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	if sent > 0 {
 		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
 	}
-	p.BusyNSPerFrame, p.BusyHow = busy, how
+	p.BusyNSPerFrame, p.BusyHow, p.Note = busy, how, drops
 	dt := z.at.Sub(a.at).Seconds()
 	sut := z.sut.Sub(a.sut).Total()
 	src := z.src.Sub(a.src).Total() + srcCPU.Total()

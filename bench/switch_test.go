@@ -23,7 +23,7 @@ type switchUT interface {
 	pid() int
 	socket(vm int) string
 	begin() error
-	end() (nsPerFrame float64, how string, err error)
+	end() (nsPerFrame float64, how, drops string, err error)
 	close()
 }
 
@@ -144,13 +144,13 @@ func (v *vmqSwitch) begin() (err error) {
 	return err
 }
 
-func (v *vmqSwitch) end() (float64, string, error) {
+func (v *vmqSwitch) end() (float64, string, string, error) {
 	after, err := v.stats()
 	if err != nil {
-		return -1, "", err
+		return -1, "", "", err
 	}
 	ns, how := vmqBusyPerFrame(v.before, after)
-	return ns, how, nil
+	return ns, how, vmqDrops(v.before, after), nil
 }
 
 // ---- DPDK: testpmd io forwarding ----
@@ -194,17 +194,26 @@ func (d *dpdkSwitch) begin() error {
 	return err
 }
 
-func (d *dpdkSwitch) end() (float64, string, error) {
+func (d *dpdkSwitch) end() (float64, string, string, error) {
 	out, err := d.fwd.Command("stop", tpmd.StopDone)
 	if err != nil {
-		return -1, "", err
+		return -1, "", "", err
 	}
 	c, err := tpmd.ParseCoreCycles(out)
 	if err != nil {
-		return -1, "", err
+		return -1, "", "", err
 	}
 	*d.mhz = c.MHz
-	return c.NSPerPacket(), fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz), nil
+	// The last counters printed are the accumulated ones: RX-dropped is
+	// what the ports missed (af_xdp: the kernel socket's drops), TX-dropped
+	// what found the other side's ring full.
+	rxd, err1 := tpmd.Stat(out, "RX-dropped")
+	txd, err2 := tpmd.Stat(out, "TX-dropped")
+	drops := fmt.Sprintf("forwarder RX-dropped %d, TX-dropped %d", rxd, txd)
+	if err1 != nil || err2 != nil {
+		drops = "forwarder drops not printed"
+	}
+	return c.NSPerPacket(), fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz), drops, nil
 }
 
 // testpmd starts an interactive testpmd with both lcores on cpu and
