@@ -108,5 +108,8 @@ func vmqDrops(a, b vmqStats) string {
 		parts = append(parts, fmt.Sprintf("%s %d", r, n))
 	}
 	sort.Strings(parts)
+	if len(parts) == 0 {
+		parts = []string{"none"}
+	}
 	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
 }

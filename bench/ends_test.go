@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,11 +151,11 @@ func (g *goGuestSource) close()   {}
 func (g *goGuestSource) run(size int, rate float64, count uint64, d time.Duration) (uint64, float64, CPUTimes, error) {
 	args := []string{g.s.bin.guest, "--socket", g.sock, "--mac", g.mac.String(), "--queue-size", "1024",
 		"--send-to", g.dst.String(), "--size", strconv.Itoa(size), "--stream", strconv.Itoa(int(g.s.next())),
-		"--linger", "100ms", "--json", "--log-level", "warn"}
+		"--linger", "100ms", "--json", "--log-level", "info"}
 	secs := d.Seconds()
 	if rate > 0 {
 		args = append(args, "--rate", strconv.FormatFloat(rate, 'f', 0, 64), "--count", strconv.FormatUint(count, 10))
-		secs = float64(count) / rate
+		secs = 0 // from its log: it may not keep up
 	} else {
 		args = append(args, "--duration", d.String())
 	}
@@ -172,8 +173,23 @@ func (g *goGuestSource) run(size int, rate float64, count uint64, d time.Duratio
 	if err := json.Unmarshal([]byte(p.stdout.String()), &sum); err != nil {
 		return 0, 0, cpu, fmt.Errorf("vmq-guest summary %q: %w", p.stdout.String(), err)
 	}
+	if secs == 0 {
+		// "sending done frames=N elapsed=D" (since start: the connect,
+		// a few ms, is in it).
+		m := elapsedRE.FindStringSubmatch(p.stderr.String())
+		if m == nil {
+			return 0, 0, cpu, fmt.Errorf("vmq-guest: no \"sending done\" in its log: %s", tpmd.Tail(p.stderr.String(), 300))
+		}
+		el, err := time.ParseDuration(m[1])
+		if err != nil {
+			return 0, 0, cpu, fmt.Errorf("vmq-guest elapsed: %w", err)
+		}
+		secs = el.Seconds()
+	}
 	return sum.TxFrames, secs, cpu, nil
 }
+
+var elapsedRE = regexp.MustCompile(`msg="sending done".* elapsed=(\S+)`)
 
 // ---- vmq-guest, receiving: a new process each trial (it reports once,
 // at exit) ----

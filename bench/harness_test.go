@@ -42,6 +42,11 @@ func TestZeroLoss(t *testing.T) {
 	if err != nil || !s.AtTop || s.ZeroLossMpps != 0.5 || len(s.Trials) != 1 {
 		t.Errorf("no loss: %+v %v", s, err)
 	}
+	// A source slower than asked: the result is its own rate.
+	s, err = ZeroLoss(0.5, 0.05, func(float64) (Trial, error) { return Trial{Sent: 100000, Received: 100000, Seconds: 0.5}, nil })
+	if err != nil || !s.AtTop || s.ZeroLossMpps != 0.2 {
+		t.Errorf("slow source: %+v %v", s, err)
+	}
 	// More received than sent (a stray frame) is no loss.
 	if (Trial{Sent: 5, Received: 6}).Lost() != 0 {
 		t.Error("Lost with extra frames")

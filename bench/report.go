@@ -241,7 +241,8 @@ func (r *Report) Readme() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n%s\n%s\n", r.Header(), r.Table(), Legend)
 	if z := r.ZeroLossTable(); z != "" {
-		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU):\n\n%s", z)
+		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU; \"≥\": nothing lost at the fastest the source "+
+			"managed, so the source, not the switch, set the rate):\n\n%s", z)
 	}
 	return b.String()
 }

@@ -8,7 +8,19 @@ type Trial struct {
 	RateMpps float64 `json:"rate_mpps"` // asked for
 	Sent     uint64  `json:"sent"`
 	Received uint64  `json:"received"`
-	Note     string  `json:"note,omitempty"` // where frames were lost
+	// Seconds the source took to send; 0 if unknown. A source slower
+	// than the rate asked for sends at its own speed.
+	Seconds float64 `json:"seconds"`
+	Note    string  `json:"note,omitempty"` // where frames were lost
+}
+
+// Mpps is the rate the trial ran at: the one asked for, or the source's
+// own if it could not keep up.
+func (t Trial) Mpps() float64 {
+	if t.Seconds > 0 {
+		return min(t.RateMpps, float64(t.Sent)/t.Seconds/1e6)
+	}
+	return t.RateMpps
 }
 
 // Lost is the frames offered but not received (0 if more arrived).
@@ -16,8 +28,8 @@ func (t Trial) Lost() uint64 { return t.Sent - min(t.Sent, t.Received) }
 
 // Search is the outcome of a zero-loss search.
 type Search struct {
-	// ZeroLossMpps is the highest rate tried that lost nothing (0: none
-	// did). AtTop means the first trial, at the upper bound, lost
+	// ZeroLossMpps is the highest rate tried that lost nothing, as the
+	// source achieved it (0: none did). AtTop means the first trial, at the upper bound, lost
 	// nothing: the true rate may be higher.
 	ZeroLossMpps float64 `json:"zero_loss_mpps"`
 	AtTop        bool    `json:"at_top"`
@@ -50,7 +62,7 @@ func ZeroLoss(top, precision float64, trial func(rateMpps float64) (Trial, error
 		return s, err
 	}
 	if ok {
-		s.ZeroLossMpps, s.AtTop = top, true
+		s.ZeroLossMpps, s.AtTop = s.Trials[0].Mpps(), true
 		return s, nil
 	}
 	lo, hi := 0.0, top
@@ -62,10 +74,10 @@ func ZeroLoss(top, precision float64, trial func(rateMpps float64) (Trial, error
 		}
 		if ok {
 			lo = mid
+			s.ZeroLossMpps = s.Trials[len(s.Trials)-1].Mpps()
 		} else {
 			hi = mid
 		}
 	}
-	s.ZeroLossMpps = lo
 	return s, nil
 }

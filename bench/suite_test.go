@@ -85,7 +85,7 @@ func frameSizes(list []string) ([]int, error) {
 //	go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench
 //
 // Knobs: VMQ_BENCH_DIRS (rx,tx,vm2vm), VMQ_BENCH_SIZES (64,512,1514),
-// VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64:
+// VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64,1514:
 // the sizes that get a zero-loss search; "none" for none),
 // VMQ_BENCH_ZL_WINDOW (10s, one zero-loss trial), VMQ_BENCH_ZL_PRECISION
 // (0.05: the search stops when its bounds are closer than this share of
@@ -111,7 +111,7 @@ func BenchmarkSuite(b *testing.B) {
 		b.Fatal(err)
 	}
 	var zlSizes []int
-	if zl := envList("VMQ_BENCH_ZL_SIZES", "64"); !slices.Equal(zl, []string{"none"}) {
+	if zl := envList("VMQ_BENCH_ZL_SIZES", "64,1514"); !slices.Equal(zl, []string{"none"}) {
 		if zlSizes, err = frameSizes(zl); err != nil {
 			b.Fatal(err)
 		}
@@ -354,7 +354,7 @@ func (s *suite) search(c Case, sys string, size int) {
 		if p.Err != "" {
 			return Trial{}, errors.New(p.Err)
 		}
-		return Trial{Sent: p.Sent, Received: p.Received, Note: p.Note}, nil
+		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note}, nil
 	})
 	if err != nil {
 		z.Err = err.Error()
