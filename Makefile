@@ -46,14 +46,14 @@ test:
 # readme.md). Fails when any measurement fails.
 bench:
 	bash .ci/setup
-	VMQ_BENCH_COMMAND="make bench" $(GO) test -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x -count 1 -timeout 40m ./bench
+	VMQ_REQUIRE_ALL=1 VMQ_BENCH_COMMAND="make bench" $(GO) test -run '^$$' -bench '^BenchmarkSuite$$' -benchtime 1x -count 1 -timeout 40m ./bench
 
 # Per-layer benchmarks, one package at a time (not part of make bench's
 # time budget).
 bench-layers:
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 30m \
 		./bpf ./dataplane/xsk ./dataplane/vhostuser ./pktgen ./metrics ./control
-	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./dataplane/vhostuser/frontend
+	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./guest/frontend
 
 # Put the newest run's table (or RESULTS=results/bench-...) into the
 # README between its bench markers.

@@ -15,8 +15,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 )
 
@@ -24,6 +25,7 @@ import (
 // the binaries, and the report being filled.
 type suite struct {
 	b          *testing.B
+	bed        *testbed.Bed
 	host, wire *netnstest.NS
 	nic, peer  netnstest.Link
 	dir        string
@@ -124,7 +126,7 @@ func BenchmarkSuite(b *testing.B) {
 		cmd = "go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench"
 	}
 	for _, e := range os.Environ() {
-		if strings.HasPrefix(e, "VMQ_BENCH_") && !strings.HasPrefix(e, "VMQ_BENCH_COMMAND=") && !strings.HasPrefix(e, "VMQ_BENCH_OUT=") {
+		if strings.HasPrefix(e, "VMQ_BENCH_") && !strings.HasPrefix(e, "VMQ_BENCH_COMMAND=") && !strings.HasPrefix(e, "VMQ_BENCH_OUT=") && !strings.HasPrefix(e, "VMQ_REQUIRE_ALL=") {
 			cmd = e + " " + cmd
 		}
 	}
@@ -137,12 +139,9 @@ func BenchmarkSuite(b *testing.B) {
 	s.report.LoadAvg[0] = loadavg()
 
 	s.build()
-	s.host, s.wire = netnstest.New(b), netnstest.New(b)
-	for _, ns := range []*netnstest.NS{s.host, s.wire} {
-		// No IPv6: neighbour discovery would add frames to the counts.
-		ns.Run(b, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-	}
-	s.nic, s.peer = netnstest.NewVethPair(b, s.host, s.wire, netnstest.VethOptions{Queues: 1, MTU: 1500})
+	// The test bed every suite shares: one NIC queue.
+	s.bed = testbed.New(b, testbed.Options{Queues: 1})
+	s.host, s.wire, s.nic, s.peer = s.bed.Host, s.bed.Wire, s.bed.NIC, s.bed.Peer
 
 	for i, c := range Plan(dirs) {
 		// Alternate which system goes first, so drift in the machine's

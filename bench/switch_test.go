@@ -52,10 +52,7 @@ func (s *suite) startVMQ(dir string, cpu int) (switchUT, error) {
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return nil, err
 	}
-	pins := filepath.Join("/sys/fs/bpf", filepath.Base(s.dir)+filepath.Base(d))
-	if err := os.MkdirAll(pins, 0o700); err != nil {
-		return nil, fmt.Errorf("vmqd pin dir (bpffs): %w", err)
-	}
+	pins := s.bed.PinDir()
 	v := &vmqSwitch{api: filepath.Join(d, "api.sock"), done: make(chan struct{})}
 	// vmqd's defaults otherwise (busy_poll 50µs): what a user runs.
 	var cfg strings.Builder
@@ -82,7 +79,7 @@ func (s *suite) startVMQ(dir string, cpu int) (switchUT, error) {
 		v.log.Close()
 		return nil, fmt.Errorf("start vmqd: %w", err)
 	}
-	go func() { v.cmd.Wait(); close(v.done); os.RemoveAll(pins) }()
+	go func() { v.cmd.Wait(); close(v.done) }()
 	v.http = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", v.api)

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
@@ -93,7 +93,7 @@ func TestGuestTxFaultsLoseNoUMEMFrame(t *testing.T) {
 	tb := newTestbed(t, 1)
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
 	hw := mustMAC(mac2)
-	sock := filepath.Join(tb.dir, "faulty.sock")
+	sock := tb.Socket("faulty")
 	if err := tb.dp.AddVM(context.Background(), VM{Name: "faulty", Slot: 2, MAC: hw, Socket: sock}); err != nil {
 		t.Fatal(err)
 	}
@@ -243,35 +243,6 @@ func TestWatchdogReportsStalledWorker(t *testing.T) {
 	}
 }
 
-// sendAt sends count frames per destination from the wire at rate
-// frames/s in small bursts (AF_PACKET: a live-frames generator costs tens
-// of ms per call, too coarse to test a rate).
-func (tb *testbed) sendAt(spec pktgen.FlowSpec, count int, rate float64) time.Duration {
-	t := tb.t
-	t.Helper()
-	tmpl, err := pktgen.NewTemplate(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st pktgen.Stats
-	err = tb.wire.Do(func() error {
-		g, err := pktgen.NewPacketSender(tmpl, pktgen.PacketOptions{Ifindex: tb.peer.Index, Batch: 32})
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		st, err = pktgen.Run(context.Background(), g, pktgen.RunOptions{Count: uint64(count * len(spec.Dests)), Rate: rate, Burst: 32})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("send from the wire: %v", err)
-	}
-	if st.Sent != uint64(count*len(spec.Dests)) {
-		t.Fatalf("sent %d of %d", st.Sent, count*len(spec.Dests))
-	}
-	return st.Elapsed
-}
-
 // sendSteady sends count frames from the wire in bursts of burst, one
 // burst per interval at most. Unlike a paced run it never catches up after
 // being descheduled, so no burst is larger than burst: the rate is only an
@@ -279,32 +250,19 @@ func (tb *testbed) sendAt(spec pktgen.FlowSpec, count int, rate float64) time.Du
 func (tb *testbed) sendSteady(spec pktgen.FlowSpec, count, burst int, interval time.Duration) {
 	t := tb.t
 	t.Helper()
-	tmpl, err := pktgen.NewTemplate(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = tb.wire.Do(func() error {
-		g, err := pktgen.NewPacketSender(tmpl, pktgen.PacketOptions{Ifindex: tb.peer.Index, Batch: burst})
+	g := tb.PacketSender(spec, burst)
+	defer g.Close()
+	for left := count; left > 0; {
+		next := time.Now().Add(interval)
+		sent, failed, err := g.Send(min(burst, left))
 		if err != nil {
-			return err
+			t.Fatalf("send from the wire: %v", err)
 		}
-		defer g.Close()
-		for left := count; left > 0; {
-			next := time.Now().Add(interval)
-			sent, failed, err := g.Send(min(burst, left))
-			if err != nil {
-				return err
-			}
-			if failed > 0 {
-				return fmt.Errorf("%d frames refused by the wire", failed)
-			}
-			left -= sent
-			time.Sleep(time.Until(next)) // pacing, not synchronisation
+		if failed > 0 {
+			t.Fatalf("send from the wire: %d frames refused by the wire", failed)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("send from the wire: %v", err)
+		left -= sent
+		time.Sleep(time.Until(next)) // pacing, not synchronisation
 	}
 }
 
@@ -331,7 +289,7 @@ func TestRxLimitAndSetLimitsLive(t *testing.T) {
 		t.Fatalf("snapshot limits %+v", got)
 	}
 	const n = 40000 // 2 s at 20k frames/s
-	elapsed := tb.sendAt(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}, n, 20000)
+	elapsed := tb.SendAt(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}, n, 20000)
 	var vs VMStats
 	testenv.Eventually(t, "every frame delivered or rate limited", func() (bool, string) {
 		vs = tb.vmStats("vm1")
@@ -372,7 +330,7 @@ func TestTxBitLimit(t *testing.T) {
 	const size = 500
 	const limitFPS = 4000
 	hw := mustMAC(mac1)
-	sock := filepath.Join(tb.dir, "tx.sock")
+	sock := tb.Socket("tx")
 	if err := tb.dp.AddVM(context.Background(), VM{Name: "tx", Slot: 1, MAC: hw, Socket: sock,
 		Limits: Limits{TxBPS: limitFPS * size * 8}}); err != nil {
 		t.Fatal(err)
@@ -386,7 +344,7 @@ func TestTxBitLimit(t *testing.T) {
 	go func() { done <- g.Run(ctx) }()
 	t.Cleanup(func() { cancel(); g.Close(); <-done })
 	tb.waitRunning("tx", 2)
-	capture := tb.captureWire()
+	capture := tb.Capture()
 
 	const n = 24000 // 2 s at 12k frames/s
 	start := time.Now()
@@ -403,7 +361,7 @@ func TestTxBitLimit(t *testing.T) {
 	within(t, "bits through a TX limit", float64(vs.TxBytes*8), limitFPS*size*8*elapsed.Seconds(), 0.05)
 	fromVM := func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], hw) }
 	testenv.Eventually(t, "passed frames on the wire", func() (bool, string) {
-		got := len(capture.matching(fromVM))
+		got := len(capture.Matching(fromVM))
 		return uint64(got) == vs.TxPackets, fmt.Sprintf("wire %d, forwarded %d", got, vs.TxPackets)
 	})
 }

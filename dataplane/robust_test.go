@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
@@ -83,7 +83,7 @@ func TestGuestDisconnectMidTraffic(t *testing.T) {
 	}
 
 	// The guest comes back on the same socket.
-	g3, err := frontend.Dial(filepath.Join(tb.dir, "vm2.sock"), frontend.Config{MAC: mustMAC(mac2), MrgRxbuf: true})
+	g3, err := frontend.Dial(tb.Socket("vm2"), frontend.Config{MAC: mustMAC(mac2), MrgRxbuf: true})
 	if err != nil {
 		t.Fatalf("reconnect vm2: %v", err)
 	}
@@ -101,13 +101,8 @@ func TestStalledGuestDoesNotHurtOthers(t *testing.T) {
 	tb := newTestbed(t, 1)
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
 	hw := mustMAC(mac2)
-	sock := filepath.Join(tb.dir, "stalled.sock")
-	if err := tb.dp.AddVM(context.Background(), VM{Name: "stalled", Slot: 2, MAC: hw, Socket: sock}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.filter.SetFilter(hw, 0, 2); err != nil {
-		t.Fatal(err)
-	}
+	sock := tb.Socket("stalled")
+	tb.addPort(VM{Name: "stalled", Slot: 2, MAC: hw, Socket: sock})
 	// The guest sets its rings up and posts 256 buffers, then never runs:
 	// nothing reads what arrives, no buffer is ever given back.
 	stalled, err := frontend.Dial(sock, frontend.Config{MAC: hw, QueueSize: 256})
@@ -130,41 +125,6 @@ func TestStalledGuestDoesNotHurtOthers(t *testing.T) {
 	}
 }
 
-// sendOnCPU sends from a generator thread pinned to cpu: on veth, a frame
-// transmitted with XDP_TX lands on the peer's rx queue cpu mod queues.
-func (tb *testbed) sendOnCPU(cpu int, spec pktgen.FlowSpec, count int) {
-	t := tb.t
-	t.Helper()
-	tmpl, err := pktgen.NewTemplate(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = tb.wire.Do(func() error {
-		var set unix.CPUSet
-		set.Set(cpu)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			return fmt.Errorf("pin to cpu %d: %w", cpu, err)
-		}
-		// The thread is returned to the runtime after Do: give it all CPUs back.
-		defer func() {
-			var all unix.CPUSet
-			for c := range runtime.NumCPU() {
-				all.Set(c)
-			}
-			unix.SchedSetaffinity(0, &all)
-		}()
-		g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: tb.peer.Index})
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		return sendPaced(g, count*len(spec.Dests))
-	})
-	if err != nil {
-		t.Fatalf("send on cpu %d: %v", cpu, err)
-	}
-}
-
 // Two NIC queues, two workers: a VM with two queue pairs gets each queue's
 // frames on its own pair; a VM with one pair gets the second queue's
 // frames through the mailbox to the worker that owns its pair.
@@ -177,9 +137,9 @@ func TestMultiQueueDelivery(t *testing.T) {
 	two := tb.addVM("two", 2, mac2, 0, 2, "")
 	const n = 1500
 	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: mustMAC(mac2)}}, Size: 64, Stream: 10}
-	tb.sendOnCPU(0, spec, n)
+	tb.SendOnCPU(0, spec, n)
 	spec.Stream = 20
-	tb.sendOnCPU(1, spec, n)
+	tb.SendOnCPU(1, spec, n)
 
 	waitRx(t, "one", one, 2*n)
 	waitRx(t, "two", two, 2*n)
@@ -235,13 +195,8 @@ func TestGuestShrinksItsMemory(t *testing.T) {
 	tb := newTestbed(t, 1)
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
 	hw := mustMAC(mac2)
-	sock := filepath.Join(tb.dir, "shrinker.sock")
-	if err := tb.dp.AddVM(context.Background(), VM{Name: "shrinker", Slot: 2, MAC: hw, Socket: sock}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.filter.SetFilter(hw, 0, 2); err != nil {
-		t.Fatal(err)
-	}
+	sock := tb.Socket("shrinker")
+	tb.addPort(VM{Name: "shrinker", Slot: 2, MAC: hw, Socket: sock})
 	before := memfds(t)
 	// Set up but never run: nothing in this process touches its memory
 	// after the handshake, so only vmqd's worker sees the fault.
@@ -293,16 +248,16 @@ func TestNewWithBadQueueCleansUp(t *testing.T) {
 	if err := tb.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	h := tb.host.Handle()
+	h := tb.Host.Handle()
 	fdsBefore := openFDs(t)
-	_, err := New(Config{Ifindex: tb.nic.Index, Queues: []int{0, 3}, Filter: tb.filter, Netns: &h})
+	_, err := New(Config{Ifindex: tb.NIC.Index, Queues: []int{0, 3}, Filter: tb.filter, Netns: &h})
 	if err == nil || !strings.Contains(err.Error(), "queue 3") {
 		t.Fatalf("New with queue 3 on a 1-queue NIC: %v", err)
 	}
 	if after := openFDs(t); after != fdsBefore {
 		t.Errorf("%d file descriptors open after the failed New, %d before", after, fdsBefore)
 	}
-	dp, err := New(Config{Ifindex: tb.nic.Index, Queues: []int{0}, Filter: tb.filter, Netns: &h})
+	dp, err := New(Config{Ifindex: tb.NIC.Index, Queues: []int{0}, Filter: tb.filter, Netns: &h})
 	if err != nil {
 		t.Fatalf("queue 0 not released by the failed New: %v", err)
 	}

@@ -4,25 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
+	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
-
-func mustMAC(s string) net.HardwareAddr {
-	hw, err := net.ParseMAC(s)
-	if err != nil {
-		panic(err)
-	}
-	return hw
-}
 
 const (
 	mac1 = "02:00:00:00:00:01"
@@ -86,7 +78,7 @@ func TestGuestToWireByteExact(t *testing.T) {
 	tb := newTestbed(t, 1)
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
 	g3 := tb.addVM("vm3", 3, mac3, 100, 1, "")
-	capture := tb.captureWire()
+	capture := tb.Capture()
 
 	const n = 200
 	ctx := context.Background()
@@ -101,12 +93,12 @@ func TestGuestToWireByteExact(t *testing.T) {
 		return func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], src) }
 	}
 	testenv.Eventually(t, "frames on the wire", func() (bool, string) {
-		a, b := len(capture.matching(fromVM(mac1))), len(capture.matching(fromVM(mac3)))
+		a, b := len(capture.Matching(fromVM(mac1))), len(capture.Matching(fromVM(mac3)))
 		return a >= n && b >= n, "captured " + itoa(a) + " and " + itoa(b)
 	})
 	time.Sleep(50 * time.Millisecond)
-	untagged := capture.matching(fromVM(mac1))
-	tagged := capture.matching(fromVM(mac3))
+	untagged := capture.Matching(fromVM(mac1))
+	tagged := capture.Matching(fromVM(mac3))
 	if len(untagged) != n || len(tagged) != n {
 		t.Fatalf("captured %d frames of vm1 and %d of vm3, want %d each", len(untagged), len(tagged), n)
 	}
@@ -142,7 +134,7 @@ func TestSwitchingBetweenGuests(t *testing.T) {
 	g2 := tb.addVM("vm2", 2, mac2, 0, 1, "")
 	g3 := tb.addVM("vm3", 3, mac3, 100, 1, "")
 	g4 := tb.addVM("vm4", 4, "02:00:00:00:00:04", 100, 1, "")
-	capture := tb.captureWire()
+	capture := tb.Capture()
 	ctx := context.Background()
 
 	const n = 500
@@ -187,7 +179,7 @@ func TestSwitchingBetweenGuests(t *testing.T) {
 		t.Errorf("vm1 received %d frames, want 300 (spoofed frames must not arrive)", got)
 	}
 	// The wire saw vm3's 100 broadcasts and none of the VM-to-VM unicast.
-	wire := capture.matching(func(f []byte) bool { return bytes.Equal(f[6:12], mustMAC(mac3)) || bytes.Equal(f[0:6], mustMAC(mac2)) })
+	wire := capture.Matching(func(f []byte) bool { return bytes.Equal(f[6:12], mustMAC(mac3)) || bytes.Equal(f[0:6], mustMAC(mac2)) })
 	if len(wire) != 100 {
 		t.Errorf("wire saw %d frames from vm3 or to vm2, want the 100 broadcasts", len(wire))
 	}
@@ -217,8 +209,8 @@ func TestNoAllocationPerFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	var gen *pktgen.LiveGenerator
-	if err := tb.wire.Do(func() (err error) {
-		gen, err = pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: tb.peer.Index})
+	if err := tb.Wire.Do(func() (err error) {
+		gen, err = pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: tb.Peer.Index})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -226,7 +218,7 @@ func TestNoAllocationPerFrame(t *testing.T) {
 	defer gen.Close()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	if err := tb.wire.Do(func() error { return sendPaced(gen, n) }); err != nil {
+	if err := tb.Wire.Do(func() error { return tbed.SendPaced(gen, n) }); err != nil {
 		t.Fatal(err)
 	}
 	sent, err := g2.Generate(context.Background(), frontend.Traffic{Dst: mustMAC(macWire), Count: n, Rate: 50000, Batch: 64})

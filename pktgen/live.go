@@ -81,6 +81,11 @@ type LiveGenerator struct {
 	base []byte
 	ctx  xdpMD
 	conf pktgenBPFGenConfig
+	// The program's counter, read after each call, and the maps' only
+	// key: fields passed by pointer, so a call allocates nothing (cilium
+	// marshals a uint32 key by value into a new slice).
+	st   pktgenBPFGenState
+	key0 uint32
 	objs liveObjects
 	sent uint64 // frames stamped so far (the program's sequence counter)
 	attr testRunAttr
@@ -244,7 +249,7 @@ func (g *LiveGenerator) Send(n int) (sent, failed int, err error) {
 		chunk := min(n-sent, g.opts.MaxChunk)
 		g.conf.Limit = g.sent + uint64(chunk)
 		g.conf.Call++ // the program rereads the clock at a new call
-		if err := g.objs.Conf.Put(uint32(0), &g.conf); err != nil {
+		if err := g.objs.Conf.Put(&g.key0, &g.conf); err != nil {
 			return sent, 0, fmt.Errorf("live generator: set limit: %w", err)
 		}
 		start := time.Now()
@@ -273,12 +278,11 @@ func (g *LiveGenerator) run() (int, error) {
 		_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&g.attr)), unsafe.Sizeof(g.attr))
 		runtime.KeepAlive(g.base) // the kernel read data_in and ctx through g.attr
 		runtime.KeepAlive(&g.ctx)
-		var st pktgenBPFGenState
-		if err := g.objs.State.Lookup(uint32(0), &st); err != nil {
+		if err := g.objs.State.Lookup(&g.key0, &g.st); err != nil {
 			return int(g.sent - first), fmt.Errorf("live generator: read counter: %w", err)
 		}
-		progress := st.Seq != g.sent
-		g.sent = st.Seq
+		progress := g.st.Seq != g.sent
+		g.sent = g.st.Seq
 		switch {
 		case errno == unix.EINTR: // a signal: go on with the frames left
 			g.interrupted++

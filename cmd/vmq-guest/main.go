@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 )
 
 type options struct {

@@ -39,7 +39,7 @@ func (b *bed) writeConfig(path string, vms ...string) {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket)
 	for i, name := range vms {
-		fmt.Fprintf(&sb, "  - {name: %s, mac: \"02:00:00:00:02:%02x\", socket: %s}\n", name, i+1, filepath.Join(b.dir, name+".sock"))
+		fmt.Fprintf(&sb, "  - {name: %s, mac: \"02:00:00:00:02:%02x\", socket: %s}\n", name, i+1, b.Socket(name))
 	}
 	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
 		b.t.Fatal(err)
@@ -52,11 +52,11 @@ func (b *bed) writeConfig(path string, vms ...string) {
 func TestVmqdBinarySignals(t *testing.T) {
 	b := newBed(t)
 	vmqd, vmqctl := buildTool(t, ".", "vmqd"), buildTool(t, "../vmqctl", "vmqctl")
-	cfgPath := filepath.Join(b.dir, "vmqd.yaml")
+	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
 	b.writeConfig(cfgPath, "a")
 
-	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.host.Name, "--log-level", "warn")
-	logPath := filepath.Join(b.dir, "vmqd.log")
+	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name, "--log-level", "warn")
+	logPath := filepath.Join(b.Dir, "vmqd.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +88,8 @@ func TestVmqdBinarySignals(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); !strings.Contains(out, "xdp") {
-		t.Fatalf("no XDP program on %s:\n%s", b.nic.Name, out)
+	if out := b.Host.Run(t, "ip", "link", "show", b.NIC.Name); !strings.Contains(out, "xdp") {
+		t.Fatalf("no XDP program on %s:\n%s", b.NIC.Name, out)
 	}
 
 	b.writeConfig(cfgPath, "a", "b")
@@ -113,7 +113,7 @@ func TestVmqdBinarySignals(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("vmqd still running 15s after SIGTERM:\n%s", stderr.String())
 	}
-	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); strings.Contains(out, "xdp") {
+	if out := b.Host.Run(t, "ip", "link", "show", b.NIC.Name); strings.Contains(out, "xdp") {
 		t.Fatalf("XDP program left on the NIC after a plain stop:\n%s", out)
 	}
 	if _, err := os.Stat(b.cfg.API.Socket); !os.IsNotExist(err) {
@@ -138,19 +138,19 @@ func TestVmqctlAddRemoveUnderTraffic(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 1}, n)
+		b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 1}, n)
 	}()
-	sock2 := filepath.Join(b.dir, "vm2.sock")
+	sock2 := b.Socket("vm2")
 	if out, err := ctl("vm", "add", "vm2", "--mac", "02:00:00:00:01:02", "--socket", sock2); err != nil {
 		t.Fatalf("vmqctl vm add: %v\n%s", err, out)
 	}
-	out, err := ctl("vm", "add", "vm3", "--mac", "02:00:zz:00:01:03", "--socket", filepath.Join(b.dir, "vm3.sock"))
+	out, err := ctl("vm", "add", "vm3", "--mac", "02:00:zz:00:01:03", "--socket", b.Socket("vm3"))
 	if err == nil || !strings.Contains(out, "mac") {
 		t.Fatalf("vmqctl vm add with a bad MAC: %v\n%s", err, out)
 	}
 	g2 := b.guest("vm2", "02:00:00:00:01:02", "", false)
 	waitPorts(t, d, 2)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC("02:00:00:00:01:02")}}, Size: 64, Stream: 2}, 300)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC("02:00:00:00:01:02")}}, Size: 64, Stream: 2}, 300)
 	waitStream(t, "vm2", g2, 2, 300)
 	if out, err := ctl("vm", "rm", "vm2"); err != nil {
 		t.Fatalf("vmqctl vm rm: %v\n%s", err, out)

@@ -106,7 +106,7 @@ func (o cniOut) mustFail(t *testing.T, what string, code uint, want string) {
 // cause, and a failed ADD leaves nothing behind.
 func TestCNIPluginAgainstVmqd(t *testing.T) {
 	b := newBed(t)
-	b.cfg.StateFile = filepath.Join(b.dir, "state", "ports.json")
+	b.cfg.StateFile = filepath.Join(b.Dir, "state", "ports.json")
 	b.cfg.API.AllowedVLANs = []int{0, 100}
 	b.cfg.KeepSteeringOnExit = true
 	d := b.start()
@@ -114,7 +114,7 @@ func TestCNIPluginAgainstVmqd(t *testing.T) {
 	rt := &cniRuntime{t: t, bin: buildTool(t, "../vmq-cni", "vmq-cni"), netns: filepath.Join("/run/netns", sandbox.Name)}
 	netconf := func(version string, vlan int) map[string]any {
 		return map[string]any{"cniVersion": version, "name": "vmq-test", "type": "vmq-cni",
-			"apiSocket": b.cfg.API.Socket, "socketDir": b.dir, "socketMode": "0600", "vlan": vlan,
+			"apiSocket": b.cfg.API.Socket, "socketDir": b.Dir, "socketMode": "0600", "vlan": vlan,
 			"limits": map[string]any{"rx_pps": 5000000}}
 	}
 	ctl := control.NewClient(b.cfg.API.Socket)
@@ -136,7 +136,7 @@ func TestCNIPluginAgainstVmqd(t *testing.T) {
 		t.Fatalf("ADD result: %+v", res)
 	}
 	iface := res.Interfaces[0]
-	if iface.Name != "net1" || iface.Sandbox != rt.netns || filepath.Dir(iface.SocketPath) != b.dir || res.CNIVersion != "1.1.0" {
+	if iface.Name != "net1" || iface.Sandbox != rt.netns || filepath.Dir(iface.SocketPath) != b.Dir || res.CNIVersion != "1.1.0" {
 		t.Fatalf("ADD result interface: %+v (version %s)", iface, res.CNIVersion)
 	}
 	if again := rt.call(add).mustOK(t, "ADD again"); again.Interfaces[0] != iface {
@@ -156,10 +156,10 @@ func TestCNIPluginAgainstVmqd(t *testing.T) {
 	// real ping answered through the port (ARP and ICMP both ways).
 	g := b.guest(name, iface.Mac, "10.0.0.21", true)
 	waitPorts(t, d, 1)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(iface.Mac)}}, Size: 128, Stream: 1}, 700)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(iface.Mac)}}, Size: 128, Stream: 1}, 700)
 	waitStream(t, "CNI port", g, 1, 700)
 	testenv.RequireCommand(t, "ping")
-	pout, err := b.wire.Command("ping", "-c", "5", "-i", "0.05", "-W", "2", "10.0.0.21").CombinedOutput()
+	pout, err := b.Wire.Command("ping", "-c", "5", "-i", "0.05", "-W", "2", "10.0.0.21").CombinedOutput()
 	if err != nil || !strings.Contains(string(pout), " 0% packet loss") {
 		t.Fatalf("ping the CNI port's guest: %v\n%s", err, pout)
 	}
@@ -204,7 +204,7 @@ func TestCNIPluginAgainstVmqd(t *testing.T) {
 		t.Fatalf("after restart: %d VMs, want the two CNI ports (nothing from the failed ADD)", len(vms))
 	}
 	waitPorts(t, d, 1)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(iface.Mac)}}, Size: 128, Stream: 2}, 400)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(iface.Mac)}}, Size: 128, Stream: 2}, 400)
 	waitStream(t, "CNI port after restart", g, 2, 400)
 	rt.call(check).mustOK(t, "CHECK after restart")
 
@@ -225,7 +225,7 @@ func TestCNIPluginAgainstVmqd(t *testing.T) {
 		t.Fatalf("state file after DEL: %+v, %v", saved, err)
 	}
 	// Neither the failed ADDs nor the DEL left a socket behind.
-	if ents, _ := filepath.Glob(filepath.Join(b.dir, "cni-*.sock")); len(ents) != 1 || ents[0] != resB.Interfaces[0].SocketPath {
+	if ents, _ := filepath.Glob(filepath.Join(b.Dir, "cni-*.sock")); len(ents) != 1 || ents[0] != resB.Interfaces[0].SocketPath {
 		t.Fatalf("port sockets left: %v, want only sandbox-b's", ents)
 	}
 

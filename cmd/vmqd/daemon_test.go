@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,21 +19,20 @@ import (
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
-	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/promtest"
+	"github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
-// bed is vmqd on a veth NIC in a host namespace, the peer in a wire
-// namespace (10.0.0.1/24), with pins in a private bpffs directory.
+// bed is vmqd on the shared test bed: a veth NIC in a host namespace,
+// the peer in a wire namespace (10.0.0.1/24), with pins in a private
+// bpffs directory.
 type bed struct {
-	t          *testing.T
-	host, wire *netnstest.NS
-	nic, peer  netnstest.Link
-	dir        string
-	cfg        *control.Config
+	*testbed.Bed
+	t   *testing.T
+	cfg *control.Config
 }
 
 func newBed(t *testing.T, vms ...control.VMConfig) *bed {
@@ -45,33 +43,16 @@ func newBed(t *testing.T, vms ...control.VMConfig) *bed {
 // newBedQueues is newBed with a NIC of several queues, all served.
 func newBedQueues(t *testing.T, queues int, vms ...control.VMConfig) *bed {
 	t.Helper()
-	b := &bed{t: t, host: netnstest.New(t), wire: netnstest.New(t), dir: t.TempDir()}
-	for _, ns := range []*netnstest.NS{b.host, b.wire} {
-		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-	}
-	b.nic, b.peer = netnstest.NewVethPair(t, b.host, b.wire, netnstest.VethOptions{Queues: queues, MTU: 1500})
-	b.wire.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", b.peer.Name)
+	b := &bed{Bed: testbed.New(t, testbed.Options{Queues: queues, WireAddr: "10.0.0.1/24"}), t: t}
+	pinRoot := b.PinDir()
 
-	pinRoot := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("vmqdtest-"))
-	if err := os.MkdirAll(pinRoot, 0o700); err != nil {
-		testenv.Skip(t, "no bpffs at /sys/fs/bpf: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(pinRoot); err != nil {
-			t.Errorf("remove pins: %v", err)
-		}
-	})
-
-	cfg := control.Default(b.nic.Name)
-	cfg.Queues = nil
-	for q := range queues {
-		cfg.Queues = append(cfg.Queues, q)
-	}
+	cfg := control.Default(b.NIC.Name)
+	cfg.Queues = b.QueueIDs()
 	cfg.PinDir = pinRoot
-	cfg.API.Socket = filepath.Join(b.dir, "api.sock")
+	cfg.API.Socket = filepath.Join(b.Dir, "api.sock")
 	cfg.Metrics.Address = "" // start() serves metrics on a free port
 	for _, vm := range vms {
-		vm.Socket = filepath.Join(b.dir, vm.Name+".sock")
+		vm.Socket = b.Socket(vm.Name)
 		vm.Mode, vm.QueuePairs = control.ModeServer, 1
 		cfg.VMs = append(cfg.VMs, vm)
 	}
@@ -84,7 +65,7 @@ func newBedQueues(t *testing.T, queues int, vms ...control.VMConfig) *bed {
 
 func (b *bed) start() *daemon {
 	b.t.Helper()
-	h := b.host.Handle()
+	h := b.Host.Handle()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	d, err := startDaemon(context.Background(), daemonOptions{cfg: b.cfg, log: log, netns: &h, metricsAddr: "127.0.0.1:0"})
 	if err != nil {
@@ -98,19 +79,9 @@ func (b *bed) start() *daemon {
 // after the daemon restarts.
 func (b *bed) guest(name, mac, ip string, reconnect bool) *frontend.Guest {
 	b.t.Helper()
-	cfg := frontend.Config{MAC: mustMAC(mac), MrgRxbuf: true, EventIdx: true, QueueSize: 1024, Reconnect: reconnect}
-	if ip != "" {
-		cfg.IP = netip.MustParseAddr(ip)
-	}
-	g, err := frontend.Dial(filepath.Join(b.dir, name+".sock"), cfg)
-	if err != nil {
-		b.t.Fatalf("guest %s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { g.Run(ctx); close(done) }()
-	b.t.Cleanup(func() { cancel(); g.Close(); <-done })
-	return g
+	cfg := testbed.GuestConfig(mac, 1, ip)
+	cfg.Reconnect = reconnect
+	return testbed.DialGuest(b.t, name, b.Socket(name), cfg)
 }
 
 // waitPorts waits until every VM's port runs both virtqueues.
@@ -121,54 +92,10 @@ func waitPorts(t *testing.T, d *daemon, n int) {
 	}
 }
 
-// send sends count frames per destination from the wire at a pace the
-// machine sustains.
-func (b *bed) send(spec pktgen.FlowSpec, count int) {
-	b.t.Helper()
-	tmpl, err := pktgen.NewTemplate(spec)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	err = b.wire.Do(func() error {
-		g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: b.peer.Index})
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		return sendPaced(g, count*len(spec.Dests))
-	})
-	if err != nil {
-		b.t.Fatalf("send: %v", err)
-	}
-}
-
-// sendPaced sends total frames in bursts of 128 at no more than 100k
-// frames/s, a pace vmqd and the guests sustain on two busy cores.
-func sendPaced(g *pktgen.LiveGenerator, total int) error {
-	_, err := pktgen.Run(context.Background(), g, pktgen.RunOptions{Count: uint64(total), Rate: 100000, Burst: 128})
-	return err
-}
-
-func streamReceived(g *frontend.Guest, stream uint32) uint64 {
-	for _, s := range g.Stats().Streams {
-		if s.Stream == stream {
-			return s.Received
-		}
-	}
-	return 0
-}
-
-func waitStream(t *testing.T, name string, g *frontend.Guest, stream uint32, want uint64) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) && streamReceived(g, stream) < want {
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if got := streamReceived(g, stream); got != want {
-		t.Fatalf("%s: stream %d received %d frames, want exactly %d", name, stream, got, want)
-	}
-}
+var (
+	streamReceived = testbed.StreamReceived
+	waitStream     = testbed.WaitStream
+)
 
 // scrapeMetric reads one sample from vmqd's /metrics.
 func scrapeMetric(t *testing.T, addr, name string, labels string) float64 {
@@ -210,8 +137,8 @@ func TestDaemonEndToEnd(t *testing.T) {
 	waitPorts(t, d, 2)
 
 	const n = 2500
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 128, Stream: 1}, n)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm2.MAC), VLAN: 100}}, Size: 128, Stream: 2}, n)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 128, Stream: 1}, n)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm2.MAC), VLAN: 100}}, Size: 128, Stream: 2}, n)
 	waitStream(t, "vm1", g1, 1, n)
 	waitStream(t, "vm2", g2, 2, n)
 
@@ -246,7 +173,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	// A real tool on the wire: ping resolves the guest by ARP (broadcast,
 	// through the flood socket) and gets its echo replies.
 	testenv.RequireCommand(t, "ping")
-	pout, err := b.wire.Command("ping", "-c", "10", "-i", "0.05", "-W", "2", "10.0.0.11").CombinedOutput()
+	pout, err := b.Wire.Command("ping", "-c", "10", "-i", "0.05", "-W", "2", "10.0.0.11").CombinedOutput()
 	if err != nil || !strings.Contains(string(pout), " 0% packet loss") {
 		t.Fatalf("ping 10.0.0.11 from the wire: %v\n%s", err, pout)
 	}
@@ -265,13 +192,13 @@ func TestDaemonRestartKeepsSteering(t *testing.T) {
 	d := b.start()
 	g := b.guest("vm1", vm1.MAC, "", true)
 	waitPorts(t, d, 1)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 1}, 500)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 1}, 500)
 	waitStream(t, "vm1 before restart", g, 1, 500)
 
 	if err := d.stop(context.Background()); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); !strings.Contains(out, "xdp") {
+	if out := b.Host.Run(t, "ip", "link", "show", b.NIC.Name); !strings.Contains(out, "xdp") {
 		t.Fatalf("XDP program gone after a keep-steering stop:\n%s", out)
 	}
 	pinned := openPinned(t, b)
@@ -279,7 +206,7 @@ func TestDaemonRestartKeepsSteering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 2}, 300)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 2}, 300)
 	after, err := pinned.GlobalCounters()
 	if err != nil {
 		t.Fatal(err)
@@ -295,7 +222,7 @@ func TestDaemonRestartKeepsSteering(t *testing.T) {
 
 	d2 := b.start()
 	waitPorts(t, d2, 1)
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 3}, 500)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(vm1.MAC)}}, Size: 64, Stream: 3}, 500)
 	waitStream(t, "vm1 after restart", g, 3, 500)
 	if got := streamReceived(g, 2); got != 0 {
 		t.Fatalf("guest got %d frames sent while vmqd was down", got)
@@ -306,7 +233,7 @@ func TestDaemonRestartKeepsSteering(t *testing.T) {
 	if err := d2.stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if out := b.host.Run(t, "ip", "link", "show", b.nic.Name); strings.Contains(out, "xdp") {
+	if out := b.Host.Run(t, "ip", "link", "show", b.NIC.Name); strings.Contains(out, "xdp") {
 		t.Fatalf("XDP program still attached after stop:\n%s", out)
 	}
 }
@@ -314,7 +241,7 @@ func TestDaemonRestartKeepsSteering(t *testing.T) {
 func openPinned(t *testing.T, b *bed) *bpf.Filter {
 	t.Helper()
 	var f *bpf.Filter
-	err := b.host.Do(func() error {
+	err := b.Host.Do(func() error {
 		var err error
 		f, err = bpf.Load(bpf.Config{MaxVMs: control.MaxVMs, MaxQueues: control.MaxQueues,
 			PinDir: filepath.Join(b.cfg.PinDir, b.cfg.NIC)})
@@ -330,17 +257,17 @@ func openPinned(t *testing.T, b *bed) *bpf.Filter {
 func TestDaemonReload(t *testing.T) {
 	b := newBed(t, vm1)
 	d := b.start()
-	path := filepath.Join(b.dir, "vmqd.yaml")
+	path := filepath.Join(b.Dir, "vmqd.yaml")
 	write := func(extra string) {
 		var sb strings.Builder
 		fmt.Fprintf(&sb, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket)
-		fmt.Fprintf(&sb, "  - {name: vm1, mac: %q, socket: %s}\n", vm1.MAC, filepath.Join(b.dir, "vm1.sock"))
+		fmt.Fprintf(&sb, "  - {name: vm1, mac: %q, socket: %s}\n", vm1.MAC, filepath.Join(b.Dir, "vm1.sock"))
 		sb.WriteString(extra)
 		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(fmt.Sprintf("  - {name: vm2, mac: \"02:00:00:00:01:02\", socket: %s}\n", filepath.Join(b.dir, "vm2.sock")))
+	write(fmt.Sprintf("  - {name: vm2, mac: \"02:00:00:00:01:02\", socket: %s}\n", filepath.Join(b.Dir, "vm2.sock")))
 	if err := d.reload(context.Background(), path); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
@@ -349,7 +276,7 @@ func TestDaemonReload(t *testing.T) {
 	}
 	g2 := b.guest("vm2", "02:00:00:00:01:02", "", false)
 	waitPorts(t, d, 1) // vm2's guest; vm1 has none
-	b.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC("02:00:00:00:01:02")}}, Size: 64, Stream: 5}, 200)
+	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC("02:00:00:00:01:02")}}, Size: 64, Stream: 5}, 200)
 	waitStream(t, "vm2 added by reload", g2, 5, 200)
 
 	write("  - {name: vm3, mac: \"not-a-mac\", socket: /x.sock}\n")
@@ -385,7 +312,7 @@ func TestDaemonReportsNIC(t *testing.T) {
 				t.Fatal(err)
 			}
 			nic := st.NIC
-			if nic.Name != b.nic.Name || nic.Driver != "veth" || nic.Channels != queues || nic.MTU != 1500 ||
+			if nic.Name != b.NIC.Name || nic.Driver != "veth" || nic.Channels != queues || nic.MTU != 1500 ||
 				nic.AttachMode != "native" || !nic.Attached || nic.FrameSize != 4096 || len(nic.Queues) != queues {
 				t.Fatalf("status NIC: %+v", nic)
 			}

@@ -63,7 +63,7 @@ func TestHealthEndpointsOnRunningVmqd(t *testing.T) {
 		t.Fatalf("vmqctl health on a healthy vmqd: %v\n%s", err, out)
 	}
 
-	if err := b.host.Do(d.filter.Detach); err != nil {
+	if err := b.Host.Do(d.filter.Detach); err != nil {
 		t.Fatal(err)
 	}
 	code, rep := probe(t, d.metricsAddr, metrics.ReadyzPath)
@@ -79,8 +79,8 @@ func TestHealthEndpointsOnRunningVmqd(t *testing.T) {
 	}
 
 	// The filter back (the kernel's program is ours again), the API gone.
-	if err := b.host.Do(func() error {
-		_, err := d.filter.Attach(b.nic.Index, attachMode(b.cfg.AttachMode))
+	if err := b.Host.Do(func() error {
+		_, err := d.filter.Attach(b.NIC.Index, attachMode(b.cfg.AttachMode))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -105,20 +105,20 @@ func TestHealthzRedWhileWorkerStalled(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cfgPath := filepath.Join(b.dir, "vmqd.yaml")
+	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
 	// busy_poll 1s: the idle worker spins (awake) most of the time.
 	cfg := fmt.Sprintf("nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: %q}\npolling: {busy_poll: 1s}\n",
 		b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket, addr)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(b.dir, "vmqd.log")
+	logPath := filepath.Join(b.Dir, "vmqd.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.host.Name, "--log-level", "warn")
+	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name, "--log-level", "warn")
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -14,8 +14,8 @@ import (
 
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane/vhostuser"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/hostile"
 	"github.com/vmq/vmq/internal/testenv"
 )
@@ -115,7 +115,7 @@ func attackCallSaturated(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	d.RX().PostRX()
 	d.KickRing(0)
 	h.attackerFlow(t, 2000) // RX deliveries want calls too
-	d.TX().SendFrames(attackerFrames(t, h.b.peer.MAC, 64))
+	d.TX().SendFrames(attackerFrames(t, h.b.Peer.MAC, 64))
 	d.KickRing(1)
 	// Used entries are published before the call: once they move, the
 	// call that cannot complete has been attempted.
@@ -136,7 +136,7 @@ func attackKickBlocking(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	}
 	// One frame and a kick: vmqd takes it, goes idle, and reads the kick
 	// fd (now at 0) after its next sleep.
-	d.TX().SendFrames(attackerFrames(t, h.b.peer.MAC, 1))
+	d.TX().SendFrames(attackerFrames(t, h.b.Peer.MAC, 1))
 	d.KickRing(1)
 	waitUsed(t, h, d.TX(), "vmqd takes the attacker's frame")
 }
@@ -243,7 +243,7 @@ func attackTruncateBeforeStart(t *testing.T, h *hostileBed, a *attacker, _ *traf
 // must come back.
 func attackTxFaults(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	const rounds, queue = 150, 4096
-	frames := attackerFrames(t, h.b.peer.MAC, queue)
+	frames := attackerFrames(t, h.b.Peer.MAC, queue)
 	start := time.Now()
 	faults := 0
 	for faults < rounds && time.Since(start) < 5*time.Second {
@@ -525,7 +525,7 @@ func floodFrom(t *testing.T, h *hostileBed, g *frontend.Guest) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		g.Generate(ctx, frontend.Traffic{Dst: h.b.peer.MAC, Stream: 9, Batch: 64})
+		g.Generate(ctx, frontend.Traffic{Dst: h.b.Peer.MAC, Stream: 9, Batch: 64})
 	}()
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)

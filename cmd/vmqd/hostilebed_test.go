@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,8 +17,9 @@ import (
 
 	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/dataplane"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/hostile"
+	"github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
@@ -102,8 +102,8 @@ type hostileBed struct {
 func newHostileBed(t *testing.T, mode, vmqd, vmqctl string) *hostileBed {
 	t.Helper()
 	h := &hostileBed{t: t, b: newBed(t), mode: mode, vmqd: vmqd, vmqctl: vmqctl}
-	h.cfg = filepath.Join(h.b.dir, "vmqd.yaml")
-	h.log = filepath.Join(h.b.dir, "vmqd.log")
+	h.cfg = filepath.Join(h.b.Dir, "vmqd.yaml")
+	h.log = filepath.Join(h.b.Dir, "vmqd.log")
 	cfg := fmt.Sprintf("nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n  - {name: victim, mac: %q, socket: %s, mode: %s}\n",
 		h.b.cfg.NIC, h.b.cfg.PinDir, h.b.cfg.API.Socket, victimMAC, h.sock("victim"), mode)
 	if err := os.WriteFile(h.cfg, []byte(cfg), 0o644); err != nil {
@@ -112,15 +112,11 @@ func newHostileBed(t *testing.T, mode, vmqd, vmqctl string) *hostileBed {
 	h.api = control.NewClient(h.b.cfg.API.Socket)
 	t.Cleanup(h.api.Close)
 
-	vcfg := frontend.Config{MAC: mustMAC(victimMAC), MrgRxbuf: true, EventIdx: true, QueueSize: 1024, Reconnect: true}
+	vcfg := testbed.GuestConfig(victimMAC, 1, "")
+	vcfg.Reconnect = true
 	if mode == control.ModeClient {
 		// vmqd dials the victim: it listens before vmqd starts.
-		g, err := frontend.Listen(h.sock("victim"), vcfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.victim = g
-		h.runVictim()
+		h.victim = testbed.ListenGuest(t, "victim", h.sock("victim"), vcfg)
 	}
 	h.proc = h.start()
 	if mode == control.ModeServer {
@@ -131,7 +127,7 @@ func newHostileBed(t *testing.T, mode, vmqd, vmqctl string) *hostileBed {
 			return err == nil, fmt.Sprint(err)
 		})
 		h.victim = g
-		h.runVictim()
+		testbed.RunGuest(t, "victim", g)
 	}
 	testenv.Eventually(t, "victim up", func() (bool, string) {
 		return h.victim.Connected(), "victim not connected"
@@ -140,14 +136,7 @@ func newHostileBed(t *testing.T, mode, vmqd, vmqctl string) *hostileBed {
 	return h
 }
 
-func (h *hostileBed) sock(name string) string { return filepath.Join(h.b.dir, name+".sock") }
-
-func (h *hostileBed) runVictim() {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.victim.Run(ctx); close(done) }()
-	h.t.Cleanup(func() { cancel(); h.victim.Close(); <-done })
-}
+func (h *hostileBed) sock(name string) string { return h.b.Socket(name) }
 
 // start runs vmqd and waits for its API and metrics.
 func (h *hostileBed) start() *vmqdProc {
@@ -159,7 +148,7 @@ func (h *hostileBed) start() *vmqdProc {
 	}
 	defer logf.Close()
 	off, _ := logf.Seek(0, io.SeekEnd)
-	cmd := exec.Command(h.vmqd, "--config", h.cfg, "--netns", h.b.host.Name,
+	cmd := exec.Command(h.vmqd, "--config", h.cfg, "--netns", h.b.Host.Name,
 		"--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info")
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
@@ -346,7 +335,7 @@ func (a *attacker) device(cfg hostile.Config) *hostile.Device {
 // where the attack is volume, not protocol abuse).
 func (a *attacker) guest() *frontend.Guest {
 	a.t.Helper()
-	cfg := frontend.Config{MAC: mustMAC(attackerMAC), MrgRxbuf: true, EventIdx: true, QueueSize: 1024}
+	cfg := testbed.GuestConfig(attackerMAC, 1, "")
 	var g *frontend.Guest
 	var err error
 	if a.ln != nil {
@@ -362,10 +351,7 @@ func (a *attacker) guest() *frontend.Guest {
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { g.Run(ctx); close(done) }()
-	a.t.Cleanup(func() { cancel(); g.Close(); <-done })
+	testbed.RunGuest(a.t, a.name, g)
 	testenv.Eventually(a.t, "attacker guest up", func() (bool, string) { return g.Connected(), "not connected" })
 	return g
 }
@@ -390,35 +376,11 @@ func (a *attacker) waitBroken(want string) string {
 }
 
 // flow sends frames from the wire to mac at rate until ctx ends, in the
-// background; the returned function waits for it and returns its totals.
+// background (AF_PACKET, paced in small bursts: a live-frames run costs
+// tens of milliseconds a call); the returned function waits for it and
+// returns its totals.
 func (h *hostileBed) flow(ctx context.Context, mac string, stream uint32, rate float64) func() (pktgen.Stats, error) {
-	tmpl, err := pktgen.NewTemplate(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac)}}, Size: 64, Stream: stream})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var s *pktgen.PacketSender
-	err = h.b.wire.Do(func() error {
-		// AF_PACKET: paced in small bursts (a live-frames run costs tens
-		// of milliseconds a call); the socket keeps the namespace.
-		var err error
-		s, err = pktgen.NewPacketSender(tmpl, pktgen.PacketOptions{Ifindex: h.b.peer.Index, Batch: 32})
-		return err
-	})
-	if err != nil {
-		h.t.Fatalf("wire sender: %v", err)
-	}
-	var st pktgen.Stats
-	var runErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer s.Close()
-		st, runErr = pktgen.Run(ctx, s, pktgen.RunOptions{Rate: rate, Burst: 32})
-		if errors.Is(runErr, context.Canceled) {
-			runErr = nil
-		}
-	}()
-	return func() (pktgen.Stats, error) { <-done; return st, runErr }
+	return h.b.Flow(ctx, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac)}}, Size: 64, Stream: stream}, rate)
 }
 
 // traffic is the victim's fixed-rate traffic of one attack, both ways.
@@ -439,10 +401,10 @@ type traffic struct {
 func (h *hostileBed) startTraffic(t *testing.T) *traffic {
 	t.Helper()
 	tr := &traffic{rxStream: uint32(1000 + 2*h.seq), txStream: uint32(1001 + 2*h.seq), txDone: make(chan struct{})}
-	err := h.b.wire.Do(func() error {
+	err := h.b.Wire.Do(func() error {
 		var err error
 		// Counts the victim's frames on the wire (one tracked stream).
-		tr.sink, err = pktgen.AttachSink(h.b.peer.Index, pktgen.SinkOptions{Stream: tr.txStream})
+		tr.sink, err = pktgen.AttachSink(h.b.Peer.Index, pktgen.SinkOptions{Stream: tr.txStream})
 		return err
 	})
 	if err != nil {
@@ -454,7 +416,7 @@ func (h *hostileBed) startTraffic(t *testing.T) *traffic {
 	tr.waitRx = h.flow(ctx, victimMAC, tr.rxStream, victimRxRate)
 	go func() {
 		defer close(tr.txDone)
-		tr.txSent, tr.txErr = h.victim.Generate(ctx, frontend.Traffic{Dst: h.b.peer.MAC, Rate: victimTxRate, Stream: tr.txStream})
+		tr.txSent, tr.txErr = h.victim.Generate(ctx, frontend.Traffic{Dst: h.b.Peer.MAC, Rate: victimTxRate, Stream: tr.txStream})
 	}()
 	t.Cleanup(func() { tr.stop() })
 	testenv.Eventually(t, "victim traffic flows both ways before the attack", func() (bool, string) {

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
-	"github.com/vmq/vmq/dataplane/vhostuser/frontend"
+	"github.com/vmq/vmq/guest/frontend"
 )
 
 // pubWorker is a dataplane worker written against the public API only:
@@ -132,7 +132,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestGoFrontend runs the Go guest (dataplane/vhostuser/frontend) against
+// TestGoFrontend runs the Go guest (guest/frontend) against
 // the back-end in both connection modes, with and without EVENT_IDX and
 // MRG_RXBUF, on two queue pairs: stamped frames both ways, counted exactly.
 func TestGoFrontend(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 )
 
 // Payload encoders and decoders shared by the back-end (this package) and
-// the front-end (vhostuser/frontend). Decoders check sizes exactly: a
+// the front-end (guest/frontend). Decoders check sizes exactly: a
 // payload of the wrong length is a malformed message.
 
 // U64Len is the size of the u64 payload (features, vring fd index, acks).

@@ -7,7 +7,7 @@
 // never would (saturated, O_NONBLOCK cleared).
 //
 // Nothing here checks what the back-end does: that is the test's job.
-// Unlike dataplane/vhostuser/frontend, which is a correct guest, this
+// Unlike guest/frontend, which is a correct guest, this
 // package does exactly what it is told.
 //
 // Safety for the test process itself: a Mem that has been truncated has

@@ -1,4 +1,4 @@
-// Package qemutest boots a Linux guest under QEMU whose virtio-net device
+// Package qemu boots a Linux guest under QEMU whose virtio-net device
 // is a vhost-user netdev, so vmq's backend can be tested against the
 // kernel's virtio-net driver (which negotiates EVENT_IDX, unlike DPDK's
 // virtio_user). The guest is a kernel plus a busybox initramfs built on
@@ -8,7 +8,7 @@
 // /lib/modules/VERSION), VMQ_QEMU_ACCEL (default tcg), VMQ_QEMU (the
 // binary, e.g. a wrapper running it under gdb) and VMQ_QEMU_EXTRA (more
 // arguments, e.g. "-trace vhost_user_write -trace vhost_user_read").
-package qemutest
+package qemu
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package qemutest
+package qemu
 
 import (
 	"bytes"
@@ -165,7 +165,7 @@ func TestInstalledKernelModules(t *testing.T) {
 
 func TestInitramfsLayout(t *testing.T) {
 	bb := testenv.RequireCommand(t, "busybox")
-	if err := checkStatic(bb); err != nil {
+	if err := CheckStatic(bb); err != nil {
 		testenv.Skip(t, "%v", err)
 	}
 	dir := t.TempDir()
@@ -194,7 +194,7 @@ func TestInitramfsLayout(t *testing.T) {
 		!strings.Contains(string(f.Data), "insmod /lib/modules/$m.ko") {
 		t.Errorf("init: mode %o, script:\n%s", f.Mode, f.Data)
 	}
-	if err := checkStatic("/bin/ls"); err == nil {
+	if err := CheckStatic("/bin/ls"); err == nil {
 		t.Error("a dynamically linked /bin/ls passed as static")
 	}
 }

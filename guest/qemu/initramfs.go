@@ -1,4 +1,4 @@
-package qemutest
+package qemu
 
 import (
 	"bufio"
@@ -151,7 +151,7 @@ func (r Initramfs) Files() ([]File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	if err := checkStatic(r.Busybox); err != nil {
+	if err := CheckStatic(r.Busybox); err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
 	files := []File{
@@ -207,9 +207,9 @@ func (r Initramfs) Write(file string) error {
 	return nil
 }
 
-// checkStatic refuses a dynamically linked binary: the initramfs has no
+// CheckStatic refuses a dynamically linked binary: the initramfs has no
 // libc or loader.
-func checkStatic(file string) error {
+func CheckStatic(file string) error {
 	f, err := elf.Open(file)
 	if err != nil {
 		return fmt.Errorf("busybox %s: %w", file, err)
