@@ -126,7 +126,7 @@ func BenchmarkSuite(b *testing.B) {
 		cmd = "go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench"
 	}
 	for _, e := range os.Environ() {
-		if strings.HasPrefix(e, "VMQ_BENCH_") && !strings.HasPrefix(e, "VMQ_BENCH_COMMAND=") && !strings.HasPrefix(e, "VMQ_BENCH_OUT=") && !strings.HasPrefix(e, "VMQ_REQUIRE_ALL=") {
+		if strings.HasPrefix(e, "VMQ_BENCH_") && !strings.HasPrefix(e, "VMQ_BENCH_COMMAND=") && !strings.HasPrefix(e, "VMQ_BENCH_OUT=") {
 			cmd = e + " " + cmd
 		}
 	}
