@@ -11,7 +11,7 @@
 #   VMQ_BENCH_DIRS=rx VMQ_BENCH_ZL_SIZES=none deploy/bench/run.sh   # quicker
 #
 # Knobs: VMQ_BENCH_DIRS=rx,tx,vm2vm VMQ_BENCH_SIZES=64,512,1514
-# VMQ_BENCH_DURATION=3s VMQ_BENCH_ZL_SIZES=64 (or none) VMQ_BENCH_ZL_WINDOW=10s
+# VMQ_BENCH_DURATION=3s VMQ_BENCH_ZL_SIZES=64,1514 (or none) VMQ_BENCH_ZL_WINDOW=10s
 # VMQ_BENCH_ZL_PRECISION=0.05 VMQ_BENCH_OUT=dir. The report records the load
 # average and how much of each CPU other work took: run it on a quiet machine.
 set -eu
