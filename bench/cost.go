@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -112,4 +113,33 @@ func vmqDrops(a, b vmqStats) string {
 		parts = []string{"none"}
 	}
 	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
+}
+
+// parseEthtoolDrops reads the drop and error counters of `ethtool -S`
+// (veth: rx_queue_N_drops, rx_queue_N_xdp_drops, tx_queue_N_xdp_xmit_errors,
+// ...), where frames are lost on the wire before either switch sees them.
+func parseEthtoolDrops(out string) map[string]uint64 {
+	m := map[string]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		name, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !(strings.Contains(name, "drop") || strings.Contains(name, "error")) {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(val), 10, 64); err == nil {
+			m[name] = n
+		}
+	}
+	return m
+}
+
+// counterDeltas names the counters that grew from a to b, prefixed.
+func counterDeltas(prefix string, a, b map[string]uint64) []string {
+	var out []string
+	for k, v := range b {
+		if v > a[k] {
+			out = append(out, fmt.Sprintf("%s%s %d", prefix, k, v-a[k]))
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -218,3 +218,15 @@ func TestVMQDrops(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+func TestEthtoolDrops(t *testing.T) {
+	a := parseEthtoolDrops("NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 5\n     rx_queue_0_drops: 3\n     tx_queue_0_xdp_xmit_errors: 0\n")
+	b := parseEthtoolDrops("NIC statistics:\n     rx_queue_0_drops: 10\n     rx_queue_0_xdp_drops: 2\n     tx_queue_0_xdp_xmit_errors: 0\n     bad_drops: x\n")
+	if len(a) != 2 || a["rx_queue_0_drops"] != 3 {
+		t.Errorf("parsed %v", a)
+	}
+	got := strings.Join(counterDeltas("nic ", a, b), ", ")
+	if got != "nic rx_queue_0_drops 7, nic rx_queue_0_xdp_drops 2" {
+		t.Errorf("deltas %q", got)
+	}
+}

@@ -97,7 +97,7 @@ func BenchmarkSuite(b *testing.B) {
 	if OnlineCPUs() < 2 {
 		b.Fatal("the suite needs 2 CPUs")
 	}
-	for _, c := range []string{"taskset", "dpdk-testpmd", "stdbuf"} {
+	for _, c := range []string{"taskset", "dpdk-testpmd", "stdbuf", "ethtool"} {
 		if _, err := exec.LookPath(c); err != nil {
 			b.Fatalf("the suite needs %s: %v", c, err)
 		}
@@ -406,11 +406,20 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 		p.Err = err.Error()
 		return p
 	}
+	veth0 := s.vethDrops()
 	a := s.sample(r)
 	sent, secs, srcCPU, serr := r.src.run(size, rate, count, d)
 	z := s.sample(r)
 	recv, rerr := r.rcv.count()
 	busy, how, drops, berr := r.sw.end()
+	veth1 := s.vethDrops()
+	var wire []string
+	for i, end := range []string{"nic ", "peer "} {
+		wire = append(wire, counterDeltas(end, veth0[i], veth1[i])...)
+	}
+	if len(wire) > 0 {
+		drops += "; veth: " + strings.Join(wire, ", ")
+	}
 	if err := errors.Join(serr, rerr, berr, a.err, z.err); err != nil {
 		p.Err = err.Error()
 		return p
@@ -446,4 +455,20 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 		p.OthersCPU[cpu] = max(0, (z.busy[cpu]-a.busy[cpu]-ours).Seconds()/dt)
 	}
 	return p
+}
+
+// vethDrops reads both veth ends' drop and error counters (ethtool -S):
+// frames lost there never reached a switch. Nil maps if ethtool fails.
+func (s *suite) vethDrops() [2]map[string]uint64 {
+	var out [2]map[string]uint64
+	for i, end := range []struct {
+		ns  *netnstest.NS
+		dev string
+	}{{s.host, s.nic.Name}, {s.wire, s.peer.Name}} {
+		b, err := exec.Command("ip", "netns", "exec", end.ns.Name, "ethtool", "-S", end.dev).Output()
+		if err == nil {
+			out[i] = parseEthtoolDrops(string(b))
+		}
+	}
+	return out
 }
