@@ -87,6 +87,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } global_stats SEC(".maps");
 
+/* One bit per (queue, slot): set when a frame is redirected to that
+ * socket, cleared by the queue's worker (which mmaps the map), so a worker
+ * with many VMs visits only sockets that have frames. Queue q owns words
+ * [q*W, q*W+W) with W = max_vms/64 + 1; bit slot%64 of word slot/64, slot 0
+ * being the flood socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pending SEC(".maps");
+
 struct vlan_tag {
 	__be16 tci;
 	__be16 proto;
@@ -101,6 +115,18 @@ static __always_inline int verdict(struct global_counters *gs, __u32 action)
 		return XDP_DROP;
 	}
 	return XDP_PASS;
+}
+
+/* Marks the socket of slot on queue as having frames. The bit is read
+ * first so a busy socket costs no locked write per frame. */
+static __always_inline void mark_pending(__u32 queue, __u32 slot)
+{
+	__u32 idx = queue * ((max_vms >> 6) + 1) + (slot >> 6);
+	__u64 *word = bpf_map_lookup_elem(&pending, &idx);
+	__u64 bit = 1ULL << (slot & 63);
+
+	if (word && !(*word & bit))
+		__sync_fetch_and_or(word, bit);
 }
 
 SEC("xdp")
@@ -144,6 +170,7 @@ int vmq_filter(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 		if (bpf_redirect_map(&xsks, queue, 0) == XDP_REDIRECT) {
+			mark_pending(queue, 0);
 			gs->flooded++;
 			return XDP_REDIRECT;
 		}
@@ -171,6 +198,7 @@ int vmq_filter(struct xdp_md *ctx)
 		return verdict(gs, cfg->no_socket_action);
 	}
 	if (bpf_redirect_map(&xsks, slot * max_queues + queue, 0) == XDP_REDIRECT) {
+		mark_pending(queue, slot);
 		gs->redirected++;
 		vs->packets++;
 		vs->bytes += data_end - data;

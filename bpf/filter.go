@@ -27,7 +27,7 @@ const (
 	LinkPinName = "link"
 )
 
-var mapNames = []string{filterMapFilters, filterMapXsks, filterMapConfig, filterMapVmStats, filterMapGlobalStats}
+var mapNames = []string{filterMapFilters, filterMapXsks, filterMapConfig, filterMapVmStats, filterMapGlobalStats, filterMapPending}
 
 // ErrNotFound is returned (wrapped) when deleting a filter that does not exist.
 var ErrNotFound = errors.New("not found")
@@ -165,6 +165,7 @@ func Load(cfg Config) (*Filter, error) {
 	spec.Maps[filterMapFilters].MaxEntries = uint32(cfg.MaxFilters)
 	spec.Maps[filterMapXsks].MaxEntries = uint32((cfg.MaxVMs + 1) * cfg.MaxQueues)
 	spec.Maps[filterMapVmStats].MaxEntries = uint32(cfg.MaxVMs + 1)
+	spec.Maps[filterMapPending].MaxEntries = uint32(PendingWords(cfg.MaxVMs) * cfg.MaxQueues)
 	if err := spec.Variables[filterVarMaxQueues].Set(uint32(cfg.MaxQueues)); err != nil {
 		return nil, fmt.Errorf("set max_queues: %w", err)
 	}
@@ -397,7 +398,7 @@ func (f *Filter) Unpin() error {
 			errs = append(errs, fmt.Errorf("unpin XDP link: %w", err))
 		}
 	}
-	ms := []*ebpf.Map{f.objs.Filters, f.objs.Xsks, f.objs.Config, f.objs.VmStats, f.objs.GlobalStats}
+	ms := []*ebpf.Map{f.objs.Filters, f.objs.Xsks, f.objs.Config, f.objs.VmStats, f.objs.GlobalStats, f.objs.Pending}
 	for i, m := range ms {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin map %s: %w", mapNames[i], err))

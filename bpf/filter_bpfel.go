@@ -53,6 +53,7 @@ const (
 	filterMapConfig      = "config"
 	filterMapFilters     = "filters"
 	filterMapGlobalStats = "global_stats"
+	filterMapPending     = "pending"
 	filterMapVmStats     = "vm_stats"
 	filterMapXsks        = "xsks"
 	filterProgVmqFilter  = "vmq_filter"
@@ -112,6 +113,7 @@ type filterMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Filters     *ebpf.MapSpec `ebpf:"filters"`
 	GlobalStats *ebpf.MapSpec `ebpf:"global_stats"`
+	Pending     *ebpf.MapSpec `ebpf:"pending"`
 	VmStats     *ebpf.MapSpec `ebpf:"vm_stats"`
 	Xsks        *ebpf.MapSpec `ebpf:"xsks"`
 }
@@ -147,6 +149,7 @@ type filterMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Filters     *ebpf.Map `ebpf:"filters"`
 	GlobalStats *ebpf.Map `ebpf:"global_stats"`
+	Pending     *ebpf.Map `ebpf:"pending"`
 	VmStats     *ebpf.Map `ebpf:"vm_stats"`
 	Xsks        *ebpf.Map `ebpf:"xsks"`
 }
@@ -156,6 +159,7 @@ func (m *filterMaps) Close() error {
 		m.Config,
 		m.Filters,
 		m.GlobalStats,
+		m.Pending,
 		m.VmStats,
 		m.Xsks,
 	)

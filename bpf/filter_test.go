@@ -325,6 +325,24 @@ func runCase(t *testing.T, r *rig, m *Model, c tcase) {
 	if d := before.expect(c.want, len(c.frame)).diff(r.snap(t)); d != "" {
 		t.Fatal(d)
 	}
+	// Exactly the bit of the socket redirected to is set, nothing else.
+	wantWord, wantBit, marked := m.PendingBit(c.want, c.queue)
+	for i := range r.f.objs.Pending.MaxEntries() {
+		var got uint64
+		if err := r.f.objs.Pending.Lookup(i, &got); err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(0)
+		if marked && i == wantWord {
+			want = wantBit
+		}
+		if got != want {
+			t.Errorf("pending word %d: %#x, want %#x", i, got, want)
+		}
+		if err := r.f.objs.Pending.Put(i, uint64(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestTable(t *testing.T) {

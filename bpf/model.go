@@ -130,3 +130,14 @@ func (m *Model) Classify(frame []byte, rxQueue uint32) Decision {
 	}
 	return Decision{Verdict: m.verdict(m.NoSocket), Outcome: OutcomeNoSocket, Slot: slot}
 }
+
+// PendingBit is the bit of the pending bitmap (word index in the whole
+// map, bit within it) that the program sets for decision d of a frame on
+// queue: the socket it redirected to. ok is false when nothing was
+// redirected, and the program then sets no bit.
+func (m *Model) PendingBit(d Decision, queue uint32) (word uint32, bit uint64, ok bool) {
+	if d.Verdict != VerdictRedirect {
+		return 0, 0, false
+	}
+	return queue*uint32(PendingWords(int(m.MaxVMs))) + d.Slot/64, 1 << (d.Slot % 64), true
+}

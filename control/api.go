@@ -83,6 +83,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/vms/{name}", s.showVM)
 	mux.HandleFunc("PATCH /v1/vms/{name}", s.patchVM)
 	mux.HandleFunc("DELETE /v1/vms/{name}", s.removeVM)
+	mux.HandleFunc("POST /v1/vms/{name}/migration", s.prepareMigration)
+	mux.HandleFunc("DELETE /v1/vms/{name}/migration", s.abortMigration)
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/stats", s.stats)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

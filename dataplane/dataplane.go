@@ -20,6 +20,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -51,6 +52,10 @@ type Config struct {
 	// NIC is reported as is in snapshots.
 	NIC    NICStatus
 	Logger *slog.Logger
+	// Migrated, if set, hears that a VM's migration completed: its
+	// socket is the standby port's from now on. Called on its own
+	// goroutine.
+	Migrated func(vm, socket string, client bool)
 }
 
 // VM is one guest as the dataplane needs it.
@@ -106,6 +111,10 @@ type vmEntry struct {
 	vm   VM
 	port *vhostuser.Port
 	ctrs []*vmCounters // by worker
+	// mig is the standby port of a migration (migrate.go); retired is
+	// closed once the last migration's source port is closed.
+	mig     *migration
+	retired chan struct{}
 }
 
 // New opens an AF_XDP queue per configured NIC queue, registers the flood
@@ -213,14 +222,7 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		}
 		added = append(added, w)
 	}
-	pcfg := vhostuser.Config{
-		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
-		MaxMemory:   vm.MaxMemory,
-		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
-		AllowedUIDs: vm.AllowedUIDs,
-		Handler:     &portHandler{dp: dp, slot: vm.Slot, name: vm.Name},
-		Logger:      dp.log.With("vm", vm.Name),
-	}
+	pcfg := dp.portConfig(vm, &portHandler{dp: dp, slot: vm.Slot, name: vm.Name})
 	var err error
 	if vm.Client {
 		e.port, err = vhostuser.Dial(vm.Socket, pcfg)
@@ -232,6 +234,36 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 	}
 	dp.vms[vm.Name] = e
 	return nil
+}
+
+// portConfig is the vhost-user configuration of a VM's port (its own or
+// a migration's standby port).
+func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
+	return vhostuser.Config{
+		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
+		MaxMemory:   vm.MaxMemory,
+		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
+		AllowedUIDs: vm.AllowedUIDs,
+		Handler:     h,
+		Logger:      dp.log.With("vm", vm.Name),
+	}
+}
+
+// closePorts closes the VM's port and a migration's standby port.
+func (e *vmEntry) closePorts() error {
+	var errs []error
+	if e.mig != nil {
+		if err := e.mig.port.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close standby port: %w", err))
+		}
+	}
+	if err := e.port.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close vhost-user port: %w", err))
+	}
+	if e.retired != nil {
+		<-e.retired // a migration's source port, closing
+	}
+	return errors.Join(errs...)
 }
 
 // RemoveVM stops the VM's port (its queues come back from the workers),
@@ -247,8 +279,8 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 		return fmt.Errorf("remove VM %q: not present", name)
 	}
 	var errs []error
-	if err := e.port.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close vhost-user port: %w", err))
+	if err := e.closePorts(); err != nil {
+		errs = append(errs, err)
 	}
 	for _, w := range dp.workers {
 		if err := w.send(command{kind: cmdRemoveVM, slot: e.vm.Slot}); err != nil && !errors.Is(err, errWorkerStopped) {
@@ -279,7 +311,7 @@ func (dp *Dataplane) Close() error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if err := e.port.Close(); err != nil {
+		if err := e.closePorts(); err != nil {
 			errs = append(errs, fmt.Errorf("close port of VM %q: %w", e.vm.Name, err))
 		}
 	}
@@ -297,6 +329,11 @@ type portHandler struct {
 	dp   *Dataplane
 	slot uint32
 	name string
+	// standby: a migration's standby port; started once one of its
+	// queues went to a worker (then the source's disconnect ends the
+	// migration).
+	standby bool
+	started atomic.Bool
 }
 
 func (h *portHandler) owner(q *vhostuser.Queue) *worker {
@@ -304,6 +341,9 @@ func (h *portHandler) owner(q *vhostuser.Queue) *worker {
 }
 
 func (h *portHandler) QueueReady(q *vhostuser.Queue) {
+	if h.standby && !h.started.Swap(true) {
+		h.dp.log.Info("migration: the destination started its rings; traffic moves to the standby port", "vm", h.name, "socket", q.Port().Path())
+	}
 	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
 		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
 	}
@@ -332,7 +372,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
 			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
-			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
+			BusyRoundFrames: w.ctr.busyRoundFrames.Load(),
+			VirtQueues:      int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
 	dp.mu.RLock()
@@ -383,13 +425,20 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.FilterPackets, v.FilterBytes, v.FilterRedirErrs = fc.Packets, fc.Bytes, fc.RedirectErrors
 		}
 		s.VMs = append(s.VMs, v)
-		ps := e.port.State()
-		s.Ports = append(s.Ports, PortStats{VM: name, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
-			Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
-			RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
-			Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected})
+		s.Ports = append(s.Ports, portStats(name, e.port, false))
+		if e.mig != nil {
+			s.Ports = append(s.Ports, portStats(name, e.mig.port, true))
+		}
 	}
 	return s
+}
+
+func portStats(vm string, p *vhostuser.Port, standby bool) PortStats {
+	ps := p.State()
+	return PortStats{VM: vm, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
+		Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
+		RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
+		Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected, Standby: standby}
 }
 
 // socketStats reads a socket's kernel statistics (XDP_STATISTICS); vm is

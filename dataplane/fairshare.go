@@ -18,12 +18,24 @@ const fairQuantum = 512
 // grantCredit starts a round: each VM gets a quantum on top of what it
 // carries, carrying at most one quantum, and nothing when it had no work
 // in the last round (idle VMs do not bank credit for a burst).
+//
+// Only VMs touched since the last grant, or still carrying credit from
+// it, are visited: any other VM has exactly one quantum and is not busy,
+// which the grant leaves as it is, so a round costs nothing per idle VM.
 func (w *worker) grantCredit() {
-	for _, vm := range w.vmList {
+	keep := w.touched[:0]
+	for _, vm := range w.touched {
 		if !vm.busy {
 			vm.credit = 0
 		}
 		vm.credit = min(vm.credit, fairQuantum) + fairQuantum
 		vm.busy = false
+		if vm.credit != fairQuantum {
+			keep = append(keep, vm) // carries credit: the next grant changes it
+		} else {
+			vm.touched = false
+		}
 	}
+	clear(w.touched[len(keep):])
+	w.touched = keep
 }

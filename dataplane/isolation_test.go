@@ -424,7 +424,8 @@ func TestFloodingVMLeavesVictimExact(t *testing.T) {
 func TestGrantCredit(t *testing.T) {
 	busy, idle := &vmState{busy: true, credit: 3 * fairQuantum}, &vmState{credit: 100}
 	broke := &vmState{busy: true, credit: 0}
-	w := &worker{vmList: []*vmState{busy, idle, broke}}
+	// All three were touched in the last round (the worker lists them).
+	w := &worker{vmList: []*vmState{busy, idle, broke}, touched: []*vmState{busy, idle, broke}}
 	w.grantCredit()
 	if busy.credit != 2*fairQuantum || idle.credit != fairQuantum || broke.credit != fairQuantum {
 		t.Fatalf("credits %d %d %d; want %d %d %d", busy.credit, idle.credit, broke.credit, 2*fairQuantum, fairQuantum, fairQuantum)

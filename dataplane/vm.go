@@ -33,8 +33,13 @@ type vmState struct {
 
 	// Fair share (fairshare.go): work units left this round, and whether
 	// the VM had any work this round.
-	credit int
-	busy   bool
+	credit  int
+	busy    bool
+	touched bool // in worker.touched
+	// Frames counted in this round, published by flushAll: one atomic
+	// store per counter and round, not per frame.
+	rxPkts, rxBytes, txPkts, txBytes uint64
+	txQueued                         bool // in worker.txQueued
 
 	// QoS (qos.go): this worker's share of the VM's limits.
 	rxLimited, txLimited bool
@@ -50,6 +55,24 @@ type virtq struct {
 	q     *vhostuser.Queue
 	vm    *vmState
 	dirty bool // pushed to in this batch: Flush at the end
+	// TX only: rounds to skip before looking at the ring again, and the
+	// current backoff (see maxTxBackoff).
+	skip, backoff int
 }
 
 func (vm *vmState) drop(r DropReason) { add(&vm.ctr.drops[r], 1) }
+
+// publish adds the frames counted since the last call to the VM's
+// counters.
+func (vm *vmState) publish() {
+	if vm.rxPkts > 0 {
+		add(&vm.ctr.rxPackets, vm.rxPkts)
+		add(&vm.ctr.rxBytes, vm.rxBytes)
+		vm.rxPkts, vm.rxBytes = 0, 0
+	}
+	if vm.txPkts > 0 {
+		add(&vm.ctr.txPackets, vm.txPkts)
+		add(&vm.ctr.txBytes, vm.txBytes)
+		vm.txPkts, vm.txBytes = 0, 0
+	}
+}

@@ -5,6 +5,8 @@
 //	vmqctl vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client] [--queue-pairs N] [--allow-spoofing]
 //	vmqctl vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
 //	vmqctl vm rm NAME
+//	vmqctl vm migrate-prepare NAME --socket PATH [--mode server|client]
+//	vmqctl vm migrate-abort NAME
 //	vmqctl status
 //	vmqctl stats
 //	vmqctl health [--addr HOST:PORT] [--live]
@@ -50,6 +52,9 @@ commands:
                                   (frames or bits per second; 0 clears;
                                   flags not given keep their value)
   vm rm NAME                      remove a VM
+  vm migrate-prepare NAME --socket PATH [--mode server|client]
+                                  open a standby port for a migration's destination QEMU
+  vm migrate-abort NAME           close the standby port (a failed migration)
   status                          NIC and worker status
   stats                           dataplane counters
   health [--addr HOST:PORT] [--live]
@@ -142,13 +147,17 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		cmd, args = "vm "+args[0], args[1:]
 	}
 	var vm control.VMConfig
+	var mig control.MigrationRequest
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	// The global flags may also follow the command ("vm list -o json"),
 	// except that on "vm add" --socket is the VM's vhost-user socket.
 	fs.StringVar(&c.output, "o", c.output, "output format: table or json")
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "request timeout")
-	if cmd == "vm add" {
+	if cmd == "vm migrate-prepare" {
+		fs.StringVar(&mig.Socket, "socket", "", "the destination QEMU's vhost-user socket path (required)")
+		fs.StringVar(&mig.Mode, "mode", control.ModeServer, "vhost-user mode: server (vmqd listens) or client")
+	} else if cmd == "vm add" {
 		fs.StringVar(&vm.MAC, "mac", "", "VM MAC address (required)")
 		fs.IntVar(&vm.VLAN, "vlan", 0, "access VLAN (0 = untagged)")
 		fs.StringVar(&vm.Socket, "socket", "", "vhost-user socket path (required)")
@@ -213,6 +222,18 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.vmSet(ctx, cl, patch, args)
 	case "vm rm", "vm remove":
 		return c.vmRemove(ctx, cl, args)
+	case "vm migrate-prepare":
+		name, err := oneName(cmd, args)
+		if err != nil {
+			return err
+		}
+		return cl.PrepareMigration(ctx, name, mig)
+	case "vm migrate-abort":
+		name, err := oneName(cmd, args)
+		if err != nil {
+			return err
+		}
+		return cl.AbortMigration(ctx, name)
 	}
 	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
 }

@@ -146,6 +146,11 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
 		FrameSize: cfg.FrameSize, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
 		Netns: o.netns, NIC: d.nic, Logger: d.log,
+		Migrated: func(vm, socket string, client bool) {
+			if d.ctl != nil {
+				d.ctl.MigrationDone(vm, socket, client)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -316,6 +321,19 @@ func (a dpAdapter) RemoveVM(ctx context.Context, name string) error {
 }
 
 func (a dpAdapter) Snapshot() dataplane.Snapshot { return a.d.snapshot() }
+
+func (a dpAdapter) PrepareMigration(ctx context.Context, name, socket string, client bool) error {
+	if !client {
+		if err := os.MkdirAll(filepath.Dir(socket), 0o750); err != nil {
+			return fmt.Errorf("socket directory of VM %q: %w", name, err)
+		}
+	}
+	return a.d.dp.PrepareMigration(ctx, name, socket, client)
+}
+
+func (a dpAdapter) AbortMigration(ctx context.Context, name string) error {
+	return a.d.dp.AbortMigration(ctx, name)
+}
 
 // filterTable is the BPF filter as the control plane's filter table.
 type filterTable struct{ f *bpf.Filter }

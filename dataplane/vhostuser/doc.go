@@ -35,6 +35,18 @@
 // batch: a front-end that shrinks a mapped file would otherwise crash the
 // daemon with SIGBUS.
 //
+// Live migration: the port offers VHOST_F_LOG_ALL with LOG_SHMFD. While
+// the front-end has LOG_ALL in the features and a log mapped
+// (SET_LOG_BASE), Push marks the pages of the receive buffers it writes,
+// and Flush, EnableNotify and DisableNotify the used-ring pages (at the
+// ring's log address, VHOST_VRING_F_LOG) in the front-end's bitmap with
+// atomic ORs; with logging off that costs a nil check per written buffer
+// segment and per flush. GET_VRING_BASE stops the ring (its worker
+// flushes and logs) before the reply, so the last used entries are in the
+// log when the source's QEMU syncs it. SEND_RARP goes to a Handler that
+// is also an Announcer; a Handler that is a Disconnecter hears each
+// front-end leave (the dataplane ends a migration there).
+//
 // Every guest-provided address, length, index and chain is checked
 // against the memory table; a violation marks the port broken (logged
 // with slog, counted in PortState.BrokenCount) and never reads or writes

@@ -118,6 +118,13 @@ func hasReply(r Request) bool {
 	return false
 }
 
+// logBaseReply reports whether SET_LOG_BASE is answered: with
+// LOG_SHMFD, QEMU waits for a reply (an empty one, as DPDK sends) before
+// it reads the log.
+func (p *Port) logBaseReply(r Request) bool {
+	return r == ReqSetLogBase && p.dev.protocol&ProtocolFLogShmfd != 0
+}
+
 // serveOne reads, handles and answers one message. An error ends the
 // connection.
 func (p *Port) serveOne(c *net.UnixConn) error {
@@ -133,7 +140,7 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	}
 	var out [HeaderLen + MaxPayloadLen]byte
 	switch {
-	case hasReply(m.hdr.Request):
+	case hasReply(m.hdr.Request) || p.logBaseReply(m.hdr.Request):
 		if herr != nil {
 			return herr // the front-end waits for a payload we cannot give
 		}
@@ -444,6 +451,52 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		}
 		p.refresh()
 		return nil, nil
+
+	case ReqSetLogBase:
+		size, offset, err := DecodeLogBase(pl)
+		if err != nil {
+			return nil, err
+		}
+		if p.dev.protocol&ProtocolFLogShmfd == 0 {
+			return nil, fmt.Errorf("LOG_SHMFD protocol feature not negotiated")
+		}
+		if len(m.fds) != 1 {
+			return nil, fmt.Errorf("%d fds, want 1", len(m.fds))
+		}
+		log, err := mapLog(m.fds[0], size, offset)
+		if err != nil {
+			return nil, err
+		}
+		// Stop every worker before the old log goes away; refresh hands
+		// the queues the new one.
+		p.stopAll()
+		p.dev.log.unmap()
+		p.dev.log = log
+		p.log.Info("vhost-user dirty log", "bytes", size)
+		p.refresh()
+		return nil, nil // the fd is closed by the caller; the mapping stays
+
+	case ReqSetLogFD:
+		// The front-end's log-change eventfd: vmq never resizes the log
+		// itself, so it only keeps it.
+		if len(m.fds) != 1 {
+			return nil, fmt.Errorf("%d fds, want 1", len(m.fds))
+		}
+		closeFD(&p.dev.logFD)
+		p.dev.logFD, m.fds[0] = m.fds[0], -1
+		return nil, nil
+
+	case ReqSendRARP:
+		v, err := DecodeU64(pl)
+		if err != nil {
+			return nil, err
+		}
+		if p.dev.protocol&ProtocolFRARP == 0 {
+			return nil, fmt.Errorf("RARP protocol feature not negotiated")
+		}
+		var b [8]byte
+		EncodeU64(b[:], v)
+		return nil, p.announce(net.HardwareAddr(b[:6]))
 
 	case ReqNetSetMTU:
 		v, err := DecodeU64(pl)

@@ -160,7 +160,7 @@ const (
 	NetConfigMaxQPairsOff        = 8
 	NetConfigMTUOff              = 10
 	NetConfigLen                 = 12
-	VringFlagLog                 = 1 // VringAddr.Flags: log dirty pages (unsupported by vmq)
+	VringFlagLog                 = 1 // VringAddr.Flags: log the used ring at VringAddr.Log
 	ReplyFlags                   = FlagReply | FlagVersion
 	ReplyAckOK            uint64 = 0
 	ReplyAckFailed        uint64 = 1

@@ -38,6 +38,25 @@ type Handler interface {
 	DeviceBroken(p *Port, reason string)
 }
 
+// Announcer is an optional interface of a Handler: the front-end asked
+// the back-end to announce the guest's MAC to the network (SEND_RARP,
+// sent by QEMU after a migration for a guest without GUEST_ANNOUNCE).
+// It is called from the port's control goroutine; mac is a copy.
+type Announcer interface {
+	Announce(p *Port, mac net.HardwareAddr) error
+}
+
+// Disconnecter is an optional interface of a Handler: the front-end's
+// connection ended (its queues were stopped first).
+type Disconnecter interface {
+	Disconnected(p *Port)
+}
+
+// announceEvery bounds the announcements a front-end can ask for: QEMU
+// sends one per announce round (50 ms apart and more); a guest asking
+// faster could flood the wire with broadcasts.
+const announceEvery = 20 * time.Millisecond
+
 // Config configures a port.
 type Config struct {
 	MAC        net.HardwareAddr // the guest's MAC in config space (VIRTIO_NET_F_MAC)
@@ -76,13 +95,14 @@ type Config struct {
 // DefaultFeatures are the virtio features a port offers by default.
 const DefaultFeatures = virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFEventIdx |
 	virtio.RingFIndirectDesc | virtio.NetFMQ | virtio.NetFMAC | virtio.NetFStatus |
-	virtio.FProtocolFeatures
+	virtio.FProtocolFeatures | FeatureLogAll
 
 // supportedFeatures bounds Config.Features: what the back-end implements.
 const supportedFeatures = DefaultFeatures | virtio.NetFMTU
 
 // offeredProtocol are the protocol features the back-end implements.
-const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig
+const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig |
+	ProtocolFLogShmfd | ProtocolFRARP
 
 // DefaultMessageTimeout is Config.MessageTimeout's default.
 const DefaultMessageTimeout = 5 * time.Second
@@ -132,6 +152,8 @@ type device struct {
 	status   uint8
 	mtu      uint64
 	mem      *memTable
+	log      *dirtyLog // SET_LOG_BASE; used while features have FeatureLogAll
+	logFD    int       // SET_LOG_FD, kept until replaced or reset; never written
 }
 
 // Port is one vhost-user device: a socket, its front-end connection and
@@ -161,6 +183,7 @@ type Port struct {
 	// Rate limits of the log lines a front-end causes: its comings and
 	// goings, and its faults (apart, so a reconnect does not hide why).
 	connLog, faultLog logLimit
+	lastAnnounce      time.Time // control goroutine
 
 	rbuf [HeaderLen + MaxPayloadLen]byte
 	oob  []byte
@@ -238,6 +261,7 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		q.nt = p.nt
 	}
 	p.state = PortState{Path: path, Mode: mode, QueuePairs: cfg.QueuePairs}
+	p.dev.logFD = -1
 	return p, nil
 }
 
@@ -453,26 +477,30 @@ func (p *Port) dialLoop() {
 	defer close(p.done)
 	guardFaults()
 	backoff := p.cfg.ReconnectMin
+	// wait sleeps out the backoff and doubles it; false: the port closed.
+	wait := func() bool {
+		select {
+		case <-p.closing:
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, p.cfg.ReconnectMax)
+		return true
+	}
 	for !p.isClosing() {
 		c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: p.path, Net: "unix"})
 		if err != nil {
 			p.log.Debug("vhost-user connect failed", "err", err, "retry_in", backoff)
-			select {
-			case <-p.closing:
+			if !wait() {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
 		if err := p.serveConn(c); err != nil {
 			// A rejected peer: retry no faster than a failed connect.
-			select {
-			case <-p.closing:
+			if !wait() {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, p.cfg.ReconnectMax)
 			continue
 		}
 		backoff = p.cfg.ReconnectMin
@@ -527,6 +555,9 @@ func (p *Port) serveConn(c *net.UnixConn) error {
 	p.mu.Unlock()
 	c.Close()
 	p.publishState()
+	if d, ok := p.h.(Disconnecter); ok && !p.isClosing() {
+		d.Disconnected(p)
+	}
 	return nil
 }
 
@@ -588,6 +619,23 @@ func (p *Port) logGuest(l *logLimit, level slog.Level, msg string, args ...any) 
 	}
 	l.mu.Unlock()
 	p.log.Log(context.Background(), level, msg, args...)
+}
+
+// announce passes a SEND_RARP to the handler, rate-limited.
+func (p *Port) announce(mac net.HardwareAddr) error {
+	a, ok := p.h.(Announcer)
+	if !ok {
+		return errors.New("announce: not supported by the handler")
+	}
+	now := time.Now()
+	if now.Sub(p.lastAnnounce) < announceEvery {
+		return fmt.Errorf("announce: more than one per %v", announceEvery)
+	}
+	p.lastAnnounce = now
+	if err := a.Announce(p, slices.Clone(mac)); err != nil {
+		return fmt.Errorf("announce %v: %w", mac, err)
+	}
+	return nil
 }
 
 // publishState copies the control state into p.state for State().
@@ -665,6 +713,13 @@ func (p *Port) refresh() {
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
 			return
 		}
+		q.bufLog, q.usedLog, q.usedLogAddr = nil, nil, 0
+		if p.dev.features&FeatureLogAll != 0 && p.dev.log != nil {
+			q.bufLog = p.dev.log
+			if c.addr.Flags&VringFlagLog != 0 {
+				q.usedLog, q.usedLogAddr = p.dev.log, c.addr.Log
+			}
+		}
 		if err := startQueue(q, c.base); err != nil {
 			c.brokenOn = true
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
@@ -718,9 +773,12 @@ func (p *Port) resetDevice() {
 		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
 		q.kickFD, q.callFD = -1, -1
 		q.mem, q.desc, q.avail, q.used = nil, nil, nil, nil
+		q.bufLog, q.usedLog = nil, nil
 	}
 	p.dev.mem.unmap()
-	p.dev = device{}
+	p.dev.log.unmap()
+	closeFD(&p.dev.logFD)
+	p.dev = device{logFD: -1}
 	if p.brokenFlag.Swap(false) {
 		p.mu.Lock()
 		p.state.Broken = ""

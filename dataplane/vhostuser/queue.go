@@ -116,6 +116,11 @@ type Queue struct {
 	kickFD    int
 	callFD    int       // written by the notifier only; see notifier
 	nt        *notifier // nil: calls are requested but nobody writes them
+	// Dirty logging while the front-end migrates the guest (nil: off):
+	// bufLog for the receive buffers written, usedLog for the used ring
+	// at usedLogAddr (VHOST_VRING_F_LOG).
+	bufLog, usedLog *dirtyLog
+	usedLogAddr     uint64
 
 	// Data-path state, owned by the worker.
 	lastAvail uint16 // next avail entry to consume
@@ -457,6 +462,9 @@ func (q *Queue) Push(frame []byte) error {
 				addr += uint64(len(b))
 				l -= uint32(len(b))
 			}
+			if q.bufLog != nil { // migrating: the bytes of this descriptor
+				q.bufLog.mark(d.addr, addr-d.addr)
+			}
 		}
 		q.putUsed(head, uint32(chainLen))
 		nbufs++
@@ -594,6 +602,9 @@ func (q *Queue) Flush() {
 		// The atomic store orders the used elements before the index and,
 		// being a full barrier, the index before the reads below.
 		atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+		if q.usedLog != nil {
+			q.logUsedEntries(old, q.usedPub)
+		}
 		if q.callFD >= 0 && q.needCall(old, q.usedPub) {
 			q.requestCall()
 		}
@@ -637,6 +648,9 @@ func (q *Queue) DisableNotify() {
 	}
 	q.usedFlags |= virtio.UsedFNoNotify
 	atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+	if q.usedLog != nil {
+		q.logUsed(0, 4)
+	}
 }
 
 // EnableNotify asks the guest to kick on its next buffer and reports
@@ -655,6 +669,12 @@ func (q *Queue) EnableNotify() (pending bool, err error) {
 	q.usedFlags &^= virtio.UsedFNoNotify
 	// Full barrier: the guest must see the request before we re-read avail.idx.
 	atomicStore32(q.used, 0, uint32(q.usedFlags)|uint32(q.usedPub)<<16)
+	if q.usedLog != nil {
+		q.logUsed(0, 4)
+		if q.eventIdx {
+			q.logUsed(q.availEvt, 2)
+		}
+	}
 	q.availIdx = q.lastAvail
 	return q.haveAvail()
 }

@@ -38,3 +38,9 @@ func readNoWait(fd int, b *[8]byte) (int, unix.Errno) {
 	}
 	return int(n), 0
 }
+
+// atomicOr32 sets bits in the aligned word at b[off:off+4] (the dirty
+// log, which the front-end clears with atomic exchanges).
+func atomicOr32(b []byte, off int, v uint32) {
+	atomic.OrUint32((*uint32)(unsafe.Pointer(&b[off:][:4][0])), v)
+}

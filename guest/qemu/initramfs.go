@@ -141,6 +141,9 @@ type Initramfs struct {
 	Busybox string   // a statically linked busybox binary
 	Modules []string // kernel module files, in load order
 	Init    string   // the /init shell script (run by busybox sh)
+	// Extra are more files (e.g. a static test program under bin/);
+	// their directories must exist.
+	Extra []File
 }
 
 // Files lays the initramfs out: busybox as /bin/busybox with /bin/sh, the
@@ -184,7 +187,7 @@ func (r Initramfs) Files() ([]File, error) {
 		}
 		files = append(files, File{Name: "lib/modules/" + base, Mode: ModeRegular | 0o644, Data: data})
 	}
-	return files, nil
+	return append(files, r.Extra...), nil
 }
 
 // Write writes the initramfs archive to file.

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,8 +70,14 @@ type Config struct {
 	// Socket is the vhost-user socket. QEMU connects to it once, at
 	// start, so the backend must be listening; with Server, QEMU listens
 	// and waits (in its startup) for the backend to connect.
-	Socket     string
-	Server     bool
+	Socket string
+	Server bool
+	// Reconnect, with Server off, makes QEMU reconnect to a backend that
+	// went away (the chardev's reconnect=SECONDS), e.g. a restarted vmqd.
+	Reconnect int
+	// Reboot lets a guest reset (system_reset, reboot) restart the
+	// guest; by default QEMU exits on a reset (-no-reboot).
+	Reboot     bool
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
 	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
@@ -123,6 +130,8 @@ func (cfg Config) Args() []string {
 	chardev := "socket,id=chr0,path=" + cfg.Socket
 	if cfg.Server {
 		chardev += ",server=on,wait=off"
+	} else if cfg.Reconnect > 0 {
+		chardev += fmt.Sprintf(",reconnect=%d", cfg.Reconnect)
 	}
 	args := []string{
 		"-name", "vmq-guest", "-nodefaults", "-no-user-config", "-no-reboot",
@@ -136,6 +145,9 @@ func (cfg Config) Args() []string {
 		"-device", dev,
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", strings.TrimSpace(cmdline),
 		"-display", "none", "-serial", "stdio",
+	}
+	if cfg.Reboot {
+		args = slices.DeleteFunc(args, func(a string) bool { return a == "-no-reboot" })
 	}
 	return append(args, cfg.Extra...)
 }
