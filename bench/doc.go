@@ -1,18 +1,26 @@
-// Package bench is vmq's benchmark suite: on one veth pair, with one
-// generator and the same frame sizes, it measures
+// Package bench is vmq's benchmark suite: the same work on both systems.
+// On one veth pair (the "NIC" in a host namespace, its peer as the wire)
+// the switch under test is either
 //
-//   - the ceiling: an XDP_DROP sink on the NIC veth;
-//   - vmq: NIC → VMQ filter → AF_XDP → dataplane worker → vhost-user → Go guest;
-//   - DPDK: dpdk-testpmd forwarding net_af_xdp ↔ net_vhost to a
-//     net_virtio_user testpmd guest;
+//   - vmq: the vmqd binary (XDP filter → AF_XDP → worker → vhost-user), or
+//   - DPDK: dpdk-testpmd forwarding (io) net_af_xdp ↔ net_vhost, or
+//     net_vhost ↔ net_vhost for VM → VM,
 //
-// in both directions (wire → guest, guest → wire), and vmq's scaling with
-// the number of VMs on one queue. BenchmarkSuite (suite_test.go) runs it;
-// this file's siblings hold what the suite needs outside the test binary:
-// CPU accounting from /proc, CPU pinning, and the report (markdown, JSON,
-// PNG chart).
+// each pinned to the same CPU, facing the same processes: vmq-pktgen on
+// the wire, DPDK testpmd net_virtio_user guests (rxonly, txonly) and
+// vmq-guest. It measures RX (wire → guest), TX (guest → wire) and VM → VM
+// at each frame size in every placement two CPUs allow; the delivered
+// rate at overload; the switch's busy time per frame (DPDK's
+// --record-core-cycles, vmq's worker counters) and CPU time from /proc;
+// and the zero-loss rate (RFC 2544 binary search).
 //
-//	go test -run '^$' -bench Suite -benchtime 1x -timeout 20m ./bench
+// BenchmarkSuite (suite_test.go) runs it; this package's non-test files
+// hold the logic that is unit-tested: the plan of cases, the search, the
+// reading of vmq's cost, /proc accounting and the report (markdown, JSON
+// and the README's table).
+//
+//	make bench
+//	go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench
 //
 // The suite writes results/bench-<date>/ at the module root.
 package bench

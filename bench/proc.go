@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,15 +71,6 @@ func ProcessCPU(pid int) (CPUTimes, error) {
 	return ParseStat(b)
 }
 
-// ThreadCPU returns the CPU time of thread tid of this process.
-func ThreadCPU(tid int) (CPUTimes, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
-	if err != nil {
-		return CPUTimes{}, fmt.Errorf("cpu time of thread %d: %w", tid, err)
-	}
-	return ParseStat(b)
-}
-
 // SelfCPU is getrusage(RUSAGE_SELF): finer-grained than /proc (µs, not
 // 10 ms ticks), for this process.
 func SelfCPU() (CPUTimes, error) {
@@ -89,41 +79,6 @@ func SelfCPU() (CPUTimes, error) {
 		return CPUTimes{}, fmt.Errorf("getrusage: %w", err)
 	}
 	return CPUTimes{User: time.Duration(ru.Utime.Nano()), System: time.Duration(ru.Stime.Nano())}, nil
-}
-
-// CPUSet builds an affinity mask of the given CPUs.
-func CPUSet(cpus ...int) unix.CPUSet {
-	var s unix.CPUSet
-	for _, c := range cpus {
-		s.Set(c)
-	}
-	return s
-}
-
-// PinProcess sets the affinity of every thread of this process. Threads
-// created later inherit the mask of the thread that creates them, so this
-// pins the Go runtime's future threads too (except those spawned by a
-// thread pinned elsewhere).
-func PinProcess(set unix.CPUSet) error { return PinProcessExcept(set) }
-
-// PinProcessExcept is PinProcess leaving the threads in except alone.
-func PinProcessExcept(set unix.CPUSet, except ...int) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return fmt.Errorf("pin process: %w", err)
-	}
-	var errs []error
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil || slices.Contains(except, tid) {
-			continue
-		}
-		// A thread may exit between the listing and the call.
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("pin thread %d: %w", tid, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // OnlineCPUs is the number of CPUs this thread may run on.

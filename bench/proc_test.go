@@ -32,6 +32,8 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
+var sink int
+
 func TestProcessCPUAdvances(t *testing.T) {
 	a, err := SelfCPU()
 	if err != nil {
@@ -41,19 +43,24 @@ func TestProcessCPUAdvances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Burn 60ms of CPU: both clocks must see it (/proc has 10ms ticks).
-	deadline := time.Now().Add(60 * time.Millisecond)
-	x := 0
-	for time.Now().Before(deadline) {
-		x++
+	// Spin until getrusage has seen 60ms of CPU (wall time would make this
+	// fail on a loaded machine): /proc, with 10ms ticks, must follow.
+	for d := time.Duration(0); d < 60*time.Millisecond; {
+		for range 1 << 20 {
+			sink++
+		}
+		b, err := SelfCPU()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = b.Sub(a).Total()
 	}
-	b, _ := SelfCPU()
-	p1, _ := ProcessCPU(0)
-	if d := b.Sub(a).Total(); d < 30*time.Millisecond {
-		t.Errorf("getrusage advanced %v over 60ms of spinning", d)
+	p1, err := ProcessCPU(0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d := p1.Sub(p0).Total(); d < 20*time.Millisecond {
-		t.Errorf("/proc/self/stat advanced %v over 60ms of spinning", d)
+	if d := p1.Sub(p0).Total(); d < 30*time.Millisecond {
+		t.Errorf("/proc/self/stat advanced %v while getrusage saw 60ms", d)
 	}
 	if _, err := ProcessCPU(-1); err == nil {
 		t.Error("pid -1 has a CPU time")

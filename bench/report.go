@@ -3,170 +3,246 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 )
 
-// Direction of a measurement.
-const (
-	RX = "rx" // wire → guest
-	TX = "tx" // guest → wire
-)
-
-// Systems measured.
-const (
-	Ceiling = "ceiling" // XDP_DROP on the NIC veth
-	VMQ     = "vmq"
-	DPDK    = "dpdk"
-)
-
-// Point is one measurement.
+// Point is one system's measurement of one case at one frame size, with
+// the source sending as fast as it can (overload).
 type Point struct {
-	Dir    string `json:"dir"`
+	Case
+	Size   int    `json:"frame_size"` // bytes on the wire without FCS
 	System string `json:"system"`
-	Size   int    `json:"frame_size"` // frame length without FCS, as sent
-	VMs    int    `json:"vms"`        // MACs (VMs) the traffic is spread over
-	// OfferedMpps is the source's rate during the window (generator or
-	// sending guest); DeliveredMpps what reached the receiver in it.
+	// Seconds the source sent for; Sent and Received frames over the whole
+	// run (counted after the path drained).
+	Seconds  float64 `json:"seconds"`
+	Sent     uint64  `json:"sent"`
+	Received uint64  `json:"received"`
+	// OfferedMpps = Sent/Seconds, DeliveredMpps = Received/Seconds.
 	OfferedMpps   float64 `json:"offered_mpps"`
 	DeliveredMpps float64 `json:"delivered_mpps"`
-	// LossPct is 100*(1 - received/sent) over the whole run (warm-up
-	// included), counted after the path drained.
-	LossPct float64 `json:"loss_pct"`
-	// Latency from the sender's timestamp to the guest, over the whole
-	// run; -1 when not measured.
-	P50 time.Duration `json:"latency_p50_ns"`
-	P99 time.Duration `json:"latency_p99_ns"`
-	// CPUSeconds is the CPU time (user+system) of the system under test
-	// in the window; CPUPerMpkt that divided by the million frames
-	// delivered in it. -1 when not measured.
-	CPUSeconds float64 `json:"cpu_seconds"`
-	CPUPerMpkt float64 `json:"cpu_seconds_per_mpkt"`
-	// OthersCPU is the share of the window (0..1) that the system under
-	// test's CPU spent on anything but the system under test: other
-	// processes on a shared machine. SrcCPUBusy is how busy the traffic
-	// source's CPU was (0..1).
-	OthersCPU  float64 `json:"others_on_sut_cpu"`
-	SrcCPUBusy float64 `json:"src_cpu_busy"`
-	// Rounds are the delivered Mpps of every round; the point is the median.
-	Rounds []float64 `json:"rounds_mpps,omitempty"`
-	// Window is the measured interval.
-	Window time.Duration `json:"window_ns"`
-	Note   string        `json:"note,omitempty"`
-	Err    string        `json:"error,omitempty"`
+	LossPct       float64 `json:"loss_pct"`
+	// BusyNSPerFrame is the switch's forwarding core's time in iterations
+	// that moved frames ÷ frames moved (DPDK: --record-core-cycles at its
+	// TSC frequency; vmq: the worker's counters, BusyHow says which). -1
+	// when not measured.
+	BusyNSPerFrame float64 `json:"busy_ns_per_frame"`
+	BusyHow        string  `json:"busy_how"`
+	// SUTCPU is the switch's processes' CPU time from /proc per second of
+	// the run (1 = one CPU); CPUNSPerFrame that time ÷ frames received.
+	SUTCPU        float64 `json:"sut_cpu"`
+	CPUNSPerFrame float64 `json:"sut_cpu_ns_per_frame"`
+	// SourceCPU and ReceiverCPU: the guests' and generator's processes, as
+	// SUTCPU (the wire sink and the generator's kernel work are in the
+	// sender's time).
+	SourceCPU   float64 `json:"source_cpu"`
+	ReceiverCPU float64 `json:"receiver_cpu"`
+	// OthersCPU is each CPU's busy time from /proc/stat not spent in this
+	// run's processes, per second: other work on a shared machine.
+	OthersCPU [2]float64 `json:"others_cpu"`
+	LoadAvg   string     `json:"loadavg"`
+	Note      string     `json:"note,omitempty"`
+	Err       string     `json:"error,omitempty"`
 }
 
-// Key names a point's shape without its system.
-func (p Point) Key() string { return fmt.Sprintf("%s/%d/%d", p.Dir, p.Size, p.VMs) }
+// ZeroLossPoint is one system's zero-loss search of one case.
+type ZeroLossPoint struct {
+	Case
+	Size   int    `json:"frame_size"`
+	System string `json:"system"`
+	Search
+	// TopMpps is where the search started: the delivered rate at
+	// overload in this run, raised by a tenth.
+	TopMpps float64 `json:"top_mpps"`
+	LoadAvg string  `json:"loadavg"`
+	Err     string  `json:"error,omitempty"`
+}
 
-// Report is a whole suite run.
+// Report is a whole run.
 type Report struct {
+	Command  string    `json:"command"`
 	Started  time.Time `json:"started"`
+	Duration string    `json:"duration"`
 	Host     string    `json:"host"`
 	Kernel   string    `json:"kernel"`
 	CPUs     int       `json:"cpus"`
-	Shape    string    `json:"shape"` // how work was placed on CPUs
-	Duration string    `json:"duration"`
-	// LoadAvg is /proc/loadavg at the start and the end: the machine may
-	// be shared.
-	LoadAvg [2]string `json:"loadavg"`
-	Points  []Point   `json:"points"`
-	Ratios  []Ratio   `json:"ratios"`
+	// TSCMHz is the TSC frequency DPDK measured (testpmd prints it with
+	// the core cycles); DPDK's cycles are converted with it.
+	TSCMHz uint64 `json:"tsc_mhz"`
+	// LoadAvg is /proc/loadavg at the start and the end.
+	LoadAvg  [2]string       `json:"loadavg"`
+	Settings string          `json:"settings"`
+	Points   []Point         `json:"points"`
+	ZeroLoss []ZeroLossPoint `json:"zero_loss"`
 }
 
-// Ratio compares vmq with DPDK and with the ceiling at one shape.
-type Ratio struct {
-	Key         string  `json:"key"`
-	VMQOverDPDK float64 `json:"vmq_over_dpdk"`    // delivered Mpps; NaN-free: 0 when unknown
-	VMQOverCeil float64 `json:"vmq_over_ceiling"` // delivered Mpps; 0 when unknown
-	CPUVsDPDK   float64 `json:"vmq_cpu_over_dpdk_cpu"`
-}
-
-// find returns the point of system at key.
-func (r *Report) find(system, key string) (Point, bool) {
+// Failed lists every measurement that failed.
+func (r *Report) Failed() []string {
+	var out []string
 	for _, p := range r.Points {
-		if p.System == system && p.Key() == key && p.Err == "" {
+		if p.Err != "" {
+			out = append(out, fmt.Sprintf("%s %d B %s: %s", p.Key(), p.Size, p.System, p.Err))
+		}
+	}
+	for _, z := range r.ZeroLoss {
+		if z.Err != "" {
+			out = append(out, fmt.Sprintf("zero-loss %s %d B %s: %s", z.Key(), z.Size, z.System, z.Err))
+		}
+	}
+	return out
+}
+
+func (r *Report) point(c Case, size int, system string) (Point, bool) {
+	for _, p := range r.Points {
+		if p.Case == c && p.Size == size && p.System == system {
 			return p, true
 		}
 	}
 	return Point{}, false
 }
 
-// ComputeRatios fills Ratios from Points: one per shape that vmq measured.
-func (r *Report) ComputeRatios() {
-	r.Ratios = nil
+// pairs are the (case, size) shapes in the order first measured.
+func (r *Report) pairs() []Point {
+	var out []Point
+	seen := map[string]bool{}
 	for _, p := range r.Points {
-		if p.System != VMQ || p.Err != "" {
-			continue
+		k := fmt.Sprintf("%s/%d", p.Key(), p.Size)
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, p)
 		}
-		k := p.Key()
-		ra := Ratio{Key: k}
-		if d, ok := r.find(DPDK, k); ok {
-			ra.VMQOverDPDK = div(p.DeliveredMpps, d.DeliveredMpps)
-			if p.CPUPerMpkt > 0 && d.CPUPerMpkt > 0 {
-				ra.CPUVsDPDK = p.CPUPerMpkt / d.CPUPerMpkt
+	}
+	return out
+}
+
+// Table is the side-by-side comparison: one row per case and size, vmq
+// and DPDK measured back to back in this run. The README's table is this.
+func (r *Report) Table() string {
+	var b strings.Builder
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, k := range r.pairs() {
+		v, vok := r.point(k.Case, k.Size, VMQ)
+		d, dok := r.point(k.Case, k.Size, DPDK)
+		val := func(ok bool, p Point, f func(Point) string) string {
+			if !ok || p.Err != "" {
+				return "failed"
 			}
+			return f(p)
 		}
-		if c, ok := r.find(Ceiling, k); ok {
-			ra.VMQOverCeil = div(p.DeliveredMpps, c.DeliveredMpps)
+		mpps := func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
+		loss := func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
+		busy := func(p Point) string { return ns(p.BusyNSPerFrame) }
+		cpu := func(p Point) string { return ns(p.CPUNSPerFrame) }
+		share := func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
+		ratio := "–"
+		if vok && dok && v.Err == "" && d.Err == "" && d.DeliveredMpps > 0 {
+			ratio = fmt.Sprintf("%.2f", v.DeliveredMpps/d.DeliveredMpps)
 		}
-		r.Ratios = append(r.Ratios, ra)
+		// Others' share: the larger of the two systems' rows, the worse case.
+		var others [2]float64
+		for _, p := range []Point{v, d} {
+			others[0], others[1] = max(others[0], p.OthersCPU[0]), max(others[1], p.OthersCPU[1])
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %.0f%% / %.0f%% |\n",
+			k.Dir, k.Size, k.Placement, k.Source, k.Receiver, val(vok, v, mpps), val(dok, d, mpps), ratio,
+			val(vok, v, loss), val(dok, d, loss), val(vok, v, busy), val(dok, d, busy),
+			val(vok, v, cpu), val(dok, d, cpu), val(vok, v, share), val(dok, d, share), 100*others[0], 100*others[1])
 	}
+	return b.String()
 }
 
-func div(a, b float64) float64 {
-	if b <= 0 || math.IsNaN(a) || math.IsNaN(b) {
-		return 0
+// ZeroLossTable compares the zero-loss searches.
+func (r *Report) ZeroLossTable() string {
+	if len(r.ZeroLoss) == 0 {
+		return ""
 	}
-	return a / b
+	var b strings.Builder
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | system | zero-loss Mpps | searched from Mpps | trials (Mpps: lost) |\n")
+	b.WriteString("|---|---:|---|---|---|---:|---:|---|\n")
+	for _, z := range r.ZeroLoss {
+		res := fmt.Sprintf("%.3f", z.ZeroLossMpps)
+		if z.AtTop {
+			res = "≥ " + res
+		}
+		if z.Err != "" {
+			res = "failed"
+		}
+		var tr []string
+		for _, t := range z.Trials {
+			tr = append(tr, fmt.Sprintf("%.3f: %d", t.RateMpps, t.Lost()))
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %.3f | %s |\n",
+			z.Dir, z.Size, z.Placement, z.Source, z.Receiver, z.System, res, z.TopMpps, strings.Join(tr, ", "))
+	}
+	return b.String()
 }
 
-// Markdown renders the report as tables.
+func ns(v float64) string {
+	if v < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// Header says what ran, when, where and how loaded the machine was.
+func (r *Report) Header() string {
+	return fmt.Sprintf("Command: `%s`  \nStarted %s, took %s on %s (kernel %s, %d CPUs, TSC %d MHz as DPDK measured it); "+
+		"load average %s at the start, %s at the end.  \n%s\n",
+		r.Command, r.Started.Format("2006-01-02 15:04 MST"), r.Duration, r.Host, r.Kernel, r.CPUs, r.TSCMHz,
+		r.LoadAvg[0], r.LoadAvg[1], r.Settings)
+}
+
+// Legend explains the columns; the README carries it with the table.
+const Legend = `CPUs src/switch/dst: the CPU of the traffic source (vmq-pktgen, or the sending guest), of the
+switch under test (vmqd, or DPDK's forwarding testpmd) and of the receiving guest ("wire": an XDP_DROP
+counter on the wire end, which runs where the switch transmits). Mpps: frames received ÷ the source's
+sending time, source at full speed. Busy ns/frame: the switch's forwarding core's time in iterations
+that moved frames ÷ frames moved (DPDK: --record-core-cycles ÷ TSC; vmq: the worker's counters).
+CPU ns/frame: the switch's CPU time from /proc ÷ frames received. Switch CPU: its CPU time per second.
+Others' CPU: busy time of each CPU not spent in this run's processes (other work on the machine).`
+
+// Markdown is results.md: the header, the tables, then every point.
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# vmq benchmark %s\n\n", r.Started.Format("2006-01-02 15:04:05"))
-	fmt.Fprintf(&b, "Host %s, kernel %s, %d CPUs, suite took %s; load average %s at the start, %s at the end.\n\n%s\n\n",
-		r.Host, r.Kernel, r.CPUs, r.Duration, r.LoadAvg[0], r.LoadAvg[1], r.Shape)
-	b.WriteString("| dir | frame | VMs | system | offered Mpps | delivered Mpps | loss % | p50 | p99 | CPU s/Mpkt | others on SUT CPU | rounds (Mpps) | note |\n")
-	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
-	pts := append([]Point(nil), r.Points...)
-	order := map[string]int{Ceiling: 0, VMQ: 1, DPDK: 2}
-	sort.SliceStable(pts, func(i, j int) bool {
-		a, c := pts[i], pts[j]
-		if a.Dir != c.Dir {
-			return a.Dir < c.Dir
+	fmt.Fprintf(&b, "# vmq vs DPDK, %s\n\n%s\n", r.Started.Format("2006-01-02 15:04"), r.Header())
+	if f := r.Failed(); len(f) > 0 {
+		fmt.Fprintf(&b, "**%d measurements failed:**\n\n", len(f))
+		for _, e := range f {
+			fmt.Fprintf(&b, "- %s\n", mdEscape(e))
 		}
-		if a.VMs != c.VMs {
-			return a.VMs < c.VMs
-		}
-		if a.Size != c.Size {
-			return a.Size < c.Size
-		}
-		return order[a.System] < order[c.System]
-	})
-	for _, p := range pts {
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "## Overload\n\n%s\n%s\n", r.Table(), Legend)
+	if z := r.ZeroLossTable(); z != "" {
+		fmt.Fprintf(&b, "\n## Zero loss\n\n%s", z)
+	}
+	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
+	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|\n")
+	for _, p := range r.Points {
 		if p.Err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %d | %s | – | – | – | – | – | – | – | – | error: %s |\n",
-				p.Dir, p.Size, p.VMs, p.System, mdEscape(p.Err))
+			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s |||||||||||||||\n",
+				p.Dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, mdEscape(p.Err))
 			continue
 		}
-		rounds := make([]string, len(p.Rounds))
-		for i, r := range p.Rounds {
-			rounds[i] = fmt.Sprintf("%.3f", r)
-		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.3f | %.3f | %.2f | %s | %s | %s | %.0f%% | %s | %s |\n",
-			p.Dir, p.Size, p.VMs, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct,
-			latency(p.P50), latency(p.P99), cpu(p.CPUPerMpkt), 100*p.OthersCPU, strings.Join(rounds, " "), mdEscape(p.Note))
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %.2f | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
+			p.Dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, p.Seconds, p.Sent, p.Received,
+			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame),
+			p.SourceCPU, p.ReceiverCPU, p.OthersCPU[0], p.OthersCPU[1], p.LoadAvg, mdEscape(p.Note))
 	}
-	if len(r.Ratios) > 0 {
-		b.WriteString("\n| shape (dir/frame/VMs) | vmq/DPDK Mpps | vmq/ceiling Mpps | vmq/DPDK CPU per Mpkt |\n|---|---:|---:|---:|\n")
-		for _, ra := range r.Ratios {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", ra.Key, ratio(ra.VMQOverDPDK), ratio(ra.VMQOverCeil), ratio(ra.CPUVsDPDK))
-		}
+	return b.String()
+}
+
+// Readme is the README's Benchmarks table section, to paste between its
+// bench markers (make bench-readme does).
+func (r *Report) Readme() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n%s\n%s\n", r.Header(), r.Table(), Legend)
+	if z := r.ZeroLossTable(); z != "" {
+		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU; \"≥\": nothing lost at the fastest the source "+
+			"managed, so the source, not the switch, set the rate):\n\n%s", z)
 	}
 	return b.String()
 }
@@ -175,31 +251,7 @@ func mdEscape(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ")
 }
 
-func latency(d time.Duration) string {
-	if d < 0 {
-		return "n/a"
-	}
-	if d < time.Millisecond {
-		return fmt.Sprintf("%.1fµs", float64(d)/1e3)
-	}
-	return fmt.Sprintf("%.2fms", float64(d)/1e6)
-}
-
-func cpu(v float64) string {
-	if v < 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.3f", v)
-}
-
-func ratio(v float64) string {
-	if v <= 0 {
-		return "–"
-	}
-	return fmt.Sprintf("%.2f", v)
-}
-
-// Write stores results.md, results.json and results.png in dir.
+// Write stores results.md, results.json and readme.md in dir.
 func (r *Report) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write report: %w", err)
@@ -208,60 +260,11 @@ func (r *Report) Write(dir string) error {
 	if err != nil {
 		return fmt.Errorf("write report: encode JSON: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.Markdown()), 0o644); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	f, err := os.Create(filepath.Join(dir, "results.png"))
-	if err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := r.Chart().Encode(f); err != nil {
-		f.Close()
-		return fmt.Errorf("write report: chart: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write report: %w", err)
+	for name, body := range map[string][]byte{"results.json": append(js, '\n'),
+		"results.md": []byte(r.Markdown()), "readme.md": []byte(r.Readme())} {
+		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
 	}
 	return nil
-}
-
-// Median merges the rounds of one system at one shape: the round with the
-// median delivered rate stands for all, with every round's rate in Rounds.
-// Failed rounds count only if all failed.
-func Median(rounds []Point) Point {
-	var ok []Point
-	for _, p := range rounds {
-		if p.Err == "" {
-			ok = append(ok, p)
-		}
-	}
-	if len(ok) == 0 {
-		if len(rounds) == 0 {
-			return Point{Err: "no rounds"}
-		}
-		return rounds[0]
-	}
-	sorted := append([]Point(nil), ok...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].DeliveredMpps < sorted[j].DeliveredMpps })
-	m := sorted[(len(sorted)-1)/2]
-	m.Rounds = nil
-	for _, p := range ok {
-		m.Rounds = append(m.Rounds, p.DeliveredMpps)
-	}
-	if n := len(rounds) - len(ok); n > 0 {
-		m.Note = strings.TrimSpace(fmt.Sprintf("%s; %d failed rounds: %s", m.Note, n, firstErr(rounds)))
-	}
-	return m
-}
-
-func firstErr(ps []Point) string {
-	for _, p := range ps {
-		if p.Err != "" {
-			return p.Err
-		}
-	}
-	return ""
 }

@@ -1,15 +1,13 @@
 package bench
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,36 +17,24 @@ import (
 
 	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
-	"github.com/vmq/vmq/pktgen"
 )
 
-// CPU placement: the traffic source (generator, or the sending guest) on
-// srcCPU, the system under test on sutCPU.
-const (
-	srcCPU = 0
-	sutCPU = 1
-)
-
-// suite is one run: one veth pair (NIC in "host", its peer in "wire"), one
-// generator binary, every system measured in turn on them.
+// suite is one run: one veth pair (NIC in "host", its peer in "wire"),
+// the binaries, and the report being filled.
 type suite struct {
 	b          *testing.B
+	bed        *testbed.Bed
 	host, wire *netnstest.NS
 	nic, peer  netnstest.Link
-	pktgenBin  string
 	dir        string
-	warm, win  time.Duration
-	ring       int
+	bin        struct{ vmqd, pktgen, guest string }
 	stream     uint32
+	dur        time.Duration // a full-speed trial
+	zlWindow   time.Duration // a zero-loss trial
+	zlPrec     float64
 	report     Report
-	runs       map[string][]Point // rounds by system/shape
-	order      []string
-	// split (VMQ_BENCH_LAYOUT=split) puts the receiving guest on the
-	// source CPU, so the SUT CPU runs only the switch: vmq's worker, or
-	// DPDK's forwarding testpmd. The default shares the SUT CPU between
-	// the switch and the guest.
-	split bool
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -58,121 +44,126 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-func envInts(name string, def []int) []int {
+func envFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envList(name string, def string) []string {
 	v := os.Getenv(name)
 	if v == "" {
-		return def
+		v = def
 	}
-	var out []int
+	var out []string
 	for _, f := range strings.Split(v, ",") {
-		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
-			out = append(out, n)
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
 		}
 	}
 	return out
 }
 
-// BenchmarkSuite runs the whole comparison once (it ignores b.N: one run
-// takes minutes) and writes results/bench-<date>/ at the module root.
+// frameSizes parses sizes, raising each to the 66 bytes that hold
+// vmq-pktgen's 24-byte stamp (so "64" runs as 66 on every side).
+func frameSizes(list []string) ([]int, error) {
+	var out []int
+	for _, f := range list {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 60 || n > 1514 {
+			return nil, fmt.Errorf("frame size %q: want 60..1514", f)
+		}
+		out = append(out, max(n, frontend.MinUDPFrame))
+	}
+	return out, nil
+}
+
+// BenchmarkSuite runs the whole comparison once (it ignores b.N: a run
+// takes about a quarter of an hour) and writes results/bench-<date>/ at
+// the module root: results.md, results.json and readme.md (the README's
+// table). Every measurement that fails fails the benchmark.
 //
-//	go test -run '^$' -bench Suite -benchtime 1x -timeout 20m ./bench
+//	go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench
 //
-// Knobs: VMQ_BENCH_WINDOW (default 3s measured per point, after
-// VMQ_BENCH_WARMUP, default 1s), VMQ_BENCH_SIZES (default 64,512,1514),
-// VMQ_BENCH_VMS (default 1,8,64,256), VMQ_BENCH_SKIP (comma list of
-// ceiling,vmq,dpdk,tx,scale), VMQ_BENCH_ROUNDS (default 3: the median
-// is reported; the VM scaling runs once), VMQ_BENCH_OUT (results directory).
+// Knobs: VMQ_BENCH_DIRS (rx,tx,vm2vm), VMQ_BENCH_SIZES (64,512,1514),
+// VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64,1514:
+// the sizes that get a zero-loss search; "none" for none),
+// VMQ_BENCH_ZL_WINDOW (10s, one zero-loss trial), VMQ_BENCH_ZL_PRECISION
+// (0.05: the search stops when its bounds are closer than this share of
+// where it started), VMQ_BENCH_OUT (results directory).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
-		testenv.Skip(b, "needs 2 CPUs (generator and system under test apart)")
+		b.Fatal("the suite needs 2 CPUs")
 	}
-	testenv.RequireCommand(b, "taskset")
-	s := &suite{b: b, dir: b.TempDir(), ring: 1024, runs: map[string][]Point{},
-		warm: envDuration("VMQ_BENCH_WARMUP", time.Second), win: envDuration("VMQ_BENCH_WINDOW", 3*time.Second)}
-	skip := map[string]bool{}
-	for _, k := range strings.Split(os.Getenv("VMQ_BENCH_SKIP"), ",") {
-		skip[strings.TrimSpace(k)] = true
+	for _, c := range []string{"taskset", "dpdk-testpmd", "stdbuf", "ethtool"} {
+		if _, err := exec.LookPath(c); err != nil {
+			b.Fatalf("the suite needs %s: %v", c, err)
+		}
 	}
-	s.split = os.Getenv("VMQ_BENCH_LAYOUT") == "split"
-	sizes := envInts("VMQ_BENCH_SIZES", []int{64, 512, 1514})
-	vmCounts := envInts("VMQ_BENCH_VMS", []int{1, 8, 64, 256})
+	dirs := envList("VMQ_BENCH_DIRS", "rx,tx,vm2vm")
+	for _, d := range dirs {
+		if d != RX && d != TX && d != VM2VM {
+			b.Fatalf("VMQ_BENCH_DIRS: unknown direction %q", d)
+		}
+	}
+	sizes, err := frameSizes(envList("VMQ_BENCH_SIZES", "64,512,1514"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var zlSizes []int
+	if zl := envList("VMQ_BENCH_ZL_SIZES", "64,1514"); !slices.Equal(zl, []string{"none"}) {
+		if zlSizes, err = frameSizes(zl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s := &suite{b: b, dir: b.TempDir(), dur: envDuration("VMQ_BENCH_DURATION", 3*time.Second),
+		zlWindow: envDuration("VMQ_BENCH_ZL_WINDOW", 10*time.Second), zlPrec: envFloat("VMQ_BENCH_ZL_PRECISION", 0.05)}
 	start := time.Now()
-	s.report = Report{Started: start, CPUs: OnlineCPUs(), Kernel: kernelRelease(),
-		Shape: fmt.Sprintf("Traffic source on CPU %d (vmq-pktgen XDP live frames; for TX the sending guest), "+
-			"system under test on CPU %d (rx: vmq's whole process, i.e. worker + Go guest, vs both testpmds; "+
-			"tx: vmq's process minus the sending guest's thread vs the forwarding testpmd). "+
-			"One NIC queue, vhost-user rings of %d. Delivered Mpps over a %v window after %v warm-up; "+
-			"frame sizes below 66 are raised to 66 (the 24-byte pktgen payload).", srcCPU, sutCPU, s.ring, s.win, s.warm)}
-	if s.split {
-		s.report.Shape += fmt.Sprintf(" Layout split: in rx the receiving guest (vmq's Go guest thread, DPDK's virtio_user testpmd) "+
-			"runs on CPU %d with the generator, and only the switch is measured on CPU %d.", srcCPU, sutCPU)
+	cmd := os.Getenv("VMQ_BENCH_COMMAND") // make bench says so
+	if cmd == "" {
+		cmd = "go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench"
 	}
+	for _, e := range os.Environ() {
+		if strings.HasPrefix(e, "VMQ_BENCH_") && !strings.HasPrefix(e, "VMQ_BENCH_COMMAND=") && !strings.HasPrefix(e, "VMQ_BENCH_OUT=") {
+			cmd = e + " " + cmd
+		}
+	}
+	s.report = Report{Command: cmd, Started: start, CPUs: OnlineCPUs(), Kernel: kernelRelease(),
+		Settings: fmt.Sprintf("Directions %s; frames %v B (64 runs as 66: vmq-pktgen's stamp); full-speed trials of %v; "+
+			"zero-loss search at %v B, %v per trial, precision %.0f%% of the start rate. One NIC queue (veth, AF_XDP copy mode), "+
+			"vhost-user rings of 1024, vmqd's default settings, testpmd io forwarding with 1024-entry rings.",
+			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlWindow, 100*s.zlPrec)}
 	s.report.Host, _ = os.Hostname()
 	s.report.LoadAvg[0] = loadavg()
 
-	s.buildPktgen()
-	s.host, s.wire = netnstest.New(b), netnstest.New(b)
-	for _, ns := range []*netnstest.NS{s.host, s.wire} {
-		ns.Run(b, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-	}
-	s.nic, s.peer = netnstest.NewVethPair(b, s.host, s.wire, netnstest.VethOptions{Queues: 1, MTU: 1500})
+	s.build()
+	// The test bed every suite shares: one NIC queue.
+	s.bed = testbed.New(b, testbed.Options{Queues: 1})
+	s.host, s.wire, s.nic, s.peer = s.bed.Host, s.bed.Wire, s.bed.NIC, s.bed.Peer
 
-	// Two Ps even when this process is pinned to one CPU: the worker and
-	// the guest are separate threads the kernel schedules, not goroutines
-	// taking turns on one P.
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
-	var all unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &all); err != nil {
-		b.Fatal(err)
+	for i, c := range Plan(dirs) {
+		// Alternate which system goes first, so drift in the machine's
+		// load hits both alike.
+		systems := []string{VMQ, DPDK}
+		if i%2 == 1 {
+			systems = []string{DPDK, VMQ}
+		}
+		for _, sys := range systems {
+			s.runCase(c, sys, sizes)
+		}
 	}
-	defer PinProcess(all)
+	for _, dir := range dirs {
+		for _, size := range zlSizes {
+			for _, sys := range []string{VMQ, DPDK} {
+				s.search(ZeroLossCase(dir), sys, size)
+			}
+		}
+	}
 
-	have := func(k string) bool { return !skip[k] }
-	rounds := envInts("VMQ_BENCH_ROUNDS", []int{3})[0]
-	for r := 0; r < rounds; r++ {
-		// Systems alternate within a round, so drift in the machine's
-		// load hits them alike.
-		for _, size := range sizes {
-			size := max(size, frontend.MinUDPFrame)
-			if have("ceiling") {
-				s.add(s.ceilingRX(size))
-			}
-			if have("vmq") {
-				s.add(s.vmqRX(size, 1))
-			}
-			if have("dpdk") {
-				s.add(s.dpdkRX(size))
-			}
-		}
-		if have("tx") {
-			for _, size := range sizes {
-				size := max(size, frontend.MinUDPFrame)
-				if have("vmq") {
-					s.add(s.vmqTX(size))
-				}
-				if have("dpdk") {
-					s.add(s.dpdkTX(size))
-				}
-			}
-		}
-	}
-	if have("scale") && have("vmq") {
-		size := max(sizes[0], frontend.MinUDPFrame)
-		for _, n := range vmCounts {
-			if n != 1 {
-				s.add(s.vmqRX(size, n))
-			}
-		}
-	}
-	for _, k := range s.order {
-		s.report.Points = append(s.report.Points, Median(s.runs[k]))
-	}
 	s.report.LoadAvg[1] = loadavg()
 	s.report.Duration = time.Since(start).Round(time.Second).String()
-	s.report.ComputeRatios()
-	md := s.report.Markdown()
-	fmt.Println(md)
 	out := os.Getenv("VMQ_BENCH_OUT")
 	if out == "" {
 		root, err := filepath.Abs("..")
@@ -184,14 +175,31 @@ func BenchmarkSuite(b *testing.B) {
 	if err := s.report.Write(out); err != nil {
 		b.Fatal(err)
 	}
+	fmt.Println(s.report.Readme())
 	fmt.Printf("results written to %s\n", out)
-	for _, ra := range s.report.Ratios {
-		if ra.Key == fmt.Sprintf("%s/%d/1", RX, max(sizes[0], frontend.MinUDPFrame)) {
-			b.ReportMetric(ra.VMQOverDPDK, "vmq/dpdk")
-			b.ReportMetric(ra.VMQOverCeil, "vmq/ceiling")
+	for _, f := range s.report.Failed() {
+		b.Errorf("measurement failed: %s", f)
+	}
+}
+
+func (s *suite) build() {
+	for _, t := range []struct {
+		dst *string
+		pkg string
+	}{{&s.bin.vmqd, "vmqd"}, {&s.bin.pktgen, "vmq-pktgen"}, {&s.bin.guest, "vmq-guest"}} {
+		*t.dst = filepath.Join(s.dir, t.pkg)
+		if out, err := exec.Command("go", "build", "-o", *t.dst, "github.com/vmq/vmq/cmd/"+t.pkg).CombinedOutput(); err != nil {
+			s.b.Fatalf("build %s: %v\n%s", t.pkg, err, out)
 		}
 	}
 }
+
+func (s *suite) next() uint32 {
+	s.stream += 1000
+	return s.stream
+}
+
+func vmMAC(i int) net.HardwareAddr { return net.HardwareAddr{2, 0x42, 0, 0, 0, byte(i + 1)} }
 
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
@@ -210,225 +218,257 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-func (s *suite) add(p Point) {
-	if p.Err != "" {
-		s.b.Logf("%s %s %d bytes %d VMs: %s", p.Dir, p.System, p.Size, p.VMs, p.Err)
-	} else {
-		s.b.Logf("%s %s %d bytes %d VMs: offered %.3f delivered %.3f Mpps, loss %.2f%%, CPU %.3f s/Mpkt, p50 %v p99 %v",
-			p.Dir, p.System, p.Size, p.VMs, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.CPUPerMpkt, p.P50, p.P99)
-	}
-	k := p.System + "/" + p.Key()
-	if _, ok := s.runs[k]; !ok {
-		s.order = append(s.order, k)
-	}
-	s.runs[k] = append(s.runs[k], p)
+// rig is one system set up for one case: the switch, the source, the
+// receiver.
+type rig struct {
+	sw  switchUT
+	src source
+	rcv receiver
 }
 
-func (s *suite) buildPktgen() {
-	s.pktgenBin = filepath.Join(s.dir, "vmq-pktgen")
-	cmd := exec.Command("go", "build", "-o", s.pktgenBin, "github.com/vmq/vmq/cmd/vmq-pktgen")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		s.b.Fatalf("build vmq-pktgen: %v\n%s", err, out)
+func (r *rig) close() {
+	for _, c := range []func(){func() {
+		if r.src != nil {
+			r.src.close()
+		}
+	}, func() {
+		if r.rcv != nil {
+			r.rcv.close()
+		}
+	}, func() {
+		if r.sw != nil {
+			r.sw.close()
+		}
+	}} {
+		c()
 	}
 }
 
-func (s *suite) nextStream() uint32 {
-	s.stream += 1000
-	return s.stream
-}
-
-// generator is one vmq-pktgen run in the wire namespace, pinned to srcCPU.
-type generator struct {
-	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr bytes.Buffer
-	done   chan error
-}
-
-type genSummary struct {
-	Sent    uint64  `json:"sent"`
-	Seconds float64 `json:"seconds"`
-	PPS     float64 `json:"pps"`
-	Error   string  `json:"error"`
-}
-
-// startGen sends frames of size to macs (rotating) for d, or count frames
-// at rate when count > 0.
-func (s *suite) startGen(macs []net.HardwareAddr, size int, stream uint32, d time.Duration, count uint64, rate float64) (*generator, error) {
-	dsts := make([]string, len(macs))
-	for i, m := range macs {
-		dsts[i] = m.String()
-	}
-	args := []string{"-c", strconv.Itoa(srcCPU), s.pktgenBin, "--netns", s.wire.Name, "--dev", s.peer.Name,
-		"--dst-mac", strings.Join(dsts, ","), "--size", strconv.Itoa(size), "--stream", strconv.FormatUint(uint64(stream), 10),
-		"--json"}
-	if count > 0 {
-		args = append(args, "--count", strconv.FormatUint(count, 10), "--rate", strconv.FormatFloat(rate, 'f', 0, 64))
-	} else {
-		args = append(args, "--duration", d.String())
-	}
-	g := &generator{done: make(chan error, 1)}
-	g.cmd = exec.Command("taskset", args...)
-	g.cmd.Stdout, g.cmd.Stderr = &g.stdout, &g.stderr
-	if err := g.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start generator: %w", err)
-	}
-	go func() { g.done <- g.cmd.Wait() }()
-	return g, nil
-}
-
-// wait returns the generator's summary.
-func (g *generator) wait() (genSummary, error) {
+// setup starts system sys for case c: the switch on its CPU, then the
+// receiver, then the source; and proves the path with one short trial.
+func (s *suite) setup(c Case, sys string) (*rig, error) {
+	r := &rig{}
 	var err error
-	select {
-	case err = <-g.done:
-	case <-time.After(30 * time.Second):
-		g.cmd.Process.Kill()
-		<-g.done
-		return genSummary{}, errors.New("generator did not finish")
+	if sys == VMQ {
+		r.sw, err = s.startVMQ(c.Dir, c.Placement.SUT)
+	} else {
+		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT)
 	}
-	var sum genSummary
-	if jerr := json.Unmarshal(g.stdout.Bytes(), &sum); jerr != nil {
-		return sum, fmt.Errorf("generator: %v, summary %q: %w; stderr %s", err, g.stdout.String(), jerr, g.stderr.String())
+	if err != nil {
+		return nil, err
 	}
-	if err != nil || sum.Error != "" {
-		return sum, fmt.Errorf("generator: %v %s; stderr %s", err, sum.Error, g.stderr.String())
+	pl := c.Placement
+	rxVM, dst := 0, vmMAC(0)
+	switch c.Dir {
+	case TX:
+		dst = s.peer.MAC
+	case VM2VM:
+		rxVM, dst = 1, vmMAC(1)
 	}
-	// A generator that cannot hold its program in the XDP dispatcher
-	// waits ~20 ms per call: it would measure itself, not the ceiling.
-	if i := strings.Index(g.stderr.String(), "warning:"); i >= 0 {
-		return sum, fmt.Errorf("generator not at full speed: %s", strings.SplitN(g.stderr.String()[i:], "\n", 2)[0])
+	switch c.Receiver {
+	case TestpmdRx:
+		r.rcv, err = s.startTestpmdGuest(pl.Dst, r.sw.socket(rxVM), vmMAC(rxVM), "rxonly", nil)
+	case GoGuest:
+		r.rcv = &goGuestReceiver{s: s, cpu: pl.Dst, sock: r.sw.socket(rxVM), mac: vmMAC(rxVM)}
+	case WireSink:
+		r.rcv, err = s.wireSink()
 	}
-	return sum, nil
-}
-
-// sample is the receiver's count, the source's count and the system under
-// test's CPU time at one instant.
-type sample struct {
-	at      time.Time
-	recv    uint64
-	sent    uint64
-	cpu     CPUTimes
-	srcCPU  CPUTimes
-	sutBusy time.Duration // the SUT CPU's busy time, all processes
-	srcBusy time.Duration // the source CPU's
-	err     error
-}
-
-// window measures between warm-up and warm-up+window of a running source:
-// it fills p's rates and CPU per Mpkt from two samples.
-// prepare, if not nil, runs after the warm-up, before the first sample.
-func (s *suite) window(p *Point, prepare func() error, read func() sample) error {
-	time.Sleep(s.warm)
-	if prepare != nil {
-		if err := prepare(); err != nil {
-			return err
+	if err == nil {
+		switch c.Source {
+		case Pktgen:
+			r.src = &pktgenSource{s: s, cpu: pl.Src, dst: dst}
+		case GoGuest:
+			r.src = &goGuestSource{s: s, cpu: pl.Src, sock: r.sw.socket(0), mac: vmMAC(0), dst: dst}
+		case TestpmdTx:
+			r.src, err = s.startTestpmdGuest(pl.Src, r.sw.socket(0), vmMAC(0), "txonly", dst)
 		}
 	}
-	a := busy(read())
-	time.Sleep(s.win)
-	z := busy(read())
-	if err := errors.Join(a.err, z.err); err != nil {
-		return err
+	if err != nil {
+		r.close()
+		return nil, err
 	}
-	dt := z.at.Sub(a.at)
-	p.Window = dt
-	recv := float64(z.recv - a.recv)
-	p.DeliveredMpps = recv / dt.Seconds() / 1e6
-	if z.sent > a.sent {
-		p.OfferedMpps = float64(z.sent-a.sent) / dt.Seconds() / 1e6
+	// A short trial: the guests are connected and frames get through.
+	if p := s.measure(c, sys, r, frontend.MinUDPFrame, 0, 0, time.Second); p.Err != "" {
+		r.close()
+		return nil, fmt.Errorf("first trial: %s", p.Err)
 	}
-	p.CPUSeconds = z.cpu.Sub(a.cpu).Total().Seconds() - z.srcCPU.Sub(a.srcCPU).Total().Seconds()
-	if os.Getenv("VMQ_BENCH_DEBUG") == "1" {
-		fmt.Fprintf(os.Stderr, "window %v: cpu %+v src %+v\n", dt, z.cpu.Sub(a.cpu), z.srcCPU.Sub(a.srcCPU))
-	}
-	p.OthersCPU = max(0, (z.sutBusy-a.sutBusy).Seconds()-p.CPUSeconds) / dt.Seconds()
-	p.SrcCPUBusy = (z.srcBusy - a.srcBusy).Seconds() / dt.Seconds()
-	p.CPUPerMpkt = -1
-	if recv > 0 {
-		p.CPUPerMpkt = p.CPUSeconds / (recv / 1e6)
-	}
-	return nil
+	return r, nil
 }
 
-// busy adds the CPUs' busy times to a sample.
-func busy(s sample) sample {
-	var e1, e2 error
-	s.sutBusy, e1 = CPUBusy(sutCPU)
-	s.srcBusy, e2 = CPUBusy(srcCPU)
-	s.err = errors.Join(s.err, e1, e2)
-	return s
-}
-
-// settle waits until count stops changing (the path drained) and returns it.
-func settle(count func() uint64) uint64 {
-	last := count()
-	for i := 0; i < 30; i++ {
-		time.Sleep(100 * time.Millisecond)
-		now := count()
-		if now == last {
-			return now
+// runCase measures case c on system sys at every size, full speed.
+func (s *suite) runCase(c Case, sys string, sizes []int) {
+	r, err := s.setup(c, sys)
+	for _, size := range sizes {
+		var p Point
+		if err != nil {
+			p = Point{Case: c, Size: size, System: sys, Err: err.Error(), LoadAvg: loadavg()}
+		} else {
+			p = s.measure(c, sys, r, size, 0, 0, s.dur)
+			if p.Err == "" && p.Received == 0 {
+				p.Err = "nothing received"
+			}
 		}
-		last = now
+		s.log(p)
+		s.report.Points = append(s.report.Points, p)
 	}
-	return last
-}
-
-func lossPct(recv, sent uint64) float64 {
-	if sent == 0 {
-		return 0
+	if r != nil {
+		r.close()
 	}
-	return 100 * (1 - float64(recv)/float64(sent))
 }
 
-func vmMAC(i int) net.HardwareAddr {
-	return net.HardwareAddr{2, 0x42, 0, 0, byte((i + 1) >> 8), byte(i + 1)}
+// log reports a point now (b.Logf only prints when the run ends).
+func (s *suite) log(p Point) {
+	if p.Err != "" {
+		fmt.Fprintf(os.Stderr, "%s %d B %s: %s\n", p.Key(), p.Size, p.System, p.Err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f; %s\n",
+		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1], p.Note)
 }
 
-// runRX runs the generator at full speed at macs for one measurement and
-// fills p from the receiver's count and the system under test's CPU.
-func (s *suite) runRX(p *Point, macs []net.HardwareAddr, recv func() uint64, cpu func() (CPUTimes, error), prepare func() error) error {
-	base := recv()
-	g, err := s.startGen(macs, p.Size, s.nextStream(), s.warm+s.win+s.win/4, 0, 0)
+// search runs the zero-loss search of case c on sys at size, from 1.1×
+// the rate delivered at overload in this run.
+func (s *suite) search(c Case, sys string, size int) {
+	z := ZeroLossPoint{Case: c, Size: size, System: sys, LoadAvg: loadavg()}
+	defer func() {
+		fmt.Fprintf(os.Stderr, "zero-loss %s %d B %s: %.3f Mpps (at top %v) %v %s\n", c.Key(), size, sys, z.ZeroLossMpps, z.AtTop, z.Trials, z.Err)
+		s.report.ZeroLoss = append(s.report.ZeroLoss, z)
+	}()
+	over, ok := s.report.point(c, size, sys)
+	if !ok || over.Err != "" || over.DeliveredMpps <= 0 {
+		z.Err = "no overload measurement of this case and size in this run to start from"
+		return
+	}
+	z.TopMpps = 1.1 * over.DeliveredMpps
+	r, err := s.setup(c, sys)
 	if err != nil {
-		return err
+		z.Err = err.Error()
+		return
 	}
-	werr := s.window(p, prepare, func() sample {
-		c, err := cpu()
-		return sample{at: time.Now(), recv: recv(), cpu: c, err: err}
-	})
-	sum, gerr := g.wait()
-	if err := errors.Join(werr, gerr); err != nil {
-		return err
-	}
-	total := settle(recv) - base
-	p.OfferedMpps = sum.PPS / 1e6
-	p.LossPct = lossPct(total, sum.Sent)
-	return nil
-}
-
-// ceilingRX: the generator into an XDP_DROP sink on the NIC.
-func (s *suite) ceilingRX(size int) Point {
-	p := Point{Dir: RX, System: Ceiling, Size: size, VMs: 1, P50: -1, P99: -1, Note: "XDP_DROP on the NIC veth"}
-	var sink *pktgen.Sink
-	err := s.host.Do(func() (err error) {
-		sink, err = pktgen.AttachSink(s.nic.Index, pktgen.SinkOptions{})
-		return err
+	defer r.close()
+	z.Search, err = ZeroLoss(z.TopMpps, s.zlPrec, func(rate float64) (Trial, error) {
+		pps := rate * 1e6
+		count := uint64(pps * s.zlWindow.Seconds())
+		p := s.measure(c, sys, r, size, pps, count, s.zlWindow)
+		if p.Err != "" {
+			return Trial{}, errors.New(p.Err)
+		}
+		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note}, nil
 	})
 	if err != nil {
+		z.Err = err.Error()
+	}
+}
+
+// cpuSample is the CPU state at one instant.
+type cpuSample struct {
+	at       time.Time
+	busy     [2]time.Duration // each CPU's busy time, every process
+	sut      CPUTimes
+	src, rcv CPUTimes
+	err      error
+}
+
+func (s *suite) sample(r *rig) cpuSample {
+	cs := cpuSample{at: time.Now()}
+	var errs []error
+	for i := range cs.busy {
+		var err error
+		cs.busy[i], err = CPUBusy(i)
+		errs = append(errs, err)
+	}
+	var err error
+	cs.sut, err = ProcessCPU(r.sw.pid())
+	errs = append(errs, err)
+	if pid := r.src.pid(); pid != 0 {
+		cs.src, err = ProcessCPU(pid)
+		errs = append(errs, err)
+	}
+	if pid := r.rcv.pid(); pid != 0 {
+		cs.rcv, err = ProcessCPU(pid)
+		errs = append(errs, err)
+	}
+	cs.err = errors.Join(errs...)
+	return cs
+}
+
+// measure runs one trial: the source sends (count frames at rate, or at
+// full speed for d when rate is 0), the receiver counts after the path
+// drained, the switch reports its busy time per frame, /proc the CPU.
+func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, count uint64, d time.Duration) Point {
+	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, CPUNSPerFrame: -1, LoadAvg: loadavg()}
+	if err := r.rcv.start(); err != nil {
 		p.Err = err.Error()
 		return p
 	}
-	defer sink.Close()
-	recv := func() uint64 {
-		st, _ := sink.Stats()
-		return st.Frames
-	}
-	// The sink runs on the generator's CPU (veth runs the receiver's XDP
-	// in the sender's context): nothing else to account.
-	if err := s.runRX(&p, []net.HardwareAddr{vmMAC(0)}, recv, func() (CPUTimes, error) { return CPUTimes{}, nil }, nil); err != nil {
+	if err := r.sw.begin(); err != nil {
+		r.rcv.count()
 		p.Err = err.Error()
+		return p
 	}
-	p.CPUPerMpkt = -1
+	veth0 := s.vethDrops()
+	a := s.sample(r)
+	sent, secs, srcCPU, serr := r.src.run(size, rate, count, d)
+	z := s.sample(r)
+	recv, rerr := r.rcv.count()
+	busy, how, drops, berr := r.sw.end()
+	veth1 := s.vethDrops()
+	var wire []string
+	for i, end := range []string{"nic ", "peer "} {
+		wire = append(wire, counterDeltas(end, veth0[i], veth1[i])...)
+	}
+	if len(wire) > 0 {
+		drops += "; veth: " + strings.Join(wire, ", ")
+	}
+	if err := errors.Join(serr, rerr, berr, a.err, z.err); err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	p.Seconds, p.Sent, p.Received = secs, sent, recv
+	if secs > 0 {
+		p.OfferedMpps, p.DeliveredMpps = float64(sent)/secs/1e6, float64(recv)/secs/1e6
+	}
+	if sent > 0 {
+		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
+	}
+	p.BusyNSPerFrame, p.BusyHow, p.Note = busy, how, drops
+	dt := z.at.Sub(a.at).Seconds()
+	sut := z.sut.Sub(a.sut).Total()
+	src := z.src.Sub(a.src).Total() + srcCPU.Total()
+	rcv := z.rcv.Sub(a.rcv).Total()
+	p.SUTCPU, p.SourceCPU, p.ReceiverCPU = sut.Seconds()/dt, src.Seconds()/dt, rcv.Seconds()/dt
+	if recv > 0 {
+		p.CPUNSPerFrame = float64(sut.Nanoseconds()) / float64(recv)
+	}
+	for cpu := range p.OthersCPU {
+		ours := time.Duration(0)
+		pl := c.Placement
+		if pl.SUT == cpu {
+			ours += sut
+		}
+		if pl.Src == cpu {
+			ours += src
+		}
+		if pl.Dst == cpu {
+			ours += rcv
+		}
+		p.OthersCPU[cpu] = max(0, (z.busy[cpu]-a.busy[cpu]-ours).Seconds()/dt)
+	}
 	return p
+}
+
+// vethDrops reads both veth ends' drop and error counters (ethtool -S):
+// frames lost there never reached a switch. Nil maps if ethtool fails.
+func (s *suite) vethDrops() [2]map[string]uint64 {
+	var out [2]map[string]uint64
+	for i, end := range []struct {
+		ns  *netnstest.NS
+		dev string
+	}{{s.host, s.nic.Name}, {s.wire, s.peer.Name}} {
+		b, err := exec.Command("ip", "netns", "exec", end.ns.Name, "ethtool", "-S", end.dev).Output()
+		if err == nil {
+			out[i] = parseEthtoolDrops(string(b))
+		}
+	}
+	return out
 }

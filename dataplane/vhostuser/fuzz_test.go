@@ -2,6 +2,7 @@ package vhostuser
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -214,26 +215,38 @@ func orMem(t *memTable, mem []byte) *memTable {
 	return &memTable{regions: []memRegion{{gpa: testBase, size: uint64(len(mem)), uva: testBase, data: mem}}}
 }
 
-// TestWriteFuzzCorpus regenerates testdata/fuzz from the seeds when
-// VMQ_WRITE_CORPUS=1 (the committed corpus is its output).
-func TestWriteFuzzCorpus(t *testing.T) {
-	if os.Getenv("VMQ_WRITE_CORPUS") != "1" {
-		t.Skip("set VMQ_WRITE_CORPUS=1 to rewrite testdata/fuzz")
-	}
-	write := func(name string, i int, body string) {
-		dir := filepath.Join("testdata", "fuzz", name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%d", i)), []byte("go test fuzz v1\n"+body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+// updateCorpus rewrites testdata/fuzz from the seeds (go generate runs
+// it; see corpus.go) instead of checking it.
+var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz from the seeds")
+
+// TestFuzzCorpus checks that the committed corpus is what the seeds
+// produce, so a changed seed cannot silently leave a stale corpus behind;
+// with -update-corpus it writes the corpus instead.
+func TestFuzzCorpus(t *testing.T) {
+	files := map[string]string{}
+	add := func(name string, i int, body string) {
+		files[filepath.Join("testdata", "fuzz", name, fmt.Sprintf("seed%d", i))] = "go test fuzz v1\n" + body
 	}
 	for i, s := range fuzzRingSeeds(t) {
-		write("FuzzDescriptorChain", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
-		write("FuzzDescriptorChain", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
+		add("FuzzDescriptorChain", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
+		add("FuzzDescriptorChain", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
 	}
 	for i, s := range fuzzMessageSeeds() {
-		write("FuzzMessage", i, fmt.Sprintf("[]byte(%q)\n", s))
+		add("FuzzMessage", i, fmt.Sprintf("[]byte(%q)\n", s))
+	}
+	for path, body := range files {
+		if *updateCorpus {
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || string(got) != body {
+			t.Errorf("%s is not what its seed produces (%v): run go generate ./dataplane/vhostuser", path, err)
+		}
 	}
 }

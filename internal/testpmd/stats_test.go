@@ -154,3 +154,33 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// DPDK 22.11 io forwarding between two net_null ports with
+// --record-core-cycles: start, stop, quit.
+func TestParseCoreCycles(t *testing.T) {
+	c, err := ParseCoreCycles(readTestdata(t, "interactive-io-cycles.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PerPacket != 48.60 || c.Cycles != 1556538392 || c.Packets != 32029440 || c.MHz != 2450 {
+		t.Fatalf("got %+v", c)
+	}
+	if ns := c.NSPerPacket(); ns < 19.83 || ns > 19.84 { // 48.597 cycles at 2.45 GHz
+		t.Fatalf("ns per packet %v", ns)
+	}
+	// Later releases say "busy cycles"; the last line is the one of the last stop.
+	two := "CPU cycles/packet=10.00 (busy cycles=100 / total rxonly packets=10) at 1000 MHz Clock\n" +
+		"CPU cycles/packet=30.00 (busy cycles=300 / total rxonly packets=10) at 3000 MHz Clock\n"
+	if c, err := ParseCoreCycles(two); err != nil || c.Cycles != 300 || c.NSPerPacket() != 10 {
+		t.Fatalf("busy cycles: %+v %v", c, err)
+	}
+	for _, bad := range []string{"", "CPU cycles/packet=1.0 (total cycles=x / total io packets=1) at 1 MHz Clock",
+		"CPU cycles/packet=1.0 (total cycles=1 / total io packets=99999999999999999999) at 1 MHz Clock"} {
+		if _, err := ParseCoreCycles(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	if (CoreCycles{}).NSPerPacket() != 0 {
+		t.Error("zero CoreCycles: want 0 ns")
+	}
+}

@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// vmqStats is the part of GET /v1/stats the benchmark reads. It is
+// decoded here rather than as dataplane.Snapshot so that the worker's
+// busy-round counters are read when the vmqd under test has them.
+type vmqStats struct {
+	Workers []struct {
+		BusyNS          uint64 `json:"busy_ns"`
+		Frames          uint64 `json:"frames"`
+		BusyRoundNS     uint64 `json:"busy_round_ns"`
+		BusyRoundFrames uint64 `json:"busy_round_frames"`
+		HasRounds       bool   `json:"-"`
+	} `json:"workers"`
+	Sockets []struct {
+		RxDropped     uint64 `json:"rx_dropped"`
+		FillRingEmpty uint64 `json:"fill_ring_empty"`
+	} `json:"sockets"`
+	VMs []struct {
+		RxPackets uint64            `json:"rx_packets"`
+		TxPackets uint64            `json:"tx_packets"`
+		Drops     map[string]uint64 `json:"drops"`
+	} `json:"vms"`
+}
+
+// parseVMQStats decodes GET /v1/stats, noting whether each worker has
+// the busy-round counters.
+func parseVMQStats(b []byte) (vmqStats, error) {
+	var st vmqStats
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	var probe struct {
+		Workers []map[string]json.RawMessage `json:"workers"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	for i, w := range probe.Workers {
+		_, st.Workers[i].HasRounds = w["busy_round_frames"]
+	}
+	return st, nil
+}
+
+// vmqBusyPerFrame is the worker's busy time per frame between two
+// snapshots, by DPDK's rule where vmqd counts it (time of rounds that moved
+// frames ÷ those frames); an older vmqd only has its busy time, idle
+// spinning included, ÷ the frames its VMs moved: an upper bound.
+func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
+	var rNS, rFrames, busy, frames uint64
+	rounds := len(b.Workers) > 0
+	for i, w := range b.Workers {
+		if i >= len(a.Workers) {
+			return -1, "worker count changed"
+		}
+		rounds = rounds && w.HasRounds
+		rNS += w.BusyRoundNS - a.Workers[i].BusyRoundNS
+		rFrames += w.BusyRoundFrames - a.Workers[i].BusyRoundFrames
+		busy += w.BusyNS - a.Workers[i].BusyNS
+	}
+	if rounds {
+		if rFrames == 0 {
+			return -1, "busy_round_ns/busy_round_frames: no frames"
+		}
+		return float64(rNS) / float64(rFrames), "worker busy_round_ns/busy_round_frames"
+	}
+	for i, vm := range b.VMs {
+		if i >= len(a.VMs) {
+			return -1, "VM count changed"
+		}
+		frames += vm.RxPackets + vm.TxPackets - a.VMs[i].RxPackets - a.VMs[i].TxPackets
+		for r, n := range vm.Drops {
+			frames += n - a.VMs[i].Drops[r]
+		}
+	}
+	if frames == 0 {
+		return -1, "busy_ns/frames: no frames"
+	}
+	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
+}
+
+// vmqDrops says where vmq lost frames between two snapshots: the kernel
+// (AF_XDP socket ring full) or the worker, by reason.
+func vmqDrops(a, b vmqStats) string {
+	var xsk, fill uint64
+	for i, so := range b.Sockets {
+		if i < len(a.Sockets) {
+			xsk += so.RxDropped - a.Sockets[i].RxDropped
+			fill += so.FillRingEmpty - a.Sockets[i].FillRingEmpty
+		}
+	}
+	drops := map[string]uint64{}
+	for i, vm := range b.VMs {
+		for r, n := range vm.Drops {
+			if i < len(a.VMs) && n > a.VMs[i].Drops[r] {
+				drops[r] += n - a.VMs[i].Drops[r]
+			}
+		}
+	}
+	var parts []string
+	for r, n := range drops {
+		parts = append(parts, fmt.Sprintf("%s %d", r, n))
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		parts = []string{"none"}
+	}
+	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
+}
+
+// parseEthtoolDrops reads the drop and error counters of `ethtool -S`
+// (veth: rx_queue_N_drops, rx_queue_N_xdp_drops, tx_queue_N_xdp_xmit_errors,
+// ...), where frames are lost on the wire before either switch sees them.
+func parseEthtoolDrops(out string) map[string]uint64 {
+	m := map[string]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		name, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !(strings.Contains(name, "drop") || strings.Contains(name, "error")) {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(val), 10, 64); err == nil {
+			m[name] = n
+		}
+	}
+	return m
+}
+
+// counterDeltas names the counters that grew from a to b, prefixed.
+func counterDeltas(prefix string, a, b map[string]uint64) []string {
+	var out []string
+	for k, v := range b {
+		if v > a[k] {
+			out = append(out, fmt.Sprintf("%s%s %d", prefix, k, v-a[k]))
+		}
+	}
+	sort.Strings(out)
+	return out
+}

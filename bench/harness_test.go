@@ -1,0 +1,232 @@
+package bench
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The search against a path that loses frames above a known rate.
+func TestZeroLoss(t *testing.T) {
+	for _, limit := range []float64{0, 0.013, 0.3, 0.61, 0.999} {
+		var rates []float64
+		s, err := ZeroLoss(1, 0.01, func(r float64) (Trial, error) {
+			rates = append(rates, r)
+			tr := Trial{Sent: 1000, Received: 1000}
+			if r > limit {
+				tr.Received = 990
+			}
+			return tr, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.AtTop || s.ZeroLossMpps > limit || limit-s.ZeroLossMpps > 0.01 {
+			t.Errorf("limit %v: found %v (at top %v)", limit, s.ZeroLossMpps, s.AtTop)
+		}
+		// 1 at the top, then halvings until the bounds are 1% apart.
+		if len(rates) != 8 || rates[0] != 1 || rates[1] != 0.5 || len(s.Trials) != 8 {
+			t.Errorf("limit %v: trials at %v", limit, rates)
+		}
+		for i, tr := range s.Trials {
+			if tr.RateMpps != rates[i] {
+				t.Errorf("trial %d recorded at %v, ran at %v", i, tr.RateMpps, rates[i])
+			}
+		}
+	}
+	// Nothing lost at the top: one trial, and the result says it may be higher.
+	s, err := ZeroLoss(0.5, 0.05, func(float64) (Trial, error) { return Trial{Sent: 5, Received: 5}, nil })
+	if err != nil || !s.AtTop || s.ZeroLossMpps != 0.5 || len(s.Trials) != 1 {
+		t.Errorf("no loss: %+v %v", s, err)
+	}
+	// A source slower than asked: the result is its own rate.
+	s, err = ZeroLoss(0.5, 0.05, func(float64) (Trial, error) { return Trial{Sent: 100000, Received: 100000, Seconds: 0.5}, nil })
+	if err != nil || !s.AtTop || s.ZeroLossMpps != 0.2 {
+		t.Errorf("slow source: %+v %v", s, err)
+	}
+	// More received than sent (a stray frame) is no loss.
+	if (Trial{Sent: 5, Received: 6}).Lost() != 0 {
+		t.Error("Lost with extra frames")
+	}
+	// A trial that sent nothing, or failed, fails the search.
+	if _, err := ZeroLoss(1, 0.05, func(float64) (Trial, error) { return Trial{}, nil }); err == nil {
+		t.Error("nothing sent: no error")
+	}
+	if _, err := ZeroLoss(1, 0.05, func(float64) (Trial, error) { return Trial{}, os.ErrDeadlineExceeded }); err == nil {
+		t.Error("failed trial: no error")
+	}
+	for _, bad := range [][2]float64{{0, 0.05}, {1, 0}, {1, 1}, {-1, 0.5}} {
+		if _, err := ZeroLoss(bad[0], bad[1], nil); err == nil {
+			t.Errorf("top %v precision %v: no error", bad[0], bad[1])
+		}
+	}
+}
+
+func TestPlan(t *testing.T) {
+	cases := Plan([]string{RX, TX, VM2VM})
+	// RX and VM→VM: 3 placements × 2 guests; TX: 2 × 2.
+	if len(cases) != 16 {
+		t.Fatalf("%d cases", len(cases))
+	}
+	seen := map[string]bool{}
+	for _, c := range cases {
+		if seen[c.Key()] {
+			t.Errorf("case %s twice", c.Key())
+		}
+		seen[c.Key()] = true
+		pl := c.Placement
+		if pl.Src < 0 || pl.Src > 1 || pl.SUT < 0 || pl.SUT > 1 || (pl.Dst == NoCPU) != (c.Dir == TX) {
+			t.Errorf("case %s: placement %+v", c.Key(), pl)
+		}
+	}
+	if got := ZeroLossCase(RX).Key(); got != "rx 0/1/0 vmq-pktgen→testpmd-rxonly" {
+		t.Errorf("RX zero-loss case %s", got)
+	}
+	if got := ZeroLossCase(TX).Key(); got != "tx 0/1/wire vmq-guest→wire" {
+		t.Errorf("TX zero-loss case %s", got)
+	}
+	if got := ZeroLossCase(VM2VM).Key(); got != "vm2vm 0/1/0 vmq-guest→testpmd-rxonly" {
+		t.Errorf("VM→VM zero-loss case %s", got)
+	}
+	if sizes, err := frameSizes([]string{"64", "512", "1514"}); err != nil || sizes[0] != 66 || sizes[2] != 1514 {
+		t.Errorf("sizes %v %v", sizes, err)
+	}
+	for _, bad := range []string{"59", "1515", "x"} {
+		if _, err := frameSizes([]string{bad}); err == nil {
+			t.Errorf("size %q: no error", bad)
+		}
+	}
+}
+
+func testReport() *Report {
+	rx := Case{RX, Placement{0, 1, 0}, Pktgen, TestpmdRx}
+	tx := Case{TX, Placement{0, 0, NoCPU}, GoGuest, WireSink}
+	return &Report{Command: "make bench", Started: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC), Duration: "15m0s",
+		Host: "vm", Kernel: "6.18", CPUs: 2, TSCMHz: 2450, LoadAvg: [2]string{"3.1 3.0 2.9", "4.0 3.5 3.0"},
+		Points: []Point{
+			{Case: rx, Size: 66, System: VMQ, DeliveredMpps: 0.5, LossPct: 10, BusyNSPerFrame: 80, CPUNSPerFrame: 400, SUTCPU: 0.2, OthersCPU: [2]float64{0.1, 0.3}},
+			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
+			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, CPUNSPerFrame: -1},
+			{Case: tx, Size: 1514, System: VMQ, Err: "vmqd exited | badly"},
+		},
+		ZeroLoss: []ZeroLossPoint{
+			{Case: rx, Size: 66, System: VMQ, TopMpps: 0.55, Search: Search{ZeroLossMpps: 0.55, AtTop: true, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 10}}}},
+			{Case: rx, Size: 66, System: DPDK, TopMpps: 0.275, Search: Search{ZeroLossMpps: 0.1375, Trials: []Trial{{RateMpps: 0.275, Sent: 10, Received: 9}, {RateMpps: 0.1375, Sent: 10, Received: 10}}}},
+		}}
+}
+
+func TestReportTables(t *testing.T) {
+	r := testReport()
+	tab := r.Table()
+	lines := strings.Split(strings.TrimSpace(tab), "\n")
+	if len(lines) != 4 { // header, rule, one row per case and size
+		t.Fatalf("table:\n%s", tab)
+	}
+	for _, want := range []string{
+		"| rx | 66 | 0/1/0 | vmq-pktgen → testpmd-rxonly | 0.500 | 0.250 | 2.00 | 10.0 / 50.0 | 80 / 40 | 400 / 4000 | 20% / 100% | 20% / 30% |",
+		"| tx | 1514 | 0/0/wire | vmq-guest → wire | failed | 0.800 | – | failed / 0.0 | failed / n/a | failed / n/a | failed / 0% | 0% / 0% |",
+	} {
+		if !strings.Contains(tab, want) {
+			t.Errorf("no row %s in\n%s", want, tab)
+		}
+	}
+	z := r.ZeroLossTable()
+	for _, want := range []string{"| vmq | ≥ 0.550 | 0.550 | 0.550: 0 |", "| dpdk | 0.138 | 0.275 | 0.275: 1, 0.138: 0 |"} {
+		if !strings.Contains(z, want) {
+			t.Errorf("no %q in\n%s", want, z)
+		}
+	}
+	if f := r.Failed(); len(f) != 1 || !strings.Contains(f[0], "tx 0/0/wire vmq-guest→wire 1514 B vmq: vmqd exited") {
+		t.Errorf("failed %q", f)
+	}
+	md := r.Markdown()
+	for _, want := range []string{"Command: `make bench`", "load average 3.1 3.0 2.9 at the start, 4.0 3.5 3.0 at the end",
+		"TSC 2450 MHz", "**1 measurements failed:**", "vmqd exited \\| badly", "## Zero loss", tab} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	rd := r.Readme()
+	if !strings.Contains(rd, tab) || !strings.Contains(rd, Legend) || !strings.Contains(rd, z) || strings.Contains(rd, "## Every point") {
+		t.Errorf("readme section:\n%s", rd)
+	}
+}
+
+func TestReportWrite(t *testing.T) {
+	r := testReport()
+	dir := filepath.Join(t.TempDir(), "out")
+	if err := r.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Markdown() != r.Markdown() {
+		t.Error("results.json does not round-trip to the same tables")
+	}
+	for name, want := range map[string]string{"results.md": r.Markdown(), "readme.md": r.Readme()} {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := r.Write("/proc/no/such/dir"); err == nil {
+		t.Error("write to /proc: no error")
+	}
+}
+
+func TestVMQBusyPerFrame(t *testing.T) {
+	const old = `{"workers":[{"queue":0,"busy_ns":1000}],"vms":[{"rx_packets":10,"tx_packets":0,"drops":{"virtqueue_full":5}}]}`
+	const now = `{"workers":[{"queue":0,"busy_ns":4000}],"vms":[{"rx_packets":30,"tx_packets":5,"drops":{"virtqueue_full":10,"budget":0}}]}`
+	a, err := parseVMQStats([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := parseVMQStats([]byte(now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3000 ns over 20 + 5 + 5 frames moved (delivered, sent, dropped).
+	if ns, how := vmqBusyPerFrame(a, b); ns != 100 || !strings.Contains(how, "busy_ns") {
+		t.Errorf("old counters: %v %q", ns, how)
+	}
+	// A vmqd with busy-round counters: those, by DPDK's rule.
+	a, _ = parseVMQStats([]byte(`{"workers":[{"busy_ns":1,"busy_round_ns":100,"busy_round_frames":10}]}`))
+	b, _ = parseVMQStats([]byte(`{"workers":[{"busy_ns":9,"busy_round_ns":700,"busy_round_frames":30}]}`))
+	if ns, how := vmqBusyPerFrame(a, b); ns != 30 || !strings.Contains(how, "busy_round") {
+		t.Errorf("busy rounds: %v %q", ns, how)
+	}
+	if ns, _ := vmqBusyPerFrame(a, a); ns != -1 {
+		t.Errorf("no frames: %v", ns)
+	}
+	if _, err := parseVMQStats([]byte("{")); err == nil {
+		t.Error("bad JSON: no error")
+	}
+}
+
+func TestVMQDrops(t *testing.T) {
+	a, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
+	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestEthtoolDrops(t *testing.T) {
+	a := parseEthtoolDrops("NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 5\n     rx_queue_0_drops: 3\n     tx_queue_0_xdp_xmit_errors: 0\n")
+	b := parseEthtoolDrops("NIC statistics:\n     rx_queue_0_drops: 10\n     rx_queue_0_xdp_drops: 2\n     tx_queue_0_xdp_xmit_errors: 0\n     bad_drops: x\n")
+	if len(a) != 2 || a["rx_queue_0_drops"] != 3 {
+		t.Errorf("parsed %v", a)
+	}
+	got := strings.Join(counterDeltas("nic ", a, b), ", ")
+	if got != "nic rx_queue_0_drops 7, nic rx_queue_0_xdp_drops 2" {
+		t.Errorf("deltas %q", got)
+	}
+}

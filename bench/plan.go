@@ -1,0 +1,108 @@
+package bench
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// Directions of a measurement.
+const (
+	RX    = "rx"    // wire → guest
+	TX    = "tx"    // guest → wire
+	VM2VM = "vm2vm" // guest → guest through the switch
+)
+
+// Systems under test.
+const (
+	VMQ  = "vmq"  // vmqd: XDP filter → AF_XDP → worker → vhost-user
+	DPDK = "dpdk" // testpmd io forwarding: net_af_xdp (or net_vhost) ↔ net_vhost
+)
+
+// Endpoints: who sends and who receives. The same binaries face both
+// systems.
+const (
+	Pktgen    = "vmq-pktgen"     // vmq-pktgen --mode xdp on the wire end
+	WireSink  = "wire"           // an XDP_DROP counter on the wire end
+	TestpmdRx = "testpmd-rxonly" // DPDK testpmd net_virtio_user, rxonly
+	TestpmdTx = "testpmd-txonly" // DPDK testpmd net_virtio_user, txonly
+	GoGuest   = "vmq-guest"      // the vmq-guest binary (receives, or sends with --rate)
+	NoCPU     = -1
+)
+
+// Placement puts the traffic source (generator or sending guest), the
+// switch and the receiving guest on CPUs. Dst is NoCPU when the receiver
+// is the wire sink: its XDP program runs where the switch transmits.
+type Placement struct {
+	Src, SUT, Dst int
+}
+
+func (p Placement) String() string {
+	d := "wire"
+	if p.Dst != NoCPU {
+		d = strconv.Itoa(p.Dst)
+	}
+	return fmt.Sprintf("%d/%d/%s", p.Src, p.SUT, d)
+}
+
+// Alone reports whether the switch has its CPU to itself.
+func (p Placement) Alone() bool { return p.SUT != p.Src && p.SUT != p.Dst }
+
+// Placements are every way two CPUs hold a direction's three parties,
+// up to swapping the CPUs, except all on one CPU.
+func Placements(dir string) []Placement {
+	if dir == TX {
+		return []Placement{{0, 1, NoCPU}, {0, 0, NoCPU}}
+	}
+	// switch alone; switch with the source; switch with the receiver.
+	return []Placement{{0, 1, 0}, {0, 0, 1}, {0, 1, 1}}
+}
+
+// Case is one shape of work, measured on both systems with the same
+// processes on the same CPUs.
+type Case struct {
+	Dir       string    `json:"dir"`
+	Placement Placement `json:"placement"`
+	Source    string    `json:"source"`
+	Receiver  string    `json:"receiver"`
+}
+
+// Key names a case without its frame size.
+func (c Case) Key() string {
+	return fmt.Sprintf("%s %s %s→%s", c.Dir, c.Placement, c.Source, c.Receiver)
+}
+
+// Rated reports whether the case's source can send at a given rate, which
+// the zero-loss search needs (testpmd txonly sends as fast as it can).
+func (c Case) Rated() bool { return c.Source != TestpmdTx }
+
+// Plan is every case of a run, in order: RX, TX, VM→VM; within each,
+// the placements, then the guests.
+func Plan(dirs []string) []Case {
+	var cases []Case
+	for _, dir := range dirs {
+		for _, pl := range Placements(dir) {
+			switch dir {
+			case RX:
+				cases = append(cases, Case{dir, pl, Pktgen, TestpmdRx}, Case{dir, pl, Pktgen, GoGuest})
+			case TX:
+				cases = append(cases, Case{dir, pl, TestpmdTx, WireSink}, Case{dir, pl, GoGuest, WireSink})
+			case VM2VM:
+				// The receiver is testpmd for both senders: its counters
+				// are live, so one receiver serves every trial.
+				cases = append(cases, Case{dir, pl, TestpmdTx, TestpmdRx}, Case{dir, pl, GoGuest, TestpmdRx})
+			}
+		}
+	}
+	return cases
+}
+
+// ZeroLossCase is the case each direction's zero-loss search runs in: the
+// switch alone on its CPU, a source that takes a rate.
+func ZeroLossCase(dir string) Case {
+	for _, c := range Plan([]string{dir}) {
+		if c.Placement.Alone() && c.Rated() {
+			return c
+		}
+	}
+	panic("no zero-loss case for " + dir)
+}

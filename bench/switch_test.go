@@ -1,0 +1,227 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	tpmd "github.com/vmq/vmq/internal/testpmd"
+)
+
+// A switch under test: vmqd, or DPDK's forwarding testpmd. It serves
+// vhost-user sockets (listening) for the VMs of a case; begin and end
+// bracket one trial and end returns the forwarding core's busy time per
+// frame moved.
+type switchUT interface {
+	pid() int
+	socket(vm int) string
+	begin() error
+	end() (nsPerFrame float64, how, drops string, err error)
+	close()
+}
+
+// vms is how many VMs a direction needs.
+func vms(dir string) int {
+	if dir == VM2VM {
+		return 2
+	}
+	return 1
+}
+
+// ---- vmq: the vmqd binary ----
+
+type vmqSwitch struct {
+	cmd    *exec.Cmd
+	done   chan struct{}
+	log    *os.File
+	api    string
+	socks  []string
+	http   *http.Client
+	before vmqStats
+}
+
+func (s *suite) startVMQ(dir string, cpu int) (switchUT, error) {
+	d := filepath.Join(s.dir, fmt.Sprintf("vmq%d", s.next()))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, err
+	}
+	pins := s.bed.PinDir()
+	v := &vmqSwitch{api: filepath.Join(d, "api.sock"), done: make(chan struct{})}
+	// vmqd's defaults otherwise (busy_poll 50µs): what a user runs.
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, pins, v.api)
+	for i := range vms(dir) {
+		sock := filepath.Join(d, fmt.Sprintf("vm%d.sock", i))
+		v.socks = append(v.socks, sock)
+		fmt.Fprintf(&cfg, "  - {name: vm%d, mac: %q, socket: %s, mode: server}\n", i, vmMAC(i), sock)
+	}
+	cfgPath := filepath.Join(d, "vmqd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+		return nil, err
+	}
+	var err error
+	if v.log, err = os.Create(filepath.Join(d, "vmqd.log")); err != nil {
+		return nil, err
+	}
+	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), s.bin.vmqd, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
+	// Two Ps on one CPU: the locked worker thread and the rest are
+	// threads the kernel schedules, not goroutines taking turns.
+	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
+	if err := v.cmd.Start(); err != nil {
+		v.log.Close()
+		return nil, fmt.Errorf("start vmqd: %w", err)
+	}
+	go func() { v.cmd.Wait(); close(v.done) }()
+	v.http = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", v.api)
+		}}}
+	for try := 0; ; try++ {
+		if _, err := v.stats(); err == nil {
+			break
+		} else if try == 100 {
+			v.close()
+			return nil, fmt.Errorf("vmqd API did not answer in 10s: %v; log: %s", err, tpmd.Tail(v.logText(), 1000))
+		}
+		select {
+		case <-v.done:
+			return nil, fmt.Errorf("vmqd exited: %s", tpmd.Tail(v.logText(), 1000))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return v, nil
+}
+
+func (v *vmqSwitch) logText() string {
+	b, _ := os.ReadFile(v.log.Name())
+	return string(b)
+}
+
+func (v *vmqSwitch) pid() int             { return v.cmd.Process.Pid }
+func (v *vmqSwitch) socket(vm int) string { return v.socks[vm] }
+
+func (v *vmqSwitch) close() {
+	v.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-v.done:
+	case <-time.After(10 * time.Second):
+		v.cmd.Process.Kill()
+		<-v.done
+	}
+	v.log.Close()
+}
+
+func (v *vmqSwitch) stats() (vmqStats, error) {
+	var st vmqStats
+	resp, err := v.http.Get("http://vmqd/v1/stats")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /v1/stats: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return st, fmt.Errorf("GET /v1/stats: %w", err)
+	}
+	return parseVMQStats(b)
+}
+
+func (v *vmqSwitch) begin() (err error) {
+	v.before, err = v.stats()
+	return err
+}
+
+func (v *vmqSwitch) end() (float64, string, string, error) {
+	after, err := v.stats()
+	if err != nil {
+		return -1, "", "", err
+	}
+	ns, how := vmqBusyPerFrame(v.before, after)
+	return ns, how, vmqDrops(v.before, after), nil
+}
+
+// ---- DPDK: testpmd io forwarding ----
+
+type dpdkSwitch struct {
+	fwd   *tpmd.Proc
+	socks []string
+	mhz   *uint64
+}
+
+// startDPDK runs testpmd forwarding (io) between net_af_xdp on the NIC
+// and net_vhost for RX and TX, or between two net_vhost ports for VM→VM,
+// both lcores on cpu (the main lcore waits on stdin).
+func (s *suite) startDPDK(dir string, cpu int) (switchUT, error) {
+	d := &dpdkSwitch{mhz: &s.report.TSCMHz}
+	var vdevs []string
+	if dir != VM2VM {
+		vdevs = append(vdevs, fmt.Sprintf("net_af_xdp0,iface=%s,start_queue=0,queue_count=1", s.nic.Name))
+	}
+	for i := range vms(dir) {
+		sock := filepath.Join(s.dir, fmt.Sprintf("dpdk%d-%d.sock", s.next(), i))
+		d.socks = append(d.socks, sock)
+		vdevs = append(vdevs, fmt.Sprintf("net_vhost%d,iface=%s,queues=1", i, sock))
+	}
+	p, err := s.testpmd("fwd", s.host.Name, cpu, vdevs, "--forward-mode=io", "--record-core-cycles")
+	if err != nil {
+		return nil, err
+	}
+	d.fwd = p
+	return d, nil
+}
+
+func (d *dpdkSwitch) pid() int             { return d.fwd.Pid() }
+func (d *dpdkSwitch) socket(vm int) string { return d.socks[vm] }
+func (d *dpdkSwitch) close()               { d.fwd.Stop() }
+
+// begin starts forwarding, which also zeroes testpmd's forward
+// statistics and core cycles.
+func (d *dpdkSwitch) begin() error {
+	_, err := d.fwd.Command("start", tpmd.StartDone)
+	return err
+}
+
+func (d *dpdkSwitch) end() (float64, string, string, error) {
+	out, err := d.fwd.Command("stop", tpmd.StopDone)
+	if err != nil {
+		return -1, "", "", err
+	}
+	c, err := tpmd.ParseCoreCycles(out)
+	if err != nil {
+		return -1, "", "", err
+	}
+	*d.mhz = c.MHz
+	// The last counters printed are the accumulated ones: RX-dropped is
+	// what the ports missed (af_xdp: the kernel socket's drops), TX-dropped
+	// what found the other side's ring full.
+	rxd, err1 := tpmd.Stat(out, "RX-dropped")
+	txd, err2 := tpmd.Stat(out, "TX-dropped")
+	drops := fmt.Sprintf("forwarder RX-dropped %d, TX-dropped %d", rxd, txd)
+	if err1 != nil || err2 != nil {
+		drops = "forwarder drops not printed"
+	}
+	return c.NSPerPacket(), fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz), drops, nil
+}
+
+// testpmd starts an interactive testpmd with both lcores on cpu and
+// 1024-entry rings.
+func (s *suite) testpmd(name, netns string, cpu int, vdevs []string, app ...string) (*tpmd.Proc, error) {
+	c := tpmd.Config{Name: name, NetNS: netns, Prefix: "vmqbench" + name, Lcores: fmt.Sprintf("0@%d,1@%d", cpu, cpu), Mem: 256,
+		Vdevs: vdevs, EAL: []string{"--single-file-segments", "--log-level=lib.eal:error"},
+		App: append([]string{"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)}
+	p, err := tpmd.StartReady(s.b, c, 60*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
