@@ -156,12 +156,31 @@ func (f *fe) eof() bool {
 	return errors.Is(err, io.EOF)
 }
 
-func countFDs(t *testing.T) int {
+// openFDs lists the process's open fds with what they are. A leak check
+// compares sets, not counts: another test's goroutine closing an fd of
+// its own meanwhile is not this test's business.
+func openFDs(t *testing.T) map[string]string {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(ents)
+	fds := make(map[string]string, len(ents))
+	for _, e := range ents {
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fds[e.Name()] = target
+	}
+	return fds
+}
+
+// checkNoNewFDs fails for every fd open now that was not open (as the
+// same file) at base.
+func checkNoNewFDs(t *testing.T, base map[string]string) {
+	t.Helper()
+	for fd, target := range openFDs(t) {
+		if was, ok := base[fd]; !ok || was != target {
+			t.Errorf("fd leak: fd %s (%s) was not open before the sessions", fd, target)
+		}
+	}
 }
 
 func eventfd(t *testing.T) int {
@@ -235,7 +254,7 @@ func TestPortServer(t *testing.T) {
 	}
 	defer p.Close()
 	defer h.drain()
-	baseFDs := countFDs(t)
+	baseFDs := openFDs(t)
 
 	gm := newGuestMem(t, feMemSize)
 	kick := [2]int{eventfd(t), eventfd(t)}
@@ -367,9 +386,7 @@ func TestPortServer(t *testing.T) {
 		unix.Close(fd)
 	}
 	gm.close()
-	if got := countFDs(t); got != baseFDs {
-		t.Fatalf("fd leak: %d open, %d before the sessions", got, baseFDs)
-	}
+	checkNoNewFDs(t, baseFDs)
 }
 
 func waitFor(t testing.TB, cond func() bool, what string) {
