@@ -176,29 +176,11 @@ func TestGuestTxFaultsLoseNoUMEMFrame(t *testing.T) {
 	tb.checkFrames()
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A worker held for 150 ms in the middle of a round is reported once:
 // counted in Stalls, logged with its queue and the VM it was serving. A
 // worker asleep in poll for much longer is not a stall.
 func TestWatchdogReportsStalledWorker(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	tb := newTestbedCfg(t, 1, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})

@@ -8,9 +8,11 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -73,4 +75,23 @@ func Poll(cond func() (ok bool, why string)) (bool, string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return false, last
+}
+
+// SyncBuffer is a bytes.Buffer that a logger or a child process and the
+// test can share: writes and reads take a lock.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
