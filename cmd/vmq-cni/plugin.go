@@ -116,6 +116,14 @@ func (c *NetConf) timeout() time.Duration {
 	return defaultTimeout
 }
 
+// dial is a client of vmqd's API and a context bounded by the timeout;
+// done releases both.
+func (c *NetConf) dial() (context.Context, *control.Client, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	cl := control.NewClient(c.APISocket)
+	return ctx, cl, func() { cl.Close(); cancel() }
+}
+
 // portName is the sandbox's port name in vmqd: the same for every call
 // about one (container id, interface), so ADD, CHECK and DEL find it.
 func portName(containerID, ifname string) string {
@@ -251,10 +259,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
-	defer cancel()
-	cl := control.NewClient(conf.APISocket)
-	defer cl.Close()
+	ctx, cl, done := conf.dial()
+	defer done()
 
 	// ADD again for the same sandbox (a runtime retry) returns its port.
 	if d, err := cl.GetVM(ctx, name); err == nil {
@@ -293,10 +299,8 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	name := portName(args.ContainerID, args.IfName)
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
-	defer cancel()
-	cl := control.NewClient(conf.APISocket)
-	defer cl.Close()
+	ctx, cl, done := conf.dial()
+	defer done()
 	d, err := cl.GetVM(ctx, name)
 	if isNotFound(err) {
 		return nil // already gone: DEL is idempotent
@@ -338,10 +342,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(ErrPortMismatch, fmt.Sprintf("vmq-cni: prevResult has no interface %s", args.IfName), "")
 	}
 	name := portName(args.ContainerID, args.IfName)
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
-	defer cancel()
-	cl := control.NewClient(conf.APISocket)
-	defer cl.Close()
+	ctx, cl, done := conf.dial()
+	defer done()
 	d, err := cl.GetVM(ctx, name)
 	if isNotFound(err) {
 		return types.NewError(ErrPortMismatch, fmt.Sprintf("vmq-cni: the sandbox's port %q is gone from vmqd", name), "")
@@ -381,10 +383,8 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
-	defer cancel()
-	cl := control.NewClient(conf.APISocket)
-	defer cl.Close()
+	ctx, cl, done := conf.dial()
+	defer done()
 	st, err := cl.Status(ctx)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("vmq-cni: vmqd is down or not answering on %s", conf.APISocket), err.Error())
