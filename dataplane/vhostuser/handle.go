@@ -390,7 +390,12 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			return nil, err
 		}
 		// The ring stops here; a new SET_VRING_KICK starts it again.
+		wasRunning := q.cfg.running
 		p.stopQueue(q)
+		if wasRunning && q.used != nil {
+			q.cfg.stoppedUsed, q.cfg.stoppedCheck = uint16(atomicLoad32(q.used, 0)>>16), true
+			p.log.Debug("vhost-user ring stopped", "queue", q.index, "base", q.cfg.base, "used_idx", q.cfg.stoppedUsed)
+		}
 		closeFD(&q.cfg.kickFD)
 		q.cfg.kickSet = false
 		q.kickFD = -1

@@ -32,6 +32,9 @@ const maxLogSize = 64 << 20
 type dirtyLog struct {
 	bits    []byte // mapping[offset:][:size], 8-byte aligned
 	mapping []byte
+	// afterMark, tests only, runs after every mark: a front-end that
+	// syncs the log at the worst moment.
+	afterMark func()
 }
 
 // DecodeLogBase reads a SET_LOG_BASE payload.
@@ -96,6 +99,31 @@ func (l *dirtyLog) mark(gpa, n uint64) {
 			return
 		}
 		atomicOr32(l.bits, int(off), 1<<(pg%32))
+	}
+	if l.afterMark != nil {
+		l.afterMark()
+	}
+}
+
+// logBuf marks the n bytes written at gpa, frame bytes [from, from+n) of
+// header||frame, and remembers where num_buffers (header bytes 10 and
+// 11) went: Push writes it last, after the page was marked, and a
+// front-end that synced and copied the page in between would migrate
+// the header without it (logNumBuffers marks it again).
+func (q *Queue) logBuf(gpa, n uint64, from int) {
+	q.bufLog.mark(gpa, n)
+	for i := range q.nbGPA {
+		if pos := 10 + i; pos >= from && uint64(pos-from) < n {
+			q.nbGPA[i] = gpa + uint64(pos-from)
+		}
+	}
+}
+
+// logNumBuffers marks the pages of num_buffers after Push wrote it.
+func (q *Queue) logNumBuffers() {
+	q.bufLog.mark(q.nbGPA[0], 1)
+	if q.nbGPA[1]>>LogPageShift != q.nbGPA[0]>>LogPageShift {
+		q.bufLog.mark(q.nbGPA[1], 1)
 	}
 }
 

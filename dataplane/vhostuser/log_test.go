@@ -126,6 +126,64 @@ func TestDirtyLogPageDiff(t *testing.T) {
 	}
 }
 
+// TestDirtyLogSyncAfterEveryMark is a front-end that syncs the log at the
+// worst moments: right after every mark it takes the marked pages (clears
+// their bits) and copies them to the destination, as QEMU's migration
+// thread may at any time. After a final sync the destination must equal
+// the guest's memory: a byte written after its page's last mark was lost
+// on the way (num_buffers was, before it got its own mark).
+func TestDirtyLogSyncAfterEveryMark(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("header_split=%v", split), func(t *testing.T) {
+			features := uint64(testFeatures | virtio.NetFMrgRxbuf | virtio.RingFEventIdx)
+			mem := make([]byte, 1<<20)
+			g := newTestGuestMem(t, mem, 64, features, true)
+			g.bufOff = (g.bufOff + 4095) &^ 4095
+			for i := 0; i < 12; i++ {
+				if split { // num_buffers in a descriptor of its own, on another page
+					a, b := g.alloc(10), g.alloc(2)
+					g.bufOff = (g.bufOff + 4095) &^ 4095
+					c := g.alloc(1500)
+					g.post(tdesc{addr: a, len: 10, flags: virtio.DescFWrite},
+						tdesc{addr: b, len: 2, flags: virtio.DescFWrite},
+						tdesc{addr: c, len: 1500, flags: virtio.DescFWrite})
+					continue
+				}
+				g.bufOff += 1000 // buffers straddle pages
+				g.postRX(1536)
+			}
+			log := &dirtyLog{bits: make([]byte, 128)}
+			_, _, used := g.addrs()
+			g.q.usedLog, g.q.usedLogAddr, g.q.bufLog = log, used, log
+			dst := slices.Clone(mem) // the destination has everything so far
+			syncs := 0
+			sync := func() {
+				syncs++
+				for _, pg := range pagesMarked(log.bits) {
+					log.bits[pg/8] &^= 1 << (pg % 8)
+					off := int(pg<<LogPageShift - testBase)
+					copy(dst[off:off+1<<LogPageShift], mem[off:])
+				}
+			}
+			log.afterMark = sync
+			for _, size := range []int{60, 1514, 3000, 200, 4000} { // 3000, 4000: merged buffers
+				if err := g.q.Push(frameOf(size, byte(size))); err != nil {
+					t.Fatalf("push %d: %v", size, err)
+				}
+				g.q.Flush()
+			}
+			log.afterMark = nil
+			sync() // the last one, with the device stopped
+			if syncs < 10 {
+				t.Fatalf("only %d syncs", syncs)
+			}
+			if lost := pagesChanged(dst, mem, testBase); len(lost) != 0 {
+				t.Fatalf("pages written after their last mark (the destination has old bytes): %v", lost)
+			}
+		})
+	}
+}
+
 // TestDirtyLogOff checks that nothing is marked without logging and that
 // a log cannot be written beyond its end.
 func TestDirtyLogOff(t *testing.T) {
@@ -317,5 +375,54 @@ func BenchmarkPushLogged(b *testing.B) {
 			}
 			g.q.Flush()
 		})
+	}
+}
+
+// announceRec is a handler that records announcements.
+type announceRec struct {
+	*recHandler
+	macs chan net.HardwareAddr
+}
+
+func (a announceRec) Announce(_ *Port, mac net.HardwareAddr) error {
+	a.macs <- mac
+	return nil
+}
+
+// TestSendRARPBurst: QEMU may send two SEND_RARPs at once (a destination
+// started paused announces when it resumes and from its timer). The
+// second is dropped and counted; the connection stays up (it used to be
+// closed: an error on a message without a reply ends the connection).
+func TestSendRARPBurst(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	h := announceRec{newRecHandler(), make(chan net.HardwareAddr, 8)}
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	p, err := Listen(path, Config{MAC: mac, Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f := dialFE(t, path)
+	pf := f.getU64(ReqGetProtocolFeatures)
+	f.send(ReqSetProtocolFeatures, 0, u64p(pf&(ProtocolFRARP|ProtocolFReplyAck)))
+	var b [8]byte
+	copy(b[:], mac)
+	rarp := u64p(binary.LittleEndian.Uint64(b[:]))
+	f.send(ReqSendRARP, 0, rarp)
+	f.send(ReqSendRARP, 0, rarp) // within announceEvery
+	// A request with a reply: the connection is still served.
+	if got := f.getU64(ReqGetFeatures); got == 0 {
+		t.Fatal("no features")
+	}
+	if got := <-h.macs; !slices.Equal(got, mac) {
+		t.Fatalf("announced %v, want %v", got, mac)
+	}
+	select {
+	case m := <-h.macs:
+		t.Fatalf("second announcement %v within %v passed", m, announceEvery)
+	default:
+	}
+	if st := p.State(); !st.Connected || st.AnnouncesDropped != 1 {
+		t.Fatalf("state %+v: want connected, 1 announce dropped", st)
 	}
 }

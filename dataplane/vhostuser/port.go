@@ -127,6 +127,7 @@ type PortState struct {
 	Connects         uint64 // connections accepted or made
 	PeerRejected     uint64 // connections refused: peer uid not in AllowedUIDs
 	Timeouts         uint64 // connections closed for a slow message or an unread reply
+	AnnouncesDropped uint64 // SEND_RARPs dropped: sooner than announceEvery after the last
 }
 
 // vringConfig is what the front-end told us about one vring.
@@ -142,6 +143,10 @@ type vringConfig struct {
 	enabled  bool
 	running  bool // handed to the handler
 	brokenOn bool // ring layout rejected
+	// stoppedUsed is used.idx as the ring stopped (GET_VRING_BASE),
+	// checked again when the device resets: only the device writes it.
+	stoppedUsed  uint16
+	stoppedCheck bool
 }
 
 // device is the per-connection state, owned by the control goroutine.
@@ -621,7 +626,12 @@ func (p *Port) logGuest(l *logLimit, level slog.Level, msg string, args ...any) 
 	p.log.Log(context.Background(), level, msg, args...)
 }
 
-// announce passes a SEND_RARP to the handler, rate-limited.
+// announce passes a SEND_RARP to the handler, rate-limited: one asked
+// for too soon after the last is dropped, not an error. An error closes
+// the connection (SEND_RARP has no reply), and QEMU may well send two at
+// once: a destination started paused (-S) announces when it resumes and
+// again from its announce timer. Closing there left the migrated guest
+// without a network.
 func (p *Port) announce(mac net.HardwareAddr) error {
 	a, ok := p.h.(Announcer)
 	if !ok {
@@ -629,7 +639,10 @@ func (p *Port) announce(mac net.HardwareAddr) error {
 	}
 	now := time.Now()
 	if now.Sub(p.lastAnnounce) < announceEvery {
-		return fmt.Errorf("announce: more than one per %v", announceEvery)
+		p.mu.Lock()
+		p.state.AnnouncesDropped++
+		p.mu.Unlock()
+		return nil
 	}
 	p.lastAnnounce = now
 	if err := a.Announce(p, slices.Clone(mac)); err != nil {
@@ -725,6 +738,13 @@ func (p *Port) refresh() {
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
 			return
 		}
+		if q.lastAvail != c.base {
+			// The front-end's base and the ring in memory disagree (buffers
+			// in flight when the last back-end stopped, or a ring state
+			// that did not migrate whole): resumed from used.idx.
+			p.log.Warn("vhost-user ring start: used.idx differs from the base", "queue", q.index, "base", c.base, "used_idx", q.lastAvail)
+		}
+		c.stoppedCheck = false
 		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
 		c.running = true
 		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)
@@ -764,6 +784,7 @@ func startQueue(q *Queue, base uint16) (err error) {
 // fds closed, memory unmapped.
 func (p *Port) resetDevice() {
 	p.stopAll()
+	p.checkStopped()
 	p.stopNotifier()
 	for _, q := range p.queues {
 		q.callPending.Store(false)
@@ -783,6 +804,25 @@ func (p *Port) resetDevice() {
 		p.mu.Lock()
 		p.state.Broken = ""
 		p.mu.Unlock()
+	}
+}
+
+// checkStopped reports a used.idx that moved after its ring stopped
+// (GET_VRING_BASE): only the device writes it, and a write QEMU's last
+// dirty-log sync did not see is lost in a migration. A check of the
+// back-end's own invariant, at the reset before memory is unmapped.
+func (p *Port) checkStopped() {
+	for _, q := range p.queues {
+		if !q.cfg.stoppedCheck || q.used == nil {
+			continue
+		}
+		var err error
+		func() {
+			defer faultError(&err, "reading used.idx")
+			if u := uint16(atomicLoad32(q.used, 0) >> 16); u != q.cfg.stoppedUsed {
+				p.log.Error("vhost-user used.idx moved after its ring stopped: a write after GET_VRING_BASE", "queue", q.index, "at_stop", q.cfg.stoppedUsed, "now", u)
+			}
+		}()
 	}
 }
 

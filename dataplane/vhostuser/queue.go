@@ -121,6 +121,7 @@ type Queue struct {
 	// at usedLogAddr (VHOST_VRING_F_LOG).
 	bufLog, usedLog *dirtyLog
 	usedLogAddr     uint64
+	nbGPA           [2]uint64 // guest addresses of num_buffers, while logging
 
 	// Data-path state, owned by the worker.
 	lastAvail uint16 // next avail entry to consume
@@ -446,7 +447,7 @@ func (q *Queue) Push(frame []byte) error {
 			if d.flags&virtio.DescFWrite == 0 {
 				return q.fail("receive descriptor %#x+%d is not device-writable", d.addr, d.len)
 			}
-			addr, l := d.addr, d.len
+			addr, l, from := d.addr, d.len, written
 			for l > 0 && written < total {
 				want := uint32(total - written)
 				if want > l {
@@ -463,7 +464,7 @@ func (q *Queue) Push(frame []byte) error {
 				l -= uint32(len(b))
 			}
 			if q.bufLog != nil { // migrating: the bytes of this descriptor
-				q.bufLog.mark(d.addr, addr-d.addr)
+				q.logBuf(d.addr, addr-d.addr, from)
 			}
 		}
 		q.putUsed(head, uint32(chainLen))
@@ -477,6 +478,9 @@ func (q *Queue) Push(frame []byte) error {
 	}
 	if q.hdrLen == virtio.NetHdrLen {
 		q.nb[0][0], q.nb[1][0] = byte(nbufs), byte(nbufs>>8)
+		if q.bufLog != nil { // written after its page was marked
+			q.logNumBuffers()
+		}
 	}
 	q.st.Frames++
 	q.st.Bytes += uint64(len(frame))

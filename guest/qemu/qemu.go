@@ -136,9 +136,9 @@ func (cfg Config) Args() []string {
 	args := []string{
 		"-name", "vmq-guest", "-nodefaults", "-no-user-config", "-no-reboot",
 		"-machine", "q35,accel=" + accel, "-cpu", "max", "-smp", strconv.Itoa(max(cfg.CPUs, 1)),
-		"-m", strconv.Itoa(mem),
+		"-m", ramSize(mem),
 		// vhost-user needs the guest memory shared with the backend.
-		"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", mem),
+		"-object", "memory-backend-memfd,id=mem,size=" + ramSize(mem) + ",share=on",
 		"-numa", "node,memdev=mem",
 		"-chardev", chardev,
 		"-netdev", fmt.Sprintf("type=vhost-user,id=net0,chardev=chr0,queues=%d", pairs),
@@ -151,6 +151,18 @@ func (cfg Config) Args() []string {
 	}
 	return append(args, cfg.Extra...)
 }
+
+// ramSize is the guest's RAM for MemoryMB: 8 KiB more than mb MiB. QEMU
+// before 9.0 (7.2 here) loses guest writes when it live-migrates a TCG
+// guest whose RAM block is a multiple of 64 pages: the 64-pages-at-a-time
+// sync of the dirty bitmap does not reset the TCG TLB's dirty tracking
+// (fixed by QEMU's "physmem: Fix migration dirty bitmap coherency with
+// TCG memory access"), so stores through TLB entries filled before the
+// sync go unlogged and the destination gets stale pages; measured here
+// with a guest without any network device: stale pages in 9 of 10 first
+// migrations a few seconds after boot with 256 MiB, none in 6 with
+// 256 MiB + 8 KiB (the per-page sync path resets the TLB).
+func ramSize(mb int) string { return strconv.Itoa(mb<<10+8) + "k" }
 
 // Guest is a running QEMU.
 type Guest struct {
@@ -392,3 +404,43 @@ func (g *Guest) Close() error {
 
 // Exited is closed when QEMU has exited.
 func (g *Guest) Exited() <-chan struct{} { return g.done }
+
+// Pid is QEMU's process id.
+func (g *Guest) Pid() int { return g.cmd.Process.Pid }
+
+// OpenMemory opens the guest's RAM (the memory-backend-memfd that Args
+// configures: the largest memfd QEMU holds) through /proc, read-only:
+// offset = guest physical address for the first MemoryMB MiB. Tests compare
+// guest memory with it.
+func (g *Guest) OpenMemory() (*os.File, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", g.Pid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("guest memory: %w", err)
+	}
+	var best *os.File
+	var bestSize int64
+	for _, e := range ents {
+		target, err := os.Readlink(dir + "/" + e.Name())
+		if err != nil || !strings.HasPrefix(target, "/memfd:") {
+			continue
+		}
+		f, err := os.Open(dir + "/" + e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := f.Stat()
+		if err != nil || st.Size() <= bestSize {
+			f.Close()
+			continue
+		}
+		if best != nil {
+			best.Close()
+		}
+		best, bestSize = f, st.Size()
+	}
+	if best == nil {
+		return nil, fmt.Errorf("guest memory: no memfd among QEMU pid %d's fds", g.Pid())
+	}
+	return best, nil
+}
