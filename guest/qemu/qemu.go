@@ -81,7 +81,7 @@ type Config struct {
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
 	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
-	MemoryMB   int // default 256
+	MemoryMB   int // default 256; the guest gets 8 KiB more (see ramSize)
 	// Accel is QEMU's accelerator list; "" means $VMQ_QEMU_ACCEL, else
 	// "tcg" (see DefaultAccel).
 	Accel   string
