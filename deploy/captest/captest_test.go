@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/bpf"
+	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
 	"github.com/vmq/vmq/internal/netnstest"
-	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/internal/testenv"
 )
 
