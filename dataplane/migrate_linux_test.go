@@ -468,6 +468,9 @@ func testMigrate(t *testing.T, client bool) {
 			t.Fatalf("round %d: migration not completed: %s", r, why)
 		}
 		took := time.Since(start)
+		// Once more: QEMU sets "completed" a moment before it computes
+		// the times (a reply in between reads 0 ms).
+		info = mon.do(t, "info migrate")
 		down, total := "?", "?"
 		if m := migDowntime.FindStringSubmatch(info); m != nil {
 			down = m[1]

@@ -809,10 +809,11 @@ func (p *Port) resetDevice() {
 	}
 }
 
-// checkStopped reports a used.idx that moved after its ring stopped
-// (GET_VRING_BASE): only the device writes it, and a write QEMU's last
-// dirty-log sync did not see is lost in a migration. A check of the
-// back-end's own invariant, at the reset before memory is unmapped.
+// checkStopped reports a used.idx that changed after its ring stopped
+// (GET_VRING_BASE), at the reset before memory is unmapped: only the
+// device writes it while the ring is set up, and a back-end write after
+// QEMU's last dirty-log sync is lost in a migration. (A guest that reset
+// its device and set its rings up anew also changes it.)
 func (p *Port) checkStopped() {
 	for _, q := range p.queues {
 		if !q.cfg.stoppedCheck || q.used == nil {
@@ -822,7 +823,8 @@ func (p *Port) checkStopped() {
 		func() {
 			defer faultError(&err, "reading used.idx")
 			if u := uint16(atomicLoad32(q.used, 0) >> 16); u != q.cfg.stoppedUsed {
-				p.log.Error("vhost-user used.idx moved after its ring stopped: a write after GET_VRING_BASE", "queue", q.index, "at_stop", q.cfg.stoppedUsed, "now", u)
+				p.log.Warn("vhost-user used.idx changed after its ring stopped: a back-end write after GET_VRING_BASE, or the guest set the ring up anew",
+					"queue", q.index, "at_stop", q.cfg.stoppedUsed, "now", u)
 			}
 		}()
 	}
