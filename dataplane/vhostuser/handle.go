@@ -392,6 +392,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		// The ring stops here; a new SET_VRING_KICK starts it again.
 		wasRunning := q.cfg.running
 		p.stopQueue(q)
+		if !p.nt.deliver(q, notifyGrace) {
+			p.logGuest(&p.faultLog, slog.LevelWarn, "vhost-user ring stopped with a call not delivered", "queue", q.index)
+		}
 		if wasRunning && q.used != nil {
 			q.cfg.stoppedUsed, q.cfg.stoppedCheck = uint16(atomicLoad32(q.used, 0)>>16), true
 			p.log.Debug("vhost-user ring stopped", "queue", q.index, "base", q.cfg.base, "used_idx", q.cfg.stoppedUsed)

@@ -97,14 +97,17 @@ func (n *notifier) callPending(quit chan struct{}) bool {
 			return false
 		default:
 		}
-		if !q.callPending.Load() || !q.callPending.Swap(false) {
+		if !q.callPending.Load() {
 			continue
 		}
+		// writing is set before the call is taken: deliver sees the call
+		// pending or being written until the write is done.
 		fd := q.callFD
-		if fd < 0 {
+		n.writing.Store(int64(fd))
+		if !q.callPending.Swap(false) || fd < 0 {
+			n.writing.Store(-1)
 			continue
 		}
-		n.writing.Store(int64(fd))
 		_, err := unix.Write(fd, n.buf[:])
 		n.writing.Store(-1)
 		switch {
@@ -157,4 +160,27 @@ func (n *notifier) stop() bool {
 	default:
 		return false
 	}
+}
+
+// deliver waits, at most bound, until the call q's worker last asked for
+// has been written to the front-end. GET_VRING_BASE replies only then:
+// QEMU reads its call eventfd one last time when it stops the device (at
+// a migration's switch-over) and not after, so a call written later is
+// lost, and a guest whose receive ring was full at that moment never
+// hears of the frames in it (the destination has no buffer to push into,
+// so it never calls either). false: the call is still pending (a guest
+// that made its eventfd write block).
+func (n *notifier) deliver(q *Queue, bound time.Duration) bool {
+	if n.done == nil {
+		return !q.callPending.Load() // stopped: nobody writes it now
+	}
+	n.signal()
+	deadline := time.Now().Add(bound)
+	for q.callPending.Load() || (q.callFD >= 0 && n.writing.Load() == int64(q.callFD)) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+	return true
 }

@@ -351,7 +351,13 @@ func TestPortServer(t *testing.T) {
 		t.Fatal("memory table without fds acked")
 	}
 
-	// GET_VRING_BASE stops the queue before it answers.
+	// GET_VRING_BASE stops the queue before it answers, and answers
+	// only once the call the worker's last Flush asked for is written
+	// (here a call whose wake-up the notifier never got): QEMU reads its
+	// call eventfd for the last time right after.
+	var ev [8]byte
+	readNoWait(call[1], &ev)
+	txq.callPending.Store(true)
 	f.send(ReqGetVringBase, 0, statep(1, 0))
 	if q := recv(t, h.stopped, "QueueStopped"); q != txq {
 		t.Fatalf("stopped queue %d", q.Index())
@@ -359,6 +365,9 @@ func TestPortServer(t *testing.T) {
 	s, err := DecodeVringState(f.recv(ReqGetVringBase))
 	if err != nil || s.Num != 1 {
 		t.Fatalf("GET_VRING_BASE: %+v %v", s, err)
+	}
+	if n, e := readNoWait(call[1], &ev); n != 8 || e != 0 {
+		t.Fatalf("no call written before the GET_VRING_BASE reply: %d %v", n, e)
 	}
 
 	// Disconnect: the running RX queue is taken back, memory unmapped.
