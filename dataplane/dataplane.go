@@ -28,6 +28,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/dataplane/xsk"
 )
 
@@ -71,6 +72,9 @@ type VM struct {
 	QueuePairs    int
 	AllowSpoofing bool
 	MTU           int
+	// NoOffloads turns off the checksum and TSO offloads (offload.go)
+	// the VM's port offers by default.
+	NoOffloads bool
 	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
 	// them while it runs.
 	Limits Limits
@@ -239,8 +243,16 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 // portConfig is the vhost-user configuration of a VM's port (its own or
 // a migration's standby port).
 func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
+	features := uint64(vhostuser.DefaultFeatures | virtio.OffloadFeatures)
+	if vm.NoOffloads {
+		features = vhostuser.DefaultFeatures
+	}
+	if vm.MTU > 0 {
+		features |= virtio.NetFMTU
+	}
 	return vhostuser.Config{
-		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
+		Features: features,
+		Name:     vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
 		MaxMemory:   vm.MaxMemory,
 		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
 		AllowedUIDs: vm.AllowedUIDs,
@@ -409,6 +421,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 		for _, q := range e.port.Queues() {
 			qs := q.Stats()
 			v.Drops[DropMalformed] += qs.Drops[vhostuser.DropMalformed]
+			v.Drops[DropBadOffload] += qs.Drops[vhostuser.DropBadHeader]
 			if !q.IsRX() {
 				v.Drops[DropMalformed] += qs.Drops[vhostuser.DropTooBig]
 				// Chains Pop dropped because no budget could finish them

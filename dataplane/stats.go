@@ -17,12 +17,13 @@ const (
 	DropMalformed                       // a guest frame too short or otherwise unusable
 	DropRateLimited                     // over the VM's QoS limit (Limits)
 	DropBudget                          // the VM used up its fair share of the worker's round
+	DropBadOffload                      // a virtio-net header (checksum, TSO) that does not fit its frame
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
-	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
+	"broken", "tx_ring_full", "malformed", "rate_limited", "budget", "bad_offload",
 }
 
 // String is the reason's label value in metrics and the API.

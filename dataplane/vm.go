@@ -30,6 +30,7 @@ type vmState struct {
 	vlan       uint16
 	allowSpoof bool
 	pairs      int // the VM's queue pairs
+	mtu        int // segments of its TSO frames are at most this (0: 1500)
 
 	// Fair share (fairshare.go): work units left this round, and whether
 	// the VM had any work this round.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/dataplane/xsk"
 )
 
@@ -114,6 +115,7 @@ type worker struct {
 	nstash  int
 	pollfds []unix.PollFd
 	ctr     workerCounters
+	ofl     offloadState // guest frames with offloads (offload.go)
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
 	// each round), the marks not yet found empty (ready), the marks taken
@@ -393,7 +395,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	st := &vmState{
 		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
-		sock: sock, ctr: ctr,
+		sock: sock, ctr: ctr, mtu: vm.MTU,
 	}
 	w.setLimits(st, vm.Limits)
 	st.credit = fairQuantum // what the first grant gives a VM without work
@@ -733,7 +735,10 @@ func (w *worker) serve(slot uint32) {
 
 // push gives a frame to a guest receive queue, the descriptors it walks
 // paid from the receiving VM's credit (its ring decides the cost).
-func (w *worker) push(vq *virtq, frame []byte) {
+func (w *worker) push(vq *virtq, frame []byte) { w.pushHdr(vq, nil, frame) }
+
+// pushHdr is push with a virtio-net header (nil: zeroed).
+func (w *worker) pushHdr(vq *virtq, h *virtio.NetHdr, frame []byte) {
 	vm := vq.vm
 	w.serve(vm.slot)
 	vm.busy = true
@@ -742,7 +747,7 @@ func (w *worker) push(vq *virtq, frame []byte) {
 	vq.q.SetBudget(vm.credit)
 	defer func() { vm.credit = vq.q.Budget() }()
 	defer vq.q.RecoverFault()
-	switch err := vq.q.Push(frame); {
+	switch err := vq.q.PushHdr(h, frame); {
 	case err == nil:
 		// Counted here, published once per round (flushAll).
 		vm.rxPkts++
@@ -770,28 +775,33 @@ func (w *worker) transmit(vq *virtq) int {
 		w.touch(vm)
 	}
 	if wire > 0 {
-		sent, err := vm.sock.Transmit(w.txDescs[:wire])
-		if sent < wire {
-			// The tx ring is full (or the kernel refused): these frames are
-			// lost, and their UMEM frames go back to the allocator.
-			for _, d := range w.txDescs[sent:wire] {
-				w.addrs[0] = d.Addr
-				w.q.Free(w.addrs[:1])
-			}
-			add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
-		}
-		if err != nil && sent == 0 {
-			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
-		}
-		if !vm.txQueued && vm.sock.TxPending() > 0 {
-			vm.txQueued = true
-			w.txQueued = append(w.txQueued, vm)
-		}
+		w.sendWire(vm, wire)
 	}
 	if popped > 0 {
 		w.markDirty(vq)
 	}
 	return popped
+}
+
+// sendWire hands w.txDescs[:wire] to the VM's socket.
+func (w *worker) sendWire(vm *vmState, wire int) {
+	sent, err := vm.sock.Transmit(w.txDescs[:wire])
+	if sent < wire {
+		// The tx ring is full (or the kernel refused): these frames are
+		// lost, and their UMEM frames go back to the allocator.
+		for _, d := range w.txDescs[sent:wire] {
+			w.addrs[0] = d.Addr
+			w.q.Free(w.addrs[:1])
+		}
+		add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
+	}
+	if err != nil && sent == 0 {
+		w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
+	}
+	if !vm.txQueued && vm.sock.TxPending() > 0 {
+		vm.txQueued = true
+		w.txQueued = append(w.txQueued, vm)
+	}
 }
 
 // noFrame marks "no UMEM frame held" (frame addresses are offsets in the
@@ -804,6 +814,9 @@ const noFrame = ^uint64(0)
 // back to the stash, and the frames already in txDescs are still sent
 // (the named results survive the recovered panic).
 func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	if vq.q.Features()&hostOffloads != 0 {
+		return w.popBatchOffload(vq)
+	}
 	held := noFrame
 	defer func() {
 		if held != noFrame {
@@ -831,7 +844,7 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if err != nil {
 			// ErrBudget: the frame waits in the ring, or Pop dropped and
 			// counted a chain no budget can finish.
-			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
+			if !isEmptyOrBudget(err) {
 				vm.drop(DropBroken)
 			}
 			break
@@ -845,16 +858,26 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if !w.forward(vm, frame) {
 			continue
 		}
-		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vm.vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vm.vlan)
-			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
-		}
-		w.txDescs[wire] = d
+		w.txDescs[wire] = w.wireDesc(vm, addr, buf, n)
 		wire++
 		held = noFrame
 	}
 	return wire, popped
+}
+
+// isEmptyOrBudget: Pop found nothing to send, or the round's budget ended.
+func isEmptyOrBudget(err error) bool {
+	return errors.Is(err, vhostuser.ErrEmpty) || errors.Is(err, vhostuser.ErrBudget)
+}
+
+// wireDesc is the tx descriptor of the frame buf[vlanTagLen:vlanTagLen+n]
+// of the UMEM frame at addr, tagged with the VM's VLAN if it has one.
+func (w *worker) wireDesc(vm *vmState, addr uint64, buf []byte, n int) xsk.Desc {
+	if vm.vlan != 0 {
+		insertTag(buf, vlanTagLen, n, vm.vlan)
+		return xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+	}
+	return xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
 }
 
 // forward switches one frame a guest sent: checks it, delivers it to the

@@ -98,7 +98,9 @@ const DefaultFeatures = virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFEve
 	virtio.FProtocolFeatures | FeatureLogAll
 
 // supportedFeatures bounds Config.Features: what the back-end implements.
-const supportedFeatures = DefaultFeatures | virtio.NetFMTU
+// The offloads (virtio.OffloadFeatures) are only honoured by a user of
+// PushHdr and PopHdr, so they are not in DefaultFeatures.
+const supportedFeatures = DefaultFeatures | virtio.NetFMTU | virtio.OffloadFeatures
 
 // offeredProtocol are the protocol features the back-end implements.
 const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig |

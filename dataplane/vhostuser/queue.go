@@ -40,10 +40,11 @@ const (
 	DropMalformed                   // TX: shorter than the virtio-net header, or empty
 	DropBroken                      // the device is broken
 	DropBudget                      // the round's descriptor budget ran out (SetBudget)
+	DropBadHeader                   // TX: a virtio-net header PopHdr refused (virtio.NetHdr.Validate)
 	NumDropReasons
 )
 
-var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken", "budget"}
+var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken", "budget", "bad_header"}
 
 func (r DropReason) String() string {
 	if r < 0 || r >= NumDropReasons {
@@ -110,6 +111,7 @@ type Queue struct {
 	availEvt  int  // offset of avail_event in used (EVENT_IDX)
 	mem       *memTable
 	hdrLen    int
+	features  uint64 // negotiated, as of ringLayout
 	mrg       bool
 	eventIdx  bool
 	indirect  bool
@@ -135,7 +137,8 @@ type Queue struct {
 	budget, budgetGiven int
 	flushes             uint64
 	ch                  chain
-	nb                  [2][]byte // where num_buffers landed in guest memory
+	nb                  [2][]byte              // where num_buffers landed in guest memory
+	hb                  [virtio.NetHdrLen]byte // the header PushHdr writes, PopHdr reads
 	ev                  [8]byte
 	st                  QueueStats
 
@@ -159,6 +162,10 @@ func (q *Queue) Pair() int { return q.index / 2 }
 
 // Port is the port the queue belongs to.
 func (q *Queue) Port() *Port { return q.port }
+
+// Features are the virtio features the front-end negotiated for the
+// rings the queue runs on. Owner only (they change between handovers).
+func (q *Queue) Features() uint64 { return q.features }
 
 // Size is the number of ring entries.
 func (q *Queue) Size() int { return int(q.num) }
@@ -228,6 +235,7 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 	q.availEvt = 4 + 8*int(num)
 	q.mem = mem
 	q.hdrLen = virtio.NetHdrLenFor(features)
+	q.features = features
 	q.mrg = features&virtio.NetFMrgRxbuf != 0
 	q.eventIdx = eventIdx
 	q.indirect = features&virtio.RingFIndirectDesc != 0
@@ -397,7 +405,17 @@ func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 // ErrNoBuffers and ErrTooBig leave the ring as it was (the frame is
 // dropped and counted); an error wrapping ErrBroken means the guest is
 // hostile and the device is now broken.
-func (q *Queue) Push(frame []byte) error {
+func (q *Queue) Push(frame []byte) error { return q.PushHdr(nil, frame) }
+
+// PushHdr is Push with the virtio-net header h (nil: zeroed); its
+// NumBuffers is ignored (Push writes the count it used). The caller
+// offers only what the guest negotiated (GUEST_CSUM, GUEST_TSO4/6).
+func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
+	if h == nil {
+		clear(q.hb[:])
+	} else {
+		h.Encode(q.hb[:])
+	}
 	if q.isBroken() {
 		q.st.Drops[DropBroken]++
 		q.dirty = true
@@ -488,9 +506,9 @@ func (q *Queue) Push(frame []byte) error {
 // remembers where num_buffers (header bytes 10 and 11) went.
 func (q *Queue) fill(dst []byte, pos int, frame []byte) {
 	if pos < q.hdrLen {
-		// The header, or the part of it this buffer holds, in one clear.
+		// The header, or the part of it this buffer holds, in one copy.
 		n := min(q.hdrLen-pos, len(dst))
-		clear(dst[:n])
+		copy(dst[:n], q.hb[pos:])
 		for i := max(pos, 10); i < pos+n; i++ { // num_buffers: bytes 10 and 11
 			q.nb[i-10] = dst[i-pos : i-pos+1]
 		}
@@ -504,7 +522,14 @@ func (q *Queue) fill(dst []byte, pos int, frame []byte) {
 // Pop copies the guest's next frame, without its virtio-net header, into
 // dst and returns its length. Frames larger than dst and malformed ones
 // are consumed, counted as drops and skipped. ErrEmpty: nothing to send.
-func (q *Queue) Pop(dst []byte) (int, error) {
+// The header is not looked at: a caller that offered offloads uses PopHdr.
+func (q *Queue) Pop(dst []byte) (int, error) { return q.PopHdr(nil, dst) }
+
+// PopHdr is Pop that also returns the frame's virtio-net header in h
+// (unless h is nil). The header is guest input: one that fails
+// virtio.NetHdr.Validate for the frame's length drops the frame
+// (counted as DropBadHeader) like a malformed one.
+func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 	for {
 		if q.isBroken() {
 			return 0, ErrBroken
@@ -550,8 +575,12 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 			addr, l := d.addr, d.len
 			if skip > 0 {
 				s := min(skip, l)
-				if _, err := q.mem.guestAll(addr, s); err != nil {
+				b, err := q.mem.guestAll(addr, s)
+				if err != nil {
 					return 0, q.fail("transmit header %#x+%d: %v", d.addr, d.len, err)
+				}
+				if h != nil { // the header may span descriptors
+					copy(q.hb[uint32(q.hdrLen)-skip:], b)
 				}
 				addr += uint64(s)
 				l -= s
@@ -583,12 +612,21 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 			q.st.Drops[DropMalformed]++
 		case tooBig:
 			q.st.Drops[DropTooBig]++
+		case h != nil && !q.decodeHdr(h, n):
+			q.st.Drops[DropBadHeader]++
 		default:
 			q.st.Frames++
 			q.st.Bytes += uint64(n)
 			return n, nil
 		}
 	}
+}
+
+// decodeHdr decodes the header PopHdr read and checks it against the
+// frame's length n.
+func (q *Queue) decodeHdr(h *virtio.NetHdr, n int) bool {
+	h.Decode(q.hb[:q.hdrLen])
+	return h.Validate(n) == nil
 }
 
 // Flush publishes the used entries of this batch with one atomic store
