@@ -409,6 +409,10 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.TxPackets += qs.TxPackets
 			v.TxBytes += qs.TxBytes
 			v.FloodCopies += c.floodCopies.Load()
+			v.Offload.Passed += c.oflPassed.Load()
+			v.Offload.Segmented += c.oflSegmented.Load()
+			v.Offload.Segments += c.oflSegments.Load()
+			v.Offload.CsumFills += c.oflCsum.Load()
 			for r := range c.drops {
 				v.Drops[r] += c.drops[r].Load()
 			}

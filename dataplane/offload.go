@@ -43,6 +43,9 @@ type offloadState struct {
 	scratch []byte // allocated when the worker first serves such a guest
 	hdr     virtio.NetHdr
 	seg     segmenter
+	// extra is the work of the last frame beyond one pop (its segments
+	// after the first): charged to the guest's share like pops.
+	extra int
 }
 
 // l34 says where a frame's IP and TCP headers are.
@@ -272,6 +275,8 @@ func (w *worker) popBatchOffload(vq *virtq) (wire, popped int) {
 			continue
 		}
 		wire = w.sendOffload(vm, &o.hdr, o.scratch[:n], wire)
+		popped += o.extra
+		o.extra = 0
 	}
 	return wire, popped
 }
@@ -314,21 +319,28 @@ func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, frame []byte, wire i
 				to.drop(DropRateLimited)
 				return wire
 			}
+			add(&vm.ctr.oflPassed, 1)
 			w.pushHdr(to.rxqs[0], h, frame)
 			return wire
 		}
 	}
 	if h.GSOType == virtio.GSONone {
 		fillCsum(frame, int(h.CsumStart), int(h.CsumOffset))
+		add(&vm.ctr.oflCsum, 1)
 		return w.emitCopy(vm, frame, wire)
 	}
+	// Headers that leave less room than the smallest gso_size would make
+	// one frame cost thousands of segments.
 	mss := min(int(h.GSOSize), vm.segLimit(p.ipOff)-p.hdrEnd)
-	if mss <= 0 {
+	if mss < virtio.MinGSOSize {
 		vm.drop(DropBadOffload)
 		return wire
 	}
 	s := &w.ofl.seg
 	s.init(frame, p, mss)
+	add(&vm.ctr.oflSegmented, 1)
+	add(&vm.ctr.oflSegments, uint64(s.count()))
+	w.ofl.extra += s.count() - 1
 	for !s.done() {
 		if wire == batchSize {
 			w.sendWire(vm, wire)

@@ -130,6 +130,18 @@ type VMStats struct {
 	Queues          []VMQueueStats `json:"queues,omitempty"`
 	// Limits are the VM's QoS limits now (zero: unlimited).
 	Limits Limits `json:"limits"`
+	// Offloads: frames the guest sent with TSO or an open checksum that
+	// went to a VM as they were, TSO frames cut in software and the
+	// frames cut from them, checksums filled in software.
+	Offload OffloadStats `json:"offload"`
+}
+
+// OffloadStats count the work the guest's offloads gave vmq (offload.go).
+type OffloadStats struct {
+	Passed    uint64 `json:"passed"`
+	Segmented uint64 `json:"segmented"`
+	Segments  uint64 `json:"segments"`
+	CsumFills uint64 `json:"csum_fills"`
 }
 
 // VMQueueStats are a VM's counters on one NIC queue / virtqueue pair.

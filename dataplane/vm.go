@@ -14,8 +14,11 @@ type vmCounters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	floodCopies        atomic.Uint64
-	drops              [NumDropReasons]atomic.Uint64
-	socket             atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
+	// offload.go: frames passed with their header, TSO frames cut and
+	// the segments cut, checksums filled.
+	oflPassed, oflSegmented, oflSegments, oflCsum atomic.Uint64
+	drops                                         [NumDropReasons]atomic.Uint64
+	socket                                        atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
 }
 
 // add increments a counter that only the calling worker writes.
