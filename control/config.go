@@ -131,6 +131,10 @@ type VMConfig struct {
 	SocketMode  FileMode `yaml:"socket_mode" json:"socket_mode"`
 	// AllowedUIDs, if set, are the only peer uids (SO_PEERCRED) accepted.
 	AllowedUIDs []uint32 `yaml:"allowed_uids,omitempty" json:"allowed_uids,omitempty"`
+	// NoOffloads: the VM's port offers no checksum or TSO offloads
+	// (YAML "offloads: false"); by default it offers CSUM, GUEST_CSUM,
+	// HOST_TSO4/6 and GUEST_TSO4/6 (dataplane/offload.go).
+	NoOffloads bool `yaml:"-" json:"no_offloads,omitempty"`
 }
 
 // HardwareAddr is the VM's MAC; valid only on a validated config.
@@ -240,6 +244,9 @@ type fileVMConfig struct {
 	SocketGroup    IDSpec    `yaml:"socket_group"`
 	SocketMode     *FileMode `yaml:"socket_mode"`
 	AllowedUIDs    []uint32  `yaml:"allowed_uids"`
+
+	// Offloads (default true) offers the guest checksum and TSO offloads.
+	Offloads *bool `yaml:"offloads"`
 }
 
 // queueSpec is either a count ("queues: 4" = queues 0..3) or a list.
@@ -486,6 +493,9 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 		}
 		if f.QueuePairs != nil {
 			vm.QueuePairs = *f.QueuePairs
+		}
+		if f.Offloads != nil {
+			vm.NoOffloads = !*f.Offloads
 		}
 		cfg.VMs = append(cfg.VMs, vm)
 	}

@@ -164,6 +164,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		fs.StringVar(&vm.Mode, "mode", control.ModeServer, "vhost-user mode: server (vmqd listens) or client")
 		fs.IntVar(&vm.QueuePairs, "queue-pairs", 1, "virtqueue pairs")
 		fs.BoolVar(&vm.AllowSpoofing, "allow-spoofing", false, "let the guest send with other source MACs")
+		fs.BoolVar(&vm.NoOffloads, "no-offloads", false, "offer the guest no checksum or TSO offloads")
 	} else {
 		fs.StringVar(&c.socket, "socket", c.socket, "vmqd API socket")
 	}
@@ -322,6 +323,7 @@ func (c *cli) vmShow(ctx context.Context, cl *control.Client, args []string) err
 	kv("Socket", fmt.Sprintf("%s (%s)", d.Socket, d.Mode))
 	kv("Queue pairs", d.QueuePairs)
 	kv("Allow spoofing", d.AllowSpoofing)
+	kv("Offloads", !d.NoOffloads)
 	kv("Limits", limitsString(d.Limits))
 	if p := d.Port; p != nil {
 		kv("Connected", p.Connected)

@@ -194,6 +194,7 @@ VLAN:            5
 Socket:          DIR/new.sock (client)
 Queue pairs:     2
 Allow spoofing:  true
+Offloads:        true
 Limits:          none
 Connected:       true
 Features:        0x130000000 (protocol 0x0)

@@ -305,7 +305,7 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 	return a.d.dp.AddVM(ctx, dataplane.VM{
 		Name: vm.Name, Slot: vm.Slot, MAC: vm.HardwareAddr(), VLAN: uint16(vm.VLAN),
 		Socket: vm.Socket, Client: vm.Mode == control.ModeClient,
-		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU,
+		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU, NoOffloads: vm.NoOffloads,
 		Limits: vm.Limits.Dataplane(), MaxMemory: uint64(vm.MaxGuestMemory),
 		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
 		AllowedUIDs: vm.AllowedUIDs,
