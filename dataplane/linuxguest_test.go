@@ -22,7 +22,7 @@ import (
 const wireIP = "10.99.0.1"
 
 // newLinuxBed is the test bed with the wire at 10.99.0.1/24.
-func newLinuxBed(t *testing.T, queues int) *testbed {
+func newLinuxBed(t testing.TB, queues int) *testbed {
 	t.Helper()
 	return newTestbedOpts(t, tbed.Options{Queues: queues, WireAddr: wireIP + "/24"}, nil)
 }

@@ -19,7 +19,7 @@ import (
 // unexported state (ports, locks).
 type testbed struct {
 	*tbed.Bed
-	t      *testing.T
+	t      testing.TB
 	filter *bpf.Filter
 	dp     *Dataplane
 	guests map[string]*frontend.Guest
@@ -42,7 +42,7 @@ func newTestbedCfg(t *testing.T, queues int, change func(*Config)) *testbed {
 	return newTestbedOpts(t, tbed.Options{Queues: queues}, change)
 }
 
-func newTestbedOpts(t *testing.T, opts tbed.Options, change func(*Config)) *testbed {
+func newTestbedOpts(t testing.TB, opts tbed.Options, change func(*Config)) *testbed {
 	t.Helper()
 	tb := &testbed{Bed: tbed.New(t, opts), t: t, guests: make(map[string]*frontend.Guest)}
 	tb.filter = tb.AttachFilter()
