@@ -95,6 +95,8 @@ vmq_vm_tx_bytes_total{vm="db"} 6600
 vmq_vm_tx_bytes_total{vm="web"} 3e+06
 # HELP vmq_vm_drops_total Frames to or from the VM that vmq dropped, by reason.
 # TYPE vmq_vm_drops_total counter
+vmq_vm_drops_total{reason="bad_offload",vm="db"} 0
+vmq_vm_drops_total{reason="bad_offload",vm="web"} 0
 vmq_vm_drops_total{reason="broken",vm="db"} 0
 vmq_vm_drops_total{reason="broken",vm="web"} 0
 vmq_vm_drops_total{reason="budget",vm="db"} 0
