@@ -25,9 +25,11 @@ type collector struct {
 	filterRedirected, filterPassed, filterFlooded, filterMalformed, filterNoSocket *prometheus.Desc
 
 	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood *prometheus.Desc
-	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs                        *prometheus.Desc
-	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes                       *prometheus.Desc
-	vmLimit                                                                  *prometheus.Desc
+	// Checksum and TSO offloads (dataplane/offload.go).
+	vmOflPassed, vmOflSegmented, vmOflSegments, vmOflCsum *prometheus.Desc
+	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs     *prometheus.Desc
+	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes    *prometheus.Desc
+	vmLimit                                               *prometheus.Desc
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
@@ -70,6 +72,10 @@ func NewCollector(src Source) prometheus.Collector {
 		vmTxBytes:         desc("vm_tx_bytes_total", "Bytes the VM sent.", vm...),
 		vmDrops:           desc("vm_drops_total", "Frames to or from the VM that vmq dropped, by reason.", "vm", "reason"),
 		vmFlood:           desc("vm_flood_copies_total", "Broadcast/multicast copies delivered to the VM.", vm...),
+		vmOflPassed:       desc("vm_offload_passed_total", "TSO or open-checksum frames the VM sent that went to a VM as they were.", vm...),
+		vmOflSegmented:    desc("vm_offload_segmented_total", "TSO frames the VM sent that vmq cut into MTU-sized frames.", vm...),
+		vmOflSegments:     desc("vm_offload_segments_total", "Frames vmq cut from the VM's TSO frames.", vm...),
+		vmOflCsum:         desc("vm_offload_csum_fills_total", "Checksums vmq filled in for the VM's frames.", vm...),
 		vmFilterPackets:   desc("vm_filter_packets_total", "Frames the XDP filter matched to the VM's slot.", vm...),
 		vmFilterBytes:     desc("vm_filter_bytes_total", "Bytes the XDP filter matched to the VM's slot.", vm...),
 		vmFilterRedirErrs: desc("vm_filter_redirect_errors_total", "Frames matched to the VM whose bpf_redirect_map failed.", vm...),
@@ -118,6 +124,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.nicInfo, c.xdpAttached, c.nicMTU, c.nicChannels, c.nicQueues, c.frameSize,
 		c.filterRedirected, c.filterPassed, c.filterFlooded, c.filterMalformed, c.filterNoSocket,
 		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood,
+		c.vmOflPassed, c.vmOflSegmented, c.vmOflSegments, c.vmOflCsum,
 		c.vmFilterPackets, c.vmFilterBytes, c.vmFilterRedirErrs,
 		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes, c.vmLimit,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
@@ -252,6 +259,10 @@ func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats)
 	counter(ch, c.vmTxPackets, v.TxPackets, v.Name)
 	counter(ch, c.vmTxBytes, v.TxBytes, v.Name)
 	counter(ch, c.vmFlood, v.FloodCopies, v.Name)
+	counter(ch, c.vmOflPassed, v.Offload.Passed, v.Name)
+	counter(ch, c.vmOflSegmented, v.Offload.Segmented, v.Name)
+	counter(ch, c.vmOflSegments, v.Offload.Segments, v.Name)
+	counter(ch, c.vmOflCsum, v.Offload.CsumFills, v.Name)
 	counter(ch, c.vmFilterPackets, v.FilterPackets, v.Name)
 	counter(ch, c.vmFilterBytes, v.FilterBytes, v.Name)
 	counter(ch, c.vmFilterRedirErrs, v.FilterRedirErrs, v.Name)
