@@ -200,6 +200,7 @@ Features:        0x130000000 (protocol 0x0)
 RX:              300 packets, 19200 bytes
 TX:              30 packets, 1920 bytes
 Flood copies:    3
+RX copied:       0 bytes
 Filter:          300 packets, 19200 bytes, 0 redirect errors
 Drops:           guest_not_ready=2 virtqueue_full=3
 `, "DIR", dir)

@@ -172,6 +172,10 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		// Some VMs failed; the others run. Report, don't die.
 		d.log.Error("not every configured VM started", "err", err)
 	}
+	// Flow rules a previous vmqd left for VMs that are gone.
+	if err := d.dp.ReconcileSteering(); err != nil {
+		d.log.Warn("reconcile dedicated-queue flow rules", "err", err)
+	}
 
 	if err := os.MkdirAll(filepath.Dir(cfg.API.Socket), 0o755); err != nil {
 		return nil, fmt.Errorf("API socket directory: %w", err)
@@ -309,6 +313,7 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 		Limits: vm.Limits.Dataplane(), MaxMemory: uint64(vm.MaxGuestMemory),
 		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
 		AllowedUIDs: vm.AllowedUIDs,
+		Dedicated:   vm.DedicatedMode(), DedicatedQueue: vm.DedicatedQueue(),
 	})
 }
 
