@@ -3,8 +3,10 @@ package dataplane
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,5 +256,31 @@ func TestDedicatedQueueVLAN(t *testing.T) {
 	vs := tb.vmStats("ded")
 	if vs.RxCopiedBytes != 0 || vs.Dedicated.Frames != n || vs.RxBytes != uint64(n*(x.tmpl[4].FrameLen()-4)) {
 		t.Fatalf("copied %d rx bytes %d, %+v", vs.RxCopiedBytes, vs.RxBytes, *vs.Dedicated)
+	}
+}
+
+// TestDedicatedNtupleRefusedOnVeth: with the NIC's own flow rules (the
+// default Steerer) veth refuses; a preferred VM runs shared, counted and
+// with the reason, a required one is not added.
+func TestDedicatedNtupleRefusedOnVeth(t *testing.T) {
+	tb := newTestbedCfg(t, 2, func(c *Config) { c.Queues = []int{0} })
+	pref := VM{Name: "pref", Slot: 1, MAC: mustMAC(mac1), Socket: tb.Socket("pref"), QueuePairs: 1,
+		Dedicated: DedicatedPreferred, DedicatedQueue: -1}
+	tb.addPort(pref)
+	d := tb.vmStats("pref").Dedicated
+	if d == nil || d.State != "shared (fallback)" || d.Fallbacks != 1 || d.Steering != "none" ||
+		!strings.Contains(d.Reason, "no ntuple flow steering") {
+		t.Fatalf("preferred on veth: %+v", d)
+	}
+	req := VM{Name: "req", Slot: 2, MAC: mustMAC(mac2), Socket: tb.Socket("req"), QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: -1}
+	err := tb.dp.AddVM(context.Background(), req)
+	if !errors.Is(err, ntuple.ErrNotSupported) || !errors.Is(err, ErrNoDedicatedQueue) {
+		t.Fatalf("required on veth: %v", err)
+	}
+	// Queue 0 is shared: a VM cannot have it.
+	req.Socket, req.DedicatedQueue = tb.Socket("req2"), 0
+	if err := tb.dp.AddVM(context.Background(), req); err == nil || !strings.Contains(err.Error(), "queue 0 is a shared queue") {
+		t.Fatalf("required on the shared queue: %v", err)
 	}
 }
