@@ -15,6 +15,7 @@ import (
 	"github.com/vmq/vmq/guest/frontend"
 	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/testpmd"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -283,4 +284,46 @@ func TestDedicatedNtupleRefusedOnVeth(t *testing.T) {
 	if err := tb.dp.AddVM(context.Background(), req); err == nil || !strings.Contains(err.Error(), "queue 0 is a shared queue") {
 		t.Fatalf("required on the shared queue: %v", err)
 	}
+}
+
+// TestDedicatedDPDKGuest: a DPDK virtio_user guest (testpmd rxonly, its
+// memory a hugepage file) on a dedicated queue: its hugepage region is
+// the UMEM, every frame lands in an mbuf in place, exactly, 0 bytes
+// copied.
+func TestDedicatedDPDKGuest(t *testing.T) {
+	testenv.RequireCommand(t, "dpdk-testpmd")
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("dpdk")
+	tb.addPort(VM{Name: "dpdk", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	pmd, err := testpmd.Start(t, testpmd.Config{Name: "virtio_user", Prefix: "vmqded", Lcores: "0@0,1@1", Mem: 128,
+		EAL:   []string{"--single-file-segments", "--log-level=lib.eal:error"},
+		Vdevs: []string{"net_virtio_user0,path=" + sock + ",queues=1,queue_size=1024,mrg_rxbuf=1,mac=" + mac1},
+		App:   []string{"--forward-mode=rxonly", "--rxq=1", "--txq=1", "--nb-cores=1", "--rxd=1024", "--txd=1024"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.waitRunning("dpdk", 2)
+	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+		d := tb.vmStats("dpdk").Dedicated
+		return d.State == "direct" && d.Posted > 0, fmt.Sprintf("%+v", *d)
+	})
+	const n = 3000
+	for i, size := range []int{64, 1514} {
+		tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: size, Stream: uint32(20 + i)}, n)
+	}
+	testenv.Eventually(t, "frames in place", func() (bool, string) {
+		d := tb.vmStats("dpdk").Dedicated
+		return d.Frames >= 2*n, fmt.Sprintf("%+v", *d)
+	})
+	vs := tb.vmStats("dpdk")
+	pmd.Stop()
+	rx, _, err := pmd.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rx != 2*n || vs.Dedicated.Frames != 2*n || vs.RxCopiedBytes != 0 {
+		t.Fatalf("testpmd received %d, in place %d, copied %d bytes; want %d, %d, 0", rx, vs.Dedicated.Frames, vs.RxCopiedBytes, 2*n, 2*n)
+	}
+	t.Logf("DPDK guest: %+v", *vs.Dedicated)
 }
