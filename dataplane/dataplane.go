@@ -371,7 +371,12 @@ func (h *portHandler) QueueReady(q *vhostuser.Queue) {
 	if h.standby && !h.started.Swap(true) {
 		h.dp.log.Info("migration: the destination started its rings; traffic moves to the standby port", "vm", h.name, "socket", q.Port().Path())
 	}
-	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
+	c := command{kind: cmdQueueReady, slot: h.slot, vq: q}
+	if q.IsRX() && q.Pair() == 0 && !h.standby {
+		c.pre = h.dp.preopenDirect(h.name, q) // nil unless the VM has a dedicated queue
+	}
+	if err := h.owner(q).send(c); err != nil {
+		c.pre.close()
 		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
 	}
 }

@@ -352,16 +352,109 @@ func (w *worker) addDirect(st *vmState, vm *VM) {
 	if vm.dedCtr == nil || w.index != 0 { // pair 0's receive queue is worker 0's
 		return
 	}
-	st.ded = &directRx{queue: vm.dedQueue, ctr: vm.dedCtr}
+	st.ded = &directRx{queue: vm.dedQueue, ctr: vm.dedCtr, window: directWindow(vm)}
 	if vm.VLAN != 0 {
 		st.ded.shift = vlanTagLen
 	}
+	w.directs = append(w.directs, st)
+}
+
+// directWindow is the most the kernel may write for one frame: the MTU,
+// the Ethernet header and a VLAN tag.
+func directWindow(vm *VM) uint64 {
 	mtu := vm.MTU
 	if mtu <= 0 {
 		mtu = directMTU
 	}
-	st.ded.window = uint64(mtu) + ethHdrLen + vlanTagLen
-	w.directs = append(w.directs, st)
+	return uint64(mtu) + ethHdrLen + vlanTagLen
+}
+
+// directOpen is a dedicated socket opened for a worker, or why not.
+type directOpen struct {
+	sock   *xsk.Direct
+	region vhostuser.GuestRegion
+	err    error
+}
+
+func (o *directOpen) close() {
+	if o != nil && o.sock != nil {
+		o.sock.Close()
+		o.sock = nil
+	}
+}
+
+// preopenDirect opens a dedicated VM's socket on the guest memory region
+// of its receive buffers (of its first posted buffer, else of its ring),
+// on the port's goroutine: registering the UMEM pins every page of the
+// region, which takes long enough (hundreds of ms for a few hundred MB)
+// to stall every VM of a worker. Nil when the VM has no dedicated queue.
+func (dp *Dataplane) preopenDirect(name string, q *vhostuser.Queue) (o *directOpen) {
+	dp.mu.RLock()
+	e := dp.vms[name]
+	var vm VM
+	if e != nil {
+		vm = e.vm
+	}
+	dp.mu.RUnlock()
+	if vm.dedCtr == nil {
+		return nil
+	}
+	o = &directOpen{}
+	defer func() { // the guest may shrink its memory under us: SIGBUS
+		if r := recover(); r != nil {
+			if _, ok := r.(interface{ Addr() uintptr }); !ok {
+				panic(r)
+			}
+			o.close()
+			o.err = fmt.Errorf("memory fault reading the guest's ring: %v", r)
+		}
+	}()
+	region, ok := q.RingRegion()
+	if b, have, _, err := q.PeekRxBuffer(); err == nil && have {
+		region, ok = q.Region(b.GPA)
+	}
+	if !ok {
+		o.err = errors.New("no guest memory region holds the receive ring")
+		return o
+	}
+	window := directWindow(&vm)
+	chunk := uint64(2048)
+	if window+xsk.DirectHeadroom > chunk {
+		chunk = 4096
+	}
+	if window+xsk.DirectHeadroom > chunk {
+		o.err = fmt.Errorf("frames of %d bytes do not fit a 4096-byte chunk", window)
+		return o
+	}
+	o.err = inNetns(dp.cfg.Netns, func() error {
+		var err error
+		o.sock, err = xsk.OpenDirect(xsk.DirectConfig{
+			Ifindex: dp.cfg.Ifindex, QueueID: vm.dedQueue, Mem: region.Mem,
+			ChunkSize: int(chunk), Headroom: int(chunk - xsk.DirectHeadroom - window),
+			FillSize: 1024, RxSize: 1024, Mode: dp.cfg.XSKMode,
+		})
+		return err
+	})
+	o.region = region
+	return o
+}
+
+// adoptDirect takes the socket preopenDirect opened for st's first
+// receive queue (or falls back to copying when it could not).
+func (w *worker) adoptDirect(slot uint32, q *vhostuser.Queue, o *directOpen, attached bool) {
+	if o == nil {
+		return
+	}
+	st := w.vms[slot]
+	if !attached || st == nil || st.ded == nil || st.ded.vq == nil || st.ded.vq.q != q {
+		o.close()
+		return
+	}
+	if o.err != nil {
+		w.fallbackCopy(st, fmt.Sprintf("guest memory not registered as UMEM: %v", o.err))
+		return
+	}
+	w.installDirect(st, o.sock, o.region)
 }
 
 // attachDirect starts the direct path when the VM's receive queue 0 runs.
@@ -473,31 +566,40 @@ func (w *worker) openDirect(st *vmState, b vhostuser.RxBuf) {
 		if err != nil {
 			return err
 		}
-		if err := w.dp.filter.RegisterSocket(st.slot, uint32(d.queue), sock.FD()); err != nil {
-			sock.Close()
-			return fmt.Errorf("register dedicated socket: %w", err)
-		}
-		d.sock, d.region = sock, region
-		d.hdr, d.frameOff = uint64(q.HdrLen()), sock.FrameOffset()
-		n := q.Size()
-		if cap(d.posted) < n {
-			d.posted, d.fifo = make([]postedBuf, n), make([]uint16, n)
-		}
-		d.posted, d.fifo = d.posted[:n], d.fifo[:n]
-		d.fifoPos, d.fifoLen, d.nposted = 0, 0, 0
-		// Leave buffers for the frames that still come by copy (floods,
-		// other VMs, shared queues): a quarter of the ring, at most 64.
-		d.maxPost = min(n-min(n/4, 64), 1024)
-		d.ctr.zeroCopy.Store(sock.ZeroCopy())
-		d.ctr.direct.Store(sock)
-		d.ctr.state.Store(dedDirect)
-		w.dp.log.Info("dedicated queue: frames land in guest memory", "vm", st.name, "queue", d.queue,
-			"zero_copy", sock.ZeroCopy(), "umem_bytes", len(region.Mem), "max_frame", d.window)
+		w.installDirect(st, sock, region)
 		return nil
 	}()
 	if err != nil {
 		w.fallbackCopy(st, fmt.Sprintf("guest memory not registered as UMEM: %v", err))
 	}
+}
+
+// installDirect makes sock the dedicated queue's socket.
+func (w *worker) installDirect(st *vmState, sock *xsk.Direct, region vhostuser.GuestRegion) {
+	d := st.ded
+	q := d.vq.q
+	if err := w.dp.filter.RegisterSocket(st.slot, uint32(d.queue), sock.FD()); err != nil {
+		sock.Close()
+		w.fallbackCopy(st, fmt.Sprintf("register dedicated socket: %v", err))
+		return
+	}
+	d.sock, d.region = sock, region
+	d.hdr, d.frameOff = uint64(q.HdrLen()), sock.FrameOffset()
+	n := q.Size()
+	if cap(d.posted) < n {
+		d.posted, d.fifo = make([]postedBuf, n), make([]uint16, n)
+	}
+	d.posted, d.fifo = d.posted[:n], d.fifo[:n]
+	clear(d.posted)
+	d.fifoPos, d.fifoLen, d.nposted = 0, 0, 0
+	// Leave buffers for the frames that still come by copy (floods,
+	// other VMs, shared queues): a quarter of the ring, at most 64.
+	d.maxPost = min(n-min(n/4, 64), 1024)
+	d.ctr.zeroCopy.Store(sock.ZeroCopy())
+	d.ctr.direct.Store(sock)
+	d.ctr.state.Store(dedDirect)
+	w.dp.log.Info("dedicated queue: frames land in guest memory", "vm", st.name, "queue", d.queue,
+		"zero_copy", sock.ZeroCopy(), "umem_bytes", len(region.Mem), "max_frame", d.window)
 }
 
 // fallbackCopy replaces the direct socket with a copying one on the

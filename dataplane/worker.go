@@ -160,6 +160,7 @@ type command struct {
 	slot   uint32
 	vq     *vhostuser.Queue
 	limits Limits
+	pre    *directOpen // cmdQueueReady of a dedicated VM's first RX queue
 	done   chan error
 }
 
@@ -359,7 +360,9 @@ func (w *worker) apply(c command) error {
 	case cmdRemoveVM:
 		return w.removeVM(c.slot)
 	case cmdQueueReady:
-		return w.attachQueue(c.slot, c.vq)
+		err := w.attachQueue(c.slot, c.vq)
+		w.adoptDirect(c.slot, c.vq, c.pre, err == nil)
+		return err
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil

@@ -58,6 +58,22 @@ func (q *Queue) Region(gpa uint64) (GuestRegion, bool) {
 	return GuestRegion{}, false
 }
 
+// RingRegion is the region holding the descriptor table: where a
+// guest's buffers usually are when it has posted none yet.
+func (q *Queue) RingRegion() (GuestRegion, bool) {
+	if q.mem == nil || q.desc == nil {
+		return GuestRegion{}, false
+	}
+	a := addrOf(q.desc)
+	for i := range q.mem.regions {
+		r := &q.mem.regions[i]
+		if start := addrOf(r.data); a >= start && a < start+uintptr(r.size) {
+			return q.Region(r.gpa)
+		}
+	}
+	return GuestRegion{}, false
+}
+
 // HdrLen is the virtio-net header the guest expects before each frame.
 func (q *Queue) HdrLen() int { return q.hdrLen }
 
