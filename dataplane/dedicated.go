@@ -328,6 +328,11 @@ type directRx struct {
 	shift    uint64 // 4 on a VLAN: the tag lands in the header, then 12 bytes move
 	window   uint64 // most bytes the kernel writes from the frame start
 	frameOff uint64 // fill address to frame start
+	chunk    uint64 // the UMEM's chunk size
+	// zcPage: zero-copy: a chunk must not cross a 4 KiB page (the
+	// kernel drops a fill entry whose chunk spans pages it cannot prove
+	// DMA-contiguous, and the buffer would be lost until the socket closes).
+	zcPage bool
 
 	posted  []postedBuf // by descriptor head
 	fifo    []uint16    // heads in fill order: the usual match
@@ -584,7 +589,7 @@ func (w *worker) installDirect(st *vmState, sock *xsk.Direct, region vhostuser.G
 		return
 	}
 	d.sock, d.region = sock, region
-	d.hdr, d.frameOff = uint64(q.HdrLen()), sock.FrameOffset()
+	d.hdr, d.frameOff, d.chunk, d.zcPage = uint64(q.HdrLen()), sock.FrameOffset(), sock.Chunk(), sock.ZeroCopy()
 	n := q.Size()
 	if cap(d.posted) < n {
 		d.posted, d.fifo = make([]postedBuf, n), make([]uint16, n)
@@ -811,7 +816,11 @@ func (d *directRx) fillAddr(b vhostuser.RxBuf, simple bool) (uint64, bool) {
 	if start < d.frameOff || start+d.window > uint64(len(d.region.Mem)) {
 		return 0, false
 	}
-	return start - d.frameOff, true
+	fill := start - d.frameOff
+	if d.zcPage && fill/4096 != (fill+d.chunk-1)/4096 {
+		return 0, false
+	}
+	return fill, true
 }
 
 // postDirect gives the guest's next posted buffers to the kernel.

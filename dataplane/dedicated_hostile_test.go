@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,4 +258,40 @@ func TestDedicatedStraddlingBuffer(t *testing.T) {
 	if err := tb.dp.RemoveVM(context.Background(), "h"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDedicatedRepostedHead: a guest that makes a descriptor available
+// again while the kernel still holds it (posted, not used) breaks its
+// device; the buffer is in the fill ring once, and a frame fills it once.
+func TestDedicatedRepostedHead(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	head := d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[2]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
+	d.KickRing(0)
+	testenv.Eventually(t, "buffer posted", func() (bool, string) {
+		s := tb.vmStats("h").Dedicated
+		return s.Posted == 1, fmt.Sprintf("%+v", *s)
+	})
+	d.RX().Push(head) // the same head again
+	d.RX().Publish()
+	d.KickRing(0)
+	testenv.Eventually(t, "device broken", func() (bool, string) {
+		p := tb.portStats("h")
+		return p.Broken != "", fmt.Sprintf("port %+v", p)
+	})
+	if b := tb.portStats("h").Broken; !strings.Contains(b, "posted again") {
+		t.Fatalf("broken for %q", b)
+	}
+	if s := tb.vmStats("h").Dedicated; s.Posted != 1 {
+		t.Fatalf("posted %d, want the one buffer once", s.Posted)
+	}
+	tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 9}, 5)
+	// At most one frame lands, in the one posted buffer, and nothing
+	// else is written.
+	time.Sleep(50 * time.Millisecond)
+	d.check(t, map[int]int{2: virtio.NetHdrLen + 66})
 }
