@@ -327,3 +327,23 @@ func TestDedicatedDPDKGuest(t *testing.T) {
 	}
 	t.Logf("DPDK guest: %+v", *vs.Dedicated)
 }
+
+// TestDedicatedReconcileSteering: after a restart, rules in vmq's range
+// that no VM owns go; the running VMs' rules stay.
+func TestDedicatedReconcileSteering(t *testing.T) {
+	tb, steer := dedicatedBed(t)
+	stale := ntuple.Rule{MAC: mustMAC(mac2), Queue: 1, Location: ntuple.FirstLocation + 9}
+	steer.Steer(stale) // left by a vmqd that died
+	tb.addPort(VM{Name: "ded", Slot: 1, MAC: mustMAC(mac1), Socket: tb.Socket("ded"), QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: -1})
+	if err := tb.dp.ReconcileSteering(); err != nil {
+		t.Fatal(err)
+	}
+	steer.mu.Lock()
+	_, staleLeft := steer.rules[stale.Location]
+	r, kept := steer.rules[ntuple.FirstLocation+1]
+	steer.mu.Unlock()
+	if staleLeft || !kept || r.Queue != 1 {
+		t.Fatalf("after reconcile: stale left %v, VM's rule %+v kept %v", staleLeft, r, kept)
+	}
+}
