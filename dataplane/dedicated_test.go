@@ -347,3 +347,27 @@ func TestDedicatedReconcileSteering(t *testing.T) {
 		t.Fatalf("after reconcile: stale left %v, VM's rule %+v kept %v", staleLeft, r, kept)
 	}
 }
+
+// TestDedicatedFallbackCopy: a guest whose buffers cannot take a frame in
+// place (1 KiB mergeable buffers) gets a copying socket on its dedicated
+// queue: the frames still arrive there, exact, and are counted as copied.
+func TestDedicatedFallbackCopy(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 1514, Stream: 6}
+	x := &exactFrames{tmpl: map[uint32]*pktgen.Template{6: mustTemplate(t, spec)}}
+	cfg := tbed.GuestConfig(mac1, 1, "")
+	cfg.RxBufSize, cfg.OnFrame = 1024, x.onFrame
+	g := tb.addDedicatedVM("small", 1, mac1, 0, cfg)
+	testenv.Eventually(t, "fallback", func() (bool, string) {
+		d := tb.vmStats("small").Dedicated
+		return d.State == "copy (fallback)", fmt.Sprintf("%+v", *d)
+	})
+	const n = 2000
+	tb.SendOnCPU(1, spec, n)
+	waitRx(t, "small", g, n)
+	vs := tb.vmStats("small")
+	if x.bad.Load() != 0 || vs.RxCopiedBytes != vs.RxBytes || vs.RxPackets != n || vs.Dedicated.Frames != 0 ||
+		!strings.Contains(vs.Dedicated.Reason, "cannot take a 1518-byte frame in place") {
+		t.Fatalf("bad %d copied %d rx %d/%d, %+v", x.bad.Load(), vs.RxCopiedBytes, vs.RxPackets, vs.RxBytes, *vs.Dedicated)
+	}
+}
