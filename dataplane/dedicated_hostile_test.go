@@ -75,19 +75,25 @@ func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
 	if err := d.Negotiate(); err != nil {
 		t.Fatal(err)
 	}
-	reg := vhostuser.MemRegion{GuestPhysAddr: d.Mem.GPAOf(d.regStart), MemorySize: uint64(d.regEnd - d.regStart),
-		UserspaceAddr: d.Mem.UVAOf(d.regStart), MmapOffset: uint64(d.regStart)}
-	p := make([]byte, vhostuser.MemTableLen(1))
-	vhostuser.EncodeMemTable(p, []vhostuser.MemRegion{reg})
-	if _, err := c.Call(vhostuser.ReqSetMemTable, p, d.Mem.FD); err != nil {
-		t.Fatal(err)
-	}
+	d.memTable(t)
 	for i := range d.Rings {
 		if err := d.StartRing(i); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return d
+}
+
+// memTable sends the one region: the memfd without its guard pages.
+func (d *guardedDevice) memTable(t *testing.T) {
+	t.Helper()
+	reg := vhostuser.MemRegion{GuestPhysAddr: d.Mem.GPAOf(d.regStart), MemorySize: uint64(d.regEnd - d.regStart),
+		UserspaceAddr: d.Mem.UVAOf(d.regStart), MmapOffset: uint64(d.regStart)}
+	p := make([]byte, vhostuser.MemTableLen(1))
+	vhostuser.EncodeMemTable(p, []vhostuser.MemRegion{reg})
+	if _, err := d.C.Call(vhostuser.ReqSetMemTable, p, d.Mem.FD); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // paint fills everything but the rings with canaries.
@@ -294,4 +300,56 @@ func TestDedicatedRepostedHead(t *testing.T) {
 	// else is written.
 	time.Sleep(50 * time.Millisecond)
 	d.check(t, map[int]int{2: virtio.NetHdrLen + 66})
+}
+
+// TestDedicatedMemTableChange: a new memory table while buffers are
+// posted: the socket closes (the buffers come back empty) before the old
+// mapping goes, and the ring restarts on the new one with a new socket
+// whose frames land in place again.
+func TestDedicatedMemTableChange(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
+	d.post(0, 4)
+	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+		s := stats()
+		return s.Posted == 4, fmt.Sprintf("%+v", *s)
+	})
+	d.memTable(t) // the same memory, mapped anew
+	if s := stats(); s.Returned != 4 || s.Posted != 0 {
+		t.Fatalf("after SET_MEM_TABLE: %+v", *s)
+	}
+	rx := d.RX()
+	if rx.UsedIdx() != 4 {
+		t.Fatalf("used idx %d, want the 4 returned buffers", rx.UsedIdx())
+	}
+	tb.waitRunning("h", 2)
+	d.paint()
+	d.post(4, 8)
+	testenv.Eventually(t, "buffers posted on the new table", func() (bool, string) {
+		s := stats()
+		return s.Posted == 4 && s.State == "direct", fmt.Sprintf("%+v", *s)
+	})
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 11}
+	tb.SendOnCPU(1, spec, 4)
+	testenv.Eventually(t, "frames in place", func() (bool, string) {
+		return rx.UsedIdx() == 8, fmt.Sprintf("used idx %d", rx.UsedIdx())
+	})
+	written := map[int]int{}
+	for i := uint16(4); i < 8; i++ {
+		id, n := rx.UsedElem(i)
+		// Post put buffers 4..7 in descriptor slots 4..7.
+		if n != uint32(virtio.NetHdrLen+66) || id < 4 || id > 7 {
+			t.Fatalf("used %d: id %d len %d", i, id, n)
+		}
+		written[int(id)] = int(n)
+	}
+	if len(written) != 4 {
+		t.Fatalf("used ids %v", written)
+	}
+	d.check(t, written)
 }
