@@ -340,6 +340,7 @@ type directRx struct {
 	fifoLen uint32
 	nposted int
 	maxPost int
+	blocked bool // the next buffer is one direct cannot use (counted once)
 	addrs   [batchSize]uint64
 	descs   [batchSize]xsk.Desc
 }
@@ -596,7 +597,7 @@ func (w *worker) installDirect(st *vmState, sock *xsk.Direct, region vhostuser.G
 	}
 	d.posted, d.fifo = d.posted[:n], d.fifo[:n]
 	clear(d.posted)
-	d.fifoPos, d.fifoLen, d.nposted = 0, 0, 0
+	d.fifoPos, d.fifoLen, d.nposted, d.blocked = 0, 0, 0, false
 	// Leave buffers for the frames that still come by copy (floods,
 	// other VMs, shared queues): a quarter of the ring, at most 64.
 	d.maxPost = min(n-min(n/4, 64), 1024)
@@ -691,6 +692,7 @@ func (w *worker) completeDirect(st *vmState) int {
 	w.touch(st)
 	w.markDirty(d.vq)
 	repost := 0
+	var frames, bytes uint64
 	for _, desc := range d.descs[:got] {
 		fill, off := xsk.DirectAddr(desc.Addr)
 		head, ok := d.match(fill)
@@ -706,7 +708,8 @@ func (w *worker) completeDirect(st *vmState) int {
 			repost++
 			continue
 		}
-		if !w.directFrame(st, p, n) {
+		m, ok := w.directFrame(st, p, n)
+		if !ok {
 			// Dropped: the buffer is still the guest's posted one; give
 			// it to the kernel again.
 			d.addrs[repost] = p.fill
@@ -715,7 +718,12 @@ func (w *worker) completeDirect(st *vmState) int {
 		}
 		p.valid = false
 		d.nposted--
+		frames++
+		bytes += m
 	}
+	// Single writer: a store per batch, not a locked add per frame.
+	d.ctr.frames.Store(d.ctr.frames.Load() + frames)
+	d.ctr.bytes.Store(d.ctr.bytes.Load() + bytes)
 	if repost > 0 {
 		w.refill(d, d.addrs[:repost])
 	}
@@ -723,25 +731,26 @@ func (w *worker) completeDirect(st *vmState) int {
 	return got
 }
 
-// directFrame checks one frame in its guest buffer and completes it.
-func (w *worker) directFrame(st *vmState, p *postedBuf, n uint64) bool {
+// directFrame checks one frame in its guest buffer and completes it,
+// returning its length as the guest sees it.
+func (w *worker) directFrame(st *vmState, p *postedBuf, n uint64) (uint64, bool) {
 	d := st.ded
 	q := d.vq.q
 	start := p.buf.GPA + d.hdr - d.shift
 	if n < minFrameLen {
 		st.drop(DropMalformed)
-		return false
+		return 0, false
 	}
 	eth, err := q.GuestBytes(start, ethHdrLen+vlanTagLen)
 	if err != nil {
 		st.drop(DropMalformed)
-		return false
+		return 0, false
 	}
 	vlan, tagged, ok := frameVLAN(eth)
 	switch {
 	case !ok, tagged != (d.shift != 0), tagged && vlan != st.vlan:
 		st.drop(DropMalformed)
-		return false
+		return 0, false
 	case tagged:
 		// Strip the tag: the MACs move 4 bytes up, next to the payload,
 		// which stays where the kernel wrote it.
@@ -750,17 +759,15 @@ func (w *worker) directFrame(st *vmState, p *postedBuf, n uint64) bool {
 	}
 	if st.rxLimited && !st.admitRx(int(n)) {
 		st.drop(DropRateLimited)
-		return false
+		return 0, false
 	}
 	if err := q.CompleteRx(p.buf, uint32(n)); err != nil {
 		st.drop(DropBroken)
-		return false
+		return 0, false
 	}
 	st.rxPkts++
 	st.rxBytes += n
-	d.ctr.frames.Add(1)
-	d.ctr.bytes.Add(n)
-	return true
+	return n, true
 }
 
 // match finds the posted buffer of a fill address: the oldest posted one
@@ -838,7 +845,10 @@ func (w *worker) postDirect(st *vmState) {
 		if !ok {
 			// Left in the ring for the copying path. If nothing of ours
 			// is posted, frames on this queue would have nowhere to go.
-			d.ctr.unsuitable.Add(1)
+			if !d.blocked {
+				d.blocked = true
+				d.ctr.unsuitable.Add(1)
+			}
 			if d.nposted == 0 && k == 0 {
 				w.fallbackCopy(st, fmt.Sprintf("guest receive buffer %#x+%d (flags simple=%v) cannot take a %d-byte frame in place",
 					b.GPA, b.Len, simple, d.window))
@@ -851,6 +861,7 @@ func (w *worker) postDirect(st *vmState) {
 			break
 		}
 		q.TakeRxBuffer()
+		d.blocked = false
 		d.posted[b.Head] = postedBuf{buf: b, fill: fill, valid: true}
 		d.pushFIFO(b.Head)
 		d.addrs[k] = fill
