@@ -3,6 +3,7 @@ package xsk
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Direct struct {
 	comp     ring[uint64]
 	rx       ring[Desc]
 	frames   atomic.Uint64
+	// mu orders KernelStats (any goroutine) with Close: a closed fd's
+	// number may be reused at once.
+	mu sync.Mutex
 }
 
 // DirectHeadroom is where the kernel puts a frame after its fill address
@@ -223,6 +227,11 @@ func (d *Direct) Frames() uint64 { return d.frames.Load() }
 
 // KernelStats reads XDP_STATISTICS; safe from any goroutine while open.
 func (d *Direct) KernelStats() (KernelStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fd < 0 {
+		return KernelStats{}, fmt.Errorf("get XDP statistics of %s: socket closed", d.name)
+	}
 	st, err := getsockoptStatistics(d.fd)
 	if err != nil {
 		return KernelStats{}, fmt.Errorf("get XDP statistics of %s: %w", d.name, err)
@@ -234,7 +243,11 @@ func (d *Direct) KernelStats() (KernelStats, error) {
 // Close closes the socket: from its return on, the kernel writes nothing
 // more into the memory and every fill entry is released, so the caller
 // may unmap (or hand back) the memory afterwards.
-func (d *Direct) Close() error { return d.closeAll() }
+func (d *Direct) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closeAll()
+}
 
 func (d *Direct) closeAll() error {
 	var err error
