@@ -25,6 +25,7 @@ import (
 	"net"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -507,8 +508,18 @@ func (w *worker) stopDirect(st *vmState) {
 	}
 	if d.sock != nil {
 		d.ctr.direct.Store(nil)
+		zc := d.sock.ZeroCopy()
 		if err := d.sock.Close(); err != nil {
 			w.dp.log.Warn("close dedicated socket", "vm", st.name, "queue", d.queue, "err", err)
+		}
+		if zc {
+			// The driver stops DMA into the guest's buffers in a deferred
+			// teardown: wait for it before they go back and the memory
+			// can be unmapped.
+			if err := xsk.WaitReleased(w.dp.cfg.Ifindex, d.queue, 2*time.Second); err != nil {
+				w.dp.log.Error("zero-copy queue not released: the NIC may still write into buffers given back to the guest",
+					"vm", st.name, "queue", d.queue, "err", err)
+			}
 		}
 		d.sock = nil
 		if d.nposted > 0 && d.vq != nil {

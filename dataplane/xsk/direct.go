@@ -259,3 +259,46 @@ func (d *Direct) closeAll() error {
 	}
 	return errors.Join(err, d.fill.unmap(), d.comp.unmap(), d.rx.unmap())
 }
+
+// WaitReleased waits until no UMEM is bound to the queue any more, by
+// binding a small probe socket to it (in copy mode) until the kernel
+// stops answering EBUSY. A zero-copy driver gives up its queue (and stops
+// DMA into the old UMEM) in a deferred teardown after close returns:
+// only then may the memory go back to its owner. Copy mode needs no wait
+// (close waits for the rx path itself).
+func WaitReleased(ifindex, queueID int, timeout time.Duration) error {
+	mem, err := unix.Mmap(-1, 0, 2*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("probe UMEM: %w", err)
+	}
+	defer unix.Munmap(mem)
+	deadline := time.Now().Add(timeout)
+	for {
+		err := probeBind(ifindex, queueID, mem)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return fmt.Errorf("wait for %s to be released: %w", linkName(ifindex, queueID), err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func probeBind(ifindex, queueID int, mem []byte) error {
+	fd, err := unix.Socket(unix.AF_XDP, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	reg := unix.XDPUmemReg{Addr: memAddr(mem), Len: uint64(len(mem)), Size: 4096}
+	if err := setsockoptUMEMReg(fd, &reg); err != nil {
+		return err
+	}
+	for _, o := range []int{unix.XDP_UMEM_FILL_RING, unix.XDP_UMEM_COMPLETION_RING, unix.XDP_RX_RING} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_XDP, o, 2); err != nil {
+			return err
+		}
+	}
+	return unix.Bind(fd, &unix.SockaddrXDP{Flags: unix.XDP_COPY, Ifindex: uint32(ifindex), QueueID: uint32(queueID)})
+}
