@@ -83,9 +83,20 @@ type Config struct {
 	// not persisted: they die with the daemon).
 	StateFile string `yaml:"state_file" json:"state_file"`
 	// MaxGuestMemory is the default max_guest_memory of every VM.
-	MaxGuestMemory ByteSize   `yaml:"max_guest_memory" json:"max_guest_memory"`
-	VMs            []VMConfig `yaml:"vms" json:"vms"`
+	MaxGuestMemory ByteSize `yaml:"max_guest_memory" json:"max_guest_memory"`
+	// DedicatedSteering says who puts a dedicated VM's frames on its
+	// queue: "ntuple" (default: vmqd adds the NIC's ethtool flow rules) or
+	// "external" (the operator did, e.g. with tc or the switch; vmqd
+	// only logs the rule it expects).
+	DedicatedSteering string     `yaml:"dedicated_steering,omitempty" json:"dedicated_steering,omitempty"`
+	VMs               []VMConfig `yaml:"vms" json:"vms"`
 }
+
+// Steering of dedicated queues.
+const (
+	SteeringNtuple   = "ntuple"
+	SteeringExternal = "external"
+)
 
 // APIConfig says where the control API listens.
 type APIConfig struct {
@@ -244,6 +255,7 @@ type fileConfig struct {
 	KeepSteeringOnExit bool           `yaml:"keep_steering_on_exit"`
 	StateFile          *string        `yaml:"state_file"`
 	MaxGuestMemory     *ByteSize      `yaml:"max_guest_memory"`
+	DedicatedSteering  string         `yaml:"dedicated_steering"`
 	VMs                []fileVMConfig `yaml:"vms"`
 }
 
@@ -507,6 +519,7 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 	if fc.MaxGuestMemory != nil {
 		cfg.MaxGuestMemory = *fc.MaxGuestMemory
 	}
+	cfg.DedicatedSteering = fc.DedicatedSteering
 	for _, f := range fc.VMs {
 		vm := VMConfig{
 			Name: f.Name, MAC: f.MAC, VLAN: f.VLAN, Socket: f.Socket,
@@ -590,6 +603,11 @@ func (c *Config) validate() errList {
 	}
 	if c.Metrics.Address != "" {
 		checkHostPort(&errs, "metrics.address", c.Metrics.Address)
+	}
+	switch c.DedicatedSteering {
+	case "", SteeringNtuple, SteeringExternal:
+	default:
+		errs.add("dedicated_steering", "%q is not ntuple or external", c.DedicatedSteering)
 	}
 	if c.Polling.BusyPoll < 0 || c.Polling.BusyPoll > time.Second {
 		errs.add("polling.busy_poll", "%v is outside 0..1s", c.Polling.BusyPoll)

@@ -81,3 +81,15 @@ vms:
 		t.Errorf("shared queue_id: %v", err)
 	}
 }
+
+func TestParseDedicatedSteering(t *testing.T) {
+	base := "nic: veth0\nqueues: [0]\n"
+	cfg, err := Parse([]byte(base + "dedicated_steering: external\n"))
+	if err != nil || cfg.DedicatedSteering != SteeringExternal {
+		t.Fatalf("external: %v %+v", err, cfg)
+	}
+	_, err = Parse([]byte(base + "dedicated_steering: tc\n"))
+	if fe := FieldErrors(err); len(fe) != 1 || fe[0].Field != "dedicated_steering" {
+		t.Fatalf("tc: %v", err)
+	}
+}

@@ -79,6 +79,22 @@ func (s ntupleSteerer) Reconcile(keep map[uint32]bool) (del []uint32, err error)
 	return del, err
 }
 
+// ExternalSteering is a Steerer for NICs whose queues someone else
+// steers (tc, the switch, a test's wire): it sets nothing and logs what
+// it expects.
+type ExternalSteering struct{ Log func(msg string, args ...any) }
+
+func (s ExternalSteering) Steer(r ntuple.Rule) error {
+	if s.Log != nil {
+		s.Log("dedicated queue: steering is external; frames must arrive on the queue", "mac", r.MAC.String(), "vlan", r.VLAN, "queue", r.Queue)
+	}
+	return nil
+}
+
+func (ExternalSteering) Unsteer(ntuple.Rule) error { return nil }
+
+func (ExternalSteering) Reconcile(map[uint32]bool) ([]uint32, error) { return nil, nil }
+
 // inNetns runs fn on a thread in ns (nil: here).
 func inNetns(ns *netns.NsHandle, fn func() error) error {
 	if ns == nil {
@@ -150,6 +166,7 @@ type dedEntry struct {
 	queue   int
 	rule    ntuple.Rule
 	steered bool
+	steer   Steerer
 	ctr     *dedCounters
 }
 
@@ -186,9 +203,12 @@ func (e *dedEntry) stats() *DedicatedStats {
 	if r := c.reason.Load(); r != nil {
 		s.Reason = *r
 	}
-	if e.steered {
+	switch _, external := e.steer.(ExternalSteering); {
+	case e.steered && external:
+		s.Steering = "external"
+	case e.steered:
 		s.Steering = fmt.Sprintf("flow rule at location %d", e.rule.Location)
-	} else {
+	default:
 		s.Steering = "none"
 	}
 	if d := c.direct.Load(); d != nil {
@@ -231,7 +251,8 @@ func (dp *Dataplane) addDedicated(e *vmEntry) error {
 		return fail(fmt.Errorf("%w: %w", ErrNoDedicatedQueue, err))
 	}
 	d.rule = ntuple.Rule{MAC: vm.MAC, VLAN: vm.VLAN, Queue: uint32(q), Location: loc}
-	if err := dp.steerer().Steer(d.rule); err != nil {
+	d.steer = dp.steerer()
+	if err := d.steer.Steer(d.rule); err != nil {
 		return fail(fmt.Errorf("%w: steer %s to queue %d: %w", ErrNoDedicatedQueue, vm.MAC, q, err))
 	}
 	d.steered, d.queue = true, q
@@ -281,7 +302,7 @@ func (dp *Dataplane) removeDedicated(e *vmEntry) error {
 		return nil
 	}
 	d.steered = false
-	if err := dp.steerer().Unsteer(d.rule); err != nil {
+	if err := d.steer.Unsteer(d.rule); err != nil {
 		return fmt.Errorf("remove flow rule of VM %q: %w", e.vm.Name, err)
 	}
 	return nil

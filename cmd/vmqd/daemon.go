@@ -142,10 +142,14 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 	d.log.Info("XDP filter attached", "nic", cfg.NIC, "ifindex", ifindex, "mode", d.nic.AttachMode,
 		"pin_dir", filepath.Join(cfg.PinDir, cfg.NIC))
 
+	var steer dataplane.Steerer // nil: the NIC's ntuple rules
+	if cfg.DedicatedSteering == control.SteeringExternal {
+		steer = dataplane.ExternalSteering{Log: d.log.Info}
+	}
 	d.dp, err = dataplane.New(dataplane.Config{
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
 		FrameSize: cfg.FrameSize, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
-		Netns: o.netns, NIC: d.nic, Logger: d.log,
+		Netns: o.netns, NIC: d.nic, Logger: d.log, Steer: steer,
 		Migrated: func(vm, socket string, client bool) {
 			if d.ctl != nil {
 				d.ctl.MigrationDone(vm, socket, client)
