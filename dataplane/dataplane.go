@@ -57,6 +57,10 @@ type Config struct {
 	// socket is the standby port's from now on. Called on its own
 	// goroutine.
 	Migrated func(vm, socket string, client bool)
+
+	// Dedicated queues (dedicated.go): Steer places a dedicated VM's
+	// frames on its queue; nil means the NIC's ntuple flow rules.
+	Steer Steerer
 }
 
 // VM is one guest as the dataplane needs it.
@@ -89,7 +93,15 @@ type VM struct {
 	SocketMode               os.FileMode
 	AllowedUIDs              []uint32
 
+	// Dedicated asks for a NIC queue of the VM's own (dedicated.go):
+	// DedicatedQueue, or the lowest free queue when it is negative.
+	Dedicated      DedicatedMode
+	DedicatedQueue int
+
 	mac MAC
+	// Set by AddVM for the workers when the VM has its queue.
+	dedQueue int
+	dedCtr   *dedCounters
 }
 
 // Dataplane runs the workers and the VMs' vhost-user ports.
@@ -119,6 +131,7 @@ type vmEntry struct {
 	// closed once the last migration's source port is closed.
 	mig     *migration
 	retired chan struct{}
+	ded     *dedEntry // nil: shared mode only
 }
 
 // New opens an AF_XDP queue per configured NIC queue, registers the flood
@@ -210,6 +223,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		}
 	}
 	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
+	if err := dp.addDedicated(e); err != nil {
+		return fmt.Errorf("add VM %q: %w", vm.Name, err)
+	}
 	var added []*worker
 	dp.slotNames.Store(vm.Slot, vm.Name)
 	undo := func(err error) error {
@@ -217,6 +233,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
 		}
 		dp.slotNames.Delete(vm.Slot)
+		if rerr := dp.removeDedicated(e); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		return err
 	}
 	for i, w := range dp.workers {
@@ -300,6 +319,9 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 		}
 	}
 	dp.slotNames.CompareAndDelete(e.vm.Slot, name)
+	if err := dp.removeDedicated(e); err != nil { // its sockets are closed
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %q: %w", name, err)
 	}
@@ -333,6 +355,11 @@ func (dp *Dataplane) Close() error {
 		}
 		<-w.stopped
 	}
+	for _, e := range entries { // no flow rule outlives vmqd
+		if err := dp.removeDedicated(e); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -356,7 +383,12 @@ func (h *portHandler) QueueReady(q *vhostuser.Queue) {
 	if h.standby && !h.started.Swap(true) {
 		h.dp.log.Info("migration: the destination started its rings; traffic moves to the standby port", "vm", h.name, "socket", q.Port().Path())
 	}
-	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
+	c := command{kind: cmdQueueReady, slot: h.slot, vq: q}
+	if q.IsRX() && q.Pair() == 0 && !h.standby {
+		c.pre = h.dp.preopenDirect(h.name, q) // nil unless the VM has a dedicated queue
+	}
+	if err := h.owner(q).send(c); err != nil {
+		c.pre.close()
 		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
 	}
 }
@@ -408,6 +440,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.RxBytes += qs.RxBytes
 			v.TxPackets += qs.TxPackets
 			v.TxBytes += qs.TxBytes
+			v.RxCopiedBytes += c.rxCopied.Load()
 			v.FloodCopies += c.floodCopies.Load()
 			v.Offload.Passed += c.oflPassed.Load()
 			v.Offload.Segmented += c.oflSegmented.Load()
@@ -437,6 +470,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			if n > 0 {
 				v.DropsByReason[DropReason(r).String()] = n
 			}
+		}
+		if e.ded != nil {
+			v.Dedicated = e.ded.stats()
 		}
 		if fc, err := dp.filter.VMCounters(e.vm.Slot); err == nil {
 			v.FilterPackets, v.FilterBytes, v.FilterRedirErrs = fc.Packets, fc.Bytes, fc.RedirectErrors
