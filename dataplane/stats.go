@@ -17,12 +17,14 @@ const (
 	DropMalformed                       // a guest frame too short or otherwise unusable
 	DropRateLimited                     // over the VM's QoS limit (Limits)
 	DropBudget                          // the VM used up its fair share of the worker's round
+	DropOversize                        // a guest frame longer than the MTU allows
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
 	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
+	"oversize",
 }
 
 // String is the reason's label value in metrics and the API.
