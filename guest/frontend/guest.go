@@ -51,7 +51,7 @@ type Config struct {
 	TxBufSize  int // bytes per tx buffer including the net header; default 2048, more for MTU
 	// MTU is the largest IP packet the guest sends (and answers pings
 	// of): it sizes the tx buffers when TxBufSize is 0. Default 1500.
-	MTU int
+	MTU        int
 	MemRegions int // memfd regions in the memory table, 1..8; default 1
 
 	// Reconnect redials after the backend goes away (client mode). In
