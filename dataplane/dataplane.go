@@ -459,6 +459,7 @@ func socketStats(vm string, queue int, sock *xsk.Socket) SocketStats {
 		ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
 		ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
 	}
+	ss.RxTooLong = sock.Stats().RxTooLong
 	return ss
 }
 

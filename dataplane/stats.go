@@ -153,6 +153,9 @@ type SocketStats struct {
 	RxRingFull    uint64 `json:"rx_ring_full"`
 	FillRingEmpty uint64 `json:"fill_ring_empty"`
 	TxRingEmpty   uint64 `json:"tx_ring_empty"`
+	// RxTooLong: multi-buffer frames dropped for having more descriptors
+	// than the worker takes at once (longer than the MTU allows).
+	RxTooLong uint64 `json:"rx_too_long,omitempty"`
 }
 
 // PortStats describe one VM's vhost-user port.
