@@ -79,6 +79,16 @@ func newJumbo(mtu, frameSize int) *jumbo {
 	}
 }
 
+// vmRing sizes a VM socket's rings: twice vmRingSize with jumbo frames,
+// whose descriptors come three (4096-byte frames) or six at a time, so a
+// ring still absorbs a few milliseconds of a worker held elsewhere.
+func (w *worker) vmRing() int {
+	if w.jumbo != nil {
+		return 2 * vmRingSize
+	}
+	return vmRingSize
+}
+
 // rxBatch is how many descriptors a VM's socket may hand over when its
 // credit allows want: at least the largest frame's, which Receive would
 // otherwise drop as too long.

@@ -384,7 +384,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: vmRingSize, TxSize: vmRingSize})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: w.vmRing()})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
