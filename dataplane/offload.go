@@ -40,9 +40,12 @@ const (
 
 // offloadState is a worker's scratch for guest frames with offloads.
 type offloadState struct {
-	scratch []byte // allocated when the worker first serves such a guest
-	hdr     virtio.NetHdr
-	seg     segmenter
+	// scratch is vlanTagLen of room for a tag, then the popped frame;
+	// segBuf (jumbo queues only) a segment on its way to several UMEM
+	// frames. Allocated when the worker first serves such a guest.
+	scratch, segBuf []byte
+	hdr             virtio.NetHdr
+	seg             segmenter
 	// extra is the work of the last frame beyond one pop (its segments
 	// after the first): charged to the guest's share like pops.
 	extra int
@@ -241,9 +244,13 @@ func pseudoSum(frame []byte, p *l34) uint64 {
 }
 
 // segLimit is the largest frame vm may put on the wire or into another
-// VM: its MTU after the Ethernet header and the tags the frame carries.
-func (vm *vmState) segLimit(ipOff int) int {
+// VM: its MTU (else the NIC's) after the Ethernet header and the tags the
+// frame carries.
+func (w *worker) segLimit(vm *vmState, ipOff int) int {
 	mtu := vm.mtu
+	if mtu <= 0 {
+		mtu = w.dp.cfg.MTU
+	}
 	if mtu <= 0 {
 		mtu = defaultMTU
 	}
@@ -257,12 +264,15 @@ func (vm *vmState) segLimit(ipOff int) int {
 func (w *worker) popBatchOffload(vq *virtq) (wire, popped int) {
 	defer vq.q.RecoverFault() // the named results survive the recovered panic
 	o := &w.ofl
-	if o.scratch == nil {
-		o.scratch = make([]byte, scratchLen) // once per worker
+	if o.scratch == nil { // once per worker
+		o.scratch = make([]byte, vlanTagLen+scratchLen)
+		if w.jumbo != nil {
+			o.segBuf = make([]byte, vlanTagLen+scratchLen)
+		}
 	}
 	vm := vq.vm
 	for wire < batchSize && popped < 2*batchSize && popped < vq.q.Budget() {
-		n, err := vq.q.PopHdr(&o.hdr, o.scratch)
+		n, err := vq.q.PopHdr(&o.hdr, o.scratch[vlanTagLen:])
 		if err != nil {
 			if !isEmptyOrBudget(err) {
 				vm.drop(DropBroken)
@@ -274,23 +284,25 @@ func (w *worker) popBatchOffload(vq *virtq) (wire, popped int) {
 			vm.drop(DropRateLimited)
 			continue
 		}
-		wire = w.sendOffload(vm, &o.hdr, o.scratch[:n], wire)
+		wire = w.sendOffload(vm, &o.hdr, o.scratch, n, wire)
 		popped += o.extra
 		o.extra = 0
 	}
 	return wire, popped
 }
 
-// sendOffload switches one frame a guest sent with header h. Frames for
-// the wire are added to w.txDescs from index wire on (sent and restarted
-// from 0 when a segmented frame fills it); it returns the new count.
-func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, frame []byte, wire int) int {
+// sendOffload switches one frame a guest sent with header h, the frame
+// buf[vlanTagLen:vlanTagLen+n]. Frames for the wire are added to
+// w.txDescs from index wire on (sent and restarted from 0 when a
+// segmented frame fills it); it returns the new count.
+func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, buf []byte, n, wire int) int {
+	frame := buf[vlanTagLen : vlanTagLen+n]
 	if len(frame) < minFrameLen {
 		vm.drop(DropMalformed)
 		return wire
 	}
 	if h.IsPlain() {
-		return w.emitCopy(vm, frame, wire)
+		return w.emitCopy(vm, buf, n, wire)
 	}
 	var p l34
 	if h.GSOType != virtio.GSONone {
@@ -327,11 +339,11 @@ func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, frame []byte, wire i
 	if h.GSOType == virtio.GSONone {
 		fillCsum(frame, int(h.CsumStart), int(h.CsumOffset))
 		add(&vm.ctr.oflCsum, 1)
-		return w.emitCopy(vm, frame, wire)
+		return w.emitCopy(vm, buf, n, wire)
 	}
 	// Headers that leave less room than the smallest gso_size would make
 	// one frame cost thousands of segments.
-	mss := min(int(h.GSOSize), vm.segLimit(p.ipOff)-p.hdrEnd)
+	mss := min(int(h.GSOSize), w.segLimit(vm, p.ipOff)-p.hdrEnd)
 	if mss < virtio.MinGSOSize {
 		vm.drop(DropBadOffload)
 		return wire
@@ -341,6 +353,17 @@ func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, frame []byte, wire i
 	add(&vm.ctr.oflSegmented, 1)
 	add(&vm.ctr.oflSegments, uint64(s.count()))
 	w.ofl.extra += s.count() - 1
+	if w.jumbo != nil {
+		// Segments may span UMEM frames: cut each into the seg scratch.
+		for !s.done() {
+			m := s.next(w.ofl.segBuf[vlanTagLen:])
+			if m == 0 { // cannot happen: segBuf holds any frame
+				break
+			}
+			wire = w.emitCopy(vm, w.ofl.segBuf, m, wire)
+		}
+		return wire
+	}
 	for !s.done() {
 		if wire == batchSize {
 			w.sendWire(vm, wire)
@@ -363,21 +386,45 @@ func (w *worker) sendOffload(vm *vmState, h *virtio.NetHdr, frame []byte, wire i
 	return wire
 }
 
-// emitCopy copies a complete frame into a UMEM frame and switches it.
-func (w *worker) emitCopy(vm *vmState, frame []byte, wire int) int {
+// emitCopy switches the complete frame buf[vlanTagLen:vlanTagLen+n]
+// (buf has room for a tag before it): copied into a UMEM frame, or on a
+// multi-buffer queue into as many as it needs.
+func (w *worker) emitCopy(vm *vmState, buf []byte, n, wire int) int {
+	frame := buf[vlanTagLen : vlanTagLen+n]
+	if j := w.jumbo; j != nil {
+		if n > j.maxFrame {
+			vm.drop(DropOversize)
+			return wire
+		}
+		if wire+j.txDescs > batchSize {
+			w.sendWire(vm, wire)
+			wire = 0
+		}
+		if !w.reserveFrames(j.txDescs) {
+			vm.drop(DropNoUMEMFrame)
+			return wire
+		}
+		if !w.forward(vm, frame) {
+			return wire
+		}
+		if vm.vlan != 0 {
+			frame = insertTag(buf, vlanTagLen, n, vm.vlan)
+		}
+		return wire + w.spread(frame, w.txDescs[wire:])
+	}
 	addr, ok := w.takeFrame()
 	if !ok {
 		vm.drop(DropNoUMEMFrame)
 		return wire
 	}
-	buf := w.q.Buffer(addr)
-	if len(frame) > len(buf)-vlanTagLen {
+	ub := w.q.Buffer(addr)
+	if n > len(ub)-vlanTagLen {
 		w.returnFrame(addr)
 		vm.drop(DropMalformed)
 		return wire
 	}
-	copy(buf[vlanTagLen:], frame)
-	return w.emitFrame(vm, addr, buf, len(frame), wire)
+	copy(ub[vlanTagLen:], frame)
+	return w.emitFrame(vm, addr, ub, n, wire)
 }
 
 // emitFrame switches the frame buf[vlanTagLen:vlanTagLen+n] of the UMEM

@@ -6,6 +6,7 @@ package dataplane
 // the wire checking every frame vmq puts there.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -157,14 +158,21 @@ func tcpxStream(w io.Writer, total int) (string, error) {
 // right checksums.
 type sniffer struct {
 	fd       int
+	limit    int // largest frame allowed
 	tcp, bad atomic.Uint64
 	mu       sync.Mutex
 	errs     []string
+	frames   [][]byte // the valid TCP frames, if keep
 	stop     atomic.Bool
 	done     chan struct{}
+	keep     bool
 }
 
-func (tb *testbed) sniff() *sniffer {
+func (tb *testbed) sniff() *sniffer { return tb.sniffMTU(1500, false) }
+
+// sniffMTU is sniff for frames of up to mtu+14 bytes; keep keeps the
+// valid TCP frames (see kept).
+func (tb *testbed) sniffMTU(mtu int, keep bool) *sniffer {
 	t := tb.t
 	t.Helper()
 	// One skb per wire frame: no GRO on the receiving end. And the wire
@@ -172,7 +180,7 @@ func (tb *testbed) sniff() *sniffer {
 	// frames whose TCP checksum is still open (only the pseudo-header
 	// sum), which no guest may be given as complete.
 	tb.Wire.Run(t, "ethtool", "-K", tb.Peer.Name, "gro", "off", "tx", "off")
-	s := &sniffer{fd: -1, done: make(chan struct{})}
+	s := &sniffer{fd: -1, limit: ethHdrLen + mtu, keep: keep, done: make(chan struct{})}
 	proto := int(htons(unix.ETH_P_ALL))
 	err := tb.Wire.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
@@ -227,10 +235,21 @@ func (s *sniffer) loop() {
 			s.fail(fmt.Sprintf("frame of %d bytes", n))
 			continue
 		}
-		if _, _, err := checkSegment(frame, ethHdrLen+1500); err != nil {
+		if _, _, err := checkSegment(frame, s.limit); err != nil {
 			s.fail(err.Error())
+		} else if s.keep {
+			s.mu.Lock()
+			s.frames = append(s.frames, bytes.Clone(frame))
+			s.mu.Unlock()
 		}
 	}
+}
+
+// kept returns the valid TCP frames kept so far.
+func (s *sniffer) kept() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.frames...)
 }
 
 func (s *sniffer) fail(msg string) {
