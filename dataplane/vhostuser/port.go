@@ -95,7 +95,7 @@ type Config struct {
 // DefaultFeatures are the virtio features a port offers by default.
 const DefaultFeatures = virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFEventIdx |
 	virtio.RingFIndirectDesc | virtio.NetFMQ | virtio.NetFMAC | virtio.NetFStatus |
-	virtio.FProtocolFeatures | FeatureLogAll
+	virtio.FProtocolFeatures | FeatureLogAll | virtio.FRingPacked | virtio.FInOrder
 
 // supportedFeatures bounds Config.Features: what the back-end implements.
 const supportedFeatures = DefaultFeatures | virtio.NetFMTU
@@ -683,7 +683,7 @@ func (p *Port) stopQueue(q *Queue) {
 	}
 	p.h.QueueStopped(q)
 	q.cfg.running = false
-	q.cfg.base = q.lastAvail
+	q.cfg.base = q.vringBase()
 	if q.dirty { // counters the worker did not publish (drops only)
 		q.dirty = false
 		q.publishStats()
@@ -756,8 +756,7 @@ func faultError(err *error, what string) {
 // guarded.
 func startQueue(q *Queue, base uint16) (err error) {
 	defer faultError(&err, "reading the used ring")
-	q.start(base)
-	return nil
+	return q.start(base)
 }
 
 // resetDevice returns the device to its initial state: queues stopped,
