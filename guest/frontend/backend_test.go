@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 )
 
 // pairWorker owns both queues of one pair of a vmq backend port: it hands
@@ -140,10 +141,15 @@ type backendCase struct {
 	queues        int
 	mrg, eventIdx bool
 	guestListens  bool
+	packed        bool // packed rings with IN_ORDER
 }
 
 func (c backendCase) String() string {
-	return fmt.Sprintf("qp%d_mrg%v_evidx%v_guestListens%v", c.queues, c.mrg, c.eventIdx, c.guestListens)
+	s := fmt.Sprintf("qp%d_mrg%v_evidx%v_guestListens%v", c.queues, c.mrg, c.eventIdx, c.guestListens)
+	if c.packed {
+		s += "_packed"
+	}
+	return s
 }
 
 // connectBackend attaches a guest to a vmq backend port and waits for the
@@ -153,6 +159,7 @@ func connectBackend(t *testing.T, c backendCase, cfg Config, h *pairHandler) (*G
 	sock := filepath.Join(t.TempDir(), "vm.sock")
 	cfg.MAC, cfg.IP = guestMAC, guestIP
 	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx = c.queues, c.mrg, c.eventIdx
+	cfg.PackedRing, cfg.InOrder = c.packed, c.packed
 	pcfg := vhostuser.Config{MAC: guestMAC, QueuePairs: c.queues, Handler: h, Logger: slog.New(slog.DiscardHandler)}
 	var g *Guest
 	var port *vhostuser.Port
@@ -198,6 +205,9 @@ func connectBackend(t *testing.T, c backendCase, cfg Config, h *pairHandler) (*G
 		t.Fatal(err)
 	}
 	checkFeatures(t, g, interopCase{mrg: c.mrg, eventIdx: c.eventIdx})
+	if packed := uint64(virtio.FRingPacked | virtio.FInOrder); (g.Features()&packed == packed) != c.packed {
+		t.Fatalf("features %#x: packed and in-order negotiated %v, want %v", g.Features(), !c.packed, c.packed)
+	}
 	return g, workers
 }
 
@@ -206,6 +216,9 @@ var backendCases = []backendCase{
 	{queues: 1, mrg: true, eventIdx: true, guestListens: true},
 	{queues: 2, mrg: true},
 	{queues: 2, eventIdx: true, guestListens: true},
+	{queues: 1, packed: true},
+	{queues: 1, mrg: true, eventIdx: true, guestListens: true, packed: true},
+	{queues: 2, mrg: true, eventIdx: true, packed: true},
 }
 
 // Frames injected by vmq's backend reach the guest; the guest's answers

@@ -47,6 +47,10 @@ type Config struct {
 	QueueSize  int // descriptors per virtqueue, a power of two; default 256
 	MrgRxbuf   bool
 	EventIdx   bool
+	// PackedRing asks for packed virtqueues (VIRTIO_F_RING_PACKED), and
+	// with it InOrder for VIRTIO_F_IN_ORDER; split rings if not offered.
+	PackedRing bool
+	InOrder    bool
 	RxBufSize  int // bytes per rx buffer including the net header; default 2048
 	TxBufSize  int // bytes per tx buffer including the net header; default 2048
 	MemRegions int // memfd regions in the memory table, 1..8; default 1
