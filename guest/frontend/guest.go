@@ -591,6 +591,7 @@ func (g *Guest) Stats() Stats {
 		ARPReplies: g.arpReplies.Load(), ICMPReplies: g.icmpReplies.Load(),
 		Kicks: g.kicks.Load(), Wakeups: g.wakeups.Load(),
 		Connects: g.connects.Load(), Disconnects: g.disconnects.Load(),
+		Features: g.lastFeatures.Load(),
 	}
 	for i := range g.qrx {
 		s.Queues = append(s.Queues, QueueStats{RxFrames: g.qrx[i].Load(), TxFrames: g.qtx[i].Load()})
