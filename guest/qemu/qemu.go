@@ -92,6 +92,9 @@ type Config struct {
 	// starts a vhost-user device with MSI-X, whichever the backend (DPDK's
 	// net_vhost crashes it the same way).
 	MSIX bool
+	// Packed gives the device packed virtqueues (packed=on): the guest's
+	// driver uses them when the backend offers VIRTIO_F_RING_PACKED.
+	Packed bool
 	// Extra are more QEMU arguments (e.g. "-trace", "vhost_user_*").
 	Extra []string
 	// Log, if set, gets every console line as it arrives.
@@ -120,6 +123,9 @@ func (cfg Config) Args() []string {
 	dev := fmt.Sprintf("virtio-net-pci,netdev=net0,mac=%s", cfg.MAC)
 	if pairs > 1 {
 		dev += ",mq=on"
+	}
+	if cfg.Packed {
+		dev += ",packed=on"
 	}
 	vectors := 0
 	if cfg.MSIX {
