@@ -131,6 +131,12 @@ type VMConfig struct {
 	SocketMode  FileMode `yaml:"socket_mode" json:"socket_mode"`
 	// AllowedUIDs, if set, are the only peer uids (SO_PEERCRED) accepted.
 	AllowedUIDs []uint32 `yaml:"allowed_uids,omitempty" json:"allowed_uids,omitempty"`
+
+	// Virtqueue formats: packed rings (VIRTIO_F_RING_PACKED) and IN_ORDER
+	// are offered by default; these turn them off for a guest whose
+	// driver mishandles them.
+	NoPackedRing bool `yaml:"no_packed_ring,omitempty" json:"no_packed_ring,omitempty"`
+	NoInOrder    bool `yaml:"no_in_order,omitempty" json:"no_in_order,omitempty"`
 }
 
 // HardwareAddr is the VM's MAC; valid only on a validated config.
@@ -240,6 +246,10 @@ type fileVMConfig struct {
 	SocketGroup    IDSpec    `yaml:"socket_group"`
 	SocketMode     *FileMode `yaml:"socket_mode"`
 	AllowedUIDs    []uint32  `yaml:"allowed_uids"`
+
+	// Virtqueue formats (see VMConfig).
+	NoPackedRing bool `yaml:"no_packed_ring"`
+	NoInOrder    bool `yaml:"no_in_order"`
 }
 
 // queueSpec is either a count ("queues: 4" = queues 0..3) or a list.
@@ -473,7 +483,8 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 			Mode: ModeServer, QueuePairs: 1, AllowSpoofing: f.AllowSpoofing,
 			Limits: f.Limits, MaxGuestMemory: cfg.MaxGuestMemory,
 			SocketOwner: f.SocketOwner, SocketGroup: f.SocketGroup, SocketMode: DefaultSocketMode,
-			AllowedUIDs: f.AllowedUIDs,
+			AllowedUIDs:  f.AllowedUIDs,
+			NoPackedRing: f.NoPackedRing, NoInOrder: f.NoInOrder,
 		}
 		if f.MaxGuestMemory != nil {
 			vm.MaxGuestMemory = *f.MaxGuestMemory

@@ -71,6 +71,9 @@ type VM struct {
 	QueuePairs    int
 	AllowSpoofing bool
 	MTU           int
+	// NoPackedRing and NoInOrder turn off the packed virtqueues and
+	// IN_ORDER the VM's port offers by default.
+	NoPackedRing, NoInOrder bool
 	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
 	// them while it runs.
 	Limits Limits
@@ -243,9 +246,10 @@ func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
 		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
 		MaxMemory:   vm.MaxMemory,
 		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
-		AllowedUIDs: vm.AllowedUIDs,
-		Handler:     h,
-		Logger:      dp.log.With("vm", vm.Name),
+		AllowedUIDs:  vm.AllowedUIDs,
+		NoPackedRing: vm.NoPackedRing, NoInOrder: vm.NoInOrder,
+		Handler: h,
+		Logger:  dp.log.With("vm", vm.Name),
 	}
 }
 

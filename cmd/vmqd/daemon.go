@@ -308,7 +308,8 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU,
 		Limits: vm.Limits.Dataplane(), MaxMemory: uint64(vm.MaxGuestMemory),
 		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
-		AllowedUIDs: vm.AllowedUIDs,
+		AllowedUIDs:  vm.AllowedUIDs,
+		NoPackedRing: vm.NoPackedRing, NoInOrder: vm.NoInOrder,
 	})
 }
 

@@ -832,3 +832,24 @@ func runFuzzPacked(t *testing.T, ring []byte, rx, mrg bool) {
 		q.DisableNotify()
 	}
 }
+
+// Packed rings and IN_ORDER are offered by default and can be withdrawn.
+func TestPackedOffered(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want uint64
+	}{
+		{Config{}, virtio.FRingPacked | virtio.FInOrder},
+		{Config{NoPackedRing: true}, virtio.FInOrder},
+		{Config{NoInOrder: true}, virtio.FRingPacked},
+		{Config{NoPackedRing: true, NoInOrder: true}, 0},
+	} {
+		p, err := newPort("unused.sock", "server", c.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.offered & (virtio.FRingPacked | virtio.FInOrder); got != c.want {
+			t.Errorf("%+v: offered %#x, want %#x", c.cfg, got, c.want)
+		}
+	}
+}

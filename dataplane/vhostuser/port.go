@@ -90,6 +90,10 @@ type Config struct {
 	// front-end that is slower loses its connection (PortState.Timeouts).
 	// Waiting for the next message has no deadline. 0 means 5s.
 	MessageTimeout time.Duration
+	// NoPackedRing and NoInOrder withdraw VIRTIO_F_RING_PACKED and
+	// VIRTIO_F_IN_ORDER from the features offered (both are in
+	// DefaultFeatures).
+	NoPackedRing, NoInOrder bool
 }
 
 // DefaultFeatures are the virtio features a port offers by default.
@@ -227,6 +231,12 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 	}
 	if cfg.QueuePairs == 1 {
 		cfg.Features &^= virtio.NetFMQ
+	}
+	if cfg.NoPackedRing {
+		cfg.Features &^= virtio.FRingPacked
+	}
+	if cfg.NoInOrder {
+		cfg.Features &^= virtio.FInOrder
 	}
 	if cfg.MessageTimeout <= 0 {
 		cfg.MessageTimeout = DefaultMessageTimeout
