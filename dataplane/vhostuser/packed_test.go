@@ -690,6 +690,17 @@ func TestPackedVringBase(t *testing.T) {
 func TestPackedDirtyLog(t *testing.T) {
 	mem := make([]byte, 64<<10)
 	g := newPackedGuestMem(t, mem, 512, packedTestFeatures, false) // ring: 8 KiB, two pages
+	// Front-end addresses differ from guest physical ones, as with QEMU:
+	// the log must be marked by the latter.
+	const uvaOff = 1 << 30
+	mt := &memTable{regions: []memRegion{{gpa: g.base, size: uint64(len(mem)), uva: g.base + uvaOff, data: mem}}}
+	g.q = &Queue{index: 1, kickFD: -1, callFD: -1}
+	if err := g.q.ringLayout(mt, g.features, 512, g.descAddr+uvaOff, g.drvAddr+uvaOff, g.devAdr+uvaOff); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.q.start(virtio.EventWrapBit); err != nil {
+		t.Fatal(err)
+	}
 	log := &dirtyLog{bits: make([]byte, 64)}
 	g.q.usedLog = log
 	g.q.bufLog = log
