@@ -30,7 +30,7 @@ const (
 	// packed against split rings on both systems.
 	TestpmdRxPacked = "testpmd-rxonly-packed"
 	TestpmdTxPacked = "testpmd-txonly-packed"
-	NoCPU     = -1
+	NoCPU           = -1
 )
 
 // Placement puts the traffic source (generator or sending guest), the
