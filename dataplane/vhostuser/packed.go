@@ -53,6 +53,11 @@ type usedShadow struct {
 
 const devEvtUnset = ^uint32(0)
 
+// Packed reports whether the queue runs the packed layout (set while the
+// queue is handed to a worker). Code that reads the split ring itself
+// (rather than through Push and Pop) must check it.
+func (q *Queue) Packed() bool { return q.packed }
+
 // packedWrap reports the wrap counter at position pos.
 func (q *Queue) packedWrap(pos uint16) bool { return pos&uint16(q.num) == 0 }
 
