@@ -56,6 +56,10 @@ type Config struct {
 	// socket is the standby port's from now on. Called on its own
 	// goroutine.
 	Migrated func(vm, socket string, client bool)
+
+	// Dedicated queues (dedicated.go): Steer places a dedicated VM's
+	// frames on its queue; nil means the NIC's ntuple flow rules.
+	Steer Steerer
 }
 
 // VM is one guest as the dataplane needs it.
@@ -88,7 +92,15 @@ type VM struct {
 	SocketMode               os.FileMode
 	AllowedUIDs              []uint32
 
+	// Dedicated asks for a NIC queue of the VM's own (dedicated.go):
+	// DedicatedQueue, or the lowest free queue when it is negative.
+	Dedicated      DedicatedMode
+	DedicatedQueue int
+
 	mac MAC
+	// Set by AddVM for the workers when the VM has its queue.
+	dedQueue int
+	dedCtr   *dedCounters
 }
 
 // Dataplane runs the workers and the VMs' vhost-user ports.
@@ -118,6 +130,7 @@ type vmEntry struct {
 	// closed once the last migration's source port is closed.
 	mig     *migration
 	retired chan struct{}
+	ded     *dedEntry // nil: shared mode only
 }
 
 // New opens an AF_XDP queue per configured NIC queue, registers the flood
@@ -209,6 +222,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		}
 	}
 	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
+	if err := dp.addDedicated(e); err != nil {
+		return fmt.Errorf("add VM %q: %w", vm.Name, err)
+	}
 	var added []*worker
 	dp.slotNames.Store(vm.Slot, vm.Name)
 	undo := func(err error) error {
@@ -216,6 +232,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
 		}
 		dp.slotNames.Delete(vm.Slot)
+		if rerr := dp.removeDedicated(e); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		return err
 	}
 	for i, w := range dp.workers {
@@ -247,9 +266,12 @@ func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
 		MaxMemory:   vm.MaxMemory,
 		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
 		AllowedUIDs:  vm.AllowedUIDs,
-		NoPackedRing: vm.NoPackedRing, NoInOrder: vm.NoInOrder,
-		Handler: h,
-		Logger:  dp.log.With("vm", vm.Name),
+		NoPackedRing: vm.NoPackedRing,
+		// A dedicated queue's direct path completes the buffers the NIC
+		// holds after the ones Push fills meanwhile (floods): not in order.
+		NoInOrder: vm.NoInOrder || vm.Dedicated != DedicatedOff,
+		Handler:   h,
+		Logger:    dp.log.With("vm", vm.Name),
 	}
 }
 
@@ -292,6 +314,9 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 		}
 	}
 	dp.slotNames.CompareAndDelete(e.vm.Slot, name)
+	if err := dp.removeDedicated(e); err != nil { // its sockets are closed
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %q: %w", name, err)
 	}
@@ -325,6 +350,11 @@ func (dp *Dataplane) Close() error {
 		}
 		<-w.stopped
 	}
+	for _, e := range entries { // no flow rule outlives vmqd
+		if err := dp.removeDedicated(e); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -348,7 +378,12 @@ func (h *portHandler) QueueReady(q *vhostuser.Queue) {
 	if h.standby && !h.started.Swap(true) {
 		h.dp.log.Info("migration: the destination started its rings; traffic moves to the standby port", "vm", h.name, "socket", q.Port().Path())
 	}
-	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
+	c := command{kind: cmdQueueReady, slot: h.slot, vq: q}
+	if q.IsRX() && q.Pair() == 0 && !h.standby {
+		c.pre = h.dp.preopenDirect(h.name, q) // nil unless the VM has a dedicated queue
+	}
+	if err := h.owner(q).send(c); err != nil {
+		c.pre.close()
 		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
 	}
 }
@@ -400,6 +435,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.RxBytes += qs.RxBytes
 			v.TxPackets += qs.TxPackets
 			v.TxBytes += qs.TxBytes
+			v.RxCopiedBytes += c.rxCopied.Load()
 			v.FloodCopies += c.floodCopies.Load()
 			for r := range c.drops {
 				v.Drops[r] += c.drops[r].Load()
@@ -424,6 +460,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			if n > 0 {
 				v.DropsByReason[DropReason(r).String()] = n
 			}
+		}
+		if e.ded != nil {
+			v.Dedicated = e.ded.stats()
 		}
 		if fc, err := dp.filter.VMCounters(e.vm.Slot); err == nil {
 			v.FilterPackets, v.FilterBytes, v.FilterRedirErrs = fc.Packets, fc.Bytes, fc.RedirectErrors

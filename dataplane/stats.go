@@ -111,15 +111,20 @@ func (s WorkerStats) BusyNSPerFrame() float64 {
 
 // VMStats are one VM's counters; RX is wire→guest, TX is guest→wire/VMs.
 type VMStats struct {
-	Name          string                 `json:"name"`
-	Slot          uint32                 `json:"slot"`
-	MAC           string                 `json:"mac"`
-	VLAN          uint16                 `json:"vlan"`
-	RxPackets     uint64                 `json:"rx_packets"`
-	RxBytes       uint64                 `json:"rx_bytes"`
-	TxPackets     uint64                 `json:"tx_packets"`
-	TxBytes       uint64                 `json:"tx_bytes"`
-	FloodCopies   uint64                 `json:"flood_copies"`
+	Name        string `json:"name"`
+	Slot        uint32 `json:"slot"`
+	MAC         string `json:"mac"`
+	VLAN        uint16 `json:"vlan"`
+	RxPackets   uint64 `json:"rx_packets"`
+	RxBytes     uint64 `json:"rx_bytes"`
+	TxPackets   uint64 `json:"tx_packets"`
+	TxBytes     uint64 `json:"tx_bytes"`
+	FloodCopies uint64 `json:"flood_copies"`
+	// RxCopiedBytes are the frame bytes the workers copied into the
+	// guest's buffers; 0 for frames a dedicated queue wrote in place.
+	RxCopiedBytes uint64 `json:"rx_copied_bytes"`
+	// Dedicated is the VM's dedicated queue (nil: shared mode only).
+	Dedicated     *DedicatedStats        `json:"dedicated,omitempty"`
 	Drops         [NumDropReasons]uint64 `json:"-"`
 	DropsByReason map[string]uint64      `json:"drops"`
 	// Filter counters of the VM's slot in the XDP program.

@@ -126,6 +126,7 @@ type worker struct {
 	touched           []*vmState // credit or busy changed since the last grant
 	dirtyQs           []*virtq   // virtqueues to flush at the end of the round
 	txQueued          []*vmState // sockets with tx frames the kernel has not taken
+	directs           []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill.
 	nlimited   int
@@ -159,6 +160,7 @@ type command struct {
 	slot   uint32
 	vq     *vhostuser.Queue
 	limits Limits
+	pre    *directOpen // cmdQueueReady of a dedicated VM's first RX queue
 	done   chan error
 }
 
@@ -358,7 +360,9 @@ func (w *worker) apply(c command) error {
 	case cmdRemoveVM:
 		return w.removeVM(c.slot)
 	case cmdQueueReady:
-		return w.attachQueue(c.slot, c.vq)
+		err := w.attachQueue(c.slot, c.vq)
+		w.adoptDirect(c.slot, c.vq, c.pre, err == nil)
+		return err
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil
@@ -409,6 +413,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	}
 	w.vmList = append(w.vmList, st)
 	w.fdb.add(st)
+	w.addDirect(st, vm)
 	return nil
 }
 
@@ -421,6 +426,7 @@ func (w *worker) removeVM(slot uint32) error {
 	if err := w.dp.filter.UnregisterSocket(slot, uint32(w.queueID)); err != nil {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
+	w.removeDirect(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	w.txqs = removeVirtqs(w.txqs, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
@@ -454,6 +460,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 		// migration's destination takes over when its rings start.
 		st.rxqs = append([]*virtq{vq}, st.rxqs...)
 		w.rxqs = append(w.rxqs, vq)
+		w.attachDirect(st, vq)
 	} else {
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
@@ -462,6 +469,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 }
 
 func (w *worker) detachQueue(q *vhostuser.Queue) {
+	w.detachDirect(q) // closes a dedicated socket before the memory can go
 	for _, list := range []*[]*virtq{&w.rxqs, &w.txqs} {
 		for i, vq := range *list {
 			if vq.q != q {
@@ -525,6 +533,9 @@ func (w *worker) round() int {
 		}
 	}
 	n += w.receiveVMs()
+	if len(w.directs) > 0 {
+		n += w.serveDirects()
+	}
 	if nq := len(w.txqs); nq > 0 {
 		first := int(w.rr % uint(nq))
 		for i := range nq {
@@ -747,6 +758,7 @@ func (w *worker) push(vq *virtq, frame []byte) {
 		// Counted here, published once per round (flushAll).
 		vm.rxPkts++
 		vm.rxBytes += uint64(len(frame))
+		vm.rxCopied += uint64(len(frame))
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
 	case errors.Is(err, vhostuser.ErrBudget):
@@ -998,6 +1010,16 @@ func (w *worker) sleep() {
 		if fd := vq.q.KickFD(); fd >= 0 {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
+	}
+	if len(w.directs) > 0 {
+		var pending bool
+		if fds, pending = w.directPollFDs(fds); pending {
+			w.pollfds = fds
+			w.directWoke()
+			w.disableNotify()
+			return
+		}
+		defer w.directWoke()
 	}
 	w.pollfds = fds
 	add(&w.ctr.polls, 1)

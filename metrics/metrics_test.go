@@ -241,6 +241,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_vm_tx_packets_total": 2, "vmq_vm_tx_bytes_total": 2,
 		"vmq_vm_drops_total": 2*int(dataplane.NumDropReasons) + 1, "vmq_vm_flood_copies_total": 2,
 		"vmq_vm_filter_packets_total": 2, "vmq_vm_filter_bytes_total": 2, "vmq_vm_filter_redirect_errors_total": 2,
+		"vmq_vm_rx_copied_bytes_total":  2,
 		"vmq_vm_queue_rx_packets_total": 3, "vmq_vm_queue_rx_bytes_total": 3,
 		"vmq_vm_queue_tx_packets_total": 3, "vmq_vm_queue_tx_bytes_total": 3,
 		"vmq_xsk_zero_copy": 4, "vmq_xsk_rx_dropped_total": 4, "vmq_xsk_rx_invalid_descs_total": 4,
