@@ -45,6 +45,9 @@ type Config struct {
 	// XSKMode forces copy or zero-copy sockets; auto picks zero-copy when
 	// the driver has it.
 	XSKMode xsk.Mode
+	// MTU is the NIC's MTU (0: 1500), up to MaxMTU. Above what one UMEM
+	// frame holds the queues are multi-buffer (XDP_USE_SG, jumbo.go).
+	MTU int
 	// BusyPoll is how long an idle worker spins before sleeping in poll(2).
 	BusyPoll time.Duration
 	// Netns, when set, is the namespace of the NIC: workers enter it.
@@ -151,6 +154,12 @@ func New(cfg Config) (*Dataplane, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	if err := checkMTU(cfg); err != nil {
+		return nil, err
+	}
 	dp := &Dataplane{cfg: cfg, filter: cfg.Filter, log: cfg.Logger, vms: make(map[string]*vmEntry)}
 	n := len(cfg.Queues)
 	for i, qid := range cfg.Queues {
@@ -164,10 +173,11 @@ func New(cfg Config) (*Dataplane, error) {
 		dp.workers = append(dp.workers, w)
 	}
 	// Mailboxes between every pair of workers; slots fit a frame plus a tag.
+	slotSize := max(cfg.FrameSize, cfg.MTU+ethHdrLen+vlanTagLen)
 	for _, src := range dp.workers {
 		for _, dst := range dp.workers {
 			if src != dst {
-				mb := newMailbox(512, cfg.FrameSize)
+				mb := newMailbox(512, slotSize)
 				src.outbox[dst.index] = mb
 				dst.inbox[src.index] = mb
 			}
@@ -492,6 +502,7 @@ func socketStats(vm string, queue int, sock *xsk.Socket) SocketStats {
 		ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
 		ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
 	}
+	ss.RxTooLong = sock.Stats().RxTooLong
 	return ss
 }
 

@@ -41,7 +41,7 @@ func (tb *testbed) addLinuxGuest(spec tbed.LinuxGuest, slot uint32) *qemu.Guest 
 func (tb *testbed) addLinuxVM(spec tbed.LinuxGuest, slot uint32, client bool) {
 	tb.t.Helper()
 	tb.addPort(VM{Name: spec.Name, Slot: slot, MAC: mustMAC(spec.MAC), Socket: tb.Socket(spec.Name),
-		Client: client, QueuePairs: spec.Pairs})
+		Client: client, QueuePairs: spec.Pairs, MTU: spec.MTU})
 }
 
 // bootLinux boots QEMU (server: QEMU listens) on the VM's socket.

@@ -17,12 +17,14 @@ const (
 	DropMalformed                       // a guest frame too short or otherwise unusable
 	DropRateLimited                     // over the VM's QoS limit (Limits)
 	DropBudget                          // the VM used up its fair share of the worker's round
+	DropOversize                        // a guest frame longer than the MTU allows
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
 	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
+	"oversize",
 }
 
 // String is the reason's label value in metrics and the API.
@@ -156,6 +158,9 @@ type SocketStats struct {
 	RxRingFull    uint64 `json:"rx_ring_full"`
 	FillRingEmpty uint64 `json:"fill_ring_empty"`
 	TxRingEmpty   uint64 `json:"tx_ring_empty"`
+	// RxTooLong: multi-buffer frames dropped for having more descriptors
+	// than the worker takes at once (longer than the MTU allows).
+	RxTooLong uint64 `json:"rx_too_long,omitempty"`
 }
 
 // PortStats describe one VM's vhost-user port.

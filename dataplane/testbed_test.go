@@ -48,7 +48,7 @@ func newTestbedOpts(t *testing.T, opts tbed.Options, change func(*Config)) *test
 	tb.filter = tb.AttachFilter()
 	h := tb.Host.Handle()
 	cfg := Config{Ifindex: tb.NIC.Index, Queues: tb.QueueIDs(), Filter: tb.filter,
-		BusyPoll: 20 * time.Microsecond, Netns: &h}
+		BusyPoll: 20 * time.Microsecond, Netns: &h, MTU: tb.MTU}
 	if change != nil {
 		change(&cfg)
 	}

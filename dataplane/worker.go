@@ -112,6 +112,7 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
+	jumbo   *jumbo // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
 	pollfds []unix.PollFd
 	ctr     workerCounters
 
@@ -175,6 +176,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 		cmds: make(chan command, 16), wakeFD: wakeFD,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
+		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
 	}, nil
 }
 
@@ -209,7 +211,7 @@ func (w *worker) open() error {
 	cfg := w.dp.cfg
 	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
 		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
-		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1})
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil})
 	if err != nil {
 		return err
 	}
@@ -386,7 +388,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: vmRingSize, TxSize: vmRingSize})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: w.vmRing()})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
@@ -634,15 +636,16 @@ func (w *worker) receiveVM(vm *vmState) int {
 	// Each frame costs 1 unit to take and at least 1 descriptor to push:
 	// take no more than the credit can serve; the rest waits in the
 	// socket's ring (nothing is lost that the kernel did not count).
-	n := vm.sock.Receive(w.descs[:min(batchSize, vm.credit/2)])
+	n := vm.sock.Receive(w.descs[:w.rxBatch(min(batchSize, vm.credit/2))])
 	if n == 0 {
 		return 0
 	}
 	vm.credit -= n
 	vm.busy = true
 	w.touch(vm)
-	for _, d := range w.descs[:n] {
-		frame := w.q.Frame(d)
+	for i := 0; i < n; {
+		var frame []byte
+		frame, i = w.rxFrame(w.descs[:n], i)
 		if len(frame) < minFrameLen {
 			vm.drop(DropMalformed)
 			continue
@@ -675,8 +678,9 @@ func (w *worker) receiveFlood() int {
 	if n == 0 {
 		return 0
 	}
-	for _, d := range w.descs[:n] {
-		frame := w.q.Frame(d)
+	for i := 0; i < n; {
+		var frame []byte
+		frame, i = w.rxFrame(w.descs[:n], i)
 		if len(frame) < minFrameLen {
 			continue
 		}
@@ -790,7 +794,7 @@ func (w *worker) transmit(vq *virtq) int {
 				w.addrs[0] = d.Addr
 				w.q.Free(w.addrs[:1])
 			}
-			add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
+			add(&vm.ctr.drops[DropTxRingFull], uint64(framesIn(w.txDescs[sent:wire])))
 		}
 		if err != nil && sent == 0 {
 			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
@@ -816,6 +820,9 @@ const noFrame = ^uint64(0)
 // back to the stash, and the frames already in txDescs are still sent
 // (the named results survive the recovered panic).
 func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	if w.jumbo != nil {
+		return w.popBatchJumbo(vq)
+	}
 	held := noFrame
 	defer func() {
 		if held != noFrame {

@@ -106,6 +106,8 @@ vmq_vm_drops_total{reason="malformed",vm="db"} 0
 vmq_vm_drops_total{reason="malformed",vm="web"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="db"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="web"} 0
+vmq_vm_drops_total{reason="oversize",vm="db"} 0
+vmq_vm_drops_total{reason="oversize",vm="web"} 0
 vmq_vm_drops_total{reason="rate_limited",vm="db"} 0
 vmq_vm_drops_total{reason="rate_limited",vm="web"} 40
 vmq_vm_drops_total{reason="spoofed",vm="db"} 0

@@ -21,6 +21,9 @@ func TestFlags(t *testing.T) {
 		{"--socket", "s", "extra"},
 		{"--socket", "s", "--queues", "0"},
 		{"--socket", "s", "--rate", "-1"},
+		{"--socket", "s", "--size", "1515"},
+		{"--socket", "s", "--mtu", "9000", "--size", "9015"},
+		{"--socket", "s", "--mtu", "67"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -29,6 +32,9 @@ func TestFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--socket", "s", "--server", "--queues", "2", "--send-to", "02:00:00:00:00:0b", "--count", "10", "--json"}, io.Discard)
 	if err != nil || !o.server || o.queues != 2 || o.count != 10 || !o.jsonOut || o.sendTo == "" {
 		t.Fatalf("%+v %v", o, err)
+	}
+	if o, err := parseFlags([]string{"--socket", "s", "--mtu", "9000", "--size", "9014"}, io.Discard); err != nil || o.mtu != 9000 || o.size != 9014 {
+		t.Fatalf("jumbo flags: %+v %v", o, err)
 	}
 	for _, o := range []options{
 		{socket: "s", mac: "nope", logLevel: "info"},

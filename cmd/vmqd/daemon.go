@@ -106,7 +106,7 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		}
 		d.nic.Driver, d.nic.Channels = info.Driver, info.Queues()
 		problems := nic.Check(info, nic.Requirements{Queues: cfg.Queues, FrameSize: cfg.FrameSize,
-			AttachMode: cfg.AttachMode, XSKMode: nic.ModeAuto})
+			AttachMode: cfg.AttachMode, XSKMode: nic.ModeAuto, MultiBuffer: xsk.ProbeMultiBuffer() == nil})
 		d.log.Info("NIC", "nic", info)
 		for _, p := range problems {
 			if p.Fatal {
@@ -148,7 +148,7 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 	}
 	d.dp, err = dataplane.New(dataplane.Config{
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
-		FrameSize: cfg.FrameSize, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
+		FrameSize: cfg.FrameSize, MTU: d.nic.MTU, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
 		Netns: o.netns, NIC: d.nic, Logger: d.log, Steer: steer,
 		Migrated: func(vm, socket string, client bool) {
 			if d.ctl != nil {

@@ -52,7 +52,10 @@ type Config struct {
 	PackedRing bool
 	InOrder    bool
 	RxBufSize  int // bytes per rx buffer including the net header; default 2048
-	TxBufSize  int // bytes per tx buffer including the net header; default 2048
+	TxBufSize  int // bytes per tx buffer including the net header; default 2048, more for MTU
+	// MTU is the largest IP packet the guest sends (and answers pings
+	// of): it sizes the tx buffers when TxBufSize is 0. Default 1500.
+	MTU        int
 	MemRegions int // memfd regions in the memory table, 1..8; default 1
 
 	// Reconnect redials after the backend goes away (client mode). In
@@ -90,9 +93,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RxBufSize == 0 {
 		c.RxBufSize = 2048
+		if !c.MrgRxbuf { // a whole frame per buffer
+			c.RxBufSize = max(2048, virtio.NetHdrLen+14+c.MTU)
+		}
+	}
+	if c.MTU < 0 || c.MTU > 65535-14 {
+		return fmt.Errorf("guest config: MTU %d out of range", c.MTU)
 	}
 	if c.TxBufSize == 0 {
-		c.TxBufSize = 2048
+		c.TxBufSize = max(2048, virtio.NetHdrLen+14+c.MTU)
 	}
 	if c.RxBufSize > 65536 || c.TxBufSize > 65536+virtio.NetHdrLen {
 		return fmt.Errorf("guest config: buffers of %d/%d bytes too large", c.RxBufSize, c.TxBufSize)

@@ -80,8 +80,11 @@ type Config struct {
 	Reboot     bool
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
-	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
-	MemoryMB   int // default 256
+	// MTU, if set, is the device's host_mtu: QEMU offers VIRTIO_NET_F_MTU
+	// (the backend must offer it too) and the guest's eth0 takes it.
+	MTU      int
+	CPUs     int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
+	MemoryMB int // default 256
 	// Accel is QEMU's accelerator list; "" means $VMQ_QEMU_ACCEL, else
 	// "tcg" (see DefaultAccel).
 	Accel   string
@@ -123,6 +126,9 @@ func (cfg Config) Args() []string {
 	dev := fmt.Sprintf("virtio-net-pci,netdev=net0,mac=%s", cfg.MAC)
 	if pairs > 1 {
 		dev += ",mq=on"
+	}
+	if cfg.MTU > 0 {
+		dev += fmt.Sprintf(",host_mtu=%d", cfg.MTU)
 	}
 	if cfg.Packed {
 		dev += ",packed=on"
