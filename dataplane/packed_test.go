@@ -45,11 +45,11 @@ func TestPackedGuests(t *testing.T) {
 	tb.send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 1000, Stream: 10}, n)
 	waitRx(t, "vmp (from the wire)", gp, n)
 
-	if sent, err := gp.Generate(ctx, frontend.Traffic{Dst: mustMAC(mac2), Count: n, Rate: 20000, Stream: 1}); err != nil || sent != n {
+	if sent, err := gp.Generate(ctx, frontend.Traffic{Dst: mustMAC(mac2), Count: n, Rate: 5000, Stream: 1}); err != nil || sent != n {
 		t.Fatalf("packed -> split: sent %d, %v", sent, err)
 	}
 	waitRx(t, "vms (from the packed guest)", gs, n)
-	if sent, err := gs.Generate(ctx, frontend.Traffic{Dst: mustMAC(mac1), Count: n, Rate: 20000, Stream: 2}); err != nil || sent != n {
+	if sent, err := gs.Generate(ctx, frontend.Traffic{Dst: mustMAC(mac1), Count: n, Rate: 5000, Stream: 2}); err != nil || sent != n {
 		t.Fatalf("split -> packed: sent %d, %v", sent, err)
 	}
 	waitRx(t, "vmp (from the split guest)", gp, 2*n)
