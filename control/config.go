@@ -157,6 +157,12 @@ type VMConfig struct {
 	Queue     string `yaml:"queue,omitempty" json:"queue,omitempty"` // shared (default) | dedicated
 	QueueID   *int   `yaml:"queue_id,omitempty" json:"queue_id,omitempty"`
 	Dedicated string `yaml:"dedicated,omitempty" json:"dedicated,omitempty"` // preferred | required
+
+	// Virtqueue formats: packed rings (VIRTIO_F_RING_PACKED) and IN_ORDER
+	// are offered by default; these turn them off for a guest whose
+	// driver mishandles them.
+	NoPackedRing bool `yaml:"no_packed_ring,omitempty" json:"no_packed_ring,omitempty"`
+	NoInOrder    bool `yaml:"no_in_order,omitempty" json:"no_in_order,omitempty"`
 }
 
 // Queue modes of a VM.
@@ -293,10 +299,13 @@ type fileVMConfig struct {
 	SocketGroup    IDSpec    `yaml:"socket_group"`
 	SocketMode     *FileMode `yaml:"socket_mode"`
 	AllowedUIDs    []uint32  `yaml:"allowed_uids"`
+	Queue          string    `yaml:"queue"`
+	QueueID        *int      `yaml:"queue_id"`
+	Dedicated      string    `yaml:"dedicated"`
 
-	Queue     string `yaml:"queue"`
-	QueueID   *int   `yaml:"queue_id"`
-	Dedicated string `yaml:"dedicated"`
+	// Virtqueue formats (see VMConfig).
+	NoPackedRing bool `yaml:"no_packed_ring"`
+	NoInOrder    bool `yaml:"no_in_order"`
 
 	// Offloads (default true) offers the guest checksum and TSO offloads.
 	Offloads *bool `yaml:"offloads"`
@@ -536,6 +545,7 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 			SocketOwner: f.SocketOwner, SocketGroup: f.SocketGroup, SocketMode: DefaultSocketMode,
 			AllowedUIDs: f.AllowedUIDs,
 			Queue:       f.Queue, QueueID: f.QueueID, Dedicated: f.Dedicated,
+			NoPackedRing: f.NoPackedRing, NoInOrder: f.NoInOrder,
 		}
 		if f.MaxGuestMemory != nil {
 			vm.MaxGuestMemory = *f.MaxGuestMemory

@@ -82,6 +82,9 @@ type VM struct {
 	// NoOffloads turns off the checksum and TSO offloads (offload.go)
 	// the VM's port offers by default.
 	NoOffloads bool
+	// NoPackedRing and NoInOrder turn off the packed virtqueues and
+	// IN_ORDER the VM's port offers by default.
+	NoPackedRing, NoInOrder bool
 	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
 	// them while it runs.
 	Limits Limits
@@ -284,9 +287,13 @@ func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
 		Name:     vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
 		MaxMemory:   vm.MaxMemory,
 		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
-		AllowedUIDs: vm.AllowedUIDs,
-		Handler:     h,
-		Logger:      dp.log.With("vm", vm.Name),
+		AllowedUIDs:  vm.AllowedUIDs,
+		NoPackedRing: vm.NoPackedRing,
+		// A dedicated queue's direct path completes the buffers the NIC
+		// holds after the ones Push fills meanwhile (floods): not in order.
+		NoInOrder: vm.NoInOrder || vm.Dedicated != DedicatedOff,
+		Handler:   h,
+		Logger:    dp.log.With("vm", vm.Name),
 	}
 }
 

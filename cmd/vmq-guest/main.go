@@ -37,6 +37,8 @@ type options struct {
 	queueSize  int
 	mrg        bool
 	eventIdx   bool
+	packed     bool
+	inOrder    bool
 	regions    int
 	reconnect  bool
 	busyPoll   bool
@@ -66,6 +68,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.queueSize, "queue-size", 256, "descriptors per virtqueue (power of two)")
 	fs.BoolVar(&o.mrg, "mrg-rxbuf", true, "negotiate mergeable rx buffers if offered")
 	fs.BoolVar(&o.eventIdx, "event-idx", true, "negotiate EVENT_IDX if offered")
+	fs.BoolVar(&o.packed, "packed", false, "use packed virtqueues (VIRTIO_F_RING_PACKED) if offered")
+	fs.BoolVar(&o.inOrder, "in-order", true, "with --packed, negotiate IN_ORDER if offered")
 	fs.IntVar(&o.regions, "mem-regions", 1, "memfd regions in the memory table (1..8)")
 	fs.BoolVar(&o.reconnect, "reconnect", false, "client mode: redial when the backend goes away")
 	fs.BoolVar(&o.busyPoll, "busy-poll", false, "never sleep on call eventfds (one busy core)")
@@ -131,7 +135,7 @@ func run(o options, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--mac: %w", err)
 	}
 	cfg := frontend.Config{MAC: mac, QueuePairs: o.queues, QueueSize: o.queueSize, MrgRxbuf: o.mrg,
-		EventIdx: o.eventIdx, MemRegions: o.regions, Reconnect: o.reconnect, BusyPoll: o.busyPoll, MTU: o.mtu, Logger: log}
+		EventIdx: o.eventIdx, PackedRing: o.packed, InOrder: o.inOrder, MemRegions: o.regions, Reconnect: o.reconnect, BusyPoll: o.busyPoll, MTU: o.mtu, Logger: log}
 	if o.ip != "" {
 		if cfg.IP, err = netip.ParseAddr(o.ip); err != nil {
 			return fmt.Errorf("--ip: %w", err)

@@ -318,6 +318,7 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
 		AllowedUIDs: vm.AllowedUIDs,
 		Dedicated:   vm.DedicatedMode(), DedicatedQueue: vm.DedicatedQueue(),
+		NoPackedRing: vm.NoPackedRing, NoInOrder: vm.NoInOrder,
 	})
 }
 

@@ -85,6 +85,9 @@ func (q *Queue) PeekRxBuffer() (b RxBuf, have, simple bool, err error) {
 	if q.isBroken() {
 		return b, false, false, ErrBroken
 	}
+	if q.packed { // the direct path reads split rings only (see Packed)
+		return b, false, false, nil
+	}
 	ok, err := q.haveAvail()
 	if err != nil || !ok {
 		return b, false, false, err

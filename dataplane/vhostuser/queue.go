@@ -115,6 +115,8 @@ type Queue struct {
 	mrg       bool
 	eventIdx  bool
 	indirect  bool
+	packed    bool        // VIRTIO_F_RING_PACKED: see packed.go
+	pk        packedState // the packed ring's state
 	kickFD    int
 	callFD    int       // written by the notifier only; see notifier
 	nt        *notifier // nil: calls are requested but nobody writes them
@@ -207,6 +209,19 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 		return fmt.Errorf("ring size %d: want a power of 2 up to %d", num, virtio.MaxQueueSize)
 	}
 	eventIdx := features&virtio.RingFEventIdx != 0
+	q.packed = features&virtio.FRingPacked != 0
+	if q.packed {
+		if err := q.packedLayout(mem, num, descUA, availUA, usedUA); err != nil {
+			return err
+		}
+		q.num, q.mask = num, uint16(num-1)
+		q.mem = mem
+		q.hdrLen = virtio.NetHdrLenFor(features)
+		q.mrg = features&virtio.NetFMrgRxbuf != 0
+		q.eventIdx = eventIdx
+		q.indirect = features&virtio.RingFIndirectDesc != 0
+		return nil
+	}
 	availLen, usedLen := uint64(virtio.AvailRingSize(int(num))), uint64(virtio.UsedRingSize(int(num)))
 	if !eventIdx {
 		availLen -= 2
@@ -245,16 +260,20 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 // start sets the indices for a queue about to be handed to a worker. A
 // used.idx that disagrees with the base means buffers were in flight when
 // the previous back-end stopped; like DPDK, resume from used.idx.
-func (q *Queue) start(base uint16) {
+func (q *Queue) start(base uint16) error {
+	q.usedFlags = 0
+	q.broken = false
+	q.ch = chain{}
+	q.SetBudget(-1)
+	if q.packed {
+		return q.packedStart(base)
+	}
 	used := uint16(atomicLoad32(q.used, 0) >> 16)
 	if used != base {
 		base = used
 	}
 	q.lastAvail, q.availIdx, q.usedIdx, q.usedPub = base, base, base, base
-	q.usedFlags = 0
-	q.broken = false
-	q.ch = chain{}
-	q.SetBudget(-1)
+	return nil
 }
 
 // SetBudget bounds the work a guest's ring can cost its worker: Push and
@@ -312,6 +331,9 @@ func (q *Queue) isBroken() bool {
 // haveAvail reports whether an avail entry is ready, reading avail.idx
 // (one atomic load) only when the cached value is used up.
 func (q *Queue) haveAvail() (bool, error) {
+	if q.packed {
+		return q.packedHaveAvail(), nil
+	}
 	if q.lastAvail != q.availIdx {
 		return true, nil
 	}
@@ -324,12 +346,20 @@ func (q *Queue) haveAvail() (bool, error) {
 }
 
 func (q *Queue) availHead() uint16 {
+	if q.packed { // the head's slot; its buffer id is in its chain's last descriptor
+		q.lastAvail++
+		return (q.lastAvail - 1) & q.mask
+	}
 	o := 4 + 2*int(q.lastAvail&q.mask)
 	q.lastAvail++
 	return binary.LittleEndian.Uint16(q.avail[o:])
 }
 
 func (q *Queue) putUsed(id uint16, n uint32) {
+	if q.packed {
+		q.packedPutUsed(n)
+		return
+	}
 	o := 4 + 8*int(q.usedIdx&q.mask)
 	binary.LittleEndian.PutUint32(q.used[o:], uint32(id))
 	binary.LittleEndian.PutUint32(q.used[o+4:], n)
@@ -337,6 +367,10 @@ func (q *Queue) putUsed(id uint16, n uint32) {
 }
 
 func (q *Queue) startChain(head uint16) error {
+	if q.packed {
+		q.packedStartChain()
+		return nil
+	}
 	if uint32(head) >= q.num {
 		return q.fail("avail entry %d: head descriptor %d beyond ring size %d", q.lastAvail-1, head, q.num)
 	}
@@ -348,6 +382,9 @@ func (q *Queue) startChain(head uint16) error {
 // nextDesc returns the chain's next descriptor. Loops and over-long
 // chains are caught by counting: a chain visits at most size entries.
 func (q *Queue) nextDesc() (d desc, ok bool, err error) {
+	if q.packed {
+		return q.packedNextDesc()
+	}
 	c := &q.ch
 	for c.more {
 		if q.budget <= 0 {
@@ -634,7 +671,11 @@ func (q *Queue) decodeHdr(h *virtio.NetHdr, n int) bool {
 // eventfd (Flush itself makes no syscall and never blocks).
 func (q *Queue) Flush() {
 	published := q.usedIdx != q.usedPub
-	if published {
+	if published && q.packed {
+		if q.packedFlush() {
+			q.requestCall()
+		}
+	} else if published {
 		old := q.usedPub
 		q.usedPub = q.usedIdx
 		// The atomic store orders the used elements before the index and,
@@ -681,6 +722,10 @@ func (q *Queue) needCall(old, new uint16) bool {
 // With EVENT_IDX the guest kicks at most once more (avail_event stays
 // where it was).
 func (q *Queue) DisableNotify() {
+	if q.packed {
+		q.packedDisableNotify()
+		return
+	}
 	if q.eventIdx || q.usedFlags&virtio.UsedFNoNotify != 0 {
 		return
 	}
@@ -700,6 +745,9 @@ func (q *Queue) EnableNotify() (pending bool, err error) {
 	if q.dirty {
 		q.dirty = false
 		q.publishStats()
+	}
+	if q.packed {
+		return q.packedEnableNotify()
 	}
 	if q.eventIdx {
 		binary.LittleEndian.PutUint16(q.used[q.availEvt:], q.lastAvail)

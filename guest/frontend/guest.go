@@ -47,6 +47,10 @@ type Config struct {
 	QueueSize  int // descriptors per virtqueue, a power of two; default 256
 	MrgRxbuf   bool
 	EventIdx   bool
+	// PackedRing asks for packed virtqueues (VIRTIO_F_RING_PACKED), and
+	// with it InOrder for VIRTIO_F_IN_ORDER; split rings if not offered.
+	PackedRing bool
+	InOrder    bool
 	RxBufSize  int // bytes per rx buffer including the net header; default 2048
 	TxBufSize  int // bytes per tx buffer including the net header; default 2048, more for MTU
 	// MTU is the largest IP packet the guest sends (and answers pings
@@ -596,6 +600,7 @@ func (g *Guest) Stats() Stats {
 		ARPReplies: g.arpReplies.Load(), ICMPReplies: g.icmpReplies.Load(),
 		Kicks: g.kicks.Load(), Wakeups: g.wakeups.Load(),
 		Connects: g.connects.Load(), Disconnects: g.disconnects.Load(),
+		Features: g.lastFeatures.Load(),
 	}
 	for i := range g.qrx {
 		s.Queues = append(s.Queues, QueueStats{RxFrames: g.qrx[i].Load(), TxFrames: g.qtx[i].Load()})

@@ -95,6 +95,9 @@ type Config struct {
 	// starts a vhost-user device with MSI-X, whichever the backend (DPDK's
 	// net_vhost crashes it the same way).
 	MSIX bool
+	// Packed gives the device packed virtqueues (packed=on): the guest's
+	// driver uses them when the backend offers VIRTIO_F_RING_PACKED.
+	Packed bool
 	// Extra are more QEMU arguments (e.g. "-trace", "vhost_user_*").
 	Extra []string
 	// Log, if set, gets every console line as it arrives.
@@ -126,6 +129,9 @@ func (cfg Config) Args() []string {
 	}
 	if cfg.MTU > 0 {
 		dev += fmt.Sprintf(",host_mtu=%d", cfg.MTU)
+	}
+	if cfg.Packed {
+		dev += ",packed=on"
 	}
 	vectors := 0
 	if cfg.MSIX {
