@@ -116,3 +116,46 @@ func TestPushHdr(t *testing.T) {
 		t.Fatalf("Push's header %+v, want zero with num_buffers 1", got)
 	}
 }
+
+// PopHdr and PushHdr on a packed ring: the header read across two
+// descriptors, a bad one dropped, a header written with num_buffers.
+func TestPackedHdr(t *testing.T) {
+	g := newPackedGuest(t, 32, packedTestFeatures|virtio.NetFCsum|virtio.NetFHostTSO4, false)
+	tso := virtio.NetHdr{Flags: virtio.NetHdrFNeedsCsum, GSOType: virtio.GSOTCPv4, HdrLen: 66, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}
+	post := func(h virtio.NetHdr, frame []byte, split int) {
+		var hb [virtio.NetHdrLen]byte
+		h.Encode(hb[:])
+		a, b, d := g.alloc(split), g.alloc(virtio.NetHdrLen-split), g.alloc(len(frame))
+		copy(g.at(a, split), hb[:split])
+		copy(g.at(b, virtio.NetHdrLen-split), hb[split:])
+		copy(g.at(d, len(frame)), frame)
+		g.post(tdesc{addr: a, len: uint32(split)}, tdesc{addr: b, len: uint32(virtio.NetHdrLen - split)}, tdesc{addr: d, len: uint32(len(frame))})
+	}
+	big := frameOf(5000, 1)
+	post(virtio.NetHdr{Flags: virtio.NetHdrFDataValid}, frameOf(60, 2), 4)
+	post(tso, big, 7)
+	dst := make([]byte, 65536)
+	var h virtio.NetHdr
+	n, err := g.q.PopHdr(&h, dst)
+	if err != nil || !bytes.Equal(dst[:n], big) || h != tso {
+		t.Fatalf("packed PopHdr: n %d err %v header %+v", n, err, h)
+	}
+	g.q.Flush()
+	if st := g.q.Stats(); st.Drops[DropBadHeader] != 1 || st.Frames != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	r := newPackedGuest(t, 32, packedTestFeatures|virtio.NetFMrgRxbuf|virtio.NetFGuestCsum|virtio.NetFGuestTSO4, true)
+	a := r.postRX(8192)
+	if err := r.q.PushHdr(&tso, big); err != nil {
+		t.Fatal(err)
+	}
+	r.q.Flush()
+	var got virtio.NetHdr
+	got.Decode(r.at(a, virtio.NetHdrLen))
+	want := tso
+	want.NumBuffers = 1
+	if got != want || !bytes.Equal(r.at(a+virtio.NetHdrLen, len(big)), big) {
+		t.Fatalf("packed PushHdr: header %+v, want %+v", got, want)
+	}
+}
