@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/dataplane/xsk"
 )
 
@@ -112,8 +113,10 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
+	jumbo   *jumbo // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
 	pollfds []unix.PollFd
 	ctr     workerCounters
+	ofl     offloadState // guest frames with offloads (offload.go)
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
 	// each round), the marks not yet found empty (ready), the marks taken
@@ -126,6 +129,7 @@ type worker struct {
 	touched           []*vmState // credit or busy changed since the last grant
 	dirtyQs           []*virtq   // virtqueues to flush at the end of the round
 	txQueued          []*vmState // sockets with tx frames the kernel has not taken
+	directs           []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill.
 	nlimited   int
@@ -159,6 +163,7 @@ type command struct {
 	slot   uint32
 	vq     *vhostuser.Queue
 	limits Limits
+	pre    *directOpen // cmdQueueReady of a dedicated VM's first RX queue
 	done   chan error
 }
 
@@ -173,6 +178,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 		cmds: make(chan command, 16), wakeFD: wakeFD,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
+		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
 	}, nil
 }
 
@@ -207,7 +213,7 @@ func (w *worker) open() error {
 	cfg := w.dp.cfg
 	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
 		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
-		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1})
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil})
 	if err != nil {
 		return err
 	}
@@ -358,7 +364,9 @@ func (w *worker) apply(c command) error {
 	case cmdRemoveVM:
 		return w.removeVM(c.slot)
 	case cmdQueueReady:
-		return w.attachQueue(c.slot, c.vq)
+		err := w.attachQueue(c.slot, c.vq)
+		w.adoptDirect(c.slot, c.vq, c.pre, err == nil)
+		return err
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil
@@ -382,7 +390,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: vmRingSize, TxSize: vmRingSize})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: w.vmRing()})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
@@ -393,7 +401,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	st := &vmState{
 		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
-		sock: sock, ctr: ctr,
+		sock: sock, ctr: ctr, mtu: vm.MTU,
 	}
 	w.setLimits(st, vm.Limits)
 	st.credit = fairQuantum // what the first grant gives a VM without work
@@ -409,6 +417,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	}
 	w.vmList = append(w.vmList, st)
 	w.fdb.add(st)
+	w.addDirect(st, vm)
 	return nil
 }
 
@@ -421,6 +430,7 @@ func (w *worker) removeVM(slot uint32) error {
 	if err := w.dp.filter.UnregisterSocket(slot, uint32(w.queueID)); err != nil {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
+	w.removeDirect(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	w.txqs = removeVirtqs(w.txqs, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
@@ -454,6 +464,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 		// migration's destination takes over when its rings start.
 		st.rxqs = append([]*virtq{vq}, st.rxqs...)
 		w.rxqs = append(w.rxqs, vq)
+		w.attachDirect(st, vq)
 	} else {
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
@@ -462,6 +473,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 }
 
 func (w *worker) detachQueue(q *vhostuser.Queue) {
+	w.detachDirect(q) // closes a dedicated socket before the memory can go
 	for _, list := range []*[]*virtq{&w.rxqs, &w.txqs} {
 		for i, vq := range *list {
 			if vq.q != q {
@@ -525,6 +537,9 @@ func (w *worker) round() int {
 		}
 	}
 	n += w.receiveVMs()
+	if len(w.directs) > 0 {
+		n += w.serveDirects()
+	}
 	if nq := len(w.txqs); nq > 0 {
 		first := int(w.rr % uint(nq))
 		for i := range nq {
@@ -623,15 +638,16 @@ func (w *worker) receiveVM(vm *vmState) int {
 	// Each frame costs 1 unit to take and at least 1 descriptor to push:
 	// take no more than the credit can serve; the rest waits in the
 	// socket's ring (nothing is lost that the kernel did not count).
-	n := vm.sock.Receive(w.descs[:min(batchSize, vm.credit/2)])
+	n := vm.sock.Receive(w.descs[:w.rxBatch(min(batchSize, vm.credit/2))])
 	if n == 0 {
 		return 0
 	}
 	vm.credit -= n
 	vm.busy = true
 	w.touch(vm)
-	for _, d := range w.descs[:n] {
-		frame := w.q.Frame(d)
+	for i := 0; i < n; {
+		var frame []byte
+		frame, i = w.rxFrame(w.descs[:n], i)
 		if len(frame) < minFrameLen {
 			vm.drop(DropMalformed)
 			continue
@@ -664,8 +680,9 @@ func (w *worker) receiveFlood() int {
 	if n == 0 {
 		return 0
 	}
-	for _, d := range w.descs[:n] {
-		frame := w.q.Frame(d)
+	for i := 0; i < n; {
+		var frame []byte
+		frame, i = w.rxFrame(w.descs[:n], i)
 		if len(frame) < minFrameLen {
 			continue
 		}
@@ -733,7 +750,10 @@ func (w *worker) serve(slot uint32) {
 
 // push gives a frame to a guest receive queue, the descriptors it walks
 // paid from the receiving VM's credit (its ring decides the cost).
-func (w *worker) push(vq *virtq, frame []byte) {
+func (w *worker) push(vq *virtq, frame []byte) { w.pushHdr(vq, nil, frame) }
+
+// pushHdr is push with a virtio-net header (nil: zeroed).
+func (w *worker) pushHdr(vq *virtq, h *virtio.NetHdr, frame []byte) {
 	vm := vq.vm
 	w.serve(vm.slot)
 	vm.busy = true
@@ -742,11 +762,12 @@ func (w *worker) push(vq *virtq, frame []byte) {
 	vq.q.SetBudget(vm.credit)
 	defer func() { vm.credit = vq.q.Budget() }()
 	defer vq.q.RecoverFault()
-	switch err := vq.q.Push(frame); {
+	switch err := vq.q.PushHdr(h, frame); {
 	case err == nil:
 		// Counted here, published once per round (flushAll).
 		vm.rxPkts++
 		vm.rxBytes += uint64(len(frame))
+		vm.rxCopied += uint64(len(frame))
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
 	case errors.Is(err, vhostuser.ErrBudget):
@@ -770,28 +791,33 @@ func (w *worker) transmit(vq *virtq) int {
 		w.touch(vm)
 	}
 	if wire > 0 {
-		sent, err := vm.sock.Transmit(w.txDescs[:wire])
-		if sent < wire {
-			// The tx ring is full (or the kernel refused): these frames are
-			// lost, and their UMEM frames go back to the allocator.
-			for _, d := range w.txDescs[sent:wire] {
-				w.addrs[0] = d.Addr
-				w.q.Free(w.addrs[:1])
-			}
-			add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
-		}
-		if err != nil && sent == 0 {
-			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
-		}
-		if !vm.txQueued && vm.sock.TxPending() > 0 {
-			vm.txQueued = true
-			w.txQueued = append(w.txQueued, vm)
-		}
+		w.sendWire(vm, wire)
 	}
 	if popped > 0 {
 		w.markDirty(vq)
 	}
 	return popped
+}
+
+// sendWire hands w.txDescs[:wire] to the VM's socket.
+func (w *worker) sendWire(vm *vmState, wire int) {
+	sent, err := vm.sock.Transmit(w.txDescs[:wire])
+	if sent < wire {
+		// The tx ring is full (or the kernel refused): these frames are
+		// lost, and their UMEM frames go back to the allocator.
+		for _, d := range w.txDescs[sent:wire] {
+			w.addrs[0] = d.Addr
+			w.q.Free(w.addrs[:1])
+		}
+		add(&vm.ctr.drops[DropTxRingFull], uint64(framesIn(w.txDescs[sent:wire])))
+	}
+	if err != nil && sent == 0 {
+		w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
+	}
+	if !vm.txQueued && vm.sock.TxPending() > 0 {
+		vm.txQueued = true
+		w.txQueued = append(w.txQueued, vm)
+	}
 }
 
 // noFrame marks "no UMEM frame held" (frame addresses are offsets in the
@@ -804,6 +830,12 @@ const noFrame = ^uint64(0)
 // back to the stash, and the frames already in txDescs are still sent
 // (the named results survive the recovered panic).
 func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	if vq.q.Features()&hostOffloads != 0 {
+		return w.popBatchOffload(vq)
+	}
+	if w.jumbo != nil {
+		return w.popBatchJumbo(vq)
+	}
 	held := noFrame
 	defer func() {
 		if held != noFrame {
@@ -831,7 +863,7 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if err != nil {
 			// ErrBudget: the frame waits in the ring, or Pop dropped and
 			// counted a chain no budget can finish.
-			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
+			if !isEmptyOrBudget(err) {
 				vm.drop(DropBroken)
 			}
 			break
@@ -845,16 +877,26 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if !w.forward(vm, frame) {
 			continue
 		}
-		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vm.vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vm.vlan)
-			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
-		}
-		w.txDescs[wire] = d
+		w.txDescs[wire] = w.wireDesc(vm, addr, buf, n)
 		wire++
 		held = noFrame
 	}
 	return wire, popped
+}
+
+// isEmptyOrBudget: Pop found nothing to send, or the round's budget ended.
+func isEmptyOrBudget(err error) bool {
+	return errors.Is(err, vhostuser.ErrEmpty) || errors.Is(err, vhostuser.ErrBudget)
+}
+
+// wireDesc is the tx descriptor of the frame buf[vlanTagLen:vlanTagLen+n]
+// of the UMEM frame at addr, tagged with the VM's VLAN if it has one.
+func (w *worker) wireDesc(vm *vmState, addr uint64, buf []byte, n int) xsk.Desc {
+	if vm.vlan != 0 {
+		insertTag(buf, vlanTagLen, n, vm.vlan)
+		return xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+	}
+	return xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
 }
 
 // forward switches one frame a guest sent: checks it, delivers it to the
@@ -998,6 +1040,16 @@ func (w *worker) sleep() {
 		if fd := vq.q.KickFD(); fd >= 0 {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
+	}
+	if len(w.directs) > 0 {
+		var pending bool
+		if fds, pending = w.directPollFDs(fds); pending {
+			w.pollfds = fds
+			w.directWoke()
+			w.disableNotify()
+			return
+		}
+		defer w.directWoke()
 	}
 	w.pollfds = fds
 	add(&w.ctr.polls, 1)
