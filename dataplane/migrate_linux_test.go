@@ -532,7 +532,7 @@ func testMigrate(t *testing.T, client bool) {
 			return err == nil, string(out)
 		}); !ok {
 			out, _ := g.Exec(ctx, "grep -i virtio /proc/interrupts; grep eth0 /proc/net/dev; sleep 1; grep -i virtio /proc/interrupts; grep eth0 /proc/net/dev")
-			t.Fatalf("round %d: the wire does not reach the migrated guest: %s\nVM %+v\nport %+v\nguest: %s\nQEMU: %s", r, why, tb.vmStats(spec.name), tb.portStats(spec.name), out, virtioQueues(t, mon))
+			t.Fatalf("round %d: the wire does not reach the migrated guest: %s\nVM %+v\nport %+v\nqueues %s\nguest: %s\nQEMU: %s", r, why, tb.vmStats(spec.name), tb.portStats(spec.name), queueFrames(tb, spec.name), out, virtioQueues(t, mon))
 		}
 		windows[r][1] = time.Now()
 		t.Logf("round %d: the wire reaches the guest %v after the source quit", r, time.Since(resumed).Round(time.Millisecond))
@@ -603,6 +603,34 @@ func testMigrate(t *testing.T, client bool) {
 	if err := tb.dp.RemoveVM(context.Background(), spec.name); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// queueFrames reports the frames each virtqueue of the VM's ports moved
+// and vmq's guest-memory mappings, for a failure report.
+func queueFrames(tb *testbed, name string) string {
+	tb.dp.mu.RLock()
+	defer tb.dp.mu.RUnlock()
+	e, ok := tb.dp.vms[name]
+	if !ok {
+		return "no VM"
+	}
+	var b strings.Builder
+	for _, q := range e.port.Queues() {
+		fmt.Fprintf(&b, "%s q%d %+v; ", filepath.Base(e.port.Path()), q.Index(), q.Stats())
+	}
+	if e.mig != nil {
+		for _, q := range e.mig.port.Queues() {
+			fmt.Fprintf(&b, "standby %s q%d %+v; ", filepath.Base(e.mig.port.Path()), q.Index(), q.Stats())
+		}
+	}
+	if m, err := os.ReadFile("/proc/self/maps"); err == nil {
+		for _, l := range strings.Split(string(m), "\n") {
+			if strings.Contains(l, "/memfd:") {
+				b.WriteString("\n  " + l)
+			}
+		}
+	}
+	return b.String()
 }
 
 // virtioQueues is QEMU's view of the virtio-net rings (indices in guest
