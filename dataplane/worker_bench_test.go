@@ -159,6 +159,9 @@ func benchWorkerRX(b *testing.B, nvm int) {
 	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(frames), "allocs/frame")
 	b.ReportMetric(float64(frames)/float64(sent), "taken")
 	b.ReportMetric(float64(rx()-rx0)/float64(sent), "delivered")
+	// For profiles of the whole process (perf record): every frame the
+	// worker moved since it started, warm-up included.
+	b.Logf("worker frames since start: %d", w.ctr.frames.Load())
 }
 
 // settle waits until the worker is asleep with its counters published
