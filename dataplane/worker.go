@@ -30,10 +30,13 @@ const vmRingSize = 256
 // guest TX in flight and the VM sockets' rx rings.
 const defaultFramesPerQueue = 8192
 
-// sweepEvery: every this many rounds the worker visits every VM socket,
-// not only those the filter marked pending. A mark is set before the
-// kernel publishes the frame in the ring, so a visit can find the ring
-// still empty; the sweep bounds how long such a frame waits.
+// sweepEvery: every this many rounds the worker visits again every VM
+// socket whose mark it took in the last sweepEvery to 2*sweepEvery
+// rounds. A mark is set before the kernel publishes the frame in the ring
+// (at the end of its NAPI poll, up to 64 frames later), so a visit can
+// find the ring still empty; the sweep bounds how long such a frame
+// waits. Sockets with no mark that recent have nothing coming: every
+// frame's mark is set before its redirect, so they are not visited.
 const sweepEvery = 64
 
 // maxTxBackoff: a guest TX ring found empty is looked at again after 1,
@@ -97,7 +100,10 @@ type worker struct {
 	vmList []*vmState          // iteration order for receiving
 	fdb    *fdb
 	txqs   []*virtq // guest transmit queues owned here
-	rxqs   []*virtq // guest receive queues owned here (for Flush)
+	// txqs by state (txsched.go): looked at by backoff, or idle; spare
+	// arrays for regrouping them.
+	txHot, txIdle, txSpare, txSpare2 []*virtq
+	rxqs                             []*virtq // guest receive queues owned here (for Flush)
 
 	cmds    chan command
 	wakeFD  int         // eventfd: commands and mailboxes wake a sleeping worker
@@ -120,12 +126,14 @@ type worker struct {
 	// this round (fresh), every VM's bit (all), VMs by slot.
 	pending           *bpf.Pending
 	ready, fresh, all []uint64
-	bySlot            []*vmState
-	visit             []*vmState // scratch: the sockets to receive from
-	sweep             bool       // the next round visits every socket
-	touched           []*vmState // credit or busy changed since the last grant
-	dirtyQs           []*virtq   // virtqueues to flush at the end of the round
-	txQueued          []*vmState // sockets with tx frames the kernel has not taken
+	// seen, seenPrev: marks taken in this and the previous sweep period.
+	seen, seenPrev []uint64
+	bySlot         []*vmState
+	visit          []*vmState // scratch: the sockets to receive from
+	sweep          bool       // the next round visits every socket
+	touched        []*vmState // credit or busy changed since the last grant
+	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
+	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill.
 	nlimited   int
@@ -223,6 +231,7 @@ func (w *worker) open() error {
 		w.pending = p
 		n := p.Words()
 		w.ready, w.fresh, w.all = make([]uint64, n), make([]uint64, n), make([]uint64, n)
+		w.seen, w.seenPrev = make([]uint64, n), make([]uint64, n)
 	}
 	w.q.Refill(0)
 	w.publishOwned()
@@ -303,9 +312,10 @@ func (w *worker) run(ready chan<- error) {
 		if idleRounds++; idleRounds%idleCheckEvery != 0 {
 			continue
 		}
-		// Idle: the next round looks at every socket, so a frame whose
-		// mark was taken before the kernel published it waits at most
-		// idleCheckEvery idle rounds, and never into a sleep.
+		// Idle: the next round looks at every recently marked socket, so
+		// a frame whose mark was taken before the kernel published it
+		// waits at most idleCheckEvery idle rounds, and never into a
+		// sleep (poll(2) covers every socket).
 		w.sweep = true
 		now := mono()
 		if idleSince < 0 {
@@ -427,6 +437,8 @@ func (w *worker) removeVM(slot uint32) error {
 	}
 	// Queues of a removed VM's port were stopped before; drop any left.
 	w.txqs = removeVirtqs(w.txqs, st)
+	w.txHot = removeVirtqs(w.txHot, st)
+	w.txIdle = removeVirtqs(w.txIdle, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
 	st.rxqs = nil
 	w.setLimits(st, Limits{}) // keeps the count of limited VMs right
@@ -461,6 +473,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 	} else {
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
+		w.txHot = append(w.txHot, vq)
 	}
 	return nil
 }
@@ -473,6 +486,9 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			}
 			flush(q)
 			*list = append((*list)[:i:i], (*list)[i+1:]...)
+			if !q.IsRX() {
+				w.dropTx(vq)
+			}
 			if q.IsRX() {
 				st := vq.vm
 				for j, r := range st.rxqs {
@@ -529,29 +545,7 @@ func (w *worker) round() int {
 		}
 	}
 	n += w.receiveVMs()
-	if nq := len(w.txqs); nq > 0 {
-		// One division a round, not one per ring (a div is ~40 cycles).
-		k := int(w.rr % uint(nq))
-		for range nq {
-			vq := w.txqs[k]
-			if k++; k == nq {
-				k = 0
-			}
-			if vq.skip > 0 {
-				vq.skip--
-				continue
-			}
-			w.serve(vq.vm.slot)
-			got := w.transmit(vq)
-			if got == 0 && vq.vm.credit > 0 {
-				vq.backoff = min(2*vq.backoff+1, maxTxBackoff)
-				vq.skip = vq.backoff
-			} else {
-				vq.backoff = 0
-			}
-			n += got
-		}
-	}
+	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
 	if len(w.txQueued) > 0 {
@@ -584,20 +578,29 @@ func (w *worker) round() int {
 }
 
 // receiveVMs receives from the VM sockets that may have frames: those the
-// filter marked, those not yet found empty since, and all of them every
-// sweepEvery rounds; without the bitmap, all of them every round.
+// filter marked, those not yet found empty since, and those marked in the
+// last sweep periods again every sweepEvery rounds (and after an idle
+// check); without the bitmap, all of them every round.
 func (w *worker) receiveVMs() int {
 	vis := w.visit[:0]
 	if w.pending == nil {
 		vis = append(vis, w.vmList...)
 	} else {
-		if w.sweep || w.rr%sweepEvery == 0 {
-			copy(w.ready, w.all)
+		period := w.rr%sweepEvery == 0
+		if w.sweep || period {
+			for i := range w.ready {
+				w.ready[i] |= (w.seen[i] | w.seenPrev[i]) & w.all[i]
+			}
+			if period {
+				w.seen, w.seenPrev = w.seenPrev, w.seen
+				clear(w.seen)
+			}
 			w.sweep = false
 		}
 		for i := range w.ready {
 			f := w.pending.Take(i) & w.all[i] // bit 0 is the flood socket, served anyway
 			w.fresh[i] = f
+			w.seen[i] |= f
 			w.ready[i] |= f
 			for b := w.ready[i]; b != 0; b &= b - 1 {
 				vis = append(vis, w.bySlot[i*64+bits.TrailingZeros64(b)])
@@ -1035,6 +1038,11 @@ func flush(q *vhostuser.Queue) {
 	q.Flush()
 }
 
+func txReady(q *vhostuser.Queue) bool {
+	defer q.RecoverFault()
+	return q.Ready()
+}
+
 func enableNotify(q *vhostuser.Queue) bool {
 	defer q.RecoverFault()
 	pending, _ := q.EnableNotify()
@@ -1091,6 +1099,7 @@ func (w *worker) sleep() {
 		}
 		if fds[k].Revents != 0 {
 			vq.q.AckKick()
+			w.kicked(vq)
 		}
 		k++
 	}
