@@ -359,12 +359,12 @@ func TestServiceConfig(t *testing.T) {
 	}
 }
 
-// stubBins writes the four binaries install.sh expects; vmqd is the real
+// stubBins writes the binaries install.sh expects; vmqd is the real
 // daemon when cmd/vmqd exists (so the unit is verified against it).
 func stubBins(t *testing.T, realVMQD bool) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, c := range []string{"vmqd", "vmqctl", "vmq-pktgen", "vmq-guest"} {
+	for _, c := range []string{"vmqd", "vmqctl", "vmq-pktgen", "vmq-guest", "vmq-cni"} {
 		if c == "vmqd" && realVMQD {
 			continue // built below
 		}
@@ -428,6 +428,7 @@ func TestInstallUninstall(t *testing.T) {
 	want := []string{
 		"/etc/vmq/vmqd.example.yaml",
 		"/etc/vmq/vmqd.yaml",
+		"/opt/cni/bin/vmq-cni",
 		"/opt/vmq/bin/vmq-guest",
 		"/opt/vmq/bin/vmq-pktgen",
 		"/opt/vmq/bin/vmqctl",
@@ -593,7 +594,7 @@ func TestUnitDirectives(t *testing.T) {
 		"ReadWritePaths":           "/sys/fs/bpf",
 		"PrivateTmp":               "yes",
 		"NoNewPrivileges":          "yes",
-		"CapabilityBoundingSet":    "CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK CAP_PERFMON",
+		"CapabilityBoundingSet":    "CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK CAP_PERFMON CAP_CHOWN",
 	}
 	for k, v := range want {
 		if !slices.Equal(d[k], []string{v}) {

@@ -10,6 +10,8 @@
 #   SYSCONFDIR  [/etc]; configs go to $SYSCONFDIR/vmq
 #   UNITDIR     [$PREFIX/lib/systemd/system] (systemd searches /usr/local/lib/systemd/system too)
 #   SRCBIN      where the built binaries are [<repo>/bin, from make build]
+#   CNIBINDIR   where the container runtime looks for CNI plugins; vmq-cni
+#               goes there [/opt/cni/bin]
 #
 # stdout is the list of installed (or removed) files, one per line, with
 # DESTDIR; notes go to stderr. The list, with checksums, is kept in
@@ -25,6 +27,7 @@ PREFIX=${PREFIX:-/usr/local}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 UNITDIR=${UNITDIR:-$PREFIX/lib/systemd/system}
 SRCBIN=${SRCBIN:-$root/bin}
+CNIBINDIR=${CNIBINDIR:-/opt/cni/bin}
 
 CMDS=(vmqd vmqctl vmq-pktgen vmq-guest)
 SHAREDIR=$PREFIX/share/vmq
@@ -37,7 +40,7 @@ die() {
 }
 
 # Paths end up in sed expressions and in the unit file: keep them plain.
-for v in PREFIX SYSCONFDIR UNITDIR; do
+for v in PREFIX SYSCONFDIR UNITDIR CNIBINDIR; do
 	[[ ${!v} =~ ^/[A-Za-z0-9._/+-]*$ ]] || die "$v must be an absolute path of [A-Za-z0-9._/+-], got '${!v}'"
 done
 [[ -z $DESTDIR || $DESTDIR == /* ]] || die "DESTDIR must be absolute, got '$DESTDIR'"
@@ -62,12 +65,14 @@ sum_in_manifest() {
 
 do_install() {
 	local c
-	for c in "${CMDS[@]}"; do
+	for c in "${CMDS[@]}" vmq-cni; do
 		[[ -x $SRCBIN/$c ]] || die "missing $SRCBIN/$c: run make build first"
 	done
 	for c in "${CMDS[@]}"; do
 		put 0755 "$SRCBIN/$c" "$PREFIX/bin/$c" file
 	done
+	# The runtime finds CNI plugins by name in its plugin directory only.
+	put 0755 "$SRCBIN/vmq-cni" "$CNIBINDIR/vmq-cni" file
 
 	# The unit names /usr/local/bin/vmqd and /etc/vmq/vmqd.yaml.
 	tmp=$(mktemp)
@@ -140,5 +145,5 @@ do_uninstall() {
 case ${1:-} in
 install) do_install ;;
 uninstall) do_uninstall ;;
-*) die "usage: $0 install|uninstall (DESTDIR, PREFIX, SYSCONFDIR, UNITDIR, SRCBIN from the environment)" ;;
+*) die "usage: $0 install|uninstall (DESTDIR, PREFIX, SYSCONFDIR, UNITDIR, CNIBINDIR, SRCBIN from the environment)" ;;
 esac

@@ -323,15 +323,17 @@ func listenUnix(path string, cfg Config) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("bind: %w", err)
 	}
 	ln, err := func() (net.Listener, error) {
-		if err := setOwner(path, cfg.SocketOwner, cfg.SocketGroup); err != nil {
-			return nil, err
-		}
+		// Mode first: once the socket is another user's, changing its
+		// mode would need CAP_FOWNER, which vmqd does not keep.
 		mode := cfg.SocketMode.Perm()
 		if mode == 0 {
 			mode = 0o600
 		}
 		if err := os.Chmod(path, mode); err != nil {
 			return nil, fmt.Errorf("socket mode: %w", err)
+		}
+		if err := setOwner(path, cfg.SocketOwner, cfg.SocketGroup); err != nil {
+			return nil, err
 		}
 		if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
 			return nil, fmt.Errorf("listen: %w", err)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/bpf"
+	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
@@ -45,13 +46,25 @@ func TestMain(m *testing.M) {
 
 // child is vmqd's privileged work, start then restart: load the filter
 // with pinned maps, attach it, open an AF_XDP queue and a VM socket,
-// register the socket, read XDP_STATISTICS; then drop everything but the
+// register the socket, read XDP_STATISTICS, give a VM's vhost-user socket
+// to the user QEMU runs as (socket_owner); then drop everything but the
 // pins, load again, find the pinned link and replace the program in place.
 func child() error {
 	ifindex, err := strconv.Atoi(os.Getenv(envIfindex))
 	if err != nil {
 		return err
 	}
+	sockDir, err := os.MkdirTemp("", "vmqcap")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockDir)
+	// socket_owner: nobody (65534), as a config for an unprivileged QEMU would say.
+	port, err := vhostuser.Listen(filepath.Join(sockDir, "vm.sock"), vhostuser.Config{Name: "cap", SocketOwner: 65534, SocketGroup: 65534})
+	if err != nil {
+		return fmt.Errorf("vhost-user socket with socket_owner: %w", err)
+	}
+	defer port.Close()
 	cfg := bpf.Config{MaxVMs: 4, MaxQueues: 1, PinDir: os.Getenv(envPinDir)}
 	f, err := bpf.Load(cfg)
 	if err != nil {
