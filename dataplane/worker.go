@@ -39,6 +39,10 @@ const defaultFramesPerQueue = 8192
 // frame's mark is set before its redirect, so they are not visited.
 const sweepEvery = 64
 
+// sweepAllEvery: every this many rounds the worker visits every VM socket
+// all the same, a bound for a frame whatever became of its mark.
+const sweepAllEvery = 1024
+
 // maxTxBackoff: a guest TX ring found empty is looked at again after 1,
 // 3, 7, then every maxTxBackoff+1 rounds until it has frames, so many
 // quiet guests cost a few ring reads per round, not one each.
@@ -580,13 +584,17 @@ func (w *worker) round() int {
 // receiveVMs receives from the VM sockets that may have frames: those the
 // filter marked, those not yet found empty since, and those marked in the
 // last sweep periods again every sweepEvery rounds (and after an idle
-// check); without the bitmap, all of them every round.
+// check), those poll(2) woke for, and all of them every sweepAllEvery
+// rounds; without the bitmap, all of them every round.
 func (w *worker) receiveVMs() int {
 	vis := w.visit[:0]
 	if w.pending == nil {
 		vis = append(vis, w.vmList...)
 	} else {
 		period := w.rr%sweepEvery == 0
+		if w.rr%sweepAllEvery == 0 {
+			copy(w.ready, w.all)
+		}
 		if w.sweep || period {
 			for i := range w.ready {
 				w.ready[i] |= (w.seen[i] | w.seenPrev[i]) & w.all[i]
@@ -630,6 +638,13 @@ func (w *worker) receiveVMs() int {
 	}
 	clear(vis) // no stale pointers to removed VMs
 	return n
+}
+
+// markReady makes the next round visit slot's socket.
+func (w *worker) markReady(slot uint32) {
+	if i := int(slot / 64); i < len(w.ready) {
+		w.ready[i] |= (1 << (slot % 64)) & w.all[i]
+	}
 }
 
 // receiveVM moves frames the filter steered to vm's socket into the guest.
@@ -1089,6 +1104,13 @@ func (w *worker) sleep() {
 		var buf [8]byte
 		unix.Read(w.wakeFD, buf[:])
 		add(&w.ctr.wakeups, 1)
+	}
+	// Sockets poll found readable are visited next round, whether or not
+	// their mark is still one the sweep covers.
+	for i, vm := range w.vmList {
+		if fds[2+i].Revents != 0 {
+			w.markReady(vm.slot)
+		}
 	}
 	// Drain only the kick fds poll found readable: a read per guest per
 	// sleep is hundreds of syscalls with hundreds of guests.
