@@ -60,6 +60,7 @@ type virtq struct {
 	// list (txsched.go).
 	skip, backoff int
 	idle          bool
+	kickFD        int // TX only: the kick fd in the worker's epoll set, -1 none
 }
 
 func (vm *vmState) drop(r DropReason) { add(&vm.ctr.drops[r], 1) }

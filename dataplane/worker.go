@@ -122,7 +122,8 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
-	pollfds []unix.PollFd
+	epfd    int                        // the sleep's epoll set (epoll.go)
+	events  [maxEvents]unix.EpollEvent // epoll_wait's results
 	ctr     workerCounters
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
@@ -183,7 +184,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 	return &worker{
 		dp: dp, index: index, queueID: queueID,
 		vms: make(map[uint32]*vmState), fdb: newFDB(),
-		cmds: make(chan command, 16), wakeFD: wakeFD,
+		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
 	}, nil
@@ -229,6 +230,14 @@ func (w *worker) open() error {
 		return fmt.Errorf("register flood socket of queue %d: %w", w.queueID, err)
 	}
 	w.q, w.flood = q, q.Primary()
+	if err := w.openEpoll(); err != nil {
+		w.dp.filter.UnregisterFlood(uint32(w.queueID))
+		q.Close()
+		if w.epfd >= 0 {
+			unix.Close(w.epfd)
+		}
+		return err
+	}
 	if p, err := w.dp.filter.MapPending(w.queueID); err != nil {
 		w.dp.log.Warn("no pending bitmap: the worker visits every socket each round", "queue", w.queueID, "err", err)
 	} else {
@@ -404,7 +413,12 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
+	if err := w.epollAdd(sock.FD(), epSocket, int32(vm.Slot)); err != nil {
+		sock.Close()
+		return fmt.Errorf("VM %q: %w", vm.Name, err)
+	}
 	if err := w.dp.filter.RegisterSocket(vm.Slot, uint32(w.queueID), sock.FD()); err != nil {
+		w.epollDel(sock.FD())
 		sock.Close()
 		return fmt.Errorf("register socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
@@ -440,6 +454,11 @@ func (w *worker) removeVM(slot uint32) error {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
 	// Queues of a removed VM's port were stopped before; drop any left.
+	for _, vq := range w.txqs {
+		if vq.vm == st {
+			w.dropKick(vq)
+		}
+	}
 	w.txqs = removeVirtqs(w.txqs, st)
 	w.txHot = removeVirtqs(w.txHot, st)
 	w.txIdle = removeVirtqs(w.txIdle, st)
@@ -457,6 +476,7 @@ func (w *worker) removeVM(slot uint32) error {
 		w.ready[i] &^= 1 << (slot % 64)
 	}
 	st.ctr.socket.Store(nil)
+	w.epollDel(st.sock.FD())
 	if err := st.sock.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
@@ -468,13 +488,16 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 	if !ok {
 		return fmt.Errorf("queue %d: no VM in slot %d for virtqueue %d", w.queueID, slot, q.Index())
 	}
-	vq := &virtq{q: q, vm: st}
+	vq := &virtq{q: q, vm: st, kickFD: -1}
 	if q.IsRX() {
 		// Frames go to rxqs[0]: the queue that started last, so a
 		// migration's destination takes over when its rings start.
 		st.rxqs = append([]*virtq{vq}, st.rxqs...)
 		w.rxqs = append(w.rxqs, vq)
 	} else {
+		if err := w.addKick(vq); err != nil {
+			return fmt.Errorf("VM %q: %w", st.name, err)
+		}
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
 		w.txHot = append(w.txHot, vq)
@@ -492,6 +515,7 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			*list = append((*list)[:i:i], (*list)[i+1:]...)
 			if !q.IsRX() {
 				w.dropTx(vq)
+				w.dropKick(vq)
 			}
 			if q.IsRX() {
 				st := vq.vm
@@ -1086,45 +1110,8 @@ func (w *worker) sleep() {
 			return
 		}
 	}
-	fds := w.pollfds[:0]
-	fds = append(fds, unix.PollFd{Fd: int32(w.wakeFD), Events: unix.POLLIN})
-	fds = append(fds, unix.PollFd{Fd: int32(w.flood.FD()), Events: unix.POLLIN})
-	for _, vm := range w.vmList {
-		fds = append(fds, unix.PollFd{Fd: int32(vm.sock.FD()), Events: unix.POLLIN})
-	}
-	firstKick := len(fds)
-	for _, vq := range w.txqs {
-		if fd := vq.q.KickFD(); fd >= 0 {
-			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
-		}
-	}
-	w.pollfds = fds
 	add(&w.ctr.polls, 1)
-	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
-		var buf [8]byte
-		unix.Read(w.wakeFD, buf[:])
-		add(&w.ctr.wakeups, 1)
-	}
-	// Sockets poll found readable are visited next round, whether or not
-	// their mark is still one the sweep covers.
-	for i, vm := range w.vmList {
-		if fds[2+i].Revents != 0 {
-			w.markReady(vm.slot)
-		}
-	}
-	// Drain only the kick fds poll found readable: a read per guest per
-	// sleep is hundreds of syscalls with hundreds of guests.
-	k := firstKick
-	for _, vq := range w.txqs {
-		if vq.q.KickFD() < 0 {
-			continue
-		}
-		if fds[k].Revents != 0 {
-			vq.q.AckKick()
-			w.kicked(vq)
-		}
-		k++
-	}
+	w.waitEvents()
 	w.disableNotify()
 }
 
@@ -1148,5 +1135,6 @@ func (w *worker) close() {
 	if err := w.q.Close(); err != nil {
 		w.dp.log.Warn("close AF_XDP queue", "queue", w.queueID, "err", err)
 	}
+	unix.Close(w.epfd)
 	unix.Close(w.wakeFD)
 }
