@@ -54,6 +54,7 @@ bench-layers:
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 -timeout 30m \
 		./bpf ./dataplane/xsk ./dataplane/vhostuser ./pktgen ./metrics ./control
 	$(GO) test -run '^$$' -bench . -benchtime 3000000x -benchmem -count 1 -timeout 30m ./guest/frontend
+	$(GO) test -run '^$$' -bench 'Segment64K|FillCsum' -benchmem -count 1 ./dataplane
 
 # Put the newest run's table (or RESULTS=results/bench-...) into the
 # README between its bench markers.

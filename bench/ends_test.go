@@ -252,8 +252,11 @@ type testpmdGuest struct {
 
 // startTestpmdGuest runs testpmd on net_virtio_user at sock with the
 // VM's MAC: rxonly (forwarding started at once), or txonly to dst.
-func (s *suite) startTestpmdGuest(cpu int, sock string, mac net.HardwareAddr, mode string, dst net.HardwareAddr) (*testpmdGuest, error) {
+func (s *suite) startTestpmdGuest(cpu int, sock string, mac net.HardwareAddr, mode string, dst net.HardwareAddr, packed bool) (*testpmdGuest, error) {
 	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=1,queue_size=1024,mrg_rxbuf=1,in_order=1,mac=%s", sock, mac)
+	if packed {
+		vdev += ",packed_vq=1"
+	}
 	app := []string{"--forward-mode=" + mode}
 	if dst != nil {
 		app = append(app, "--eth-peer=0,"+dst.String())

@@ -67,8 +67,9 @@ func TestZeroLoss(t *testing.T) {
 
 func TestPlan(t *testing.T) {
 	cases := Plan([]string{RX, TX, VM2VM})
-	// RX and VM→VM: 3 placements × 2 guests; TX: 2 × 2.
-	if len(cases) != 16 {
+	// RX and VM→VM: 3 placements × 2 guests; TX: 2 × 2; a packed-ring
+	// testpmd case for RX and for TX.
+	if len(cases) != 18 {
 		t.Fatalf("%d cases", len(cases))
 	}
 	seen := map[string]bool{}

@@ -26,7 +26,11 @@ const (
 	TestpmdRx = "testpmd-rxonly" // DPDK testpmd net_virtio_user, rxonly
 	TestpmdTx = "testpmd-txonly" // DPDK testpmd net_virtio_user, txonly
 	GoGuest   = "vmq-guest"      // the vmq-guest binary (receives, or sends with --rate)
-	NoCPU     = -1
+	// The same testpmd guests on packed virtqueues (packed_vq=1), for
+	// packed against split rings on both systems.
+	TestpmdRxPacked = "testpmd-rxonly-packed"
+	TestpmdTxPacked = "testpmd-txonly-packed"
+	NoCPU           = -1
 )
 
 // Placement puts the traffic source (generator or sending guest), the
@@ -73,7 +77,7 @@ func (c Case) Key() string {
 
 // Rated reports whether the case's source can send at a given rate, which
 // the zero-loss search needs (testpmd txonly sends as fast as it can).
-func (c Case) Rated() bool { return c.Source != TestpmdTx }
+func (c Case) Rated() bool { return c.Source != TestpmdTx && c.Source != TestpmdTxPacked }
 
 // Plan is every case of a run, in order: RX, TX, VM→VM; within each,
 // the placements, then the guests.
@@ -91,6 +95,15 @@ func Plan(dirs []string) []Case {
 				// are live, so one receiver serves every trial.
 				cases = append(cases, Case{dir, pl, TestpmdTx, TestpmdRx}, Case{dir, pl, GoGuest, TestpmdRx})
 			}
+		}
+		// Packed rings, with the switch alone on its CPU: the split ring's
+		// testpmd case again with the guest on packed rings.
+		pl := Placements(dir)[0]
+		switch dir {
+		case RX:
+			cases = append(cases, Case{dir, pl, Pktgen, TestpmdRxPacked})
+		case TX:
+			cases = append(cases, Case{dir, pl, TestpmdTxPacked, WireSink})
 		}
 	}
 	return cases

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -143,7 +144,16 @@ func BenchmarkSuite(b *testing.B) {
 	s.bed = testbed.New(b, testbed.Options{Queues: 1})
 	s.host, s.wire, s.nic, s.peer = s.bed.Host, s.bed.Wire, s.bed.NIC, s.bed.Peer
 
+	// VMQ_BENCH_ONLY, a regular expression, runs only the cases whose keys
+	// match (e.g. "0/1/(0|wire) .*testpmd": split and packed rings).
+	only, err := regexp.Compile(os.Getenv("VMQ_BENCH_ONLY"))
+	if err != nil {
+		b.Fatalf("VMQ_BENCH_ONLY: %v", err)
+	}
 	for i, c := range Plan(dirs) {
+		if !only.MatchString(c.Key()) {
+			continue
+		}
 		// Alternate which system goes first, so drift in the machine's
 		// load hits both alike.
 		systems := []string{VMQ, DPDK}
@@ -266,8 +276,8 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 		rxVM, dst = 1, vmMAC(1)
 	}
 	switch c.Receiver {
-	case TestpmdRx:
-		r.rcv, err = s.startTestpmdGuest(pl.Dst, r.sw.socket(rxVM), vmMAC(rxVM), "rxonly", nil)
+	case TestpmdRx, TestpmdRxPacked:
+		r.rcv, err = s.startTestpmdGuest(pl.Dst, r.sw.socket(rxVM), vmMAC(rxVM), "rxonly", nil, c.Receiver == TestpmdRxPacked)
 	case GoGuest:
 		r.rcv = &goGuestReceiver{s: s, cpu: pl.Dst, sock: r.sw.socket(rxVM), mac: vmMAC(rxVM)}
 	case WireSink:
@@ -279,8 +289,8 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 			r.src = &pktgenSource{s: s, cpu: pl.Src, dst: dst}
 		case GoGuest:
 			r.src = &goGuestSource{s: s, cpu: pl.Src, sock: r.sw.socket(0), mac: vmMAC(0), dst: dst}
-		case TestpmdTx:
-			r.src, err = s.startTestpmdGuest(pl.Src, r.sw.socket(0), vmMAC(0), "txonly", dst)
+		case TestpmdTx, TestpmdTxPacked:
+			r.src, err = s.startTestpmdGuest(pl.Src, r.sw.socket(0), vmMAC(0), "txonly", dst, c.Source == TestpmdTxPacked)
 		}
 	}
 	if err != nil {

@@ -12,7 +12,11 @@
 //     tagged and shorter than 18, is Malformed: Config.Malformed (default
 //     Drop). (Linux never hands XDP a frame under 14 bytes, not even via
 //     BPF_PROG_TEST_RUN; the check is there because the verifier and the
-//     wire demand it.)
+//     wire demand it.) The program is multi-buffer aware (xdp.frags), so
+//     jumbo frames reach it as a linear part plus fragments: the headers
+//     are read from the linear part, or copied out of the frame when the
+//     linear part is shorter than them; a VM's byte counter counts the
+//     fragments too.
 //  2. Group destination (broadcast, multicast: bit 0 of the first octet):
 //     redirect to the flood socket of queue q if one is registered
 //     (Flooded; the daemon replicates to the VMs of the VLAN), else

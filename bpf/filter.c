@@ -138,7 +138,17 @@ static __always_inline void mark_pending(__u32 queue, __u32 slot)
 		__sync_fetch_and_or(word, bit);
 }
 
-SEC("xdp")
+/* The headers the filter reads: Ethernet and one VLAN tag. */
+struct l2_hdr {
+	struct ethhdr eth;
+	struct vlan_tag tag;
+};
+
+/* Multi-buffer aware (xdp.frags): jumbo frames arrive as a linear part
+ * plus fragments. The headers are read from the linear part; only when it
+ * is shorter than they are (no driver does that today) are they copied
+ * out of the whole frame. */
+SEC("xdp.frags")
 int vmq_filter(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -149,23 +159,30 @@ int vmq_filter(struct xdp_md *ctx)
 	if (!gs)
 		return XDP_PASS; /* cannot happen: an array of one */
 
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end) {
-		gs->malformed++;
-		return verdict(gs, MALFORMED);
-	}
-
-	struct filter_key key = {};
-	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
-	if (eth->h_proto == bpf_htons(ETH_P_8021Q) ||
-	    eth->h_proto == bpf_htons(ETH_P_8021AD)) {
-		/* Only the outer tag counts; an inner tag is payload to us. */
-		struct vlan_tag *tag = (void *)(eth + 1);
-		if ((void *)(tag + 1) > data_end) {
+	struct l2_hdr copy;
+	struct l2_hdr *h = data;
+	__u64 len = data_end - data;
+	if ((void *)(h + 1) > data_end) {
+		len = bpf_xdp_get_buff_len(ctx);
+		__builtin_memset(&copy, 0, sizeof(copy));
+		h = &copy;
+		if (len < sizeof(copy.eth) ||
+		    bpf_xdp_load_bytes(ctx, 0, &copy, len < sizeof(copy) ? sizeof(copy.eth) : sizeof(copy)) < 0) {
 			gs->malformed++;
 			return verdict(gs, MALFORMED);
 		}
-		key.vlan = bpf_ntohs(tag->tci) & 0x0fff;
+	}
+
+	struct filter_key key = {};
+	__builtin_memcpy(key.mac, h->eth.h_dest, ETH_ALEN);
+	if (h->eth.h_proto == bpf_htons(ETH_P_8021Q) ||
+	    h->eth.h_proto == bpf_htons(ETH_P_8021AD)) {
+		/* Only the outer tag counts; an inner tag is payload to us. */
+		if (len < sizeof(*h)) {
+			gs->malformed++;
+			return verdict(gs, MALFORMED);
+		}
+		key.vlan = bpf_ntohs(h->tag.tci) & 0x0fff;
 	}
 
 	__u32 queue = ctx->rx_queue_index;
@@ -208,7 +225,7 @@ int vmq_filter(struct xdp_md *ctx)
 		mark_pending(queue, slot);
 		gs->redirected++;
 		vs->packets++;
-		vs->bytes += data_end - data;
+		vs->bytes += bpf_xdp_get_buff_len(ctx); /* fragments included */
 		return XDP_REDIRECT;
 	}
 	gs->no_socket++;

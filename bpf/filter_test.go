@@ -292,6 +292,12 @@ func tableCases(noSocket Action) []tcase {
 		{"max size untagged", frame(macA, nil, 1518), 0, one(idx(1, 0)), redirect(1, 0)},
 		{"max size tagged", frame(macA, [][2]uint16{q(100)}, 1522), 3, one(idx(2, 3)), redirect(2, 3)},
 		{"jumbo 3000", frame(macA, nil, 3000), 0, one(idx(1, 0)), redirect(1, 0)},
+		// Longer than a page: BPF_PROG_TEST_RUN hands a frags program the
+		// rest as fragments, as a multi-buffer driver would; the VM's
+		// byte counter counts them too.
+		{"jumbo 9014 multi-buffer", frame(macA, nil, 9014), 1, one(idx(1, 1)), redirect(1, 1)},
+		{"jumbo 9018 tagged multi-buffer", frame(macA, [][2]uint16{q(100)}, 9018), 2, one(idx(2, 2)), redirect(2, 2)},
+		{"jumbo 9014 unknown MAC", frame(macC, nil, 9014), 0, allBut(), pass},
 	}
 	return cs
 }
@@ -509,4 +515,48 @@ func TestPinDirNotBPFFS(t *testing.T) {
 		t.Fatal("Load with a pin dir outside bpffs succeeded")
 	}
 	t.Log(err)
+}
+
+// A multi-buffer frame whose linear part is shorter than the headers: the
+// program copies them out of the fragments (bpf_xdp_load_bytes) and
+// steers it like any other. BPF_PROG_TEST_RUN takes the linear size from
+// the context's data_end.
+func TestShortLinearPart(t *testing.T) {
+	r := newRig(t, Config{MaxVMs: testMaxVMs, MaxQueues: testMaxQueues}, 1)
+	m := testModel(Drop, Drop)
+	installFilters(t, r.f, m)
+	cases := []struct {
+		frame []byte
+		want  Decision
+	}{
+		{frame(macA, nil, 9014), redirect(1, 0)},
+		{frame(macA, [][2]uint16{q(100)}, 9018), redirect(2, 0)},
+		{frame(macC, nil, 9014), pass},
+	}
+	for _, c := range cases {
+		for _, linear := range []int{14, 16, 17} {
+			t.Run(fmt.Sprintf("%x/%d/linear%d", c.frame[:6], len(c.frame), linear), func(t *testing.T) {
+				r.setSockets(t, allBut())
+				before := r.snap(t)
+				var ret uint32
+				err := r.ns.Do(func() error {
+					var err error
+					ret, err = r.f.Program().Run(&ebpf.RunOptions{
+						Data:    c.frame,
+						Context: xdpMd{DataEnd: uint32(linear), IngressIfindex: uint32(r.link.Index)},
+					})
+					return err
+				})
+				if err != nil {
+					t.Fatalf("test run with a %d-byte linear part: %v", linear, err)
+				}
+				if Verdict(ret) != c.want.Verdict {
+					t.Fatalf("verdict %v, want %v", Verdict(ret), c.want.Verdict)
+				}
+				if d := before.expect(c.want, len(c.frame)).diff(r.snap(t)); d != "" {
+					t.Fatal(d)
+				}
+			})
+		}
+	}
 }

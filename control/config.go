@@ -24,6 +24,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
+
+	"github.com/vmq/vmq/dataplane"
 )
 
 // Limits shared with the XDP program: XSKMAP index = slot*MaxQueues + queue,
@@ -81,9 +83,20 @@ type Config struct {
 	// not persisted: they die with the daemon).
 	StateFile string `yaml:"state_file" json:"state_file"`
 	// MaxGuestMemory is the default max_guest_memory of every VM.
-	MaxGuestMemory ByteSize   `yaml:"max_guest_memory" json:"max_guest_memory"`
-	VMs            []VMConfig `yaml:"vms" json:"vms"`
+	MaxGuestMemory ByteSize `yaml:"max_guest_memory" json:"max_guest_memory"`
+	// DedicatedSteering says who puts a dedicated VM's frames on its
+	// queue: "ntuple" (default: vmqd adds the NIC's ethtool flow rules) or
+	// "external" (the operator did, e.g. with tc or the switch; vmqd
+	// only logs the rule it expects).
+	DedicatedSteering string     `yaml:"dedicated_steering,omitempty" json:"dedicated_steering,omitempty"`
+	VMs               []VMConfig `yaml:"vms" json:"vms"`
 }
+
+// Steering of dedicated queues.
+const (
+	SteeringNtuple   = "ntuple"
+	SteeringExternal = "external"
+)
 
 // APIConfig says where the control API listens.
 type APIConfig struct {
@@ -131,6 +144,51 @@ type VMConfig struct {
 	SocketMode  FileMode `yaml:"socket_mode" json:"socket_mode"`
 	// AllowedUIDs, if set, are the only peer uids (SO_PEERCRED) accepted.
 	AllowedUIDs []uint32 `yaml:"allowed_uids,omitempty" json:"allowed_uids,omitempty"`
+	// NoOffloads: the VM's port offers no checksum or TSO offloads
+	// (YAML "offloads: false"); by default it offers CSUM, GUEST_CSUM,
+	// HOST_TSO4/6 and GUEST_TSO4/6 (dataplane/offload.go).
+	NoOffloads bool `yaml:"-" json:"no_offloads,omitempty"`
+
+	// Dedicated queue: "queue: dedicated" (or "dedicated: required" /
+	// "dedicated: preferred" alone) gives the VM a NIC queue of its own,
+	// QueueID or the lowest free one; frames land in guest memory with no
+	// copy. Preferred (the default) falls back to shared mode when the NIC
+	// cannot steer; required fails the VM instead.
+	Queue     string `yaml:"queue,omitempty" json:"queue,omitempty"` // shared (default) | dedicated
+	QueueID   *int   `yaml:"queue_id,omitempty" json:"queue_id,omitempty"`
+	Dedicated string `yaml:"dedicated,omitempty" json:"dedicated,omitempty"` // preferred | required
+
+	// Virtqueue formats: packed rings (VIRTIO_F_RING_PACKED) and IN_ORDER
+	// are offered by default; these turn them off for a guest whose
+	// driver mishandles them.
+	NoPackedRing bool `yaml:"no_packed_ring,omitempty" json:"no_packed_ring,omitempty"`
+	NoInOrder    bool `yaml:"no_in_order,omitempty" json:"no_in_order,omitempty"`
+}
+
+// Queue modes of a VM.
+const (
+	QueueShared    = "shared"
+	QueueDedicated = "dedicated"
+)
+
+// DedicatedMode is what the dataplane is asked for ("" = shared only);
+// valid only on a validated config.
+func (vm VMConfig) DedicatedMode() dataplane.DedicatedMode {
+	if vm.Queue != QueueDedicated {
+		return dataplane.DedicatedOff
+	}
+	if vm.Dedicated == string(dataplane.DedicatedRequired) {
+		return dataplane.DedicatedRequired
+	}
+	return dataplane.DedicatedPreferred
+}
+
+// DedicatedQueue is the configured queue_id, or -1 (pick one).
+func (vm VMConfig) DedicatedQueue() int {
+	if vm.QueueID == nil {
+		return -1
+	}
+	return *vm.QueueID
 }
 
 // HardwareAddr is the VM's MAC; valid only on a validated config.
@@ -207,6 +265,7 @@ type fileConfig struct {
 	KeepSteeringOnExit bool           `yaml:"keep_steering_on_exit"`
 	StateFile          *string        `yaml:"state_file"`
 	MaxGuestMemory     *ByteSize      `yaml:"max_guest_memory"`
+	DedicatedSteering  string         `yaml:"dedicated_steering"`
 	VMs                []fileVMConfig `yaml:"vms"`
 }
 
@@ -240,6 +299,16 @@ type fileVMConfig struct {
 	SocketGroup    IDSpec    `yaml:"socket_group"`
 	SocketMode     *FileMode `yaml:"socket_mode"`
 	AllowedUIDs    []uint32  `yaml:"allowed_uids"`
+	Queue          string    `yaml:"queue"`
+	QueueID        *int      `yaml:"queue_id"`
+	Dedicated      string    `yaml:"dedicated"`
+
+	// Virtqueue formats (see VMConfig).
+	NoPackedRing bool `yaml:"no_packed_ring"`
+	NoInOrder    bool `yaml:"no_in_order"`
+
+	// Offloads (default true) offers the guest checksum and TSO offloads.
+	Offloads *bool `yaml:"offloads"`
 }
 
 // queueSpec is either a count ("queues: 4" = queues 0..3) or a list.
@@ -467,6 +536,7 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 	if fc.MaxGuestMemory != nil {
 		cfg.MaxGuestMemory = *fc.MaxGuestMemory
 	}
+	cfg.DedicatedSteering = fc.DedicatedSteering
 	for _, f := range fc.VMs {
 		vm := VMConfig{
 			Name: f.Name, MAC: f.MAC, VLAN: f.VLAN, Socket: f.Socket,
@@ -474,6 +544,8 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 			Limits: f.Limits, MaxGuestMemory: cfg.MaxGuestMemory,
 			SocketOwner: f.SocketOwner, SocketGroup: f.SocketGroup, SocketMode: DefaultSocketMode,
 			AllowedUIDs: f.AllowedUIDs,
+			Queue:       f.Queue, QueueID: f.QueueID, Dedicated: f.Dedicated,
+			NoPackedRing: f.NoPackedRing, NoInOrder: f.NoInOrder,
 		}
 		if f.MaxGuestMemory != nil {
 			vm.MaxGuestMemory = *f.MaxGuestMemory
@@ -486,6 +558,9 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 		}
 		if f.QueuePairs != nil {
 			vm.QueuePairs = *f.QueuePairs
+		}
+		if f.Offloads != nil {
+			vm.NoOffloads = !*f.Offloads
 		}
 		cfg.VMs = append(cfg.VMs, vm)
 	}
@@ -550,6 +625,11 @@ func (c *Config) validate() errList {
 	if c.Metrics.Address != "" {
 		checkHostPort(&errs, "metrics.address", c.Metrics.Address)
 	}
+	switch c.DedicatedSteering {
+	case "", SteeringNtuple, SteeringExternal:
+	default:
+		errs.add("dedicated_steering", "%q is not ntuple or external", c.DedicatedSteering)
+	}
 	if c.Polling.BusyPoll < 0 || c.Polling.BusyPoll > time.Second {
 		errs.add("polling.busy_poll", "%v is outside 0..1s", c.Polling.BusyPoll)
 	}
@@ -559,6 +639,7 @@ func (c *Config) validate() errList {
 	}
 	names := map[string]int{}
 	keys := map[FilterKey]int{}
+	dedicated := map[int]int{} // queue_id -> VM
 	sockets := map[string]string{filepath.Clean(c.API.Socket): "api.socket"}
 	for i := range c.VMs {
 		vm := &c.VMs[i]
@@ -577,6 +658,16 @@ func (c *Config) validate() errList {
 				errs.add(p+".mac", "%s on VLAN %d is already vms[%d]'s", vm.MAC, vm.VLAN, j)
 			} else {
 				keys[k] = i
+			}
+		}
+		if vm.Queue == QueueDedicated && vm.QueueID != nil {
+			q := *vm.QueueID
+			if seenQ[q] {
+				errs.add(p+".queue_id", "VM %q: queue %d is a shared queue (in queues); remove it from queues or pick another queue_id", vm.Name, q)
+			} else if j, dup := dedicated[q]; dup {
+				errs.add(p+".queue_id", "VM %q: queue %d is already vms[%d]'s dedicated queue; pick another queue_id or omit it", vm.Name, q, j)
+			} else {
+				dedicated[q] = i
 			}
 		}
 		if vm.Socket != "" {
@@ -620,7 +711,43 @@ func validateVM(vm *VMConfig, p string, queues int) errList {
 		errs.add(p+".queue_pairs", "%d is outside 1..%d (the number of NIC queues)", vm.QueuePairs, queues)
 	}
 	validateIsolation(vm, p, &errs)
+	validateDedicated(vm, p, &errs)
 	return errs
+}
+
+// validateDedicated checks the queue keys and normalizes them: a
+// dedicated VM ends with Queue "dedicated" and Dedicated set.
+func validateDedicated(vm *VMConfig, p string, errs *errList) {
+	switch vm.Dedicated {
+	case "", string(dataplane.DedicatedPreferred), string(dataplane.DedicatedRequired):
+	default:
+		errs.add(p+".dedicated", "VM %q: %q is not required or preferred", vm.Name, vm.Dedicated)
+		return
+	}
+	switch vm.Queue {
+	case "":
+		if vm.Dedicated != "" {
+			vm.Queue = QueueDedicated
+		}
+	case QueueShared:
+		if vm.Dedicated != "" {
+			errs.add(p+".dedicated", "VM %q: dedicated: %s with queue: shared; set queue: dedicated or drop dedicated", vm.Name, vm.Dedicated)
+		}
+	case QueueDedicated:
+	default:
+		errs.add(p+".queue", "VM %q: %q is not shared or dedicated", vm.Name, vm.Queue)
+		return
+	}
+	if vm.Queue == QueueDedicated && vm.Dedicated == "" {
+		vm.Dedicated = string(dataplane.DedicatedPreferred)
+	}
+	if vm.QueueID != nil {
+		if vm.Queue != QueueDedicated {
+			errs.add(p+".queue_id", "VM %q: queue_id needs queue: dedicated", vm.Name)
+		} else if q := *vm.QueueID; q < 0 || q >= MaxQueues {
+			errs.add(p+".queue_id", "VM %q: queue %d is outside 0..%d", vm.Name, q, MaxQueues-1)
+		}
+	}
 }
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)

@@ -38,6 +38,9 @@ vms:
     mode: client
     queue_pairs: 2
     allow_spoofing: true
+    offloads: false
+    no_packed_ring: true
+    no_in_order: true
 `
 
 func sprintf(format, dir string) string { return strings.ReplaceAll(format, "%[1]s", dir) }
@@ -63,7 +66,7 @@ func TestParseValid(t *testing.T) {
 	want1 := VMConfig{Name: "vm1", MAC: "02:00:00:00:00:0a", Socket: dir + "/vm1.sock", Mode: ModeServer, QueuePairs: 1,
 		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode}
 	want2 := VMConfig{Name: "vm2", MAC: "02:00:00:00:00:0b", VLAN: 100, Socket: dir + "/vm2.sock", Mode: ModeClient, QueuePairs: 2, AllowSpoofing: true,
-		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode}
+		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode, NoPackedRing: true, NoInOrder: true, NoOffloads: true}
 	if len(cfg.VMs) != 2 || !reflect.DeepEqual(cfg.VMs[0], want1) || !reflect.DeepEqual(cfg.VMs[1], want2) {
 		t.Errorf("vms = %+v\nwant %+v, %+v", cfg.VMs, want1, want2)
 	}

@@ -73,6 +73,9 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 	if old.Polling.BusyPoll != new.Polling.BusyPoll {
 		restart("polling.busy_poll", old.Polling.BusyPoll, new.Polling.BusyPoll)
 	}
+	if old.DedicatedSteering != new.DedicatedSteering {
+		restart("dedicated_steering", quoteEmpty(old.DedicatedSteering), quoteEmpty(new.DedicatedSteering))
+	}
 	if old.KeepSteeringOnExit != new.KeepSteeringOnExit {
 		v := new.KeepSteeringOnExit
 		p.KeepSteeringOnExit = &v

@@ -28,6 +28,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/dataplane/xsk"
 )
 
@@ -45,6 +46,9 @@ type Config struct {
 	// XSKMode forces copy or zero-copy sockets; auto picks zero-copy when
 	// the driver has it.
 	XSKMode xsk.Mode
+	// MTU is the NIC's MTU (0: 1500), up to MaxMTU. Above what one UMEM
+	// frame holds the queues are multi-buffer (XDP_USE_SG, jumbo.go).
+	MTU int
 	// BusyPoll is how long an idle worker spins before sleeping in poll(2).
 	BusyPoll time.Duration
 	// Netns, when set, is the namespace of the NIC: workers enter it.
@@ -56,6 +60,10 @@ type Config struct {
 	// socket is the standby port's from now on. Called on its own
 	// goroutine.
 	Migrated func(vm, socket string, client bool)
+
+	// Dedicated queues (dedicated.go): Steer places a dedicated VM's
+	// frames on its queue; nil means the NIC's ntuple flow rules.
+	Steer Steerer
 }
 
 // VM is one guest as the dataplane needs it.
@@ -71,6 +79,12 @@ type VM struct {
 	QueuePairs    int
 	AllowSpoofing bool
 	MTU           int
+	// NoOffloads turns off the checksum and TSO offloads (offload.go)
+	// the VM's port offers by default.
+	NoOffloads bool
+	// NoPackedRing and NoInOrder turn off the packed virtqueues and
+	// IN_ORDER the VM's port offers by default.
+	NoPackedRing, NoInOrder bool
 	// Limits are the VM's QoS limits (zero: unlimited); SetLimits changes
 	// them while it runs.
 	Limits Limits
@@ -85,7 +99,15 @@ type VM struct {
 	SocketMode               os.FileMode
 	AllowedUIDs              []uint32
 
+	// Dedicated asks for a NIC queue of the VM's own (dedicated.go):
+	// DedicatedQueue, or the lowest free queue when it is negative.
+	Dedicated      DedicatedMode
+	DedicatedQueue int
+
 	mac MAC
+	// Set by AddVM for the workers when the VM has its queue.
+	dedQueue int
+	dedCtr   *dedCounters
 }
 
 // Dataplane runs the workers and the VMs' vhost-user ports.
@@ -115,6 +137,7 @@ type vmEntry struct {
 	// closed once the last migration's source port is closed.
 	mig     *migration
 	retired chan struct{}
+	ded     *dedEntry // nil: shared mode only
 }
 
 // New opens an AF_XDP queue per configured NIC queue, registers the flood
@@ -135,6 +158,12 @@ func New(cfg Config) (*Dataplane, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	if err := checkMTU(cfg); err != nil {
+		return nil, err
+	}
 	dp := &Dataplane{cfg: cfg, filter: cfg.Filter, log: cfg.Logger, vms: make(map[string]*vmEntry)}
 	n := len(cfg.Queues)
 	for i, qid := range cfg.Queues {
@@ -148,10 +177,11 @@ func New(cfg Config) (*Dataplane, error) {
 		dp.workers = append(dp.workers, w)
 	}
 	// Mailboxes between every pair of workers; slots fit a frame plus a tag.
+	slotSize := max(cfg.FrameSize, cfg.MTU+ethHdrLen+vlanTagLen)
 	for _, src := range dp.workers {
 		for _, dst := range dp.workers {
 			if src != dst {
-				mb := newMailbox(512, cfg.FrameSize)
+				mb := newMailbox(512, slotSize)
 				src.outbox[dst.index] = mb
 				dst.inbox[src.index] = mb
 			}
@@ -206,6 +236,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 		}
 	}
 	e := &vmEntry{vm: vm, ctrs: make([]*vmCounters, len(dp.workers))}
+	if err := dp.addDedicated(e); err != nil {
+		return fmt.Errorf("add VM %q: %w", vm.Name, err)
+	}
 	var added []*worker
 	dp.slotNames.Store(vm.Slot, vm.Name)
 	undo := func(err error) error {
@@ -213,6 +246,9 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 			w.send(command{kind: cmdRemoveVM, slot: vm.Slot})
 		}
 		dp.slotNames.Delete(vm.Slot)
+		if rerr := dp.removeDedicated(e); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
 		return err
 	}
 	for i, w := range dp.workers {
@@ -239,13 +275,25 @@ func (dp *Dataplane) AddVM(ctx context.Context, vm VM) error {
 // portConfig is the vhost-user configuration of a VM's port (its own or
 // a migration's standby port).
 func (dp *Dataplane) portConfig(vm VM, h *portHandler) vhostuser.Config {
+	features := uint64(vhostuser.DefaultFeatures | virtio.OffloadFeatures)
+	if vm.NoOffloads {
+		features = vhostuser.DefaultFeatures
+	}
+	if vm.MTU > 0 {
+		features |= virtio.NetFMTU
+	}
 	return vhostuser.Config{
-		Name: vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
+		Features: features,
+		Name:     vm.Name, MAC: vm.MAC, QueuePairs: vm.QueuePairs, MTU: vm.MTU,
 		MaxMemory:   vm.MaxMemory,
 		SocketOwner: vm.SocketOwner, SocketGroup: vm.SocketGroup, SocketMode: vm.SocketMode,
-		AllowedUIDs: vm.AllowedUIDs,
-		Handler:     h,
-		Logger:      dp.log.With("vm", vm.Name),
+		AllowedUIDs:  vm.AllowedUIDs,
+		NoPackedRing: vm.NoPackedRing,
+		// A dedicated queue's direct path completes the buffers the NIC
+		// holds after the ones Push fills meanwhile (floods): not in order.
+		NoInOrder: vm.NoInOrder || vm.Dedicated != DedicatedOff,
+		Handler:   h,
+		Logger:    dp.log.With("vm", vm.Name),
 	}
 }
 
@@ -288,6 +336,9 @@ func (dp *Dataplane) RemoveVM(ctx context.Context, name string) error {
 		}
 	}
 	dp.slotNames.CompareAndDelete(e.vm.Slot, name)
+	if err := dp.removeDedicated(e); err != nil { // its sockets are closed
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove VM %q: %w", name, err)
 	}
@@ -321,6 +372,11 @@ func (dp *Dataplane) Close() error {
 		}
 		<-w.stopped
 	}
+	for _, e := range entries { // no flow rule outlives vmqd
+		if err := dp.removeDedicated(e); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -344,7 +400,12 @@ func (h *portHandler) QueueReady(q *vhostuser.Queue) {
 	if h.standby && !h.started.Swap(true) {
 		h.dp.log.Info("migration: the destination started its rings; traffic moves to the standby port", "vm", h.name, "socket", q.Port().Path())
 	}
-	if err := h.owner(q).send(command{kind: cmdQueueReady, slot: h.slot, vq: q}); err != nil {
+	c := command{kind: cmdQueueReady, slot: h.slot, vq: q}
+	if q.IsRX() && q.Pair() == 0 && !h.standby {
+		c.pre = h.dp.preopenDirect(h.name, q) // nil unless the VM has a dedicated queue
+	}
+	if err := h.owner(q).send(c); err != nil {
+		c.pre.close()
 		h.dp.log.Warn("virtqueue not attached", "vm", h.name, "virtqueue", q.Index(), "err", err)
 	}
 }
@@ -396,7 +457,12 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.RxBytes += qs.RxBytes
 			v.TxPackets += qs.TxPackets
 			v.TxBytes += qs.TxBytes
+			v.RxCopiedBytes += c.rxCopied.Load()
 			v.FloodCopies += c.floodCopies.Load()
+			v.Offload.Passed += c.oflPassed.Load()
+			v.Offload.Segmented += c.oflSegmented.Load()
+			v.Offload.Segments += c.oflSegments.Load()
+			v.Offload.CsumFills += c.oflCsum.Load()
 			for r := range c.drops {
 				v.Drops[r] += c.drops[r].Load()
 			}
@@ -409,6 +475,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 		for _, q := range e.port.Queues() {
 			qs := q.Stats()
 			v.Drops[DropMalformed] += qs.Drops[vhostuser.DropMalformed]
+			v.Drops[DropBadOffload] += qs.Drops[vhostuser.DropBadHeader]
 			if !q.IsRX() {
 				v.Drops[DropMalformed] += qs.Drops[vhostuser.DropTooBig]
 				// Chains Pop dropped because no budget could finish them
@@ -420,6 +487,9 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			if n > 0 {
 				v.DropsByReason[DropReason(r).String()] = n
 			}
+		}
+		if e.ded != nil {
+			v.Dedicated = e.ded.stats()
 		}
 		if fc, err := dp.filter.VMCounters(e.vm.Slot); err == nil {
 			v.FilterPackets, v.FilterBytes, v.FilterRedirErrs = fc.Packets, fc.Bytes, fc.RedirectErrors
@@ -449,6 +519,7 @@ func socketStats(vm string, queue int, sock *xsk.Socket) SocketStats {
 		ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
 		ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
 	}
+	ss.RxTooLong = sock.Stats().RxTooLong
 	return ss
 }
 

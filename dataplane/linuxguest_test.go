@@ -22,7 +22,7 @@ import (
 const wireIP = "10.99.0.1"
 
 // newLinuxBed is the test bed with the wire at 10.99.0.1/24.
-func newLinuxBed(t *testing.T, queues int) *testbed {
+func newLinuxBed(t testing.TB, queues int) *testbed {
 	t.Helper()
 	return newTestbedOpts(t, tbed.Options{Queues: queues, WireAddr: wireIP + "/24"}, nil)
 }
@@ -41,7 +41,7 @@ func (tb *testbed) addLinuxGuest(spec tbed.LinuxGuest, slot uint32) *qemu.Guest 
 func (tb *testbed) addLinuxVM(spec tbed.LinuxGuest, slot uint32, client bool) {
 	tb.t.Helper()
 	tb.addPort(VM{Name: spec.Name, Slot: slot, MAC: mustMAC(spec.MAC), Socket: tb.Socket(spec.Name),
-		Client: client, QueuePairs: spec.Pairs})
+		Client: client, QueuePairs: spec.Pairs, MTU: spec.MTU})
 }
 
 // bootLinux boots QEMU (server: QEMU listens) on the VM's socket.

@@ -17,12 +17,15 @@ const (
 	DropMalformed                       // a guest frame too short or otherwise unusable
 	DropRateLimited                     // over the VM's QoS limit (Limits)
 	DropBudget                          // the VM used up its fair share of the worker's round
+	DropOversize                        // a guest frame longer than the MTU allows
+	DropBadOffload                      // a virtio-net header (checksum, TSO) that does not fit its frame
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
 	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
+	"oversize", "bad_offload",
 }
 
 // String is the reason's label value in metrics and the API.
@@ -111,15 +114,20 @@ func (s WorkerStats) BusyNSPerFrame() float64 {
 
 // VMStats are one VM's counters; RX is wire→guest, TX is guest→wire/VMs.
 type VMStats struct {
-	Name          string                 `json:"name"`
-	Slot          uint32                 `json:"slot"`
-	MAC           string                 `json:"mac"`
-	VLAN          uint16                 `json:"vlan"`
-	RxPackets     uint64                 `json:"rx_packets"`
-	RxBytes       uint64                 `json:"rx_bytes"`
-	TxPackets     uint64                 `json:"tx_packets"`
-	TxBytes       uint64                 `json:"tx_bytes"`
-	FloodCopies   uint64                 `json:"flood_copies"`
+	Name        string `json:"name"`
+	Slot        uint32 `json:"slot"`
+	MAC         string `json:"mac"`
+	VLAN        uint16 `json:"vlan"`
+	RxPackets   uint64 `json:"rx_packets"`
+	RxBytes     uint64 `json:"rx_bytes"`
+	TxPackets   uint64 `json:"tx_packets"`
+	TxBytes     uint64 `json:"tx_bytes"`
+	FloodCopies uint64 `json:"flood_copies"`
+	// RxCopiedBytes are the frame bytes the workers copied into the
+	// guest's buffers; 0 for frames a dedicated queue wrote in place.
+	RxCopiedBytes uint64 `json:"rx_copied_bytes"`
+	// Dedicated is the VM's dedicated queue (nil: shared mode only).
+	Dedicated     *DedicatedStats        `json:"dedicated,omitempty"`
 	Drops         [NumDropReasons]uint64 `json:"-"`
 	DropsByReason map[string]uint64      `json:"drops"`
 	// Filter counters of the VM's slot in the XDP program.
@@ -129,6 +137,18 @@ type VMStats struct {
 	Queues          []VMQueueStats `json:"queues,omitempty"`
 	// Limits are the VM's QoS limits now (zero: unlimited).
 	Limits Limits `json:"limits"`
+	// Offloads: frames the guest sent with TSO or an open checksum that
+	// went to a VM as they were, TSO frames cut in software and the
+	// frames cut from them, checksums filled in software.
+	Offload OffloadStats `json:"offload"`
+}
+
+// OffloadStats count the work the guest's offloads gave vmq (offload.go).
+type OffloadStats struct {
+	Passed    uint64 `json:"passed"`
+	Segmented uint64 `json:"segmented"`
+	Segments  uint64 `json:"segments"`
+	CsumFills uint64 `json:"csum_fills"`
 }
 
 // VMQueueStats are a VM's counters on one NIC queue / virtqueue pair.
@@ -151,6 +171,9 @@ type SocketStats struct {
 	RxRingFull    uint64 `json:"rx_ring_full"`
 	FillRingEmpty uint64 `json:"fill_ring_empty"`
 	TxRingEmpty   uint64 `json:"tx_ring_empty"`
+	// RxTooLong: multi-buffer frames dropped for having more descriptors
+	// than the worker takes at once (longer than the MTU allows).
+	RxTooLong uint64 `json:"rx_too_long,omitempty"`
 }
 
 // PortStats describe one VM's vhost-user port.

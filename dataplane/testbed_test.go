@@ -19,7 +19,7 @@ import (
 // unexported state (ports, locks).
 type testbed struct {
 	*tbed.Bed
-	t      *testing.T
+	t      testing.TB
 	filter *bpf.Filter
 	dp     *Dataplane
 	guests map[string]*frontend.Guest
@@ -42,13 +42,13 @@ func newTestbedCfg(t *testing.T, queues int, change func(*Config)) *testbed {
 	return newTestbedOpts(t, tbed.Options{Queues: queues}, change)
 }
 
-func newTestbedOpts(t *testing.T, opts tbed.Options, change func(*Config)) *testbed {
+func newTestbedOpts(t testing.TB, opts tbed.Options, change func(*Config)) *testbed {
 	t.Helper()
 	tb := &testbed{Bed: tbed.New(t, opts), t: t, guests: make(map[string]*frontend.Guest)}
 	tb.filter = tb.AttachFilter()
 	h := tb.Host.Handle()
 	cfg := Config{Ifindex: tb.NIC.Index, Queues: tb.QueueIDs(), Filter: tb.filter,
-		BusyPoll: 20 * time.Microsecond, Netns: &h}
+		BusyPoll: 20 * time.Microsecond, Netns: &h, MTU: tb.MTU}
 	if change != nil {
 		change(&cfg)
 	}

@@ -14,8 +14,12 @@ type vmCounters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	floodCopies        atomic.Uint64
-	drops              [NumDropReasons]atomic.Uint64
-	socket             atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
+	// offload.go: frames passed with their header, TSO frames cut and
+	// the segments cut, checksums filled.
+	oflPassed, oflSegmented, oflSegments, oflCsum atomic.Uint64
+	rxCopied                                      atomic.Uint64 // frame bytes copied into the guest (push)
+	drops                                         [NumDropReasons]atomic.Uint64
+	socket                                        atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
 }
 
 // add increments a counter that only the calling worker writes.
@@ -30,6 +34,7 @@ type vmState struct {
 	vlan       uint16
 	allowSpoof bool
 	pairs      int // the VM's queue pairs
+	mtu        int // segments of its TSO frames are at most this (0: 1500)
 
 	// Fair share (fairshare.go): work units left this round, and whether
 	// the VM had any work this round.
@@ -39,6 +44,7 @@ type vmState struct {
 	// Frames counted in this round, published by flushAll: one atomic
 	// store per counter and round, not per frame.
 	rxPkts, rxBytes, txPkts, txBytes uint64
+	rxCopied                         uint64
 	txQueued                         bool // in worker.txQueued
 
 	// QoS (qos.go): this worker's share of the VM's limits.
@@ -48,6 +54,7 @@ type vmState struct {
 	sock *xsk.Socket // the VM's socket on this worker's NIC queue
 	rxqs []*virtq    // guest receive queues owned by this worker
 	ctr  *vmCounters
+	ded  *directRx // the dedicated queue's receive path (its owner worker only)
 }
 
 // virtq is a guest virtqueue owned by a worker.
@@ -72,6 +79,10 @@ func (vm *vmState) publish() {
 		add(&vm.ctr.rxPackets, vm.rxPkts)
 		add(&vm.ctr.rxBytes, vm.rxBytes)
 		vm.rxPkts, vm.rxBytes = 0, 0
+	}
+	if vm.rxCopied > 0 {
+		add(&vm.ctr.rxCopied, vm.rxCopied)
+		vm.rxCopied = 0
 	}
 	if vm.txPkts > 0 {
 		add(&vm.ctr.txPackets, vm.txPkts)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/dataplane/xsk"
 )
 
@@ -122,9 +123,12 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
+	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
 	epfd    int                        // the sleep's epoll set (epoll.go)
 	events  [maxEvents]unix.EpollEvent // epoll_wait's results
+	pollfds []unix.PollFd              // the sleep's fds with dedicated queues
 	ctr     workerCounters
+	ofl     offloadState // guest frames with offloads (offload.go)
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
 	// each round), the marks not yet found empty (ready), the marks taken
@@ -139,6 +143,7 @@ type worker struct {
 	touched        []*vmState // credit or busy changed since the last grant
 	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
+	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill.
 	nlimited   int
@@ -173,6 +178,7 @@ type command struct {
 	slot   uint32
 	vq     *vhostuser.Queue
 	limits Limits
+	pre    *directOpen // cmdQueueReady of a dedicated VM's first RX queue
 	done   chan error
 }
 
@@ -187,6 +193,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
+		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
 	}, nil
 }
 
@@ -221,7 +228,7 @@ func (w *worker) open() error {
 	cfg := w.dp.cfg
 	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
 		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
-		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1})
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil})
 	if err != nil {
 		return err
 	}
@@ -385,7 +392,9 @@ func (w *worker) apply(c command) error {
 	case cmdRemoveVM:
 		return w.removeVM(c.slot)
 	case cmdQueueReady:
-		return w.attachQueue(c.slot, c.vq)
+		err := w.attachQueue(c.slot, c.vq)
+		w.adoptDirect(c.slot, c.vq, c.pre, err == nil)
+		return err
 	case cmdQueueStopped:
 		w.detachQueue(c.vq)
 		return nil
@@ -409,7 +418,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: vmRingSize, TxSize: vmRingSize})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: w.vmRing()})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
@@ -425,7 +434,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	st := &vmState{
 		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
-		sock: sock, ctr: ctr,
+		sock: sock, ctr: ctr, mtu: vm.MTU,
 	}
 	w.setLimits(st, vm.Limits)
 	st.credit = fairQuantum // what the first grant gives a VM without work
@@ -441,6 +450,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	}
 	w.vmList = append(w.vmList, st)
 	w.fdb.add(st)
+	w.addDirect(st, vm)
 	return nil
 }
 
@@ -453,6 +463,7 @@ func (w *worker) removeVM(slot uint32) error {
 	if err := w.dp.filter.UnregisterSocket(slot, uint32(w.queueID)); err != nil {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
+	w.removeDirect(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	for _, vq := range w.txqs {
 		if vq.vm == st {
@@ -494,6 +505,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 		// migration's destination takes over when its rings start.
 		st.rxqs = append([]*virtq{vq}, st.rxqs...)
 		w.rxqs = append(w.rxqs, vq)
+		w.attachDirect(st, vq)
 	} else {
 		if err := w.addKick(vq); err != nil {
 			return fmt.Errorf("VM %q: %w", st.name, err)
@@ -506,6 +518,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 }
 
 func (w *worker) detachQueue(q *vhostuser.Queue) {
+	w.detachDirect(q) // closes a dedicated socket before the memory can go
 	for _, list := range []*[]*virtq{&w.rxqs, &w.txqs} {
 		for i, vq := range *list {
 			if vq.q != q {
@@ -573,6 +586,9 @@ func (w *worker) round() int {
 		}
 	}
 	n += w.receiveVMs()
+	if len(w.directs) > 0 {
+		n += w.serveDirects()
+	}
 	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
@@ -676,7 +692,7 @@ func (w *worker) receiveVM(vm *vmState) int {
 	// Each frame costs 1 unit to take and at least 1 descriptor to push:
 	// take no more than the credit can serve; the rest waits in the
 	// socket's ring (nothing is lost that the kernel did not count).
-	n := vm.sock.Receive(w.descs[:min(batchSize, vm.credit/2)])
+	n := vm.sock.Receive(w.descs[:w.rxBatch(min(batchSize, vm.credit/2))])
 	if n == 0 {
 		return 0
 	}
@@ -688,8 +704,10 @@ func (w *worker) receiveVM(vm *vmState) int {
 	if len(vm.rxqs) > 0 {
 		w.pushBatch(vm, vm.rxqs[0], descs)
 	} else {
-		for _, d := range descs {
-			if frame := w.wireFrame(vm, d); frame != nil {
+		for i := 0; i < n; {
+			var frame []byte
+			frame, i = w.rxFrame(descs, i)
+			if frame = wireFrame(vm, frame); frame != nil {
 				w.deliver(vm, frame)
 			}
 		}
@@ -714,8 +732,7 @@ func (w *worker) touchFrames(descs []xsk.Desc) {
 
 // wireFrame checks a frame from the wire for vm and strips its tag
 // (access port: the guest sees untagged frames); nil: dropped, counted.
-func (w *worker) wireFrame(vm *vmState, d xsk.Desc) []byte {
-	frame := w.q.Frame(d)
+func wireFrame(vm *vmState, frame []byte) []byte {
 	if len(frame) < minFrameLen {
 		vm.drop(DropMalformed)
 		return nil
@@ -740,24 +757,27 @@ func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
 	w.markDirty(vq) // drops are counted in the ring's stats too
 	q := vq.q
 	q.SetBudget(vm.credit)
-	i := 0
+	i, next := 0, 0
 	defer func() {
 		vm.credit = q.Budget()
-		for i++; i < len(descs); i++ { // only after a recovered fault
+		for i = next; i < len(descs); { // only after a recovered fault
+			_, i = w.rxFrame(descs, i)
 			vm.drop(DropBroken)
 		}
 	}()
 	defer q.RecoverFault()
-	for ; i < len(descs); i++ {
-		frame := w.wireFrame(vm, descs[i])
-		if frame == nil {
+	for i < len(descs) {
+		var frame []byte
+		frame, next = w.rxFrame(descs, i)
+		i = next
+		if frame = wireFrame(vm, frame); frame == nil {
 			continue
 		}
 		if vm.rxLimited && !vm.admitRx(len(frame)) {
 			vm.drop(DropRateLimited)
 			continue
 		}
-		w.pushed(vm, q.Push(frame), len(frame))
+		w.pushed(vm, q.PushHdr(nil, frame), len(frame))
 	}
 }
 
@@ -777,8 +797,9 @@ func (w *worker) receiveFlood() int {
 	if n == 0 {
 		return 0
 	}
-	for _, d := range w.descs[:n] {
-		frame := w.q.Frame(d)
+	for i := 0; i < n; {
+		var frame []byte
+		frame, i = w.rxFrame(w.descs[:n], i)
 		if len(frame) < minFrameLen {
 			continue
 		}
@@ -846,7 +867,10 @@ func (w *worker) serve(slot uint32) {
 
 // push gives a frame to a guest receive queue, the descriptors it walks
 // paid from the receiving VM's credit (its ring decides the cost).
-func (w *worker) push(vq *virtq, frame []byte) {
+func (w *worker) push(vq *virtq, frame []byte) { w.pushHdr(vq, nil, frame) }
+
+// pushHdr is push with a virtio-net header (nil: zeroed).
+func (w *worker) pushHdr(vq *virtq, h *virtio.NetHdr, frame []byte) {
 	vm := vq.vm
 	w.serve(vm.slot)
 	vm.busy = true
@@ -855,7 +879,7 @@ func (w *worker) push(vq *virtq, frame []byte) {
 	vq.q.SetBudget(vm.credit)
 	defer func() { vm.credit = vq.q.Budget() }()
 	defer vq.q.RecoverFault()
-	w.pushed(vm, vq.q.Push(frame), len(frame))
+	w.pushed(vm, vq.q.PushHdr(h, frame), len(frame))
 }
 
 // pushed counts the outcome of a Push of n bytes for vm.
@@ -865,6 +889,7 @@ func (w *worker) pushed(vm *vmState, err error, n int) {
 		// Counted here, published once per round (flushAll).
 		vm.rxPkts++
 		vm.rxBytes += uint64(n)
+		vm.rxCopied += uint64(n)
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
 	case errors.Is(err, vhostuser.ErrBudget):
@@ -888,28 +913,33 @@ func (w *worker) transmit(vq *virtq) int {
 		w.touch(vm)
 	}
 	if wire > 0 {
-		sent, err := vm.sock.Transmit(w.txDescs[:wire])
-		if sent < wire {
-			// The tx ring is full (or the kernel refused): these frames are
-			// lost, and their UMEM frames go back to the allocator.
-			for _, d := range w.txDescs[sent:wire] {
-				w.addrs[0] = d.Addr
-				w.q.Free(w.addrs[:1])
-			}
-			add(&vm.ctr.drops[DropTxRingFull], uint64(wire-sent))
-		}
-		if err != nil && sent == 0 {
-			w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
-		}
-		if !vm.txQueued && vm.sock.TxPending() > 0 {
-			vm.txQueued = true
-			w.txQueued = append(w.txQueued, vm)
-		}
+		w.sendWire(vm, wire)
 	}
 	if popped > 0 {
 		w.markDirty(vq)
 	}
 	return popped
+}
+
+// sendWire hands w.txDescs[:wire] to the VM's socket.
+func (w *worker) sendWire(vm *vmState, wire int) {
+	sent, err := vm.sock.Transmit(w.txDescs[:wire])
+	if sent < wire {
+		// The tx ring is full (or the kernel refused): these frames are
+		// lost, and their UMEM frames go back to the allocator.
+		for _, d := range w.txDescs[sent:wire] {
+			w.addrs[0] = d.Addr
+			w.q.Free(w.addrs[:1])
+		}
+		add(&vm.ctr.drops[DropTxRingFull], uint64(framesIn(w.txDescs[sent:wire])))
+	}
+	if err != nil && sent == 0 {
+		w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
+	}
+	if !vm.txQueued && vm.sock.TxPending() > 0 {
+		vm.txQueued = true
+		w.txQueued = append(w.txQueued, vm)
+	}
 }
 
 // noFrame marks "no UMEM frame held" (frame addresses are offsets in the
@@ -922,6 +952,12 @@ const noFrame = ^uint64(0)
 // back to the stash, and the frames already in txDescs are still sent
 // (the named results survive the recovered panic).
 func (w *worker) popBatch(vq *virtq) (wire, popped int) {
+	if vq.q.Features()&hostOffloads != 0 {
+		return w.popBatchOffload(vq)
+	}
+	if w.jumbo != nil {
+		return w.popBatchJumbo(vq)
+	}
 	held := noFrame
 	defer func() {
 		if held != noFrame {
@@ -949,7 +985,7 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if err != nil {
 			// ErrBudget: the frame waits in the ring, or Pop dropped and
 			// counted a chain no budget can finish.
-			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
+			if !isEmptyOrBudget(err) {
 				vm.drop(DropBroken)
 			}
 			break
@@ -963,16 +999,26 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		if !w.forward(vm, frame) {
 			continue
 		}
-		d := xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
-		if vm.vlan != 0 {
-			insertTag(buf, vlanTagLen, n, vm.vlan)
-			d = xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
-		}
-		w.txDescs[wire] = d
+		w.txDescs[wire] = w.wireDesc(vm, addr, buf, n)
 		wire++
 		held = noFrame
 	}
 	return wire, popped
+}
+
+// isEmptyOrBudget: Pop found nothing to send, or the round's budget ended.
+func isEmptyOrBudget(err error) bool {
+	return errors.Is(err, vhostuser.ErrEmpty) || errors.Is(err, vhostuser.ErrBudget)
+}
+
+// wireDesc is the tx descriptor of the frame buf[vlanTagLen:vlanTagLen+n]
+// of the UMEM frame at addr, tagged with the VM's VLAN if it has one.
+func (w *worker) wireDesc(vm *vmState, addr uint64, buf []byte, n int) xsk.Desc {
+	if vm.vlan != 0 {
+		insertTag(buf, vlanTagLen, n, vm.vlan)
+		return xsk.Desc{Addr: addr, Len: uint32(n + vlanTagLen)}
+	}
+	return xsk.Desc{Addr: addr + vlanTagLen, Len: uint32(n)}
 }
 
 // forward switches one frame a guest sent: checks it, delivers it to the
@@ -1110,9 +1156,63 @@ func (w *worker) sleep() {
 			return
 		}
 	}
-	add(&w.ctr.polls, 1)
-	w.waitEvents()
+	if len(w.directs) > 0 {
+		w.pollDirects() // dedicated queues' fds change by the sleep
+	} else {
+		add(&w.ctr.polls, 1)
+		w.waitEvents()
+	}
 	w.disableNotify()
+}
+
+// pollDirects is the sleep of a worker that serves dedicated queues: poll(2)
+// over every fd, those of the dedicated queues included (their set
+// depends on each queue's state at the time).
+func (w *worker) pollDirects() {
+	fds := w.pollfds[:0]
+	fds = append(fds, unix.PollFd{Fd: int32(w.wakeFD), Events: unix.POLLIN})
+	fds = append(fds, unix.PollFd{Fd: int32(w.flood.FD()), Events: unix.POLLIN})
+	for _, vm := range w.vmList {
+		fds = append(fds, unix.PollFd{Fd: int32(vm.sock.FD()), Events: unix.POLLIN})
+	}
+	firstKick := len(fds)
+	for _, vq := range w.txqs {
+		if fd := vq.q.KickFD(); fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+		}
+	}
+	fds, pending := w.directPollFDs(fds)
+	w.pollfds = fds
+	defer w.directWoke()
+	if pending {
+		return
+	}
+	add(&w.ctr.polls, 1)
+	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
+		var buf [8]byte
+		unix.Read(w.wakeFD, buf[:])
+		add(&w.ctr.wakeups, 1)
+	}
+	// Sockets poll found readable are visited next round, whether or not
+	// their mark is still one the sweep covers.
+	for i, vm := range w.vmList {
+		if fds[2+i].Revents != 0 {
+			w.markReady(vm.slot)
+		}
+	}
+	// Drain only the kick fds poll found readable: a read per guest per
+	// sleep is hundreds of syscalls with hundreds of guests.
+	k := firstKick
+	for _, vq := range w.txqs {
+		if vq.q.KickFD() < 0 {
+			continue
+		}
+		if fds[k].Revents != 0 {
+			vq.q.AckKick()
+			w.kicked(vq)
+		}
+		k++
+	}
 }
 
 func (w *worker) disableNotify() {

@@ -25,9 +25,13 @@ type collector struct {
 	filterRedirected, filterPassed, filterFlooded, filterMalformed, filterNoSocket *prometheus.Desc
 
 	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood *prometheus.Desc
-	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs                        *prometheus.Desc
-	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes                       *prometheus.Desc
-	vmLimit                                                                  *prometheus.Desc
+	// Checksum and TSO offloads (dataplane/offload.go).
+	vmOflPassed, vmOflSegmented, vmOflSegments, vmOflCsum *prometheus.Desc
+	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs     *prometheus.Desc
+	vmqRxPackets, vmqRxBytes, vmqTxPackets, vmqTxBytes    *prometheus.Desc
+	vmLimit                                               *prometheus.Desc
+	// Dedicated queues.
+	vmRxCopied, dedInfo, dedFrames, dedBytes, dedFallbacks, dedPosted *prometheus.Desc
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
@@ -70,6 +74,10 @@ func NewCollector(src Source) prometheus.Collector {
 		vmTxBytes:         desc("vm_tx_bytes_total", "Bytes the VM sent.", vm...),
 		vmDrops:           desc("vm_drops_total", "Frames to or from the VM that vmq dropped, by reason.", "vm", "reason"),
 		vmFlood:           desc("vm_flood_copies_total", "Broadcast/multicast copies delivered to the VM.", vm...),
+		vmOflPassed:       desc("vm_offload_passed_total", "TSO or open-checksum frames the VM sent that went to a VM as they were.", vm...),
+		vmOflSegmented:    desc("vm_offload_segmented_total", "TSO frames the VM sent that vmq cut into MTU-sized frames.", vm...),
+		vmOflSegments:     desc("vm_offload_segments_total", "Frames vmq cut from the VM's TSO frames.", vm...),
+		vmOflCsum:         desc("vm_offload_csum_fills_total", "Checksums vmq filled in for the VM's frames.", vm...),
 		vmFilterPackets:   desc("vm_filter_packets_total", "Frames the XDP filter matched to the VM's slot.", vm...),
 		vmFilterBytes:     desc("vm_filter_bytes_total", "Bytes the XDP filter matched to the VM's slot.", vm...),
 		vmFilterRedirErrs: desc("vm_filter_redirect_errors_total", "Frames matched to the VM whose bpf_redirect_map failed.", vm...),
@@ -79,6 +87,12 @@ func NewCollector(src Source) prometheus.Collector {
 		vmqTxBytes:        desc("vm_queue_tx_bytes_total", "Bytes the VM sent, by NIC queue.", vmq...),
 		vmLimit:           desc("vm_limit", "A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second. Absent: unlimited. Frames over it are dropped as rate_limited.", "vm", "direction", "unit"),
 
+		vmRxCopied:    desc("vm_rx_copied_bytes_total", "Frame bytes the workers copied into the VM's receive buffers; frames a dedicated queue wrote in place are not copied.", vm...),
+		dedInfo:       desc("vm_dedicated_queue_info", "Always 1 for a VM that asked for a dedicated queue: the queue, its state (direct, waiting for the guest, copy (fallback), shared (fallback)) and whether it is zero-copy (1) or copy mode (0).", "vm", "queue", "state", "zero_copy"),
+		dedFrames:     desc("vm_dedicated_frames_total", "Frames the kernel or NIC wrote straight into the VM's buffers on its dedicated queue.", vm...),
+		dedBytes:      desc("vm_dedicated_bytes_total", "Bytes of those frames.", vm...),
+		dedFallbacks:  desc("vm_dedicated_fallbacks_total", "Times the VM's dedicated queue fell back (to copying or to shared mode); the log and vmqctl vm show say why.", vm...),
+		dedPosted:     desc("vm_dedicated_posted_buffers", "Guest receive buffers on the dedicated queue's fill ring now.", vm...),
 		xskZeroCopy:   desc("xsk_zero_copy", "1 if the AF_XDP socket is bound in zero-copy mode, 0 for copy mode.", vmq...),
 		xskRxDropped:  desc("xsk_rx_dropped_total", "XDP_STATISTICS rx_dropped: frames the kernel dropped for the socket.", vmq...),
 		xskRxInvalid:  desc("xsk_rx_invalid_descs_total", "XDP_STATISTICS rx_invalid_descs.", vmq...),
@@ -118,8 +132,10 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.nicInfo, c.xdpAttached, c.nicMTU, c.nicChannels, c.nicQueues, c.frameSize,
 		c.filterRedirected, c.filterPassed, c.filterFlooded, c.filterMalformed, c.filterNoSocket,
 		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood,
+		c.vmOflPassed, c.vmOflSegmented, c.vmOflSegments, c.vmOflCsum,
 		c.vmFilterPackets, c.vmFilterBytes, c.vmFilterRedirErrs,
 		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes, c.vmLimit,
+		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
 		c.wStalls, c.umemInFlight,
@@ -252,9 +268,21 @@ func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats)
 	counter(ch, c.vmTxPackets, v.TxPackets, v.Name)
 	counter(ch, c.vmTxBytes, v.TxBytes, v.Name)
 	counter(ch, c.vmFlood, v.FloodCopies, v.Name)
+	counter(ch, c.vmOflPassed, v.Offload.Passed, v.Name)
+	counter(ch, c.vmOflSegmented, v.Offload.Segmented, v.Name)
+	counter(ch, c.vmOflSegments, v.Offload.Segments, v.Name)
+	counter(ch, c.vmOflCsum, v.Offload.CsumFills, v.Name)
 	counter(ch, c.vmFilterPackets, v.FilterPackets, v.Name)
 	counter(ch, c.vmFilterBytes, v.FilterBytes, v.Name)
 	counter(ch, c.vmFilterRedirErrs, v.FilterRedirErrs, v.Name)
+	counter(ch, c.vmRxCopied, v.RxCopiedBytes, v.Name)
+	if d := v.Dedicated; d != nil {
+		gauge(ch, c.dedInfo, 1, v.Name, strconv.Itoa(d.Queue), d.State, strconv.Itoa(int(b2f(d.ZeroCopy))))
+		counter(ch, c.dedFrames, d.Frames, v.Name)
+		counter(ch, c.dedBytes, d.Bytes, v.Name)
+		counter(ch, c.dedFallbacks, d.Fallbacks, v.Name)
+		gauge(ch, c.dedPosted, float64(d.Posted), v.Name)
+	}
 
 	// Every known reason is exported, zero or not, so rate() and alerts
 	// see a series from the VM's first scrape. The dataplane fills the

@@ -95,6 +95,8 @@ vmq_vm_tx_bytes_total{vm="db"} 6600
 vmq_vm_tx_bytes_total{vm="web"} 3e+06
 # HELP vmq_vm_drops_total Frames to or from the VM that vmq dropped, by reason.
 # TYPE vmq_vm_drops_total counter
+vmq_vm_drops_total{reason="bad_offload",vm="db"} 0
+vmq_vm_drops_total{reason="bad_offload",vm="web"} 0
 vmq_vm_drops_total{reason="broken",vm="db"} 0
 vmq_vm_drops_total{reason="broken",vm="web"} 0
 vmq_vm_drops_total{reason="budget",vm="db"} 0
@@ -106,6 +108,8 @@ vmq_vm_drops_total{reason="malformed",vm="db"} 0
 vmq_vm_drops_total{reason="malformed",vm="web"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="db"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="web"} 0
+vmq_vm_drops_total{reason="oversize",vm="db"} 0
+vmq_vm_drops_total{reason="oversize",vm="web"} 0
 vmq_vm_drops_total{reason="rate_limited",vm="db"} 0
 vmq_vm_drops_total{reason="rate_limited",vm="web"} 40
 vmq_vm_drops_total{reason="spoofed",vm="db"} 0
@@ -240,7 +244,10 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_vm_info":                        2, "vmq_vm_rx_packets_total": 2, "vmq_vm_rx_bytes_total": 2,
 		"vmq_vm_tx_packets_total": 2, "vmq_vm_tx_bytes_total": 2,
 		"vmq_vm_drops_total": 2*int(dataplane.NumDropReasons) + 1, "vmq_vm_flood_copies_total": 2,
-		"vmq_vm_filter_packets_total": 2, "vmq_vm_filter_bytes_total": 2, "vmq_vm_filter_redirect_errors_total": 2,
+		"vmq_vm_offload_passed_total": 2, "vmq_vm_offload_segmented_total": 2, "vmq_vm_offload_segments_total": 2,
+		"vmq_vm_offload_csum_fills_total": 2,
+		"vmq_vm_filter_packets_total":     2, "vmq_vm_filter_bytes_total": 2, "vmq_vm_filter_redirect_errors_total": 2,
+		"vmq_vm_rx_copied_bytes_total":  2,
 		"vmq_vm_queue_rx_packets_total": 3, "vmq_vm_queue_rx_bytes_total": 3,
 		"vmq_vm_queue_tx_packets_total": 3, "vmq_vm_queue_tx_bytes_total": 3,
 		"vmq_xsk_zero_copy": 4, "vmq_xsk_rx_dropped_total": 4, "vmq_xsk_rx_invalid_descs_total": 4,

@@ -16,7 +16,13 @@ import (
 // to that (see Template.FrameLen).
 const (
 	MinFrameLen = 60
-	MaxFrameLen = 1514
+	// MaxFrameLen is a jumbo frame (MTU 9000, one VLAN tag). The
+	// live-frames and AF_XDP senders carry one page or chunk per frame:
+	// up to MaxLiveFrameLen; the AF_PACKET sender any size.
+	MaxFrameLen = 9018
+	// MaxLiveFrameLen is the largest frame of the live-frames and AF_XDP
+	// senders.
+	MaxLiveFrameLen = 1514
 	// MaxDests is how many destinations one flow can rotate through.
 	MaxDests = 256
 )

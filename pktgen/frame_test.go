@@ -259,7 +259,7 @@ func TestFlowSpecErrors(t *testing.T) {
 		"mixed tags":       {Dests: []Dest{{MAC: m, VLAN: 3}, {MAC: m}}},
 		"qinq no inner":    {Dests: []Dest{{MAC: m}}, OuterVLAN: 3},
 		"small":            {Dests: []Dest{{MAC: m}}, Size: 59},
-		"big":              {Dests: []Dest{{MAC: m}}, Size: 1515},
+		"big":              {Dests: []Dest{{MAC: m}}, Size: MaxFrameLen + 1},
 		"ipv6":             {Dests: []Dest{{MAC: m}}, DstIP: netip.MustParseAddr("::1")},
 		"ports backwards":  {Dests: []Dest{{MAC: m}}, SrcPorts: PortRange{10, 9}},
 		"dest ip v6":       {Dests: []Dest{{MAC: m, IP: netip.MustParseAddr("::2")}}},

@@ -130,6 +130,9 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 	if opts.Ifindex <= 0 {
 		return nil, fmt.Errorf("live generator: bad ifindex %d", opts.Ifindex)
 	}
+	if t.frameLen > MaxLiveFrameLen {
+		return nil, fmt.Errorf("live generator: %d-byte frames: live frames carry at most %d bytes; send jumbo frames with the AF_PACKET sender", t.frameLen, MaxLiveFrameLen)
+	}
 	if opts.BatchSize == 0 {
 		opts.BatchSize = 64
 	}

@@ -33,6 +33,9 @@ type XSKSender struct {
 
 // NewXSKSender opens a tx-only AF_XDP queue for t's frames.
 func NewXSKSender(t *Template, opts XSKOptions) (*XSKSender, error) {
+	if t.frameLen > MaxLiveFrameLen {
+		return nil, fmt.Errorf("xsk sender: %d-byte frames: one UMEM frame carries at most %d bytes here; send jumbo frames with the AF_PACKET sender", t.frameLen, MaxLiveFrameLen)
+	}
 	if opts.Batch <= 0 {
 		opts.Batch = 64
 	}

@@ -37,6 +37,8 @@ type options struct {
 	queueSize  int
 	mrg        bool
 	eventIdx   bool
+	packed     bool
+	inOrder    bool
 	regions    int
 	reconnect  bool
 	busyPoll   bool
@@ -46,6 +48,7 @@ type options struct {
 	rate       float64
 	count      uint64
 	size       int
+	mtu        int
 	stream     uint
 	linger     time.Duration
 	jsonOut    bool
@@ -65,6 +68,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.queueSize, "queue-size", 256, "descriptors per virtqueue (power of two)")
 	fs.BoolVar(&o.mrg, "mrg-rxbuf", true, "negotiate mergeable rx buffers if offered")
 	fs.BoolVar(&o.eventIdx, "event-idx", true, "negotiate EVENT_IDX if offered")
+	fs.BoolVar(&o.packed, "packed", false, "use packed virtqueues (VIRTIO_F_RING_PACKED) if offered")
+	fs.BoolVar(&o.inOrder, "in-order", true, "with --packed, negotiate IN_ORDER if offered")
 	fs.IntVar(&o.regions, "mem-regions", 1, "memfd regions in the memory table (1..8)")
 	fs.BoolVar(&o.reconnect, "reconnect", false, "client mode: redial when the backend goes away")
 	fs.BoolVar(&o.busyPoll, "busy-poll", false, "never sleep on call eventfds (one busy core)")
@@ -73,7 +78,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dstIP, "dst-ip", "198.18.0.2", "destination IPv4 of sent frames")
 	fs.Float64Var(&o.rate, "rate", 0, "frames per second in total (0 = as fast as the rings take them)")
 	fs.Uint64Var(&o.count, "count", 0, "frames to send in total (0 = until --duration or a signal)")
-	fs.IntVar(&o.size, "size", 64, "frame size in bytes, without FCS")
+	fs.IntVar(&o.size, "size", 64, "frame size in bytes, without FCS (up to --mtu + 14)")
+	fs.IntVar(&o.mtu, "mtu", 1500, "largest IP packet sent or answered (sizes the tx buffers; 9000 for jumbo frames)")
 	fs.UintVar(&o.stream, "stream", 0, "pktgen stream id of queue 0 (queue q sends stream+q)")
 	fs.DurationVar(&o.linger, "linger", time.Second, "after sending, keep receiving this long before the summary")
 	fs.DurationVar(&o.connectFor, "connect-timeout", 30*time.Second, "how long to wait for the backend")
@@ -90,6 +96,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.queues < 1 {
 		return o, fmt.Errorf("--queues %d: want at least 1", o.queues)
+	}
+	if o.mtu < 68 || o.mtu > 65521 {
+		return o, fmt.Errorf("--mtu %d: want 68..65521", o.mtu)
+	}
+	if o.size > o.mtu+14 {
+		return o, fmt.Errorf("--size %d: larger than --mtu %d allows (%d); raise --mtu", o.size, o.mtu, o.mtu+14)
 	}
 	if o.rate < 0 {
 		return o, fmt.Errorf("--rate %v: want >= 0", o.rate)
@@ -123,7 +135,7 @@ func run(o options, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--mac: %w", err)
 	}
 	cfg := frontend.Config{MAC: mac, QueuePairs: o.queues, QueueSize: o.queueSize, MrgRxbuf: o.mrg,
-		EventIdx: o.eventIdx, MemRegions: o.regions, Reconnect: o.reconnect, BusyPoll: o.busyPoll, Logger: log}
+		EventIdx: o.eventIdx, PackedRing: o.packed, InOrder: o.inOrder, MemRegions: o.regions, Reconnect: o.reconnect, BusyPoll: o.busyPoll, MTU: o.mtu, Logger: log}
 	if o.ip != "" {
 		if cfg.IP, err = netip.ParseAddr(o.ip); err != nil {
 			return fmt.Errorf("--ip: %w", err)

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/internal/testpmd"
 )
@@ -19,6 +21,9 @@ func TestFlags(t *testing.T) {
 		{"--socket", "s", "extra"},
 		{"--socket", "s", "--queues", "0"},
 		{"--socket", "s", "--rate", "-1"},
+		{"--socket", "s", "--size", "1515"},
+		{"--socket", "s", "--mtu", "9000", "--size", "9015"},
+		{"--socket", "s", "--mtu", "67"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -27,6 +32,9 @@ func TestFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--socket", "s", "--server", "--queues", "2", "--send-to", "02:00:00:00:00:0b", "--count", "10", "--json"}, io.Discard)
 	if err != nil || !o.server || o.queues != 2 || o.count != 10 || !o.jsonOut || o.sendTo == "" {
 		t.Fatalf("%+v %v", o, err)
+	}
+	if o, err := parseFlags([]string{"--socket", "s", "--mtu", "9000", "--size", "9014"}, io.Discard); err != nil || o.mtu != 9000 || o.size != 9014 {
+		t.Fatalf("jumbo flags: %+v %v", o, err)
 	}
 	for _, o := range []options{
 		{socket: "s", mac: "nope", logLevel: "info"},
@@ -44,6 +52,11 @@ func TestFlags(t *testing.T) {
 func TestSendToTestpmd(t *testing.T) {
 	testenv.RequireCommand(t, "dpdk-testpmd")
 	testenv.RequireRoot(t)
+	t.Run("split", func(t *testing.T) { sendToTestpmd(t, false) })
+	t.Run("packed", func(t *testing.T) { sendToTestpmd(t, true) })
+}
+
+func sendToTestpmd(t *testing.T, packed bool) {
 	sock := filepath.Join(t.TempDir(), "guest.sock")
 	pmd, err := testpmd.Start(t, testpmd.Config{Prefix: "vmqc", Lcores: "0@0,1@0", Mem: 256, EAL: []string{"--no-huge"},
 		Vdevs: []string{"net_vhost0,iface=" + sock + ",queues=2,client=1"},
@@ -55,7 +68,7 @@ func TestSendToTestpmd(t *testing.T) {
 	var stdout bytes.Buffer
 	o, err := parseFlags([]string{"--socket", sock, "--server", "--queues", "2", "--ip", "198.18.0.10",
 		"--send-to", "02:00:00:00:00:0b", "--count", "10001", "--rate", "50000", "--size", "200",
-		"--linger", "300ms", "--json", "--log-level", "warn"}, io.Discard)
+		"--linger", "300ms", "--json", "--log-level", "warn", "--packed=" + strconv.FormatBool(packed)}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +81,10 @@ func TestSendToTestpmd(t *testing.T) {
 	}
 	if s.TxFrames != 10001 || s.TxBytes != 10001*200 || len(s.Queues) != 2 || s.Queues[0].TxFrames != 5001 || s.Connects != 1 {
 		t.Fatalf("summary %+v", s)
+	}
+	const packedInOrder = virtio.FRingPacked | virtio.FInOrder
+	if got := s.Features&packedInOrder == packedInOrder; got != packed {
+		t.Fatalf("features %#x: packed and in-order %v, want %v", s.Features, got, packed)
 	}
 	pmd.Stop()
 	rx, _, err := pmd.Stats()

@@ -88,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.dstIP, "dst-ip", "10.0.0.2", "destination IPv4 address")
 	fs.StringVar(&c.udpSrc, "udp-src", "9", "UDP source port or range FIRST-LAST (rotated: spreads RSS)")
 	fs.StringVar(&c.udpDst, "udp-dst", "9", "UDP destination port or range")
-	fs.IntVar(&c.size, "size", 60, "frame size without FCS, 60-1514 (raised to fit the 24-byte payload: 66 untagged)")
+	fs.IntVar(&c.size, "size", 60, "frame size without FCS, 60-1514, up to 9018 (jumbo) with the AF_PACKET sender (raised to fit the 24-byte payload: 66 untagged)")
 	fs.Uint64Var(&c.count, "count", 0, "frames to send (all threads together)")
 	fs.DurationVar(&c.duration, "duration", 0, "how long to send")
 	fs.Float64Var(&c.rate, "rate", 0, "frames per second, all threads together (0 = as fast as possible)")

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -47,6 +48,7 @@ commands:
   vm show NAME                    one VM with its counters
   vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client]
              [--queue-pairs N] [--allow-spoofing] [limit flags]
+             [--queue dedicated [--queue-id N] [--dedicated required|preferred]]
   vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
                                   change a running VM's QoS limits live
                                   (frames or bits per second; 0 clears;
@@ -164,6 +166,17 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		fs.StringVar(&vm.Mode, "mode", control.ModeServer, "vhost-user mode: server (vmqd listens) or client")
 		fs.IntVar(&vm.QueuePairs, "queue-pairs", 1, "virtqueue pairs")
 		fs.BoolVar(&vm.AllowSpoofing, "allow-spoofing", false, "let the guest send with other source MACs")
+		fs.BoolVar(&vm.NoOffloads, "no-offloads", false, "offer the guest no checksum or TSO offloads")
+		fs.StringVar(&vm.Queue, "queue", "", "shared (default) or dedicated: a NIC queue of the VM's own")
+		fs.Func("queue-id", "the dedicated queue (default: the lowest free one)", func(s string) error {
+			q, err := strconv.Atoi(s)
+			if err != nil {
+				return fmt.Errorf("queue id %q: %w", s, err)
+			}
+			vm.QueueID = &q
+			return nil
+		})
+		fs.StringVar(&vm.Dedicated, "dedicated", "", "preferred (shared mode if the NIC cannot steer) or required")
 	} else {
 		fs.StringVar(&c.socket, "socket", c.socket, "vmqd API socket")
 	}
@@ -322,6 +335,7 @@ func (c *cli) vmShow(ctx context.Context, cl *control.Client, args []string) err
 	kv("Socket", fmt.Sprintf("%s (%s)", d.Socket, d.Mode))
 	kv("Queue pairs", d.QueuePairs)
 	kv("Allow spoofing", d.AllowSpoofing)
+	kv("Offloads", !d.NoOffloads)
 	kv("Limits", limitsString(d.Limits))
 	if p := d.Port; p != nil {
 		kv("Connected", p.Connected)
@@ -334,6 +348,18 @@ func (c *cli) vmShow(ctx context.Context, cl *control.Client, args []string) err
 		kv("RX", fmt.Sprintf("%d packets, %d bytes", s.RxPackets, s.RxBytes))
 		kv("TX", fmt.Sprintf("%d packets, %d bytes", s.TxPackets, s.TxBytes))
 		kv("Flood copies", s.FloodCopies)
+		kv("RX copied", fmt.Sprintf("%d bytes", s.RxCopiedBytes))
+		if q := s.Dedicated; q != nil {
+			mode := "copy mode"
+			if q.ZeroCopy {
+				mode = "zero-copy"
+			}
+			kv("Dedicated queue", fmt.Sprintf("%d (%s): %s, %s, %s; %d frames in place, %d buffers posted",
+				q.Queue, q.Mode, q.State, mode, q.Steering, q.Frames, q.Posted))
+			if q.Reason != "" {
+				kv("Fallback", fmt.Sprintf("%s (%d times)", q.Reason, q.Fallbacks))
+			}
+		}
 		kv("Filter", fmt.Sprintf("%d packets, %d bytes, %d redirect errors", s.FilterPackets, s.FilterBytes, s.FilterRedirErrs))
 		kv("Drops", dropsString(s.DropsByReason))
 	}
@@ -466,7 +492,38 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 		rows[i] = []any{w.Queue, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
 			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls}
 	}
-	return c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS", rows)
+	if err := c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS", rows); err != nil {
+		return err
+	}
+	return c.dedicatedStatus(ctx, cl)
+}
+
+// dedicatedStatus lists the VMs that asked for a dedicated queue: which
+// queue, direct or fallen back, zero-copy or copy mode.
+func (c *cli) dedicatedStatus(ctx context.Context, cl *control.Client) error {
+	s, err := cl.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	var rows [][]any
+	for _, v := range s.VMs {
+		if d := v.Dedicated; d != nil {
+			mode := "copy"
+			if d.ZeroCopy {
+				mode = "zero-copy"
+			}
+			reason := d.Reason
+			if reason == "" {
+				reason = "-"
+			}
+			rows = append(rows, []any{v.Name, d.Queue, d.Mode, d.State, mode, d.Frames, v.RxCopiedBytes, reason})
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.stdout)
+	return c.table("DEDICATED_VM\tQUEUE\tMODE\tSTATE\tXSK\tIN_PLACE\tCOPIED_BYTES\tFALLBACK", rows)
 }
 
 func busyPercent(w dataplane.WorkerStats) string {

@@ -63,7 +63,7 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 		},
 		Sockets: []dataplane.SocketStats{{VM: "", Queue: 0}},
 	}
-	for _, name := range []string{"web", "db", "new"} {
+	for _, name := range []string{"web", "db", "new", "ded"} {
 		vm, ok := d.vms[name]
 		if !ok {
 			continue
@@ -73,6 +73,10 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 			RxPackets: 100 * n, RxBytes: 6400 * n, TxPackets: 10 * n, TxBytes: 640 * n, FloodCopies: n,
 			FilterPackets: 100 * n, FilterBytes: 6400 * n,
 			DropsByReason: map[string]uint64{"virtqueue_full": n, "spoofed": 0, "guest_not_ready": 2}})
+		if vm.Queue == control.QueueDedicated {
+			s.VMs[len(s.VMs)-1].Dedicated = &dataplane.DedicatedStats{Mode: dataplane.DedicatedMode(vm.Dedicated),
+				Queue: vm.DedicatedQueue(), State: "direct", Frames: 500, Steering: "flow rule at location 516"}
+		}
 		s.Ports = append(s.Ports, dataplane.PortStats{VM: name, Path: vm.Socket, Mode: vm.Mode, Connected: true, Features: 0x130000000, QueuePairs: vm.QueuePairs})
 		s.Sockets = append(s.Sockets, dataplane.SocketStats{VM: name, Queue: 0, RxDropped: n})
 	}
@@ -194,12 +198,14 @@ VLAN:            5
 Socket:          DIR/new.sock (client)
 Queue pairs:     2
 Allow spoofing:  true
+Offloads:        true
 Limits:          none
 Connected:       true
 Features:        0x130000000 (protocol 0x0)
 RX:              300 packets, 19200 bytes
 TX:              30 packets, 1920 bytes
 Flood copies:    3
+RX copied:       0 bytes
 Filter:          300 packets, 19200 bytes, 0 redirect errors
 Drops:           guest_not_ready=2 virtqueue_full=3
 `, "DIR", dir)
@@ -345,4 +351,21 @@ func TestVMSetLimits(t *testing.T) {
 			t.Errorf("vmqctl %v: exit %d stderr %q stdout %q; want exit %d containing %q", tc.args, code, errOut, out, tc.code, tc.want)
 		}
 	}
+}
+
+// TestStatusDedicated: a VM added with --queue dedicated shows in the
+// status's dedicated table (queue, direct or fallback, copy or zero-copy).
+func TestStatusDedicated(t *testing.T) {
+	sock, dir := server(t)
+	expect(t, []string{"--socket", sock, "vm", "add", "ded", "--mac", "02:00:00:00:00:dd", "--socket", dir + "/ded.sock",
+		"--queue", "dedicated", "--queue-id", "3", "--dedicated", "required"}, 0, "")
+	out := expect(t, []string{"--socket", sock, "status"}, 0, "")
+	want := retab(`DEDICATED_VM QUEUE MODE STATE XSK IN_PLACE COPIED_BYTES FALLBACK
+ded 3 required direct copy 500 0 -
+`)
+	if !strings.HasSuffix(out, "\n\n"+want) {
+		t.Errorf("status:\n%s\nwant suffix:\n%s", out, want)
+	}
+	expect(t, []string{"--socket", sock, "vm", "add", "bad", "--mac", "02:00:00:00:00:de", "--socket", dir + "/bad.sock",
+		"--queue", "dedicated", "--queue-id", "x"}, 2, "")
 }

@@ -106,7 +106,7 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		}
 		d.nic.Driver, d.nic.Channels = info.Driver, info.Queues()
 		problems := nic.Check(info, nic.Requirements{Queues: cfg.Queues, FrameSize: cfg.FrameSize,
-			AttachMode: cfg.AttachMode, XSKMode: nic.ModeAuto})
+			AttachMode: cfg.AttachMode, XSKMode: nic.ModeAuto, MultiBuffer: xsk.ProbeMultiBuffer() == nil})
 		d.log.Info("NIC", "nic", info)
 		for _, p := range problems {
 			if p.Fatal {
@@ -142,10 +142,14 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 	d.log.Info("XDP filter attached", "nic", cfg.NIC, "ifindex", ifindex, "mode", d.nic.AttachMode,
 		"pin_dir", filepath.Join(cfg.PinDir, cfg.NIC))
 
+	var steer dataplane.Steerer // nil: the NIC's ntuple rules
+	if cfg.DedicatedSteering == control.SteeringExternal {
+		steer = dataplane.ExternalSteering{Log: d.log.Info}
+	}
 	d.dp, err = dataplane.New(dataplane.Config{
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
-		FrameSize: cfg.FrameSize, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
-		Netns: o.netns, NIC: d.nic, Logger: d.log,
+		FrameSize: cfg.FrameSize, MTU: d.nic.MTU, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
+		Netns: o.netns, NIC: d.nic, Logger: d.log, Steer: steer,
 		Migrated: func(vm, socket string, client bool) {
 			if d.ctl != nil {
 				d.ctl.MigrationDone(vm, socket, client)
@@ -171,6 +175,10 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 	if _, err := d.ctl.Start(ctx); err != nil {
 		// Some VMs failed; the others run. Report, don't die.
 		d.log.Error("not every configured VM started", "err", err)
+	}
+	// Flow rules a previous vmqd left for VMs that are gone.
+	if err := d.dp.ReconcileSteering(); err != nil {
+		d.log.Warn("reconcile dedicated-queue flow rules", "err", err)
 	}
 
 	if err := os.MkdirAll(filepath.Dir(cfg.API.Socket), 0o755); err != nil {
@@ -305,10 +313,12 @@ func (a dpAdapter) AddVM(ctx context.Context, vm control.VMSpec) error {
 	return a.d.dp.AddVM(ctx, dataplane.VM{
 		Name: vm.Name, Slot: vm.Slot, MAC: vm.HardwareAddr(), VLAN: uint16(vm.VLAN),
 		Socket: vm.Socket, Client: vm.Mode == control.ModeClient,
-		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU,
+		QueuePairs: vm.QueuePairs, AllowSpoofing: vm.AllowSpoofing, MTU: a.d.nic.MTU, NoOffloads: vm.NoOffloads,
 		Limits: vm.Limits.Dataplane(), MaxMemory: uint64(vm.MaxGuestMemory),
 		SocketOwner: uid, SocketGroup: gid, SocketMode: os.FileMode(vm.SocketMode),
 		AllowedUIDs: vm.AllowedUIDs,
+		Dedicated:   vm.DedicatedMode(), DedicatedQueue: vm.DedicatedQueue(),
+		NoPackedRing: vm.NoPackedRing, NoInOrder: vm.NoInOrder,
 	})
 }
 

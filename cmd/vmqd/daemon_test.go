@@ -43,7 +43,14 @@ func newBed(t *testing.T, vms ...control.VMConfig) *bed {
 // newBedQueues is newBed with a NIC of several queues, all served.
 func newBedQueues(t *testing.T, queues int, vms ...control.VMConfig) *bed {
 	t.Helper()
-	b := &bed{Bed: testbed.New(t, testbed.Options{Queues: queues, WireAddr: "10.0.0.1/24"}), t: t}
+	return newBedOpts(t, testbed.Options{Queues: queues}, vms...)
+}
+
+// newBedOpts is newBed on a bed shaped by opts (the wire address is set).
+func newBedOpts(t *testing.T, opts testbed.Options, vms ...control.VMConfig) *bed {
+	t.Helper()
+	opts.WireAddr = "10.0.0.1/24"
+	b := &bed{Bed: testbed.New(t, opts), t: t}
 	pinRoot := b.PinDir()
 
 	cfg := control.Default(b.NIC.Name)

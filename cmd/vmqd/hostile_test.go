@@ -54,6 +54,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "ring_cases", run: attackRingCases},
 	{name: "flood", run: attackFlood},
 	{name: "qos_limit", run: attackQoS},
+	{name: "bad_offloads", run: attackBadOffloads},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.

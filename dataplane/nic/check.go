@@ -27,6 +27,9 @@ const (
 	// SKB_WITH_OVERHEAD(4096 - 256) - 14. Above it the kernel says ERANGE.
 	VethNativeMaxMTU = 3506
 	defaultFrameSize = 2048
+	// MaxMTU is the largest MTU vmq runs with: frames then span several
+	// UMEM frames (AF_XDP multi-buffer).
+	MaxMTU = 9000
 )
 
 // Requirements is what the configuration asks of one NIC.
@@ -44,6 +47,10 @@ type Requirements struct {
 	// XSKMode is the AF_XDP socket mode: auto (zero-copy, else copy),
 	// copy or zerocopy. Empty means auto.
 	XSKMode string
+	// MultiBuffer says the kernel has AF_XDP multi-buffer (XDP_USE_SG,
+	// Linux 6.6+; xsk.ProbeMultiBuffer): an MTU whose frames do not fit
+	// one UMEM frame needs it.
+	MultiBuffer bool
 }
 
 // Problem is one way the NIC does not fit the requirements. Fatal
@@ -101,16 +108,30 @@ func Check(info Info, req Requirements) []Problem {
 		add("umem_headroom", true, "umem_headroom %d: must not be negative", req.UMEMHeadroom)
 	default:
 		room := frame - xdpPacketHeadroom - req.UMEMHeadroom
-		if need := info.MTU + frameOverhead; need > room {
-			hint := fmt.Sprintf("lower the MTU to %d (\"ip link set dev %s mtu %d\")", room-frameOverhead, info.Name, room-frameOverhead)
-			if room-frameOverhead < 68 {
+		need := info.MTU + frameOverhead
+		fits := room - frameOverhead
+		switch {
+		case need <= room:
+		case info.MTU > MaxMTU:
+			add("mtu", true, "mtu: %s has MTU %d, above the %d vmq supports; lower it (\"ip link set dev %s mtu %d\")",
+				info.Name, info.MTU, MaxMTU, info.Name, MaxMTU)
+		case room < 1518 || !req.MultiBuffer:
+			hint := fmt.Sprintf("lower the MTU to %d (\"ip link set dev %s mtu %d\")", fits, info.Name, fits)
+			if fits < 68 {
 				hint = "lower umem_headroom"
 			}
 			if frame == 2048 && need <= 4096-xdpPacketHeadroom-req.UMEMHeadroom {
 				hint = "use frame_size 4096 or " + hint
 			}
-			add("mtu", true, "mtu: %s has MTU %d, so a frame needs %d bytes (MTU + 14 Ethernet + 4 VLAN), but a %d-byte frame holds %d after %d bytes of XDP headroom and %d of UMEM headroom; %s",
-				info.Name, info.MTU, need, frame, max(room, 0), xdpPacketHeadroom, req.UMEMHeadroom, hint)
+			why := ""
+			if !req.MultiBuffer {
+				why = " and this kernel has no AF_XDP multi-buffer (XDP_USE_SG, Linux 6.6+) to spread a frame over several"
+			}
+			add("mtu", true, "mtu: %s has MTU %d, so a frame needs %d bytes (MTU + 14 Ethernet + 4 VLAN), but a %d-byte frame holds %d after %d bytes of XDP headroom and %d of UMEM headroom%s; %s",
+				info.Name, info.MTU, need, frame, max(room, 0), xdpPacketHeadroom, req.UMEMHeadroom, why, hint)
+		default:
+			add("mtu", false, "MTU %d: a frame spans up to %d UMEM frames (AF_XDP multi-buffer); frames that fit one (MTU <= %d) cost the same as before",
+				info.MTU, (need+room-1)/room, fits)
 		}
 	}
 
@@ -138,9 +159,14 @@ func Check(info Info, req Requirements) []Problem {
 			info.Name, info.RxChannels, info.Name, info.RxChannels)
 	case info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPBasic):
 		noNative = fmt.Sprintf("driver %s of %s has no native XDP (xdp-features: %s; an out-of-tree driver may just not advertise it)", info.Driver, info.Name, info.XDPFeatures)
-	case info.IsVeth() && info.MTU > VethNativeMaxMTU:
-		noNative = fmt.Sprintf("native XDP on veth %s needs the peer's MTU <= %d without multi-buffer, and %s's MTU is %d (both ends usually match); lower it on both ends with \"ip link set dev %s mtu %d\"",
+	case info.IsVeth() && info.MTU > VethNativeMaxMTU && info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPRxSG):
+		noNative = fmt.Sprintf("native XDP on veth %s needs the peer's MTU <= %d without multi-buffer (rx-sg), and %s's MTU is %d (both ends usually match); lower it on both ends with \"ip link set dev %s mtu %d\"",
 			info.Name, VethNativeMaxMTU, info.Name, info.MTU, info.Name, VethNativeMaxMTU)
+	case info.MTU+frameOverhead > 4096-xdpPacketHeadroom && info.XDPFeaturesKnown && !info.XDPFeatures.Has(XDPRxSG):
+		// A frame larger than a page reaches XDP in fragments, which
+		// only a multi-buffer driver builds.
+		noNative = fmt.Sprintf("driver %s of %s has no multi-buffer XDP (rx-sg not in xdp-features: %s), which MTU %d needs; lower the MTU to %d (\"ip link set dev %s mtu %d\")",
+			info.Driver, info.Name, info.XDPFeatures, info.MTU, 4096-xdpPacketHeadroom-frameOverhead, info.Name, 4096-xdpPacketHeadroom-frameOverhead)
 	}
 	native := attach != ModeGeneric && noNative == ""
 	if noNative != "" {

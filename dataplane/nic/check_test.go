@@ -46,6 +46,8 @@ func TestCheck(t *testing.T) {
 	down.Up = false
 	vethNoXDP := veth(2, 1500)
 	vethNoXDP.XDPFeatures = 0
+	// A kernel whose veth has no multi-buffer XDP (before 6.0).
+	vethNoSG := func(mtu int) Info { i := veth(1, mtu); i.XDPFeatures &^= XDPRxSG; return i }
 
 	for _, tc := range []struct {
 		name string
@@ -80,16 +82,29 @@ func TestCheck(t *testing.T) {
 			[]want{{"mtu", true, []string{"needs 1518 bytes", "holds 1280", "512 of UMEM headroom", "use frame_size 4096"}}}},
 		{"MTU 3000 fits 4096", ixgbe(4, 64, 3000), Requirements{FrameSize: 4096}, nil},
 		{"MTU 3822 is the 4096 limit", ixgbe(4, 64, 3822), Requirements{FrameSize: 4096}, nil},
-		{"MTU 9000 does not fit 4096", ixgbe(4, 64, 9000), Requirements{FrameSize: 4096},
-			[]want{{"mtu", true, []string{"needs 9018 bytes", "4096-byte frame holds 3840", `lower the MTU to 3822 ("ip link set dev eth0 mtu 3822")`}}}},
+		{"MTU 9000 does not fit 4096 without multi-buffer", ixgbe(4, 64, 9000), Requirements{FrameSize: 4096},
+			[]want{{"mtu", true, []string{"needs 9018 bytes", "4096-byte frame holds 3840", "no AF_XDP multi-buffer (XDP_USE_SG, Linux 6.6+)", `lower the MTU to 3822 ("ip link set dev eth0 mtu 3822")`}},
+				{"attach_mode", false, []string{"generic mode", "driver ixgbe of eth0 has no multi-buffer XDP (rx-sg", "MTU 9000"}},
+				{"xsk_mode", false, []string{"copy mode"}}}},
+		{"MTU 9000 with multi-buffer on veth", veth(1, 9000), Requirements{FrameSize: 4096, AttachMode: "native", XSKMode: "copy", MultiBuffer: true},
+			[]want{{"mtu", false, []string{"MTU 9000: a frame spans up to 3 UMEM frames", "MTU <= 3822"}}}},
+		{"MTU 9000 with multi-buffer, 2048-byte frames", veth(1, 9000), Requirements{FrameSize: 2048, AttachMode: "native", XSKMode: "copy", MultiBuffer: true},
+			[]want{{"mtu", false, []string{"up to 6 UMEM frames", "MTU <= 1774"}}}},
+		{"MTU 9000 on a driver without multi-buffer XDP", ixgbe(4, 64, 9000), Requirements{FrameSize: 4096, AttachMode: "native", MultiBuffer: true},
+			[]want{{"mtu", false, []string{"up to 3 UMEM frames"}},
+				{"attach_mode", true, []string{"attach_mode native: driver ixgbe", "rx-sg", "lower the MTU to 3822", "attach_mode generic"}},
+				{"xsk_mode", false, []string{"copy mode"}}}},
+		{"MTU 9001 is above vmq's maximum", veth(1, 9001), Requirements{FrameSize: 4096, XSKMode: "copy", MultiBuffer: true},
+			[]want{{"mtu", true, []string{"MTU 9001, above the 9000 vmq supports", "mtu 9000"}}}},
 		{"bad frame size", ixgbe(4, 64, 1500), Requirements{FrameSize: 3000},
 			[]want{{"frame_size", true, []string{"frame_size 3000", "2048 or 4096"}}}},
 		{"negative headroom", ixgbe(4, 64, 1500), Requirements{UMEMHeadroom: -1},
 			[]want{{"umem_headroom", true, nil}}},
 
-		{"native on veth with big MTU", veth(1, 3507), Requirements{FrameSize: 4096, AttachMode: "native", XSKMode: "copy"},
+		{"native on veth with big MTU, no multi-buffer XDP", vethNoSG(3507), Requirements{FrameSize: 4096, AttachMode: "native", XSKMode: "copy"},
 			[]want{{"attach_mode", true, []string{"MTU <= 3506", "MTU is 3507", "attach_mode generic"}}}},
-		{"auto on veth with big MTU falls back", veth(1, 3800), Requirements{FrameSize: 4096},
+		{"native on veth with big MTU, multi-buffer XDP", veth(1, 3507), Requirements{FrameSize: 4096, AttachMode: "native", XSKMode: "copy"}, nil},
+		{"auto on veth with big MTU falls back", vethNoSG(3800), Requirements{FrameSize: 4096},
 			[]want{{"attach_mode", false, []string{"generic mode", "MTU <= 3506"}},
 				{"xsk_mode", false, []string{"copy mode", "generic mode"}}}},
 		{"native on veth MTU 3506 attaches", veth(1, 3506), Requirements{FrameSize: 4096, AttachMode: "native", XSKMode: "copy"}, nil},

@@ -7,12 +7,14 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/netnstest"
 )
 
 // Check's predictions about native XDP on veth must match what the kernel
-// does when a program is attached in driver mode.
+// does when a multi-buffer aware program (xdp.frags, as vmq's filter is)
+// is attached in driver mode.
 func TestCheckNativeAgreesWithKernel(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -22,7 +24,8 @@ func TestCheckNativeAgreesWithKernel(t *testing.T) {
 		attaches   bool
 	}{
 		{name: "mtu 3506", mtu: 3506, queues: 1, attaches: true},
-		{name: "mtu 3507", mtu: 3507, queues: 1, attaches: false},
+		{name: "mtu 3507", mtu: 3507, queues: 1, attaches: true},
+		{name: "mtu 9000", mtu: 9000, queues: 1, attaches: true},
 		{name: "peer tx 4 > rx 2", mtu: 1500, queues: 4, rx: "2", attaches: false},
 		{name: "peer tx 2 = rx 2", mtu: 1500, queues: 4, rx: "2", peerTx: "2", attaches: true},
 	} {
@@ -36,7 +39,7 @@ func TestCheckNativeAgreesWithKernel(t *testing.T) {
 				wireNS.Run(t, "ethtool", "-L", b.Name, "tx", tc.peerTx)
 			}
 			info := inspectIn(t, hostNS, a.Name)
-			ps := Check(info, Requirements{FrameSize: 4096, AttachMode: ModeNative, XSKMode: ModeCopy})
+			ps := Check(info, Requirements{FrameSize: 4096, AttachMode: ModeNative, XSKMode: ModeCopy, MultiBuffer: true})
 			for _, p := range ps {
 				t.Log(p)
 			}
@@ -65,6 +68,7 @@ func xdpPass(t *testing.T) *ebpf.Program {
 	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.XDP,
+		Flags:   unix.BPF_F_XDP_HAS_FRAGS,
 		License: "GPL",
 		Instructions: asm.Instructions{
 			asm.Mov.Imm(asm.R0, 2), // XDP_PASS

@@ -113,6 +113,12 @@ func median(v []float64) float64 {
 const measureFor = 3 * time.Second
 
 func measureBackend(b *testing.B, backend string, toGuest bool, size int) float64 {
+	return measureBackendVdev(b, backend, toGuest, size, "")
+}
+
+// measureBackendVdev is measureBackend with more virtio_user options for
+// the guest (",packed_vq=1").
+func measureBackendVdev(b *testing.B, backend string, toGuest bool, size int, guestOpts string) float64 {
 	sock := filepath.Join(b.TempDir(), "vu.sock")
 	guestMode, backendMode := "txonly", "rxonly"
 	if toGuest {
@@ -144,7 +150,7 @@ func measureBackend(b *testing.B, backend string, toGuest bool, size int) float6
 		defer pmd.kill() // kill is idempotent; startTestpmd's cleanup repeats it
 		backendPMD = pmd
 	}
-	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=1,queue_size=1024,mrg_rxbuf=1,mac=02:00:00:00:00:0a", sock)
+	vdev := fmt.Sprintf("net_virtio_user0,path=%s,queues=1,queue_size=1024,mrg_rxbuf=1,mac=02:00:00:00:00:0a", sock) + guestOpts
 	guest := startTestpmd(b, pmdArgs(netnstest.UniqueName("vmqbg"), vdev, "0@0,1@1"),
 		"--forward-mode="+guestMode, "--nb-cores=1", "--rxd=1024", "--txd=1024", txpkts)
 	defer guest.kill()

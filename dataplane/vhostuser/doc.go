@@ -1,7 +1,7 @@
 // Package vhostuser is vmq's vhost-user net back-end (the device side of
-// the "VMBus"): a guest's virtio-net driver shares its memory and split
-// virtqueues with vmqd over a unix socket (QEMU docs/interop/vhost-user.rst,
-// virtio 1.1).
+// the "VMBus"): a guest's virtio-net driver shares its memory and its
+// virtqueues, split or packed (packed.go), with vmqd over a unix socket
+// (QEMU docs/interop/vhost-user.rst, virtio 1.1).
 //
 // A Port is one device. Listen serves front-ends one at a time (server
 // mode); Dial connects to a front-end's socket and reconnects with

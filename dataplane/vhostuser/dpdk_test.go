@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,6 +230,7 @@ type interopCase struct {
 	client bool // vmq dials (virtio_user server=1)
 	mrg    int
 	queues int
+	vdev   string // more virtio_user options (",packed_vq=1,in_order=1")
 }
 
 func (c interopCase) String() string {
@@ -236,12 +238,13 @@ func (c interopCase) String() string {
 	if c.client {
 		mode = "client"
 	}
-	return fmt.Sprintf("%s/mrg%d/q%d", mode, c.mrg, c.queues)
+	// No ',' or '=' in the name: it ends up in the socket path of a vdev argument.
+	return fmt.Sprintf("%s/mrg%d/q%d%s", mode, c.mrg, c.queues, strings.NewReplacer(",", "+", "=", "").Replace(c.vdev))
 }
 
 var interopCases = []interopCase{
-	{false, 1, 1}, {false, 0, 1}, {true, 1, 1}, {true, 0, 1},
-	{false, 1, 2}, {false, 0, 2}, {true, 1, 2}, {true, 0, 2},
+	{false, 1, 1, ""}, {false, 0, 1, ""}, {true, 1, 1, ""}, {true, 0, 1, ""},
+	{false, 1, 2, ""}, {false, 0, 2, ""}, {true, 1, 2, ""}, {true, 0, 2, ""},
 }
 
 // startVirtioUser starts testpmd with a net_virtio_user guest attached
@@ -283,6 +286,7 @@ func startVirtioUserPMD(t *testing.T, sock string, c interopCase, mode string, a
 	if c.client {
 		vdev += ",server=1"
 	}
+	vdev += c.vdev
 	app = append([]string{"--forward-mode=" + mode, fmt.Sprintf("--rxq=%d", c.queues), fmt.Sprintf("--txq=%d", c.queues),
 		"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)
 	return startTestpmd(t, pmdArgs(prefix, vdev, "0@0,1@1"), app...)

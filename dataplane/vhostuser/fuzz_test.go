@@ -141,16 +141,33 @@ func addrp(i uint32, d, a, u uint64) []byte {
 func fuzzMessageSeeds() [][]byte {
 	g := layoutGuest(nil, nil, testBase, 8)
 	d, a, u := g.addrs()
+	pg := layoutPacked(nil, nil, testBase, 8)
+	return [][]byte{
+		encodeMsgs(setupMsgs(DefaultFeatures&^virtio.NetFMQ&^virtio.FRingPacked, d, a, u)...),
+		msg(ReqSetMemTable, 0, make([]byte, MemTableLen(1))),
+		msg(Request(99), FlagNeedReply, []byte{1, 2, 3}),
+		msg(ReqSetVringKick, 0, u64p(0x7ff)),
+		encodeMsgs(setupMsgs(DefaultFeatures&^virtio.NetFMQ, pg.descAddr, pg.drvAddr, pg.devAdr)...),
+	}
+}
+
+// setupMsgs is a front-end's set-up of one queue pair of 8 entries at
+// the given ring addresses, then GET_VRING_BASE and a reset.
+func setupMsgs(features, d, a, u uint64) [][]byte {
 	cfg := make([]byte, ConfigHeaderLen)
 	ConfigRequest{Offset: 0, Size: NetConfigLen}.Encode(cfg)
 	cfg = append(cfg, make([]byte, NetConfigLen)...)
+	base := uint32(0)
+	if features&virtio.FRingPacked != 0 {
+		base = virtio.EventWrapBit | virtio.EventWrapBit<<16 // avail and used: slot 0, wrap counter 1
+	}
 	var setup [][]byte
 	setup = append(setup,
 		msg(ReqSetOwner, 0, nil),
 		msg(ReqGetFeatures, 0, nil),
 		msg(ReqGetProtocolFeatures, 0, nil),
 		msg(ReqSetProtocolFeatures, 0, u64p(ProtocolFReplyAck|ProtocolFMQ|ProtocolFConfig|ProtocolFStatus)),
-		msg(ReqSetFeatures, FlagNeedReply, u64p(DefaultFeatures&^virtio.NetFMQ)),
+		msg(ReqSetFeatures, FlagNeedReply, u64p(features)),
 		msg(ReqGetQueueNum, 0, nil),
 		msg(ReqGetConfig, 0, cfg),
 		msg(ReqSetStatus, 0, u64p(0xf)),
@@ -158,20 +175,14 @@ func fuzzMessageSeeds() [][]byte {
 	for i := uint32(0); i < 2; i++ {
 		setup = append(setup,
 			msg(ReqSetVringNum, 0, statep(i, 8)),
-			msg(ReqSetVringBase, 0, statep(i, 0)),
+			msg(ReqSetVringBase, 0, statep(i, base)),
 			msg(ReqSetVringAddr, 0, addrp(i, d, a, u)),
 			msg(ReqSetVringCall, 0, u64p(uint64(i)|VringNoFD)),
 			msg(ReqSetVringKick, 0, u64p(uint64(i)|VringNoFD)),
 			msg(ReqSetVringEnable, FlagNeedReply, statep(i, 1)),
 		)
 	}
-	setup = append(setup, msg(ReqGetVringBase, 0, statep(0, 0)), msg(ReqGetStatus, 0, nil), msg(ReqResetOwner, 0, nil))
-	return [][]byte{
-		encodeMsgs(setup...),
-		msg(ReqSetMemTable, 0, make([]byte, MemTableLen(1))),
-		msg(Request(99), FlagNeedReply, []byte{1, 2, 3}),
-		msg(ReqSetVringKick, 0, u64p(0x7ff)),
-	}
+	return append(setup, msg(ReqGetVringBase, 0, statep(0, 0)), msg(ReqGetStatus, 0, nil), msg(ReqResetOwner, 0, nil))
 }
 
 // FuzzMessage feeds a stream of messages to a port's request handler
@@ -230,6 +241,10 @@ func TestFuzzCorpus(t *testing.T) {
 	for i, s := range fuzzRingSeeds(t) {
 		add("FuzzDescriptorChain", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
 		add("FuzzDescriptorChain", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
+	}
+	for i, s := range fuzzPackedSeeds(t) {
+		add("FuzzPackedRing", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
+		add("FuzzPackedRing", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
 	}
 	for i, s := range fuzzMessageSeeds() {
 		add("FuzzMessage", i, fmt.Sprintf("[]byte(%q)\n", s))

@@ -346,7 +346,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			p.stopQueue(q)
 			q.cfg.num, q.cfg.brokenOn = s.Num, false
 		case ReqSetVringBase:
-			if s.Num > 0xffff {
+			// A packed ring's base carries the used index and wrap counter
+			// in bits 16-31 (equal to the avail half after GET_VRING_BASE).
+			if s.Num > 0xffff && p.dev.features&virtio.FRingPacked == 0 {
 				return nil, fmt.Errorf("vring %d: base %d beyond 16 bits", s.Index, s.Num)
 			}
 			p.stopQueue(q)
@@ -394,7 +396,11 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		closeFD(&q.cfg.kickFD)
 		q.cfg.kickSet = false
 		q.kickFD = -1
-		VringState{Index: s.Index, Num: uint32(q.cfg.base)}.Encode(out[:])
+		base := uint32(q.cfg.base)
+		if p.dev.features&virtio.FRingPacked != 0 {
+			base |= base << 16 // the used index and wrap: all flushed, equal to avail
+		}
+		VringState{Index: s.Index, Num: base}.Encode(out[:])
 		return out[:VringStateLen], nil
 
 	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:

@@ -90,15 +90,21 @@ type Config struct {
 	// front-end that is slower loses its connection (PortState.Timeouts).
 	// Waiting for the next message has no deadline. 0 means 5s.
 	MessageTimeout time.Duration
+	// NoPackedRing and NoInOrder withdraw VIRTIO_F_RING_PACKED and
+	// VIRTIO_F_IN_ORDER from the features offered (both are in
+	// DefaultFeatures).
+	NoPackedRing, NoInOrder bool
 }
 
 // DefaultFeatures are the virtio features a port offers by default.
 const DefaultFeatures = virtio.FVersion1 | virtio.NetFMrgRxbuf | virtio.RingFEventIdx |
 	virtio.RingFIndirectDesc | virtio.NetFMQ | virtio.NetFMAC | virtio.NetFStatus |
-	virtio.FProtocolFeatures | FeatureLogAll
+	virtio.FProtocolFeatures | FeatureLogAll | virtio.FRingPacked | virtio.FInOrder
 
 // supportedFeatures bounds Config.Features: what the back-end implements.
-const supportedFeatures = DefaultFeatures | virtio.NetFMTU
+// The offloads (virtio.OffloadFeatures) are only honoured by a user of
+// PushHdr and PopHdr, so they are not in DefaultFeatures.
+const supportedFeatures = DefaultFeatures | virtio.NetFMTU | virtio.OffloadFeatures
 
 // offeredProtocol are the protocol features the back-end implements.
 const offeredProtocol = ProtocolFMQ | ProtocolFReplyAck | ProtocolFMTU | ProtocolFStatus | ProtocolFConfig |
@@ -227,6 +233,12 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 	}
 	if cfg.QueuePairs == 1 {
 		cfg.Features &^= virtio.NetFMQ
+	}
+	if cfg.NoPackedRing {
+		cfg.Features &^= virtio.FRingPacked
+	}
+	if cfg.NoInOrder {
+		cfg.Features &^= virtio.FInOrder
 	}
 	if cfg.MessageTimeout <= 0 {
 		cfg.MessageTimeout = DefaultMessageTimeout
@@ -698,7 +710,7 @@ func (p *Port) stopQueue(q *Queue) {
 	}
 	p.h.QueueStopped(q)
 	q.cfg.running = false
-	q.cfg.base = q.lastAvail
+	q.cfg.base = q.vringBase()
 	if q.dirty { // counters the worker did not publish (drops only)
 		q.dirty = false
 		q.publishStats()
@@ -771,8 +783,7 @@ func faultError(err *error, what string) {
 // guarded.
 func startQueue(q *Queue, base uint16) (err error) {
 	defer faultError(&err, "reading the used ring")
-	q.start(base)
-	return nil
+	return q.start(base)
 }
 
 // resetDevice returns the device to its initial state: queues stopped,

@@ -40,10 +40,11 @@ const (
 	DropMalformed                   // TX: shorter than the virtio-net header, or empty
 	DropBroken                      // the device is broken
 	DropBudget                      // the round's descriptor budget ran out (SetBudget)
+	DropBadHeader                   // TX: a virtio-net header PopHdr refused (virtio.NetHdr.Validate)
 	NumDropReasons
 )
 
-var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken", "budget"}
+var dropNames = [NumDropReasons]string{"no_buffers", "too_big", "malformed", "broken", "budget", "bad_header"}
 
 func (r DropReason) String() string {
 	if r < 0 || r >= NumDropReasons {
@@ -110,9 +111,12 @@ type Queue struct {
 	availEvt  int  // offset of avail_event in used (EVENT_IDX)
 	mem       *memTable
 	hdrLen    int
+	features  uint64 // negotiated, as of ringLayout
 	mrg       bool
 	eventIdx  bool
 	indirect  bool
+	packed    bool        // VIRTIO_F_RING_PACKED: see packed.go
+	pk        packedState // the packed ring's state
 	kickFD    int
 	callFD    int       // written by the notifier only; see notifier
 	nt        *notifier // nil: calls are requested but nobody writes them
@@ -135,7 +139,8 @@ type Queue struct {
 	budget, budgetGiven int
 	flushes             uint64
 	ch                  chain
-	nb                  [2][]byte // where num_buffers landed in guest memory
+	nb                  [2][]byte              // where num_buffers landed in guest memory
+	hb                  [virtio.NetHdrLen]byte // the header PushHdr writes, PopHdr reads
 	ev                  [8]byte
 	st                  QueueStats
 
@@ -159,6 +164,10 @@ func (q *Queue) Pair() int { return q.index / 2 }
 
 // Port is the port the queue belongs to.
 func (q *Queue) Port() *Port { return q.port }
+
+// Features are the virtio features the front-end negotiated for the
+// rings the queue runs on. Owner only (they change between handovers).
+func (q *Queue) Features() uint64 { return q.features }
 
 // Size is the number of ring entries.
 func (q *Queue) Size() int { return int(q.num) }
@@ -200,6 +209,19 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 		return fmt.Errorf("ring size %d: want a power of 2 up to %d", num, virtio.MaxQueueSize)
 	}
 	eventIdx := features&virtio.RingFEventIdx != 0
+	q.packed = features&virtio.FRingPacked != 0
+	if q.packed {
+		if err := q.packedLayout(mem, num, descUA, availUA, usedUA); err != nil {
+			return err
+		}
+		q.num, q.mask = num, uint16(num-1)
+		q.mem = mem
+		q.hdrLen = virtio.NetHdrLenFor(features)
+		q.mrg = features&virtio.NetFMrgRxbuf != 0
+		q.eventIdx = eventIdx
+		q.indirect = features&virtio.RingFIndirectDesc != 0
+		return nil
+	}
 	availLen, usedLen := uint64(virtio.AvailRingSize(int(num))), uint64(virtio.UsedRingSize(int(num)))
 	if !eventIdx {
 		availLen -= 2
@@ -228,6 +250,7 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 	q.availEvt = 4 + 8*int(num)
 	q.mem = mem
 	q.hdrLen = virtio.NetHdrLenFor(features)
+	q.features = features
 	q.mrg = features&virtio.NetFMrgRxbuf != 0
 	q.eventIdx = eventIdx
 	q.indirect = features&virtio.RingFIndirectDesc != 0
@@ -237,16 +260,20 @@ func (q *Queue) ringLayout(mem *memTable, features uint64, num uint32, descUA, a
 // start sets the indices for a queue about to be handed to a worker. A
 // used.idx that disagrees with the base means buffers were in flight when
 // the previous back-end stopped; like DPDK, resume from used.idx.
-func (q *Queue) start(base uint16) {
+func (q *Queue) start(base uint16) error {
+	q.usedFlags = 0
+	q.broken = false
+	q.ch = chain{}
+	q.SetBudget(-1)
+	if q.packed {
+		return q.packedStart(base)
+	}
 	used := uint16(atomicLoad32(q.used, 0) >> 16)
 	if used != base {
 		base = used
 	}
 	q.lastAvail, q.availIdx, q.usedIdx, q.usedPub = base, base, base, base
-	q.usedFlags = 0
-	q.broken = false
-	q.ch = chain{}
-	q.SetBudget(-1)
+	return nil
 }
 
 // SetBudget bounds the work a guest's ring can cost its worker: Push and
@@ -304,6 +331,9 @@ func (q *Queue) isBroken() bool {
 // haveAvail reports whether an avail entry is ready, reading avail.idx
 // (one atomic load) only when the cached value is used up.
 func (q *Queue) haveAvail() (bool, error) {
+	if q.packed {
+		return q.packedHaveAvail(), nil
+	}
 	if q.lastAvail != q.availIdx {
 		return true, nil
 	}
@@ -316,12 +346,20 @@ func (q *Queue) haveAvail() (bool, error) {
 }
 
 func (q *Queue) availHead() uint16 {
+	if q.packed { // the head's slot; its buffer id is in its chain's last descriptor
+		q.lastAvail++
+		return (q.lastAvail - 1) & q.mask
+	}
 	o := 4 + 2*int(q.lastAvail&q.mask)
 	q.lastAvail++
 	return binary.LittleEndian.Uint16(q.avail[o:])
 }
 
 func (q *Queue) putUsed(id uint16, n uint32) {
+	if q.packed {
+		q.packedPutUsed(n)
+		return
+	}
 	o := 4 + 8*int(q.usedIdx&q.mask)
 	binary.LittleEndian.PutUint32(q.used[o:], uint32(id))
 	binary.LittleEndian.PutUint32(q.used[o+4:], n)
@@ -329,6 +367,10 @@ func (q *Queue) putUsed(id uint16, n uint32) {
 }
 
 func (q *Queue) startChain(head uint16) error {
+	if q.packed {
+		q.packedStartChain()
+		return nil
+	}
 	if uint32(head) >= q.num {
 		return q.fail("avail entry %d: head descriptor %d beyond ring size %d", q.lastAvail-1, head, q.num)
 	}
@@ -340,6 +382,9 @@ func (q *Queue) startChain(head uint16) error {
 // nextDesc returns the chain's next descriptor. Loops and over-long
 // chains are caught by counting: a chain visits at most size entries.
 func (q *Queue) nextDesc() (d desc, ok bool, err error) {
+	if q.packed {
+		return q.packedNextDesc()
+	}
 	c := &q.ch
 	for c.more {
 		if q.budget <= 0 {
@@ -397,7 +442,17 @@ func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 // ErrNoBuffers and ErrTooBig leave the ring as it was (the frame is
 // dropped and counted); an error wrapping ErrBroken means the guest is
 // hostile and the device is now broken.
-func (q *Queue) Push(frame []byte) error {
+func (q *Queue) Push(frame []byte) error { return q.PushHdr(nil, frame) }
+
+// PushHdr is Push with the virtio-net header h (nil: zeroed); its
+// NumBuffers is ignored (Push writes the count it used). The caller
+// offers only what the guest negotiated (GUEST_CSUM, GUEST_TSO4/6).
+func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
+	if h == nil {
+		clear(q.hb[:])
+	} else {
+		h.Encode(q.hb[:])
+	}
 	if q.isBroken() {
 		q.st.Drops[DropBroken]++
 		q.dirty = true
@@ -488,9 +543,9 @@ func (q *Queue) Push(frame []byte) error {
 // remembers where num_buffers (header bytes 10 and 11) went.
 func (q *Queue) fill(dst []byte, pos int, frame []byte) {
 	if pos < q.hdrLen {
-		// The header, or the part of it this buffer holds, in one clear.
+		// The header, or the part of it this buffer holds, in one copy.
 		n := min(q.hdrLen-pos, len(dst))
-		clear(dst[:n])
+		copy(dst[:n], q.hb[pos:])
 		for i := max(pos, 10); i < pos+n; i++ { // num_buffers: bytes 10 and 11
 			q.nb[i-10] = dst[i-pos : i-pos+1]
 		}
@@ -504,7 +559,14 @@ func (q *Queue) fill(dst []byte, pos int, frame []byte) {
 // Pop copies the guest's next frame, without its virtio-net header, into
 // dst and returns its length. Frames larger than dst and malformed ones
 // are consumed, counted as drops and skipped. ErrEmpty: nothing to send.
-func (q *Queue) Pop(dst []byte) (int, error) {
+// The header is not looked at: a caller that offered offloads uses PopHdr.
+func (q *Queue) Pop(dst []byte) (int, error) { return q.PopHdr(nil, dst) }
+
+// PopHdr is Pop that also returns the frame's virtio-net header in h
+// (unless h is nil). The header is guest input: one that fails
+// virtio.NetHdr.Validate for the frame's length drops the frame
+// (counted as DropBadHeader) like a malformed one.
+func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 	for {
 		if q.isBroken() {
 			return 0, ErrBroken
@@ -550,8 +612,12 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 			addr, l := d.addr, d.len
 			if skip > 0 {
 				s := min(skip, l)
-				if _, err := q.mem.guestAll(addr, s); err != nil {
+				b, err := q.mem.guestAll(addr, s)
+				if err != nil {
 					return 0, q.fail("transmit header %#x+%d: %v", d.addr, d.len, err)
+				}
+				if h != nil { // the header may span descriptors
+					copy(q.hb[uint32(q.hdrLen)-skip:], b)
 				}
 				addr += uint64(s)
 				l -= s
@@ -583,6 +649,8 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 			q.st.Drops[DropMalformed]++
 		case tooBig:
 			q.st.Drops[DropTooBig]++
+		case h != nil && !q.decodeHdr(h, n):
+			q.st.Drops[DropBadHeader]++
 		default:
 			q.st.Frames++
 			q.st.Bytes += uint64(n)
@@ -591,12 +659,23 @@ func (q *Queue) Pop(dst []byte) (int, error) {
 	}
 }
 
+// decodeHdr decodes the header PopHdr read and checks it against the
+// frame's length n.
+func (q *Queue) decodeHdr(h *virtio.NetHdr, n int) bool {
+	h.Decode(q.hb[:q.hdrLen])
+	return h.Validate(n) == nil
+}
+
 // Flush publishes the used entries of this batch with one atomic store
 // and, if the guest asked for it, has the port's notifier write the call
 // eventfd (Flush itself makes no syscall and never blocks).
 func (q *Queue) Flush() {
 	published := q.usedIdx != q.usedPub
-	if published {
+	if published && q.packed {
+		if q.packedFlush() {
+			q.requestCall()
+		}
+	} else if published {
 		old := q.usedPub
 		q.usedPub = q.usedIdx
 		// The atomic store orders the used elements before the index and,
@@ -643,6 +722,10 @@ func (q *Queue) needCall(old, new uint16) bool {
 // With EVENT_IDX the guest kicks at most once more (avail_event stays
 // where it was).
 func (q *Queue) DisableNotify() {
+	if q.packed {
+		q.packedDisableNotify()
+		return
+	}
 	if q.eventIdx || q.usedFlags&virtio.UsedFNoNotify != 0 {
 		return
 	}
@@ -662,6 +745,9 @@ func (q *Queue) EnableNotify() (pending bool, err error) {
 	if q.dirty {
 		q.dirty = false
 		q.publishStats()
+	}
+	if q.packed {
+		return q.packedEnableNotify()
 	}
 	if q.eventIdx {
 		binary.LittleEndian.PutUint16(q.used[q.availEvt:], q.lastAvail)

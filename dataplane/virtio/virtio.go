@@ -9,6 +9,14 @@ const (
 	NetFGuestCsum     = 1 << 1
 	NetFMTU           = 1 << 3
 	NetFMAC           = 1 << 5
+	NetFGuestTSO4     = 1 << 7
+	NetFGuestTSO6     = 1 << 8
+	NetFGuestECN      = 1 << 9
+	NetFGuestUFO      = 1 << 10
+	NetFHostTSO4      = 1 << 11
+	NetFHostTSO6      = 1 << 12
+	NetFHostECN       = 1 << 13
+	NetFHostUFO       = 1 << 14
 	NetFMrgRxbuf      = 1 << 15
 	NetFStatus        = 1 << 16
 	NetFCtrlVQ        = 1 << 17

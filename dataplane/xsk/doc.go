@@ -47,6 +47,13 @@
 // the fill ring, queued for TX, or held by the caller; QueueStats shows
 // each, and the allocator refuses double frees and foreign addresses.
 //
+// Multi-buffer (QueueConfig.MultiBuffer, XDP_USE_SG, Linux 6.6+): a frame
+// larger than a chunk spans several descriptors, PktContd on all but the
+// last. Receive hands over whole frames only; Transmit queues whole
+// packets only (at most MaxTxDescs descriptors each); every descriptor's
+// frame completes or is refused on its own, so the accounting above holds
+// per frame.
+//
 // On veth, AF_XDP works in copy mode only: ModeAuto falls back to copy
 // mode, and Queue.ZeroCopy reports what the kernel granted.
 package xsk

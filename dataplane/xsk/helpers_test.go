@@ -26,9 +26,15 @@ type testbed struct {
 
 func newTestbed(t testing.TB, queues int) *testbed {
 	t.Helper()
+	return newTestbedMTU(t, queues, 1500)
+}
+
+// newTestbedMTU is newTestbed with both veth ends at mtu.
+func newTestbedMTU(t testing.TB, queues, mtu int) *testbed {
+	t.Helper()
 	testenv.RequireRoot(t)
 	hostNS, wireNS := netnstest.New(t), netnstest.New(t)
-	host, wire := netnstest.NewVethPair(t, hostNS, wireNS, netnstest.VethOptions{Queues: queues, MTU: 1500})
+	host, wire := netnstest.NewVethPair(t, hostNS, wireNS, netnstest.VethOptions{Queues: queues, MTU: mtu})
 	return &testbed{hostNS: hostNS, wireNS: wireNS, host: host, wire: wire}
 }
 
@@ -135,7 +141,7 @@ type packetSock struct {
 
 func openPacketSock(t testing.TB, ns *netnstest.NS, ifindex int) *packetSock {
 	t.Helper()
-	ps := &packetSock{ifindex: ifindex, buf: make([]byte, 4096)}
+	ps := &packetSock{ifindex: ifindex, buf: make([]byte, 16384)}
 	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {

@@ -58,6 +58,11 @@ type QueueConfig struct {
 	// DisableNeedWakeup binds without XDP_USE_NEED_WAKEUP, so every tx
 	// batch and fill shortage costs a syscall. For comparisons only.
 	DisableNeedWakeup bool
+	// MultiBuffer binds with XDP_USE_SG: frames larger than a chunk
+	// arrive as several descriptors and may be sent as several (see
+	// PktContd). Queues sharing a UMEM with an open queue inherit the
+	// setting of the first one (the kernel keeps it in the UMEM).
+	MultiBuffer bool
 }
 
 // SocketConfig shapes an additional socket on a queue. Zero sizes mean
@@ -91,6 +96,7 @@ type Queue struct {
 	frameMask uint64
 	zeroCopy  bool
 	wakeups   bool // XDP_USE_NEED_WAKEUP in effect
+	multiBuf  bool // XDP_USE_SG in effect
 
 	fill    ring[uint64]
 	comp    ring[uint64]
@@ -274,8 +280,16 @@ func (q *Queue) openPrimary(cfg QueueConfig, fillSize, compSize uint32, owner in
 		case ModeZeroCopy, ModeAuto:
 			sa.Flags |= unix.XDP_ZEROCOPY
 		}
+		if cfg.MultiBuffer {
+			sa.Flags |= unix.XDP_USE_SG
+		}
 	}
 	if err := unix.Bind(fd, sa); err != nil {
+		if sa.Flags&unix.XDP_USE_SG != 0 && errors.Is(err, unix.EINVAL) {
+			if perr := ProbeMultiBuffer(); errors.Is(perr, ErrNoMultiBuffer) {
+				return fmt.Errorf("bind AF_XDP socket to %s with XDP_USE_SG: %w: lower the MTU to fit one frame, or upgrade the kernel", q.name, perr)
+			}
+		}
 		return bindError(q.name, mode, err)
 	}
 	opts, err := getsockoptOptions(fd)
@@ -287,9 +301,12 @@ func (q *Queue) openPrimary(cfg QueueConfig, fillSize, compSize uint32, owner in
 	// kernel never sets it, and we must kick every time.
 	if owner >= 0 {
 		q.wakeups = q.umem.needWakeup // the kernel copies it from the UMEM's first pool
+		q.multiBuf = q.umem.multiBuf
 	} else {
 		q.wakeups = !cfg.DisableNeedWakeup
 		q.umem.needWakeup = q.wakeups
+		q.multiBuf = cfg.MultiBuffer
+		q.umem.multiBuf = q.multiBuf
 	}
 	s.setTxBudget()
 	q.primary = s

@@ -38,6 +38,9 @@ type Socket struct {
 	txFrames atomic.Uint64
 	wakeups  atomic.Uint64
 	txErrors atomic.Uint64
+	// rxTooLong: multi-buffer packets dropped because they had more
+	// descriptors than a Receive could take.
+	rxTooLong atomic.Uint64
 }
 
 // setup creates, maps and binds a secondary socket on its queue.
@@ -137,6 +140,11 @@ func (s *Socket) HasTx() bool { return s.tx.size > 0 }
 // their rx ring slots back to the kernel and returns how many it copied.
 // The frames are the caller's until it puts them back with Queue.FillDescs
 // or Queue.FreeDescs. Frame data: Queue.Frame(desc).
+//
+// On a multi-buffer queue a frame may span several descriptors (PktContd
+// on all but the last). Receive returns whole frames only; a frame with
+// more descriptors than len(descs) is dropped and counted
+// (SocketStats.RxTooLong), so pass room for the largest frame expected.
 func (s *Socket) Receive(descs []Desc) int {
 	if s.rx.size == 0 || len(descs) == 0 {
 		return 0
@@ -144,6 +152,11 @@ func (s *Socket) Receive(descs []Desc) int {
 	idx, n := s.rx.peek(uint32(len(descs)))
 	if n == 0 {
 		return 0
+	}
+	if s.q.multiBuf {
+		if n = s.wholePackets(idx, n, uint32(len(descs))); n == 0 {
+			return 0
+		}
 	}
 	for i := uint32(0); i < n; i++ {
 		d := *s.rx.at(idx + i)
@@ -164,23 +177,44 @@ func (s *Socket) Receive(descs []Desc) int {
 // queued: fewer than len(descs) when the ring is full (retry after Reap)
 // or when a descriptor is invalid (ErrInvalidDesc; the ones before it are
 // sent). Queued frames come back on the queue's completion ring.
+//
+// On a multi-buffer queue a packet may span up to MaxTxDescs descriptors,
+// PktContd on all but its last. Transmit queues whole packets only: the
+// count it returns always ends on a packet's last descriptor, and an
+// invalid descriptor holds back its whole packet.
 func (s *Socket) Transmit(descs []Desc) (int, error) {
 	if s.tx.size == 0 {
 		return 0, ErrNoTxRing
 	}
 	idx, n := s.tx.reserve(uint32(len(descs)))
 	var err error
+	if s.q.multiBuf {
+		whole := txPacketEnd(descs, n)
+		if n == uint32(len(descs)) && whole < n { // not for want of room: the caller's mistake
+			err = fmt.Errorf("transmit on %s: the last packet's descriptor %d has PktContd: %w", s.q.name, n-1, ErrInvalidDesc)
+		}
+		s.tx.cachedProd -= n - whole
+		n = whole
+	}
+	start, frags := uint32(0), 0 // the current packet's first descriptor and length
 	for i := uint32(0); i < n; i++ {
 		d := descs[i]
-		if !s.q.validTx(d) || !s.q.pool.toKernel(d.Addr) {
+		frags++
+		if !s.q.validTx(d) || !s.validOptions(d, frags) || !s.q.pool.toKernel(d.Addr) {
 			s.q.rejected.Add(1)
-			err = fmt.Errorf("transmit on %s: descriptor %d (addr %#x len %d): %w",
-				s.q.name, i, d.Addr, d.Len, ErrInvalidDesc)
-			s.tx.cachedProd -= n - i
-			n = i
+			err = fmt.Errorf("transmit on %s: descriptor %d (addr %#x len %d options %#x): %w",
+				s.q.name, i, d.Addr, d.Len, d.Options, ErrInvalidDesc)
+			for j := start; j < i; j++ { // the packet's earlier descriptors stay the caller's
+				s.q.pool.fromKernel(descs[j].Addr)
+			}
+			s.tx.cachedProd -= n - start
+			n = start
 			break
 		}
 		*s.tx.at(idx + i) = d
+		if d.Options&PktContd == 0 {
+			start, frags = i+1, 0
+		}
 	}
 	if n > 0 {
 		s.tx.submit()
@@ -191,6 +225,18 @@ func (s *Socket) Transmit(descs []Desc) (int, error) {
 		err = kerr
 	}
 	return int(n), err
+}
+
+// validOptions checks a tx descriptor's options: PktContd only on a
+// multi-buffer queue, and no packet longer than MaxTxDescs.
+func (s *Socket) validOptions(d Desc, frags int) bool {
+	switch d.Options {
+	case 0:
+		return true
+	case PktContd:
+		return s.q.multiBuf && frags < MaxTxDescs
+	}
+	return false
 }
 
 // validTx checks the shape of a descriptor the caller wants to send:

@@ -9,6 +9,9 @@ type SocketStats struct {
 	TxFrames uint64 // descriptors queued on the tx ring
 	Wakeups  uint64 // sendto calls made because the kernel asked
 	TxErrors uint64 // failed wakeups (not transient)
+	// RxTooLong counts multi-buffer frames dropped because they had more
+	// descriptors than the Receive call had room for.
+	RxTooLong uint64
 }
 
 // Stats reads the socket's counters; safe from any goroutine.
@@ -18,6 +21,8 @@ func (s *Socket) Stats() SocketStats {
 		TxFrames: s.txFrames.Load(),
 		Wakeups:  s.wakeups.Load(),
 		TxErrors: s.txErrors.Load(),
+
+		RxTooLong: s.rxTooLong.Load(),
 	}
 }
 

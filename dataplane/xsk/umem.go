@@ -70,6 +70,9 @@ type UMEM struct {
 	// needWakeup is whether the registering queue bound with
 	// XDP_USE_NEED_WAKEUP; queues sharing the UMEM inherit it.
 	needWakeup bool
+	// multiBuf is whether it bound with XDP_USE_SG (kept in the kernel's
+	// UMEM, so every socket on it has it).
+	multiBuf bool
 }
 
 type queueKey struct{ ifindex, queue int }

@@ -140,10 +140,15 @@ type backendCase struct {
 	queues        int
 	mrg, eventIdx bool
 	guestListens  bool
+	packed        bool // packed rings with IN_ORDER
 }
 
 func (c backendCase) String() string {
-	return fmt.Sprintf("qp%d_mrg%v_evidx%v_guestListens%v", c.queues, c.mrg, c.eventIdx, c.guestListens)
+	s := fmt.Sprintf("qp%d_mrg%v_evidx%v_guestListens%v", c.queues, c.mrg, c.eventIdx, c.guestListens)
+	if c.packed {
+		s += "_packed"
+	}
+	return s
 }
 
 // connectBackend attaches a guest to a vmq backend port and waits for the
@@ -153,6 +158,7 @@ func connectBackend(t *testing.T, c backendCase, cfg Config, h *pairHandler) (*G
 	sock := filepath.Join(t.TempDir(), "vm.sock")
 	cfg.MAC, cfg.IP = guestMAC, guestIP
 	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx = c.queues, c.mrg, c.eventIdx
+	cfg.PackedRing, cfg.InOrder = c.packed, c.packed
 	pcfg := vhostuser.Config{MAC: guestMAC, QueuePairs: c.queues, Handler: h, Logger: slog.New(slog.DiscardHandler)}
 	var g *Guest
 	var port *vhostuser.Port
@@ -197,7 +203,7 @@ func connectBackend(t *testing.T, c backendCase, cfg Config, h *pairHandler) (*G
 	if err := g.WaitConnected(wctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFeatures(t, g, interopCase{mrg: c.mrg, eventIdx: c.eventIdx})
+	checkFeatures(t, g, interopCase{mrg: c.mrg, eventIdx: c.eventIdx, packed: c.packed})
 	return g, workers
 }
 
@@ -206,6 +212,9 @@ var backendCases = []backendCase{
 	{queues: 1, mrg: true, eventIdx: true, guestListens: true},
 	{queues: 2, mrg: true},
 	{queues: 2, eventIdx: true, guestListens: true},
+	{queues: 1, packed: true},
+	{queues: 1, mrg: true, eventIdx: true, guestListens: true, packed: true},
+	{queues: 2, mrg: true, eventIdx: true, packed: true},
 }
 
 // Frames injected by vmq's backend reach the guest; the guest's answers

@@ -54,6 +54,12 @@ func (g *Guest) wantedFeatures() uint64 {
 	if g.cfg.EventIdx {
 		f |= virtio.RingFEventIdx
 	}
+	if g.cfg.PackedRing {
+		f |= virtio.FRingPacked
+		if g.cfg.InOrder { // split rings are always driven out of order here
+			f |= virtio.FInOrder
+		}
+	}
 	if g.cfg.QueuePairs > 1 {
 		f |= virtio.NetFMQ
 	}
@@ -163,7 +169,8 @@ func (g *Guest) setup(uc *net.UnixConn) (_ *device, err error) {
 	g.lastFeatures.Store(feats)
 	g.connects.Add(1)
 	g.log.Info("vhost-user device up", "features", fmt.Sprintf("%#x", feats), "queue_pairs", len(d.qps),
-		"mrg_rxbuf", feats&virtio.NetFMrgRxbuf != 0, "event_idx", feats&virtio.RingFEventIdx != 0, "reply_ack", c.replyAck)
+		"mrg_rxbuf", feats&virtio.NetFMrgRxbuf != 0, "event_idx", feats&virtio.RingFEventIdx != 0,
+		"packed", feats&virtio.FRingPacked != 0, "in_order", feats&virtio.FInOrder != 0, "reply_ack", c.replyAck)
 	return d, nil
 }
 
@@ -174,7 +181,7 @@ func (g *Guest) setupVring(c *conn, idx uint32, r *ring, callFD int) error {
 	if err := c.setState(vhostuser.ReqSetVringNum, idx, uint32(r.n)); err != nil {
 		return err
 	}
-	if err := c.setState(vhostuser.ReqSetVringBase, idx, 0); err != nil {
+	if err := c.setState(vhostuser.ReqSetVringBase, idx, r.base()); err != nil {
 		return err
 	}
 	addr := vhostuser.VringAddr{Index: idx, DescUser: userAddr(r.desc), UsedUser: userAddr(r.used), AvailUser: userAddr(r.avail)}
@@ -206,13 +213,12 @@ func (g *Guest) buildQueues(d *device) error {
 	}
 	d.mem = mem
 	mrg := d.features&virtio.NetFMrgRxbuf != 0
-	ev := d.features&virtio.RingFEventIdx != 0
 	for i := range g.cfg.QueuePairs {
 		qp := &queuePair{index: i}
-		if qp.rx, err = newRxQueue(mem, g.cfg.QueueSize, g.cfg.RxBufSize, mrg, ev); err != nil {
+		if qp.rx, err = newRxQueue(mem, g.cfg.QueueSize, g.cfg.RxBufSize, mrg, d.features); err != nil {
 			return fmt.Errorf("queue pair %d: %w", i, err)
 		}
-		if qp.tx, err = newTxQueue(mem, g.cfg.QueueSize, g.cfg.TxBufSize, ev); err != nil {
+		if qp.tx, err = newTxQueue(mem, g.cfg.QueueSize, g.cfg.TxBufSize, d.features); err != nil {
 			return fmt.Errorf("queue pair %d: %w", i, err)
 		}
 		for _, p := range []*int{&qp.rx.kickFD, &qp.tx.kickFD, &qp.rxCall, &qp.txCall} {

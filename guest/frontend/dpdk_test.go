@@ -80,6 +80,7 @@ type interopCase struct {
 	eventIdx bool
 	server   bool // the guest listens, net_vhost connects
 	regions  int  // memory regions; 0 = 1
+	packed   bool // packed rings with IN_ORDER
 }
 
 func (c interopCase) String() string {
@@ -87,7 +88,11 @@ func (c interopCase) String() string {
 	if c.server {
 		mode = "server"
 	}
-	return fmt.Sprintf("qp%d_mrg%v_evidx%v_%s_mem%d", c.queues, c.mrg, c.eventIdx, mode, max(c.regions, 1))
+	s := fmt.Sprintf("qp%d_mrg%v_evidx%v_%s_mem%d", c.queues, c.mrg, c.eventIdx, mode, max(c.regions, 1))
+	if c.packed {
+		s += "_packed"
+	}
+	return s
 }
 
 var interopCases = []interopCase{
@@ -99,6 +104,9 @@ var interopCases = []interopCase{
 	{queues: 2, mrg: true, regions: 2},
 	{queues: 2, mrg: true, eventIdx: true, server: true},
 	{queues: 2, mrg: false, server: true},
+	{queues: 1, mrg: true, packed: true},
+	{queues: 1, mrg: false, eventIdx: true, server: true, packed: true},
+	{queues: 2, mrg: true, eventIdx: true, regions: 2, packed: true},
 }
 
 var testMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x0a}
@@ -111,6 +119,7 @@ func startGuest(t testing.TB, c interopCase, cfg Config, mode string, extra ...s
 	cfg.MAC = testMAC
 	cfg.IP = netip.MustParseAddr("198.18.0.10")
 	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx, cfg.MemRegions = c.queues, c.mrg, c.eventIdx, c.regions
+	cfg.PackedRing, cfg.InOrder = c.packed, c.packed
 	var g *Guest
 	var p *testpmd
 	var err error
@@ -196,6 +205,9 @@ func checkFeatures(t testing.TB, g *Guest, c interopCase) {
 	}
 	if got := f&(1<<29) != 0; got != c.eventIdx {
 		t.Errorf("EVENT_IDX negotiated %v, want %v", got, c.eventIdx)
+	}
+	if got := f&(1<<34) != 0 && f&(1<<35) != 0; got != c.packed {
+		t.Errorf("RING_PACKED and IN_ORDER negotiated %v, want %v (features %#x)", got, c.packed, f)
 	}
 }
 

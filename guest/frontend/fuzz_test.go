@@ -53,7 +53,7 @@ func FuzzRxUsedRing(f *testing.F) {
 	f.Add(true, uint16(0), []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}, uint16(1))
 	f.Fuzz(func(t *testing.T, mrg bool, nbuf uint16, elems []byte, usedIdx uint16) {
 		mem := testMem(t, 1)
-		q, err := newRxQueue(mem, 16, 128, mrg, false)
+		q, err := newRxQueue(mem, 16, 128, mrg, 0)
 		if err != nil {
 			t.Skip() // 128-byte buffers need mergeable
 		}

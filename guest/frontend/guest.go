@@ -47,8 +47,15 @@ type Config struct {
 	QueueSize  int // descriptors per virtqueue, a power of two; default 256
 	MrgRxbuf   bool
 	EventIdx   bool
+	// PackedRing asks for packed virtqueues (VIRTIO_F_RING_PACKED), and
+	// with it InOrder for VIRTIO_F_IN_ORDER; split rings if not offered.
+	PackedRing bool
+	InOrder    bool
 	RxBufSize  int // bytes per rx buffer including the net header; default 2048
-	TxBufSize  int // bytes per tx buffer including the net header; default 2048
+	TxBufSize  int // bytes per tx buffer including the net header; default 2048, more for MTU
+	// MTU is the largest IP packet the guest sends (and answers pings
+	// of): it sizes the tx buffers when TxBufSize is 0. Default 1500.
+	MTU        int
 	MemRegions int // memfd regions in the memory table, 1..8; default 1
 
 	// Reconnect redials after the backend goes away (client mode). In
@@ -86,9 +93,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RxBufSize == 0 {
 		c.RxBufSize = 2048
+		if !c.MrgRxbuf { // a whole frame per buffer
+			c.RxBufSize = max(2048, virtio.NetHdrLen+14+c.MTU)
+		}
+	}
+	if c.MTU < 0 || c.MTU > 65535-14 {
+		return fmt.Errorf("guest config: MTU %d out of range", c.MTU)
 	}
 	if c.TxBufSize == 0 {
-		c.TxBufSize = 2048
+		c.TxBufSize = max(2048, virtio.NetHdrLen+14+c.MTU)
 	}
 	if c.RxBufSize > 65536 || c.TxBufSize > 65536+virtio.NetHdrLen {
 		return fmt.Errorf("guest config: buffers of %d/%d bytes too large", c.RxBufSize, c.TxBufSize)
@@ -587,6 +600,7 @@ func (g *Guest) Stats() Stats {
 		ARPReplies: g.arpReplies.Load(), ICMPReplies: g.icmpReplies.Load(),
 		Kicks: g.kicks.Load(), Wakeups: g.wakeups.Load(),
 		Connects: g.connects.Load(), Disconnects: g.disconnects.Load(),
+		Features: g.lastFeatures.Load(),
 	}
 	for i := range g.qrx {
 		s.Queues = append(s.Queues, QueueStats{RxFrames: g.qrx[i].Load(), TxFrames: g.qtx[i].Load()})

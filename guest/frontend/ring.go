@@ -29,7 +29,8 @@ type ring struct {
 	used  []byte // flags, idx, ring[n]{id,len}, avail_event, 2 bytes padding
 
 	eventIdx bool
-	kickFD   int // -1 in tests without a device process
+	kickFD   int           // -1 in tests without a device process
+	pk       *packedDriver // non-nil: a packed ring (packed.go)
 
 	availIdx   uint16 // shadow of avail.idx, not yet visible before publish
 	availFlags uint16
@@ -67,7 +68,22 @@ func newRing(mem *guestMemory, n int, eventIdx bool) (ring, error) {
 	return ring{n: n, mask: uint16(n - 1), desc: desc, avail: avail, used: used, eventIdx: eventIdx, kickFD: -1}, nil
 }
 
+// newRingFor makes a split or packed ring as the negotiated features say.
+func newRingFor(mem *guestMemory, n int, features uint64) (ring, error) {
+	if features&virtio.FRingPacked != 0 {
+		if err := checkPackedSize(n); err != nil {
+			return ring{}, err
+		}
+		return newPackedRing(mem, n, features&virtio.RingFEventIdx != 0, features&virtio.FInOrder != 0)
+	}
+	return newRing(mem, n, features&virtio.RingFEventIdx != 0)
+}
+
 func (r *ring) putDesc(id uint16, addr uint64, length uint32, flags uint16) {
+	if r.pk != nil {
+		r.pk.putDesc(id, addr, length, flags)
+		return
+	}
 	d := r.desc[int(id)*virtio.DescSize:]
 	binary.LittleEndian.PutUint64(d[0:], addr)
 	binary.LittleEndian.PutUint32(d[8:], length)
@@ -76,6 +92,10 @@ func (r *ring) putDesc(id uint16, addr uint64, length uint32, flags uint16) {
 }
 
 func (r *ring) pushAvail(id uint16) {
+	if r.pk != nil {
+		r.pk.pushAvail(r.desc, id)
+		return
+	}
 	binary.LittleEndian.PutUint16(r.avail[4+2*int(r.availIdx&r.mask):], id)
 	r.availIdx++
 }
@@ -83,6 +103,9 @@ func (r *ring) pushAvail(id uint16) {
 // publish makes the new avail entries visible (one atomic store per batch)
 // and reports whether the device asked to be notified about them.
 func (r *ring) publish() bool {
+	if r.pk != nil {
+		return r.pk.publish(r.desc, r.eventIdx)
+	}
 	store32(r.avail, 0, uint32(r.availFlags)|uint32(r.availIdx)<<16)
 	old := r.published
 	r.published = r.availIdx
@@ -96,9 +119,19 @@ func (r *ring) publish() bool {
 
 func (r *ring) availEvent() uint16 { return uint16(load32(r.used, 4+8*r.n)) }
 
-func (r *ring) usedIdx() uint16 { return uint16(load32(r.used, 0) >> 16) }
+// usedIdx is the count of used entries (for a packed ring: recorded by a
+// scan of the ring, which only the ring's owner may run).
+func (r *ring) usedIdx() uint16 {
+	if r.pk != nil {
+		return r.pk.scan(r.desc)
+	}
+	return uint16(load32(r.used, 0) >> 16)
+}
 
 func (r *ring) usedElem(i uint16) (id, length uint32) {
+	if r.pk != nil {
+		return r.pk.usedElem(i)
+	}
 	e := r.used[4+8*int(i&r.mask):]
 	return binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:])
 }
@@ -120,6 +153,10 @@ func (r *ring) kick() error {
 // entry. The caller must look at the used ring again afterwards, since an
 // entry may have landed just before the request became visible.
 func (r *ring) enableInterrupts() {
+	if r.pk != nil {
+		r.pk.setInterrupts(true, r.eventIdx)
+		return
+	}
 	if r.eventIdx {
 		store32(r.avail, 4+2*r.n, uint32(r.lastUsed))
 		return
@@ -131,6 +168,10 @@ func (r *ring) enableInterrupts() {
 // disableInterrupts stops call signals while the driver busy-polls. With
 // EVENT_IDX the stale used_event already suppresses them.
 func (r *ring) disableInterrupts() {
+	if r.pk != nil {
+		r.pk.setInterrupts(false, r.eventIdx)
+		return
+	}
 	if r.eventIdx {
 		return
 	}
@@ -154,11 +195,11 @@ type rxQueue struct {
 // maxMergedFrame bounds a frame assembled from several buffers.
 const maxMergedFrame = 65535 + virtio.NetHdrLen
 
-func newRxQueue(mem *guestMemory, n int, bufLen int, mrg, eventIdx bool) (*rxQueue, error) {
+func newRxQueue(mem *guestMemory, n int, bufLen int, mrg bool, features uint64) (*rxQueue, error) {
 	if bufLen < virtio.NetHdrLen+64 || (!mrg && bufLen < virtio.NetHdrLen+1514) {
 		return nil, fmt.Errorf("rx buffer of %d bytes too small (mergeable=%v)", bufLen, mrg)
 	}
-	r, err := newRing(mem, n, eventIdx)
+	r, err := newRingFor(mem, n, features)
 	if err != nil {
 		return nil, err
 	}
@@ -295,11 +336,11 @@ type txQueue struct {
 	closed   bool
 }
 
-func newTxQueue(mem *guestMemory, n int, bufLen int, eventIdx bool) (*txQueue, error) {
+func newTxQueue(mem *guestMemory, n int, bufLen int, features uint64) (*txQueue, error) {
 	if bufLen < virtio.NetHdrLen+60 {
 		return nil, fmt.Errorf("tx buffer of %d bytes too small", bufLen)
 	}
-	r, err := newRing(mem, n, eventIdx)
+	r, err := newRingFor(mem, n, features)
 	if err != nil {
 		return nil, err
 	}
@@ -318,6 +359,10 @@ func newTxQueue(mem *guestMemory, n int, bufLen int, eventIdx bool) (*txQueue, e
 }
 
 func (q *txQueue) disableInterruptsTX() {
+	if q.pk != nil {
+		q.pk.setInterrupts(false, q.eventIdx)
+		return
+	}
 	q.availFlags |= virtio.AvailFNoInterrupt
 	store32(q.avail, 0, uint32(q.availFlags))
 	if q.eventIdx {

@@ -43,7 +43,7 @@ func collect(t *testing.T, q *rxQueue, max int) [][]byte {
 
 func TestRxSingleBuffers(t *testing.T) {
 	mem := testMem(t, 2)
-	q, err := newRxQueue(mem, 16, 2048, false, false)
+	q, err := newRxQueue(mem, 16, 2048, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestRxSingleBuffers(t *testing.T) {
 
 func TestRxBatchLimit(t *testing.T) {
 	mem := testMem(t, 1)
-	q, _ := newRxQueue(mem, 16, 2048, false, false)
+	q, _ := newRxQueue(mem, 16, 2048, false, 0)
 	dev := newTestDev(&q.ring, mem)
 	for i := range 10 {
 		dev.deliver(pattern(64, i), false)
@@ -101,7 +101,7 @@ func TestRxBatchLimit(t *testing.T) {
 func TestRxMergeable(t *testing.T) {
 	mem := testMem(t, 3)
 	const bufLen = 128
-	q, err := newRxQueue(mem, 64, bufLen, true, false)
+	q, err := newRxQueue(mem, 64, bufLen, true, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestRxMergeable(t *testing.T) {
 // A merged frame whose later buffers are not yet published waits.
 func TestRxMergeablePartial(t *testing.T) {
 	mem := testMem(t, 1)
-	q, _ := newRxQueue(mem, 16, 128, true, false)
+	q, _ := newRxQueue(mem, 16, 128, true, 0)
 	dev := newTestDev(&q.ring, mem)
 	f := pattern(500, 3) // 4 buffers
 	if err := dev.deliver(f, true); err != nil {
@@ -177,7 +177,7 @@ func TestRxBrokenDevice(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			mem := testMem(t, 1)
-			q, _ := newRxQueue(mem, 16, 2048, c.mrg, false)
+			q, _ := newRxQueue(mem, 16, 2048, c.mrg, 0)
 			dev := newTestDev(&q.ring, mem)
 			binary16(q.bufs[0][10:], c.nbuf)
 			dev.used(c.id, c.l)
@@ -197,7 +197,7 @@ func binary16(b []byte, v uint16) { b[0], b[1] = byte(v), byte(v>>8) }
 
 func TestTxPostReclaim(t *testing.T) {
 	mem := testMem(t, 2)
-	q, err := newTxQueue(mem, 8, 2048, false)
+	q, err := newTxQueue(mem, 8, 2048, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func sumLen(fs [][]byte) int {
 
 func TestTxBrokenDevice(t *testing.T) {
 	mem := testMem(t, 1)
-	q, _ := newTxQueue(mem, 8, 2048, false)
+	q, _ := newTxQueue(mem, 8, 2048, 0)
 	dev := newTestDev(&q.ring, mem)
 	q.post([][]byte{pattern(64, 1)})
 	dev.used(5, 0) // never posted
@@ -264,7 +264,7 @@ func TestTxBrokenDevice(t *testing.T) {
 // Kicks follow used.flags NO_NOTIFY, or avail_event with EVENT_IDX.
 func TestKickSuppression(t *testing.T) {
 	mem := testMem(t, 1)
-	q, _ := newTxQueue(mem, 64, 2048, false)
+	q, _ := newTxQueue(mem, 64, 2048, 0)
 	dev := newTestDev(&q.ring, mem)
 	f := [][]byte{pattern(64, 0)}
 	q.post(f)
@@ -279,7 +279,7 @@ func TestKickSuppression(t *testing.T) {
 	}
 
 	mem2 := testMem(t, 1)
-	e, _ := newTxQueue(mem2, 64, 2048, true)
+	e, _ := newTxQueue(mem2, 64, 2048, virtio.RingFEventIdx)
 	dev2 := newTestDev(&e.ring, mem2)
 	dev2.setUsedFlags(virtio.UsedFNoNotify) // ignored with EVENT_IDX
 	dev2.setAvailEvent(2)                   // wake me when avail idx passes 2
@@ -302,7 +302,7 @@ func TestKickSuppression(t *testing.T) {
 
 func TestInterruptControl(t *testing.T) {
 	mem := testMem(t, 1)
-	q, _ := newRxQueue(mem, 16, 2048, false, false)
+	q, _ := newRxQueue(mem, 16, 2048, false, 0)
 	q.disableInterrupts()
 	if load32(q.avail, 0)&virtio.AvailFNoInterrupt == 0 {
 		t.Fatal("NO_INTERRUPT not set")
@@ -314,7 +314,7 @@ func TestInterruptControl(t *testing.T) {
 	if load32(q.avail, 0)&virtio.AvailFNoInterrupt != 0 {
 		t.Fatal("NO_INTERRUPT still set")
 	}
-	e, _ := newRxQueue(mem, 16, 2048, false, true)
+	e, _ := newRxQueue(mem, 16, 2048, false, virtio.RingFEventIdx)
 	e.lastUsed = 7
 	e.enableInterrupts()
 	if got := uint16(load32(e.avail, 4+2*16)); got != 7 {

@@ -24,6 +24,7 @@ type Stats struct {
 	Wakeups     uint64        `json:"wakeups"`   // sleeps ended by a call fd
 	Connects    uint64        `json:"connects"`
 	Disconnects uint64        `json:"disconnects"`
+	Features    uint64        `json:"features"` // negotiated with the (last) backend
 	Queues      []QueueStats  `json:"queues"`
 	Streams     []StreamStats `json:"streams"`
 }

@@ -80,8 +80,11 @@ type Config struct {
 	Reboot     bool
 	MAC        net.HardwareAddr
 	QueuePairs int // virtio-net queue pairs (mq when > 1)
-	CPUs       int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
-	MemoryMB   int // default 256
+	// MTU, if set, is the device's host_mtu: QEMU offers VIRTIO_NET_F_MTU
+	// (the backend must offer it too) and the guest's eth0 takes it.
+	MTU      int
+	CPUs     int // guest vCPUs (Linux uses min(pairs, CPUs) pairs)
+	MemoryMB int // default 256
 	// Accel is QEMU's accelerator list; "" means $VMQ_QEMU_ACCEL, else
 	// "tcg" (see DefaultAccel).
 	Accel   string
@@ -92,6 +95,9 @@ type Config struct {
 	// starts a vhost-user device with MSI-X, whichever the backend (DPDK's
 	// net_vhost crashes it the same way).
 	MSIX bool
+	// Packed gives the device packed virtqueues (packed=on): the guest's
+	// driver uses them when the backend offers VIRTIO_F_RING_PACKED.
+	Packed bool
 	// Extra are more QEMU arguments (e.g. "-trace", "vhost_user_*").
 	Extra []string
 	// Log, if set, gets every console line as it arrives.
@@ -120,6 +126,12 @@ func (cfg Config) Args() []string {
 	dev := fmt.Sprintf("virtio-net-pci,netdev=net0,mac=%s", cfg.MAC)
 	if pairs > 1 {
 		dev += ",mq=on"
+	}
+	if cfg.MTU > 0 {
+		dev += fmt.Sprintf(",host_mtu=%d", cfg.MTU)
+	}
+	if cfg.Packed {
+		dev += ",packed=on"
 	}
 	vectors := 0
 	if cfg.MSIX {

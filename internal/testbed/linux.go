@@ -22,6 +22,9 @@ type LinuxGuest struct {
 	IP    string // eth0's address, a /24
 	Pairs int    // virtio-net queue pairs
 	CPUs  int
+	MTU   int // QEMU's host_mtu (VIRTIO_NET_F_MTU); 0: not set
+	// Packed boots the device with packed virtqueues (QEMU packed=on).
+	Packed bool
 }
 
 // RequireLinuxGuest returns the guest kernel and a static busybox, or
@@ -67,7 +70,7 @@ func (b *Bed) BootLinux(spec LinuxGuest, initrd string, server bool, describe fu
 	t.Helper()
 	k, _ := RequireLinuxGuest(t)
 	g, err := qemu.Start(qemu.Config{Kernel: k.Image, Initrd: initrd, Socket: b.Socket(spec.Name), Server: server,
-		MAC: MustMAC(spec.MAC), QueuePairs: spec.Pairs, CPUs: spec.CPUs, QEMU: os.Getenv("VMQ_QEMU"),
+		MAC: MustMAC(spec.MAC), QueuePairs: spec.Pairs, CPUs: spec.CPUs, MTU: spec.MTU, Packed: spec.Packed, QEMU: os.Getenv("VMQ_QEMU"),
 		Extra: strings.Fields(os.Getenv("VMQ_QEMU_EXTRA")),
 		Log:   func(line string) { t.Logf("%s console: %s", spec.Name, line) }})
 	if err != nil {

@@ -37,6 +37,8 @@ type Options struct {
 	// WireAddr, if set, is given to the wire end (e.g. "10.0.0.1/24"),
 	// so the wire namespace can ping guests.
 	WireAddr string
+	// MTU of the NIC and its peer; 0 means 1500.
+	MTU int
 }
 
 // Bed is a host/wire namespace pair joined by a veth: NIC in the host,
@@ -46,6 +48,7 @@ type Bed struct {
 	Host, Wire *netnstest.NS
 	NIC, Peer  netnstest.Link
 	Queues     int
+	MTU        int // of the NIC and its peer
 	// Dir is a private directory for sockets, configs and logs.
 	Dir string
 	// Filter is vmq's XDP filter, after AttachFilter.
@@ -56,12 +59,16 @@ type Bed struct {
 func New(t testing.TB, opts Options) *Bed {
 	t.Helper()
 	queues := max(opts.Queues, 1)
-	b := &Bed{T: t, Host: netnstest.New(t), Wire: netnstest.New(t), Queues: queues, Dir: t.TempDir()}
+	mtu := opts.MTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	b := &Bed{T: t, Host: netnstest.New(t), Wire: netnstest.New(t), Queues: queues, MTU: mtu, Dir: t.TempDir()}
 	for _, ns := range []*netnstest.NS{b.Host, b.Wire} {
 		// No IPv6: its neighbour discovery would add frames to exact counts.
 		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	}
-	b.NIC, b.Peer = netnstest.NewVethPair(t, b.Host, b.Wire, netnstest.VethOptions{Queues: queues, MTU: 1500})
+	b.NIC, b.Peer = netnstest.NewVethPair(t, b.Host, b.Wire, netnstest.VethOptions{Queues: queues, MTU: mtu})
 	if opts.WireAddr != "" {
 		b.Wire.Run(t, "ip", "addr", "add", opts.WireAddr, "dev", b.Peer.Name)
 	}

@@ -184,7 +184,7 @@ func (b *Bed) Capture() *Capture {
 
 func (c *Capture) loop() {
 	defer close(c.done)
-	buf := make([]byte, 4096)
+	buf := make([]byte, 65536) // jumbo frames too
 	oob := make([]byte, 256)
 	for {
 		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)

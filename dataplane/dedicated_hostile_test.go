@@ -1,0 +1,355 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/hostile"
+	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/pktgen"
+)
+
+const (
+	guardCanary = 0xa5 // the file's pages outside the region
+	bufCanary   = 0xcc // guest memory nobody may write
+)
+
+// guardedDevice is a hostile front-end whose one memory region is the
+// memfd minus its first and last page: those are guard pages, mapped by
+// vmq (it maps the file from offset 0) and part of the registered UMEM
+// mapping, but not guest memory. Buffers sit at both ends of the region.
+type guardedDevice struct {
+	*hostile.Device
+	size             int
+	regStart, regEnd int // file offsets of the region
+	ringLo, ringHi   int // file offsets of the rings (written by both sides)
+	bufLen, nbufs    int
+	bufOffs          []int
+}
+
+func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
+	t.Helper()
+	c, err := hostile.Dial(sock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size, qsize = 1 << 20, 64
+	d := &guardedDevice{Device: &hostile.Device{C: c, Cfg: hostile.Config{Features: hostile.DefaultFeatures, QueueSize: qsize, NoBuffers: true}},
+		size: size, regStart: 4096, regEnd: size - 4096, bufLen: 2048}
+	t.Cleanup(d.Close)
+	if d.Mem, err = hostile.NewMem(size); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Mem.Close)
+	if _, err := d.Mem.Alloc(4096, 4096); err != nil { // the first guard page
+		t.Fatal(err)
+	}
+	d.ringLo = 4096
+	for i := range d.Rings {
+		if d.Rings[i], err = hostile.NewRing(d.Mem, qsize); err != nil {
+			t.Fatal(err)
+		}
+		if d.Kick[i], err = hostile.NewEventFD(true); err != nil {
+			t.Fatal(err)
+		}
+		if d.Call[i], err = hostile.NewEventFD(true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.ringHi, _ = d.Mem.Alloc(0, 4096)
+	// Buffers: the first at the region's first byte, the last ending at
+	// its last byte, the others in between.
+	d.nbufs = 8
+	d.bufOffs = append(d.bufOffs, d.regStart)
+	for i := 1; i < d.nbufs-1; i++ {
+		d.bufOffs = append(d.bufOffs, d.ringHi+i*4096)
+	}
+	d.bufOffs = append(d.bufOffs, d.regEnd-d.bufLen)
+	d.paint()
+	if err := d.Negotiate(); err != nil {
+		t.Fatal(err)
+	}
+	d.memTable(t)
+	for i := range d.Rings {
+		if err := d.StartRing(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+// memTable sends the one region: the memfd without its guard pages.
+func (d *guardedDevice) memTable(t *testing.T) {
+	t.Helper()
+	reg := vhostuser.MemRegion{GuestPhysAddr: d.Mem.GPAOf(d.regStart), MemorySize: uint64(d.regEnd - d.regStart),
+		UserspaceAddr: d.Mem.UVAOf(d.regStart), MmapOffset: uint64(d.regStart)}
+	p := make([]byte, vhostuser.MemTableLen(1))
+	vhostuser.EncodeMemTable(p, []vhostuser.MemRegion{reg})
+	if _, err := d.C.Call(vhostuser.ReqSetMemTable, p, d.Mem.FD); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// paint fills everything but the rings with canaries.
+func (d *guardedDevice) paint() {
+	b := d.Mem.Bytes()
+	for i := range b {
+		switch {
+		case i < d.regStart || i >= d.regEnd:
+			b[i] = guardCanary
+		case i >= d.ringLo && i < d.ringHi:
+		default:
+			b[i] = bufCanary
+		}
+	}
+}
+
+// post posts buffers [from, to) as single device-writable descriptors.
+func (d *guardedDevice) post(from, to int) {
+	for i := from; i < to; i++ {
+		d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[i]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
+	}
+	d.KickRing(0)
+}
+
+// check verifies that every byte outside the rings is its canary, except
+// written[i] bytes at the start of buffer i (header + frame).
+func (d *guardedDevice) check(t *testing.T, written map[int]int) {
+	t.Helper()
+	b := d.Mem.Bytes()
+	bad := 0
+	for i := range b {
+		if i >= d.ringLo && i < d.ringHi {
+			continue
+		}
+		want := byte(bufCanary)
+		if i < d.regStart || i >= d.regEnd {
+			want = guardCanary
+		}
+		skip := false
+		for k, n := range written {
+			if o := d.bufOffs[k]; i >= o && i < o+n {
+				skip = true
+			}
+		}
+		if !skip && b[i] != want {
+			if bad < 5 {
+				t.Errorf("byte at file offset %#x is %#x, want %#x (region %#x..%#x)", i, b[i], want, d.regStart, d.regEnd)
+			}
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d bytes written outside the guest's posted buffers", bad)
+	}
+}
+
+// TestDedicatedGuardPages: buffers at both ends of a region with guard
+// pages around it get their frames and nothing else changes; a reset with
+// buffers still posted gives them back empty, and frames after it write
+// nothing; a buffer that straddles the region's end is never posted to
+// the kernel (the queue falls back to copying instead).
+func TestDedicatedGuardPages(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
+
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 1514, Stream: 7}
+	tmpl := mustTemplate(t, spec)
+	d.post(0, d.nbufs)
+	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+		s := stats()
+		return s.Posted == int64(d.nbufs), fmt.Sprintf("%+v", *s)
+	})
+	tb.SendOnCPU(1, spec, d.nbufs)
+	rx := d.RX()
+	testenv.Eventually(t, "used entries", func() (bool, string) {
+		return rx.UsedIdx() == uint16(d.nbufs), fmt.Sprintf("used idx %d", rx.UsedIdx())
+	})
+	written := map[int]int{}
+	for i := range uint16(d.nbufs) {
+		id, n := rx.UsedElem(i)
+		if n != uint32(virtio.NetHdrLen+tmpl.FrameLen()) || int(id) >= d.nbufs {
+			t.Fatalf("used %d: id %d len %d", i, id, n)
+		}
+		buf := d.Mem.Bytes()[d.bufOffs[id]:]
+		hdr := buf[:virtio.NetHdrLen]
+		if !bytes.Equal(hdr, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0}) {
+			t.Fatalf("buffer %d header %x", id, hdr)
+		}
+		f := buf[virtio.NetHdrLen:n]
+		p, ok := pktgen.ParseFrame(f)
+		if !ok || !bytes.Equal(f, tmpl.Frame(p.Seq, p.TimestampNS)) {
+			t.Fatalf("buffer %d: frame not byte-exact", id)
+		}
+		written[int(id)] = int(n)
+	}
+	d.check(t, written)
+	if s := tb.vmStats("h"); s.RxCopiedBytes != 0 || s.Dedicated.Frames != uint64(d.nbufs) {
+		t.Fatalf("copied %d, direct %+v", s.RxCopiedBytes, *s.Dedicated)
+	}
+
+	// Reset with buffers posted: they come back with length 0, and the
+	// memory is not written again.
+	d.paint()
+	d.post(0, 4)
+	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+		s := stats()
+		return s.Posted == 4, fmt.Sprintf("%+v", *s)
+	})
+	// RESET_OWNER drops REPLY_ACK with everything else: no ack comes;
+	// GET_FEATURES after it returns once it was handled.
+	if err := d.C.WriteRaw(hostile.Message(vhostuser.ReqResetOwner, vhostuser.FlagVersion, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.C.GetU64(vhostuser.ReqGetFeatures); err != nil {
+		t.Fatal(err)
+	}
+	if s := stats(); s.Posted != 0 || s.Returned != 4 || s.State != "waiting for the guest" {
+		t.Fatalf("after reset: %+v", *s)
+	}
+	for i := uint16(d.nbufs); i < uint16(d.nbufs+4); i++ {
+		if _, n := rx.UsedElem(i); n != 0 {
+			t.Fatalf("returned buffer %d: used length %d, want 0", i, n)
+		}
+	}
+	before := bytes.Clone(d.Mem.Bytes())
+	tb.SendOnCPU(1, spec, 200)
+	time.Sleep(50 * time.Millisecond)
+	if !bytes.Equal(before, d.Mem.Bytes()) {
+		t.Fatal("guest memory changed after the reset")
+	}
+	d.check(t, nil)
+	t.Logf("after reset: %+v", *stats())
+}
+
+// TestDedicatedStraddlingBuffer: a receive buffer that runs past the end
+// of its region is never given to the kernel; with nothing else posted
+// the queue falls back to copying, logged and counted.
+func TestDedicatedStraddlingBuffer(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	// A first, good buffer opens the socket; then one that straddles.
+	d.post(1, 2)
+	testenv.Eventually(t, "buffer posted", func() (bool, string) {
+		s := tb.vmStats("h").Dedicated
+		return s.Posted == 1, fmt.Sprintf("%+v", *s)
+	})
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 8}
+	tb.SendOnCPU(1, spec, 1)
+	testenv.Eventually(t, "first frame", func() (bool, string) {
+		return d.RX().UsedIdx() == 1, "waiting"
+	})
+	d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.regEnd - 1000), Len: 2048, Flags: virtio.DescFWrite})
+	d.KickRing(0)
+	testenv.Eventually(t, "fallback", func() (bool, string) {
+		s := tb.vmStats("h").Dedicated
+		return s.State == "copy (fallback)" && s.Unsuitable > 0, fmt.Sprintf("%+v", *s)
+	})
+	d.check(t, map[int]int{1: virtio.NetHdrLen + 66})
+	if err := tb.dp.RemoveVM(context.Background(), "h"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDedicatedRepostedHead: a guest that makes a descriptor available
+// again while the kernel still holds it (posted, not used) breaks its
+// device; the buffer is in the fill ring once, and a frame fills it once.
+func TestDedicatedRepostedHead(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	head := d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[2]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
+	d.KickRing(0)
+	testenv.Eventually(t, "buffer posted", func() (bool, string) {
+		s := tb.vmStats("h").Dedicated
+		return s.Posted == 1, fmt.Sprintf("%+v", *s)
+	})
+	d.RX().Push(head) // the same head again
+	d.RX().Publish()
+	d.KickRing(0)
+	testenv.Eventually(t, "device broken", func() (bool, string) {
+		p := tb.portStats("h")
+		return p.Broken != "", fmt.Sprintf("port %+v", p)
+	})
+	if b := tb.portStats("h").Broken; !strings.Contains(b, "posted again") {
+		t.Fatalf("broken for %q", b)
+	}
+	if s := tb.vmStats("h").Dedicated; s.Posted != 1 {
+		t.Fatalf("posted %d, want the one buffer once", s.Posted)
+	}
+	tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 9}, 5)
+	// At most one frame lands, in the one posted buffer, and nothing
+	// else is written.
+	time.Sleep(50 * time.Millisecond)
+	d.check(t, map[int]int{2: virtio.NetHdrLen + 66})
+}
+
+// TestDedicatedMemTableChange: a new memory table while buffers are
+// posted: the socket closes (the buffers come back empty) before the old
+// mapping goes, and the ring restarts on the new one with a new socket
+// whose frames land in place again.
+func TestDedicatedMemTableChange(t *testing.T) {
+	tb, _ := dedicatedBed(t)
+	sock := tb.Socket("h")
+	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
+		Dedicated: DedicatedRequired, DedicatedQueue: 1})
+	d := newGuardedDevice(t, sock)
+	tb.waitRunning("h", 2)
+	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
+	d.post(0, 4)
+	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+		s := stats()
+		return s.Posted == 4, fmt.Sprintf("%+v", *s)
+	})
+	d.memTable(t) // the same memory, mapped anew
+	if s := stats(); s.Returned != 4 || s.Posted != 0 {
+		t.Fatalf("after SET_MEM_TABLE: %+v", *s)
+	}
+	rx := d.RX()
+	if rx.UsedIdx() != 4 {
+		t.Fatalf("used idx %d, want the 4 returned buffers", rx.UsedIdx())
+	}
+	tb.waitRunning("h", 2)
+	d.paint()
+	d.post(4, 8)
+	testenv.Eventually(t, "buffers posted on the new table", func() (bool, string) {
+		s := stats()
+		return s.Posted == 4 && s.State == "direct", fmt.Sprintf("%+v", *s)
+	})
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 11}
+	tb.SendOnCPU(1, spec, 4)
+	testenv.Eventually(t, "frames in place", func() (bool, string) {
+		return rx.UsedIdx() == 8, fmt.Sprintf("used idx %d", rx.UsedIdx())
+	})
+	written := map[int]int{}
+	for i := uint16(4); i < 8; i++ {
+		id, n := rx.UsedElem(i)
+		// Post put buffers 4..7 in descriptor slots 4..7.
+		if n != uint32(virtio.NetHdrLen+66) || id < 4 || id > 7 {
+			t.Fatalf("used %d: id %d len %d", i, id, n)
+		}
+		written[int(id)] = int(n)
+	}
+	if len(written) != 4 {
+		t.Fatalf("used ids %v", written)
+	}
+	d.check(t, written)
+}
