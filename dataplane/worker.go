@@ -22,10 +22,12 @@ import (
 const batchSize = 64
 
 // vmRingSize sizes each VM socket's rx and tx rings. Frames waiting in a
-// VM's rx ring are frames of the queue's shared UMEM: small rings keep many
-// VMs from holding every frame (and starving the fill ring) while the
-// worker drains them a batch at a time.
-const vmRingSize = 256
+// VM's rx ring are frames of the queue's shared UMEM, so a ring bounds what
+// one VM can hold while the worker is away (1024 of 8192). It must also
+// cover the worker being away: on a loaded host the worker thread is
+// descheduled for tens of ms, and at 256 entries (25 ms at 10k frames/s) a
+// well-behaved VM next to a faulting one lost frames at rx_ring_full.
+const vmRingSize = 1024
 
 // defaultFramesPerQueue is the UMEM of each queue: the fill ring (2048),
 // guest TX in flight and the VM sockets' rx rings.
