@@ -52,10 +52,11 @@
 //   - vm_stats (per-CPU array, MaxVMs+1 entries, by slot): packets and
 //     bytes redirected to the VM, and redirect errors (frames for the VM
 //     with no socket on their queue, or on a queue >= MaxQueues).
-//   - global_stats (per-CPU array, 1 entry): frames, then exactly one
+//   - global_stats (per-CPU array, 1 entry): exactly one
 //     outcome per frame (redirected, passed, flooded, flood_passed,
 //     malformed, no_socket, bad_queue, bad_slot), and dropped (the DROP
-//     verdicts among them). Readers sum over CPUs (VMCounters,
+//     verdicts among them); its frames field stays 0, GlobalCounters
+//     sums the outcomes. Readers sum over CPUs (VMCounters,
 //     AllVMCounters, GlobalCounters).
 //
 // MaxQueues and MaxVMs are also compiled into the program's read-only data

@@ -28,8 +28,9 @@ struct vm_counters {
 	__u64 redirect_errors; /* matched this VM, but no socket for the queue */
 };
 
-/* Every frame bumps frames and exactly one of the outcome counters
- * (redirected .. bad_slot); dropped counts the DROP verdicts among them. */
+/* Every frame bumps exactly one of the outcome counters (redirected ..
+ * bad_slot); dropped counts the DROP verdicts among them. frames stays 0:
+ * readers sum the outcomes (one increment a frame less). */
 struct global_counters {
 	__u64 frames;
 	__u64 redirected;
@@ -106,10 +107,18 @@ struct vlan_tag {
 	__be16 proto;
 };
 
+enum { MALFORMED, NO_SOCKET };
+
 /* A drop verdict is counted; pass is anything but XDP_DROP so a corrupt
- * config never yields an action the program did not mean. */
-static __always_inline int verdict(struct global_counters *gs, __u32 action)
+ * config never yields an action the program did not mean. The config is
+ * read only here: the frames that get this far are the rare ones. */
+static __always_inline int verdict(struct global_counters *gs, int which)
 {
+	__u32 zero = 0;
+	struct filter_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return XDP_PASS; /* cannot happen: an array of one */
+	__u32 action = which == MALFORMED ? cfg->malformed_action : cfg->no_socket_action;
 	if (action == XDP_DROP) {
 		gs->dropped++;
 		return XDP_DROP;
@@ -147,10 +156,8 @@ int vmq_filter(struct xdp_md *ctx)
 	__u32 zero = 0;
 
 	struct global_counters *gs = bpf_map_lookup_elem(&global_stats, &zero);
-	struct filter_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!gs || !cfg)
-		return XDP_PASS; /* cannot happen: arrays of one */
-	gs->frames++;
+	if (!gs)
+		return XDP_PASS; /* cannot happen: an array of one */
 
 	struct l2_hdr copy;
 	struct l2_hdr *h = data;
@@ -162,7 +169,7 @@ int vmq_filter(struct xdp_md *ctx)
 		if (len < sizeof(copy.eth) ||
 		    bpf_xdp_load_bytes(ctx, 0, &copy, len < sizeof(copy) ? sizeof(copy.eth) : sizeof(copy)) < 0) {
 			gs->malformed++;
-			return verdict(gs, cfg->malformed_action);
+			return verdict(gs, MALFORMED);
 		}
 	}
 
@@ -173,7 +180,7 @@ int vmq_filter(struct xdp_md *ctx)
 		/* Only the outer tag counts; an inner tag is payload to us. */
 		if (len < sizeof(*h)) {
 			gs->malformed++;
-			return verdict(gs, cfg->malformed_action);
+			return verdict(gs, MALFORMED);
 		}
 		key.vlan = bpf_ntohs(h->tag.tci) & 0x0fff;
 	}
@@ -203,7 +210,7 @@ int vmq_filter(struct xdp_md *ctx)
 	__u32 slot = *slotp;
 	if (slot == 0 || slot > max_vms) {
 		gs->bad_slot++;
-		return verdict(gs, cfg->no_socket_action);
+		return verdict(gs, NO_SOCKET);
 	}
 	struct vm_counters *vs = bpf_map_lookup_elem(&vm_stats, &slot);
 	if (!vs)
@@ -212,7 +219,7 @@ int vmq_filter(struct xdp_md *ctx)
 	if (queue >= max_queues) {
 		gs->bad_queue++;
 		vs->redirect_errors++;
-		return verdict(gs, cfg->no_socket_action);
+		return verdict(gs, NO_SOCKET);
 	}
 	if (bpf_redirect_map(&xsks, slot * max_queues + queue, 0) == XDP_REDIRECT) {
 		mark_pending(queue, slot);
@@ -223,5 +230,5 @@ int vmq_filter(struct xdp_md *ctx)
 	}
 	gs->no_socket++;
 	vs->redirect_errors++;
-	return verdict(gs, cfg->no_socket_action);
+	return verdict(gs, NO_SOCKET);
 }

@@ -641,7 +641,6 @@ func (f *Filter) GlobalCounters() (GlobalCounters, error) {
 	}
 	var c GlobalCounters
 	for _, p := range per {
-		c.Frames += p.Frames
 		c.Redirected += p.Redirected
 		c.Passed += p.Passed
 		c.Flooded += p.Flooded
@@ -652,5 +651,7 @@ func (f *Filter) GlobalCounters() (GlobalCounters, error) {
 		c.BadSlot += p.BadSlot
 		c.Dropped += p.Dropped
 	}
+	// The program counts one outcome per frame, not frames too.
+	c.Frames = c.Redirected + c.Passed + c.Flooded + c.FloodPassed + c.Malformed + c.NoSocket + c.BadQueue + c.BadSlot
 	return c, nil
 }

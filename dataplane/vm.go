@@ -62,9 +62,12 @@ type virtq struct {
 	q     *vhostuser.Queue
 	vm    *vmState
 	dirty bool // pushed to in this batch: Flush at the end
-	// TX only: rounds to skip before looking at the ring again, and the
-	// current backoff (see maxTxBackoff).
+	// TX only: rounds to skip before looking at the ring again, the
+	// current backoff (see maxTxBackoff), and whether it is on the idle
+	// list (txsched.go).
 	skip, backoff int
+	idle          bool
+	kickFD        int // TX only: the kick fd in the worker's epoll set, -1 none
 }
 
 func (vm *vmState) drop(r DropReason) { add(&vm.ctr.drops[r], 1) }

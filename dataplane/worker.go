@@ -33,11 +33,18 @@ const vmRingSize = 1024
 // guest TX in flight and the VM sockets' rx rings.
 const defaultFramesPerQueue = 8192
 
-// sweepEvery: every this many rounds the worker visits every VM socket,
-// not only those the filter marked pending. A mark is set before the
-// kernel publishes the frame in the ring, so a visit can find the ring
-// still empty; the sweep bounds how long such a frame waits.
+// sweepEvery: every this many rounds the worker visits again every VM
+// socket whose mark it took in the last sweepEvery to 2*sweepEvery
+// rounds. A mark is set before the kernel publishes the frame in the ring
+// (at the end of its NAPI poll, up to 64 frames later), so a visit can
+// find the ring still empty; the sweep bounds how long such a frame
+// waits. Sockets with no mark that recent have nothing coming: every
+// frame's mark is set before its redirect, so they are not visited.
 const sweepEvery = 64
+
+// sweepAllEvery: every this many rounds the worker visits every VM socket
+// all the same, a bound for a frame whatever became of its mark.
+const sweepAllEvery = 1024
 
 // maxTxBackoff: a guest TX ring found empty is looked at again after 1,
 // 3, 7, then every maxTxBackoff+1 rounds until it has frames, so many
@@ -100,7 +107,10 @@ type worker struct {
 	vmList []*vmState          // iteration order for receiving
 	fdb    *fdb
 	txqs   []*virtq // guest transmit queues owned here
-	rxqs   []*virtq // guest receive queues owned here (for Flush)
+	// txqs by state (txsched.go): looked at by backoff, or idle; spare
+	// arrays for regrouping them.
+	txHot, txIdle, txSpare, txSpare2 []*virtq
+	rxqs                             []*virtq // guest receive queues owned here (for Flush)
 
 	cmds    chan command
 	wakeFD  int         // eventfd: commands and mailboxes wake a sleeping worker
@@ -115,8 +125,10 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
-	jumbo   *jumbo // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
-	pollfds []unix.PollFd
+	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
+	epfd    int                        // the sleep's epoll set (epoll.go)
+	events  [maxEvents]unix.EpollEvent // epoll_wait's results
+	pollfds []unix.PollFd              // the sleep's fds with dedicated queues
 	ctr     workerCounters
 	ofl     offloadState // guest frames with offloads (offload.go)
 
@@ -125,19 +137,22 @@ type worker struct {
 	// this round (fresh), every VM's bit (all), VMs by slot.
 	pending           *bpf.Pending
 	ready, fresh, all []uint64
-	bySlot            []*vmState
-	visit             []*vmState // scratch: the sockets to receive from
-	sweep             bool       // the next round visits every socket
-	touched           []*vmState // credit or busy changed since the last grant
-	dirtyQs           []*virtq   // virtqueues to flush at the end of the round
-	txQueued          []*vmState // sockets with tx frames the kernel has not taken
-	directs           []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
+	// seen, seenPrev: marks taken in this and the previous sweep period.
+	seen, seenPrev []uint64
+	bySlot         []*vmState
+	visit          []*vmState // scratch: the sockets to receive from
+	sweep          bool       // the next round visits every socket
+	touched        []*vmState // credit or busy changed since the last grant
+	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
+	txQueued       []*vmState // sockets with tx frames the kernel has not taken
+	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill.
 	nlimited   int
 	lastRefill time.Time
 
 	serving   uint32 // what ctr.serving holds, to store only on a change
+	touched0  byte   // touchFrames' result, kept so its loads are not dropped
 	roundWork int    // work other than frames done in this round (kicks)
 	rr        uint   // rounds: rotates the order VMs are served in
 
@@ -177,7 +192,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 	return &worker{
 		dp: dp, index: index, queueID: queueID,
 		vms: make(map[uint32]*vmState), fdb: newFDB(),
-		cmds: make(chan command, 16), wakeFD: wakeFD,
+		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
 		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
@@ -224,12 +239,21 @@ func (w *worker) open() error {
 		return fmt.Errorf("register flood socket of queue %d: %w", w.queueID, err)
 	}
 	w.q, w.flood = q, q.Primary()
+	if err := w.openEpoll(); err != nil {
+		w.dp.filter.UnregisterFlood(uint32(w.queueID))
+		q.Close()
+		if w.epfd >= 0 {
+			unix.Close(w.epfd)
+		}
+		return err
+	}
 	if p, err := w.dp.filter.MapPending(w.queueID); err != nil {
 		w.dp.log.Warn("no pending bitmap: the worker visits every socket each round", "queue", w.queueID, "err", err)
 	} else {
 		w.pending = p
 		n := p.Words()
 		w.ready, w.fresh, w.all = make([]uint64, n), make([]uint64, n), make([]uint64, n)
+		w.seen, w.seenPrev = make([]uint64, n), make([]uint64, n)
 	}
 	w.q.Refill(0)
 	w.publishOwned()
@@ -310,9 +334,10 @@ func (w *worker) run(ready chan<- error) {
 		if idleRounds++; idleRounds%idleCheckEvery != 0 {
 			continue
 		}
-		// Idle: the next round looks at every socket, so a frame whose
-		// mark was taken before the kernel published it waits at most
-		// idleCheckEvery idle rounds, and never into a sleep.
+		// Idle: the next round looks at every recently marked socket, so
+		// a frame whose mark was taken before the kernel published it
+		// waits at most idleCheckEvery idle rounds, and never into a
+		// sleep (poll(2) covers every socket).
 		w.sweep = true
 		now := mono()
 		if idleSince < 0 {
@@ -344,6 +369,9 @@ func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
 // commands applies pending control commands; it reports whether any was
 // applied and whether the worker must stop.
 func (w *worker) commands() (n int, stop bool) {
+	if len(w.cmds) == 0 { // no select per round
+		return 0, false
+	}
 	for {
 		select {
 		case c := <-w.cmds:
@@ -396,7 +424,12 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
+	if err := w.epollAdd(sock.FD(), epSocket, int32(vm.Slot)); err != nil {
+		sock.Close()
+		return fmt.Errorf("VM %q: %w", vm.Name, err)
+	}
 	if err := w.dp.filter.RegisterSocket(vm.Slot, uint32(w.queueID), sock.FD()); err != nil {
+		w.epollDel(sock.FD())
 		sock.Close()
 		return fmt.Errorf("register socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
@@ -434,7 +467,14 @@ func (w *worker) removeVM(slot uint32) error {
 	}
 	w.removeDirect(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
+	for _, vq := range w.txqs {
+		if vq.vm == st {
+			w.dropKick(vq)
+		}
+	}
 	w.txqs = removeVirtqs(w.txqs, st)
+	w.txHot = removeVirtqs(w.txHot, st)
+	w.txIdle = removeVirtqs(w.txIdle, st)
 	w.rxqs = removeVirtqs(w.rxqs, st)
 	st.rxqs = nil
 	w.setLimits(st, Limits{}) // keeps the count of limited VMs right
@@ -449,6 +489,7 @@ func (w *worker) removeVM(slot uint32) error {
 		w.ready[i] &^= 1 << (slot % 64)
 	}
 	st.ctr.socket.Store(nil)
+	w.epollDel(st.sock.FD())
 	if err := st.sock.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
@@ -460,7 +501,7 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 	if !ok {
 		return fmt.Errorf("queue %d: no VM in slot %d for virtqueue %d", w.queueID, slot, q.Index())
 	}
-	vq := &virtq{q: q, vm: st}
+	vq := &virtq{q: q, vm: st, kickFD: -1}
 	if q.IsRX() {
 		// Frames go to rxqs[0]: the queue that started last, so a
 		// migration's destination takes over when its rings start.
@@ -468,8 +509,12 @@ func (w *worker) attachQueue(slot uint32, q *vhostuser.Queue) error {
 		w.rxqs = append(w.rxqs, vq)
 		w.attachDirect(st, vq)
 	} else {
+		if err := w.addKick(vq); err != nil {
+			return fmt.Errorf("VM %q: %w", st.name, err)
+		}
 		disableNotify(q) // busy-polling: no kicks until the worker sleeps
 		w.txqs = append(w.txqs, vq)
+		w.txHot = append(w.txHot, vq)
 	}
 	return nil
 }
@@ -483,6 +528,10 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			}
 			flush(q)
 			*list = append((*list)[:i:i], (*list)[i+1:]...)
+			if !q.IsRX() {
+				w.dropTx(vq)
+				w.dropKick(vq)
+			}
 			if q.IsRX() {
 				st := vq.vm
 				for j, r := range st.rxqs {
@@ -542,25 +591,7 @@ func (w *worker) round() int {
 	if len(w.directs) > 0 {
 		n += w.serveDirects()
 	}
-	if nq := len(w.txqs); nq > 0 {
-		first := int(w.rr % uint(nq))
-		for i := range nq {
-			vq := w.txqs[(first+i)%nq]
-			if vq.skip > 0 {
-				vq.skip--
-				continue
-			}
-			w.serve(vq.vm.slot)
-			got := w.transmit(vq)
-			if got == 0 && vq.vm.credit > 0 {
-				vq.backoff = min(2*vq.backoff+1, maxTxBackoff)
-				vq.skip = vq.backoff
-			} else {
-				vq.backoff = 0
-			}
-			n += got
-		}
-	}
+	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
 	if len(w.txQueued) > 0 {
@@ -593,20 +624,33 @@ func (w *worker) round() int {
 }
 
 // receiveVMs receives from the VM sockets that may have frames: those the
-// filter marked, those not yet found empty since, and all of them every
-// sweepEvery rounds; without the bitmap, all of them every round.
+// filter marked, those not yet found empty since, and those marked in the
+// last sweep periods again every sweepEvery rounds (and after an idle
+// check), those poll(2) woke for, and all of them every sweepAllEvery
+// rounds; without the bitmap, all of them every round.
 func (w *worker) receiveVMs() int {
 	vis := w.visit[:0]
 	if w.pending == nil {
 		vis = append(vis, w.vmList...)
 	} else {
-		if w.sweep || w.rr%sweepEvery == 0 {
+		period := w.rr%sweepEvery == 0
+		if w.rr%sweepAllEvery == 0 {
 			copy(w.ready, w.all)
+		}
+		if w.sweep || period {
+			for i := range w.ready {
+				w.ready[i] |= (w.seen[i] | w.seenPrev[i]) & w.all[i]
+			}
+			if period {
+				w.seen, w.seenPrev = w.seenPrev, w.seen
+				clear(w.seen)
+			}
 			w.sweep = false
 		}
 		for i := range w.ready {
 			f := w.pending.Take(i) & w.all[i] // bit 0 is the flood socket, served anyway
 			w.fresh[i] = f
+			w.seen[i] |= f
 			w.ready[i] |= f
 			for b := w.ready[i]; b != 0; b &= b - 1 {
 				vis = append(vis, w.bySlot[i*64+bits.TrailingZeros64(b)])
@@ -619,9 +663,12 @@ func (w *worker) receiveVMs() int {
 		return 0
 	}
 	n := 0
-	first := int(w.rr % uint(nv))
-	for i := range nv {
-		vm := vis[(first+i)%nv]
+	k := int(w.rr % uint(nv))
+	for range nv {
+		vm := vis[k]
+		if k++; k == nv {
+			k = 0
+		}
 		got := w.receiveVM(vm)
 		n += got
 		// Found empty (and not for want of credit): unmark, unless the
@@ -633,6 +680,13 @@ func (w *worker) receiveVMs() int {
 	}
 	clear(vis) // no stale pointers to removed VMs
 	return n
+}
+
+// markReady makes the next round visit slot's socket.
+func (w *worker) markReady(slot uint32) {
+	if i := int(slot / 64); i < len(w.ready) {
+		w.ready[i] |= (1 << (slot % 64)) & w.all[i]
+	}
 }
 
 // receiveVM moves frames the filter steered to vm's socket into the guest.
@@ -647,23 +701,86 @@ func (w *worker) receiveVM(vm *vmState) int {
 	vm.credit -= n
 	vm.busy = true
 	w.touch(vm)
-	for i := 0; i < n; {
-		var frame []byte
-		frame, i = w.rxFrame(w.descs[:n], i)
-		if len(frame) < minFrameLen {
-			vm.drop(DropMalformed)
-			continue
+	descs := w.descs[:n]
+	w.touchFrames(descs)
+	if len(vm.rxqs) > 0 {
+		w.pushBatch(vm, vm.rxqs[0], descs)
+	} else {
+		for i := 0; i < n; {
+			var frame []byte
+			frame, i = w.rxFrame(descs, i)
+			if frame = wireFrame(vm, frame); frame != nil {
+				w.deliver(vm, frame)
+			}
 		}
-		if _, tagged, ok := frameVLAN(frame); !ok {
-			vm.drop(DropMalformed)
-			continue
-		} else if tagged {
-			frame = stripTag(frame) // access port: the guest sees untagged frames
-		}
-		w.deliver(vm, frame)
 	}
-	w.recycle(w.descs[:n])
+	w.recycle(descs)
 	return n
+}
+
+// touchFrames reads the first byte of every frame of a batch before any is
+// used: the kernel wrote them on another CPU, and independent loads let
+// the CPU fetch their cache lines in parallel instead of one miss per
+// frame in turn.
+func (w *worker) touchFrames(descs []xsk.Desc) {
+	var x byte
+	for _, d := range descs {
+		if f := w.q.Frame(d); len(f) > 0 {
+			x |= f[0]
+		}
+	}
+	w.touched0 = x
+}
+
+// wireFrame checks a frame from the wire for vm and strips its tag
+// (access port: the guest sees untagged frames); nil: dropped, counted.
+func wireFrame(vm *vmState, frame []byte) []byte {
+	if len(frame) < minFrameLen {
+		vm.drop(DropMalformed)
+		return nil
+	}
+	_, tagged, ok := frameVLAN(frame)
+	if !ok {
+		vm.drop(DropMalformed)
+		return nil
+	}
+	if tagged {
+		frame = stripTag(frame)
+	}
+	return frame
+}
+
+// pushBatch delivers a batch of vm's frames from the wire into vq, a
+// receive queue this worker owns, under one fault guard (a fault in guest
+// memory breaks the device: the frames not yet pushed are counted
+// DropBroken) and one budget hand-over, not one of each per frame.
+func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
+	w.serve(vm.slot)
+	w.markDirty(vq) // drops are counted in the ring's stats too
+	q := vq.q
+	q.SetBudget(vm.credit)
+	i, next := 0, 0
+	defer func() {
+		vm.credit = q.Budget()
+		for i = next; i < len(descs); { // only after a recovered fault
+			_, i = w.rxFrame(descs, i)
+			vm.drop(DropBroken)
+		}
+	}()
+	defer q.RecoverFault()
+	for i < len(descs) {
+		var frame []byte
+		frame, next = w.rxFrame(descs, i)
+		i = next
+		if frame = wireFrame(vm, frame); frame == nil {
+			continue
+		}
+		if vm.rxLimited && !vm.admitRx(len(frame)) {
+			vm.drop(DropRateLimited)
+			continue
+		}
+		w.pushed(vm, q.PushHdr(nil, frame), len(frame))
+	}
 }
 
 // recycle gives received frames back to the kernel's fill ring; what the
@@ -764,12 +881,17 @@ func (w *worker) pushHdr(vq *virtq, h *virtio.NetHdr, frame []byte) {
 	vq.q.SetBudget(vm.credit)
 	defer func() { vm.credit = vq.q.Budget() }()
 	defer vq.q.RecoverFault()
-	switch err := vq.q.PushHdr(h, frame); {
+	w.pushed(vm, vq.q.PushHdr(h, frame), len(frame))
+}
+
+// pushed counts the outcome of a Push of n bytes for vm.
+func (w *worker) pushed(vm *vmState, err error, n int) {
+	switch {
 	case err == nil:
 		// Counted here, published once per round (flushAll).
 		vm.rxPkts++
-		vm.rxBytes += uint64(len(frame))
-		vm.rxCopied += uint64(len(frame))
+		vm.rxBytes += uint64(n)
+		vm.rxCopied += uint64(n)
 	case errors.Is(err, vhostuser.ErrNoBuffers), errors.Is(err, vhostuser.ErrTooBig):
 		vm.drop(DropVirtqueueFull)
 	case errors.Is(err, vhostuser.ErrBudget):
@@ -1003,6 +1125,11 @@ func flush(q *vhostuser.Queue) {
 	q.Flush()
 }
 
+func txReady(q *vhostuser.Queue) bool {
+	defer q.RecoverFault()
+	return q.Ready()
+}
+
 func enableNotify(q *vhostuser.Queue) bool {
 	defer q.RecoverFault()
 	pending, _ := q.EnableNotify()
@@ -1031,6 +1158,19 @@ func (w *worker) sleep() {
 			return
 		}
 	}
+	if len(w.directs) > 0 {
+		w.pollDirects() // dedicated queues' fds change by the sleep
+	} else {
+		add(&w.ctr.polls, 1)
+		w.waitEvents()
+	}
+	w.disableNotify()
+}
+
+// pollDirects is the sleep of a worker that serves dedicated queues: poll(2)
+// over every fd, those of the dedicated queues included (their set
+// depends on each queue's state at the time).
+func (w *worker) pollDirects() {
 	fds := w.pollfds[:0]
 	fds = append(fds, unix.PollFd{Fd: int32(w.wakeFD), Events: unix.POLLIN})
 	fds = append(fds, unix.PollFd{Fd: int32(w.flood.FD()), Events: unix.POLLIN})
@@ -1043,22 +1183,24 @@ func (w *worker) sleep() {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
 	}
-	if len(w.directs) > 0 {
-		var pending bool
-		if fds, pending = w.directPollFDs(fds); pending {
-			w.pollfds = fds
-			w.directWoke()
-			w.disableNotify()
-			return
-		}
-		defer w.directWoke()
-	}
+	fds, pending := w.directPollFDs(fds)
 	w.pollfds = fds
+	defer w.directWoke()
+	if pending {
+		return
+	}
 	add(&w.ctr.polls, 1)
 	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
 		var buf [8]byte
 		unix.Read(w.wakeFD, buf[:])
 		add(&w.ctr.wakeups, 1)
+	}
+	// Sockets poll found readable are visited next round, whether or not
+	// their mark is still one the sweep covers.
+	for i, vm := range w.vmList {
+		if fds[2+i].Revents != 0 {
+			w.markReady(vm.slot)
+		}
 	}
 	// Drain only the kick fds poll found readable: a read per guest per
 	// sleep is hundreds of syscalls with hundreds of guests.
@@ -1069,10 +1211,10 @@ func (w *worker) sleep() {
 		}
 		if fds[k].Revents != 0 {
 			vq.q.AckKick()
+			w.kicked(vq)
 		}
 		k++
 	}
-	w.disableNotify()
 }
 
 func (w *worker) disableNotify() {
@@ -1095,5 +1237,6 @@ func (w *worker) close() {
 	if err := w.q.Close(); err != nil {
 		w.dp.log.Warn("close AF_XDP queue", "queue", w.queueID, "err", err)
 	}
+	unix.Close(w.epfd)
 	unix.Close(w.wakeFD)
 }

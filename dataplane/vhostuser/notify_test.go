@@ -9,7 +9,10 @@ import (
 // notifier that is not running: the test runs n.callPending itself or
 // starts it.
 func attachCall(q *Queue, fd int) *notifier {
-	n := newNotifier([]*Queue{q}, slog.New(slog.DiscardHandler))
+	n, err := newNotifier([]*Queue{q}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		panic(err) // tests only: out of fds
+	}
 	q.nt, q.callFD = n, fd
 	return n
 }
@@ -22,5 +25,6 @@ func benchCallFD(b *testing.B, q *Queue, fd int) func() {
 		if !n.stop() {
 			b.Error("notifier did not stop")
 		}
+		n.close()
 	}
 }

@@ -273,7 +273,11 @@ func newPort(path, mode string, cfg Config) (*Port, error) {
 		q.cfg = vringConfig{kickFD: -1, callFD: -1, errFD: -1}
 		p.queues = append(p.queues, q)
 	}
-	p.nt = newNotifier(p.queues, p.log)
+	nt, err := newNotifier(p.queues, p.log)
+	if err != nil {
+		return nil, fmt.Errorf("%svhost-user port %s: %w", vm, path, err)
+	}
+	p.nt = nt
 	for _, q := range p.queues {
 		q.nt = p.nt
 	}
@@ -290,6 +294,12 @@ func Listen(path string, cfg Config) (*Port, error) {
 	if err != nil {
 		return nil, err
 	}
+	listening := false
+	defer func() {
+		if !listening {
+			p.nt.close()
+		}
+	}()
 	vm := vmPrefix(cfg.Name)
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -308,6 +318,7 @@ func Listen(path string, cfg Config) (*Port, error) {
 		return nil, fmt.Errorf("%svhost-user listen %s: %w", vm, path, err)
 	}
 	p.ln = ln
+	listening = true
 	go p.acceptLoop()
 	return p, nil
 }
@@ -473,6 +484,7 @@ func (p *Port) isClosing() bool {
 
 func (p *Port) acceptLoop() {
 	defer close(p.done)
+	defer p.nt.close() // every session ended: no queue runs, no worker signals
 	guardFaults()
 	for {
 		c, err := p.ln.AcceptUnix()
@@ -494,6 +506,7 @@ func (p *Port) acceptLoop() {
 
 func (p *Port) dialLoop() {
 	defer close(p.done)
+	defer p.nt.close() // every session ended: no queue runs, no worker signals
 	guardFaults()
 	backoff := p.cfg.ReconnectMin
 	// wait sleeps out the backoff and doubles it; false: the port closed.

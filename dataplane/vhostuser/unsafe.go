@@ -44,3 +44,14 @@ func readNoWait(fd int, b *[8]byte) (int, unix.Errno) {
 func atomicOr32(b []byte, off int, v uint32) {
 	atomic.OrUint32((*uint32)(unsafe.Pointer(&b[off:][:4][0])), v)
 }
+
+// eventfdOne is the 8-byte 1 that writeOne adds to an eventfd.
+var eventfdOne = uint64(1)
+
+// writeOne adds 1 to an eventfd of vmq's own with a raw write: on a
+// non-blocking eventfd nobody else holds it cannot block (EAGAIN only at
+// saturation), so a locked worker thread keeps its P.
+func writeOne(fd int) unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&eventfdOne)), 8)
+	return e
+}
