@@ -175,8 +175,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c.spec.Size = c.size
 	c.spec.UDPChecksum = c.udpCsum
 	c.spec.Stream = uint32(c.stream)
-	if _, err := pktgen.NewTemplate(c.spec); err != nil {
+	t, err := pktgen.NewTemplate(c.spec)
+	if err != nil {
 		return nil, err
+	}
+	if c.mode != "packet" && t.FrameLen() > pktgen.MaxLiveFrameLen {
+		return nil, fmt.Errorf("--size %d: --mode %s sends at most %d-byte frames; use --mode packet for jumbo frames", c.size, c.mode, pktgen.MaxLiveFrameLen)
 	}
 	return c, nil
 }

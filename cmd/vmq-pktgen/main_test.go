@@ -22,7 +22,8 @@ func TestFlagErrors(t *testing.T) {
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a"}, // no count or duration
 		{"--dev", "x", "--dst-mac", "zz", "--count", "1"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a@5000", "--count", "1"},
-		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--size", "2000"},
+		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--size", "2000"}, // jumbo needs --mode packet
+		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--size", "9019", "--mode", "packet"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--mode", "dpdk"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--udp-src", "9-1"},
 		{"--dev", "x", "--dst-mac", "02:00:00:00:00:0a", "--count", "1", "--qinq", "5"},
