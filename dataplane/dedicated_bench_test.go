@@ -2,15 +2,12 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/guest/frontend"
@@ -88,19 +85,7 @@ func benchDedicatedRX(b *testing.B, dedicated bool, size int) {
 	if err := filter.SetFilter(hw, 0, 1); err != nil {
 		b.Fatal(err)
 	}
-	g, err := frontend.Dial(sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 1024})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		g.Close()
-		if err := <-done; err != nil && !errors.Is(err, frontend.ErrClosed) {
-			b.Logf("guest: %v", err)
-		}
-	})
+	g := runBenchGuest(b, ctx, cancel, "vm", sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 1024})
 	w := dp.workers[0]
 	waitFor(b, "guest's queues attached", func() bool { return int(w.ctr.virtqueues.Load()) == 2 })
 	pinWorker(b, w, workerCPU)
@@ -109,34 +94,9 @@ func benchDedicatedRX(b *testing.B, dedicated bool, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var gen *pktgen.LiveGenerator
-	if err := wire.Do(func() (err error) {
-		gen, err = pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: peer.Index, NoStamp: true})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer gen.Close()
+	sendLive := liveSender(b, wire, peer.Index, tmpl, genCPU)
 	send := func() {
-		err := wire.Do(func() error {
-			var set unix.CPUSet
-			set.Set(genCPU)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return err
-			}
-			defer func() {
-				var all unix.CPUSet
-				for c := range runtime.NumCPU() {
-					all.Set(c)
-				}
-				unix.SchedSetaffinity(0, &all)
-			}()
-			_, _, err := gen.Send(benchFramesPerOp)
-			return err
-		})
-		if err != nil {
-			b.Fatalf("send: %v", err)
-		}
+		sendLive(benchFramesPerOp)
 		settle(w)
 	}
 	send() // warm up

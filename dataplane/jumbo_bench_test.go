@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -81,19 +80,7 @@ func benchJumbo(b *testing.B, dir string, mtu, size int) {
 		if err := filter.SetFilter(hw, 0, vm.Slot); err != nil {
 			b.Fatal(err)
 		}
-		g, err := frontend.Dial(sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 1024, MTU: mtu})
-		if err != nil {
-			b.Fatalf("guest %s: %v", name, err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- g.Run(ctx) }()
-		b.Cleanup(func() {
-			cancel()
-			g.Close()
-			if err := <-done; err != nil && !errors.Is(err, frontend.ErrClosed) {
-				b.Logf("guest %s: %v", name, err)
-			}
-		})
+		g := runBenchGuest(b, ctx, cancel, name, sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 1024, MTU: mtu})
 		guests[i], macs[i] = g, hw
 	}
 	w := dp.workers[0]

@@ -83,19 +83,7 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 		if err := filter.SetFilter(hw, 0, vm.Slot); err != nil {
 			b.Fatal(err)
 		}
-		g, err := frontend.Dial(sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 256})
-		if err != nil {
-			b.Fatalf("guest %s: %v", name, err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- g.Run(ctx) }()
-		b.Cleanup(func() {
-			cancel()
-			g.Close()
-			if err := <-done; err != nil && !errors.Is(err, frontend.ErrClosed) {
-				b.Logf("guest %s: %v", name, err)
-			}
-		})
+		g := runBenchGuest(b, ctx, cancel, name, sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: 256})
 		guests[i], dests[i] = g, pktgen.Dest{MAC: hw}
 	}
 	w := dp.workers[0]
@@ -106,27 +94,9 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var gen *pktgen.LiveGenerator
-	if err := wire.Do(func() (err error) {
-		gen, err = pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: peer.Index, NoStamp: true})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer gen.Close()
+	sendLive := liveSender(b, wire, peer.Index, tmpl, 0)
 	send := func() {
-		err := wire.Do(func() error {
-			var set unix.CPUSet
-			set.Set(0)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return err
-			}
-			_, _, err := gen.Send(benchFramesPerOp)
-			return err
-		})
-		if err != nil {
-			b.Fatalf("send: %v", err)
-		}
+		sendLive(benchFramesPerOp)
 		settle(w)
 	}
 	send() // warm up: rings, stashes, maps, guests awake
@@ -164,6 +134,62 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 	// For profiles of the whole process (perf record): every frame the
 	// worker moved since it started, warm-up included.
 	b.Logf("worker frames since start: %d", w.ctr.frames.Load())
+}
+
+// runBenchGuest dials a Go guest on sock and runs it until the benchmark
+// ends (cancel, then Close).
+func runBenchGuest(b *testing.B, ctx context.Context, cancel context.CancelFunc, name, sock string, cfg frontend.Config) *frontend.Guest {
+	b.Helper()
+	g, err := frontend.Dial(sock, cfg)
+	if err != nil {
+		b.Fatalf("guest %s: %v", name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		g.Close()
+		if err := <-done; err != nil && !errors.Is(err, frontend.ErrClosed) {
+			b.Logf("guest %s: %v", name, err)
+		}
+	})
+	return g
+}
+
+// liveSender opens a live-frames generator on the wire's ifindex and
+// returns a function that sends n frames from a thread pinned to cpu: on
+// veth the frames arrive on the rx queue of the sending CPU.
+func liveSender(b *testing.B, wire *netnstest.NS, ifindex int, tmpl *pktgen.Template, cpu int) func(n int) {
+	b.Helper()
+	var gen *pktgen.LiveGenerator
+	if err := wire.Do(func() (err error) {
+		gen, err = pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: ifindex, NoStamp: true})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { gen.Close() })
+	return func(n int) {
+		err := wire.Do(func() error {
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				return err
+			}
+			defer func() {
+				var all unix.CPUSet
+				for c := range runtime.NumCPU() {
+					all.Set(c)
+				}
+				unix.SchedSetaffinity(0, &all)
+			}()
+			_, _, err := gen.Send(n)
+			return err
+		})
+		if err != nil {
+			b.Fatalf("send: %v", err)
+		}
+	}
 }
 
 // settle waits until the worker is asleep with its counters published
