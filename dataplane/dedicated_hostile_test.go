@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/hostile"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
@@ -150,18 +151,70 @@ func (d *guardedDevice) check(t *testing.T, written map[int]int) {
 	}
 }
 
-// TestDedicatedGuardPages: buffers at both ends of a region with guard
-// pages around it get their frames and nothing else changes; a reset with
-// buffers still posted gives them back empty, and frames after it write
-// nothing; a buffer that straddles the region's end is never posted to
-// the kernel (the queue falls back to copying instead).
-func TestDedicatedGuardPages(t *testing.T) {
+// guardedDedicatedBed is the bed of the hostile dedicated-queue tests: a
+// raw device "h" (guard pages around its memory) on dedicated queue 1, and
+// a well-behaved witness VM on shared queue 0, served by the same worker.
+// The witness gets an exact stream before the attack and another at the
+// end (w.check), and must never drop a frame.
+func guardedDedicatedBed(t *testing.T) (*testbed, *guardedDevice, *witness) {
 	tb, _ := dedicatedBed(t)
 	sock := tb.Socket("h")
 	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
 		Dedicated: DedicatedRequired, DedicatedQueue: 1})
 	d := newGuardedDevice(t, sock)
 	tb.waitRunning("h", 2)
+	w := &witness{tb: tb, g: tb.addVM("w", 2, mac2, 0, 1, "")}
+	w.send()
+	return tb, d, w
+}
+
+// witness is a well-behaved VM next to an attacker on the same worker.
+type witness struct {
+	tb   *testbed
+	g    *frontend.Guest
+	sent uint64
+}
+
+const witnessFrames = 500
+
+// send puts witnessFrames paced frames on queue 0 for the witness and
+// waits until every one of them arrived.
+func (w *witness) send() {
+	w.tb.t.Helper()
+	// A stream of its own for each send: the generator numbers each from 0.
+	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac2)}}, Size: 64, Stream: 40 + uint32(w.sent/witnessFrames)}
+	w.tb.SendOnCPU(0, spec, witnessFrames)
+	w.sent += witnessFrames
+	waitRx(w.tb.t, "witness", w.g, w.sent)
+}
+
+// check sends the witness's second stream after the attack: both arrive
+// exactly, with no drop counted.
+func (w *witness) check() {
+	w.tb.t.Helper()
+	if w.tb.t.Failed() {
+		return
+	}
+	w.send()
+	vs := w.tb.vmStats("w")
+	if vs.RxPackets != w.sent || len(vs.DropsByReason) != 0 {
+		w.tb.t.Errorf("witness: rx %d of %d, drops %v", vs.RxPackets, w.sent, vs.DropsByReason)
+	}
+	for _, st := range w.g.Stats().Streams {
+		if st.Received != witnessFrames || st.Lost != 0 || st.Duplicates != 0 || st.Reordered != 0 {
+			w.tb.t.Errorf("witness stream %+v", st)
+		}
+	}
+}
+
+// TestDedicatedGuardPages: buffers at both ends of a region with guard
+// pages around it get their frames and nothing else changes; a reset with
+// buffers still posted gives them back empty, and frames after it write
+// nothing; a buffer that straddles the region's end is never posted to
+// the kernel (the queue falls back to copying instead).
+func TestDedicatedGuardPages(t *testing.T) {
+	tb, d, w := guardedDedicatedBed(t)
+	defer w.check()
 	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
 
 	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 1514, Stream: 7}
@@ -237,12 +290,8 @@ func TestDedicatedGuardPages(t *testing.T) {
 // of its region is never given to the kernel; with nothing else posted
 // the queue falls back to copying, logged and counted.
 func TestDedicatedStraddlingBuffer(t *testing.T) {
-	tb, _ := dedicatedBed(t)
-	sock := tb.Socket("h")
-	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
-		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	d := newGuardedDevice(t, sock)
-	tb.waitRunning("h", 2)
+	tb, d, w := guardedDedicatedBed(t)
+	defer w.check()
 	// A first, good buffer opens the socket; then one that straddles.
 	d.post(1, 2)
 	testenv.Eventually(t, "buffer posted", func() (bool, string) {
@@ -270,12 +319,8 @@ func TestDedicatedStraddlingBuffer(t *testing.T) {
 // again while the kernel still holds it (posted, not used) breaks its
 // device; the buffer is in the fill ring once, and a frame fills it once.
 func TestDedicatedRepostedHead(t *testing.T) {
-	tb, _ := dedicatedBed(t)
-	sock := tb.Socket("h")
-	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
-		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	d := newGuardedDevice(t, sock)
-	tb.waitRunning("h", 2)
+	tb, d, w := guardedDedicatedBed(t)
+	defer w.check()
 	head := d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[2]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
 	d.KickRing(0)
 	testenv.Eventually(t, "buffer posted", func() (bool, string) {
@@ -307,12 +352,8 @@ func TestDedicatedRepostedHead(t *testing.T) {
 // mapping goes, and the ring restarts on the new one with a new socket
 // whose frames land in place again.
 func TestDedicatedMemTableChange(t *testing.T) {
-	tb, _ := dedicatedBed(t)
-	sock := tb.Socket("h")
-	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
-		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	d := newGuardedDevice(t, sock)
-	tb.waitRunning("h", 2)
+	tb, d, w := guardedDedicatedBed(t)
+	defer w.check()
 	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
 	d.post(0, 4)
 	testenv.Eventually(t, "buffers posted", func() (bool, string) {
