@@ -79,24 +79,12 @@ func checkNoDrops(t *testing.T, v VMStats) {
 	}
 }
 
-// TestLinuxGuestPing boots a Linux guest on a vmq vhost-user port and
-// pings it from the wire (ARP through the flood socket, ICMP through the
-// VM's socket, replies through the guest's TX and the XSK tx ring), then
-// pings the wire from the guest.
-func TestLinuxGuestPing(t *testing.T) {
-	b := newLinuxBed(t, 1)
-	const slot = 1
-	spec := tbed.LinuxGuest{Name: "lg1", MAC: "52:54:00:00:99:02", IP: "10.99.0.2", Pairs: 1, CPUs: 1}
-	g := b.addLinuxGuest(spec, slot)
-
-	if got := strings.TrimSpace(tbed.GuestExec(t, g, "cat /sys/class/net/eth0/address")); got != spec.MAC {
-		t.Fatalf("guest eth0 has MAC %q, want %s", got, spec.MAC)
-	}
-	var exitErr *qemu.ExitError
-	if _, err := g.Exec(context.Background(), "echo oops; exit_code() { return 3; }; exit_code"); !errors.As(err, &exitErr) ||
-		exitErr.Status != 3 || strings.TrimSpace(exitErr.Output) != "oops" {
-		t.Fatalf("failing guest command: err %v", err)
-	}
+// checkPings pings a running guest from the wire (20 echoes, then 10 of
+// 1514-byte frames with DF), the wire from the guest (its ARP leaves
+// through vmq's TX path), and floods it; each exact, no drop counted.
+// It returns the VM's counters afterwards.
+func (b *testbed) checkPings(t *testing.T, g *qemu.Guest, spec tbed.LinuxGuest) VMStats {
+	t.Helper()
 	const n = 20
 	out := b.PingFromWire(spec.IP, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
 	tbed.CheckPing(t, "wire -> guest", out, n)
@@ -125,6 +113,44 @@ func TestLinuxGuestPing(t *testing.T) {
 		t.Errorf("VM counters: rx %d tx %d, want at least %d each", v.RxPackets, v.TxPackets, min)
 	}
 	checkNoDrops(t, v)
+	return v
+}
+
+// reloadDriver unloads and reloads the guest's virtio_net (a device
+// reset: QEMU stops the rings with GET_VRING_BASE, then renegotiates and
+// restarts them on the same connection) and checks pings both ways after.
+func (b *testbed) reloadDriver(t *testing.T, g *qemu.Guest, spec tbed.LinuxGuest) {
+	t.Helper()
+	const n = 20
+	tbed.GuestExec(t, g, "rmmod virtio_net && insmod /lib/modules/virtio_net.ko && "+
+		"i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "+
+		"ip addr add "+spec.IP+"/24 dev eth0 && ip link set eth0 up")
+	out := b.PingFromWire(spec.IP, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
+	tbed.CheckPing(t, "wire -> guest after driver reload", out, n)
+	out = tbed.GuestExec(t, g, "ping -c 5 -A -W 5 "+wireIP)
+	tbed.CheckPing(t, "guest -> wire after driver reload", out, 5)
+	checkNoDrops(t, b.vmStats(spec.Name))
+}
+
+// TestLinuxGuestPing boots a Linux guest on a vmq vhost-user port and
+// pings it from the wire (ARP through the flood socket, ICMP through the
+// VM's socket, replies through the guest's TX and the XSK tx ring), then
+// pings the wire from the guest.
+func TestLinuxGuestPing(t *testing.T) {
+	b := newLinuxBed(t, 1)
+	const slot = 1
+	spec := tbed.LinuxGuest{Name: "lg1", MAC: "52:54:00:00:99:02", IP: "10.99.0.2", Pairs: 1, CPUs: 1}
+	g := b.addLinuxGuest(spec, slot)
+
+	if got := strings.TrimSpace(tbed.GuestExec(t, g, "cat /sys/class/net/eth0/address")); got != spec.MAC {
+		t.Fatalf("guest eth0 has MAC %q, want %s", got, spec.MAC)
+	}
+	var exitErr *qemu.ExitError
+	if _, err := g.Exec(context.Background(), "echo oops; exit_code() { return 3; }; exit_code"); !errors.As(err, &exitErr) ||
+		exitErr.Status != 3 || strings.TrimSpace(exitErr.Output) != "oops" {
+		t.Fatalf("failing guest command: err %v", err)
+	}
+	v := b.checkPings(t, g, spec)
 	p := b.portStats(spec.Name)
 	checkFeatures(t, p, 1)
 	if p.Kicks == 0 || p.Calls == 0 {
@@ -135,14 +161,7 @@ func TestLinuxGuestPing(t *testing.T) {
 	// Unloading virtio_net resets the device (QEMU stops the vhost-user
 	// rings: GET_VRING_BASE); loading it again renegotiates and restarts
 	// them on the same connection, with ring indices back at 0.
-	tbed.GuestExec(t, g, "rmmod virtio_net && insmod /lib/modules/virtio_net.ko && "+
-		"i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "+
-		"ip addr add "+spec.IP+"/24 dev eth0 && ip link set eth0 up")
-	out = b.PingFromWire(spec.IP, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
-	tbed.CheckPing(t, "wire -> guest after driver reload", out, n)
-	out = tbed.GuestExec(t, g, "ping -c 5 -A -W 5 "+wireIP)
-	tbed.CheckPing(t, "guest -> wire after driver reload", out, 5)
-	checkNoDrops(t, b.vmStats(spec.Name))
+	b.reloadDriver(t, g, spec)
 	checkFeatures(t, b.portStats(spec.Name), 1)
 }
 

@@ -1,9 +1,7 @@
 package dataplane
 
 import (
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/vmq/vmq/dataplane/virtio"
 	tbed "github.com/vmq/vmq/internal/testbed"
@@ -27,33 +25,9 @@ func TestLinuxGuestPacked(t *testing.T) {
 	checkFeatures(t, p, 1)
 	t.Logf("features %#x (IN_ORDER %v)", p.Features, p.Features&virtio.FInOrder != 0)
 
-	const n = 20
-	out := b.PingFromWire(spec.IP, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
-	tbed.CheckPing(t, "wire -> guest", out, n)
-	out = b.PingFromWire(spec.IP, "-c", "10", "-i", "0.05", "-W", "5", "-s", "1472", "-M", "do")
-	tbed.CheckPing(t, "wire -> guest, 1514-byte frames", out, 10)
-	out = tbed.GuestExec(t, g, "ping -c 10 -A -W 5 "+wireIP)
-	tbed.CheckPing(t, "guest -> wire", out, 10)
-	const flood = 500
-	start := time.Now()
-	out = b.PingFromWire(spec.IP, "-f", "-c", strconv.Itoa(flood), "-W", "5")
-	tbed.CheckPing(t, "wire -> guest, flood", out, flood)
-	t.Logf("flood ping: %d echoes in %v: %s", flood, time.Since(start).Round(time.Millisecond), tbed.LastLines(out, 1))
+	b.checkPings(t, g, spec)
 
-	v := b.vmStats(spec.Name)
-	if min := uint64(n + 10 + 10 + flood); v.RxPackets < min || v.TxPackets < min {
-		t.Errorf("VM counters: rx %d tx %d, want at least %d each", v.RxPackets, v.TxPackets, min)
-	}
-	checkNoDrops(t, v)
-
-	tbed.GuestExec(t, g, "rmmod virtio_net && insmod /lib/modules/virtio_net.ko && "+
-		"i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "+
-		"ip addr add "+spec.IP+"/24 dev eth0 && ip link set eth0 up")
-	out = b.PingFromWire(spec.IP, "-c", strconv.Itoa(n), "-i", "0.05", "-W", "5")
-	tbed.CheckPing(t, "wire -> guest after driver reload", out, n)
-	out = tbed.GuestExec(t, g, "ping -c 5 -A -W 5 "+wireIP)
-	tbed.CheckPing(t, "guest -> wire after driver reload", out, 5)
-	checkNoDrops(t, b.vmStats(spec.Name))
+	b.reloadDriver(t, g, spec)
 	p = b.portStats(spec.Name)
 	checkFeatures(t, p, 1)
 	if p.Features&virtio.FRingPacked == 0 {
