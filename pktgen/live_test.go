@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -548,9 +550,38 @@ func TestLiveSendInterrupted(t *testing.T) {
 		t.Fatal("no call was interrupted: the test tested nothing")
 	}
 	t.Logf("%d calls interrupted", p.gen.interrupted)
-	if st := waitFrames(t, p.sink, n); st.Tracked != n || st.Dups != 0 || st.MaxSeq != n {
-		t.Fatalf("sink %+v, want %d frames once each", st, n)
+	// At full speed under a loaded machine the receiving veth's ring can
+	// overflow; the kernel counts each such frame on the sender. Every
+	// frame must be either seen once by the sink or counted there.
+	st := waitFrames(t, p.sink, n)
+	time.Sleep(50 * time.Millisecond)
+	if st, _ = p.sink.Stats(); st.Dups != 0 || st.MaxSeq > n {
+		t.Fatalf("sink %+v: a frame twice or beyond the %d sent", st, n)
 	}
+	lost := vethXmitErrors(t, p.tx)
+	if st.Tracked+lost != n {
+		t.Fatalf("sink saw %d, the veth dropped %d: %d frames unaccounted of %d", st.Tracked, lost, int64(n)-int64(st.Tracked+lost), n)
+	}
+	t.Logf("sink saw %d, veth ring overflow %d", st.Tracked, lost)
+}
+
+// vethXmitErrors sums the frames a veth could not pass to its peer's XDP
+// ring (`ethtool -S`: tx_queue_N_xdp_xmit_errors, counted on the sender).
+func vethXmitErrors(t testing.TB, l netnstest.Link) uint64 {
+	t.Helper()
+	var sum uint64
+	for _, line := range strings.Split(l.NS.Run(t, "ethtool", "-S", l.Name), "\n") {
+		name, val, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "tx_queue_") || !strings.HasSuffix(name, "_xdp_xmit_errors") {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(val), 10, 64)
+		if err != nil {
+			t.Fatalf("ethtool -S %s: %q: %v", l.Name, line, err)
+		}
+		sum += n
+	}
+	return sum
 }
 
 // An unpaced run with a duration ends near it although the generator
