@@ -599,8 +599,12 @@ func TestRunUnpacedDuration(t *testing.T) {
 	if st.Elapsed < d || st.Elapsed > d+150*time.Millisecond {
 		t.Fatalf("ran %v for a duration of %v (%d frames)", st.Elapsed, d, st.Sent)
 	}
-	if got := waitFrames(t, p.sink, st.Sent); got.Tracked != min(st.Sent, SinkSeqRange) || got.Payloads != st.Sent || got.Dups != 0 {
-		t.Fatalf("sink %+v, sent %d", got, st.Sent)
+	// Full speed: what the receiving veth's ring drops is counted on the
+	// sender, and every frame is either there or in that count.
+	got := waitFrames(t, p.sink, st.Sent)
+	lost := vethXmitErrors(t, p.tx)
+	if got.Payloads+lost != st.Sent || got.Dups != 0 || (lost == 0 && got.Tracked != min(st.Sent, SinkSeqRange)) {
+		t.Fatalf("sink %+v, veth ring overflow %d, sent %d", got, lost, st.Sent)
 	}
-	t.Logf("%d frames in %v: %.2f Mpps", st.Sent, st.Elapsed, st.PPS()/1e6)
+	t.Logf("%d frames in %v: %.2f Mpps, veth ring overflow %d", st.Sent, st.Elapsed, st.PPS()/1e6, lost)
 }
