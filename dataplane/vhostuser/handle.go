@@ -2,6 +2,7 @@ package vhostuser
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -131,6 +132,9 @@ func (p *Port) serveOne(c *net.UnixConn) error {
 	m, err := p.readMessage(c)
 	if err != nil {
 		return err
+	}
+	if p.log.Enabled(context.Background(), slog.LevelDebug) {
+		p.log.Debug("vhost-user message", "request", m.hdr.Request, "payload", fmt.Sprintf("%x", m.payload[:min(len(m.payload), 24)]), "fds", len(m.fds))
 	}
 	reply, herr := p.handleGuarded(&m)
 	closeFDs(m.fds)
@@ -394,7 +398,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		// The ring stops here; a new SET_VRING_KICK starts it again.
 		wasRunning := q.cfg.running
 		p.stopQueue(q)
-		if !p.nt.deliver(q, notifyGrace) {
+		if p.nt.deliver(q, notifyGrace) {
+			q.cfg.ranSinceCall = false // the front-end reads this fd once more as it stops
+		} else {
 			p.logGuest(&p.faultLog, slog.LevelWarn, "vhost-user ring stopped with a call not delivered", "queue", q.index)
 		}
 		if wasRunning && q.used != nil {
@@ -459,6 +465,21 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			closeFD(&q.cfg.callFD)
 			q.cfg.callFD = fd
 			q.callFD = fd
+			// A ring can run before its call fd is final: QEMU enables the
+			// rings of a migration's destination while it loads the state,
+			// so they start at SET_VRING_KICK, and SET_VRING_CALL follows
+			// with the fd it reads; until then the fd is the one it set at
+			// connect time, which it clears and never reads. A call the
+			// worker made there is lost, and with EVENT_IDX the guest is
+			// never called for the entries after it either (they are past
+			// its used_event): its receive ring fills and stays full. So
+			// the new fd gets one call (a spurious one costs the guest a
+			// look at its used ring).
+			if fd >= 0 && q.cfg.ranSinceCall {
+				q.callPending.Store(true)
+			}
+			p.log.Debug("vhost-user call fd set", "queue", q.index, "ran_on_old_fd", q.cfg.ranSinceCall, "used_idx", q.usedPub)
+			q.cfg.ranSinceCall = false
 		case ReqSetVringErr:
 			closeFD(&q.cfg.errFD)
 			q.cfg.errFD = fd

@@ -153,6 +153,11 @@ type vringConfig struct {
 	// checked again when the device resets: only the device writes it.
 	stoppedUsed  uint16
 	stoppedCheck bool
+	// ranSinceCall: the ring ran since its call fd was last set, so the
+	// worker may have called an fd the front-end has stopped reading
+	// (see SET_VRING_CALL). Cleared once GET_VRING_BASE delivered the
+	// last call.
+	ranSinceCall bool
 }
 
 // device is the per-connection state, owned by the control goroutine.
@@ -771,7 +776,7 @@ func (p *Port) refresh() {
 			// that did not migrate whole): resumed from used.idx.
 			p.log.Warn("vhost-user ring start: used.idx differs from the base", "queue", q.index, "base", c.base, "used_idx", q.lastAvail)
 		}
-		c.stoppedCheck = false
+		c.stoppedCheck, c.ranSinceCall = false, true
 		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
 		c.running = true
 		p.log.Debug("vhost-user queue ready", "queue", q.index, "size", c.num, "base", q.lastAvail)

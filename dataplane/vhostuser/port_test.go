@@ -773,3 +773,71 @@ func TestListenPath(t *testing.T) {
 	}
 	p2.Close()
 }
+
+// TestCallAfterLateSetVringCall plays QEMU's start of a migration's
+// destination: its rings were enabled while the state loaded
+// (SET_VRING_ENABLE before anything else), so a ring runs from
+// SET_VRING_KICK on, while its call fd is still the one QEMU set at
+// connect time (its "masked notifier", which it clears and never reads);
+// SET_VRING_CALL with the real fd follows. A call the worker asked for in
+// between went to the old fd. With EVENT_IDX the guest is not called for
+// later entries either (they are past its used_event), so it never learns
+// of any: the new fd must get a call.
+func TestCallAfterLateSetVringCall(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	h := newRecHandler()
+	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	defer h.drain()
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	masked, call, kick := eventfd(t), eventfd(t), eventfd(t)
+	defer unix.Close(masked)
+	defer unix.Close(call)
+	defer unix.Close(kick)
+	f := dialFE(t, path)
+	defer f.c.Close()
+
+	f.send(ReqSetOwner, 0, nil)
+	pf := f.getU64(ReqGetProtocolFeatures)
+	f.send(ReqSetProtocolFeatures, 0, u64p(pf&(ProtocolFReplyAck|ProtocolFMQ)))
+	f.mustAck(ReqSetVringCall, u64p(0), masked) // vhost_dev_init
+	f.mustAck(ReqSetVringEnable, statep(0, 1))  // virtio_net_post_load_device
+	f.mustAck(ReqSetFeatures, u64p(virtio.FVersion1|virtio.NetFMrgRxbuf|virtio.RingFEventIdx|virtio.FProtocolFeatures))
+	tbl := make([]byte, MemTableLen(1))
+	EncodeMemTable(tbl, []MemRegion{{GuestPhysAddr: testBase, MemorySize: feMemSize, UserspaceAddr: testBase}})
+	f.mustAck(ReqSetMemTable, tbl, gm.fd)
+	g := layoutGuest(t, gm.mem[:256<<10], testBase, 256)
+	d, a, u := g.addrs()
+	f.mustAck(ReqSetVringNum, statep(0, 256))
+	f.mustAck(ReqSetVringBase, statep(0, 0))
+	f.mustAck(ReqSetVringAddr, addrp(0, d, a, u))
+	f.mustAck(ReqSetVringKick, u64p(0), kick)
+	q := recv(t, h.ready, "QueueReady at SET_VRING_KICK")
+
+	// The worker delivers a frame before SET_VRING_CALL arrives.
+	g.postRX(2048)
+	if err := q.Push(frameOf(60, 1)); err != nil {
+		t.Fatal(err)
+	}
+	q.Flush()
+	var ev [8]byte
+	testenv.Eventually(t, "the call on the connect-time fd", func() (bool, string) {
+		n, e := readNoWait(masked, &ev)
+		return n == 8, fmt.Sprint(e)
+	})
+
+	f.send(ReqSetVringCall, FlagNeedReply, u64p(0), call)
+	recv(t, h.stopped, "QueueStopped at SET_VRING_CALL")
+	if v, err := DecodeU64(f.recv(ReqSetVringCall)); err != nil || v != 0 {
+		t.Fatalf("SET_VRING_CALL: ack %d %v", v, err)
+	}
+	recv(t, h.ready, "QueueReady after SET_VRING_CALL")
+	testenv.Eventually(t, "a call on the new fd for the entry already used", func() (bool, string) {
+		n, e := readNoWait(call, &ev)
+		return n == 8, fmt.Sprintf("used.idx %d, no call: %v", g.usedIdx(), e)
+	})
+}
