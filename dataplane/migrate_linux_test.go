@@ -402,12 +402,12 @@ func compareMemory(t *testing.T, r int, src, dst *qemu.Guest) {
 func testMigrate(t *testing.T, client bool) {
 	// vmq's log at debug level (every vhost-user message, each ring's
 	// start and stop, the test's steps): printed if the test fails, and
-	// written to $VMQ_TEST_DEBUG_LOG if set.
+	// appended to $VMQ_TEST_DEBUG_LOG if set.
 	var vlog testenv.SyncBuffer
 	tb := newTestbedOpts(t, tbed.Options{Queues: 1, WireAddr: wireIP + "/24"}, func(c *Config) {
 		var w io.Writer = &vlog
 		if path := os.Getenv("VMQ_TEST_DEBUG_LOG"); path != "" {
-			f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+			f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -40,6 +40,22 @@ type portBed struct {
 
 func newPortBed(t *testing.T, cfg Config) *portBed {
 	t.Helper()
+	b := newPortConn(t, cfg)
+	b.gs = b.f.handshake(b.gm, virtio.FVersion1|virtio.FProtocolFeatures, b.kick, b.call)
+	for i := 0; i < 2; i++ {
+		if q := recv(t, b.h.ready, "QueueReady"); q.IsRX() {
+			b.rxq = q
+		} else {
+			b.txq = q
+		}
+	}
+	return b
+}
+
+// newPortConn is a portBed before the handshake: the front-end is
+// connected, its memory and eventfds made, nothing sent.
+func newPortConn(t *testing.T, cfg Config) *portBed {
+	t.Helper()
 	b := &portBed{h: newRecHandler()}
 	cfg.Handler, cfg.Logger = b.h, testLogger(t)
 	p, err := Listen(filepath.Join(t.TempDir(), "vm.sock"), cfg)
@@ -60,14 +76,6 @@ func newPortBed(t *testing.T, cfg Config) *portBed {
 	})
 	b.f = dialFE(t, p.Path())
 	t.Cleanup(func() { b.f.c.Close() })
-	b.gs = b.f.handshake(b.gm, virtio.FVersion1|virtio.FProtocolFeatures, b.kick, b.call)
-	for i := 0; i < 2; i++ {
-		if q := recv(t, b.h.ready, "QueueReady"); q.IsRX() {
-			b.rxq = q
-		} else {
-			b.txq = q
-		}
-	}
 	return b
 }
 

@@ -784,23 +784,9 @@ func TestListenPath(t *testing.T) {
 // later entries either (they are past its used_event), so it never learns
 // of any: the new fd must get a call.
 func TestCallAfterLateSetVringCall(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "vm.sock")
-	h := newRecHandler()
-	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	defer h.drain()
-	gm := newGuestMem(t, feMemSize)
-	defer gm.close()
-	masked, call, kick := eventfd(t), eventfd(t), eventfd(t)
-	defer unix.Close(masked)
-	defer unix.Close(call)
-	defer unix.Close(kick)
-	f := dialFE(t, path)
-	defer f.c.Close()
-
+	b := newPortConn(t, Config{})
+	f, h, gm := b.f, b.h, b.gm
+	masked, call, kick := b.call[0], b.call[1], b.kick[0]
 	f.send(ReqSetOwner, 0, nil)
 	pf := f.getU64(ReqGetProtocolFeatures)
 	f.send(ReqSetProtocolFeatures, 0, u64p(pf&(ProtocolFReplyAck|ProtocolFMQ)))
