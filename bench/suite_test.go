@@ -142,10 +142,13 @@ func BenchmarkSuite(b *testing.B) {
 	s.report = Report{Command: cmd, Started: start, CPUs: OnlineCPUs(), Kernel: kernelRelease(),
 		Settings: fmt.Sprintf("Directions %s; frames %v B (64 runs as 66: vmq-pktgen's stamp); full-speed trials of %v; "+
 			"zero-loss search at %v B, %v per trial, precision %.0f%% of the start rate. One NIC queue (veth, AF_XDP copy mode), "+
-			"vhost-user rings of 1024, vmqd's default settings, testpmd io forwarding with 1024-entry rings. "+
-			"The dedicated part (frames %v B): a 2-queue veth, the VM's frames on queue %d (the generator on CPU %d), "+
-			"vmqd with the VM's queue shared (its one queue) or dedicated, DPDK's net_af_xdp on that queue.",
-			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlWindow, 100*s.zlPrec, dedSizes, DedicatedQueue, DedicatedQueue)}
+			"vhost-user rings of 1024, vmqd's default settings, testpmd io forwarding with 1024-entry rings.",
+			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlWindow, 100*s.zlPrec)}
+	if slices.Contains(dirs, Dedicated) {
+		s.report.Settings += fmt.Sprintf(" The dedicated part (frames %v B): a 2-queue veth, the VM's frames on queue %d "+
+			"(the generator on CPU %d), vmqd with the VM's queue shared (its one queue) or dedicated, DPDK's net_af_xdp on that queue.",
+			dedSizes, DedicatedQueue, DedicatedQueue)
+	}
 	s.report.Host, _ = os.Hostname()
 	s.report.LoadAvg[0] = loadavg()
 
