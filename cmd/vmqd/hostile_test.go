@@ -55,6 +55,8 @@ var hostileAttacks = []hostileAttack{
 	{name: "flood", run: attackFlood},
 	{name: "qos_limit", run: attackQoS},
 	{name: "bad_offloads", run: attackBadOffloads},
+	{name: "sparse_offsets", run: attackSparseOffsets},
+	{name: "dirty_log", run: attackDirtyLog},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.

@@ -25,8 +25,11 @@ type Mem struct {
 	GPA  uint64 // guest physical address of byte 0
 	UVA  uint64 // front-end address of byte 0 (SET_VRING_ADDR uses these)
 	Size uint64 // region size announced in the memory table
-	data []byte // our own mapping; nil once truncated or for sparse regions
-	used int    // bump allocator
+	// Offset is the region's mmap_offset in the memory table: where in
+	// the file the region starts (0 for a Mem's own memory).
+	Offset uint64
+	data   []byte // our own mapping; nil once truncated or for sparse regions
+	used   int    // bump allocator
 }
 
 // NewMem creates a memfd of size bytes (rounded to pages) and maps it.
@@ -64,7 +67,7 @@ func NewSparse(size uint64) (*Mem, error) {
 
 // Region is the memory table entry of m.
 func (m *Mem) Region() vhostuser.MemRegion {
-	return vhostuser.MemRegion{GuestPhysAddr: m.GPA, MemorySize: m.Size, UserspaceAddr: m.UVA}
+	return vhostuser.MemRegion{GuestPhysAddr: m.GPA, MemorySize: m.Size, UserspaceAddr: m.UVA, MmapOffset: m.Offset}
 }
 
 // Bytes is the mapped memory (nil after Truncate).

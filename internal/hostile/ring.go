@@ -23,6 +23,7 @@ type Ring struct {
 	Mem                        *Mem
 	Num                        int
 	DescOff, AvailOff, UsedOff int
+	Packed                     bool // NewPackedRing: see packed.go
 
 	availIdx   uint16 // next avail slot (published by Publish)
 	availFlags uint16
