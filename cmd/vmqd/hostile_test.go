@@ -57,6 +57,8 @@ var hostileAttacks = []hostileAttack{
 	{name: "bad_offloads", run: attackBadOffloads},
 	{name: "sparse_offsets", run: attackSparseOffsets},
 	{name: "dirty_log", run: attackDirtyLog},
+	{name: "packed_ring_cases", run: attackPackedRingCases},
+	{name: "packed_huge_chains", run: attackPackedHugeChains},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
@@ -208,7 +210,9 @@ func attackIndirectZeroLen(t *testing.T, h *hostileBed, a *attacker, _ *traffic)
 	tx.Push(heads...)
 	tx.Publish()
 	d.KickRing(1)
-	// The worker polls every TX ring each round: it is in the walk now.
+	// A chain of 32769 descriptor visits is more than any round's budget:
+	// dropped, and given back to the guest (used), not left in limbo.
+	waitUsed(t, h, tx, "vmqd gives back the first chain")
 }
 
 // The guest hands over its memory table, shrinks the memfd to nothing,
@@ -390,6 +394,49 @@ type ringCase struct {
 	feat  uint64
 	build func(d *hostile.Device, r *hostile.Ring) error
 	want  string
+	// layout, if set, moves the rings before the handshake sends their
+	// addresses.
+	layout func(d *hostile.Device)
+}
+
+// allocGPA carves n bytes of d's memory and returns their guest address.
+func allocGPA(t *testing.T, d *hostile.Device, n int) uint64 {
+	t.Helper()
+	g, err := d.Mem.AllocGPA(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// memEnd is the guest address just past d's memory.
+func memEnd(d *hostile.Device) uint64 { return d.Mem.GPA + d.Mem.Size }
+
+// runRingCases runs each case on a new attacker device (packed or split
+// rings of num entries): the device breaks with the reason the case
+// wants, nothing else does.
+func runRingCases(t *testing.T, h *hostileBed, a *attacker, num int, packed bool, cases []ringCase) {
+	h.attackerFlow(t, 2000) // the RX cases need frames for the attacker
+	for _, tc := range cases {
+		d := a.device(hostile.Config{QueueSize: num, NoBuffers: true, Features: tc.feat, Packed: packed})
+		if tc.layout != nil {
+			tc.layout(d)
+		}
+		mustStart(t, h, d)
+		ring := 1
+		if tc.rx {
+			ring = 0
+		}
+		if tc.build != nil {
+			if err := tc.build(d, d.Rings[ring]); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+		}
+		d.KickRing(ring)
+		reason := a.waitBroken(tc.want)
+		t.Logf("%s: %s", tc.name, reason)
+		d.Close() // the port resets and takes the next case
+	}
 }
 
 // Every hostile ring of the vhostuser unit test, live: the attacker's
@@ -397,17 +444,11 @@ type ringCase struct {
 func attackRingCases(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	const num = 8
 	hdr := uint32(virtio.NetHdrLen)
-	alloc := func(d *hostile.Device, n int) uint64 {
-		g, err := d.Mem.AllocGPA(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	alloc := func(d *hostile.Device, n int) uint64 { return allocGPA(t, d, n) }
 	table := func(d *hostile.Device, gpa uint64, ds ...hostile.Desc) {
 		hostile.WriteDescs(d.Mem, int(gpa-d.Mem.GPA), ds...)
 	}
-	end := func(d *hostile.Device) uint64 { return d.Mem.GPA + d.Mem.Size }
+	end := memEnd
 	post := func(r *hostile.Ring, ds ...hostile.Desc) error { r.Post(ds...); return nil }
 	cases := []ringCase{
 		{name: "loop", build: func(d *hostile.Device, r *hostile.Ring) error {
@@ -491,22 +532,7 @@ func attackRingCases(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 			return nil
 		}, want: "jumped"},
 	}
-	h.attackerFlow(t, 2000) // the RX cases need frames for the attacker
-	for _, tc := range cases {
-		d := a.device(hostile.Config{QueueSize: num, NoBuffers: true, Features: tc.feat})
-		mustStart(t, h, d)
-		ring := 1
-		if tc.rx {
-			ring = 0
-		}
-		if err := tc.build(d, d.Rings[ring]); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		d.KickRing(ring)
-		reason := a.waitBroken(tc.want)
-		t.Logf("%s: %s", tc.name, reason)
-		d.Close() // the port resets and takes the next case
-	}
+	runRingCases(t, h, a, num, false, cases)
 }
 
 // A well-behaved guest that transmits as fast as vmqd takes its frames:

@@ -160,7 +160,11 @@ func (d *Device) StartRing(i int) error {
 	if err := c.State(vhostuser.ReqSetVringNum, idx, uint32(r.Num)); err != nil {
 		return err
 	}
-	if err := c.State(vhostuser.ReqSetVringBase, idx, 0); err != nil {
+	base := uint32(0)
+	if r.Packed {
+		base = virtio.EventWrapBit // slot 0, wrap counter 1: a driver's start
+	}
+	if err := c.State(vhostuser.ReqSetVringBase, idx, base); err != nil {
 		return err
 	}
 	p := make([]byte, vhostuser.VringAddrLen)

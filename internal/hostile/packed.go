@@ -81,3 +81,16 @@ func (r *Ring) PackedUsed(i int) bool {
 	f := uint16(load32(r.Mem.Bytes(), r.DescOff+(i%r.Num)*virtio.PackedDescSize+12) >> 16)
 	return (f&virtio.DescFAvail != 0) == (f&virtio.DescFUsed != 0)
 }
+
+// WritePackedDescs writes packed descriptors back to back at offset off
+// of m: an indirect table of a packed ring.
+func WritePackedDescs(m *Mem, off int, ds ...PackedDesc) {
+	b := m.Bytes()
+	for i, d := range ds {
+		e := b[off+i*virtio.PackedDescSize:]
+		binary.LittleEndian.PutUint64(e[0:], d.Addr)
+		binary.LittleEndian.PutUint32(e[8:], d.Len)
+		binary.LittleEndian.PutUint16(e[12:], d.ID)
+		binary.LittleEndian.PutUint16(e[14:], d.Flags)
+	}
+}
