@@ -33,13 +33,14 @@ func memfdMaps(t *testing.T, h *hostileBed) int {
 }
 
 // expectFDsBack closes d and waits until vmqd holds no more fds than
-// before (fds counted before the attacker's connection).
+// before (fds counted before the attacker's connection) and no mapping
+// of any attacker's memory.
 func expectFDsBack(t *testing.T, h *hostileBed, d *hostile.Device, before int) {
 	t.Helper()
 	d.Close()
-	testenv.Eventually(t, "vmqd lets go of the attacker's fds", func() (bool, string) {
-		n := fdCount(t, h)
-		return n <= before, fmt.Sprintf("%d fds open, %d before the attack", n, before)
+	testenv.Eventually(t, "vmqd lets go of the attacker's fds and memory", func() (bool, string) {
+		n, m := fdCount(t, h), memfdMaps(t, h)
+		return n <= before && m == 0, fmt.Sprintf("%d fds open (%d before the attack), %d mappings of attacker memfds", n, before, m)
 	})
 }
 

@@ -59,6 +59,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "dirty_log", run: attackDirtyLog},
 	{name: "packed_ring_cases", run: attackPackedRingCases},
 	{name: "packed_huge_chains", run: attackPackedHugeChains},
+	{name: "control_fds", run: attackControlFDs},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
