@@ -92,15 +92,22 @@ func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
 
 // mapWindow mmaps (MAP_SHARED) the size bytes of fd at offset: the
 // mapping starts at offset rounded down to the page (blksize when it is
-// a power of 2 above it: hugetlbfs needs huge-page multiples), so data,
-// the window itself, needs no alignment, and a huge offset into a sparse
-// file costs no more address space than size does.
+// a power of 2 above it: hugetlbfs needs huge-page multiples), one page
+// earlier if the file has it, so data, the window itself, needs no
+// alignment, and a huge offset into a sparse file costs no more address
+// space than size and two pages. The page before is headroom that a
+// dedicated queue's UMEM (the whole mapping) needs to take a frame in a
+// buffer at the region's first byte; it is the guest's file, never
+// guest memory.
 func mapWindow(fd int, offset, size, blksize uint64) (mapping, data []byte, err error) {
 	align := uint64(unix.Getpagesize())
 	if blksize > align && blksize&(blksize-1) == 0 {
 		align = blksize
 	}
 	start := offset &^ (align - 1)
+	if start >= align {
+		start -= align
+	}
 	length := (offset - start + size + align - 1) &^ (align - 1)
 	m, err := unix.Mmap(fd, int64(start), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
