@@ -17,11 +17,11 @@ import (
 // is no eventfd, SET_LOG_BASE and SET_INFLIGHT_FD not negotiated), the
 // memory table swapped between one region and eight 30 times while
 // frames arrive, then messages that end the connection (GET_INFLIGHT_FD,
-// more fds than a message may carry). Every fd and mapping vmqd took
-// from the attacker must be gone at the end, and the device must have
-// gone on delivering through the memory swaps.
+// more fds than a message may carry). Every fd, mapping and goroutine
+// vmqd took for the attacker must be gone at the end, and the device must
+// have gone on delivering through the memory swaps.
 func attackControlFDs(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
-	fds0 := fdCount(t, h)
+	before := heldBy(t, h)
 	newFD := func() int {
 		e, err := hostile.NewEventFD(true)
 		if err != nil {
@@ -163,7 +163,7 @@ func attackControlFDs(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 			t.Errorf("packed ring size %d: %v, want refused", num, err)
 		}
 	}
-	expectFDsBack(t, h, p, fds0)
+	expectReleased(t, h, p, before)
 }
 
 func u64(v uint64) []byte {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -32,15 +35,45 @@ func memfdMaps(t *testing.T, h *hostileBed) int {
 	return strings.Count(string(b), "memfd:vmq-hostile")
 }
 
-// expectFDsBack closes d and waits until vmqd holds no more fds than
-// before (fds counted before the attacker's connection) and no mapping
-// of any attacker's memory.
-func expectFDsBack(t *testing.T, h *hostileBed, d *hostile.Device, before int) {
+// held is what vmqd holds that an attacker could make it leak.
+type held struct{ fds, goroutines int }
+
+// heldBy counts vmqd's open fds and goroutines (go_goroutines on its
+// /metrics, fetched without keep-alive so the request leaves nothing).
+func heldBy(t *testing.T, h *hostileBed) held {
+	t.Helper()
+	hc := http.Client{Timeout: answerWithin, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Get("http://" + h.proc.metrics + "/metrics")
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	g := -1
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
+			g, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if g < 0 {
+		t.Fatal("no go_goroutines on /metrics")
+	}
+	return held{fds: fdCount(t, h), goroutines: g}
+}
+
+// expectReleased closes d and waits until vmqd holds no more fds and
+// goroutines than before (counted before the attacker's connection) and
+// no mapping of any attacker's memory.
+func expectReleased(t *testing.T, h *hostileBed, d *hostile.Device, before held) {
 	t.Helper()
 	d.Close()
-	testenv.Eventually(t, "vmqd lets go of the attacker's fds and memory", func() (bool, string) {
-		n, m := fdCount(t, h), memfdMaps(t, h)
-		return n <= before && m == 0, fmt.Sprintf("%d fds open (%d before the attack), %d mappings of attacker memfds", n, before, m)
+	testenv.Eventually(t, "vmqd lets go of the attacker's fds, goroutines and memory", func() (bool, string) {
+		now, m := heldBy(t, h), memfdMaps(t, h)
+		return now.fds <= before.fds && now.goroutines <= before.goroutines && m == 0,
+			fmt.Sprintf("%+v held (%+v before the attack), %d mappings of attacker memfds", now, before, m)
 	})
 }
 
@@ -104,7 +137,7 @@ func attackSparseOffsets(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 // truncated under traffic: the worker's next mark is a SIGBUS that must
 // break this device only. vmqd ends with no more fds than it began with.
 func attackDirtyLog(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
-	fds0 := fdCount(t, h)
+	before := heldBy(t, h)
 	d := logDevice(t, h, a, hostile.Config{})
 	d.Mem.GPA = 0x10000 // low: the one-page log covers the buffers
 	if err := d.SendMemTable(); err != nil {
@@ -181,7 +214,7 @@ func attackDirtyLog(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	rx.PostRX()
 	d.KickRing(0)
 	t.Logf("log truncated: %s", a.waitBroken("memory fault"))
-	expectFDsBack(t, h, d, fds0)
+	expectReleased(t, h, d, before)
 }
 
 func nonZero(b []byte) bool {

@@ -60,6 +60,9 @@ var hostileAttacks = []hostileAttack{
 	{name: "packed_ring_cases", run: attackPackedRingCases},
 	{name: "packed_huge_chains", run: attackPackedHugeChains},
 	{name: "control_fds", run: attackControlFDs},
+	{name: "tiny_rx_buffers", run: attackTinyRxBuffers},
+	{name: "one_byte_tx_chains", run: attackOneByteTxChains},
+	{name: "tso_min_mss", run: attackTSOMinMSS},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
