@@ -25,13 +25,7 @@ func attackTinyRxBuffers(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	}
 	base := allocGPA(t, d, n)
 	rx := d.RX()
-	heads := make([]uint16, n)
-	for i := range n {
-		rx.SetDesc(i, hostile.Desc{Addr: base + uint64(i), Len: 1, Flags: virtio.DescFWrite})
-		heads[i] = uint16(i)
-	}
-	rx.Push(heads...)
-	rx.Publish()
+	rx.PostOneByteRX(base)
 	d.KickRing(0)
 	h.attackerFlow(t, 2000)
 	const hdr = virtio.NetHdrLen
