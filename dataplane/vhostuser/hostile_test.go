@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmq/vmq/dataplane/virtio"
 )
 
@@ -168,5 +170,38 @@ func TestCheckRegions(t *testing.T) {
 		if err := checkRegions(tc.rs); (err == nil) != tc.ok {
 			t.Errorf("%s: err=%v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// TestMapWindow: a region or log maps its own window of the file (and a
+// page before it), not the file from 0: its bytes are the file's at the
+// offset, unaligned offsets included, and a window 1 TiB into a sparse
+// file costs a few pages of address space.
+func TestMapWindow(t *testing.T) {
+	fd, err := unix.MemfdCreate("vmq-test-window", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	const far = 1 << 40
+	if err := unix.Ftruncate(fd, far+3*4096); err != nil {
+		t.Fatal(err)
+	}
+	mark := []byte("the window's first bytes")
+	for _, off := range []uint64{0, 16, 4096 + 24, 3*4096 - 8, far + 4096 + 8} {
+		if _, err := unix.Pwrite(fd, mark, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		m, data, err := mapWindow(fd, off, 100, 4096)
+		if err != nil {
+			t.Fatalf("offset %#x: %v", off, err)
+		}
+		if len(data) != 100 || string(data[:len(mark)]) != string(mark) {
+			t.Errorf("offset %#x: window %q", off, data[:len(mark)])
+		}
+		if len(m) > 3*4096 {
+			t.Errorf("offset %#x: mapped %d bytes for a 100-byte window", off, len(m))
+		}
+		unix.Munmap(m)
 	}
 }
