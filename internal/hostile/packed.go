@@ -83,14 +83,10 @@ func (r *Ring) PackedUsed(i int) bool {
 }
 
 // WritePackedDescs writes packed descriptors back to back at offset off
-// of m: an indirect table of a packed ring.
+// of m: an indirect table of a packed ring. The layout is a split
+// descriptor's with id where flags were and flags where next was.
 func WritePackedDescs(m *Mem, off int, ds ...PackedDesc) {
-	b := m.Bytes()
 	for i, d := range ds {
-		e := b[off+i*virtio.PackedDescSize:]
-		binary.LittleEndian.PutUint64(e[0:], d.Addr)
-		binary.LittleEndian.PutUint32(e[8:], d.Len)
-		binary.LittleEndian.PutUint16(e[12:], d.ID)
-		binary.LittleEndian.PutUint16(e[14:], d.Flags)
+		WriteDescs(m, off+i*virtio.PackedDescSize, Desc{Addr: d.Addr, Len: d.Len, Flags: d.ID, Next: d.Flags})
 	}
 }
