@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -128,6 +129,29 @@ func attackSparseOffsets(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 			t.Fatalf("vmqd died: %v", h.proc.waitErr)
 		}
 	}
+}
+
+// Guest memory, then a dirty log, in a file on a disk filesystem: a page
+// fault there can wait on another process (FUSE) or a server (NFS), on a
+// worker other VMs share. vmqd refuses both (NACK, then a hang-up: the
+// log has a reply of its own) and takes the next front-end.
+func attackMemoryNotShared(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
+	before := heldBy(t, h)
+	d := logDevice(t, h, a, hostile.Config{})
+	disk, err := hostile.NewDiskMem(h.b.Dir, 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(disk.Close)
+	disk.GPA, disk.UVA = 1<<40, 0x1000_0000_0000
+	if err := d.C.MemTable(disk); !errors.Is(err, hostile.ErrNack) {
+		t.Errorf("memory on disk: %v, want refused", err)
+	}
+	if err := d.LogBase(disk.FD, 4096, 0); err == nil {
+		t.Errorf("dirty log on disk accepted")
+	}
+	expectReleased(t, h, d, before)
+	mustStart(t, h, a.device(hostile.Config{}))
 }
 
 // A guest being migrated, hostile with its dirty log: a log far smaller

@@ -56,6 +56,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "qos_limit", run: attackQoS},
 	{name: "bad_offloads", run: attackBadOffloads},
 	{name: "sparse_offsets", run: attackSparseOffsets},
+	{name: "memory_not_shared", run: attackMemoryNotShared},
 	{name: "dirty_log", run: attackDirtyLog},
 	{name: "packed_ring_cases", run: attackPackedRingCases},
 	{name: "packed_huge_chains", run: attackPackedHugeChains},

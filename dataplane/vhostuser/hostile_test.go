@@ -3,12 +3,14 @@ package vhostuser
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/testenv"
 )
 
 // Each case builds a hostile ring and expects the queue to refuse it
@@ -203,5 +205,39 @@ func TestMapWindow(t *testing.T) {
 			t.Errorf("offset %#x: mapped %d bytes for a 100-byte window", off, len(m))
 		}
 		unix.Munmap(m)
+	}
+}
+
+// TestMapNotSharedMemory: guest memory or a log in a file on a disk
+// filesystem (FUSE and NFS alike) is refused: its page faults can wait on
+// another process, and a worker shared with other VMs touches it.
+func TestMapNotSharedMemory(t *testing.T) {
+	var f *os.File
+	var fs unix.Statfs_t
+	// The temporary directory, or this package's if that is shared memory.
+	for _, dir := range []string{t.TempDir(), "."} {
+		var err error
+		if f, err = os.CreateTemp(dir, ".vmq-test-ram-*"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
+		if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+			t.Fatal(err)
+		}
+		if fs.Type != unix.TMPFS_MAGIC && fs.Type != unix.RAMFS_MAGIC {
+			break
+		}
+	}
+	if fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC {
+		testenv.Skip(t, "no directory off shared memory for the test file")
+	}
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mapRegions([]MemRegion{{GuestPhysAddr: 0, MemorySize: 1 << 20, UserspaceAddr: 0x10000}}, []int{int(f.Fd())}); err == nil || !strings.Contains(err.Error(), "shared memory") {
+		t.Errorf("memory in a file on %#x: %v, want refused", fs.Type, err)
+	}
+	if _, err := mapLog(int(f.Fd()), 4096, 0); err == nil || !strings.Contains(err.Error(), "shared memory") {
+		t.Errorf("log in a file on %#x: %v, want refused", fs.Type, err)
 	}
 }

@@ -90,6 +90,23 @@ func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
 	return t, nil
 }
 
+// checkSharedMemory refuses a file that is not shared memory (memfd,
+// tmpfs, hugetlbfs, ramfs): a page fault in a file on FUSE or NFS waits
+// for another process or a server, and vmq touches guest memory on a
+// worker thread that serves other VMs too (a guest's FUSE server that
+// never answers a read would stall them all, as a blocking eventfd would).
+func checkSharedMemory(fd int) error {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return fmt.Errorf("fstatfs: %w", err)
+	}
+	switch fs.Type {
+	case unix.TMPFS_MAGIC, unix.HUGETLBFS_MAGIC, unix.RAMFS_MAGIC:
+		return nil
+	}
+	return fmt.Errorf("file on a filesystem of type %#x: guest memory must be shared memory (memfd, tmpfs, hugetlbfs)", fs.Type)
+}
+
 // mapWindow mmaps (MAP_SHARED) the size bytes of fd at offset: the
 // mapping starts at offset rounded down to the page (blksize when it is
 // a power of 2 above it: hugetlbfs needs huge-page multiples), one page
@@ -100,6 +117,9 @@ func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
 // buffer at the region's first byte; it is the guest's file, never
 // guest memory.
 func mapWindow(fd int, offset, size, blksize uint64) (mapping, data []byte, err error) {
+	if err := checkSharedMemory(fd); err != nil {
+		return nil, nil, err
+	}
 	align := uint64(unix.Getpagesize())
 	if blksize > align && blksize&(blksize-1) == 0 {
 		align = blksize

@@ -3,6 +3,7 @@ package hostile
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -132,4 +133,35 @@ func (m *Mem) AllocGPA(n int) (uint64, error) {
 func (m *Mem) At(gpa uint64, n int) []byte {
 	off := int(gpa - m.GPA)
 	return m.data[off : off+n]
+}
+
+// NewDiskMem creates a file of size bytes off shared memory (in dir, or
+// in the working directory if dir is on tmpfs) and returns it as a Mem
+// that is not mapped here: guest memory whose page faults, on FUSE or NFS,
+// could wait on someone else. The file is removed at once (the fd keeps
+// it).
+func NewDiskMem(dir string, size uint64) (*Mem, error) {
+	for _, d := range []string{dir, "."} {
+		f, err := os.CreateTemp(d, ".vmq-hostile-disk-*")
+		if err != nil {
+			return nil, fmt.Errorf("hostile disk memory: %w", err)
+		}
+		os.Remove(f.Name())
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("hostile disk memory: dup: %w", err)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC {
+			unix.Close(fd)
+			continue
+		}
+		if err := unix.Ftruncate(fd, int64(size)); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("hostile disk memory: size to %d bytes: %w", size, err)
+		}
+		return &Mem{FD: fd, GPA: DefaultGPA, UVA: DefaultUVA, Size: size}, nil
+	}
+	return nil, fmt.Errorf("hostile disk memory: %s and the working directory are both on shared memory", dir)
 }
