@@ -16,7 +16,8 @@ import (
 // size that is not a power of 2, on a packed device too, a call fd that
 // is no eventfd, SET_LOG_BASE and SET_INFLIGHT_FD not negotiated), the
 // memory table swapped between one region and eight 30 times while
-// frames arrive, then messages that end the connection (GET_INFLIGHT_FD,
+// frames arrive, the ring layout switched between split and packed 10
+// times under traffic, then messages that end the connection (GET_INFLIGHT_FD,
 // more fds than a message may carry). Every fd, mapping and goroutine
 // vmqd took for the attacker must be gone at the end, and the device must
 // have gone on delivering through the memory swaps.
@@ -123,6 +124,24 @@ func attackControlFDs(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	})
 	if n, m := fdCount(t, h), memfdMaps(t, h); n != fdsUp || m != mapsUp {
 		t.Errorf("after 30 memory tables vmqd has %d fds and %d attacker mappings, %d and %d before", n, m, fdsUp, mapsUp)
+	}
+	// The ring layout switched under traffic: the split rings in memory
+	// read as packed ones and back (whatever vmqd makes of them, it may
+	// break this device only).
+	for i := range 10 {
+		f := d.Features
+		if i%2 == 0 {
+			f |= virtio.FRingPacked
+		}
+		if _, err := c.U64(vhostuser.ReqSetFeatures, f); err != nil {
+			t.Fatalf("SET_FEATURES %#x: %v", f, err)
+		}
+		rx.PostRX()
+		d.KickRing(0)
+		d.KickRing(1)
+	}
+	if s, err := h.snapshot(); err == nil {
+		t.Logf("after 10 layout switches: broken %q", portOf(s, a.name).Broken)
 	}
 	d.Close()
 
