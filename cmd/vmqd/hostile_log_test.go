@@ -249,3 +249,76 @@ func nonZero(b []byte) bool {
 	}
 	return false
 }
+
+// logLinesSince counts the lines of vmqd's log after byte off that
+// name the attacker and contain msg.
+func logLinesSince(t *testing.T, h *hostileBed, off int64, msg string) int {
+	t.Helper()
+	b, err := os.ReadFile(h.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b[min(off, int64(len(b))):]), "\n") {
+		if strings.Contains(l, msg) && strings.Contains(l, `"attacker"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// logSize is the length of vmqd's log now.
+func logSize(t *testing.T, h *hostileBed) int64 {
+	t.Helper()
+	st, err := os.Stat(h.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// Requests a guest may repeat at will, each of which vmqd logs: a new
+// dirty log (SET_LOG_BASE) and a ring started at a base its used.idx
+// disagrees with (SET_VRING_BASE 0 after frames were delivered, then
+// SET_VRING_KICK), 100 times each. vmqd's log is shared by every tenant:
+// each kind gets a line or two, not a hundred.
+func attackLogFlood(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
+	d := logDevice(t, h, a, hostile.Config{})
+	if err := d.SendMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range d.Rings {
+		if err := d.StartRing(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.attackerFlow(t, 2000)
+	rx := d.RX()
+	rx.PostRX()
+	d.KickRing(0)
+	waitUsed(t, h, rx, "frames delivered to the attacker")
+	off := logSize(t, h)
+	logFD, err := hostile.NewMem(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(logFD.Close)
+	for range 100 {
+		if err := d.LogBase(logFD.FD, 4096, 0); err != nil {
+			t.Fatalf("SET_LOG_BASE: %v", err)
+		}
+		if err := d.C.State(vhostuser.ReqSetVringBase, 0, 0); err != nil {
+			t.Fatalf("SET_VRING_BASE: %v", err)
+		}
+		if _, err := d.C.U64(vhostuser.ReqSetVringKick, 0, d.Kick[0].FD); err != nil {
+			t.Fatalf("SET_VRING_KICK: %v", err)
+		}
+	}
+	for _, msg := range []string{"vhost-user dirty log", "used.idx differs from the base"} {
+		if n := logLinesSince(t, h, off, msg); n < 1 || n > 2 {
+			t.Errorf("%d log lines %q for 100 requests, want 1 or 2", n, msg)
+		} else {
+			t.Logf("%d log lines %q for 100 requests", n, msg)
+		}
+	}
+}

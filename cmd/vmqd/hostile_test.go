@@ -58,6 +58,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "sparse_offsets", run: attackSparseOffsets},
 	{name: "memory_not_shared", run: attackMemoryNotShared},
 	{name: "dirty_log", run: attackDirtyLog},
+	{name: "log_flood", run: attackLogFlood},
 	{name: "packed_ring_cases", run: attackPackedRingCases},
 	{name: "packed_huge_chains", run: attackPackedHugeChains},
 	{name: "control_fds", run: attackControlFDs},
