@@ -599,18 +599,33 @@ func attackQoS(t *testing.T, h *hostileBed, a *attacker, tr *traffic) {
 	// Let the token buckets settle before measuring (their burst is
 	// vmqd's business, the steady rate is the contract).
 	<-time.After(300 * time.Millisecond)
-	rx0, t0 := streamReceived(g, 77), time.Now()
-	txRate := attackerWireRate(t, tr, 2*time.Second)
-	rxRate := float64(streamReceived(g, 77)-rx0) / time.Since(t0).Seconds()
-	for _, m := range []struct {
-		dir  string
-		rate float64
-	}{{"tx", txRate}, {"rx", rxRate}} {
-		if math.Abs(m.rate-qosPPS)/qosPPS > 0.05 {
-			t.Errorf("%s limit %d frames/s: attacker got %.0f frames/s through", m.dir, qosPPS, m.rate)
-		} else {
-			t.Logf("%s limit %d frames/s: %.0f", m.dir, qosPPS, m.rate)
+	// Above the limit is a failure in any window. Below it, on a loaded
+	// machine, vmqd or the attacker may have been descheduled for part of
+	// a window (measured: 4024 and 3746 frames/s in the same 2 s): up to
+	// three windows, one of which must hold the limit within 5% both ways.
+	held := false
+	for try := 0; try < 3 && !held; try++ {
+		rx0, t0 := streamReceived(g, 77), time.Now()
+		txRate := attackerWireRate(t, tr, 2*time.Second)
+		rxRate := float64(streamReceived(g, 77)-rx0) / time.Since(t0).Seconds()
+		held = true
+		for _, m := range []struct {
+			dir  string
+			rate float64
+		}{{"tx", txRate}, {"rx", rxRate}} {
+			switch {
+			case m.rate > qosPPS*1.05:
+				t.Errorf("%s limit %d frames/s: attacker got %.0f frames/s through", m.dir, qosPPS, m.rate)
+			case m.rate < qosPPS*0.95:
+				held = false
+				t.Logf("%s limit %d frames/s: only %.0f in window %d (descheduled?)", m.dir, qosPPS, m.rate, try+1)
+			default:
+				t.Logf("%s limit %d frames/s: %.0f", m.dir, qosPPS, m.rate)
+			}
 		}
+	}
+	if !held {
+		t.Errorf("limit %d frames/s: no window of three held it within 5%% both ways", qosPPS)
 	}
 	s, err := h.snapshot()
 	if err != nil {
