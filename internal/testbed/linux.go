@@ -151,6 +151,28 @@ func CheckPing(t testing.TB, who, out string, want int) {
 	}
 }
 
+var pingReply = regexp.MustCompile(`(?m)^\d+ bytes from .*icmp_seq=(\d+) `)
+
+// CheckPingSeqs requires a reply to each of the echoes 1..want in the
+// output of iputils' `ping -c want -w DEADLINE`. With a deadline ping
+// waits for want replies (sending more if it must) instead of two round
+// trips after the last send, which a TCG guest on a loaded host
+// sometimes takes longer than to answer; an echo lost among the first
+// want is still missing.
+func CheckPingSeqs(t testing.TB, who, out string, want int) {
+	t.Helper()
+	seen := make(map[int]bool)
+	for _, m := range pingReply.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		seen[n] = true
+	}
+	for i := 1; i <= want; i++ {
+		if !seen[i] {
+			t.Fatalf("%s: no reply to echo %d of %d:\n%s", who, i, want, out)
+		}
+	}
+}
+
 // LastLines is the last n lines of s on one line, for logs.
 func LastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
