@@ -702,10 +702,10 @@ func (w *worker) receiveVM(vm *vmState) int {
 	vm.busy = true
 	w.touch(vm)
 	descs := w.descs[:n]
-	w.touchFrames(descs)
 	if len(vm.rxqs) > 0 {
 		w.pushBatch(vm, vm.rxqs[0], descs)
 	} else {
+		w.touchFrames(descs)
 		for i := 0; i < n; {
 			var frame []byte
 			frame, i = w.rxFrame(descs, i)
@@ -768,6 +768,15 @@ func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
 		}
 	}()
 	defer q.RecoverFault()
+	// A guest that does not keep up leaves its ring without buffers for
+	// many batches in a row: drop such a batch at once, without reading
+	// its frames (their cache lines were written on the kernel's CPU).
+	if ok, err := q.HasBuffers(); !ok {
+		dropBatch(vm, q, descs, err)
+		next = len(descs)
+		return
+	}
+	w.touchFrames(descs)
 	for i < len(descs) {
 		var frame []byte
 		frame, next = w.rxFrame(descs, i)
@@ -779,8 +788,36 @@ func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
 			vm.drop(DropRateLimited)
 			continue
 		}
-		w.pushed(vm, q.PushHdr(nil, frame), len(frame))
+		err := q.PushHdr(nil, frame)
+		w.pushed(vm, err, len(frame))
+		if err == vhostuser.ErrNoBuffers {
+			// The ring ran out of buffers: the rest of the batch is
+			// dropped at once, as DPDK's enqueue burst stops at the first
+			// frame without buffers (a buffer the guest posts meanwhile
+			// serves the next batch).
+			dropBatch(vm, q, descs[next:], nil)
+			next = len(descs)
+			return
+		}
 	}
+}
+
+// dropBatch drops the frames of descs for vm, whose receive queue q has
+// no buffers (err nil) or is broken, counting them in bulk where a Push
+// of each would have counted them one by one. Malformed or rate-limited
+// frames among them count as dropped for the ring: they were not read.
+func dropBatch(vm *vmState, q *vhostuser.Queue, descs []xsk.Desc, err error) {
+	n := framesIn(descs)
+	if n == 0 {
+		return
+	}
+	if err != nil {
+		q.CountDrops(vhostuser.DropBroken, n)
+		add(&vm.ctr.drops[DropBroken], uint64(n))
+		return
+	}
+	q.CountDrops(vhostuser.DropNoBuffers, n)
+	add(&vm.ctr.drops[DropVirtqueueFull], uint64(n))
 }
 
 // recycle gives received frames back to the kernel's fill ring; what the

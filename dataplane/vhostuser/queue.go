@@ -437,6 +437,30 @@ func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 	return d, false, nil
 }
 
+// HasBuffers reports whether the guest has posted a receive buffer that
+// Push has not used yet: at most one atomic load of guest memory (the
+// avail index, or the packed ring's next descriptor flags), so a worker
+// can drop a whole batch for a full ring without a failed Push per frame.
+// An error: the device is broken (an avail index out of range breaks it
+// here). It reads guest memory: guard it like Push. Owner only.
+func (q *Queue) HasBuffers() (bool, error) {
+	if q.isBroken() {
+		return false, ErrBroken
+	}
+	return q.haveAvail()
+}
+
+// CountDrops counts n frames the caller dropped for reason r without a
+// Push each (the rest of a batch after HasBuffers or a Push found the
+// ring without buffers), as those Pushes would have. Owner only.
+func (q *Queue) CountDrops(r DropReason, n int) {
+	if r < 0 || r >= NumDropReasons || n <= 0 {
+		return
+	}
+	q.st.Drops[r] += uint64(n)
+	q.dirty = true
+}
+
 // Push copies one frame, after a zeroed virtio-net header, into the
 // guest's receive buffers: one chain, or several with MRG_RXBUF (their
 // count in num_buffers). Nothing is visible to the guest until Flush.
