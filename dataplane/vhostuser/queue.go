@@ -489,6 +489,11 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 		return ErrBudget
 	}
 	total := q.hdrLen + len(frame)
+	if !q.packed && q.bufLog == nil {
+		if done, err := q.pushSingle(frame, total); done {
+			return err
+		}
+	}
 	startAvail, startUsed := q.lastAvail, q.usedIdx
 	written, nbufs := 0, 0
 	q.nb[0], q.nb[1] = nil, nil
@@ -565,6 +570,55 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 	q.st.Bytes += uint64(len(frame))
 	q.dirty = true
 	return nil
+}
+
+// pushSingle is PushHdr's fast path on a split ring for the buffer
+// guests post (Linux, DPDK and vmq-guest alike): one direct,
+// device-writable descriptor, big enough for header and frame, in one
+// memory region. It reads the descriptor once and checks what the
+// general path would; done=false: not that case, nothing consumed, the
+// general path takes the frame (and judges the descriptor) instead.
+func (q *Queue) pushSingle(frame []byte, total int) (done bool, err error) {
+	ok, err := q.haveAvail()
+	if err != nil {
+		return true, err
+	}
+	if !ok {
+		q.st.Drops[DropNoBuffers]++
+		q.dirty = true
+		return true, ErrNoBuffers
+	}
+	head := binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
+	if uint32(head) >= q.num {
+		return false, nil
+	}
+	raw := q.desc[int(head)*virtio.DescSize:][:virtio.DescSize]
+	flags := binary.LittleEndian.Uint16(raw[12:])
+	if flags&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != virtio.DescFWrite ||
+		uint64(binary.LittleEndian.Uint32(raw[8:])) < uint64(total) {
+		return false, nil
+	}
+	b, gerr := q.mem.guest(binary.LittleEndian.Uint64(raw[0:]), uint32(total))
+	if gerr != nil || len(b) != total {
+		return false, nil
+	}
+	q.lastAvail++
+	q.budget-- // the one descriptor walked
+	hdr := b[:q.hdrLen]
+	copy(hdr, q.hb[:])
+	if len(hdr) == virtio.NetHdrLen {
+		hdr[10], hdr[11] = 1, 0 // num_buffers
+	}
+	copy(b[q.hdrLen:], frame)
+	o := 4 + 8*int(q.usedIdx&q.mask)
+	used := q.used[o : o+8]
+	binary.LittleEndian.PutUint32(used, uint32(head))
+	binary.LittleEndian.PutUint32(used[4:], uint32(total))
+	q.usedIdx++
+	q.st.Frames++
+	q.st.Bytes += uint64(len(frame))
+	q.dirty = true
+	return true, nil
 }
 
 // fill copies bytes [pos, pos+len(dst)) of header||frame into dst and
