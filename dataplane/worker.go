@@ -155,6 +155,10 @@ type worker struct {
 	touched0  byte   // touchFrames' result, kept so its loads are not dropped
 	roundWork int    // work other than frames done in this round (kicks)
 	rr        uint   // rounds: rotates the order VMs are served in
+	// nbatches: rounds with work. It and rr are published to ctr every
+	// timeEvery rounds and before a sleep (publishRounds), not per round:
+	// a locked store each.
+	nbatches uint64
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -315,6 +319,7 @@ func (w *worker) run(ready chan<- error) {
 				timedNS += uint64(mono() - t0)
 				timedFrames += uint64(moved)
 			}
+			w.publishRounds()
 		} else {
 			moved = w.round()
 		}
@@ -358,9 +363,17 @@ func (w *worker) run(ready chan<- error) {
 	}
 }
 
+// publishRounds publishes the round counts (the watchdog's sign of
+// progress: a worker held inside a round stops them).
+func (w *worker) publishRounds() {
+	w.ctr.rounds.Store(uint64(w.rr))
+	w.ctr.batches.Store(w.nbatches)
+}
+
 // publishTimes publishes the frame and busy-round counts the run loop
-// keeps in registers.
+// keeps in registers, and the round counts.
 func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
+	w.publishRounds()
 	w.ctr.frames.Store(frames)
 	w.ctr.busyRoundNS.Store(timedNS)
 	w.ctr.busyRoundFrames.Store(timedFrames)
@@ -617,9 +630,8 @@ func (w *worker) round() int {
 	}
 	w.flushAll()
 	if n+w.roundWork > 0 {
-		add(&w.ctr.batches, 1)
+		w.nbatches++
 	}
-	add(&w.ctr.rounds, 1)
 	return n
 }
 
