@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -24,9 +25,19 @@ type vmqStats struct {
 		FillRingEmpty uint64 `json:"fill_ring_empty"`
 	} `json:"sockets"`
 	VMs []struct {
-		RxPackets uint64            `json:"rx_packets"`
-		TxPackets uint64            `json:"tx_packets"`
-		Drops     map[string]uint64 `json:"drops"`
+		RxPackets     uint64            `json:"rx_packets"`
+		TxPackets     uint64            `json:"tx_packets"`
+		RxCopiedBytes uint64            `json:"rx_copied_bytes"`
+		Drops         map[string]uint64 `json:"drops"`
+		// Dedicated is the VM's dedicated queue (nil: shared mode).
+		Dedicated *struct {
+			State     string `json:"state"`
+			Reason    string `json:"reason"`
+			Frames    uint64 `json:"frames"`
+			Posted    int64  `json:"posted"`
+			RxDropped uint64 `json:"rx_dropped"`
+			FillEmpty uint64 `json:"fill_ring_empty"`
+		} `json:"dedicated"`
 	} `json:"vms"`
 }
 
@@ -87,7 +98,8 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 }
 
 // vmqDrops says where vmq lost frames between two snapshots: the kernel
-// (AF_XDP socket ring full) or the worker, by reason.
+// (an AF_XDP socket's ring full, shared or a dedicated queue's) or the
+// worker, by reason.
 func vmqDrops(a, b vmqStats) string {
 	var xsk, fill uint64
 	for i, so := range b.Sockets {
@@ -98,6 +110,10 @@ func vmqDrops(a, b vmqStats) string {
 	}
 	drops := map[string]uint64{}
 	for i, vm := range b.VMs {
+		if d := vm.Dedicated; d != nil && i < len(a.VMs) && a.VMs[i].Dedicated != nil {
+			xsk += d.RxDropped - a.VMs[i].Dedicated.RxDropped
+			fill += d.FillEmpty - a.VMs[i].Dedicated.FillEmpty
+		}
 		for r, n := range vm.Drops {
 			if i < len(a.VMs) && n > a.VMs[i].Drops[r] {
 				drops[r] += n - a.VMs[i].Drops[r]
@@ -113,6 +129,45 @@ func vmqDrops(a, b vmqStats) string {
 		parts = []string{"none"}
 	}
 	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
+}
+
+// vmqCopied is the frame bytes vmq's workers copied into guests per frame
+// they delivered between two snapshots (rx_copied_bytes ÷ rx_packets): the
+// frame size on the shared path, 0 on a dedicated queue. -1 when no frame
+// was delivered.
+func vmqCopied(a, b vmqStats) float64 {
+	var copied, frames uint64
+	for i := range min(len(a.VMs), len(b.VMs)) {
+		was, now := a.VMs[i], b.VMs[i]
+		copied += now.RxCopiedBytes - was.RxCopiedBytes
+		frames += now.RxPackets - was.RxPackets
+	}
+	if frames == 0 {
+		return -1
+	}
+	return float64(copied) / float64(frames)
+}
+
+// vmqDirect checks that every VM of a snapshot is on a dedicated queue
+// writing frames straight into guest memory ("direct"), and with posted
+// set that guest buffers are on its fill ring (the queue is ready before
+// a trial; during one the guest may be behind): a dedicated measurement
+// of a VM that fell back to copying would measure the copy.
+func vmqDirect(st vmqStats, posted bool) error {
+	if len(st.VMs) == 0 {
+		return errors.New("no VMs")
+	}
+	for i, vm := range st.VMs {
+		switch d := vm.Dedicated; {
+		case d == nil:
+			return fmt.Errorf("VM %d has no dedicated queue", i)
+		case d.State != "direct":
+			return fmt.Errorf("VM %d's dedicated queue is %q, not direct: %s", i, d.State, d.Reason)
+		case posted && d.Posted <= 0:
+			return fmt.Errorf("VM %d's dedicated queue has no guest buffers posted", i)
+		}
+	}
+	return nil
 }
 
 // parseEthtoolDrops reads the drop and error counters of `ethtool -S`

@@ -12,7 +12,11 @@
 // at each frame size in every placement two CPUs allow; the delivered
 // rate at overload; the switch's busy time per frame (DPDK's
 // --record-core-cycles, vmq's worker counters) and CPU time from /proc;
-// and the zero-loss rate (RFC 2544 binary search).
+// and the zero-loss rate (RFC 2544 binary search). Its dedicated part
+// measures RX on a NIC queue of the VM's own (a 2-queue veth, the VM's
+// frames on queue 1) on three systems: vmq's shared, copying path on that
+// queue, vmq's dedicated queue (guest memory as the UMEM) and DPDK's
+// net_af_xdp on that queue.
 //
 // BenchmarkSuite (suite_test.go) runs it; this package's non-test files
 // hold the logic that is unit-tested: the plan of cases, the search, the

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,11 @@ func TestPlan(t *testing.T) {
 	if got := ZeroLossCase(VM2VM).Key(); got != "vm2vm 0/1/0 vmq-guest→testpmd-rxonly" {
 		t.Errorf("VM→VM zero-loss case %s", got)
 	}
+	for _, c := range cases {
+		if c.Queue != 0 || len(c.Systems()) != 2 {
+			t.Errorf("case %s: queue %d, systems %v", c.Key(), c.Queue, c.Systems())
+		}
+	}
 	if sizes, err := frameSizes([]string{"64", "512", "1514"}); err != nil || sizes[0] != 66 || sizes[2] != 1514 {
 		t.Errorf("sizes %v %v", sizes, err)
 	}
@@ -102,9 +108,46 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// The dedicated part: the RX placements with the generator on the CPU
+// whose frames veth puts on the dedicated queue, three systems, after the
+// other parts and never in a zero-loss search.
+func TestPlanDedicated(t *testing.T) {
+	cases := Plan([]string{RX, Dedicated})
+	ded := cases[len(Plan([]string{RX})):]
+	want := []string{
+		"rx q1 1/0/1 vmq-pktgen→testpmd-rxonly", // switch alone
+		"rx q1 1/1/0 vmq-pktgen→testpmd-rxonly", // switch with the generator
+		"rx q1 1/0/0 vmq-pktgen→testpmd-rxonly", // switch with the guest
+	}
+	if len(ded) != len(want) {
+		t.Fatalf("%d dedicated cases: %v", len(ded), ded)
+	}
+	for i, c := range ded {
+		if c.Key() != want[i] {
+			t.Errorf("case %d: %s, want %s", i, c.Key(), want[i])
+		}
+		if c.Queue != DedicatedQueue || c.Placement.Src != DedicatedQueue || c.Dir != RX {
+			t.Errorf("case %s: queue %d, generator on CPU %d", c.Key(), c.Queue, c.Placement.Src)
+		}
+		if got := c.Systems(); !slices.Equal(got, []string{VMQ, VMQDedicated, DPDK}) {
+			t.Errorf("case %s: systems %v", c.Key(), got)
+		}
+	}
+	if !ded[0].Placement.Alone() {
+		t.Errorf("first dedicated case %s: the switch is not alone", ded[0].Key())
+	}
+	if got := Plan([]string{Dedicated}); !slices.Equal(got, ded) {
+		t.Errorf("dedicated alone: %v", got)
+	}
+	if got := ZeroLossCase(RX); got.Queue != 0 {
+		t.Errorf("RX zero-loss case on queue %d", got.Queue)
+	}
+}
+
 func testReport() *Report {
-	rx := Case{RX, Placement{0, 1, 0}, Pktgen, TestpmdRx}
-	tx := Case{TX, Placement{0, 0, NoCPU}, GoGuest, WireSink}
+	rx := Case{Dir: RX, Placement: Placement{0, 1, 0}, Source: Pktgen, Receiver: TestpmdRx}
+	tx := Case{Dir: TX, Placement: Placement{0, 0, NoCPU}, Source: GoGuest, Receiver: WireSink}
+	ded := DedicatedCases()[0]
 	return &Report{Command: "make bench", Started: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC), Duration: "15m0s",
 		Host: "vm", Kernel: "6.18", CPUs: 2, TSCMHz: 2450, LoadAvg: [2]string{"3.1 3.0 2.9", "4.0 3.5 3.0"},
 		Points: []Point{
@@ -112,6 +155,10 @@ func testReport() *Report {
 			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
 			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, CPUNSPerFrame: -1},
 			{Case: tx, Size: 1514, System: VMQ, Err: "vmqd exited | badly"},
+			{Case: ded, Size: 66, System: VMQ, DeliveredMpps: 0.4, LossPct: 20, BusyNSPerFrame: 300, CPUNSPerFrame: 900, CopiedPerFrame: 66, SUTCPU: 0.5, OthersCPU: [2]float64{0.05, 0.1}},
+			{Case: ded, Size: 66, System: VMQDedicated, DeliveredMpps: 0.6, LossPct: 5, BusyNSPerFrame: 150, CPUNSPerFrame: 450, CopiedPerFrame: 0, SUTCPU: 0.4},
+			{Case: ded, Size: 66, System: DPDK, DeliveredMpps: 0.3, LossPct: 40, BusyNSPerFrame: 60, CPUNSPerFrame: 3000, CopiedPerFrame: -1, SUTCPU: 1, OthersCPU: [2]float64{0, 0.2}},
+			{Case: ded, Size: 1514, System: VMQDedicated, Err: "dedicated queue is \"copy (fallback)\""},
 		},
 		ZeroLoss: []ZeroLossPoint{
 			{Case: rx, Size: 66, System: VMQ, TopMpps: 0.55, Search: Search{ZeroLossMpps: 0.55, AtTop: true, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 10}}}},
@@ -134,24 +181,49 @@ func TestReportTables(t *testing.T) {
 			t.Errorf("no row %s in\n%s", want, tab)
 		}
 	}
+	// The dedicated part is its own table, three systems a row.
+	dt := r.DedicatedTable()
+	if lines := strings.Split(strings.TrimSpace(dt), "\n"); len(lines) != 4 || strings.Contains(tab, "q1") || strings.Contains(tab, "| 0.400 |") {
+		t.Errorf("dedicated table:\n%s\nmain table:\n%s", dt, tab)
+	}
+	for _, want := range []string{
+		"| 66 | 1/0/1 | 1 | 0.400 / 0.600 / 0.300 | 2.00 | 20.0 / 5.0 / 40.0 | 300 / 150 / 60 | 900 / 450 / 3000 | 66 / 0 | 50% / 40% / 100% | 5% / 20% |",
+		"| 1514 | 1/0/1 | 1 | failed / failed / failed | – |",
+	} {
+		if !strings.Contains(dt, want) {
+			t.Errorf("no row %s in\n%s", want, dt)
+		}
+	}
+	if (&Report{Points: r.Points[:4]}).DedicatedTable() != "" {
+		t.Error("dedicated table without dedicated points")
+	}
+	// The dedicated part alone: no empty main table.
+	alone := &Report{Points: r.Points[4:]}
+	if alone.Table() != "" || strings.Contains(alone.Markdown(), "## Overload") || strings.Contains(alone.Readme(), Legend) ||
+		!strings.Contains(alone.Readme(), dt) {
+		t.Errorf("dedicated part alone:\n%s", alone.Markdown())
+	}
 	z := r.ZeroLossTable()
 	for _, want := range []string{"| vmq | ≥ 0.550 | 0.550 | 0.550: 0 |", "| dpdk | 0.138 | 0.275 | 0.275: 1, 0.138: 0 |"} {
 		if !strings.Contains(z, want) {
 			t.Errorf("no %q in\n%s", want, z)
 		}
 	}
-	if f := r.Failed(); len(f) != 1 || !strings.Contains(f[0], "tx 0/0/wire vmq-guest→wire 1514 B vmq: vmqd exited") {
+	if f := r.Failed(); len(f) != 2 || !strings.Contains(f[0], "tx 0/0/wire vmq-guest→wire 1514 B vmq: vmqd exited") ||
+		!strings.Contains(f[1], "rx q1 1/0/1 vmq-pktgen→testpmd-rxonly 1514 B vmq-dedicated: dedicated queue") {
 		t.Errorf("failed %q", f)
 	}
 	md := r.Markdown()
 	for _, want := range []string{"Command: `make bench`", "load average 3.1 3.0 2.9 at the start, 4.0 3.5 3.0 at the end",
-		"TSC 2450 MHz", "**1 measurements failed:**", "vmqd exited \\| badly", "## Zero loss", tab} {
+		"TSC 2450 MHz", "**2 measurements failed:**", "vmqd exited \\| badly", "## Zero loss", tab,
+		"## Dedicated queue", dt, DedicatedLegend, "| rx q1 | 66 | 1/0/1 | vmq-pktgen → testpmd-rxonly | vmq-dedicated |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}
 	}
 	rd := r.Readme()
-	if !strings.Contains(rd, tab) || !strings.Contains(rd, Legend) || !strings.Contains(rd, z) || strings.Contains(rd, "## Every point") {
+	if !strings.Contains(rd, tab) || !strings.Contains(rd, Legend) || !strings.Contains(rd, z) || !strings.Contains(rd, dt) ||
+		strings.Contains(rd, "## Every point") {
 		t.Errorf("readme section:\n%s", rd)
 	}
 }
@@ -217,6 +289,56 @@ func TestVMQDrops(t *testing.T) {
 	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
 	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+	// A dedicated queue's socket drops are the kernel's too.
+	a, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":10,"fill_ring_empty":3}}]}`))
+	b, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":40,"fill_ring_empty":5}}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, fill ring empty 2; worker drops: none"; got != want {
+		t.Errorf("dedicated: got %q, want %q", got, want)
+	}
+}
+
+// The stats of a vmqd with a dedicated VM (as GET /v1/stats has them):
+// bytes copied per frame, and whether the queue writes into guest memory.
+func TestVMQDedicatedStats(t *testing.T) {
+	const shared0 = `{"vms":[{"rx_packets":100,"rx_copied_bytes":6600}]}`
+	const shared1 = `{"vms":[{"rx_packets":300,"rx_copied_bytes":19800}]}`
+	const ded0 = `{"vms":[{"rx_packets":50,"rx_copied_bytes":0,"dedicated":{"mode":"required","queue":1,"state":"direct","posted":960,"frames":50}}]}`
+	const ded1 = `{"vms":[{"rx_packets":250,"rx_copied_bytes":0,"dedicated":{"mode":"required","queue":1,"state":"direct","posted":0,"frames":250}}]}`
+	const fell = `{"vms":[{"rx_packets":250,"rx_copied_bytes":66,"dedicated":{"state":"copy (fallback)","reason":"guest memory over RLIMIT_MEMLOCK"}}]}`
+	st := map[string]vmqStats{}
+	for name, js := range map[string]string{"shared0": shared0, "shared1": shared1, "ded0": ded0, "ded1": ded1, "fell": fell} {
+		var err error
+		if st[name], err = parseVMQStats([]byte(js)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if got := vmqCopied(st["shared0"], st["shared1"]); got != 66 {
+		t.Errorf("shared: %v B/frame copied", got)
+	}
+	if got := vmqCopied(st["ded0"], st["ded1"]); got != 0 {
+		t.Errorf("dedicated: %v B/frame copied", got)
+	}
+	if got := vmqCopied(st["ded1"], st["ded1"]); got != -1 {
+		t.Errorf("no frames: %v", got)
+	}
+	if err := vmqDirect(st["ded0"], true); err != nil {
+		t.Errorf("ready queue: %v", err)
+	}
+	// During a trial the guest may have every posted buffer filled.
+	if err := vmqDirect(st["ded1"], false); err != nil {
+		t.Errorf("busy queue: %v", err)
+	}
+	for name, posted := range map[string]bool{"ded1": true, "fell": false, "shared0": false} {
+		if err := vmqDirect(st[name], posted); err == nil {
+			t.Errorf("%s (posted %v): no error", name, posted)
+		}
+	}
+	if err := vmqDirect(st["fell"], false); err == nil || !strings.Contains(err.Error(), "RLIMIT_MEMLOCK") {
+		t.Errorf("fallback: %v", err)
+	}
+	if err := vmqDirect(vmqStats{}, false); err == nil {
+		t.Error("no VMs: no error")
 	}
 }
 

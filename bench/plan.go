@@ -10,12 +10,28 @@ const (
 	RX    = "rx"    // wire → guest
 	TX    = "tx"    // guest → wire
 	VM2VM = "vm2vm" // guest → guest through the switch
+	// Dedicated is not a direction but the plan's part (VMQ_BENCH_DIRS)
+	// that measures RX on a NIC queue of the VM's own: wire → guest on
+	// queue DedicatedQueue, three systems (vmq shared, vmq dedicated, DPDK).
+	Dedicated = "dedicated"
 )
+
+// DedicatedQueue is the NIC queue the dedicated part's frames arrive on.
+// On veth a frame lands on the rx queue of the CPU that sent it, so the
+// generator runs on CPU DedicatedQueue (the way a NIC's flow rule would
+// place the VM's MAC on its queue).
+const DedicatedQueue = 1
 
 // Systems under test.
 const (
 	VMQ  = "vmq"  // vmqd: XDP filter → AF_XDP → worker → vhost-user
 	DPDK = "dpdk" // testpmd io forwarding: net_af_xdp (or net_vhost) ↔ net_vhost
+	// VMQDedicated is vmqd with the VM on a dedicated queue: the queue's
+	// AF_XDP socket has the guest's memory as its UMEM, so the kernel
+	// writes each frame into the guest's buffer and the worker copies
+	// nothing. (VMQ on a Case with a Queue is the shared, copying path on
+	// that queue.)
+	VMQDedicated = "vmq-dedicated"
 )
 
 // Endpoints: who sends and who receives. The same binaries face both
@@ -68,32 +84,53 @@ type Case struct {
 	Placement Placement `json:"placement"`
 	Source    string    `json:"source"`
 	Receiver  string    `json:"receiver"`
+	// Queue is the NIC queue the wire's frames arrive on (0 for every
+	// case but the dedicated part's, which runs on a veth with
+	// DedicatedQueue+1 queues).
+	Queue int `json:"queue,omitempty"`
 }
 
 // Key names a case without its frame size.
 func (c Case) Key() string {
-	return fmt.Sprintf("%s %s %s→%s", c.Dir, c.Placement, c.Source, c.Receiver)
+	q := ""
+	if c.Queue != 0 {
+		q = fmt.Sprintf(" q%d", c.Queue)
+	}
+	return fmt.Sprintf("%s%s %s %s→%s", c.Dir, q, c.Placement, c.Source, c.Receiver)
+}
+
+// Systems are the systems a case is measured on, in order: a case on a
+// queue of its own has vmq twice (shared and dedicated).
+func (c Case) Systems() []string {
+	if c.Queue != 0 {
+		return []string{VMQ, VMQDedicated, DPDK}
+	}
+	return []string{VMQ, DPDK}
 }
 
 // Rated reports whether the case's source can send at a given rate, which
 // the zero-loss search needs (testpmd txonly sends as fast as it can).
 func (c Case) Rated() bool { return c.Source != TestpmdTx && c.Source != TestpmdTxPacked }
 
-// Plan is every case of a run, in order: RX, TX, VM→VM; within each,
-// the placements, then the guests.
+// Plan is every case of a run, in order: RX, TX, VM→VM, the dedicated
+// part (as dirs lists them); within each, the placements, then the guests.
 func Plan(dirs []string) []Case {
 	var cases []Case
 	for _, dir := range dirs {
+		if dir == Dedicated {
+			cases = append(cases, DedicatedCases()...)
+			continue
+		}
 		for _, pl := range Placements(dir) {
 			switch dir {
 			case RX:
-				cases = append(cases, Case{dir, pl, Pktgen, TestpmdRx}, Case{dir, pl, Pktgen, GoGuest})
+				cases = append(cases, Case{Dir: dir, Placement: pl, Source: Pktgen, Receiver: TestpmdRx}, Case{Dir: dir, Placement: pl, Source: Pktgen, Receiver: GoGuest})
 			case TX:
-				cases = append(cases, Case{dir, pl, TestpmdTx, WireSink}, Case{dir, pl, GoGuest, WireSink})
+				cases = append(cases, Case{Dir: dir, Placement: pl, Source: TestpmdTx, Receiver: WireSink}, Case{Dir: dir, Placement: pl, Source: GoGuest, Receiver: WireSink})
 			case VM2VM:
 				// The receiver is testpmd for both senders: its counters
 				// are live, so one receiver serves every trial.
-				cases = append(cases, Case{dir, pl, TestpmdTx, TestpmdRx}, Case{dir, pl, GoGuest, TestpmdRx})
+				cases = append(cases, Case{Dir: dir, Placement: pl, Source: TestpmdTx, Receiver: TestpmdRx}, Case{Dir: dir, Placement: pl, Source: GoGuest, Receiver: TestpmdRx})
 			}
 		}
 		// Packed rings, with the switch alone on its CPU: the split ring's
@@ -101,10 +138,23 @@ func Plan(dirs []string) []Case {
 		pl := Placements(dir)[0]
 		switch dir {
 		case RX:
-			cases = append(cases, Case{dir, pl, Pktgen, TestpmdRxPacked})
+			cases = append(cases, Case{Dir: dir, Placement: pl, Source: Pktgen, Receiver: TestpmdRxPacked})
 		case TX:
-			cases = append(cases, Case{dir, pl, TestpmdTxPacked, WireSink})
+			cases = append(cases, Case{Dir: dir, Placement: pl, Source: TestpmdTxPacked, Receiver: WireSink})
 		}
+	}
+	return cases
+}
+
+// DedicatedCases are RX into the testpmd rxonly guest with the frames on
+// DedicatedQueue: RX's placements with the two CPUs swapped, so that the
+// generator is on CPU 1 and its frames land on queue 1.
+func DedicatedCases() []Case {
+	var cases []Case
+	swap := func(cpu int) int { return 1 - cpu }
+	for _, pl := range Placements(RX) {
+		cases = append(cases, Case{Dir: RX, Placement: Placement{swap(pl.Src), swap(pl.SUT), swap(pl.Dst)},
+			Source: Pktgen, Receiver: TestpmdRx, Queue: DedicatedQueue})
 	}
 	return cases
 }

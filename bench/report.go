@@ -34,6 +34,10 @@ type Point struct {
 	// the run (1 = one CPU); CPUNSPerFrame that time ÷ frames received.
 	SUTCPU        float64 `json:"sut_cpu"`
 	CPUNSPerFrame float64 `json:"sut_cpu_ns_per_frame"`
+	// CopiedPerFrame is the frame bytes vmq's workers copied into guests
+	// per frame they delivered (rx_copied_bytes): the frame on the shared
+	// path, 0 on a dedicated queue. -1 when not measured (DPDK).
+	CopiedPerFrame float64 `json:"rx_copied_bytes_per_frame"`
 	// SourceCPU and ReceiverCPU: the guests' and generator's processes, as
 	// SUTCPU (the wire sink and the generator's kernel work are in the
 	// sender's time).
@@ -103,11 +107,15 @@ func (r *Report) point(c Case, size int, system string) (Point, bool) {
 	return Point{}, false
 }
 
-// pairs are the (case, size) shapes in the order first measured.
-func (r *Report) pairs() []Point {
+// pairs are the (case, size) shapes in the order first measured: the
+// dedicated part's (a Queue) or the others'.
+func (r *Report) pairs(dedicated bool) []Point {
 	var out []Point
 	seen := map[string]bool{}
 	for _, p := range r.Points {
+		if (p.Queue != 0) != dedicated {
+			continue
+		}
 		k := fmt.Sprintf("%s/%d", p.Key(), p.Size)
 		if !seen[k] {
 			seen[k] = true
@@ -120,23 +128,15 @@ func (r *Report) pairs() []Point {
 // Table is the side-by-side comparison: one row per case and size, vmq
 // and DPDK measured back to back in this run. The README's table is this.
 func (r *Report) Table() string {
+	if len(r.pairs(false)) == 0 {
+		return "" // a run of the dedicated part alone
+	}
 	var b strings.Builder
 	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
 	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, k := range r.pairs() {
+	for _, k := range r.pairs(false) {
 		v, vok := r.point(k.Case, k.Size, VMQ)
 		d, dok := r.point(k.Case, k.Size, DPDK)
-		val := func(ok bool, p Point, f func(Point) string) string {
-			if !ok || p.Err != "" {
-				return "failed"
-			}
-			return f(p)
-		}
-		mpps := func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
-		loss := func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
-		busy := func(p Point) string { return ns(p.BusyNSPerFrame) }
-		cpu := func(p Point) string { return ns(p.CPUNSPerFrame) }
-		share := func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
 		ratio := "–"
 		if vok && dok && v.Err == "" && d.Err == "" && d.DeliveredMpps > 0 {
 			ratio = fmt.Sprintf("%.2f", v.DeliveredMpps/d.DeliveredMpps)
@@ -153,6 +153,66 @@ func (r *Report) Table() string {
 	}
 	return b.String()
 }
+
+// Formatting of one column of a point; val says "failed" for a point that
+// failed or is missing.
+var (
+	mpps   = func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
+	loss   = func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
+	busy   = func(p Point) string { return ns(p.BusyNSPerFrame) }
+	cpu    = func(p Point) string { return ns(p.CPUNSPerFrame) }
+	share  = func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
+	copied = func(p Point) string { return ns(p.CopiedPerFrame) }
+)
+
+func val(ok bool, p Point, f func(Point) string) string {
+	if !ok || p.Err != "" {
+		return "failed"
+	}
+	return f(p)
+}
+
+// DedicatedTable is the dedicated part: RX into a guest with its frames on
+// a NIC queue of its own, vmq's shared (copying) path, vmq's dedicated
+// queue and DPDK, one row per case and size. Empty when the run had none.
+func (r *Report) DedicatedTable() string {
+	rows := r.pairs(true)
+	if len(rows) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("| frame B | CPUs src/switch/dst | queue | Mpps vmq shared / dedicated / DPDK | dedicated/DPDK | loss % shared / dedicated / DPDK | busy ns/frame shared / dedicated / DPDK | CPU ns/frame shared / dedicated / DPDK | copied B/frame shared / dedicated | switch CPU shared / dedicated / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, k := range rows {
+		var pts [3]Point
+		var oks [3]bool
+		var others [2]float64
+		for i, sys := range []string{VMQ, VMQDedicated, DPDK} {
+			pts[i], oks[i] = r.point(k.Case, k.Size, sys)
+			others[0], others[1] = max(others[0], pts[i].OthersCPU[0]), max(others[1], pts[i].OthersCPU[1])
+		}
+		three := func(f func(Point) string) string {
+			return fmt.Sprintf("%s / %s / %s", val(oks[0], pts[0], f), val(oks[1], pts[1], f), val(oks[2], pts[2], f))
+		}
+		ratio := "–"
+		if oks[1] && oks[2] && pts[1].Err == "" && pts[2].Err == "" && pts[2].DeliveredMpps > 0 {
+			ratio = fmt.Sprintf("%.2f", pts[1].DeliveredMpps/pts[2].DeliveredMpps)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s / %s | %s | %.0f%% / %.0f%% |\n",
+			k.Size, k.Placement, k.Queue, three(mpps), ratio, three(loss), three(busy), three(cpu),
+			val(oks[0], pts[0], copied), val(oks[1], pts[1], copied), three(share), 100*others[0], 100*others[1])
+	}
+	return b.String()
+}
+
+// DedicatedLegend explains the dedicated part's table.
+const DedicatedLegend = `RX (vmq-pktgen → testpmd rxonly guest) with the VM's frames on NIC queue 1 of a 2-queue veth
+(the generator runs on CPU 1: veth puts a frame on the rx queue of the CPU that sent it, as a NIC's flow
+rule would put the VM's MAC on its queue). Shared: vmqd serves queue 1 as its shared queue (the kernel
+copies each frame into the socket's UMEM, the worker into the guest). Dedicated: the VM has queue 1 to
+itself, its socket's UMEM is the guest's memory, the kernel writes each frame into the guest's buffer.
+DPDK: testpmd net_af_xdp on queue 1 (start_queue=1) → net_vhost. Same guest, same CPUs for the three.
+Copied B/frame: frame bytes vmq's worker copied into the guest per frame delivered (rx_copied_bytes).`
 
 // ZeroLossTable compares the zero-loss searches.
 func (r *Report) ZeroLossTable() string {
@@ -215,21 +275,30 @@ func (r *Report) Markdown() string {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "## Overload\n\n%s\n%s\n", r.Table(), Legend)
+	if t := r.Table(); t != "" {
+		fmt.Fprintf(&b, "## Overload\n\n%s\n%s\n", t, Legend)
+	}
+	if d := r.DedicatedTable(); d != "" {
+		fmt.Fprintf(&b, "\n## Dedicated queue\n\n%s\n%s\n", d, DedicatedLegend)
+	}
 	if z := r.ZeroLossTable(); z != "" {
 		fmt.Fprintf(&b, "\n## Zero loss\n\n%s", z)
 	}
-	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
-	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|\n")
+	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
+	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
 	for _, p := range r.Points {
+		dir := p.Dir
+		if p.Queue != 0 {
+			dir = fmt.Sprintf("%s q%d", p.Dir, p.Queue)
+		}
 		if p.Err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s |||||||||||||||\n",
-				p.Dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, mdEscape(p.Err))
+			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s ||||||||||||||||\n",
+				dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, mdEscape(p.Err))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %.2f | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
-			p.Dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, p.Seconds, p.Sent, p.Received,
-			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame),
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %.2f | %s | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
+			dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, p.Seconds, p.Sent, p.Received,
+			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame), ns(p.CopiedPerFrame),
 			p.SourceCPU, p.ReceiverCPU, p.OthersCPU[0], p.OthersCPU[1], p.LoadAvg, mdEscape(p.Note))
 	}
 	return b.String()
@@ -239,7 +308,13 @@ func (r *Report) Markdown() string {
 // bench markers (make bench-readme does).
 func (r *Report) Readme() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n%s\n%s\n", r.Header(), r.Table(), Legend)
+	b.WriteString(r.Header() + "\n")
+	if t := r.Table(); t != "" {
+		fmt.Fprintf(&b, "%s\n%s\n", t, Legend)
+	}
+	if d := r.DedicatedTable(); d != "" {
+		fmt.Fprintf(&b, "\nDedicated queue, same run:\n\n%s\n%s\n", d, DedicatedLegend)
+	}
 	if z := r.ZeroLossTable(); z != "" {
 		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU; \"≥\": nothing lost at the fastest the source "+
 			"managed, so the source, not the switch, set the rate):\n\n%s", z)

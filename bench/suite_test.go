@@ -26,7 +26,8 @@ import (
 // the binaries, and the report being filled.
 type suite struct {
 	b          *testing.B
-	bed        *testbed.Bed
+	bed        *testbed.Bed         // the veth in use
+	beds       map[int]*testbed.Bed // by queue count, made when first needed
 	host, wire *netnstest.NS
 	nic, peer  netnstest.Link
 	dir        string
@@ -87,7 +88,10 @@ func frameSizes(list []string) ([]int, error) {
 //
 //	go test -run '^$' -bench '^BenchmarkSuite$' -benchtime 1x -timeout 40m ./bench
 //
-// Knobs: VMQ_BENCH_DIRS (rx,tx,vm2vm), VMQ_BENCH_SIZES (64,512,1514),
+// Knobs: VMQ_BENCH_DIRS (rx,tx,vm2vm,dedicated: "dedicated" is RX on a
+// NIC queue of the VM's own, vmq shared and dedicated against DPDK, on a
+// 2-queue veth), VMQ_BENCH_SIZES (64,512,1514), VMQ_BENCH_DEDICATED_SIZES
+// (64,1514: the dedicated part's sizes),
 // VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64,1514:
 // the sizes that get a zero-loss search; "none" for none),
 // VMQ_BENCH_ZL_WINDOW (10s, one zero-loss trial), VMQ_BENCH_ZL_PRECISION
@@ -103,13 +107,17 @@ func BenchmarkSuite(b *testing.B) {
 			b.Fatalf("the suite needs %s: %v", c, err)
 		}
 	}
-	dirs := envList("VMQ_BENCH_DIRS", "rx,tx,vm2vm")
+	dirs := envList("VMQ_BENCH_DIRS", "rx,tx,vm2vm,dedicated")
 	for _, d := range dirs {
-		if d != RX && d != TX && d != VM2VM {
+		if d != RX && d != TX && d != VM2VM && d != Dedicated {
 			b.Fatalf("VMQ_BENCH_DIRS: unknown direction %q", d)
 		}
 	}
 	sizes, err := frameSizes(envList("VMQ_BENCH_SIZES", "64,512,1514"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	dedSizes, err := frameSizes(envList("VMQ_BENCH_DEDICATED_SIZES", "64,1514"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -136,13 +144,15 @@ func BenchmarkSuite(b *testing.B) {
 			"zero-loss search at %v B, %v per trial, precision %.0f%% of the start rate. One NIC queue (veth, AF_XDP copy mode), "+
 			"vhost-user rings of 1024, vmqd's default settings, testpmd io forwarding with 1024-entry rings.",
 			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlWindow, 100*s.zlPrec)}
+	if slices.Contains(dirs, Dedicated) {
+		s.report.Settings += fmt.Sprintf(" The dedicated part (frames %v B): a 2-queue veth, the VM's frames on queue %d "+
+			"(the generator on CPU %d), vmqd with the VM's queue shared (its one queue) or dedicated, DPDK's net_af_xdp on that queue.",
+			dedSizes, DedicatedQueue, DedicatedQueue)
+	}
 	s.report.Host, _ = os.Hostname()
 	s.report.LoadAvg[0] = loadavg()
 
 	s.build()
-	// The test bed every suite shares: one NIC queue.
-	s.bed = testbed.New(b, testbed.Options{Queues: 1})
-	s.host, s.wire, s.nic, s.peer = s.bed.Host, s.bed.Wire, s.bed.NIC, s.bed.Peer
 
 	// VMQ_BENCH_ONLY, a regular expression, runs only the cases whose keys
 	// match (e.g. "0/1/(0|wire) .*testpmd": split and packed rings).
@@ -156,15 +166,22 @@ func BenchmarkSuite(b *testing.B) {
 		}
 		// Alternate which system goes first, so drift in the machine's
 		// load hits both alike.
-		systems := []string{VMQ, DPDK}
+		systems := c.Systems()
 		if i%2 == 1 {
-			systems = []string{DPDK, VMQ}
+			slices.Reverse(systems)
+		}
+		sz := sizes
+		if c.Queue != 0 {
+			sz = dedSizes
 		}
 		for _, sys := range systems {
-			s.runCase(c, sys, sizes)
+			s.runCase(c, sys, sz)
 		}
 	}
 	for _, dir := range dirs {
+		if dir == Dedicated {
+			continue // no zero-loss search
+		}
 		for _, size := range zlSizes {
 			for _, sys := range []string{VMQ, DPDK} {
 				s.search(ZeroLossCase(dir), sys, size)
@@ -202,6 +219,21 @@ func (s *suite) build() {
 			s.b.Fatalf("build %s: %v\n%s", t.pkg, err, out)
 		}
 	}
+}
+
+// useBed makes the suite's veth one with queues queues (the main cases:
+// 1; the dedicated part: DedicatedQueue+1), each made once.
+func (s *suite) useBed(queues int) {
+	if s.beds == nil {
+		s.beds = map[int]*testbed.Bed{}
+	}
+	bed, ok := s.beds[queues]
+	if !ok {
+		bed = testbed.New(s.b, testbed.Options{Queues: queues})
+		s.beds[queues] = bed
+	}
+	s.bed = bed
+	s.host, s.wire, s.nic, s.peer = bed.Host, bed.Wire, bed.NIC, bed.Peer
 }
 
 func (s *suite) next() uint32 {
@@ -257,12 +289,16 @@ func (r *rig) close() {
 // setup starts system sys for case c: the switch on its CPU, then the
 // receiver, then the source; and proves the path with one short trial.
 func (s *suite) setup(c Case, sys string) (*rig, error) {
+	s.useBed(c.Queue + 1)
 	r := &rig{}
 	var err error
-	if sys == VMQ {
-		r.sw, err = s.startVMQ(c.Dir, c.Placement.SUT)
-	} else {
-		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT)
+	switch sys {
+	case VMQ, VMQDedicated:
+		r.sw, err = s.startVMQ(c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
+	case DPDK:
+		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT, c.Queue)
+	default:
+		err = fmt.Errorf("unknown system %q", sys)
 	}
 	if err != nil {
 		return nil, err
@@ -332,8 +368,8 @@ func (s *suite) log(p Point) {
 		fmt.Fprintf(os.Stderr, "%s %d B %s: %s\n", p.Key(), p.Size, p.System, p.Err)
 		return
 	}
-	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, switch CPU %.2f, others %.2f/%.2f; %s\n",
-		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1], p.Note)
+	fmt.Fprintf(os.Stderr, "%s %d B %s: offered %.3f delivered %.3f Mpps, loss %.2f%%, busy %.0f ns/frame (%s), CPU %.0f ns/frame, copied %s B/frame, switch CPU %.2f, others %.2f/%.2f; %s\n",
+		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, ns(p.CopiedPerFrame), p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1], p.Note)
 }
 
 // search runs the zero-loss search of case c on sys at size, from 1.1×
@@ -406,7 +442,7 @@ func (s *suite) sample(r *rig) cpuSample {
 // full speed for d when rate is 0), the receiver counts after the path
 // drained, the switch reports its busy time per frame, /proc the CPU.
 func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, count uint64, d time.Duration) Point {
-	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, CPUNSPerFrame: -1, LoadAvg: loadavg()}
+	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, CPUNSPerFrame: -1, CopiedPerFrame: -1, LoadAvg: loadavg()}
 	if err := r.rcv.start(); err != nil {
 		p.Err = err.Error()
 		return p
@@ -421,7 +457,8 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	sent, secs, srcCPU, serr := r.src.run(size, rate, count, d)
 	z := s.sample(r)
 	recv, rerr := r.rcv.count()
-	busy, how, drops, berr := r.sw.end()
+	cost, berr := r.sw.end()
+	drops := cost.drops
 	veth1 := s.vethDrops()
 	var wire []string
 	for i, end := range []string{"nic ", "peer "} {
@@ -441,7 +478,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	if sent > 0 {
 		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
 	}
-	p.BusyNSPerFrame, p.BusyHow, p.Note = busy, how, drops
+	p.BusyNSPerFrame, p.BusyHow, p.Note, p.CopiedPerFrame = cost.busyNS, cost.how, drops, cost.copied
 	dt := z.at.Sub(a.at).Seconds()
 	sut := z.sut.Sub(a.sut).Total()
 	src := z.src.Sub(a.src).Total() + srcCPU.Total()

@@ -17,14 +17,21 @@ import (
 
 // A switch under test: vmqd, or DPDK's forwarding testpmd. It serves
 // vhost-user sockets (listening) for the VMs of a case; begin and end
-// bracket one trial and end returns the forwarding core's busy time per
-// frame moved.
+// bracket one trial and end returns what the trial cost the switch.
 type switchUT interface {
 	pid() int
 	socket(vm int) string
 	begin() error
-	end() (nsPerFrame float64, how, drops string, err error)
+	end() (trialCost, error)
 	close()
+}
+
+// trialCost is what a switch reports of one trial.
+type trialCost struct {
+	busyNS float64 // the forwarding core's busy time per frame moved
+	how    string  // how busyNS was measured
+	drops  string  // where the switch lost frames
+	copied float64 // frame bytes copied into guests per frame delivered (vmq); -1 unknown
 }
 
 // vms is how many VMs a direction needs.
@@ -38,29 +45,44 @@ func vms(dir string) int {
 // ---- vmq: the vmqd binary ----
 
 type vmqSwitch struct {
-	cmd    *exec.Cmd
-	done   chan struct{}
-	log    *os.File
-	api    string
-	socks  []string
-	http   *http.Client
-	before vmqStats
+	// dedicated: the VMs are on a dedicated queue, and every trial checks
+	// that it writes into guest memory (no fallback to copying).
+	dedicated bool
+	cmd       *exec.Cmd
+	done      chan struct{}
+	log       *os.File
+	api       string
+	socks     []string
+	http      *http.Client
+	before    vmqStats
 }
 
-func (s *suite) startVMQ(dir string, cpu int) (switchUT, error) {
+// startVMQ runs vmqd on cpu serving the NIC's queue: as its one shared
+// queue, or, with dedicated, as the VMs' dedicated queue (the wire steers
+// their frames there: dedicated_steering external; queue 0 stays the
+// shared one).
+func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, error) {
+	if dedicated && (queue == 0 || vms(dir) != 1) {
+		return nil, fmt.Errorf("a dedicated queue needs one VM and a queue other than 0, not %d VMs on queue %d", vms(dir), queue)
+	}
 	d := filepath.Join(s.dir, fmt.Sprintf("vmq%d", s.next()))
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return nil, err
 	}
 	pins := s.bed.PinDir()
-	v := &vmqSwitch{api: filepath.Join(d, "api.sock"), done: make(chan struct{})}
+	v := &vmqSwitch{dedicated: dedicated, api: filepath.Join(d, "api.sock"), done: make(chan struct{})}
 	// vmqd's defaults otherwise (busy_poll 50µs): what a user runs.
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, pins, v.api)
+	shared, vmKeys := queue, ""
+	if dedicated {
+		shared, vmKeys = 0, fmt.Sprintf(", queue: dedicated, queue_id: %d, dedicated: required", queue)
+		cfg.WriteString("dedicated_steering: external\n")
+	}
+	fmt.Fprintf(&cfg, "nic: %s\nqueues: [%d]\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, shared, pins, v.api)
 	for i := range vms(dir) {
 		sock := filepath.Join(d, fmt.Sprintf("vm%d.sock", i))
 		v.socks = append(v.socks, sock)
-		fmt.Fprintf(&cfg, "  - {name: vm%d, mac: %q, socket: %s, mode: server}\n", i, vmMAC(i), sock)
+		fmt.Fprintf(&cfg, "  - {name: vm%d, mac: %q, socket: %s, mode: server%s}\n", i, vmMAC(i), sock, vmKeys)
 	}
 	cfgPath := filepath.Join(d, "vmqd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
@@ -136,18 +158,33 @@ func (v *vmqSwitch) stats() (vmqStats, error) {
 	return parseVMQStats(b)
 }
 
+// begin reads the counters; on a dedicated queue it first waits (up to
+// 20 s: registering the guest's memory pins it) until the queue writes
+// into guest memory with buffers posted.
 func (v *vmqSwitch) begin() (err error) {
-	v.before, err = v.stats()
-	return err
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if v.before, err = v.stats(); err != nil || !v.dedicated {
+			return err
+		}
+		if err = vmqDirect(v.before, true); err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
-func (v *vmqSwitch) end() (float64, string, string, error) {
+func (v *vmqSwitch) end() (trialCost, error) {
 	after, err := v.stats()
 	if err != nil {
-		return -1, "", "", err
+		return trialCost{}, err
+	}
+	if v.dedicated {
+		if err := vmqDirect(after, false); err != nil {
+			return trialCost{}, err
+		}
 	}
 	ns, how := vmqBusyPerFrame(v.before, after)
-	return ns, how, vmqDrops(v.before, after), nil
+	return trialCost{busyNS: ns, how: how, drops: vmqDrops(v.before, after), copied: vmqCopied(v.before, after)}, nil
 }
 
 // ---- DPDK: testpmd io forwarding ----
@@ -158,14 +195,14 @@ type dpdkSwitch struct {
 	mhz   *uint64
 }
 
-// startDPDK runs testpmd forwarding (io) between net_af_xdp on the NIC
-// and net_vhost for RX and TX, or between two net_vhost ports for VM→VM,
-// both lcores on cpu (the main lcore waits on stdin).
-func (s *suite) startDPDK(dir string, cpu int) (switchUT, error) {
+// startDPDK runs testpmd forwarding (io) between net_af_xdp on the NIC's
+// queue and net_vhost for RX and TX, or between two net_vhost ports for
+// VM→VM, both lcores on cpu (the main lcore waits on stdin).
+func (s *suite) startDPDK(dir string, cpu, queue int) (switchUT, error) {
 	d := &dpdkSwitch{mhz: &s.report.TSCMHz}
 	var vdevs []string
 	if dir != VM2VM {
-		vdevs = append(vdevs, fmt.Sprintf("net_af_xdp0,iface=%s,start_queue=0,queue_count=1", s.nic.Name))
+		vdevs = append(vdevs, fmt.Sprintf("net_af_xdp0,iface=%s,start_queue=%d,queue_count=1", s.nic.Name, queue))
 	}
 	for i := range vms(dir) {
 		sock := filepath.Join(s.dir, fmt.Sprintf("dpdk%d-%d.sock", s.next(), i))
@@ -191,14 +228,14 @@ func (d *dpdkSwitch) begin() error {
 	return err
 }
 
-func (d *dpdkSwitch) end() (float64, string, string, error) {
+func (d *dpdkSwitch) end() (trialCost, error) {
 	out, err := d.fwd.Command("stop", tpmd.StopDone)
 	if err != nil {
-		return -1, "", "", err
+		return trialCost{}, err
 	}
 	c, err := tpmd.ParseCoreCycles(out)
 	if err != nil {
-		return -1, "", "", err
+		return trialCost{}, err
 	}
 	*d.mhz = c.MHz
 	// The last counters printed are the accumulated ones: RX-dropped is
@@ -210,7 +247,8 @@ func (d *dpdkSwitch) end() (float64, string, string, error) {
 	if err1 != nil || err2 != nil {
 		drops = "forwarder drops not printed"
 	}
-	return c.NSPerPacket(), fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz), drops, nil
+	return trialCost{busyNS: c.NSPerPacket(), how: fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz),
+		drops: drops, copied: -1}, nil
 }
 
 // testpmd starts an interactive testpmd with both lcores on cpu and
