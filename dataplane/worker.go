@@ -660,7 +660,10 @@ func (w *worker) receiveVMs() int {
 			w.sweep = false
 		}
 		for i := range w.ready {
-			f := w.pending.Take(i) & w.all[i] // bit 0 is the flood socket, served anyway
+			// Bit 0 is the flood socket, served anyway; the marks of
+			// sockets already to be visited stay in the map until one is
+			// found empty (then the next round takes them).
+			f := w.pending.Take(i, w.ready[i]|^w.all[i]) & w.all[i]
 			w.fresh[i] = f
 			w.seen[i] |= f
 			w.ready[i] |= f
