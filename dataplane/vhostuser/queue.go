@@ -370,10 +370,42 @@ func (q *Queue) putUsed(id uint16, n uint32) {
 		q.packedPutUsed(n)
 		return
 	}
+	q.putUsedSplit(id, n)
+}
+
+func (q *Queue) putUsedSplit(id uint16, n uint32) {
 	o := 4 + 8*int(q.usedIdx&q.mask)
-	binary.LittleEndian.PutUint32(q.used[o:], uint32(id))
-	binary.LittleEndian.PutUint32(q.used[o+4:], n)
+	used := q.used[o : o+8]
+	binary.LittleEndian.PutUint32(used, uint32(id))
+	binary.LittleEndian.PutUint32(used[4:], n)
 	q.usedIdx++
+}
+
+// singleDesc reads the descriptor at the head of the next avail entry of
+// a split ring, once, for the fast paths: its buffer if the descriptor is
+// direct, has exactly the WRITE flag wantWrite asks for, holds at least
+// min bytes and lies in one memory region; ok=false otherwise (nothing
+// consumed: the general path then judges the chain). The caller checked
+// haveAvail.
+func (q *Queue) singleDesc(wantWrite bool, min uint32) (head uint16, buf []byte, ok bool) {
+	head = binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
+	if uint32(head) >= q.num {
+		return 0, nil, false
+	}
+	raw := q.desc[int(head)*virtio.DescSize:][:virtio.DescSize]
+	want := uint16(0)
+	if wantWrite {
+		want = virtio.DescFWrite
+	}
+	l := binary.LittleEndian.Uint32(raw[8:])
+	if binary.LittleEndian.Uint16(raw[12:])&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != want || l < min {
+		return 0, nil, false
+	}
+	b, err := q.mem.guest(binary.LittleEndian.Uint64(raw[0:]), l)
+	if err != nil || uint32(len(b)) != l {
+		return 0, nil, false
+	}
+	return head, b, true
 }
 
 func (q *Queue) startChain(head uint16) error {
@@ -597,20 +629,11 @@ func (q *Queue) pushSingle(frame []byte, total int) (done bool, err error) {
 		q.dirty = true
 		return true, ErrNoBuffers
 	}
-	head := binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
-	if uint32(head) >= q.num {
+	head, b, ok := q.singleDesc(true, uint32(total))
+	if !ok {
 		return false, nil
 	}
-	raw := q.desc[int(head)*virtio.DescSize:][:virtio.DescSize]
-	flags := binary.LittleEndian.Uint16(raw[12:])
-	if flags&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != virtio.DescFWrite ||
-		uint64(binary.LittleEndian.Uint32(raw[8:])) < uint64(total) {
-		return false, nil
-	}
-	b, gerr := q.mem.guest(binary.LittleEndian.Uint64(raw[0:]), uint32(total))
-	if gerr != nil || len(b) != total {
-		return false, nil
-	}
+	b = b[:total]
 	q.lastAvail++
 	q.budget-- // the one descriptor walked
 	hdr := b[:q.hdrLen]
@@ -619,11 +642,7 @@ func (q *Queue) pushSingle(frame []byte, total int) (done bool, err error) {
 		hdr[10], hdr[11] = 1, 0 // num_buffers
 	}
 	copy(b[q.hdrLen:], frame)
-	o := 4 + 8*int(q.usedIdx&q.mask)
-	used := q.used[o : o+8]
-	binary.LittleEndian.PutUint32(used, uint32(head))
-	binary.LittleEndian.PutUint32(used[4:], uint32(total))
-	q.usedIdx++
+	q.putUsedSplit(head, uint32(total))
 	q.st.Frames++
 	q.st.Bytes += uint64(len(frame))
 	q.dirty = true
@@ -671,6 +690,14 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 		}
 		if !ok {
 			return 0, ErrEmpty
+		}
+		if !q.packed {
+			if n, done, dropped := q.popSingle(h, dst); done {
+				if dropped {
+					continue
+				}
+				return n, nil
+			}
 		}
 		budgetAtHead := q.budget
 		head := q.availHead()
@@ -748,6 +775,33 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// popSingle is PopHdr's fast path on a split ring for a frame sent in one
+// direct, device-readable descriptor, header and frame together (as
+// DPDK and Linux send it when the header fits the buffer's headroom),
+// that fits dst. done=false: not that case, nothing consumed, the general
+// path takes it. dropped: consumed and counted (a header PopHdr refuses).
+func (q *Queue) popSingle(h *virtio.NetHdr, dst []byte) (n int, done, dropped bool) {
+	head, b, ok := q.singleDesc(false, uint32(q.hdrLen)+1)
+	if !ok || len(b)-q.hdrLen > len(dst) {
+		return 0, false, false
+	}
+	q.lastAvail++
+	q.budget-- // the one descriptor walked
+	n = copy(dst, b[q.hdrLen:])
+	if h != nil {
+		copy(q.hb[:], b[:q.hdrLen])
+	}
+	q.putUsedSplit(head, 0)
+	q.dirty = true
+	if h != nil && !q.decodeHdr(h, n) {
+		q.st.Drops[DropBadHeader]++
+		return 0, true, true
+	}
+	q.st.Frames++
+	q.st.Bytes += uint64(n)
+	return n, true, false
 }
 
 // decodeHdr decodes the header PopHdr read and checks it against the
