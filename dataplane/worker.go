@@ -592,7 +592,6 @@ func (w *worker) round() int {
 	w.rr++
 	w.serve(0)
 	w.q.Reap()
-	w.q.Refill(0)
 	n := w.receiveFlood()
 	if h := w.testHook.Load(); h != nil {
 		for _, vm := range w.vmList {
@@ -604,6 +603,11 @@ func (w *worker) round() int {
 	if len(w.directs) > 0 {
 		n += w.serveDirects()
 	}
+	// Topped up after the receives, which gave their frames straight
+	// back to the fill ring: before them, Refill filled the ring from
+	// the allocator and the received frames found it full and went back
+	// to the allocator, every frame twice through it.
+	w.q.Refill(0)
 	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
