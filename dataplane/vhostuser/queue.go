@@ -381,31 +381,56 @@ func (q *Queue) putUsedSplit(id uint16, n uint32) {
 	q.usedIdx++
 }
 
-// singleDesc reads the descriptor at the head of the next avail entry of
-// a split ring, once, for the fast paths: its buffer if the descriptor is
-// direct, has exactly the WRITE flag wantWrite asks for, holds at least
-// min bytes and lies in one memory region; ok=false otherwise (nothing
-// consumed: the general path then judges the chain). The caller checked
-// haveAvail.
-func (q *Queue) singleDesc(wantWrite bool, min uint32) (head uint16, buf []byte, ok bool) {
-	head = binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
-	if uint32(head) >= q.num {
-		return 0, nil, false
+// singleDesc reads the next available descriptor once, for the fast
+// paths: its buffer if it is direct, has exactly the WRITE flag
+// wantWrite asks for, holds at least min bytes and lies in one memory
+// region; ok=false otherwise (nothing consumed: the general path then
+// judges the chain). id is the split ring's head or the packed ring's
+// buffer id. The caller checked haveAvail (on a packed ring its atomic
+// load of the flags orders the reads here).
+func (q *Queue) singleDesc(wantWrite bool, min uint32) (id uint16, buf []byte, ok bool) {
+	var raw []byte
+	var flags uint16
+	if q.packed {
+		raw = q.desc[int(q.lastAvail&q.mask)*virtio.PackedDescSize:][:virtio.PackedDescSize]
+		id, flags = binary.LittleEndian.Uint16(raw[12:]), binary.LittleEndian.Uint16(raw[14:])
+		if uint32(id) >= q.num {
+			return 0, nil, false
+		}
+	} else {
+		id = binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
+		if uint32(id) >= q.num {
+			return 0, nil, false
+		}
+		raw = q.desc[int(id)*virtio.DescSize:][:virtio.DescSize]
+		flags = binary.LittleEndian.Uint16(raw[12:])
 	}
-	raw := q.desc[int(head)*virtio.DescSize:][:virtio.DescSize]
 	want := uint16(0)
 	if wantWrite {
 		want = virtio.DescFWrite
 	}
 	l := binary.LittleEndian.Uint32(raw[8:])
-	if binary.LittleEndian.Uint16(raw[12:])&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != want || l < min {
+	if flags&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != want || l < min {
 		return 0, nil, false
 	}
 	b, err := q.mem.guest(binary.LittleEndian.Uint64(raw[0:]), l)
 	if err != nil || uint32(len(b)) != l {
 		return 0, nil, false
 	}
-	return head, b, true
+	return id, b, true
+}
+
+// useSingle consumes the descriptor singleDesc returned and records it
+// used with n bytes written; it costs one descriptor of the budget.
+func (q *Queue) useSingle(id uint16, n uint32) {
+	q.budget--
+	if q.packed {
+		q.pk.pos, q.pk.ringCount, q.pk.ringDone, q.pk.id = q.lastAvail, 1, true, id
+		q.packedPutUsed(n) // advances lastAvail
+		return
+	}
+	q.lastAvail++
+	q.putUsedSplit(id, n)
 }
 
 func (q *Queue) startChain(head uint16) error {
@@ -530,7 +555,7 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 		return ErrBudget
 	}
 	total := q.hdrLen + len(frame)
-	if !q.packed && q.bufLog == nil {
+	if q.bufLog == nil {
 		if done, err := q.pushSingle(frame, total); done {
 			return err
 		}
@@ -613,7 +638,7 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 	return nil
 }
 
-// pushSingle is PushHdr's fast path on a split ring for the buffer
+// pushSingle is PushHdr's fast path, on either ring layout, for the buffer
 // guests post (Linux, DPDK and vmq-guest alike): one direct,
 // device-writable descriptor, big enough for header and frame, in one
 // memory region. It reads the descriptor once and checks what the
@@ -634,15 +659,13 @@ func (q *Queue) pushSingle(frame []byte, total int) (done bool, err error) {
 		return false, nil
 	}
 	b = b[:total]
-	q.lastAvail++
-	q.budget-- // the one descriptor walked
 	hdr := b[:q.hdrLen]
 	copy(hdr, q.hb[:])
 	if len(hdr) == virtio.NetHdrLen {
 		hdr[10], hdr[11] = 1, 0 // num_buffers
 	}
 	copy(b[q.hdrLen:], frame)
-	q.putUsedSplit(head, uint32(total))
+	q.useSingle(head, uint32(total))
 	q.st.Frames++
 	q.st.Bytes += uint64(len(frame))
 	q.dirty = true
@@ -691,13 +714,11 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 		if !ok {
 			return 0, ErrEmpty
 		}
-		if !q.packed {
-			if n, done, dropped := q.popSingle(h, dst); done {
-				if dropped {
-					continue
-				}
-				return n, nil
+		if n, done, dropped := q.popSingle(h, dst); done {
+			if dropped {
+				continue
 			}
+			return n, nil
 		}
 		budgetAtHead := q.budget
 		head := q.availHead()
@@ -777,7 +798,7 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 	}
 }
 
-// popSingle is PopHdr's fast path on a split ring for a frame sent in one
+// popSingle is PopHdr's fast path, on either ring layout, for a frame sent in one
 // direct, device-readable descriptor, header and frame together (as
 // DPDK and Linux send it when the header fits the buffer's headroom),
 // that fits dst. done=false: not that case, nothing consumed, the general
@@ -787,13 +808,11 @@ func (q *Queue) popSingle(h *virtio.NetHdr, dst []byte) (n int, done, dropped bo
 	if !ok || len(b)-q.hdrLen > len(dst) {
 		return 0, false, false
 	}
-	q.lastAvail++
-	q.budget-- // the one descriptor walked
 	n = copy(dst, b[q.hdrLen:])
 	if h != nil {
 		copy(q.hb[:], b[:q.hdrLen])
 	}
-	q.putUsedSplit(head, 0)
+	q.useSingle(head, 0)
 	q.dirty = true
 	if h != nil && !q.decodeHdr(h, n) {
 		q.st.Drops[DropBadHeader]++
