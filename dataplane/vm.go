@@ -55,6 +55,11 @@ type vmState struct {
 	rxqs []*virtq    // guest receive queues owned by this worker
 	ctr  *vmCounters
 	ded  *directRx // the dedicated queue's receive path (its owner worker only)
+
+	// Frames held in sock's rx ring for a full guest ring (hold.go): in
+	// worker.holders; the kick fd+1 in the sleep's set (0: none).
+	holding  bool
+	holdKick int
 }
 
 // virtq is a guest virtqueue owned by a worker.

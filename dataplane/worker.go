@@ -143,6 +143,7 @@ type worker struct {
 	visit          []*vmState // scratch: the sockets to receive from
 	sweep          bool       // the next round visits every socket
 	touched        []*vmState // credit or busy changed since the last grant
+	holders        []*vmState // VMs with frames held in their socket ring (hold.go)
 	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
@@ -466,6 +467,7 @@ func (w *worker) removeVM(slot uint32) error {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
 	w.removeDirect(st)
+	w.unhold(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	for _, vq := range w.txqs {
 		if vq.vm == st {
@@ -534,6 +536,7 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			}
 			if q.IsRX() {
 				st := vq.vm
+				w.unhold(st)
 				for j, r := range st.rxqs {
 					if r == vq {
 						st.rxqs = append(st.rxqs[:j:j], st.rxqs[j+1:]...)
@@ -586,6 +589,9 @@ func (w *worker) round() int {
 			w.serve(vm.slot)
 			(*h)(vm.slot)
 		}
+	}
+	if len(w.holders) > 0 {
+		w.visitHolders()
 	}
 	n += w.receiveVMs()
 	if len(w.directs) > 0 {
@@ -694,7 +700,8 @@ func (w *worker) receiveVM(vm *vmState) int {
 	// Each frame costs 1 unit to take and at least 1 descriptor to push:
 	// take no more than the credit can serve; the rest waits in the
 	// socket's ring (nothing is lost that the kernel did not count).
-	n := vm.sock.Receive(w.descs[:w.rxBatch(min(batchSize, vm.credit/2))])
+	// What the guest has no buffer for waits in the socket's ring (hold.go).
+	n := vm.sock.Receive(w.descs[:w.rxTake(vm, w.rxBatch(min(batchSize, vm.credit/2)))])
 	if n == 0 {
 		return 0
 	}
@@ -1144,6 +1151,12 @@ func disableNotify(q *vhostuser.Queue) {
 // sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
 // command. Guest notifications are enabled only while asleep.
 func (w *worker) sleep() {
+	if len(w.holders) > 0 {
+		if !w.holdSleep() {
+			return
+		}
+		defer w.wokeHolders(len(w.holders))
+	}
 	for _, vq := range w.txqs {
 		if enableNotify(vq.q) {
 			w.disableNotify()

@@ -1,0 +1,156 @@
+package dataplane
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/dataplane/vhostuser"
+)
+
+// Holding frames for a guest whose receive ring is full, the way a NIC's
+// VM queue does: the worker takes from a VM's socket only the frames the
+// guest has buffers for, and the rest wait in the VM's own AF_XDP rx ring
+// until the guest posts buffers. A guest briefly off its CPU then loses
+// nothing while its socket ring has room; when that ring overflows the
+// kernel drops at that VM's socket (its rx_ring_full), where a NIC drops.
+//
+// Frames waiting in a socket ring are frames of the queue's shared UMEM,
+// out of the fill ring's reach. So that a guest that never posts buffers
+// cannot starve the others, what a VM may hold is capped (holdCap): the
+// VMs of a queue hold at most half its UMEM between them, the other half
+// is for the fill ring (2048), the flood socket and guest TX. Frames over
+// the cap are taken and dropped (virtqueue_full), oldest first, as they
+// were before holding.
+//
+// A holding VM is visited every round (one look at its avail index and
+// socket ring). Before the worker sleeps, its socket turns edge-triggered
+// in the sleep's set (its held frames would keep a level-triggered set
+// ready; a new frame still wakes the worker, which keeps the VM to its
+// cap) and its receive queue's kick fd joins the set, notifications
+// enabled: the guest posting buffers wakes the worker.
+//
+// Not held: multi-buffer (jumbo) queues, whose frames are several
+// descriptors, VMs with a dedicated queue, and workers that serve one
+// (they sleep in poll(2), not in the epoll set).
+
+// holdShare is the part of a queue's UMEM its VMs may hold between them.
+const holdShare = 2
+
+// holdCap is how many frames one VM may hold in its socket ring.
+func (w *worker) holdCap() int {
+	n := len(w.vmList)
+	if n == 0 {
+		return 0
+	}
+	return min(w.vmRing(), w.dp.cfg.FramesPerQueue/holdShare/n)
+}
+
+// holdable reports whether vm's frames may wait in its socket ring.
+func (w *worker) holdable(vm *vmState) bool {
+	return w.jumbo == nil && len(w.directs) == 0 && vm.ded == nil && len(vm.rxqs) > 0
+}
+
+// rxTake is how many of vm's frames receiveVM takes from its socket now,
+// at most want: all of them while the guest has room, else those it has
+// buffers for and those over the VM's cap (dropped); the others wait.
+func (w *worker) rxTake(vm *vmState, want int) int {
+	if want <= 0 || !w.holdable(vm) {
+		w.unhold(vm)
+		return want
+	}
+	room := rxRoom(vm.rxqs[0].q, want)
+	if room >= want {
+		w.unhold(vm)
+		return want
+	}
+	pending := vm.sock.RxPending()
+	if pending <= room {
+		w.unhold(vm)
+		return want
+	}
+	w.hold(vm)
+	over := max(pending-room-w.holdCap(), 0)
+	return min(want, room+over)
+}
+
+// rxRoom is q.RxRoom under a fault guard: a fault breaks the device and
+// reports max, so the frames are taken and dropped as broken.
+func rxRoom(q *vhostuser.Queue, max int) (n int) {
+	n = max
+	defer q.RecoverFault()
+	return q.RxRoom(max)
+}
+
+func (w *worker) hold(vm *vmState) {
+	if !vm.holding {
+		vm.holding = true
+		w.holders = append(w.holders, vm)
+	}
+}
+
+// unhold forgets vm as a holder (its frames, if any are left, are taken
+// the next time it is visited).
+func (w *worker) unhold(vm *vmState) {
+	if !vm.holding {
+		return
+	}
+	vm.holding = false
+	for i, h := range w.holders {
+		if h == vm {
+			last := len(w.holders) - 1
+			w.holders[i] = w.holders[last]
+			w.holders[last] = nil
+			w.holders = w.holders[:last]
+			return
+		}
+	}
+}
+
+// visitHolders makes this round visit every holding VM: whether the guest
+// posted buffers, or the cap shrank, is one look at its rings.
+func (w *worker) visitHolders() {
+	for _, vm := range w.holders {
+		w.markReady(vm.slot)
+	}
+}
+
+// holdSleep prepares the sleep's set for the holding VMs: their sockets
+// edge-triggered, their receive queues' kick fds in, notifications enabled. It
+// reports false, with the set as it was, when a guest posted buffers
+// meanwhile: then the worker must not sleep. wokeHolders undoes it.
+func (w *worker) holdSleep() bool {
+	for i, vm := range w.holders {
+		q := vm.rxqs[0].q
+		q.AckKick() // old kicks: the fd must become readable only for new ones
+		if enableNotify(q) {
+			w.wokeHolders(i)
+			w.markReady(vm.slot)
+			return false
+		}
+		w.epollMod(vm.sock.FD(), unix.EPOLLIN|unix.EPOLLET, epSocket, int32(vm.slot))
+		// Without a kick fd of its own (none, or one the guest also gave
+		// another queue) the guest's buffers are seen within idlePollTimeout.
+		if fd := q.KickFD(); fd >= 0 && w.epollAdd(fd, epSocket, int32(vm.slot)) == nil {
+			vm.holdKick = fd + 1
+		}
+	}
+	return true
+}
+
+// wokeHolders restores the sleep's set for the first n holders, and has
+// the next round visit them.
+func (w *worker) wokeHolders(n int) {
+	for _, vm := range w.holders[:n] {
+		if vm.holdKick > 0 {
+			w.epollDel(vm.holdKick - 1)
+			vm.holdKick = 0
+		}
+		w.epollMod(vm.sock.FD(), unix.EPOLLIN, epSocket, int32(vm.slot))
+		w.markReady(vm.slot)
+	}
+}
+
+// epollMod changes what the sleep waits for on fd.
+func (w *worker) epollMod(fd int, events uint32, kind, val int32) {
+	ev := unix.EpollEvent{Events: events, Fd: val, Pad: kind}
+	unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
