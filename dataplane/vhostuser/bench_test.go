@@ -16,58 +16,65 @@ import (
 	"github.com/vmq/vmq/internal/testenv"
 )
 
-// Socketless data-path costs on byte-slice guest memory: the guest side
-// recycles buffers in the benchmark loop, so this is copy + ring work.
+// Socketless data-path costs on byte-slice guest memory, on each ring
+// layout (sub-benchmarks split and packed): the guest side recycles each
+// batch of buffers after its Flush, so this is copy + ring work.
 
 func BenchmarkPush(b *testing.B) {
-	for _, size := range []int{64, 1514} {
-		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			g := newTestGuest(b, 256, testFeatures|virtio.NetFMrgRxbuf, true)
-			for i := 0; i < 256; i++ {
-				g.postRX(2048)
-			}
-			f := frameOf(size, 1)
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if err := g.q.Push(f); err != nil {
-					b.Fatal(err)
+	for _, l := range layouts {
+		for _, size := range []int{64, 1514} {
+			b.Run(fmt.Sprintf("%s/%d", l.name, size), func(b *testing.B) {
+				g := l.guest(b, 256, testFeatures|virtio.NetFMrgRxbuf, true)
+				for i := 0; i < 256; i++ {
+					g.postRX(2048)
 				}
-				if i%32 == 31 {
-					g.q.Flush()
-				}
-				g.publish(uint16(i) % 256) // recycle: posted heads are 0..255 in order
-			}
-			g.q.Flush()
-		})
+				f := frameOf(size, 1)
+				benchLoop(b, g, size, func() error { return g.queue().Push(f) })
+			})
+		}
 	}
 }
 
 func BenchmarkPop(b *testing.B) {
-	for _, size := range []int{64, 1514} {
-		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			g := newTestGuest(b, 256, testFeatures, false)
-			f := frameOf(size, 1)
-			for i := 0; i < 256; i++ {
-				g.sendFrame(f, 2048) // heads 0,2,4,... (header + data descriptors)
-			}
-			dst := make([]byte, 2048)
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := g.q.Pop(dst); err != nil {
-					b.Fatal(err)
-				}
-				if i%32 == 31 {
-					g.q.Flush()
-				}
-				g.publish(uint16(2*(i%128)) % 256)
-			}
-			g.q.Flush()
-		})
+	for _, l := range layouts {
+		for _, size := range []int{64, 1514} {
+			b.Run(fmt.Sprintf("%s/%d", l.name, size), func(b *testing.B) {
+				benchPop(b, l.guest(b, 256, testFeatures, false), size)
+			})
+		}
 	}
+}
+
+// benchPop fills g's ring with TX frames of size bytes (header and frame
+// in two descriptors) and pops them b.N times.
+func benchPop(b *testing.B, g ringGuest, size int) {
+	f := frameOf(size, 1)
+	for i := 0; i < 128; i++ {
+		g.sendFrame(f, 2048)
+	}
+	dst := make([]byte, 2048)
+	benchLoop(b, g, size, func() error { _, err := g.queue().Pop(dst); return err })
+}
+
+// benchLoop runs op b.N times with a Flush every 32, after which the
+// guest makes the batch's buffers available again.
+func benchLoop(b *testing.B, g ringGuest, size int, op func() error) {
+	q := g.queue()
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := op(); err != nil {
+			b.Fatal(err)
+		}
+		if i%32 == 31 {
+			q.Flush()
+			for k := 0; k < 32; k++ {
+				g.recycle()
+			}
+		}
+	}
+	q.Flush()
 }
 
 // BenchmarkDPDKCompare measures vmq's back-end and DPDK's net_vhost with
@@ -194,34 +201,52 @@ func pinThread(cpu int) {
 	unix.SchedSetaffinity(0, &set)
 }
 
-// BenchmarkPopCall is BenchmarkPop/64 with a call eventfd: every Flush
+// BenchmarkPopCall is BenchmarkPop/*/64 with a call eventfd: every Flush
 // (one per 32 frames) asks to notify the guest, so this measures the
 // call path a worker pays per batch.
 func BenchmarkPopCall(b *testing.B) {
-	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		b.Fatal(err)
+	for _, l := range layouts {
+		b.Run(l.name, func(b *testing.B) {
+			efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(efd)
+			g := l.guest(b, 256, testFeatures, false)
+			stop := benchCallFD(b, g.queue(), efd)
+			defer stop()
+			benchPop(b, g, 64)
+		})
 	}
-	defer unix.Close(efd)
-	g := newTestGuest(b, 256, testFeatures, false)
-	stop := benchCallFD(b, g.q, efd)
-	defer stop()
-	f := frameOf(64, 1)
-	for i := 0; i < 256; i++ {
-		g.sendFrame(f, 2048)
+}
+
+// BenchmarkDPDKComparePacked: vmq's back-end and DPDK's net_vhost, each
+// with the same testpmd virtio_user guest on split and on packed rings
+// (in_order=1 both), 64-byte frames, alternating for packedRounds rounds.
+//
+//	go test -run XXX -bench DPDKComparePacked -benchtime 1x ./dataplane/vhostuser
+func BenchmarkDPDKComparePacked(b *testing.B) {
+	testenv.RequireRoot(b)
+	testenv.RequireCommand(b, "dpdk-testpmd")
+	const packedRounds = 2
+	rings := []struct{ name, opts string }{{"split", ",in_order=1"}, {"packed", ",in_order=1,packed_vq=1"}}
+	for _, dir := range []string{"to_guest", "from_guest"} {
+		b.Run(dir, func(b *testing.B) {
+			res := map[string][]float64{}
+			for r := 0; r < packedRounds; r++ {
+				for _, backend := range []string{"vmq", "dpdk"} {
+					for _, ring := range rings {
+						k := backend + "-" + ring.name
+						res[k] = append(res[k], measureBackendVdev(b, backend, dir == "to_guest", 64, ring.opts))
+					}
+				}
+			}
+			for _, backend := range []string{"vmq", "dpdk"} {
+				s, p := median(res[backend+"-split"]), median(res[backend+"-packed"])
+				b.Logf("%s %s: split %v packed %v Mpps", dir, backend, res[backend+"-split"], res[backend+"-packed"])
+				b.ReportMetric(s, backend+"-split-Mpps")
+				b.ReportMetric(p, backend+"-packed-Mpps")
+			}
+		})
 	}
-	dst := make([]byte, 2048)
-	b.SetBytes(64)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := g.q.Pop(dst); err != nil {
-			b.Fatal(err)
-		}
-		if i%32 == 31 {
-			g.q.Flush()
-		}
-		g.publish(uint16(2*(i%128)) % 256)
-	}
-	g.q.Flush()
 }

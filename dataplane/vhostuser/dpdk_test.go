@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
 	tpmd "github.com/vmq/vmq/internal/testpmd"
@@ -242,9 +243,51 @@ func (c interopCase) String() string {
 	return fmt.Sprintf("%s/mrg%d/q%d%s", mode, c.mrg, c.queues, strings.NewReplacer(",", "+", "=", "").Replace(c.vdev))
 }
 
-var interopCases = []interopCase{
-	{false, 1, 1, ""}, {false, 0, 1, ""}, {true, 1, 1, ""}, {true, 0, 1, ""},
-	{false, 1, 2, ""}, {false, 0, 2, ""}, {true, 1, 2, ""}, {true, 0, 2, ""},
+// interopLayouts run DPDK's virtio_user on each ring layout: split rings
+// in both socket modes, with and without mergeable buffers, on one and
+// two queue pairs; packed rings with and without IN_ORDER in both socket
+// modes (and multiqueue once). reconnect is the vdev of the layout's
+// TestDPDKReconnect cases.
+var interopLayouts = []struct {
+	name      string
+	cases     []interopCase
+	reconnect string
+}{
+	{"split", []interopCase{
+		{false, 1, 1, ""}, {false, 0, 1, ""}, {true, 1, 1, ""}, {true, 0, 1, ""},
+		{false, 1, 2, ""}, {false, 0, 2, ""}, {true, 1, 2, ""}, {true, 0, 2, ""},
+	}, ""},
+	{"packed", []interopCase{
+		{false, 1, 1, ",packed_vq=1,in_order=1"}, {true, 1, 1, ",packed_vq=1,in_order=1"},
+		{false, 0, 1, ",packed_vq=1,in_order=0"}, {true, 0, 1, ",packed_vq=1,in_order=0"},
+		{false, 1, 2, ",packed_vq=1,in_order=1"},
+	}, ",packed_vq=1,in_order=1"},
+}
+
+// forInteropCases runs f as a subtest for each case, under a subtest for
+// its ring layout.
+func forInteropCases(t *testing.T, f func(t *testing.T, c interopCase)) {
+	for _, l := range interopLayouts {
+		t.Run(l.name, func(t *testing.T) {
+			for _, c := range l.cases {
+				t.Run(c.String(), func(t *testing.T) { f(t, c) })
+			}
+		})
+	}
+}
+
+// checkLayout fails unless the port negotiated the case's ring layout
+// (and, on packed rings, IN_ORDER exactly when the case asked for it).
+func checkLayout(t *testing.T, p *Port, c interopCase) {
+	t.Helper()
+	f := p.State().Features
+	packed := strings.Contains(c.vdev, "packed_vq=1")
+	if (f&virtio.FRingPacked != 0) != packed {
+		t.Fatalf("features %#x: RING_PACKED negotiated %v, want %v", f, f&virtio.FRingPacked != 0, packed)
+	}
+	if wantIO := strings.Contains(c.vdev, "in_order=1"); packed && (f&virtio.FInOrder != 0) != wantIO {
+		t.Fatalf("features %#x: IN_ORDER negotiated %v, want %v", f, f&virtio.FInOrder != 0, wantIO)
+	}
 }
 
 // startVirtioUser starts testpmd with a net_virtio_user guest attached
@@ -330,113 +373,116 @@ func guestTx(t *testing.T, pmd *testpmd, w *testWorker, min uint64) uint64 {
 }
 
 // TestDPDKReconnect: the guest is killed and restarted; the port (server
-// or client mode) serves the new one, and frames flow again, exactly.
+// or client mode) serves the new one from its own ring base (a packed
+// ring: slot 0, wrap 1), and frames flow again, exactly.
 func TestDPDKReconnect(t *testing.T) {
-	for _, client := range []bool{false, true} {
-		c := interopCase{client: client, mrg: 1, queues: 1}
-		t.Run(c.String(), func(t *testing.T) {
-			w := newTestWorker(t, nil)
-			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
-			guestTx(t, pmd, w, 10000)
-			pmd.Kill() // a crash: no GET_VRING_BASE, no goodbye
-			waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
-			waitRunning(t, p, 0)
-			sock := p.Path()
-			if client {
-				os.Remove(sock) // the killed testpmd left its listening socket behind
+	for _, l := range interopLayouts {
+		t.Run(l.name, func(t *testing.T) {
+			for _, client := range []bool{false, true} {
+				c := interopCase{client: client, mrg: 1, queues: 1, vdev: l.reconnect}
+				t.Run(c.String(), func(t *testing.T) {
+					w := newTestWorker(t, nil)
+					p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
+					checkLayout(t, p, c)
+					guestTx(t, pmd, w, 10000)
+					pmd.Kill() // a crash: no GET_VRING_BASE, no goodbye
+					waitFor(t, func() bool { return !p.State().Connected }, "disconnect")
+					waitRunning(t, p, 0)
+					sock := p.Path()
+					if client {
+						os.Remove(sock) // the killed testpmd left its listening socket behind
+					}
+					pmd2 := startVirtioUserPMD(t, sock, c, "txonly", "--txpkts=64")
+					pmd2.waitPrompt(60 * time.Second)
+					waitRunning(t, p, 2)
+					sent := guestTx(t, pmd2, w, 10000)
+					st := p.State()
+					if st.Connects != 2 || st.Broken != "" {
+						t.Fatalf("state after reconnect: %+v", st)
+					}
+					t.Logf("second guest sent %d, all popped; connects %d", sent, st.Connects)
+				})
 			}
-			pmd2 := startVirtioUserPMD(t, sock, c, "txonly", "--txpkts=64")
-			pmd2.waitPrompt(60 * time.Second)
-			waitRunning(t, p, 2)
-			sent := guestTx(t, pmd2, w, 10000)
-			st := p.State()
-			if st.Connects != 2 || st.Broken != "" {
-				t.Fatalf("state after reconnect: %+v", st)
-			}
-			t.Logf("second guest sent %d, all popped; connects %d", sent, st.Connects)
 		})
 	}
 }
 
 // TestDPDKGuestTx: testpmd txonly sends through virtio_user; the backend
-// pops exactly as many frames as testpmd counts as sent.
+// pops exactly as many frames as testpmd counts as sent, frames of the
+// right length, on every queue pair.
 func TestDPDKGuestTx(t *testing.T) {
-	for _, c := range interopCases {
-		t.Run(c.String(), func(t *testing.T) {
-			w := newTestWorker(t, nil)
-			w.wantLen = 64
-			p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
-			sent := guestTx(t, pmd, w, 50000)
-			got := w.total(&w.popped)
-			if b := w.badLen.Load(); b != 0 {
-				t.Fatalf("%d frames of the wrong length", b)
+	forInteropCases(t, func(t *testing.T, c interopCase) {
+		w := newTestWorker(t, nil)
+		w.wantLen = 64
+		p, pmd := startVirtioUser(t, c, w, "txonly", "--txpkts=64")
+		checkLayout(t, p, c)
+		sent := guestTx(t, pmd, w, 50000)
+		got := w.total(&w.popped)
+		if b := w.badLen.Load(); b != 0 {
+			t.Fatalf("%d frames of the wrong length", b)
+		}
+		for i := 0; i < c.queues; i++ {
+			if w.popped[i].Load() == 0 {
+				t.Errorf("queue pair %d carried nothing", i)
 			}
-			if c.queues > 1 {
-				for i := 0; i < c.queues; i++ {
-					if w.popped[i].Load() == 0 {
-						t.Errorf("queue pair %d carried nothing", i)
-					}
-				}
-			}
-			st := p.State()
-			t.Logf("sent %d popped %d per pair %d/%d; kicks %d calls %d; features %#x protocol %#x",
-				sent, got, w.popped[0].Load(), w.popped[1].Load(), st.Kicks, st.Calls, st.Features, st.ProtocolFeatures)
-			if st.Broken != "" {
-				t.Fatalf("device broken: %s", st.Broken)
-			}
-		})
-	}
+		}
+		st := p.State()
+		t.Logf("sent %d popped %d per pair %d/%d; kicks %d calls %d; features %#x protocol %#x",
+			sent, got, w.popped[0].Load(), w.popped[1].Load(), st.Kicks, st.Calls, st.Features, st.ProtocolFeatures)
+		if st.Broken != "" {
+			t.Fatalf("device broken: %s", st.Broken)
+		}
+	})
 }
 
 // TestDPDKGuestRx: the backend pushes a known number of frames per
-// queue; testpmd rxonly receives exactly that many.
+// queue; testpmd rxonly receives exactly that many frames and bytes.
 func TestDPDKGuestRx(t *testing.T) {
-	for _, c := range interopCases {
-		t.Run(c.String(), func(t *testing.T) {
-			frame := make([]byte, 1514)
-			copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
-			w := newTestWorker(t, frame)
-			p, pmd := startVirtioUser(t, c, w, "rxonly")
-			pmd.command("start", startDone)
-			const perQueue = 20000
-			// Bounded bursts the guest keeps up with: exact counts, no drops.
-			for sent := 0; sent < perQueue; sent += 500 {
+	forInteropCases(t, func(t *testing.T, c interopCase) {
+		frame := make([]byte, 1514)
+		copy(frame, []byte{2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x0b, 0x08, 0x00})
+		w := newTestWorker(t, frame)
+		p, pmd := startVirtioUser(t, c, w, "rxonly")
+		checkLayout(t, p, c)
+		pmd.command("start", startDone)
+		const perQueue = 20000
+		// Bounded bursts the guest keeps up with: exact counts, no drops.
+		for sent := 0; sent < perQueue; sent += 500 {
+			for i := 0; i < c.queues; i++ {
+				w.toPush[i].Add(500)
+			}
+			waitFor(t, func() bool {
 				for i := 0; i < c.queues; i++ {
-					w.toPush[i].Add(500)
-				}
-				waitFor(t, func() bool {
-					for i := 0; i < c.queues; i++ {
-						if w.toPush[i].Load() > 0 {
-							return false
-						}
+					if w.toPush[i].Load() > 0 {
+						return false
 					}
-					return true
-				}, "pushes")
-			}
-			want := uint64(perQueue * c.queues)
-			var got uint64
-			deadline := time.Now().Add(10 * time.Second)
-			for time.Now().Before(deadline) {
-				if got = pmd.portStat("RX-packets"); got >= want {
-					break
 				}
-				time.Sleep(50 * time.Millisecond)
+				return true
+			}, "pushes")
+		}
+		want := uint64(perQueue * c.queues)
+		var got uint64
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if got = pmd.portStat("RX-packets"); got >= want {
+				break
 			}
-			if got != want || w.total(&w.pushed) != want {
-				t.Fatalf("pushed %d, testpmd received %d, want %d", w.total(&w.pushed), got, want)
-			}
-			if bytes := pmd.portStat("RX-bytes"); bytes != want*uint64(len(frame)) {
-				t.Fatalf("testpmd received %d bytes, want %d", bytes, want*uint64(len(frame)))
-			}
-			var drops uint64
-			for _, q := range p.Queues() {
-				drops += q.Stats().Drops[DropTooBig]
-			}
-			st := p.State()
-			t.Logf("pushed %d, testpmd RX %d; too-big drops %d; calls %d; features %#x", want, got, drops, st.Calls, st.Features)
-			if st.Broken != "" {
-				t.Fatalf("device broken: %s", st.Broken)
-			}
-		})
-	}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got != want || w.total(&w.pushed) != want {
+			t.Fatalf("pushed %d, testpmd received %d, want %d", w.total(&w.pushed), got, want)
+		}
+		if bytes := pmd.portStat("RX-bytes"); bytes != want*uint64(len(frame)) {
+			t.Fatalf("testpmd received %d bytes, want %d", bytes, want*uint64(len(frame)))
+		}
+		var drops uint64
+		for _, q := range p.Queues() {
+			drops += q.Stats().Drops[DropTooBig]
+		}
+		st := p.State()
+		t.Logf("pushed %d, testpmd RX %d; too-big drops %d; calls %d; features %#x", want, got, drops, st.Calls, st.Features)
+		if st.Broken != "" {
+			t.Fatalf("device broken: %s", st.Broken)
+		}
+	})
 }

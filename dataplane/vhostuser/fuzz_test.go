@@ -15,79 +15,86 @@ import (
 
 const fuzzMemLen = 16 << 10
 
-// fuzzRingSeeds are guest memories with valid rings (8 entries) built by
-// the test guest: TX frames (direct, chained, indirect) and RX buffers.
-func fuzzRingSeeds(t testing.TB) [][]byte {
+// fuzzRingSeeds are guest memories with valid rings (8 entries) of the
+// layout, built by the test guest: TX frames (direct, chained, indirect)
+// and RX buffers (direct, chained, indirect).
+func fuzzRingSeeds(t testing.TB, l layout) [][]byte {
 	var seeds [][]byte
-	tx := newTestGuestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, false)
+	tx := l.guestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, false)
 	tx.sendFrame(frameOf(60, 1), 60)
 	tx.sendFrame(frameOf(300, 2), 100)
-	tbl := tx.alloc(32)
-	h, d := tx.alloc(virtio.NetHdrLen), tx.alloc(64)
-	tx.writeDesc(tx.at(tbl, 32), 0, tdesc{addr: h, len: virtio.NetHdrLen, flags: virtio.DescFNext, next: 1})
-	tx.writeDesc(tx.at(tbl, 32), 1, tdesc{addr: d, len: 64})
-	tx.post(tdesc{addr: tbl, len: 32, flags: virtio.DescFIndirect})
-	seeds = append(seeds, tx.mem[:tx.bufOff])
-	rx := newTestGuestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, true)
+	tx.post(tx.indirect(tdesc{addr: tx.alloc(virtio.NetHdrLen), len: virtio.NetHdrLen}, tdesc{addr: tx.alloc(64), len: 64}))
+	seeds = append(seeds, tx.memUsed())
+	rx := l.guestMem(t, make([]byte, fuzzMemLen), 8, testFeatures, true)
 	rx.postRX(1024)
 	rx.postRX(512)
-	a, b := rx.alloc(6), rx.alloc(256)
-	rx.post(tdesc{addr: a, len: 6, flags: virtio.DescFWrite}, tdesc{addr: b, len: 256, flags: virtio.DescFWrite})
-	seeds = append(seeds, rx.mem[:rx.bufOff])
+	rx.post(tdesc{addr: rx.alloc(6), len: 6, flags: virtio.DescFWrite}, tdesc{addr: rx.alloc(256), len: 256, flags: virtio.DescFWrite})
+	rx.post(rx.indirect(tdesc{addr: rx.alloc(300), len: 300, flags: virtio.DescFWrite}))
+	seeds = append(seeds, rx.memUsed())
 	return seeds
 }
 
+// fuzzTargets are the ring fuzz targets, one a layout, each with its
+// seed corpus in testdata/fuzz/<name>.
+var fuzzTargets = []struct {
+	name string
+	l    layout
+}{{"FuzzDescriptorChain", splitLayout}, {"FuzzPackedRing", packedLayout}}
+
 // FuzzDescriptorChain runs the device side over arbitrary guest memory
-// (rings and buffers): it must never panic, and a failure must be one of
-// the queue's errors.
-func FuzzDescriptorChain(f *testing.F) {
-	for _, s := range fuzzRingSeeds(f) {
+// holding a split ring and buffers (see fuzzRing).
+func FuzzDescriptorChain(f *testing.F) { fuzzRing(f, splitLayout) }
+
+// FuzzPackedRing runs the device side over arbitrary guest memory holding
+// a packed ring, its event suppression areas and buffers (see fuzzRing).
+func FuzzPackedRing(f *testing.F) { fuzzRing(f, packedLayout) }
+
+// fuzzRing: no input may panic the device or make it write outside guest
+// memory, a failure must be one of the queue's errors, and Flush must
+// write every used descriptor.
+func fuzzRing(f *testing.F, l layout) {
+	for _, s := range fuzzRingSeeds(f, l) {
 		f.Add(s, false, false)
 		f.Add(s, true, true)
 	}
-	f.Fuzz(runFuzzChain)
+	f.Fuzz(func(t *testing.T, ring []byte, rx, mrg bool) { runFuzzRing(t, l, ring, rx, mrg) })
 }
 
-func runFuzzChain(t *testing.T, ring []byte, rx, mrg bool) {
-	{
-		mem := make([]byte, fuzzMemLen)
-		copy(mem, ring)
-		feat := uint64(testFeatures | virtio.RingFEventIdx)
-		if mrg {
-			feat |= virtio.NetFMrgRxbuf
-		}
-		g := layoutGuest(t, mem, testBase, 8)
-		mt := &memTable{regions: []memRegion{{gpa: g.base, size: uint64(len(mem)), uva: g.base, data: mem}}}
-		q := &Queue{index: 1, kickFD: -1, callFD: -1}
+func runFuzzRing(t *testing.T, l layout, ring []byte, rx, mrg bool) {
+	mem := make([]byte, fuzzMemLen)
+	copy(mem, ring)
+	feat := uint64(testFeatures | virtio.RingFEventIdx)
+	if mrg {
+		feat |= virtio.NetFMrgRxbuf
+	}
+	// The test guest only lays the ring out over the fuzzed memory.
+	q := l.guestMem(t, mem, 8, feat, rx).queue()
+	q.usedLog = &dirtyLog{bits: make([]byte, 64)} // log every used write too
+	q.SetBudget(64)
+	dst := make([]byte, 1600)
+	frame := frameOf(700, 3)
+	for i := 0; i < 20; i++ {
+		var err error
 		if rx {
-			q.index = 0
+			err = q.Push(frame)
+		} else {
+			_, err = q.Pop(dst)
 		}
-		da, aa, ua := g.addrs()
-		if err := q.ringLayout(mt, feat, 8, da, aa, ua); err != nil {
-			t.Fatal(err)
+		q.Flush()
+		switch {
+		case err == nil, errors.Is(err, ErrNoBuffers), errors.Is(err, ErrTooBig):
+		case errors.Is(err, ErrBudget):
+			q.SetBudget(64)
+		case errors.Is(err, ErrEmpty), errors.Is(err, ErrBroken):
+			return
+		default:
+			t.Fatalf("unexpected error %v", err)
 		}
-		q.start(0)
-		dst := make([]byte, 1600)
-		frame := frameOf(700, 3)
-		for i := 0; i < 20; i++ {
-			var err error
-			if rx {
-				err = q.Push(frame)
-			} else {
-				_, err = q.Pop(dst)
-			}
-			q.Flush()
-			switch {
-			case err == nil, errors.Is(err, ErrNoBuffers), errors.Is(err, ErrTooBig):
-			case errors.Is(err, ErrEmpty):
-				return
-			case errors.Is(err, ErrBroken):
-				return
-			default:
-				t.Fatalf("unexpected error %v", err)
-			}
-			q.EnableNotify()
+		if q.usedIdx != q.usedPub {
+			t.Fatalf("Flush left used descriptors %d..%d unwritten", q.usedPub, q.usedIdx)
 		}
+		q.EnableNotify()
+		q.DisableNotify()
 	}
 }
 
@@ -238,13 +245,11 @@ func TestFuzzCorpus(t *testing.T) {
 	add := func(name string, i int, body string) {
 		files[filepath.Join("testdata", "fuzz", name, fmt.Sprintf("seed%d", i))] = "go test fuzz v1\n" + body
 	}
-	for i, s := range fuzzRingSeeds(t) {
-		add("FuzzDescriptorChain", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
-		add("FuzzDescriptorChain", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
-	}
-	for i, s := range fuzzPackedSeeds(t) {
-		add("FuzzPackedRing", 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
-		add("FuzzPackedRing", 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
+	for _, ft := range fuzzTargets {
+		for i, s := range fuzzRingSeeds(t, ft.l) {
+			add(ft.name, 2*i, fmt.Sprintf("[]byte(%q)\nbool(false)\nbool(false)\n", s))
+			add(ft.name, 2*i+1, fmt.Sprintf("[]byte(%q)\nbool(true)\nbool(true)\n", s))
+		}
 	}
 	for i, s := range fuzzMessageSeeds() {
 		add("FuzzMessage", i, fmt.Sprintf("[]byte(%q)\n", s))

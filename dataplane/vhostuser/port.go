@@ -765,7 +765,7 @@ func (p *Port) refresh() {
 			p.markBroken(fmt.Sprintf("queue %d: %v", q.index, err))
 			return
 		}
-		if q.lastAvail != c.base {
+		if q.vringBase() != c.base { // packed: slot and wrap bit, as the base is
 			// The front-end's base and the ring in memory disagree (buffers
 			// in flight when the last back-end stopped, or a ring state
 			// that did not migrate whole): resumed from used.idx.
