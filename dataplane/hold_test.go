@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/vmq/vmq/dataplane/virtio"
 	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
@@ -11,11 +12,12 @@ import (
 
 // addStalledVM adds a VM whose guest, a 256-entry receive ring, stops at
 // its first frame until release is called: it posts no buffer meanwhile.
-func (tb *testbed) addStalledVM(name string, slot uint32, mac string) (release func()) {
+func (tb *testbed) addStalledVM(name string, slot uint32, mac string, packed bool) (release func()) {
 	tb.t.Helper()
 	gate := make(chan struct{})
 	cfg := tbed.GuestConfig(mac, 1, "")
 	cfg.QueueSize = 256
+	cfg.PackedRing = packed
 	cfg.OnFrame = func(int, []byte) { <-gate }
 	tb.addVMConfig(name, slot, 0, cfg)
 	var released bool
@@ -32,10 +34,19 @@ func (tb *testbed) addStalledVM(name string, slot uint32, mac string) (release f
 
 // A guest off its CPU with its ring full loses nothing: the frames it
 // has no buffer for wait in its socket ring and arrive, in order, once
-// it posts buffers again.
+// it posts buffers again. Split and packed rings.
 func TestHeldFramesReachStalledGuest(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "split", true: "packed"}[packed], func(t *testing.T) { testHeldFrames(t, packed) })
+	}
+}
+
+func testHeldFrames(t *testing.T, packed bool) {
 	tb := newTestbed(t, 1)
-	release := tb.addStalledVM("slow", 1, mac1)
+	release := tb.addStalledVM("slow", 1, mac1, packed)
+	if got := tb.portStats("slow").Features&virtio.FRingPacked != 0; got != packed {
+		t.Fatalf("packed ring negotiated: %v, want %v", got, packed)
+	}
 	g := tb.guests["slow"]
 	// 256 fill the guest's ring, 500 wait (below the VM's cap of 1024).
 	const ring, held = 256, 500
@@ -72,8 +83,8 @@ func TestHoldingGuestsCannotDrainUMEM(t *testing.T) {
 	// A small UMEM, so the cap (4096/2/3 = 682 a VM) is what stops the
 	// hostile VMs, not their socket rings (1024).
 	tb := newTestbedCfg(t, 1, func(c *Config) { c.FramesPerQueue = 4096 })
-	tb.addStalledVM("hostile1", 1, mac1)
-	tb.addStalledVM("hostile2", 2, mac2)
+	tb.addStalledVM("hostile1", 1, mac1, false)
+	tb.addStalledVM("hostile2", 2, mac2, true)
 	witness := tb.addVM("witness", 3, mac3, 0, 1, "")
 	const flood, n, ring, capacity = 3000, 2000, 256, 4096 / 2 / 3
 	hostile := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}, {MAC: mustMAC(mac2)}}, Size: 64, Stream: 1}
