@@ -22,9 +22,9 @@ const (
 )
 
 // guardedDevice is a hostile front-end whose one memory region is the
-// memfd minus its first and last page: those are guard pages, mapped by
-// vmq (it maps the file from offset 0) and part of the registered UMEM
-// mapping, but not guest memory. Buffers sit at both ends of the region.
+// memfd minus its first and last page: those are guard pages, the first
+// mapped by vmq (it maps a page before a region) and part of the
+// registered UMEM mapping, but not guest memory. Buffers sit at both ends of the region.
 type guardedDevice struct {
 	*hostile.Device
 	size             int

@@ -916,7 +916,9 @@ func (w *worker) transmit(vq *virtq) int {
 	// next round, and drops it only if a whole budget could not finish it.
 	vq.q.SetBudget(vm.credit)
 	wire, popped := w.popBatch(vq)
-	if left := vq.q.Budget() - popped; left != vm.credit {
+	left := vq.q.Budget() - popped
+	spent := left != vm.credit
+	if spent {
 		vm.credit = max(left, 0)
 		vm.busy = true
 		w.touch(vm)
@@ -924,7 +926,9 @@ func (w *worker) transmit(vq *virtq) int {
 	if wire > 0 {
 		w.sendWire(vm, wire)
 	}
-	if popped > 0 {
+	// A chain no whole budget can finish is dropped without a pop: its
+	// used entry needs the flush too, or the guest never gets it back.
+	if popped > 0 || spent {
 		w.markDirty(vq)
 	}
 	return popped

@@ -109,3 +109,44 @@ func attackBadOffloads(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	}
 	t.Logf("attacker: %s", msg)
 }
+
+// TSO frames of 64 KiB with the smallest gso_size vmqd accepts (48): 1365
+// segments each, 256 of them queued at once (349440 segments, each a
+// UMEM frame on its way out). The segments are charged to the attacker's
+// share, so a round carries at most about one such frame and the victim
+// on the same worker stays exact; every frame is taken and counted.
+func attackTSOMinMSS(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
+	const frames = 256
+	feat := uint64(hostile.DefaultFeatures | virtio.OffloadFeatures)
+	d := a.device(hostile.Config{QueueSize: frames, NoBuffers: true, Features: feat, MemSize: 4 << 20})
+	mustStart(t, h, d)
+	if d.Features&virtio.NetFHostTSO4 == 0 {
+		t.Fatalf("attacker negotiated %#x: no TSO4 (offered %#x)", d.Features, d.Offered)
+	}
+	const payload = 65535 - 40
+	f := offloadFrame(h.b.Peer.MAC, false, 0, payload,
+		virtio.NetHdr{Flags: virtio.NetHdrFNeedsCsum, GSOType: virtio.GSOTCPv4, GSOSize: virtio.MinGSOSize})
+	gpa := allocGPA(t, d, len(f))
+	copy(d.Mem.At(gpa, len(f)), f)
+	tx := d.TX()
+	for range frames {
+		tx.Post(hostile.Desc{Addr: gpa, Len: uint32(len(f))})
+	}
+	d.KickRing(1)
+	testenv.Eventually(t, "vmqd took every TSO frame", func() (bool, string) {
+		if !h.proc.alive() {
+			t.Fatalf("vmqd died: %v\n%s", h.proc.waitErr, h.logTail())
+		}
+		return tx.UsedIdx() == frames, fmt.Sprintf("used.idx %d of %d", tx.UsedIdx(), frames)
+	})
+	s, err := h.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := vmOf(s, a.name)
+	per := uint64((payload + virtio.MinGSOSize - 1) / virtio.MinGSOSize)
+	if v.Offload.Segmented != frames || v.Offload.Segments != frames*per {
+		t.Errorf("segmented %d frames into %d segments, want %d into %d (drops %v)", v.Offload.Segmented, v.Offload.Segments, frames, frames*per, v.DropsByReason)
+	}
+	t.Logf("%d segments; attacker drops %v", v.Offload.Segments, v.DropsByReason)
+}

@@ -55,6 +55,16 @@ var hostileAttacks = []hostileAttack{
 	{name: "flood", run: attackFlood},
 	{name: "qos_limit", run: attackQoS},
 	{name: "bad_offloads", run: attackBadOffloads},
+	{name: "sparse_offsets", run: attackSparseOffsets},
+	{name: "memory_not_shared", run: attackMemoryNotShared},
+	{name: "dirty_log", run: attackDirtyLog},
+	{name: "log_flood", run: attackLogFlood},
+	{name: "packed_ring_cases", run: attackPackedRingCases},
+	{name: "packed_huge_chains", run: attackPackedHugeChains},
+	{name: "control_fds", run: attackControlFDs},
+	{name: "tiny_rx_buffers", run: attackTinyRxBuffers},
+	{name: "one_byte_tx_chains", run: attackOneByteTxChains},
+	{name: "tso_min_mss", run: attackTSOMinMSS},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
@@ -206,7 +216,9 @@ func attackIndirectZeroLen(t *testing.T, h *hostileBed, a *attacker, _ *traffic)
 	tx.Push(heads...)
 	tx.Publish()
 	d.KickRing(1)
-	// The worker polls every TX ring each round: it is in the walk now.
+	// A chain of 32769 descriptor visits is more than any round's budget:
+	// dropped, and given back to the guest (used), not left in limbo.
+	waitUsed(t, h, tx, "vmqd gives back the first chain")
 }
 
 // The guest hands over its memory table, shrinks the memfd to nothing,
@@ -388,6 +400,49 @@ type ringCase struct {
 	feat  uint64
 	build func(d *hostile.Device, r *hostile.Ring) error
 	want  string
+	// layout, if set, moves the rings before the handshake sends their
+	// addresses.
+	layout func(d *hostile.Device)
+}
+
+// allocGPA carves n bytes of d's memory and returns their guest address.
+func allocGPA(t *testing.T, d *hostile.Device, n int) uint64 {
+	t.Helper()
+	g, err := d.Mem.AllocGPA(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// memEnd is the guest address just past d's memory.
+func memEnd(d *hostile.Device) uint64 { return d.Mem.GPA + d.Mem.Size }
+
+// runRingCases runs each case on a new attacker device (packed or split
+// rings of num entries): the device breaks with the reason the case
+// wants, nothing else does.
+func runRingCases(t *testing.T, h *hostileBed, a *attacker, num int, packed bool, cases []ringCase) {
+	h.attackerFlow(t, 2000) // the RX cases need frames for the attacker
+	for _, tc := range cases {
+		d := a.device(hostile.Config{QueueSize: num, NoBuffers: true, Features: tc.feat, Packed: packed})
+		if tc.layout != nil {
+			tc.layout(d)
+		}
+		mustStart(t, h, d)
+		ring := 1
+		if tc.rx {
+			ring = 0
+		}
+		if tc.build != nil {
+			if err := tc.build(d, d.Rings[ring]); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+		}
+		d.KickRing(ring)
+		reason := a.waitBroken(tc.want)
+		t.Logf("%s: %s", tc.name, reason)
+		d.Close() // the port resets and takes the next case
+	}
 }
 
 // Every hostile ring of the vhostuser unit test, live: the attacker's
@@ -395,17 +450,11 @@ type ringCase struct {
 func attackRingCases(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	const num = 8
 	hdr := uint32(virtio.NetHdrLen)
-	alloc := func(d *hostile.Device, n int) uint64 {
-		g, err := d.Mem.AllocGPA(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	alloc := func(d *hostile.Device, n int) uint64 { return allocGPA(t, d, n) }
 	table := func(d *hostile.Device, gpa uint64, ds ...hostile.Desc) {
 		hostile.WriteDescs(d.Mem, int(gpa-d.Mem.GPA), ds...)
 	}
-	end := func(d *hostile.Device) uint64 { return d.Mem.GPA + d.Mem.Size }
+	end := memEnd
 	post := func(r *hostile.Ring, ds ...hostile.Desc) error { r.Post(ds...); return nil }
 	cases := []ringCase{
 		{name: "loop", build: func(d *hostile.Device, r *hostile.Ring) error {
@@ -489,22 +538,7 @@ func attackRingCases(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 			return nil
 		}, want: "jumped"},
 	}
-	h.attackerFlow(t, 2000) // the RX cases need frames for the attacker
-	for _, tc := range cases {
-		d := a.device(hostile.Config{QueueSize: num, NoBuffers: true, Features: tc.feat})
-		mustStart(t, h, d)
-		ring := 1
-		if tc.rx {
-			ring = 0
-		}
-		if err := tc.build(d, d.Rings[ring]); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		d.KickRing(ring)
-		reason := a.waitBroken(tc.want)
-		t.Logf("%s: %s", tc.name, reason)
-		d.Close() // the port resets and takes the next case
-	}
+	runRingCases(t, h, a, num, false, cases)
 }
 
 // A well-behaved guest that transmits as fast as vmqd takes its frames:
@@ -565,18 +599,33 @@ func attackQoS(t *testing.T, h *hostileBed, a *attacker, tr *traffic) {
 	// Let the token buckets settle before measuring (their burst is
 	// vmqd's business, the steady rate is the contract).
 	<-time.After(300 * time.Millisecond)
-	rx0, t0 := streamReceived(g, 77), time.Now()
-	txRate := attackerWireRate(t, tr, 2*time.Second)
-	rxRate := float64(streamReceived(g, 77)-rx0) / time.Since(t0).Seconds()
-	for _, m := range []struct {
-		dir  string
-		rate float64
-	}{{"tx", txRate}, {"rx", rxRate}} {
-		if math.Abs(m.rate-qosPPS)/qosPPS > 0.05 {
-			t.Errorf("%s limit %d frames/s: attacker got %.0f frames/s through", m.dir, qosPPS, m.rate)
-		} else {
-			t.Logf("%s limit %d frames/s: %.0f", m.dir, qosPPS, m.rate)
+	// Above the limit is a failure in any window. Below it, on a loaded
+	// machine, vmqd or the attacker may have been descheduled for part of
+	// a window (measured: 4024 and 3746 frames/s in the same 2 s): up to
+	// three windows, one of which must hold the limit within 5% both ways.
+	held := false
+	for try := 0; try < 3 && !held; try++ {
+		rx0, t0 := streamReceived(g, 77), time.Now()
+		txRate := attackerWireRate(t, tr, 2*time.Second)
+		rxRate := float64(streamReceived(g, 77)-rx0) / time.Since(t0).Seconds()
+		held = true
+		for _, m := range []struct {
+			dir  string
+			rate float64
+		}{{"tx", txRate}, {"rx", rxRate}} {
+			switch {
+			case m.rate > qosPPS*1.05:
+				t.Errorf("%s limit %d frames/s: attacker got %.0f frames/s through", m.dir, qosPPS, m.rate)
+			case m.rate < qosPPS*0.95:
+				held = false
+				t.Logf("%s limit %d frames/s: only %.0f in window %d (descheduled?)", m.dir, qosPPS, m.rate, try+1)
+			default:
+				t.Logf("%s limit %d frames/s: %.0f", m.dir, qosPPS, m.rate)
+			}
 		}
+	}
+	if !held {
+		t.Errorf("limit %d frames/s: no window of three held it within 5%% both ways", qosPPS)
 	}
 	s, err := h.snapshot()
 	if err != nil {

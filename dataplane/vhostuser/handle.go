@@ -486,7 +486,7 @@ func (p *Port) handle(m *message) ([]byte, error) {
 		p.stopAll()
 		p.dev.log.unmap()
 		p.dev.log = log
-		p.log.Info("vhost-user dirty log", "bytes", size)
+		p.logGuest(&p.logBaseLog, slog.LevelInfo, "vhost-user dirty log", "bytes", size)
 		p.refresh()
 		return nil, nil // the fd is closed by the caller; the mapping stays
 

@@ -3,10 +3,14 @@ package vhostuser
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/testenv"
 )
 
 // Each case builds a hostile ring and expects the queue to refuse it
@@ -168,5 +172,72 @@ func TestCheckRegions(t *testing.T) {
 		if err := checkRegions(tc.rs); (err == nil) != tc.ok {
 			t.Errorf("%s: err=%v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// TestMapWindow: a region or log maps its own window of the file (and a
+// page before it), not the file from 0: its bytes are the file's at the
+// offset, unaligned offsets included, and a window 1 TiB into a sparse
+// file costs a few pages of address space.
+func TestMapWindow(t *testing.T) {
+	fd, err := unix.MemfdCreate("vmq-test-window", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	const far = 1 << 40
+	if err := unix.Ftruncate(fd, far+3*4096); err != nil {
+		t.Fatal(err)
+	}
+	mark := []byte("the window's first bytes")
+	for _, off := range []uint64{0, 16, 4096 + 24, 3*4096 - 8, far + 4096 + 8} {
+		if _, err := unix.Pwrite(fd, mark, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		m, data, err := mapWindow(fd, off, 100, 4096)
+		if err != nil {
+			t.Fatalf("offset %#x: %v", off, err)
+		}
+		if len(data) != 100 || string(data[:len(mark)]) != string(mark) {
+			t.Errorf("offset %#x: window %q", off, data[:len(mark)])
+		}
+		if len(m) > 3*4096 {
+			t.Errorf("offset %#x: mapped %d bytes for a 100-byte window", off, len(m))
+		}
+		unix.Munmap(m)
+	}
+}
+
+// TestMapNotSharedMemory: guest memory or a log in a file on a disk
+// filesystem (FUSE and NFS alike) is refused: its page faults can wait on
+// another process, and a worker shared with other VMs touches it.
+func TestMapNotSharedMemory(t *testing.T) {
+	var f *os.File
+	var fs unix.Statfs_t
+	// The temporary directory, or this package's if that is shared memory.
+	for _, dir := range []string{t.TempDir(), "."} {
+		var err error
+		if f, err = os.CreateTemp(dir, ".vmq-test-ram-*"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
+		if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+			t.Fatal(err)
+		}
+		if fs.Type != unix.TMPFS_MAGIC && fs.Type != unix.RAMFS_MAGIC {
+			break
+		}
+	}
+	if fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC {
+		testenv.Skip(t, "no directory off shared memory for the test file")
+	}
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mapRegions([]MemRegion{{GuestPhysAddr: 0, MemorySize: 1 << 20, UserspaceAddr: 0x10000}}, []int{int(f.Fd())}); err == nil || !strings.Contains(err.Error(), "shared memory") {
+		t.Errorf("memory in a file on %#x: %v, want refused", fs.Type, err)
+	}
+	if _, err := mapLog(int(f.Fd()), 4096, 0); err == nil || !strings.Contains(err.Error(), "shared memory") {
+		t.Errorf("log in a file on %#x: %v, want refused", fs.Type, err)
 	}
 }

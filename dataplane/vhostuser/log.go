@@ -51,8 +51,9 @@ func EncodeLogBase(b []byte, size, offset uint64) {
 	binary.LittleEndian.PutUint64(b[8:], offset)
 }
 
-// mapLog maps size bytes of fd at offset (MAP_SHARED; from 0, like the
-// memory regions, so offset needs no page alignment). fd is not closed.
+// mapLog maps size bytes of fd at offset (MAP_SHARED; only that window,
+// like the memory regions: an offset far into a sparse file must not
+// cost address space). fd is not closed.
 func mapLog(fd int, size, offset uint64) (*dirtyLog, error) {
 	if size == 0 || size > maxLogSize {
 		return nil, fmt.Errorf("log of %d bytes: want 1..%d", size, maxLogSize)
@@ -69,11 +70,11 @@ func mapLog(fd int, size, offset uint64) (*dirtyLog, error) {
 	if st.Size < 0 || uint64(st.Size) < need {
 		return nil, fmt.Errorf("log offset %#x + size %#x beyond file size %#x", offset, size, st.Size)
 	}
-	m, err := unix.Mmap(fd, 0, int(need), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	m, bits, err := mapWindow(fd, offset, size, uint64(st.Blksize))
 	if err != nil {
-		return nil, fmt.Errorf("log: mmap %d bytes: %w", need, err)
+		return nil, fmt.Errorf("log: %w", err)
 	}
-	return &dirtyLog{bits: m[offset:need:need], mapping: m}, nil
+	return &dirtyLog{bits: bits, mapping: m}, nil
 }
 
 func (l *dirtyLog) unmap() {

@@ -54,8 +54,8 @@ func checkRegions(rs []MemRegion) error {
 
 func overlap(a, alen, b, blen uint64) bool { return a < b+blen && b < a+alen }
 
-// mapRegions mmaps each region's fd (MAP_SHARED, from offset 0 so that
-// mmap_offset needs no page alignment). The fds are not closed here.
+// mapRegions mmaps each region's fd (MAP_SHARED, only the region's
+// window of the file: see mapWindow). The fds are not closed here.
 func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
 	if len(rs) != len(fds) {
 		return nil, fmt.Errorf("memory table: %d regions but %d fds", len(rs), len(fds))
@@ -77,21 +77,64 @@ func mapRegions(rs []MemRegion, fds []int) (*memTable, error) {
 			t.unmap()
 			return nil, fmt.Errorf("memory region %d: offset %#x + size %#x beyond file size %#x", i, r.MmapOffset, r.MemorySize, st.Size)
 		}
-		length := need
-		if bs := uint64(st.Blksize); bs > 0 && bs&(bs-1) == 0 { // hugetlbfs needs huge-page multiples
-			length = (length + bs - 1) &^ (bs - 1)
-		}
-		m, err := unix.Mmap(fds[i], 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		m, data, err := mapWindow(fds[i], r.MmapOffset, r.MemorySize, uint64(st.Blksize))
 		if err != nil {
 			t.unmap()
-			return nil, fmt.Errorf("memory region %d: mmap %d bytes: %w", i, length, err)
+			return nil, fmt.Errorf("memory region %d: %w", i, err)
 		}
 		t.regions = append(t.regions, memRegion{
 			gpa: r.GuestPhysAddr, size: r.MemorySize, uva: r.UserspaceAddr,
-			data: m[r.MmapOffset:need:need], mapping: m,
+			data: data, mapping: m,
 		})
 	}
 	return t, nil
+}
+
+// checkSharedMemory refuses a file that is not shared memory (memfd,
+// tmpfs, hugetlbfs, ramfs): a page fault in a file on FUSE or NFS waits
+// for another process or a server, and vmq touches guest memory on a
+// worker thread that serves other VMs too (a guest's FUSE server that
+// never answers a read would stall them all, as a blocking eventfd would).
+func checkSharedMemory(fd int) error {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return fmt.Errorf("fstatfs: %w", err)
+	}
+	switch fs.Type {
+	case unix.TMPFS_MAGIC, unix.HUGETLBFS_MAGIC, unix.RAMFS_MAGIC:
+		return nil
+	}
+	return fmt.Errorf("file on a filesystem of type %#x: guest memory must be shared memory (memfd, tmpfs, hugetlbfs)", fs.Type)
+}
+
+// mapWindow mmaps (MAP_SHARED) the size bytes of fd at offset: the
+// mapping starts at offset rounded down to the page (blksize when it is
+// a power of 2 above it: hugetlbfs needs huge-page multiples), one page
+// earlier if the file has it, so data, the window itself, needs no
+// alignment, and a huge offset into a sparse file costs no more address
+// space than size and two pages. The page before is headroom that a
+// dedicated queue's UMEM (the whole mapping) needs to take a frame in a
+// buffer at the region's first byte; it is the guest's file, never
+// guest memory.
+func mapWindow(fd int, offset, size, blksize uint64) (mapping, data []byte, err error) {
+	if err := checkSharedMemory(fd); err != nil {
+		return nil, nil, err
+	}
+	align := uint64(unix.Getpagesize())
+	if blksize > align && blksize&(blksize-1) == 0 {
+		align = blksize
+	}
+	start := offset &^ (align - 1)
+	if start >= align {
+		start -= align
+	}
+	length := (offset - start + size + align - 1) &^ (align - 1)
+	m, err := unix.Mmap(fd, int64(start), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mmap %d bytes at %#x: %w", length, start, err)
+	}
+	lo := offset - start
+	return m, m[lo : lo+size : lo+size], nil
 }
 
 func (t *memTable) unmap() {

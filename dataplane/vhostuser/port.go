@@ -192,9 +192,12 @@ type Port struct {
 	once     sync.Once
 
 	// Rate limits of the log lines a front-end causes: its comings and
-	// goings, and its faults (apart, so a reconnect does not hide why).
-	connLog, faultLog logLimit
-	lastAnnounce      time.Time // control goroutine
+	// goings, its faults (apart, so a reconnect does not hide why), and
+	// each kind of set-up it may repeat at will (a dirty log, a ring
+	// started or stopped out of step: one does not hide another).
+	connLog, faultLog                     logLimit
+	logBaseLog, ringStartLog, ringStopLog logLimit
+	lastAnnounce                          time.Time // control goroutine
 
 	rbuf [HeaderLen + MaxPayloadLen]byte
 	oob  []byte
@@ -769,7 +772,7 @@ func (p *Port) refresh() {
 			// The front-end's base and the ring in memory disagree (buffers
 			// in flight when the last back-end stopped, or a ring state
 			// that did not migrate whole): resumed from used.idx.
-			p.log.Warn("vhost-user ring start: used.idx differs from the base", "queue", q.index, "base", c.base, "used_idx", q.lastAvail)
+			p.logGuest(&p.ringStartLog, slog.LevelWarn, "vhost-user ring start: used.idx differs from the base", "queue", q.index, "base", c.base, "used_idx", q.lastAvail)
 		}
 		c.stoppedCheck = false
 		q.kickFD = c.kickFD // q.callFD is set with the notifier stopped (SET_VRING_CALL)
@@ -847,7 +850,7 @@ func (p *Port) checkStopped() {
 		func() {
 			defer faultError(&err, "reading used.idx")
 			if u := uint16(atomicLoad32(q.used, 0) >> 16); u != q.cfg.stoppedUsed {
-				p.log.Warn("vhost-user used.idx changed after its ring stopped: a back-end write after GET_VRING_BASE, or the guest set the ring up anew",
+				p.logGuest(&p.ringStopLog, slog.LevelWarn, "vhost-user used.idx changed after its ring stopped: a back-end write after GET_VRING_BASE, or the guest set the ring up anew",
 					"queue", q.index, "at_stop", q.cfg.stoppedUsed, "now", u)
 			}
 		}()

@@ -24,6 +24,12 @@ type Config struct {
 	NoReplyAck bool
 	// BlockingCall creates the call eventfds without O_NONBLOCK.
 	BlockingCall bool
+	// Packed lays the rings out packed and asks for VIRTIO_F_RING_PACKED
+	// (the buffer helpers are split-only: use it with NoBuffers).
+	Packed bool
+	// Protocol are protocol features asked for on top of STATUS and
+	// REPLY_ACK (e.g. LOG_SHMFD), masked by the offer.
+	Protocol uint64
 }
 
 // Device is one virtio-net device with one queue pair (vring 0 RX,
@@ -48,6 +54,9 @@ func NewDevice(c *Conn, cfg Config) (_ *Device, err error) {
 	if cfg.QueueSize == 0 {
 		cfg.QueueSize = 256
 	}
+	if cfg.Packed {
+		cfg.Features |= virtio.FRingPacked
+	}
 	if cfg.BufSize == 0 {
 		cfg.BufSize = 2048
 	}
@@ -68,7 +77,11 @@ func NewDevice(c *Conn, cfg Config) (_ *Device, err error) {
 		return nil, err
 	}
 	for i := range d.Rings {
-		if d.Rings[i], err = NewRing(d.Mem, cfg.QueueSize); err != nil {
+		newRing := NewRing
+		if cfg.Packed {
+			newRing = NewPackedRing
+		}
+		if d.Rings[i], err = newRing(d.Mem, cfg.QueueSize); err != nil {
 			return nil, err
 		}
 		if !cfg.NoBuffers {
@@ -105,7 +118,7 @@ func (d *Device) Negotiate() error {
 		if err != nil {
 			return err
 		}
-		want := uint64(vhostuser.ProtocolFStatus)
+		want := vhostuser.ProtocolFStatus | d.Cfg.Protocol
 		if !d.Cfg.NoReplyAck {
 			want |= vhostuser.ProtocolFReplyAck
 		}
@@ -122,6 +135,18 @@ func (d *Device) Negotiate() error {
 	return err
 }
 
+// LogBase sends SET_LOG_BASE (LOG_SHMFD: the back-end answers with an
+// empty reply once the log is mapped, or closes the connection).
+func (d *Device) LogBase(fd int, size, offset uint64) error {
+	p := make([]byte, vhostuser.LogBaseLen)
+	vhostuser.EncodeLogBase(p, size, offset)
+	if err := d.C.WriteRaw(Message(vhostuser.ReqSetLogBase, vhostuser.FlagVersion, p), fd); err != nil {
+		return err
+	}
+	_, err := d.C.ReadReply(vhostuser.ReqSetLogBase)
+	return err
+}
+
 // SendMemTable sends the device's memory as a one-region table.
 func (d *Device) SendMemTable() error { return d.C.MemTable(d.Mem) }
 
@@ -135,7 +160,11 @@ func (d *Device) StartRing(i int) error {
 	if err := c.State(vhostuser.ReqSetVringNum, idx, uint32(r.Num)); err != nil {
 		return err
 	}
-	if err := c.State(vhostuser.ReqSetVringBase, idx, 0); err != nil {
+	base := uint32(0)
+	if r.Packed {
+		base = virtio.EventWrapBit // slot 0, wrap counter 1: a driver's start
+	}
+	if err := c.State(vhostuser.ReqSetVringBase, idx, base); err != nil {
 		return err
 	}
 	p := make([]byte, vhostuser.VringAddrLen)

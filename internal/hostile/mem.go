@@ -3,6 +3,7 @@ package hostile
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -25,8 +26,11 @@ type Mem struct {
 	GPA  uint64 // guest physical address of byte 0
 	UVA  uint64 // front-end address of byte 0 (SET_VRING_ADDR uses these)
 	Size uint64 // region size announced in the memory table
-	data []byte // our own mapping; nil once truncated or for sparse regions
-	used int    // bump allocator
+	// Offset is the region's mmap_offset in the memory table: where in
+	// the file the region starts (0 for a Mem's own memory).
+	Offset uint64
+	data   []byte // our own mapping; nil once truncated or for sparse regions
+	used   int    // bump allocator
 }
 
 // NewMem creates a memfd of size bytes (rounded to pages) and maps it.
@@ -64,7 +68,7 @@ func NewSparse(size uint64) (*Mem, error) {
 
 // Region is the memory table entry of m.
 func (m *Mem) Region() vhostuser.MemRegion {
-	return vhostuser.MemRegion{GuestPhysAddr: m.GPA, MemorySize: m.Size, UserspaceAddr: m.UVA}
+	return vhostuser.MemRegion{GuestPhysAddr: m.GPA, MemorySize: m.Size, UserspaceAddr: m.UVA, MmapOffset: m.Offset}
 }
 
 // Bytes is the mapped memory (nil after Truncate).
@@ -129,4 +133,35 @@ func (m *Mem) AllocGPA(n int) (uint64, error) {
 func (m *Mem) At(gpa uint64, n int) []byte {
 	off := int(gpa - m.GPA)
 	return m.data[off : off+n]
+}
+
+// NewDiskMem creates a file of size bytes off shared memory (in dir, or
+// in the working directory if dir is on tmpfs) and returns it as a Mem
+// that is not mapped here: guest memory whose page faults, on FUSE or NFS,
+// could wait on someone else. The file is removed at once (the fd keeps
+// it).
+func NewDiskMem(dir string, size uint64) (*Mem, error) {
+	for _, d := range []string{dir, "."} {
+		f, err := os.CreateTemp(d, ".vmq-hostile-disk-*")
+		if err != nil {
+			return nil, fmt.Errorf("hostile disk memory: %w", err)
+		}
+		os.Remove(f.Name())
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("hostile disk memory: dup: %w", err)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC {
+			unix.Close(fd)
+			continue
+		}
+		if err := unix.Ftruncate(fd, int64(size)); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("hostile disk memory: size to %d bytes: %w", size, err)
+		}
+		return &Mem{FD: fd, GPA: DefaultGPA, UVA: DefaultUVA, Size: size}, nil
+	}
+	return nil, fmt.Errorf("hostile disk memory: %s and the working directory are both on shared memory", dir)
 }

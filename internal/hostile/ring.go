@@ -23,6 +23,7 @@ type Ring struct {
 	Mem                        *Mem
 	Num                        int
 	DescOff, AvailOff, UsedOff int
+	Packed                     bool // NewPackedRing: see packed.go
 
 	availIdx   uint16 // next avail slot (published by Publish)
 	availFlags uint16
@@ -180,6 +181,19 @@ func (r *Ring) PostRX() int {
 	}
 	r.Publish()
 	return n
+}
+
+// PostOneByteRX makes every slot a one-byte device-writable buffer, slot
+// i at gpa+i (the caller owns Num bytes there), and publishes them all:
+// with MRG_RXBUF a frame then takes a buffer per byte of header and frame.
+func (r *Ring) PostOneByteRX(gpa uint64) {
+	heads := make([]uint16, r.Num)
+	for i := range r.Num {
+		r.SetDesc(i, Desc{Addr: gpa + uint64(i), Len: 1, Flags: virtio.DescFWrite})
+		heads[i] = uint16(i)
+	}
+	r.Push(heads...)
+	r.Publish()
 }
 
 // Post writes a chain into consecutive descriptor slots from the ring's
