@@ -28,6 +28,14 @@ import (
 // cap) and its receive queue's kick fd joins the set, notifications
 // enabled: the guest posting buffers wakes the worker.
 //
+// Frames delivered locally (VM to VM, flooded, from another worker's
+// mailbox) to a guest with no buffer are parked the same way: copied into
+// a UMEM frame of the queue and queued on the VM (in order, new frames
+// behind parked ones), pushed when the guest posts buffers. The sender is
+// never stalled, so a receiver that never drains delays none of its
+// frames to others; the parked frames count against the VM's cap with
+// those held in its socket ring.
+//
 // Not held: multi-buffer (jumbo) queues, whose frames are several
 // descriptors, VMs with a dedicated queue, and workers that serve one
 // (they sleep in poll(2), not in the epoll set).
@@ -68,8 +76,78 @@ func (w *worker) rxTake(vm *vmState, want int) int {
 		return want
 	}
 	w.hold(vm)
-	over := max(pending-room-w.holdCap(), 0)
+	over := max(pending-room-(w.holdCap()-len(vm.parked)), 0)
 	return min(want, room+over)
+}
+
+// park queues a frame for vm's full guest ring and reports whether it
+// took it (parked, or dropped over the cap); false: push it now.
+func (w *worker) park(vm *vmState, frame []byte) bool {
+	if !w.holdable(vm) {
+		return false
+	}
+	if len(vm.parked) == 0 && rxRoom(vm.rxqs[0].q, 1) > 0 {
+		return false
+	}
+	if len(vm.parked) >= w.holdCap()-vm.sock.RxPending() || w.q.Alloc(w.addrs[:1]) == 0 {
+		vm.drop(DropVirtqueueFull)
+		return true
+	}
+	a := w.addrs[0]
+	buf := w.q.Buffer(a)
+	if len(buf) < len(frame) {
+		w.q.Free(w.addrs[:1])
+		return false
+	}
+	if vm.parked == nil {
+		vm.parked = make([]parkedFrame, 0, w.vmRing()) // once per VM
+	}
+	vm.parked = append(vm.parked, parkedFrame{addr: a, n: copy(buf, frame)})
+	w.nparked++
+	w.hold(vm)
+	return true
+}
+
+// parkedFrame is a frame parked for a VM: a UMEM frame and its length.
+type parkedFrame struct {
+	addr uint64
+	n    int
+}
+
+// pushParked pushes vm's parked frames the guest has buffers for, in
+// order, and returns how many it moved.
+func (w *worker) pushParked(vm *vmState) int {
+	if len(vm.rxqs) == 0 {
+		w.freeParked(vm)
+		return 0
+	}
+	vq := vm.rxqs[0]
+	// Like receiveVM: no more than the VM's credit can serve this round.
+	n := rxRoom(vq.q, min(len(vm.parked), batchSize, vm.credit/2))
+	for _, p := range vm.parked[:n] {
+		w.push(vq, w.q.Buffer(p.addr)[:p.n])
+	}
+	w.unpark(vm, n)
+	return n
+}
+
+// unpark gives the first n of vm's parked frames back to the allocator.
+func (w *worker) unpark(vm *vmState, n int) {
+	for _, p := range vm.parked[:n] {
+		w.addrs[0] = p.addr
+		w.q.Free(w.addrs[:1])
+	}
+	m := copy(vm.parked, vm.parked[n:])
+	vm.parked = vm.parked[:m]
+	w.nparked -= n
+}
+
+// freeParked drops every frame parked for vm (its queue or the VM went).
+func (w *worker) freeParked(vm *vmState) {
+	for range vm.parked {
+		vm.drop(DropGuestNotReady)
+	}
+	w.unpark(vm, len(vm.parked))
 }
 
 // rxRoom is q.RxRoom under a fault guard: a fault breaks the device and
@@ -87,10 +165,10 @@ func (w *worker) hold(vm *vmState) {
 	}
 }
 
-// unhold forgets vm as a holder (its frames, if any are left, are taken
-// the next time it is visited).
+// unhold forgets vm as a holder unless it has parked frames (its frames
+// left in the socket ring, if any, are taken the next time it is visited).
 func (w *worker) unhold(vm *vmState) {
-	if !vm.holding {
+	if !vm.holding || len(vm.parked) > 0 {
 		return
 	}
 	vm.holding = false
@@ -105,12 +183,27 @@ func (w *worker) unhold(vm *vmState) {
 	}
 }
 
-// visitHolders makes this round visit every holding VM: whether the guest
-// posted buffers, or the cap shrank, is one look at its rings.
-func (w *worker) visitHolders() {
-	for _, vm := range w.holders {
+// visitHolders pushes the parked frames the guests have room for and
+// makes this round visit every holding VM's socket: whether the guest
+// posted buffers, or the cap shrank, is one look at its rings. It returns
+// the frames it pushed.
+func (w *worker) visitHolders() int {
+	n := 0
+	for i := 0; i < len(w.holders); i++ {
+		vm := w.holders[i]
+		if len(vm.parked) > 0 {
+			n += w.pushParked(vm)
+		}
 		w.markReady(vm.slot)
 	}
+	return n
+}
+
+// dropHold forgets vm's hold entirely: its parked frames are dropped (the
+// VM or its receive queue is going).
+func (w *worker) dropHold(vm *vmState) {
+	w.freeParked(vm)
+	w.unhold(vm)
 }
 
 // holdSleep prepares the sleep's set for the holding VMs: their sockets

@@ -1,10 +1,12 @@
 package dataplane
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/guest/frontend"
 	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
@@ -119,6 +121,76 @@ func TestHoldingGuestsCannotDrainUMEM(t *testing.T) {
 		t.Logf("%s: %d in its ring, %d held (cap %d), %+v", name, ring, held, capacity, tb.vmStats(name).DropsByReason)
 	}
 	for _, s := range sockets() {
+		if s.FillRingEmpty != 0 {
+			t.Errorf("socket %+v: the fill ring ran empty", s)
+		}
+	}
+}
+
+// VM to VM: a guest's frames to a receiver whose ring is full are parked,
+// not dropped, and arrive in order once it posts buffers.
+func TestParkedFramesReachStalledGuest(t *testing.T) {
+	tb := newTestbed(t, 1)
+	release := tb.addStalledVM("slow", 1, mac1, false)
+	sender := tb.addVM("sender", 2, mac2, 0, 1, "")
+	const ring, parked = 256, 500
+	if _, err := sender.Generate(context.Background(), frontend.Traffic{Dst: mustMAC(mac1), Count: ring + parked, Size: 64, Rate: 20000, Stream: 5}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "every frame in the guest's ring or parked", func() (bool, string) {
+		vs := tb.vmStats("slow")
+		return vs.RxPackets == ring && tb.vmStats("sender").TxPackets == ring+parked, fmt.Sprintf("slow %+v sender %+v", vs, tb.vmStats("sender"))
+	})
+	if vs := tb.vmStats("slow"); len(vs.DropsByReason) != 0 {
+		t.Fatalf("frames dropped with the guest's ring full: %v", vs.DropsByReason)
+	}
+	release()
+	g := tb.guests["slow"]
+	waitRx(t, "slow", g, ring+parked)
+	if vs := tb.vmStats("slow"); vs.RxPackets != ring+parked || len(vs.DropsByReason) != 0 {
+		t.Errorf("slow: rx %d drops %v; want %d, no drop", vs.RxPackets, vs.DropsByReason, ring+parked)
+	}
+	if st := g.Stats().Streams; len(st) != 1 || st[0].Lost != 0 || st[0].Reordered != 0 || st[0].Duplicates != 0 {
+		t.Errorf("slow stream: %+v", st)
+	}
+	tb.checkFrames()
+}
+
+// A receiver that never posts buffers, sent to by a guest that also sends
+// to a witness VM: its parked frames stop at its cap, the sender's frames
+// to the witness arrive exactly and in order, nothing waits behind the
+// hostile receiver.
+func TestParkingGuestCannotDrainUMEM(t *testing.T) {
+	tb := newTestbedCfg(t, 1, func(c *Config) { c.FramesPerQueue = 4096 })
+	tb.addStalledVM("hostile", 1, mac1, false)
+	sender := tb.addVM("sender", 2, mac2, 0, 1, "")
+	witness := tb.addVM("witness", 3, mac3, 0, 1, "")
+	const flood, n, ring, capacity = 4000, 2000, 256, 4096 / 2 / 3
+	done := make(chan error, 1)
+	go func() {
+		_, err := sender.Generate(context.Background(), frontend.Traffic{Dst: mustMAC(mac1), Count: flood, Size: 64, Rate: 40000, Stream: 6})
+		done <- err
+	}()
+	if _, err := sender.Generate(context.Background(), frontend.Traffic{Dst: mustMAC(mac3), Count: n, Size: 64, Rate: 20000, Stream: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	waitRx(t, "witness", witness, n)
+	if vs := tb.vmStats("witness"); vs.RxPackets != n || len(vs.DropsByReason) != 0 {
+		t.Errorf("witness: rx %d drops %v; want %d, no drop", vs.RxPackets, vs.DropsByReason, n)
+	}
+	if st := witness.Stats().Streams; len(st) != 1 || st[0].Lost != 0 || st[0].Reordered != 0 || st[0].Duplicates != 0 {
+		t.Errorf("witness stream: %+v", st)
+	}
+	testenv.Eventually(t, "hostile parking its cap", func() (bool, string) {
+		vs := tb.vmStats("hostile")
+		parked := flood - vs.RxPackets - vs.DropsByReason["virtqueue_full"]
+		return tb.vmStats("sender").TxPackets == flood+n && vs.RxPackets == ring && parked == capacity && len(vs.DropsByReason) == 1,
+			fmt.Sprintf("hostile %+v: %d parked, cap %d; sender %+v", vs, parked, capacity, tb.vmStats("sender"))
+	})
+	for _, s := range tb.dp.Snapshot().Sockets {
 		if s.FillRingEmpty != 0 {
 			t.Errorf("socket %+v: the fill ring ran empty", s)
 		}

@@ -60,6 +60,7 @@ type vmState struct {
 	// worker.holders; the kick fd+1 in the sleep's set (0: none).
 	holding  bool
 	holdKick int
+	parked   []parkedFrame // frames parked for the guest's ring, oldest first
 }
 
 // virtq is a guest virtqueue owned by a worker.

@@ -88,7 +88,7 @@ func (w *worker) publishOwned() {
 // rounds, after commands), not per round.
 func (w *worker) publishInFlight() {
 	if w.q != nil {
-		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash))
+		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash + w.nparked))
 	}
 }
 
@@ -125,6 +125,7 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
+	nparked int                        // UMEM frames parked for full guest rings (hold.go)
 	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
 	epfd    int                        // the sleep's epoll set (epoll.go)
 	events  [maxEvents]unix.EpollEvent // epoll_wait's results
@@ -467,7 +468,7 @@ func (w *worker) removeVM(slot uint32) error {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
 	w.removeDirect(st)
-	w.unhold(st)
+	w.dropHold(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	for _, vq := range w.txqs {
 		if vq.vm == st {
@@ -536,7 +537,7 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			}
 			if q.IsRX() {
 				st := vq.vm
-				w.unhold(st)
+				w.dropHold(st)
 				for j, r := range st.rxqs {
 					if r == vq {
 						st.rxqs = append(st.rxqs[:j:j], st.rxqs[j+1:]...)
@@ -591,7 +592,7 @@ func (w *worker) round() int {
 		}
 	}
 	if len(w.holders) > 0 {
-		w.visitHolders()
+		n += w.visitHolders()
 	}
 	n += w.receiveVMs()
 	if len(w.directs) > 0 {
@@ -838,7 +839,9 @@ func (w *worker) deliver(vm *vmState, frame []byte) {
 		return
 	}
 	if len(vm.rxqs) > 0 {
-		w.push(vm.rxqs[0], frame)
+		if !w.park(vm, frame) { // a full guest ring: it waits (hold.go)
+			w.push(vm.rxqs[0], frame)
+		}
 		return
 	}
 	owner := w.dp.rxOwner(w.index, vm.pairs)
