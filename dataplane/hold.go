@@ -43,7 +43,8 @@ import (
 // holdShare is the part of a queue's UMEM its VMs may hold between them.
 const holdShare = 2
 
-// holdCap is how many frames one VM may hold in its socket ring.
+// holdCap is how many frames one VM may hold, in its socket ring and
+// parked together.
 func (w *worker) holdCap() int {
 	n := len(w.vmList)
 	if n == 0 {

@@ -865,7 +865,9 @@ func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
 		vm.drop(DropGuestNotReady)
 		return
 	}
-	w.push(vm.rxqs[0], frame)
+	if !w.park(vm, frame) { // a full guest ring: it waits (hold.go)
+		w.push(vm.rxqs[0], frame)
+	}
 }
 
 // serve publishes the slot of the VM whose rings the worker is about to
