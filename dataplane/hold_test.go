@@ -61,6 +61,10 @@ func testHeldFrames(t *testing.T, packed bool) {
 		t.Fatalf("frames dropped with the guest's ring full: %v", vs.DropsByReason)
 	}
 	release()
+	testenv.Eventually(t, "every frame delivered", func() (bool, string) {
+		snap := tb.dp.Snapshot()
+		return g.Stats().RxFrames >= ring+held, fmt.Sprintf("slow received %d; %+v; %+v; %+v; %+v", g.Stats().RxFrames, tb.vmStats("slow"), snap.Sockets, snap.Workers, tb.portStats("slow"))
+	})
 	waitRx(t, "slow", g, ring+held)
 	vs := tb.vmStats("slow")
 	if vs.RxPackets != ring+held || len(vs.DropsByReason) != 0 {
