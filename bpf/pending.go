@@ -45,11 +45,16 @@ func (f *Filter) MapPending(queue int) (*Pending, error) {
 // Words is how many words the queue's bitmap has.
 func (p *Pending) Words() int { return len(p.words) }
 
-// Take clears word i and returns the bits that were set; a word found
-// empty costs one load and no write.
-func (p *Pending) Take(i int) uint64 {
+// Take clears word i and returns the bits that were set, unless every
+// set bit lies in have (the sockets the taker visits anyway): then it
+// leaves the word as it is and returns 0. A word found so costs one load
+// and no write, and the program, which sets a bit only if it is clear,
+// writes nothing either while those sockets stay busy: the word's cache
+// line is not moved between the kernel's CPU and the taker's twice a
+// round.
+func (p *Pending) Take(i int, have uint64) uint64 {
 	w := &p.words[i]
-	if atomic.LoadUint64(w) == 0 {
+	if atomic.LoadUint64(w)&^have == 0 {
 		return 0
 	}
 	return atomic.SwapUint64(w, 0)

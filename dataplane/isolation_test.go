@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -249,12 +248,25 @@ func (tb *testbed) sendSteady(spec pktgen.FlowSpec, count, burst int, interval t
 }
 
 // within checks got against want ± frac.
-func within(t *testing.T, what string, got, want, frac float64) {
+// limitHeld measures a rate limit in up to three windows: more than the
+// limit (+5%) fails in any window; below it, one window must hold it
+// within 5%, because on a loaded machine the sender, not the limiter, can
+// stall for part of a window (measured: a third of runs at load 8).
+func limitHeld(t *testing.T, what string, limitPerSec float64, window func(try int) (frames float64, elapsed time.Duration)) {
 	t.Helper()
-	t.Logf("%s: %.0f, want %.0f (%+.1f%%)", what, got, want, 100*(got-want)/want)
-	if math.Abs(got-want) > frac*want {
-		t.Errorf("%s: %.0f, want %.0f ± %.0f%%", what, got, want, 100*frac)
+	for try := 0; try < 3; try++ {
+		got, elapsed := window(try)
+		want := limitPerSec * elapsed.Seconds()
+		t.Logf("%s, window %d: %.0f, want %.0f (%+.1f%%)", what, try+1, got, want, 100*(got-want)/want)
+		if got > want*1.05 {
+			t.Errorf("%s: %.0f in %v, over the limit's %.0f + 5%%", what, got, elapsed, want)
+			return
+		}
+		if got >= want*0.95 {
+			return
+		}
 	}
+	t.Errorf("%s: no window of three held the limit within 5%%", what)
 }
 
 // An RX limit (frames/s) holds within 5% under a flow 4× over it; every
@@ -270,24 +282,30 @@ func TestRxLimitAndSetLimitsLive(t *testing.T) {
 	if got := tb.vmStats("vm1").Limits; got != (Limits{RxPPS: limit}) {
 		t.Fatalf("snapshot limits %+v", got)
 	}
-	const n = 40000 // 2 s at 20k frames/s
-	elapsed := tb.SendAt(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}, n, 20000)
-	var vs VMStats
-	testenv.Eventually(t, "every frame delivered or rate limited", func() (bool, string) {
-		vs = tb.vmStats("vm1")
-		// A busy machine may keep the worker off its CPU long enough for
-		// the socket's rx ring to overflow: the kernel counts those.
-		var kernel uint64
+	// 1 s at 20k frames/s a window. Every frame is delivered, rate
+	// limited or (a busy machine keeping the worker off its CPU long
+	// enough for the socket's ring to overflow) dropped by the kernel.
+	const n = 20000
+	kernelDrops := func() (d uint64) {
 		for _, s := range tb.dp.Snapshot().Sockets {
 			if s.VM == "vm1" {
-				kernel += s.RxRingFull + s.RxDropped
+				d += s.RxRingFull + s.RxDropped
 			}
 		}
-		return vs.RxPackets+vs.DropsByReason["rate_limited"]+kernel == n,
-			fmt.Sprintf("rx %d drops %v, %d dropped by the kernel", vs.RxPackets, vs.DropsByReason, kernel)
+		return d
+	}
+	vs := tb.vmStats("vm1")
+	limitHeld(t, "frames through a 5000/s limit", limit, func(try int) (float64, time.Duration) {
+		rx0, lim0, k0 := vs.RxPackets, vs.DropsByReason["rate_limited"], kernelDrops()
+		elapsed := tb.SendAt(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: uint32(10 + try)}, n, 20000)
+		testenv.Eventually(t, "every frame delivered or rate limited", func() (bool, string) {
+			vs = tb.vmStats("vm1")
+			rx, lim, k := vs.RxPackets-rx0, vs.DropsByReason["rate_limited"]-lim0, kernelDrops()-k0
+			return rx+lim+k == n, fmt.Sprintf("rx %d, rate limited %d, dropped by the kernel %d of %d", rx, lim, k, n)
+		})
+		return float64(vs.RxPackets - rx0), elapsed
 	})
 	waitRx(t, "vm1", g1, vs.RxPackets)
-	within(t, "frames through a 5000/s limit", float64(vs.RxPackets), limit*elapsed.Seconds(), 0.05)
 	if len(vs.DropsByReason) != 1 {
 		t.Errorf("drops %v: only rate_limited expected", vs.DropsByReason)
 	}
@@ -328,19 +346,23 @@ func TestTxBitLimit(t *testing.T) {
 	tb.waitRunning("tx", 2)
 	capture := tb.Capture()
 
-	const n = 24000 // 2 s at 12k frames/s
-	start := time.Now()
-	sent, err := g.Generate(ctx, frontend.Traffic{Dst: mustMAC(macWire), Count: n, Size: size, Rate: 12000})
-	elapsed := time.Since(start)
-	if err != nil || sent != n {
-		t.Fatalf("generate: %d, %v", sent, err)
-	}
+	const n = 12000 // 1 s at 12k frames/s a window
 	var vs VMStats
-	testenv.Eventually(t, "every frame forwarded or rate limited", func() (bool, string) {
-		vs = tb.vmStats("tx")
-		return vs.TxPackets+vs.DropsByReason["rate_limited"] == n, fmt.Sprintf("tx %d drops %v", vs.TxPackets, vs.DropsByReason)
+	limitHeld(t, "bits through a TX limit", limitFPS*size*8, func(int) (float64, time.Duration) {
+		tx0, bytes0, lim0 := vs.TxPackets, vs.TxBytes, vs.DropsByReason["rate_limited"]
+		start := time.Now()
+		sent, err := g.Generate(ctx, frontend.Traffic{Dst: mustMAC(macWire), Count: n, Size: size, Rate: 12000})
+		elapsed := time.Since(start)
+		if err != nil || sent != n {
+			t.Fatalf("generate: %d, %v", sent, err)
+		}
+		testenv.Eventually(t, "every frame forwarded or rate limited", func() (bool, string) {
+			vs = tb.vmStats("tx")
+			tx, lim := vs.TxPackets-tx0, vs.DropsByReason["rate_limited"]-lim0
+			return tx+lim == n, fmt.Sprintf("tx %d, rate limited %d of %d", tx, lim, n)
+		})
+		return float64((vs.TxBytes - bytes0) * 8), elapsed
 	})
-	within(t, "bits through a TX limit", float64(vs.TxBytes*8), limitFPS*size*8*elapsed.Seconds(), 0.05)
 	fromVM := func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], hw) }
 	testenv.Eventually(t, "passed frames on the wire", func() (bool, string) {
 		got := len(capture.Matching(fromVM))

@@ -157,6 +157,10 @@ type worker struct {
 	touched0  byte   // touchFrames' result, kept so its loads are not dropped
 	roundWork int    // work other than frames done in this round (kicks)
 	rr        uint   // rounds: rotates the order VMs are served in
+	// nbatches: rounds with work. It and rr are published to ctr every
+	// timeEvery rounds and before a sleep (publishRounds), not per round:
+	// a locked store each.
+	nbatches uint64
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -317,6 +321,7 @@ func (w *worker) run(ready chan<- error) {
 				timedNS += uint64(mono() - t0)
 				timedFrames += uint64(moved)
 			}
+			w.publishRounds()
 		} else {
 			moved = w.round()
 		}
@@ -360,9 +365,17 @@ func (w *worker) run(ready chan<- error) {
 	}
 }
 
+// publishRounds publishes the round counts (the watchdog's sign of
+// progress: a worker held inside a round stops them).
+func (w *worker) publishRounds() {
+	w.ctr.rounds.Store(uint64(w.rr))
+	w.ctr.batches.Store(w.nbatches)
+}
+
 // publishTimes publishes the frame and busy-round counts the run loop
-// keeps in registers.
+// keeps in registers, and the round counts.
 func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
+	w.publishRounds()
 	w.ctr.frames.Store(frames)
 	w.ctr.busyRoundNS.Store(timedNS)
 	w.ctr.busyRoundFrames.Store(timedFrames)
@@ -583,7 +596,6 @@ func (w *worker) round() int {
 	w.rr++
 	w.serve(0)
 	w.q.Reap()
-	w.q.Refill(0)
 	n := w.receiveFlood()
 	if h := w.testHook.Load(); h != nil {
 		for _, vm := range w.vmList {
@@ -598,6 +610,11 @@ func (w *worker) round() int {
 	if len(w.directs) > 0 {
 		n += w.serveDirects()
 	}
+	// Topped up after the receives, which gave their frames straight
+	// back to the fill ring: before them, Refill filled the ring from
+	// the allocator and the received frames found it full and went back
+	// to the allocator, every frame twice through it.
+	w.q.Refill(0)
 	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
@@ -624,9 +641,8 @@ func (w *worker) round() int {
 	}
 	w.flushAll()
 	if n+w.roundWork > 0 {
-		add(&w.ctr.batches, 1)
+		w.nbatches++
 	}
-	add(&w.ctr.rounds, 1)
 	return n
 }
 
@@ -655,7 +671,10 @@ func (w *worker) receiveVMs() int {
 			w.sweep = false
 		}
 		for i := range w.ready {
-			f := w.pending.Take(i) & w.all[i] // bit 0 is the flood socket, served anyway
+			// Bit 0 is the flood socket, served anyway; the marks of
+			// sockets already to be visited stay in the map until one is
+			// found empty (then the next round takes them).
+			f := w.pending.Take(i, w.ready[i]|^w.all[i]) & w.all[i]
 			w.fresh[i] = f
 			w.seen[i] |= f
 			w.ready[i] |= f
@@ -710,10 +729,10 @@ func (w *worker) receiveVM(vm *vmState) int {
 	vm.busy = true
 	w.touch(vm)
 	descs := w.descs[:n]
-	w.touchFrames(descs)
 	if len(vm.rxqs) > 0 {
 		w.pushBatch(vm, vm.rxqs[0], descs)
 	} else {
+		w.touchFrames(descs)
 		for i := 0; i < n; {
 			var frame []byte
 			frame, i = w.rxFrame(descs, i)
@@ -776,6 +795,15 @@ func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
 		}
 	}()
 	defer q.RecoverFault()
+	// A guest that does not keep up leaves its ring without buffers for
+	// many batches in a row: drop such a batch at once, without reading
+	// its frames (their cache lines were written on the kernel's CPU).
+	if ok, err := q.HasBuffers(); !ok {
+		dropBatch(vm, q, descs, err)
+		next = len(descs)
+		return
+	}
+	w.touchFrames(descs)
 	for i < len(descs) {
 		var frame []byte
 		frame, next = w.rxFrame(descs, i)
@@ -787,8 +815,36 @@ func (w *worker) pushBatch(vm *vmState, vq *virtq, descs []xsk.Desc) {
 			vm.drop(DropRateLimited)
 			continue
 		}
-		w.pushed(vm, q.PushHdr(nil, frame), len(frame))
+		err := q.PushHdr(nil, frame)
+		w.pushed(vm, err, len(frame))
+		if err == vhostuser.ErrNoBuffers {
+			// The ring ran out of buffers: the rest of the batch is
+			// dropped at once, as DPDK's enqueue burst stops at the first
+			// frame without buffers (a buffer the guest posts meanwhile
+			// serves the next batch).
+			dropBatch(vm, q, descs[next:], nil)
+			next = len(descs)
+			return
+		}
 	}
+}
+
+// dropBatch drops the frames of descs for vm, whose receive queue q has
+// no buffers (err nil) or is broken, counting them in bulk where a Push
+// of each would have counted them one by one. Malformed or rate-limited
+// frames among them count as dropped for the ring: they were not read.
+func dropBatch(vm *vmState, q *vhostuser.Queue, descs []xsk.Desc, err error) {
+	n := framesIn(descs)
+	if n == 0 {
+		return
+	}
+	if err != nil {
+		q.CountDrops(vhostuser.DropBroken, n)
+		add(&vm.ctr.drops[DropBroken], uint64(n))
+		return
+	}
+	q.CountDrops(vhostuser.DropNoBuffers, n)
+	add(&vm.ctr.drops[DropVirtqueueFull], uint64(n))
 }
 
 // recycle gives received frames back to the kernel's fill ring; what the

@@ -33,7 +33,8 @@ import (
 // BusyRoundFrames: timed rounds that moved frames), wall-ns/frame the
 // elapsed time per frame moved, allocs/frame every allocation in the
 // process (dataplane, guests, generator) per frame moved, delivered the
-// share of sent frames the guests received.
+// share of sent frames the guests received, frames/round the frames
+// moved per round that did work.
 //
 //	sudo taskset -c 0,1 go test -run '^$' -bench BenchmarkWorkerRX -benchtime 20x ./dataplane
 func BenchmarkWorkerRX(b *testing.B) {
@@ -108,6 +109,7 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 		return n
 	}
 	frames0, ns0, timed0, rx0 := w.ctr.frames.Load(), w.ctr.busyRoundNS.Load(), w.ctr.busyRoundFrames.Load(), rx()
+	batches0 := w.ctr.batches.Load()
 	cpu0 := threadCPU(b, tid)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -130,6 +132,9 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 	b.ReportMetric(float64(cpu)/float64(frames), "worker-cpu-ns/frame")
 	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(frames), "allocs/frame")
 	b.ReportMetric(float64(frames)/float64(sent), "taken")
+	// Frames per round with work: at small batches the per-round costs
+	// dominate the per-frame ones.
+	b.ReportMetric(float64(frames)/float64(max(w.ctr.batches.Load()-batches0, 1)), "frames/round")
 	b.ReportMetric(float64(rx()-rx0)/float64(sent), "delivered")
 	// For profiles of the whole process (perf record): every frame the
 	// worker moved since it started, warm-up included.

@@ -192,13 +192,22 @@ func (q *Queue) Stats() QueueStats {
 	return s
 }
 
+// publishStats stores the counters that changed since the last call:
+// each store is a locked instruction, and most of them (kicks, drop
+// reasons) stay the same from one flush to the next.
 func (q *Queue) publishStats() {
-	q.pub[0].Store(q.st.Frames)
-	q.pub[1].Store(q.st.Bytes)
-	q.pub[2].Store(q.st.Kicks)
-	q.pub[3].Store(q.st.CallsCoalesced)
+	q.publishStat(0, q.st.Frames)
+	q.publishStat(1, q.st.Bytes)
+	q.publishStat(2, q.st.Kicks)
+	q.publishStat(3, q.st.CallsCoalesced)
 	for i, v := range q.st.Drops {
-		q.pub[4+i].Store(v)
+		q.publishStat(4+i, v)
+	}
+}
+
+func (q *Queue) publishStat(i int, v uint64) {
+	if q.pub[i].Load() != v { // only the owner stores: a plain read on amd64
+		q.pub[i].Store(v)
 	}
 }
 
@@ -361,10 +370,67 @@ func (q *Queue) putUsed(id uint16, n uint32) {
 		q.packedPutUsed(n)
 		return
 	}
+	q.putUsedSplit(id, n)
+}
+
+func (q *Queue) putUsedSplit(id uint16, n uint32) {
 	o := 4 + 8*int(q.usedIdx&q.mask)
-	binary.LittleEndian.PutUint32(q.used[o:], uint32(id))
-	binary.LittleEndian.PutUint32(q.used[o+4:], n)
+	used := q.used[o : o+8]
+	binary.LittleEndian.PutUint32(used, uint32(id))
+	binary.LittleEndian.PutUint32(used[4:], n)
 	q.usedIdx++
+}
+
+// singleDesc reads the next available descriptor once, for the fast
+// paths: its buffer if it is direct, has exactly the WRITE flag
+// wantWrite asks for, holds at least min bytes and lies in one memory
+// region; ok=false otherwise (nothing consumed: the general path then
+// judges the chain). id is the split ring's head or the packed ring's
+// buffer id. The caller checked haveAvail (on a packed ring its atomic
+// load of the flags orders the reads here).
+func (q *Queue) singleDesc(wantWrite bool, min uint32) (id uint16, buf []byte, ok bool) {
+	var raw []byte
+	var flags uint16
+	if q.packed {
+		raw = q.desc[int(q.lastAvail&q.mask)*virtio.PackedDescSize:][:virtio.PackedDescSize]
+		id, flags = binary.LittleEndian.Uint16(raw[12:]), binary.LittleEndian.Uint16(raw[14:])
+		if uint32(id) >= q.num {
+			return 0, nil, false
+		}
+	} else {
+		id = binary.LittleEndian.Uint16(q.avail[4+2*int(q.lastAvail&q.mask):])
+		if uint32(id) >= q.num {
+			return 0, nil, false
+		}
+		raw = q.desc[int(id)*virtio.DescSize:][:virtio.DescSize]
+		flags = binary.LittleEndian.Uint16(raw[12:])
+	}
+	want := uint16(0)
+	if wantWrite {
+		want = virtio.DescFWrite
+	}
+	l := binary.LittleEndian.Uint32(raw[8:])
+	if flags&(virtio.DescFNext|virtio.DescFIndirect|virtio.DescFWrite) != want || l < min {
+		return 0, nil, false
+	}
+	b, err := q.mem.guest(binary.LittleEndian.Uint64(raw[0:]), l)
+	if err != nil || uint32(len(b)) != l {
+		return 0, nil, false
+	}
+	return id, b, true
+}
+
+// useSingle consumes the descriptor singleDesc returned and records it
+// used with n bytes written; it costs one descriptor of the budget.
+func (q *Queue) useSingle(id uint16, n uint32) {
+	q.budget--
+	if q.packed {
+		q.pk.pos, q.pk.ringCount, q.pk.ringDone, q.pk.id = q.lastAvail, 1, true, id
+		q.packedPutUsed(n) // advances lastAvail
+		return
+	}
+	q.lastAvail++
+	q.putUsedSplit(id, n)
 }
 
 func (q *Queue) startChain(head uint16) error {
@@ -437,6 +503,30 @@ func (q *Queue) nextDesc() (d desc, ok bool, err error) {
 	return d, false, nil
 }
 
+// HasBuffers reports whether the guest has posted a receive buffer that
+// Push has not used yet: at most one atomic load of guest memory (the
+// avail index, or the packed ring's next descriptor flags), so a worker
+// can drop a whole batch for a full ring without a failed Push per frame.
+// An error: the device is broken (an avail index out of range breaks it
+// here). It reads guest memory: guard it like Push. Owner only.
+func (q *Queue) HasBuffers() (bool, error) {
+	if q.isBroken() {
+		return false, ErrBroken
+	}
+	return q.haveAvail()
+}
+
+// CountDrops counts n frames the caller dropped for reason r without a
+// Push each (the rest of a batch after HasBuffers or a Push found the
+// ring without buffers), as those Pushes would have. Owner only.
+func (q *Queue) CountDrops(r DropReason, n int) {
+	if r < 0 || r >= NumDropReasons || n <= 0 {
+		return
+	}
+	q.st.Drops[r] += uint64(n)
+	q.dirty = true
+}
+
 // Push copies one frame, after a zeroed virtio-net header, into the
 // guest's receive buffers: one chain, or several with MRG_RXBUF (their
 // count in num_buffers). Nothing is visible to the guest until Flush.
@@ -465,6 +555,11 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 		return ErrBudget
 	}
 	total := q.hdrLen + len(frame)
+	if q.bufLog == nil {
+		if done, err := q.pushSingle(frame, total); done {
+			return err
+		}
+	}
 	startAvail, startUsed := q.lastAvail, q.usedIdx
 	written, nbufs := 0, 0
 	q.nb[0], q.nb[1] = nil, nil
@@ -543,6 +638,40 @@ func (q *Queue) PushHdr(h *virtio.NetHdr, frame []byte) error {
 	return nil
 }
 
+// pushSingle is PushHdr's fast path, on either ring layout, for the buffer
+// guests post (Linux, DPDK and vmq-guest alike): one direct,
+// device-writable descriptor, big enough for header and frame, in one
+// memory region. It reads the descriptor once and checks what the
+// general path would; done=false: not that case, nothing consumed, the
+// general path takes the frame (and judges the descriptor) instead.
+func (q *Queue) pushSingle(frame []byte, total int) (done bool, err error) {
+	ok, err := q.haveAvail()
+	if err != nil {
+		return true, err
+	}
+	if !ok {
+		q.st.Drops[DropNoBuffers]++
+		q.dirty = true
+		return true, ErrNoBuffers
+	}
+	head, b, ok := q.singleDesc(true, uint32(total))
+	if !ok {
+		return false, nil
+	}
+	b = b[:total]
+	hdr := b[:q.hdrLen]
+	copy(hdr, q.hb[:])
+	if len(hdr) == virtio.NetHdrLen {
+		hdr[10], hdr[11] = 1, 0 // num_buffers
+	}
+	copy(b[q.hdrLen:], frame)
+	q.useSingle(head, uint32(total))
+	q.st.Frames++
+	q.st.Bytes += uint64(len(frame))
+	q.dirty = true
+	return true, nil
+}
+
 // fill copies bytes [pos, pos+len(dst)) of header||frame into dst and
 // remembers where num_buffers (header bytes 10 and 11) went.
 func (q *Queue) fill(dst []byte, pos int, frame []byte) {
@@ -584,6 +713,12 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 		}
 		if !ok {
 			return 0, ErrEmpty
+		}
+		if n, done, dropped := q.popSingle(h, dst); done {
+			if dropped {
+				continue
+			}
+			return n, nil
 		}
 		budgetAtHead := q.budget
 		head := q.availHead()
@@ -661,6 +796,31 @@ func (q *Queue) PopHdr(h *virtio.NetHdr, dst []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// popSingle is PopHdr's fast path, on either ring layout, for a frame sent in one
+// direct, device-readable descriptor, header and frame together (as
+// DPDK and Linux send it when the header fits the buffer's headroom),
+// that fits dst. done=false: not that case, nothing consumed, the general
+// path takes it. dropped: consumed and counted (a header PopHdr refuses).
+func (q *Queue) popSingle(h *virtio.NetHdr, dst []byte) (n int, done, dropped bool) {
+	head, b, ok := q.singleDesc(false, uint32(q.hdrLen)+1)
+	if !ok || len(b)-q.hdrLen > len(dst) {
+		return 0, false, false
+	}
+	n = copy(dst, b[q.hdrLen:])
+	if h != nil {
+		copy(q.hb[:], b[:q.hdrLen])
+	}
+	q.useSingle(head, 0)
+	q.dirty = true
+	if h != nil && !q.decodeHdr(h, n) {
+		q.st.Drops[DropBadHeader]++
+		return 0, true, true
+	}
+	q.st.Frames++
+	q.st.Bytes += uint64(n)
+	return n, true, false
 }
 
 // decodeHdr decodes the header PopHdr read and checks it against the
