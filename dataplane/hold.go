@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"slices"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
@@ -22,10 +24,10 @@ import (
 // were before holding.
 //
 // A holding VM is visited every round (one look at its avail index and
-// socket ring). Before the worker sleeps, its socket turns edge-triggered
-// in the sleep's set (its held frames would keep a level-triggered set
+// socket ring). When the worker sleeps, its socket is edge-triggered in
+// the sleep's set (its held frames would keep a level-triggered set
 // ready; a new frame still wakes the worker, which keeps the VM to its
-// cap) and its receive queue's kick fd joins the set, notifications
+// cap) and its receive queue's kick fd is in the set, notifications
 // enabled: the guest posting buffers wakes the worker.
 //
 // Frames delivered locally (VM to VM, flooded, from another worker's
@@ -200,51 +202,74 @@ func (w *worker) visitHolders() int {
 	return n
 }
 
-// dropHold forgets vm's hold entirely: its parked frames are dropped (the
-// VM or its receive queue is going).
+// dropHold forgets vm's hold entirely: its parked frames are dropped and
+// its kick fd leaves the sleep's set (the VM or its receive queue is
+// going, and the fd with it).
 func (w *worker) dropHold(vm *vmState) {
 	w.freeParked(vm)
 	w.unhold(vm)
+	if vm.inHoldSet {
+		w.leaveHoldSet(vm)
+		if i := slices.Index(w.holdSet, vm); i >= 0 {
+			w.holdSet = slices.Delete(w.holdSet, i, i+1)
+		}
+	}
 }
 
 // holdSleep prepares the sleep's set for the holding VMs: their sockets
-// edge-triggered, their receive queues' kick fds in, notifications enabled. It
-// reports false, with the set as it was, when a guest posted buffers
-// meanwhile: then the worker must not sleep. wokeHolders undoes it.
+// edge-triggered and their receive queues' kick fds in (edge-triggered:
+// the counter is never read), notifications enabled. The set changes
+// only for VMs that started or stopped holding since the last sleep, so
+// a guest that stays starved costs no syscall per sleep. It reports false
+// when a guest posted buffers meanwhile: then the worker must not sleep.
 func (w *worker) holdSleep() bool {
-	for i, vm := range w.holders {
+	if len(w.holdSet) > 0 {
+		keep := w.holdSet[:0]
+		for _, vm := range w.holdSet {
+			if vm.holding {
+				keep = append(keep, vm)
+			} else {
+				w.leaveHoldSet(vm) // level-triggered again: its frames wake the sleep
+			}
+		}
+		clear(w.holdSet[len(keep):])
+		w.holdSet = keep
+	}
+	for _, vm := range w.holders {
 		q := vm.rxqs[0].q
-		q.AckKick() // old kicks: the fd must become readable only for new ones
 		if enableNotify(q) {
-			w.wokeHolders(i)
 			w.markReady(vm.slot)
 			return false
 		}
-		w.epollMod(vm.sock.FD(), unix.EPOLLIN|unix.EPOLLET, epSocket, int32(vm.slot))
+		if vm.inHoldSet {
+			continue
+		}
+		w.epollCtl(unix.EPOLL_CTL_MOD, vm.sock.FD(), unix.EPOLLIN|unix.EPOLLET, vm.slot)
 		// Without a kick fd of its own (none, or one the guest also gave
 		// another queue) the guest's buffers are seen within idlePollTimeout.
-		if fd := q.KickFD(); fd >= 0 && w.epollAdd(fd, epSocket, int32(vm.slot)) == nil {
+		if fd := q.KickFD(); fd >= 0 && w.epollCtl(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLET, vm.slot) == nil {
 			vm.holdKick = fd + 1
 		}
+		vm.inHoldSet = true
+		w.holdSet = append(w.holdSet, vm)
 	}
 	return true
 }
 
-// wokeHolders restores the sleep's set for the first n holders, and has
-// the next round visit them.
-func (w *worker) wokeHolders(n int) {
-	for _, vm := range w.holders[:n] {
-		if vm.holdKick > 0 {
-			w.epollDel(vm.holdKick - 1)
-			vm.holdKick = 0
-		}
-		w.epollMod(vm.sock.FD(), unix.EPOLLIN, epSocket, int32(vm.slot))
-		w.markReady(vm.slot)
+// leaveHoldSet restores vm's place in the sleep's set: its socket
+// level-triggered, its kick fd out.
+func (w *worker) leaveHoldSet(vm *vmState) {
+	if vm.holdKick > 0 {
+		w.epollDel(vm.holdKick - 1)
+		vm.holdKick = 0
 	}
+	w.epollCtl(unix.EPOLL_CTL_MOD, vm.sock.FD(), unix.EPOLLIN, vm.slot)
+	vm.inHoldSet = false
 }
 
-// epollMod changes what the sleep waits for on fd.
-func (w *worker) epollMod(fd int, events uint32, kind, val int32) {
-	ev := unix.EpollEvent{Events: events, Fd: val, Pad: kind}
-	unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+// epollCtl registers or changes fd in the sleep's set as vm slot's
+// (a socket or a receive queue's kick fd: either has the slot visited).
+func (w *worker) epollCtl(op, fd int, events uint32, slot uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(slot), Pad: epSocket}
+	return unix.EpollCtl(w.epfd, op, fd, &ev)
 }

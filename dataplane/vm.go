@@ -57,10 +57,12 @@ type vmState struct {
 	ded  *directRx // the dedicated queue's receive path (its owner worker only)
 
 	// Frames held in sock's rx ring for a full guest ring (hold.go): in
-	// worker.holders; the kick fd+1 in the sleep's set (0: none).
-	holding  bool
-	holdKick int
-	parked   []parkedFrame // frames parked for the guest's ring, oldest first
+	// worker.holders; in worker.holdSet (socket edge-triggered in the
+	// sleep's set) with its kick fd+1 there (0: none).
+	holding   bool
+	inHoldSet bool
+	holdKick  int
+	parked    []parkedFrame // frames parked for the guest's ring, oldest first
 }
 
 // virtq is a guest virtqueue owned by a worker.

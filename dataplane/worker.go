@@ -145,6 +145,7 @@ type worker struct {
 	sweep          bool       // the next round visits every socket
 	touched        []*vmState // credit or busy changed since the last grant
 	holders        []*vmState // VMs with frames held in their socket ring (hold.go)
+	holdSet        []*vmState // VMs whose socket is edge-triggered in the sleep's set (hold.go)
 	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
@@ -1216,11 +1217,8 @@ func disableNotify(q *vhostuser.Queue) {
 // sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
 // command. Guest notifications are enabled only while asleep.
 func (w *worker) sleep() {
-	if len(w.holders) > 0 {
-		if !w.holdSleep() {
-			return
-		}
-		defer w.wokeHolders(len(w.holders))
+	if (len(w.holders) > 0 || len(w.holdSet) > 0) && !w.holdSleep() {
+		return
 	}
 	for _, vq := range w.txqs {
 		if enableNotify(vq.q) {
