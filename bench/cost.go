@@ -22,6 +22,7 @@ type vmqStats struct {
 	} `json:"workers"`
 	Sockets []struct {
 		RxDropped     uint64 `json:"rx_dropped"`
+		RxRingFull    uint64 `json:"rx_ring_full"` // the kernel's drop at a VM's own ring (frames held there overflowed)
 		FillRingEmpty uint64 `json:"fill_ring_empty"`
 	} `json:"sockets"`
 	VMs []struct {
@@ -101,10 +102,11 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 // (an AF_XDP socket's ring full, shared or a dedicated queue's) or the
 // worker, by reason.
 func vmqDrops(a, b vmqStats) string {
-	var xsk, fill uint64
+	var xsk, ring, fill uint64
 	for i, so := range b.Sockets {
 		if i < len(a.Sockets) {
 			xsk += so.RxDropped - a.Sockets[i].RxDropped
+			ring += so.RxRingFull - a.Sockets[i].RxRingFull
 			fill += so.FillRingEmpty - a.Sockets[i].FillRingEmpty
 		}
 	}
@@ -128,7 +130,7 @@ func vmqDrops(a, b vmqStats) string {
 	if len(parts) == 0 {
 		parts = []string{"none"}
 	}
-	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, fill ring empty %d; worker drops: %s", xsk, fill, strings.Join(parts, ", ")))
+	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, rx ring full %d, fill ring empty %d; worker drops: %s", xsk, ring, fill, strings.Join(parts, ", ")))
 }
 
 // vmqCopied is the frame bytes vmq's workers copied into guests per frame

@@ -286,14 +286,14 @@ func TestVMQBusyPerFrame(t *testing.T) {
 
 func TestVMQDrops(t *testing.T) {
 	a, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
-	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
+	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"rx_ring_full":6,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, rx ring full 6, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	// A dedicated queue's socket drops are the kernel's too.
 	a, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":10,"fill_ring_empty":3}}]}`))
 	b, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":40,"fill_ring_empty":5}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, fill ring empty 2; worker drops: none"; got != want {
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, rx ring full 0, fill ring empty 2; worker drops: none"; got != want {
 		t.Errorf("dedicated: got %q, want %q", got, want)
 	}
 }

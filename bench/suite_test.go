@@ -215,6 +215,12 @@ func (s *suite) build() {
 		pkg string
 	}{{&s.bin.vmqd, "vmqd"}, {&s.bin.pktgen, "vmq-pktgen"}, {&s.bin.guest, "vmq-guest"}} {
 		*t.dst = filepath.Join(s.dir, t.pkg)
+		// VMQ_BENCH_VMQD: a vmqd binary to measure instead of this tree's
+		// (before/after comparisons in one run of the machine's load).
+		if bin := os.Getenv("VMQ_BENCH_VMQD"); bin != "" && t.pkg == "vmqd" {
+			*t.dst = bin
+			continue
+		}
 		if out, err := exec.Command("go", "build", "-o", *t.dst, "github.com/vmq/vmq/cmd/"+t.pkg).CombinedOutput(); err != nil {
 			s.b.Fatalf("build %s: %v\n%s", t.pkg, err, out)
 		}

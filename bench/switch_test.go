@@ -78,6 +78,11 @@ func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, 
 		shared, vmKeys = 0, fmt.Sprintf(", queue: dedicated, queue_id: %d, dedicated: required", queue)
 		cfg.WriteString("dedicated_steering: external\n")
 	}
+	// VMQ_BENCH_VMQD_CONFIG: top-level YAML lines added to vmqd's config
+	// (experiments, e.g. "polling: {busy_poll: 1s}"); make bench leaves it unset.
+	if extra := os.Getenv("VMQ_BENCH_VMQD_CONFIG"); extra != "" {
+		cfg.WriteString(extra + "\n")
+	}
 	fmt.Fprintf(&cfg, "nic: %s\nqueues: [%d]\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, shared, pins, v.api)
 	for i := range vms(dir) {
 		sock := filepath.Join(d, fmt.Sprintf("vm%d.sock", i))

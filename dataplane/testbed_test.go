@@ -81,11 +81,18 @@ func (tb *testbed) addPort(vm VM) {
 // addVM adds a VM to the dataplane, steers its MAC to it and connects a
 // Go guest, returning once the guest's queues run on the workers.
 func (tb *testbed) addVM(name string, slot uint32, mac string, vlan uint16, pairs int, ip string) *frontend.Guest {
+	tb.t.Helper()
+	return tb.addVMConfig(name, slot, vlan, tbed.GuestConfig(mac, pairs, ip))
+}
+
+// addVMConfig is addVM with the guest's own config.
+func (tb *testbed) addVMConfig(name string, slot uint32, vlan uint16, cfg frontend.Config) *frontend.Guest {
 	t := tb.t
 	t.Helper()
 	sock := tb.Socket(name)
-	tb.addPort(VM{Name: name, Slot: slot, MAC: mustMAC(mac), VLAN: vlan, Socket: sock, QueuePairs: pairs})
-	g := tbed.DialGuest(t, name, sock, tbed.GuestConfig(mac, pairs, ip))
+	pairs := max(cfg.QueuePairs, 1)
+	tb.addPort(VM{Name: name, Slot: slot, MAC: cfg.MAC, VLAN: vlan, Socket: sock, QueuePairs: pairs})
+	g := tbed.DialGuest(t, name, sock, cfg)
 	tb.guests[name] = g
 	tb.waitRunning(name, 2*pairs)
 	return g

@@ -55,6 +55,14 @@ type vmState struct {
 	rxqs []*virtq    // guest receive queues owned by this worker
 	ctr  *vmCounters
 	ded  *directRx // the dedicated queue's receive path (its owner worker only)
+
+	// Frames held in sock's rx ring for a full guest ring (hold.go): in
+	// worker.holders; in worker.holdSet (socket edge-triggered in the
+	// sleep's set) with its kick fd+1 there (0: none).
+	holding   bool
+	inHoldSet bool
+	holdKick  int
+	parked    []parkedFrame // frames parked for the guest's ring, oldest first
 }
 
 // virtq is a guest virtqueue owned by a worker.

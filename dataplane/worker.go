@@ -88,7 +88,7 @@ func (w *worker) publishOwned() {
 // rounds, after commands), not per round.
 func (w *worker) publishInFlight() {
 	if w.q != nil {
-		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash))
+		w.ctr.inflight.Store(int64(w.q.RingFrames() + w.nstash + w.nparked))
 	}
 }
 
@@ -125,6 +125,7 @@ type worker struct {
 	addrs   [batchSize]uint64
 	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
 	nstash  int
+	nparked int                        // UMEM frames parked for full guest rings (hold.go)
 	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
 	epfd    int                        // the sleep's epoll set (epoll.go)
 	events  [maxEvents]unix.EpollEvent // epoll_wait's results
@@ -143,6 +144,8 @@ type worker struct {
 	visit          []*vmState // scratch: the sockets to receive from
 	sweep          bool       // the next round visits every socket
 	touched        []*vmState // credit or busy changed since the last grant
+	holders        []*vmState // VMs with frames held in their socket ring (hold.go)
+	holdSet        []*vmState // VMs whose socket is edge-triggered in the sleep's set (hold.go)
 	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
@@ -479,6 +482,7 @@ func (w *worker) removeVM(slot uint32) error {
 		errs = append(errs, fmt.Errorf("unregister socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
 	w.removeDirect(st)
+	w.dropHold(st)
 	// Queues of a removed VM's port were stopped before; drop any left.
 	for _, vq := range w.txqs {
 		if vq.vm == st {
@@ -547,6 +551,7 @@ func (w *worker) detachQueue(q *vhostuser.Queue) {
 			}
 			if q.IsRX() {
 				st := vq.vm
+				w.dropHold(st)
 				for j, r := range st.rxqs {
 					if r == vq {
 						st.rxqs = append(st.rxqs[:j:j], st.rxqs[j+1:]...)
@@ -598,6 +603,9 @@ func (w *worker) round() int {
 			w.serve(vm.slot)
 			(*h)(vm.slot)
 		}
+	}
+	if len(w.holders) > 0 {
+		n += w.visitHolders()
 	}
 	n += w.receiveVMs()
 	if len(w.directs) > 0 {
@@ -713,7 +721,8 @@ func (w *worker) receiveVM(vm *vmState) int {
 	// Each frame costs 1 unit to take and at least 1 descriptor to push:
 	// take no more than the credit can serve; the rest waits in the
 	// socket's ring (nothing is lost that the kernel did not count).
-	n := vm.sock.Receive(w.descs[:w.rxBatch(min(batchSize, vm.credit/2))])
+	// What the guest has no buffer for waits in the socket's ring (hold.go).
+	n := vm.sock.Receive(w.descs[:w.rxTake(vm, w.rxBatch(min(batchSize, vm.credit/2)))])
 	if n == 0 {
 		return 0
 	}
@@ -887,7 +896,9 @@ func (w *worker) deliver(vm *vmState, frame []byte) {
 		return
 	}
 	if len(vm.rxqs) > 0 {
-		w.push(vm.rxqs[0], frame)
+		if !w.park(vm, frame) { // a full guest ring: it waits (hold.go)
+			w.push(vm.rxqs[0], frame)
+		}
 		return
 	}
 	owner := w.dp.rxOwner(w.index, vm.pairs)
@@ -911,7 +922,9 @@ func (w *worker) deliverFromMailbox(slot uint32, frame []byte) {
 		vm.drop(DropGuestNotReady)
 		return
 	}
-	w.push(vm.rxqs[0], frame)
+	if !w.park(vm, frame) { // a full guest ring: it waits (hold.go)
+		w.push(vm.rxqs[0], frame)
+	}
 }
 
 // serve publishes the slot of the VM whose rings the worker is about to
@@ -1204,6 +1217,9 @@ func disableNotify(q *vhostuser.Queue) {
 // sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
 // command. Guest notifications are enabled only while asleep.
 func (w *worker) sleep() {
+	if (len(w.holders) > 0 || len(w.holdSet) > 0) && !w.holdSleep() {
+		return
+	}
 	for _, vq := range w.txqs {
 		if enableNotify(vq.q) {
 			w.disableNotify()

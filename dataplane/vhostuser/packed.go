@@ -135,14 +135,18 @@ func (q *Queue) vringBase() uint16 {
 // packedHaveAvail reports whether the descriptor at the next position is
 // available: one atomic load of its id and flags, which orders the reads
 // of its address and length after it.
-func (q *Queue) packedHaveAvail() bool {
+func (q *Queue) packedHaveAvail() bool { return q.packedAvailAt(q.lastAvail) }
+
+// packedAvailAt reports whether the descriptor at ring position pos
+// (lastAvail or after it) is available to the device.
+func (q *Queue) packedAvailAt(pos uint16) bool {
 	// A ring's worth consumed and not yet flushed: whatever the slot says,
 	// it cannot be available again (a conforming driver waits for it).
-	if uint32(q.lastAvail-q.usedPub) >= q.num {
+	if uint32(pos-q.usedPub) >= q.num {
 		return false
 	}
-	flags := uint16(atomicLoad32(q.desc, int(q.lastAvail&q.mask)*virtio.PackedDescSize+12) >> 16)
-	wrap := q.packedWrap(q.lastAvail)
+	flags := uint16(atomicLoad32(q.desc, int(pos&q.mask)*virtio.PackedDescSize+12) >> 16)
+	wrap := q.packedWrap(pos)
 	return (flags&virtio.DescFAvail != 0) == wrap && (flags&virtio.DescFUsed != 0) != wrap
 }
 
