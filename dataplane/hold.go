@@ -244,12 +244,18 @@ func (w *worker) holdSleep() bool {
 		if vm.inHoldSet {
 			continue
 		}
-		w.epollCtl(unix.EPOLL_CTL_MOD, vm.sock.FD(), unix.EPOLLIN|unix.EPOLLET, vm.slot)
 		// Without a kick fd of its own (none, or one the guest also gave
 		// another queue) the guest's buffers are seen within idlePollTimeout.
+		sockEvents := uint32(unix.EPOLLIN | unix.EPOLLET)
 		if fd := q.KickFD(); fd >= 0 && w.epollCtl(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLET, vm.slot) == nil {
 			vm.holdKick = fd + 1
+			// The guest's kick wakes the worker when it has room; the
+			// frames arriving meanwhile only wait in the socket's ring,
+			// and a wake-up for each would cost the CPU that delivers
+			// them, often the stalled guest's own.
+			sockEvents = 0
 		}
+		w.epollCtl(unix.EPOLL_CTL_MOD, vm.sock.FD(), sockEvents, vm.slot)
 		vm.inHoldSet = true
 		w.holdSet = append(w.holdSet, vm)
 	}
