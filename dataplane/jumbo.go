@@ -1,10 +1,8 @@
 package dataplane
 
 import (
-	"errors"
 	"fmt"
 
-	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
 	"golang.org/x/sys/unix"
 )
@@ -141,10 +139,7 @@ func (w *worker) popBatchJumbo(vq *virtq) (wire, popped int) {
 			break
 		}
 		n, err := vq.q.Pop(j.tx[vlanTagLen:])
-		if err != nil {
-			if !errors.Is(err, vhostuser.ErrEmpty) && !errors.Is(err, vhostuser.ErrBudget) {
-				vm.drop(DropBroken)
-			}
+		if vm.popEnded(err) {
 			break
 		}
 		popped++
@@ -152,8 +147,7 @@ func (w *worker) popBatchJumbo(vq *virtq) (wire, popped int) {
 			vm.drop(DropOversize)
 			continue
 		}
-		if vm.txLimited && !vm.admitTx(n) {
-			vm.drop(DropRateLimited)
+		if !vm.txAdmitted(n) {
 			continue
 		}
 		if !w.forward(vm, j.tx[vlanTagLen:vlanTagLen+n]) {

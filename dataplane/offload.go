@@ -273,15 +273,11 @@ func (w *worker) popBatchOffload(vq *virtq) (wire, popped int) {
 	vm := vq.vm
 	for wire < batchSize && popped < 2*batchSize && popped < vq.q.Budget() {
 		n, err := vq.q.PopHdr(&o.hdr, o.scratch[vlanTagLen:])
-		if err != nil {
-			if !isEmptyOrBudget(err) {
-				vm.drop(DropBroken)
-			}
+		if vm.popEnded(err) {
 			break
 		}
 		popped++
-		if vm.txLimited && !vm.admitTx(n) {
-			vm.drop(DropRateLimited)
+		if !vm.txAdmitted(n) {
 			continue
 		}
 		wire = w.sendOffload(vm, &o.hdr, o.scratch, n, wire)

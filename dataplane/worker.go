@@ -1057,17 +1057,11 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 		addr := held
 		buf := w.q.Buffer(addr)
 		n, err := vq.q.Pop(buf[vlanTagLen:])
-		if err != nil {
-			// ErrBudget: the frame waits in the ring, or Pop dropped and
-			// counted a chain no budget can finish.
-			if !isEmptyOrBudget(err) {
-				vm.drop(DropBroken)
-			}
+		if vm.popEnded(err) {
 			break
 		}
 		popped++
-		if vm.txLimited && !vm.admitTx(n) {
-			vm.drop(DropRateLimited)
+		if !vm.txAdmitted(n) {
 			continue
 		}
 		frame := buf[vlanTagLen : vlanTagLen+n]
@@ -1084,6 +1078,30 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 // isEmptyOrBudget: Pop found nothing to send, or the round's budget ended.
 func isEmptyOrBudget(err error) bool {
 	return errors.Is(err, vhostuser.ErrEmpty) || errors.Is(err, vhostuser.ErrBudget)
+}
+
+// popEnded reports whether a guest TX Pop's error ends the queue's turn:
+// nothing to send, or the round's budget spent (the frame waits in the
+// ring, or Pop dropped and counted a chain no budget can finish), or a
+// broken device, counted here.
+func (vm *vmState) popEnded(err error) bool {
+	if err == nil {
+		return false
+	}
+	if !isEmptyOrBudget(err) {
+		vm.drop(DropBroken)
+	}
+	return true
+}
+
+// txAdmitted reports whether a popped frame of n bytes is within the VM's
+// TX limit; a frame over it is counted as rate limited.
+func (vm *vmState) txAdmitted(n int) bool {
+	if vm.txLimited && !vm.admitTx(n) {
+		vm.drop(DropRateLimited)
+		return false
+	}
+	return true
 }
 
 // wireDesc is the tx descriptor of the frame buf[vlanTagLen:vlanTagLen+n]
