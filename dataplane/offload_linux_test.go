@@ -29,6 +29,7 @@ import (
 	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/guest/qemu"
 	tbed "github.com/vmq/vmq/internal/testbed"
+	"github.com/vmq/vmq/internal/xorstream"
 )
 
 // tcpxBinary cross-builds the guest's TCP transfer program (static).
@@ -133,17 +134,10 @@ func (g *tcpGuest) send(t testing.TB, addr string, n int, args ...string) transf
 func tcpxStream(w io.Writer, total int) (string, error) {
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
-	x := uint64(0x9e3779b97f4a7c15)
+	x := xorstream.Seed
 	for sent := 0; sent < total; {
 		n := min(len(buf), total-sent)
-		for i := 0; i+8 <= n; i += 8 {
-			x ^= x << 13
-			x ^= x >> 7
-			x ^= x << 17
-			for j := range 8 {
-				buf[i+j] = byte(x >> (8 * j))
-			}
-		}
+		xorstream.Fill(buf[:n], &x)
 		h.Write(buf[:n])
 		if _, err := w.Write(buf[:n]); err != nil {
 			return "", err

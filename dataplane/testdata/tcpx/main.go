@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmq/vmq/internal/xorstream"
 )
 
 func main() {
@@ -73,7 +75,7 @@ func main() {
 		cpu0, t0 := busyMS(), time.Now()
 		h := sha256.New()
 		buf := make([]byte, 256<<10)
-		x := uint64(0x9e3779b97f4a7c15)
+		x := xorstream.Seed
 		var sent int64
 		for sent < total {
 			n := int(min(int64(len(buf)), total-sent))
@@ -84,14 +86,7 @@ func main() {
 				sent += int64(n)
 				continue
 			}
-			for i := 0; i+8 <= n; i += 8 {
-				x ^= x << 13
-				x ^= x >> 7
-				x ^= x << 17
-				for j := range 8 {
-					buf[i+j] = byte(x >> (8 * j))
-				}
-			}
+			xorstream.Fill(buf[:n], &x)
 			h.Write(buf[:n])
 			if _, err := c.Write(buf[:n]); err != nil {
 				fail(err)
