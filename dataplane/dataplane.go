@@ -427,7 +427,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Flooded: g.Flooded, Malformed: g.Malformed, NoSocket: g.NoSocket}
 	}
 	for _, w := range dp.workers {
-		s.Sockets = append(s.Sockets, socketStats("", w.queueID, w.flood))
+		s.Sockets = append(s.Sockets, socketStats("", w.queueID, w.flood, nil))
 		s.Workers = append(s.Workers, WorkerStats{
 			Queue: w.queueID, BusyNS: w.ctr.busyNS.Load(), IdleNS: w.ctr.idleNS.Load(),
 			Batches: w.ctr.batches.Load(), Wakeups: w.ctr.wakeups.Load(), Polls: w.ctr.polls.Load(),
@@ -468,7 +468,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			}
 			v.Queues = append(v.Queues, qs)
 			if sock := c.socket.Load(); sock != nil {
-				s.Sockets = append(s.Sockets, socketStats(name, dp.cfg.Queues[i], sock))
+				s.Sockets = append(s.Sockets, socketStats(name, dp.cfg.Queues[i], sock, c.txSocket.Load()))
 			}
 		}
 		// Frames the backend refused while reading the guest's rings.
@@ -513,11 +513,19 @@ func portStats(vm string, p *vhostuser.Port, standby bool) PortStats {
 
 // socketStats reads a socket's kernel statistics (XDP_STATISTICS); vm is
 // "" for a queue's flood socket.
-func socketStats(vm string, queue int, sock *xsk.Socket) SocketStats {
+// socketStats are the kernel's counters of a VM's receive socket sock
+// and its transmit socket tx (nil: none), as one socket's.
+func socketStats(vm string, queue int, sock, tx *xsk.Socket) SocketStats {
 	ss := SocketStats{VM: vm, Queue: queue, ZeroCopy: sock.Queue().ZeroCopy()}
 	if ks, err := sock.KernelStats(); err == nil {
 		ss.RxDropped, ss.RxInvalid, ss.TxInvalid = ks.RxDropped, ks.RxInvalid, ks.TxInvalid
 		ss.RxRingFull, ss.FillRingEmpty, ss.TxRingEmpty = ks.RxRingFull, ks.FillRingEmpty, ks.TxRingEmpty
+	}
+	if tx != nil {
+		if ks, err := tx.KernelStats(); err == nil {
+			ss.TxInvalid += ks.TxInvalid
+			ss.TxRingEmpty += ks.TxRingEmpty
+		}
 	}
 	ss.RxTooLong = sock.Stats().RxTooLong
 	return ss

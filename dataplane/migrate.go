@@ -214,17 +214,14 @@ func (w *worker) announce(slot uint32) error {
 		d = xsk.Desc{Addr: addr, Len: rarpLen + vlanTagLen}
 	}
 	w.txDescs[0] = d
-	if sent, err := vm.sock.Transmit(w.txDescs[:1]); sent == 0 {
+	if sent, err := vm.tx.Transmit(w.txDescs[:1]); sent == 0 {
 		w.returnFrame(addr)
 		if err == nil {
 			err = errors.New("tx ring full")
 		}
 		return fmt.Errorf("announce VM %q: transmit: %w", vm.name, err)
 	}
-	if !vm.txQueued && vm.sock.TxPending() > 0 { // the round kicks it again
-		vm.txQueued = true
-		w.txQueued = append(w.txQueued, vm)
-	}
-	w.flushAll() // local copies: publish their used rings now
+	w.kickLater(vm) // the round kicks it again
+	w.flushAll()    // local copies: publish their used rings now
 	return nil
 }

@@ -64,8 +64,8 @@ func TestWireToGuestsExact(t *testing.T) {
 	if st := g3.Stats(); st.RxBytes != n*(512-4) {
 		t.Errorf("vm3 received %d bytes, want %d (tag stripped)", st.RxBytes, n*(512-4))
 	}
-	if w := tb.dp.Snapshot().Workers[0]; w.VirtQueues != 6 || w.XDPSockets != 4 || w.FreeFrames == 0 {
-		t.Errorf("worker: %d virtqueues, %d sockets, %d free frames; want 6, 4 (3 VMs + flood), some", w.VirtQueues, w.XDPSockets, w.FreeFrames)
+	if w := tb.dp.Snapshot().Workers[0]; w.VirtQueues != 6 || w.XDPSockets != 7 || w.FreeFrames == 0 {
+		t.Errorf("worker: %d virtqueues, %d sockets, %d free frames; want 6, 7 (3 VMs' receive and transmit + flood), some", w.VirtQueues, w.XDPSockets, w.FreeFrames)
 	}
 	if got := tb.dp.Snapshot().Filter.Passed - before; got != 1000 {
 		t.Errorf("host stack got %d frames, want 1000", got)

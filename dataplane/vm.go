@@ -19,7 +19,8 @@ type vmCounters struct {
 	oflPassed, oflSegmented, oflSegments, oflCsum atomic.Uint64
 	rxCopied                                      atomic.Uint64 // frame bytes copied into the guest (push)
 	drops                                         [NumDropReasons]atomic.Uint64
-	socket                                        atomic.Pointer[xsk.Socket] // the VM's socket on this worker's queue
+	socket                                        atomic.Pointer[xsk.Socket] // the VM's receive socket on this worker's queue
+	txSocket                                      atomic.Pointer[xsk.Socket] // and its transmit socket
 }
 
 // add increments a counter that only the calling worker writes.
@@ -51,8 +52,13 @@ type vmState struct {
 	rxLimited, txLimited bool
 	lim                  vmLimits
 
-	sock *xsk.Socket // the VM's socket on this worker's NIC queue
-	rxqs []*virtq    // guest receive queues owned by this worker
+	sock *xsk.Socket // the VM's receive socket on this worker's NIC queue
+	// tx: the VM's transmit socket there, apart from sock because sock is
+	// in the sleep's epoll set: the kernel frees every sent frame's skb
+	// with a wake-up of the sending socket's waiters (sock_wfree), a
+	// locked walk of its wait queue per frame when it has one.
+	tx   *xsk.Socket
+	rxqs []*virtq // guest receive queues owned by this worker
 	ctr  *vmCounters
 	ded  *directRx // the dedicated queue's receive path (its owner worker only)
 

@@ -78,7 +78,7 @@ type workerCounters struct {
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
 func (w *worker) publishOwned() {
 	w.ctr.virtqueues.Store(int64(len(w.rxqs) + len(w.txqs)))
-	w.ctr.sockets.Store(int64(len(w.vmList) + 1)) // + the flood socket
+	w.ctr.sockets.Store(int64(2*len(w.vmList) + 1)) // receive and transmit, + the flood socket
 	w.publishInFlight()
 }
 
@@ -436,27 +436,36 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 	if _, dup := w.vms[vm.Slot]; dup {
 		return fmt.Errorf("queue %d: slot %d already in use", w.queueID, vm.Slot)
 	}
-	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: w.vmRing()})
+	sock, err := w.q.NewSocket(xsk.SocketConfig{RxSize: w.vmRing(), TxSize: -1})
 	if err != nil {
 		return fmt.Errorf("open socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
+	// Transmit on a socket of its own that nothing waits on (vmState.tx).
+	tx, err := w.q.NewSocket(xsk.SocketConfig{RxSize: -1, TxSize: w.vmRing()})
+	if err != nil {
+		sock.Close()
+		return fmt.Errorf("open transmit socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
+	}
 	if err := w.epollAdd(sock.FD(), epSocket, int32(vm.Slot)); err != nil {
+		tx.Close()
 		sock.Close()
 		return fmt.Errorf("VM %q: %w", vm.Name, err)
 	}
 	if err := w.dp.filter.RegisterSocket(vm.Slot, uint32(w.queueID), sock.FD()); err != nil {
 		w.epollDel(sock.FD())
+		tx.Close()
 		sock.Close()
 		return fmt.Errorf("register socket of VM %q on queue %d: %w", vm.Name, w.queueID, err)
 	}
 	st := &vmState{
 		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
-		sock: sock, ctr: ctr, mtu: vm.MTU,
+		sock: sock, tx: tx, ctr: ctr, mtu: vm.MTU,
 	}
 	w.setLimits(st, vm.Limits)
 	st.credit = fairQuantum // what the first grant gives a VM without work
 	ctr.socket.Store(sock)
+	ctr.txSocket.Store(tx)
 	w.vms[vm.Slot] = st
 	if int(vm.Slot) >= len(w.bySlot) {
 		w.bySlot = append(w.bySlot, make([]*vmState, int(vm.Slot)+1-len(w.bySlot))...)
@@ -506,9 +515,13 @@ func (w *worker) removeVM(slot uint32) error {
 		w.ready[i] &^= 1 << (slot % 64)
 	}
 	st.ctr.socket.Store(nil)
+	st.ctr.txSocket.Store(nil)
 	w.epollDel(st.sock.FD())
 	if err := st.sock.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close socket of VM %q on queue %d: %w", st.name, w.queueID, err))
+	}
+	if err := st.tx.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close transmit socket of VM %q on queue %d: %w", st.name, w.queueID, err))
 	}
 	return errors.Join(errs...)
 }
@@ -622,11 +635,11 @@ func (w *worker) round() int {
 	if len(w.txQueued) > 0 {
 		left := w.txQueued[:0]
 		for _, vm := range w.txQueued {
-			if vm.sock.TxPending() > 0 {
-				vm.sock.Kick()
+			if vm.tx.TxPending() > 0 {
+				vm.tx.Kick()
 				w.roundWork++
 			}
-			if vm.sock.TxPending() > 0 {
+			if vm.tx.TxPending() > 0 {
 				left = append(left, vm)
 			} else {
 				vm.txQueued = false
@@ -996,9 +1009,9 @@ func (w *worker) transmit(vq *virtq) int {
 	return popped
 }
 
-// sendWire hands w.txDescs[:wire] to the VM's socket.
+// sendWire hands w.txDescs[:wire] to the VM's transmit socket.
 func (w *worker) sendWire(vm *vmState, wire int) {
-	sent, err := vm.sock.Transmit(w.txDescs[:wire])
+	sent, err := vm.tx.Transmit(w.txDescs[:wire])
 	if sent < wire {
 		// The tx ring is full (or the kernel refused): these frames are
 		// lost, and their UMEM frames go back to the allocator.
@@ -1011,7 +1024,13 @@ func (w *worker) sendWire(vm *vmState, wire int) {
 	if err != nil && sent == 0 {
 		w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)
 	}
-	if !vm.txQueued && vm.sock.TxPending() > 0 {
+	w.kickLater(vm)
+}
+
+// kickLater queues vm for another kick in the next rounds if its
+// transmit socket kept frames the kernel has not taken yet.
+func (w *worker) kickLater(vm *vmState) {
+	if !vm.txQueued && vm.tx.TxPending() > 0 {
 		vm.txQueued = true
 		w.txQueued = append(w.txQueued, vm)
 	}

@@ -330,8 +330,8 @@ func TestDaemonReportsNIC(t *testing.T) {
 				t.Fatalf("%d workers, want %d", len(st.Workers), queues)
 			}
 			for i, w := range st.Workers {
-				// vm1's socket and the flood socket on every queue.
-				if w.Queue != i || w.XDPSockets != 2 || w.TotalFrames == 0 {
+				// vm1's receive and transmit sockets and the flood socket on every queue.
+				if w.Queue != i || w.XDPSockets != 3 || w.TotalFrames == 0 {
 					t.Errorf("worker %d: %+v", i, w)
 				}
 			}
