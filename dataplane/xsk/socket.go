@@ -112,16 +112,22 @@ func (s *Socket) mapRings(off unix.XDPMmapOffsets) error {
 }
 
 // setTxBudget lets one copy-mode sendto send a whole tx ring instead of
-// the kernel's default 32 frames. Older kernels lack the option; then a
-// kick may need repeating, which Transmit and Kick do.
+// the kernel's default 32 frames (XDP_MAX_TX_SKB_BUDGET, Linux 6.17).
+// Older kernels lack the option (ENOPROTOOPT); then a kick may need
+// repeating, which Transmit and Kick do, and the first refusal is logged.
 func (s *Socket) setTxBudget() {
 	if s.tx.size < 32 || s.q.zeroCopy {
 		return
 	}
 	if err := unix.SetsockoptInt(s.fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, int(s.tx.size)); err != nil {
-		slog.Debug("xsk: cannot raise tx budget", "size", s.tx.size, "err", err)
+		if !txBudgetRefused.Swap(true) {
+			slog.Info("xsk: the kernel keeps its tx budget of 32 frames per sendto (no XDP_MAX_TX_SKB_BUDGET): larger batches take several", "want", s.tx.size, "err", err)
+		}
 	}
 }
+
+// txBudgetRefused: setTxBudget has logged the kernel's refusal.
+var txBudgetRefused atomic.Bool
 
 // FD is the socket's file descriptor, for XSKMAP registration and for
 // polling together with other fds.
