@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -156,8 +158,8 @@ func (d *guardedDevice) check(t *testing.T, written map[int]int) {
 // a well-behaved witness VM on shared queue 0, served by the same worker.
 // The witness gets an exact stream before the attack and another at the
 // end (w.check), and must never drop a frame.
-func guardedDedicatedBed(t *testing.T) (*testbed, *guardedDevice, *witness) {
-	tb, _ := dedicatedBed(t)
+func guardedDedicatedBed(t *testing.T, opts ...func(*Config)) (*testbed, *guardedDevice, *witness) {
+	tb, _ := dedicatedBed(t, opts...)
 	sock := tb.Socket("h")
 	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
 		Dedicated: DedicatedRequired, DedicatedQueue: 1})
@@ -393,4 +395,58 @@ func TestDedicatedMemTableChange(t *testing.T) {
 		t.Fatalf("used ids %v", written)
 	}
 	d.check(t, written)
+}
+
+// TestDedicatedRestartLogFlood: a guest that restarts its receive ring
+// in a loop opens its dedicated socket anew each time; vmq's log, shared
+// by every tenant, gets one line of each kind per interval, not one per
+// restart.
+func TestDedicatedRestartLogFlood(t *testing.T) {
+	var logs lockedBuffer
+	tb, d, w := guardedDedicatedBed(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	defer w.check()
+	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
+	const restarts = 20
+	for i := range restarts {
+		d.post(i%d.nbufs, i%d.nbufs+1)
+		testenv.Eventually(t, "buffer posted", func() (bool, string) {
+			s := stats()
+			return s.Posted == 1, fmt.Sprintf("restart %d: %+v", i, *s)
+		})
+		// SET_VRING_BASE and SET_VRING_KICK each restart the ring: the
+		// posted buffer comes back empty, and a socket opens anew.
+		if err := d.C.State(vhostuser.ReqSetVringBase, 0, uint32(d.RX().UsedIdx())); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.C.U64(vhostuser.ReqSetVringKick, 0, d.Kick[0].FD); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, "buffer returned", func() (bool, string) {
+			s := stats()
+			return s.Returned == uint64(i+1), fmt.Sprintf("restart %d: %+v", i, *s)
+		})
+	}
+	if n := strings.Count(logs.String(), "frames land in guest memory"); n < 1 || n > 2 {
+		t.Fatalf("%d log lines for %d restarts, want 1 or 2:\n%s", n, restarts, logs.String())
+	}
+}
+
+// lockedBuffer is a log destination the workers and the test share.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -100,7 +100,7 @@ func mustTemplate(t *testing.T, spec pktgen.FlowSpec) *pktgen.Template {
 
 // dedicatedBed: a 2-queue veth, queue 0 shared (one worker), queue 1
 // free for a dedicated VM, steered from the wire.
-func dedicatedBed(t *testing.T) (*testbed, *wireSteer) {
+func dedicatedBed(t *testing.T, opts ...func(*Config)) (*testbed, *wireSteer) {
 	if runtime.NumCPU() < 2 {
 		testenv.Skip(t, "needs 2 CPUs to place frames on 2 veth queues")
 	}
@@ -108,6 +108,9 @@ func dedicatedBed(t *testing.T) (*testbed, *wireSteer) {
 	tb := newTestbedCfg(t, 2, func(c *Config) {
 		c.Queues = []int{0}
 		c.Steer = steer
+		for _, o := range opts {
+			o(c)
+		}
 	})
 	return tb, steer
 }
