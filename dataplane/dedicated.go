@@ -432,9 +432,6 @@ func (dp *Dataplane) preopenDirect(name string, q *vhostuser.Queue) (o *directOp
 	if vm.dedCtr == nil {
 		return nil
 	}
-	if q.Packed() {
-		return &directOpen{err: errPackedDirect}
-	}
 	o = &directOpen{}
 	defer func() { // the guest may shrink its memory under us: SIGBUS
 		if r := recover(); r != nil {
@@ -484,10 +481,6 @@ func (w *worker) adoptDirect(slot uint32, q *vhostuser.Queue, o *directOpen, att
 	st := w.vms[slot]
 	if !attached || st == nil || st.ded == nil || st.ded.vq == nil || st.ded.vq.q != q {
 		o.close()
-		return
-	}
-	if errors.Is(o.err, errPackedDirect) {
-		w.fallbackCopy(st, o.err.Error())
 		return
 	}
 	if o.err != nil {
@@ -710,11 +703,6 @@ func (w *worker) serveDirects() int {
 	return n
 }
 
-// errPackedDirect: the direct path hands the guest's posted buffers to
-// the kernel by reading the split ring; a guest on packed rings gets its
-// dedicated queue's frames by copy.
-var errPackedDirect = errors.New("the guest uses packed virtqueues: direct receive reads split rings only")
-
 // serveDirect completes the frames the kernel wrote and posts more of
 // the guest's buffers.
 func (w *worker) serveDirect(st *vmState) (n int) {
@@ -722,10 +710,6 @@ func (w *worker) serveDirect(st *vmState) (n int) {
 	vq := d.vq
 	defer vq.q.RecoverFault()
 	if d.sock == nil {
-		if vq.q.Packed() {
-			w.fallbackCopy(st, errPackedDirect.Error())
-			return 0
-		}
 		b, have, _, err := vq.q.PeekRxBuffer()
 		if err != nil || !have {
 			return 0

@@ -36,14 +36,18 @@ type guardedDevice struct {
 	bufOffs          []int
 }
 
-func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
+func newGuardedDevice(t *testing.T, sock string, packed bool) *guardedDevice {
 	t.Helper()
 	c, err := hostile.Dial(sock, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const size, qsize = 1 << 20, 64
-	d := &guardedDevice{Device: &hostile.Device{C: c, Cfg: hostile.Config{Features: hostile.DefaultFeatures, QueueSize: qsize, NoBuffers: true}},
+	features := uint64(hostile.DefaultFeatures)
+	if packed {
+		features |= virtio.FRingPacked
+	}
+	d := &guardedDevice{Device: &hostile.Device{C: c, Cfg: hostile.Config{Features: features, QueueSize: qsize, NoBuffers: true, Packed: packed}},
 		size: size, regStart: 4096, regEnd: size - 4096, bufLen: 2048}
 	t.Cleanup(d.Close)
 	if d.Mem, err = hostile.NewMem(size); err != nil {
@@ -54,8 +58,12 @@ func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
 		t.Fatal(err)
 	}
 	d.ringLo = 4096
+	newRing := hostile.NewRing
+	if packed {
+		newRing = hostile.NewPackedRing
+	}
 	for i := range d.Rings {
-		if d.Rings[i], err = hostile.NewRing(d.Mem, qsize); err != nil {
+		if d.Rings[i], err = newRing(d.Mem, qsize); err != nil {
 			t.Fatal(err)
 		}
 		if d.Kick[i], err = hostile.NewEventFD(true); err != nil {
@@ -113,9 +121,14 @@ func (d *guardedDevice) paint() {
 	}
 }
 
-// post posts buffers [from, to) as single device-writable descriptors.
+// post posts buffers [from, to) as single device-writable descriptors
+// (on a packed ring buffer i has id i).
 func (d *guardedDevice) post(from, to int) {
 	for i := from; i < to; i++ {
+		if d.RX().Packed {
+			d.RX().PostPacked(hostile.PackedDesc{Addr: d.Mem.GPAOf(d.bufOffs[i]), Len: uint32(d.bufLen), ID: uint16(i), Flags: virtio.DescFWrite})
+			continue
+		}
 		d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[i]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
 	}
 	d.KickRing(0)
@@ -159,11 +172,17 @@ func (d *guardedDevice) check(t *testing.T, written map[int]int) {
 // The witness gets an exact stream before the attack and another at the
 // end (w.check), and must never drop a frame.
 func guardedDedicatedBed(t *testing.T, opts ...func(*Config)) (*testbed, *guardedDevice, *witness) {
+	return guardedDedicatedBedRings(t, false, opts...)
+}
+
+// guardedDedicatedBedRings is guardedDedicatedBed with the device on
+// packed rings if packed.
+func guardedDedicatedBedRings(t *testing.T, packed bool, opts ...func(*Config)) (*testbed, *guardedDevice, *witness) {
 	tb, _ := dedicatedBed(t, opts...)
 	sock := tb.Socket("h")
 	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
 		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	d := newGuardedDevice(t, sock)
+	d := newGuardedDevice(t, sock, packed)
 	tb.waitRunning("h", 2)
 	w := &witness{tb: tb, g: tb.addVM("w", 2, mac2, 0, 1, "")}
 	w.send()
@@ -449,4 +468,49 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestDedicatedPackedHostileIDs: on packed rings the guest names its
+// buffers: a buffer id reused while the NIC owns that buffer, or one
+// beyond the ring, breaks the guest's device; the buffer the kernel has is
+// in its fill ring once, nothing outside the posted buffer is written, and
+// the witness on the same worker loses nothing.
+func TestDedicatedPackedHostileIDs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		id     uint16
+		broken string
+	}{
+		{"id_reused", 2, "posted again"},
+		{"id_beyond_ring", 64, "beyond ring size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, d, w := guardedDedicatedBedRings(t, true)
+			defer w.check()
+			if p := tb.portStats("h").Features&virtio.FRingPacked != 0; !p {
+				t.Fatal("RING_PACKED not negotiated")
+			}
+			d.post(2, 3)
+			testenv.Eventually(t, "buffer posted", func() (bool, string) {
+				s := tb.vmStats("h").Dedicated
+				return s.Posted == 1 && s.State == "direct", fmt.Sprintf("%+v", *s)
+			})
+			d.RX().PostPacked(hostile.PackedDesc{Addr: d.Mem.GPAOf(d.bufOffs[3]), Len: uint32(d.bufLen), ID: tc.id, Flags: virtio.DescFWrite})
+			d.KickRing(0)
+			testenv.Eventually(t, "device broken", func() (bool, string) {
+				p := tb.portStats("h")
+				return p.Broken != "", fmt.Sprintf("port %+v", p)
+			})
+			if b := tb.portStats("h").Broken; !strings.Contains(b, tc.broken) {
+				t.Fatalf("broken for %q, want %q", b, tc.broken)
+			}
+			if s := tb.vmStats("h").Dedicated; s.Posted != 1 {
+				t.Fatalf("posted %d, want the one buffer once", s.Posted)
+			}
+			tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 9}, 5)
+			// At most one frame lands, in the one posted buffer.
+			time.Sleep(50 * time.Millisecond)
+			d.check(t, map[int]int{2: virtio.NetHdrLen + 66})
+		})
+	}
 }
