@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vmq/vmq/dataplane/ntuple"
 	"github.com/vmq/vmq/dataplane/virtio"
@@ -336,7 +337,10 @@ func testDedicatedDPDKGuest(t *testing.T, packed bool) {
 	if p := tb.portStats("dpdk").Features&virtio.FRingPacked != 0; p != packed {
 		t.Fatalf("RING_PACKED negotiated %v, want %v", p, packed)
 	}
-	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+	// testpmd posts its receive buffers once it has grown its memory
+	// after the device started (a new SET_MEM_TABLE); on a machine busy
+	// with other DPDK processes that took 11 s once.
+	testenv.EventuallyWithin(t, 30*time.Second, "buffers posted", func() (bool, string) {
 		d := tb.vmStats("dpdk").Dedicated
 		return d.State == "direct" && d.Posted > 0, fmt.Sprintf("%+v", *d)
 	})
