@@ -433,12 +433,14 @@ func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float
 	return st, err
 }
 
-// ping runs the real ping from the wire namespace to a guest.
+// ping runs the real ping from the wire namespace to a guest: 5 echoes,
+// with a deadline (-w) rather than a reply timeout, which would give the
+// last reply only two round trips on a busy machine.
 func (l *lab) ping(ip string) string {
 	if _, err := exec.LookPath("ping"); err != nil {
 		return "skipped: no ping installed (apt-get install iputils-ping)"
 	}
-	out, err := exec.Command("ip", "netns", "exec", l.wireNm, "ping", "-c", "5", "-i", "0.2", "-W", "1", ip).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", l.wireNm, "ping", "-c", "5", "-i", "0.2", "-w", "5", ip).CombinedOutput()
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.Contains(line, "packet loss") {
 			return strings.TrimSpace(line)
