@@ -18,6 +18,7 @@ type vmqStats struct {
 		Frames          uint64 `json:"frames"`
 		BusyRoundNS     uint64 `json:"busy_round_ns"`
 		BusyRoundFrames uint64 `json:"busy_round_frames"`
+		Polls           uint64 `json:"polls"` // sleeps
 		HasRounds       bool   `json:"-"`
 	} `json:"workers"`
 	Sockets []struct {
@@ -102,7 +103,12 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 // (an AF_XDP socket's ring full, shared or a dedicated queue's) or the
 // worker, by reason.
 func vmqDrops(a, b vmqStats) string {
-	var xsk, ring, fill uint64
+	var xsk, ring, fill, sleeps uint64
+	for i, w := range b.Workers {
+		if i < len(a.Workers) {
+			sleeps += w.Polls - a.Workers[i].Polls
+		}
+	}
 	for i, so := range b.Sockets {
 		if i < len(a.Sockets) {
 			xsk += so.RxDropped - a.Sockets[i].RxDropped
@@ -130,7 +136,7 @@ func vmqDrops(a, b vmqStats) string {
 	if len(parts) == 0 {
 		parts = []string{"none"}
 	}
-	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, rx ring full %d, fill ring empty %d; worker drops: %s", xsk, ring, fill, strings.Join(parts, ", ")))
+	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, rx ring full %d, fill ring empty %d; worker drops: %s; worker sleeps %d", xsk, ring, fill, strings.Join(parts, ", "), sleeps))
 }
 
 // vmqCopied is the frame bytes vmq's workers copied into guests per frame

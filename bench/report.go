@@ -51,14 +51,15 @@ type Point struct {
 	Err       string     `json:"error,omitempty"`
 }
 
-// ZeroLossPoint is one system's zero-loss search of one case.
+// ZeroLossPoint is one system's repeated zero-loss searches of one case.
 type ZeroLossPoint struct {
 	Case
 	Size   int    `json:"frame_size"`
 	System string `json:"system"`
-	Search
-	// TopMpps is where the search started: the delivered rate at
-	// overload in this run, raised by a tenth.
+	Repeated
+	// TopMpps is where every search of both systems started: the higher
+	// of the two systems' delivered rates at overload in this run, raised
+	// by a tenth (one start, one grid of rates for both).
 	TopMpps float64 `json:"top_mpps"`
 	LoadAvg string  `json:"loadavg"`
 	Err     string  `json:"error,omitempty"`
@@ -214,28 +215,52 @@ itself, its socket's UMEM is the guest's memory, the kernel writes each frame in
 DPDK: testpmd net_af_xdp on queue 1 (start_queue=1) → net_vhost. Same guest, same CPUs for the three.
 Copied B/frame: frame bytes vmq's worker copied into the guest per frame delivered (rx_copied_bytes).`
 
-// ZeroLossTable compares the zero-loss searches.
-func (r *Report) ZeroLossTable() string {
+// ZeroLossTable compares the zero-loss searches: per system the median
+// and range of its searches and each search's result; with trials, every
+// trial of every search too (results.md; the README leaves them out).
+func (r *Report) ZeroLossTable(trials bool) string {
 	if len(r.ZeroLoss) == 0 {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | system | zero-loss Mpps | searched from Mpps | trials (Mpps: lost) |\n")
-	b.WriteString("|---|---:|---|---|---|---:|---:|---|\n")
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | system | zero-loss Mpps, median | range | each search, in order | searched from Mpps |")
+	if trials {
+		b.WriteString(" trials of each search (Mpps: lost) |\n|---|---:|---|---|---|---:|---|---|---:|---|\n")
+	} else {
+		b.WriteString("\n|---|---:|---|---|---|---:|---|---|---:|\n")
+	}
 	for _, z := range r.ZeroLoss {
-		res := fmt.Sprintf("%.3f", z.ZeroLossMpps)
+		at := ""
 		if z.AtTop {
-			res = "≥ " + res
+			at = "≥ "
+		}
+		res := fmt.Sprintf("%s%.3f", at, z.MedianMpps)
+		rng := fmt.Sprintf("%.3f–%.3f", z.MinMpps, z.MaxMpps)
+		if len(z.Searches) == 0 {
+			res, rng = "–", "–"
 		}
 		if z.Err != "" {
 			res = "failed"
 		}
-		var tr []string
-		for _, t := range z.Trials {
-			tr = append(tr, fmt.Sprintf("%.3f: %d", t.RateMpps, t.Lost()))
+		var each, tr []string
+		for _, s := range z.Searches {
+			e := fmt.Sprintf("%.3f", s.ZeroLossMpps)
+			if s.AtTop {
+				e = "≥ " + e
+			}
+			each = append(each, e)
+			var ts []string
+			for _, t := range s.Trials {
+				ts = append(ts, fmt.Sprintf("%.3f: %d", t.RateMpps, t.Lost()))
+			}
+			tr = append(tr, strings.Join(ts, ", "))
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %.3f | %s |\n",
-			z.Dir, z.Size, z.Placement, z.Source, z.Receiver, z.System, res, z.TopMpps, strings.Join(tr, ", "))
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s | %.3f |", z.Dir, z.Size, z.Placement, z.Source, z.Receiver,
+			z.System, res, rng, strings.Join(each, ", "), z.TopMpps)
+		if trials {
+			fmt.Fprintf(&b, " %s |", strings.Join(tr, "; "))
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
@@ -264,6 +289,12 @@ that moved frames ÷ frames moved (DPDK: --record-core-cycles ÷ TSC; vmq: the w
 CPU ns/frame: the switch's CPU time from /proc ÷ frames received. Switch CPU: its CPU time per second.
 Others' CPU: busy time of each CPU not spent in this run's processes (other work on the machine).`
 
+// ZeroLossLegend explains the zero-loss table.
+const ZeroLossLegend = `RFC 2544 binary searches, 0 frames lost over each trial, the switch alone on its CPU; ` +
+	`each system searched several times, the two systems' searches interleaved (vmq, DPDK, DPDK, vmq, ...) from one start rate ` +
+	`on one grid of rates; the median of a system's searches is its result, the range their spread. "≥": nothing was lost at the ` +
+	`fastest the source managed, so the source, not the switch, set the rate`
+
 // Markdown is results.md: the header, the tables, then every point.
 func (r *Report) Markdown() string {
 	var b strings.Builder
@@ -281,8 +312,8 @@ func (r *Report) Markdown() string {
 	if d := r.DedicatedTable(); d != "" {
 		fmt.Fprintf(&b, "\n## Dedicated queue\n\n%s\n%s\n", d, DedicatedLegend)
 	}
-	if z := r.ZeroLossTable(); z != "" {
-		fmt.Fprintf(&b, "\n## Zero loss\n\n%s", z)
+	if z := r.ZeroLossTable(true); z != "" {
+		fmt.Fprintf(&b, "\n## Zero loss\n\n%s\n%s\n", ZeroLossLegend, z)
 	}
 	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
 	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
@@ -315,9 +346,8 @@ func (r *Report) Readme() string {
 	if d := r.DedicatedTable(); d != "" {
 		fmt.Fprintf(&b, "\nDedicated queue, same run:\n\n%s\n%s\n", d, DedicatedLegend)
 	}
-	if z := r.ZeroLossTable(); z != "" {
-		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU; \"≥\": nothing lost at the fastest the source "+
-			"managed, so the source, not the switch, set the rate):\n\n%s", z)
+	if z := r.ZeroLossTable(false); z != "" {
+		fmt.Fprintf(&b, "\nZero-loss throughput, same run (%s):\n\n%s", ZeroLossLegend, z)
 	}
 	return b.String()
 }

@@ -1,6 +1,9 @@
 package bench
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Trial is one run of a zero-loss search: frames offered at Rate for the
 // search's window, and what came of them.
@@ -80,4 +83,45 @@ func ZeroLoss(top, precision float64, trial func(rateMpps float64) (Trial, error
 		}
 	}
 	return s, nil
+}
+
+// Repeated is one system's repeated zero-loss searches of one case: the
+// searches in the order they ran (interleaved with the other system's),
+// and their results' median and range.
+type Repeated struct {
+	Searches []Search `json:"searches"`
+	// MedianMpps, MinMpps and MaxMpps are over the searches' ZeroLossMpps.
+	MedianMpps float64 `json:"median_mpps"`
+	MinMpps    float64 `json:"min_mpps"`
+	MaxMpps    float64 `json:"max_mpps"`
+	// AtTop: every search's first trial, at the start rate, lost nothing
+	// (the source, not the switch, set the rate).
+	AtTop bool `json:"at_top"`
+}
+
+// Add appends a search and updates the summary.
+func (r *Repeated) Add(s Search) {
+	r.Searches = append(r.Searches, s)
+	v := make([]float64, len(r.Searches))
+	r.AtTop = true
+	for i, s := range r.Searches {
+		v[i] = s.ZeroLossMpps
+		r.AtTop = r.AtTop && s.AtTop
+	}
+	slices.Sort(v)
+	r.MinMpps, r.MaxMpps = v[0], v[len(v)-1]
+	r.MedianMpps = v[len(v)/2]
+	if len(v)%2 == 0 {
+		r.MedianMpps = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+}
+
+// SearchOrder is which system searches first in round i of a pair's
+// repeated searches: A B, B A, A B, ... (ABBAAB), so a drift of the
+// machine's load over the rounds hits both systems alike.
+func SearchOrder(i int, a, b string) []string {
+	if i%2 == 1 {
+		return []string{b, a}
+	}
+	return []string{a, b}
 }
