@@ -392,4 +392,9 @@ func TestRepeatedSearches(t *testing.T) {
 	if got := strings.Join(order, " "); got != "vmq dpdk dpdk vmq vmq dpdk dpdk vmq" {
 		t.Errorf("order %s", got)
 	}
+	systems := []string{VMQ, VMQB, DPDK}
+	if got := strings.Join(append(SearchOrder(0, systems...), SearchOrder(1, systems...)...), " "); got != "vmq vmq-b dpdk dpdk vmq-b vmq" ||
+		systems[0] != VMQ {
+		t.Errorf("three systems: %s", got)
+	}
 }

@@ -116,12 +116,14 @@ func (r *Repeated) Add(s Search) {
 	}
 }
 
-// SearchOrder is which system searches first in round i of a pair's
-// repeated searches: A B, B A, A B, ... (ABBAAB), so a drift of the
-// machine's load over the rounds hits both systems alike.
-func SearchOrder(i int, a, b string) []string {
+// SearchOrder is the order of the systems' searches in round i of a
+// case's repeated searches: as given, then reversed, and so on (A B, B A,
+// A B: ABBAAB), so a drift of the machine's load over the rounds hits
+// every system alike.
+func SearchOrder(i int, systems ...string) []string {
+	out := slices.Clone(systems)
 	if i%2 == 1 {
-		return []string{b, a}
+		slices.Reverse(out)
 	}
-	return []string{a, b}
+	return out
 }

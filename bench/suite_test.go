@@ -31,7 +31,7 @@ type suite struct {
 	host, wire *netnstest.NS
 	nic, peer  netnstest.Link
 	dir        string
-	bin        struct{ vmqd, pktgen, guest string }
+	bin        struct{ vmqd, vmqdB, pktgen, guest string }
 	stream     uint32
 	dur        time.Duration // a full-speed trial
 	zlWindow   time.Duration // a zero-loss trial
@@ -99,7 +99,9 @@ func frameSizes(list []string) ([]int, error) {
 // interleaved; the table has their median and range),
 // VMQ_BENCH_ZL_WINDOW (10s, one zero-loss trial), VMQ_BENCH_ZL_PRECISION
 // (0.05: the search stops when its bounds are closer than this share of
-// where it started), VMQ_BENCH_OUT (results directory).
+// where it started), VMQ_BENCH_VMQD and VMQ_BENCH_VMQD_B (a vmqd binary to
+// measure instead of this tree's; a second one, searched as system vmq-b
+// in the zero-loss searches only), VMQ_BENCH_OUT (results directory).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
@@ -157,6 +159,9 @@ func BenchmarkSuite(b *testing.B) {
 	s.report.LoadAvg[0] = loadavg()
 
 	s.build()
+	if s.bin.vmqdB != "" {
+		s.report.Settings += fmt.Sprintf(" The zero-loss searches also search vmq-b: vmqd %s (VMQ_BENCH_VMQD_B), against vmq: vmqd %s.", s.bin.vmqdB, s.bin.vmqd)
+	}
 
 	// VMQ_BENCH_ONLY, a regular expression, runs only the cases whose keys
 	// match (e.g. "0/1/(0|wire) .*testpmd": split and packed rings).
@@ -222,6 +227,11 @@ func (s *suite) build() {
 		if bin := os.Getenv("VMQ_BENCH_VMQD"); bin != "" && t.pkg == "vmqd" {
 			*t.dst = bin
 			continue
+		}
+		// VMQ_BENCH_VMQD_B: a second vmqd binary, searched as system
+		// vmq-b in the zero-loss searches, interleaved with the others.
+		if t.pkg == "vmqd" {
+			s.bin.vmqdB = os.Getenv("VMQ_BENCH_VMQD_B")
 		}
 		if out, err := exec.Command("go", "build", "-o", *t.dst, "github.com/vmq/vmq/cmd/"+t.pkg).CombinedOutput(); err != nil {
 			s.b.Fatalf("build %s: %v\n%s", t.pkg, err, out)
@@ -301,8 +311,12 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 	r := &rig{}
 	var err error
 	switch sys {
-	case VMQ, VMQDedicated:
-		r.sw, err = s.startVMQ(c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
+	case VMQ, VMQDedicated, VMQB:
+		bin := s.bin.vmqd
+		if sys == VMQB {
+			bin = s.bin.vmqdB
+		}
+		r.sw, err = s.startVMQ(bin, c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
 	case DPDK:
 		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT, c.Queue)
 	default:
@@ -395,8 +409,13 @@ func (s *suite) searches(c Case, size int) {
 			top = max(top, 1.1*over.DeliveredMpps)
 		}
 	}
+	systems := []string{VMQ, DPDK}
+	if s.bin.vmqdB != "" {
+		systems = []string{VMQ, VMQB, DPDK}
+		zs[VMQB] = &ZeroLossPoint{Case: c, Size: size, System: VMQB, LoadAvg: loadavg()}
+	}
 	for round := 0; round < s.zlRepeat && top > 0; round++ {
-		for _, sys := range SearchOrder(round, VMQ, DPDK) {
+		for _, sys := range SearchOrder(round, systems...) {
 			z := zs[sys]
 			if z.Err != "" {
 				continue // a failed search fails the run; the other system goes on
@@ -410,7 +429,7 @@ func (s *suite) searches(c Case, size int) {
 			}
 		}
 	}
-	for _, sys := range []string{VMQ, DPDK} {
+	for _, sys := range systems {
 		z := zs[sys]
 		if top <= 0 {
 			z.Err = "no overload measurement of this case and size in this run to start from"

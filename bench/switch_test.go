@@ -57,11 +57,11 @@ type vmqSwitch struct {
 	before    vmqStats
 }
 
-// startVMQ runs vmqd on cpu serving the NIC's queue: as its one shared
+// startVMQ runs vmqd (the binary bin) on cpu serving the NIC's queue: as its one shared
 // queue, or, with dedicated, as the VMs' dedicated queue (the wire steers
 // their frames there: dedicated_steering external; queue 0 stays the
 // shared one).
-func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, error) {
+func (s *suite) startVMQ(bin, dir string, cpu, queue int, dedicated bool) (switchUT, error) {
 	if dedicated && (queue == 0 || vms(dir) != 1) {
 		return nil, fmt.Errorf("a dedicated queue needs one VM and a queue other than 0, not %d VMs on queue %d", vms(dir), queue)
 	}
@@ -97,7 +97,7 @@ func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, 
 	if v.log, err = os.Create(filepath.Join(d, "vmqd.log")); err != nil {
 		return nil, err
 	}
-	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), s.bin.vmqd, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
+	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), bin, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
 	// Two Ps on one CPU: the locked worker thread and the rest are
 	// threads the kernel schedules, not goroutines taking turns.
 	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
