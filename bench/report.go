@@ -313,7 +313,7 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "\n## Dedicated queue\n\n%s\n%s\n", d, DedicatedLegend)
 	}
 	if z := r.ZeroLossTable(true); z != "" {
-		fmt.Fprintf(&b, "\n## Zero loss\n\n%s\n%s\n", ZeroLossLegend, z)
+		fmt.Fprintf(&b, "\n## Zero loss\n\n%s.\n\n%s", ZeroLossLegend, z)
 	}
 	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
 	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")

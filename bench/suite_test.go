@@ -224,14 +224,14 @@ func (s *suite) build() {
 		*t.dst = filepath.Join(s.dir, t.pkg)
 		// VMQ_BENCH_VMQD: a vmqd binary to measure instead of this tree's
 		// (before/after comparisons in one run of the machine's load).
-		if bin := os.Getenv("VMQ_BENCH_VMQD"); bin != "" && t.pkg == "vmqd" {
-			*t.dst = bin
-			continue
-		}
 		// VMQ_BENCH_VMQD_B: a second vmqd binary, searched as system
 		// vmq-b in the zero-loss searches, interleaved with the others.
 		if t.pkg == "vmqd" {
 			s.bin.vmqdB = os.Getenv("VMQ_BENCH_VMQD_B")
+		}
+		if bin := os.Getenv("VMQ_BENCH_VMQD"); bin != "" && t.pkg == "vmqd" {
+			*t.dst = bin
+			continue
 		}
 		if out, err := exec.Command("go", "build", "-o", *t.dst, "github.com/vmq/vmq/cmd/"+t.pkg).CombinedOutput(); err != nil {
 			s.b.Fatalf("build %s: %v\n%s", t.pkg, err, out)
