@@ -272,9 +272,6 @@ func (w *worker) open() error {
 func (w *worker) run(ready chan<- error) {
 	defer close(w.stopped)
 	runtime.LockOSThread()
-	if err := askShortSlice(workerSlice); err != nil {
-		w.dp.log.Warn("worker thread keeps the default time slice", "queue", w.queueID, "err", err)
-	}
 	// Guest memory is a file the guest can shrink under us: touching it is
 	// then SIGBUS, which this makes a panic that RecoverFault turns into a
 	// broken device (see the guarded calls below).
