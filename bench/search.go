@@ -15,6 +15,9 @@ type Trial struct {
 	// than the rate asked for sends at its own speed.
 	Seconds float64 `json:"seconds"`
 	Note    string  `json:"note,omitempty"` // where frames were lost
+	// OthersCPU is each CPU's busy share during the trial not spent in
+	// the run's processes (the load a trial met; see Point.OthersCPU).
+	OthersCPU [2]float64 `json:"others_cpu"`
 }
 
 // Mpps is the rate the trial ran at: the one asked for, or the source's

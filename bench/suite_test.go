@@ -452,12 +452,13 @@ func (s *suite) search(c Case, sys string, size int, top float64) (Search, error
 		count := uint64(pps * s.zlWindow.Seconds())
 		t0 := time.Now()
 		p := s.measure(c, sys, r, size, pps, count, s.zlWindow)
-		fmt.Fprintf(os.Stderr, "zero-loss trial %s %d B %s %s..%s: %.4f Mpps, sent %d, lost %d; %s %s\n", c.Key(), size, sys,
-			t0.UTC().Format("15:04:05.000"), time.Now().UTC().Format("15:04:05.000"), rate, p.Sent, p.Sent-min(p.Sent, p.Received), p.Note, p.Err)
+		fmt.Fprintf(os.Stderr, "zero-loss trial %s %d B %s %s..%s: %.4f Mpps, sent %d, lost %d, others' CPU %.2f/%.2f; %s %s\n", c.Key(), size, sys,
+			t0.UTC().Format("15:04:05.000"), time.Now().UTC().Format("15:04:05.000"), rate, p.Sent, p.Sent-min(p.Sent, p.Received),
+			p.OthersCPU[0], p.OthersCPU[1], p.Note, p.Err)
 		if p.Err != "" {
 			return Trial{}, errors.New(p.Err)
 		}
-		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note}, nil
+		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note, OthersCPU: p.OthersCPU}, nil
 	})
 }
 
