@@ -120,18 +120,19 @@ type worker struct {
 	sentTo  []bool      // outbox[i] has unpublished frames
 	stopped chan struct{}
 
-	descs   [batchSize]xsk.Desc
-	txDescs [batchSize]xsk.Desc
-	addrs   [batchSize]uint64
-	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
-	nstash  int
-	nparked int                        // UMEM frames parked for full guest rings (hold.go)
-	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
-	epfd    int                        // the sleep's epoll set (epoll.go)
-	events  [maxEvents]unix.EpollEvent // epoll_wait's results
-	pollfds []unix.PollFd              // the sleep's fds with dedicated queues
-	ctr     workerCounters
-	ofl     offloadState // guest frames with offloads (offload.go)
+	descs    [batchSize]xsk.Desc
+	txDescs  [batchSize]xsk.Desc
+	addrs    [batchSize]uint64
+	stash    [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
+	nstash   int
+	nparked  int                        // UMEM frames parked for full guest rings (hold.go)
+	heldSock int                        // frames held in the VMs' socket rings, as of their last visits (hold.go)
+	jumbo    *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
+	epfd     int                        // the sleep's epoll set (epoll.go)
+	events   [maxEvents]unix.EpollEvent // epoll_wait's results
+	pollfds  []unix.PollFd              // the sleep's fds with dedicated queues
+	ctr      workerCounters
+	ofl      offloadState // guest frames with offloads (offload.go)
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
 	// each round), the marks not yet found empty (ready), the marks taken
