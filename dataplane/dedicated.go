@@ -22,6 +22,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"runtime"
 	"sync/atomic"
@@ -33,6 +34,7 @@ import (
 	"github.com/vmq/vmq/dataplane/ntuple"
 	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
+	"github.com/vmq/vmq/internal/ratelog"
 )
 
 // DedicatedMode says whether a VM wants a NIC queue of its own.
@@ -152,6 +154,9 @@ type dedCounters struct {
 	reason                           atomic.Pointer[string]
 	direct                           atomic.Pointer[xsk.Direct]
 	copySock                         atomic.Pointer[xsk.Socket]
+	// The guest's ring starts and stops cause these lines: a guest that
+	// restarts its ring in a loop gets one line per kind per interval.
+	startLog, faultLog ratelog.Limiter
 }
 
 func (c *dedCounters) fallback(state int32, reason string) {
@@ -427,9 +432,6 @@ func (dp *Dataplane) preopenDirect(name string, q *vhostuser.Queue) (o *directOp
 	if vm.dedCtr == nil {
 		return nil
 	}
-	if q.Packed() {
-		return &directOpen{err: errPackedDirect}
-	}
 	o = &directOpen{}
 	defer func() { // the guest may shrink its memory under us: SIGBUS
 		if r := recover(); r != nil {
@@ -481,10 +483,6 @@ func (w *worker) adoptDirect(slot uint32, q *vhostuser.Queue, o *directOpen, att
 		o.close()
 		return
 	}
-	if errors.Is(o.err, errPackedDirect) {
-		w.fallbackCopy(st, o.err.Error())
-		return
-	}
 	if o.err != nil {
 		w.fallbackCopy(st, fmt.Sprintf("guest memory not registered as UMEM: %v", o.err))
 		return
@@ -532,21 +530,21 @@ func (w *worker) removeDirect(st *vmState) {
 func (w *worker) stopDirect(st *vmState) {
 	d := st.ded
 	if err := w.dp.filter.UnregisterSocket(st.slot, uint32(d.queue)); err != nil && (d.sock != nil || d.copyQ != nil) {
-		w.dp.log.Warn("unregister dedicated socket", "vm", st.name, "queue", d.queue, "err", err)
+		w.logDirect(st, &d.ctr.faultLog, slog.LevelWarn, "unregister dedicated socket", "err", err)
 	}
 	if d.sock != nil {
 		d.ctr.direct.Store(nil)
 		zc := d.sock.ZeroCopy()
 		if err := d.sock.Close(); err != nil {
-			w.dp.log.Warn("close dedicated socket", "vm", st.name, "queue", d.queue, "err", err)
+			w.logDirect(st, &d.ctr.faultLog, slog.LevelWarn, "close dedicated socket", "err", err)
 		}
 		if zc {
 			// The driver stops DMA into the guest's buffers in a deferred
 			// teardown: wait for it before they go back and the memory
 			// can be unmapped.
 			if err := xsk.WaitReleased(w.dp.cfg.Ifindex, d.queue, 2*time.Second); err != nil {
-				w.dp.log.Error("zero-copy queue not released: the NIC may still write into buffers given back to the guest",
-					"vm", st.name, "queue", d.queue, "err", err)
+				w.logDirect(st, &d.ctr.faultLog, slog.LevelError,
+					"zero-copy queue not released: the NIC may still write into buffers given back to the guest", "err", err)
 			}
 		}
 		d.sock = nil
@@ -560,7 +558,7 @@ func (w *worker) stopDirect(st *vmState) {
 	if d.copyQ != nil {
 		d.ctr.copySock.Store(nil)
 		if err := d.copyQ.Close(); err != nil {
-			w.dp.log.Warn("close dedicated copy socket", "vm", st.name, "queue", d.queue, "err", err)
+			w.logDirect(st, &d.ctr.faultLog, slog.LevelWarn, "close dedicated copy socket", "err", err)
 		}
 		d.copyQ = nil
 	}
@@ -643,8 +641,19 @@ func (w *worker) installDirect(st *vmState, sock *xsk.Direct, region vhostuser.G
 	d.ctr.zeroCopy.Store(sock.ZeroCopy())
 	d.ctr.direct.Store(sock)
 	d.ctr.state.Store(dedDirect)
-	w.dp.log.Info("dedicated queue: frames land in guest memory", "vm", st.name, "queue", d.queue,
+	w.logDirect(st, &d.ctr.startLog, slog.LevelInfo, "dedicated queue: frames land in guest memory",
 		"zero_copy", sock.ZeroCopy(), "umem_bytes", len(region.Mem), "max_frame", d.window)
+}
+
+// dedicatedLogEvery bounds the lines a guest's ring starts and stops
+// cause on its dedicated queue, as vhostuser bounds its own.
+const dedicatedLogEvery = 10 * time.Second
+
+// logDirect logs a line about st's dedicated queue that the guest's
+// ring starts and stops cause, at most one per dedicatedLogEvery of its
+// kind.
+func (w *worker) logDirect(st *vmState, l *ratelog.Limiter, level slog.Level, msg string, args ...any) {
+	l.Log(w.dp.log, dedicatedLogEvery, level, msg, append([]any{"vm", st.name, "queue", st.ded.queue}, args...)...)
 }
 
 // fallbackCopy replaces the direct socket with a copying one on the
@@ -654,17 +663,17 @@ func (w *worker) fallbackCopy(st *vmState, reason string) {
 	w.stopDirect(st)
 	d.noDirect = true
 	d.ctr.fallback(dedCopy, reason)
-	w.dp.log.Warn("dedicated queue falls back to copying", "vm", st.name, "queue", d.queue, "reason", reason)
+	w.logDirect(st, &d.ctr.startLog, slog.LevelWarn, "dedicated queue falls back to copying", "reason", reason)
 	cq, err := xsk.NewQueue(w.dp.cfg.Ifindex, d.queue,
 		xsk.UMEMConfig{FrameSize: w.dp.cfg.FrameSize, NumFrames: 1024},
 		xsk.QueueConfig{Mode: w.dp.cfg.XSKMode, RxSize: 512, TxSize: -1, FillSize: 512, CompSize: 64})
 	if err != nil {
-		w.dp.log.Error("dedicated queue: no copying socket either", "vm", st.name, "queue", d.queue, "err", err)
+		w.logDirect(st, &d.ctr.faultLog, slog.LevelError, "dedicated queue: no copying socket either", "err", err)
 		return
 	}
 	if err := w.dp.filter.RegisterSocket(st.slot, uint32(d.queue), cq.Primary().FD()); err != nil {
 		cq.Close()
-		w.dp.log.Error("dedicated queue: register copying socket", "vm", st.name, "queue", d.queue, "err", err)
+		w.logDirect(st, &d.ctr.faultLog, slog.LevelError, "dedicated queue: register copying socket", "err", err)
 		return
 	}
 	cq.Refill(0)
@@ -694,11 +703,6 @@ func (w *worker) serveDirects() int {
 	return n
 }
 
-// errPackedDirect: the direct path hands the guest's posted buffers to
-// the kernel by reading the split ring; a guest on packed rings gets its
-// dedicated queue's frames by copy.
-var errPackedDirect = errors.New("the guest uses packed virtqueues: direct receive reads split rings only")
-
 // serveDirect completes the frames the kernel wrote and posts more of
 // the guest's buffers.
 func (w *worker) serveDirect(st *vmState) (n int) {
@@ -706,10 +710,6 @@ func (w *worker) serveDirect(st *vmState) (n int) {
 	vq := d.vq
 	defer vq.q.RecoverFault()
 	if d.sock == nil {
-		if vq.q.Packed() {
-			w.fallbackCopy(st, errPackedDirect.Error())
-			return 0
-		}
 		b, have, _, err := vq.q.PeekRxBuffer()
 		if err != nil || !have {
 			return 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -34,14 +35,18 @@ type guardedDevice struct {
 	bufOffs          []int
 }
 
-func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
+func newGuardedDevice(t *testing.T, sock string, packed bool) *guardedDevice {
 	t.Helper()
 	c, err := hostile.Dial(sock, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const size, qsize = 1 << 20, 64
-	d := &guardedDevice{Device: &hostile.Device{C: c, Cfg: hostile.Config{Features: hostile.DefaultFeatures, QueueSize: qsize, NoBuffers: true}},
+	features := uint64(hostile.DefaultFeatures)
+	if packed {
+		features |= virtio.FRingPacked
+	}
+	d := &guardedDevice{Device: &hostile.Device{C: c, Cfg: hostile.Config{Features: features, QueueSize: qsize, NoBuffers: true, Packed: packed}},
 		size: size, regStart: 4096, regEnd: size - 4096, bufLen: 2048}
 	t.Cleanup(d.Close)
 	if d.Mem, err = hostile.NewMem(size); err != nil {
@@ -52,8 +57,12 @@ func newGuardedDevice(t *testing.T, sock string) *guardedDevice {
 		t.Fatal(err)
 	}
 	d.ringLo = 4096
+	newRing := hostile.NewRing
+	if packed {
+		newRing = hostile.NewPackedRing
+	}
 	for i := range d.Rings {
-		if d.Rings[i], err = hostile.NewRing(d.Mem, qsize); err != nil {
+		if d.Rings[i], err = newRing(d.Mem, qsize); err != nil {
 			t.Fatal(err)
 		}
 		if d.Kick[i], err = hostile.NewEventFD(true); err != nil {
@@ -111,9 +120,14 @@ func (d *guardedDevice) paint() {
 	}
 }
 
-// post posts buffers [from, to) as single device-writable descriptors.
+// post posts buffers [from, to) as single device-writable descriptors
+// (on a packed ring buffer i has id i).
 func (d *guardedDevice) post(from, to int) {
 	for i := from; i < to; i++ {
+		if d.RX().Packed {
+			d.RX().PostPacked(hostile.PackedDesc{Addr: d.Mem.GPAOf(d.bufOffs[i]), Len: uint32(d.bufLen), ID: uint16(i), Flags: virtio.DescFWrite})
+			continue
+		}
 		d.RX().Post(hostile.Desc{Addr: d.Mem.GPAOf(d.bufOffs[i]), Len: uint32(d.bufLen), Flags: virtio.DescFWrite})
 	}
 	d.KickRing(0)
@@ -156,12 +170,18 @@ func (d *guardedDevice) check(t *testing.T, written map[int]int) {
 // a well-behaved witness VM on shared queue 0, served by the same worker.
 // The witness gets an exact stream before the attack and another at the
 // end (w.check), and must never drop a frame.
-func guardedDedicatedBed(t *testing.T) (*testbed, *guardedDevice, *witness) {
-	tb, _ := dedicatedBed(t)
+func guardedDedicatedBed(t *testing.T, opts ...func(*Config)) (*testbed, *guardedDevice, *witness) {
+	return guardedDedicatedBedRings(t, false, opts...)
+}
+
+// guardedDedicatedBedRings is guardedDedicatedBed with the device on
+// packed rings if packed.
+func guardedDedicatedBedRings(t *testing.T, packed bool, opts ...func(*Config)) (*testbed, *guardedDevice, *witness) {
+	tb, _ := dedicatedBed(t, opts...)
 	sock := tb.Socket("h")
 	tb.addPort(VM{Name: "h", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
 		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	d := newGuardedDevice(t, sock)
+	d := newGuardedDevice(t, sock, packed)
 	tb.waitRunning("h", 2)
 	w := &witness{tb: tb, g: tb.addVM("w", 2, mac2, 0, 1, "")}
 	w.send()
@@ -393,4 +413,40 @@ func TestDedicatedMemTableChange(t *testing.T) {
 		t.Fatalf("used ids %v", written)
 	}
 	d.check(t, written)
+}
+
+// TestDedicatedRestartLogFlood: a guest that restarts its receive ring
+// in a loop opens its dedicated socket anew each time; vmq's log, shared
+// by every tenant, gets one line of each kind per interval, not one per
+// restart.
+func TestDedicatedRestartLogFlood(t *testing.T) {
+	var logs testenv.SyncBuffer
+	tb, d, w := guardedDedicatedBed(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	defer w.check()
+	stats := func() *DedicatedStats { return tb.vmStats("h").Dedicated }
+	const restarts = 20
+	for i := range restarts {
+		d.post(i%d.nbufs, i%d.nbufs+1)
+		testenv.Eventually(t, "buffer posted", func() (bool, string) {
+			s := stats()
+			return s.Posted == 1, fmt.Sprintf("restart %d: %+v", i, *s)
+		})
+		// SET_VRING_BASE and SET_VRING_KICK each restart the ring: the
+		// posted buffer comes back empty, and a socket opens anew.
+		if err := d.C.State(vhostuser.ReqSetVringBase, 0, uint32(d.RX().UsedIdx())); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.C.U64(vhostuser.ReqSetVringKick, 0, d.Kick[0].FD); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, "buffer returned", func() (bool, string) {
+			s := stats()
+			return s.Returned == uint64(i+1), fmt.Sprintf("restart %d: %+v", i, *s)
+		})
+	}
+	if n := strings.Count(logs.String(), "frames land in guest memory"); n < 1 || n > 2 {
+		t.Fatalf("%d log lines for %d restarts, want 1 or 2:\n%s", n, restarts, logs.String())
+	}
 }

@@ -10,8 +10,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vmq/vmq/dataplane/ntuple"
+	"github.com/vmq/vmq/dataplane/virtio"
 	"github.com/vmq/vmq/guest/frontend"
 	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
@@ -100,7 +102,7 @@ func mustTemplate(t *testing.T, spec pktgen.FlowSpec) *pktgen.Template {
 
 // dedicatedBed: a 2-queue veth, queue 0 shared (one worker), queue 1
 // free for a dedicated VM, steered from the wire.
-func dedicatedBed(t *testing.T) (*testbed, *wireSteer) {
+func dedicatedBed(t *testing.T, opts ...func(*Config)) (*testbed, *wireSteer) {
 	if runtime.NumCPU() < 2 {
 		testenv.Skip(t, "needs 2 CPUs to place frames on 2 veth queues")
 	}
@@ -108,6 +110,9 @@ func dedicatedBed(t *testing.T) (*testbed, *wireSteer) {
 	tb := newTestbedCfg(t, 2, func(c *Config) {
 		c.Queues = []int{0}
 		c.Steer = steer
+		for _, o := range opts {
+			o(c)
+		}
 	})
 	return tb, steer
 }
@@ -127,8 +132,16 @@ func (tb *testbed) addDedicatedVM(name string, slot uint32, mac string, vlan uin
 // TestDedicatedQueueDirect: frames on the dedicated queue land in the
 // guest's buffers with no copy by the worker (its copied-bytes counter
 // stays 0), exact in count and in every byte, at 64 and 1514 bytes,
-// while a shared VM on the other queue gets its frames by copy as before.
+// while a shared VM on the other queue gets its frames by copy as before;
+// with the guest on split and on packed rings.
 func TestDedicatedQueueDirect(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		name := map[bool]string{false: "split", true: "packed"}[packed]
+		t.Run(name, func(t *testing.T) { testDedicatedQueueDirect(t, packed) })
+	}
+}
+
+func testDedicatedQueueDirect(t *testing.T, packed bool) {
 	tb, steer := dedicatedBed(t)
 	dedSpec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}
 	bigSpec := dedSpec
@@ -136,7 +149,11 @@ func TestDedicatedQueueDirect(t *testing.T) {
 	x := &exactFrames{tmpl: map[uint32]*pktgen.Template{1: mustTemplate(t, dedSpec), 2: mustTemplate(t, bigSpec)}}
 	cfg := tbed.GuestConfig(mac1, 1, "")
 	cfg.OnFrame = x.onFrame
+	cfg.PackedRing = packed
 	ded := tb.addDedicatedVM("ded", 1, mac1, 0, cfg)
+	if got := ded.Features()&virtio.FRingPacked != 0; got != packed {
+		t.Fatalf("features %#x: RING_PACKED %v, want %v", ded.Features(), got, packed)
+	}
 	sh := tb.addVM("sh", 2, mac2, 0, 1, "")
 	if steer.count() != 1 {
 		t.Fatalf("%d flow rules, want 1", steer.count())
@@ -289,22 +306,41 @@ func TestDedicatedNtupleRefusedOnVeth(t *testing.T) {
 // TestDedicatedDPDKGuest: a DPDK virtio_user guest (testpmd rxonly, its
 // memory a hugepage file) on a dedicated queue: its hugepage region is
 // the UMEM, every frame lands in an mbuf in place, exactly, 0 bytes
-// copied.
+// copied; on split and on packed rings.
 func TestDedicatedDPDKGuest(t *testing.T) {
 	testenv.RequireCommand(t, "dpdk-testpmd")
+	for _, packed := range []bool{false, true} {
+		name := map[bool]string{false: "split", true: "packed"}[packed]
+		t.Run(name, func(t *testing.T) { testDedicatedDPDKGuest(t, packed) })
+	}
+}
+
+func testDedicatedDPDKGuest(t *testing.T, packed bool) {
 	tb, _ := dedicatedBed(t)
+	vdev := "net_virtio_user0,path=" + tb.Socket("dpdk") + ",queues=1,queue_size=1024,mrg_rxbuf=1,mac=" + mac1
+	prefix := "vmqded"
+	if packed {
+		vdev += ",packed_vq=1"
+		prefix = "vmqdedp"
+	}
 	sock := tb.Socket("dpdk")
 	tb.addPort(VM{Name: "dpdk", Slot: 1, MAC: mustMAC(mac1), Socket: sock, QueuePairs: 1,
 		Dedicated: DedicatedRequired, DedicatedQueue: 1})
-	pmd, err := testpmd.Start(t, testpmd.Config{Name: "virtio_user", Prefix: "vmqded", Lcores: "0@0,1@1", Mem: 128,
+	pmd, err := testpmd.Start(t, testpmd.Config{Name: "virtio_user", Prefix: prefix, Lcores: "0@0,1@1", Mem: 128,
 		EAL:   []string{"--single-file-segments", "--log-level=lib.eal:error"},
-		Vdevs: []string{"net_virtio_user0,path=" + sock + ",queues=1,queue_size=1024,mrg_rxbuf=1,mac=" + mac1},
+		Vdevs: []string{vdev},
 		App:   []string{"--forward-mode=rxonly", "--rxq=1", "--txq=1", "--nb-cores=1", "--rxd=1024", "--txd=1024"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tb.waitRunning("dpdk", 2)
-	testenv.Eventually(t, "buffers posted", func() (bool, string) {
+	if p := tb.portStats("dpdk").Features&virtio.FRingPacked != 0; p != packed {
+		t.Fatalf("RING_PACKED negotiated %v, want %v", p, packed)
+	}
+	// testpmd posts its receive buffers once it has grown its memory
+	// after the device started (a new SET_MEM_TABLE); on a machine busy
+	// with other DPDK processes that took 11 s once.
+	testenv.EventuallyWithin(t, 30*time.Second, "buffers posted", func() (bool, string) {
 		d := tb.vmStats("dpdk").Dedicated
 		return d.State == "direct" && d.Posted > 0, fmt.Sprintf("%+v", *d)
 	})

@@ -443,7 +443,7 @@ func testMigrate(t *testing.T, client bool) {
 	if err := g.WaitBoot(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tbed.CheckPing(t, "wire -> guest", tb.PingFromWire(spec.ip, "-c", "3", "-i", "0.1", "-W", "5"), 3)
+	tbed.CheckPingSeqs(t, "wire -> guest", tb.PingFromWire(spec.ip, "-c", "3", "-i", "0.1", "-w", "10"), 3)
 	tbed.GuestExec(t, g, "udpcheck > /tmp/udp.log 2>&1 & true")
 	rarp := tb.countRARP(hw)
 	testenv.Eventually(t, "udpcheck listening", func() (bool, string) {

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"bytes"
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -76,31 +75,6 @@ func TestPackedGuests(t *testing.T) {
 	if vs.RxPackets != 2*n || vs.TxPackets != n+500 || len(vs.DropsByReason) != 0 {
 		t.Errorf("vmp counters: rx %d tx %d drops %v", vs.RxPackets, vs.TxPackets, vs.DropsByReason)
 	}
-}
-
-// A dedicated-queue VM whose guest chose packed rings: direct receive
-// reads the split ring, so the queue falls back to copying (state "copy")
-// and delivers every frame, exact, instead of reading a packed ring as a
-// split one.
-func TestDedicatedPackedGuest(t *testing.T) {
-	tb, _ := dedicatedBed(t)
-	cfg := tbed.GuestConfig(mac1, 1, "")
-	cfg.PackedRing, cfg.InOrder = true, true
-	g := tb.addDedicatedVM("dedp", 1, mac1, 0, cfg)
-	if f := g.Features(); f&virtio.FRingPacked == 0 || f&virtio.FInOrder != 0 {
-		t.Fatalf("features %#x: want RING_PACKED, and no IN_ORDER on a dedicated queue", f)
-	}
-	const n = 2000
-	tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}, n)
-	waitRx(t, "dedp", g, n)
-	vs := tb.vmStats("dedp")
-	if d := vs.Dedicated; d == nil || !strings.HasPrefix(d.State, "copy") || !strings.Contains(d.Reason, "packed") || d.Frames != 0 {
-		t.Fatalf("dedicated stats %+v, want the copy fallback for packed rings", d)
-	}
-	if vs.RxPackets != n || len(vs.DropsByReason) != 0 {
-		t.Fatalf("rx %d drops %v, want %d and none", vs.RxPackets, vs.DropsByReason, n)
-	}
-	t.Logf("dedicated: %+v", *vs.Dedicated)
 }
 
 // TestJumboPackedGuest: a Go guest (vmq-guest's library) on packed rings

@@ -64,6 +64,7 @@ type labOptions struct {
 	rate        float64 // frames/s from the wire to each VM
 	guestRate   float64 // frames/s each sending guest sends
 	size        int
+	burst       int // frames per send call from the wire
 	guestBin    string
 	metricsAddr string
 	logLevel    string
@@ -77,6 +78,7 @@ func labMain(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&o.rate, "rate", 5000, "frames per second from the wire to each VM")
 	fs.Float64Var(&o.guestRate, "guest-rate", 2000, "frames per second vm1 sends to the wire and vm2 to vm1")
 	fs.IntVar(&o.size, "size", 128, "frame size in bytes")
+	fs.IntVar(&o.burst, "burst", 32, "frames per send call from the wire (the latency columns count from the burst's timestamp)")
 	fs.StringVar(&o.guestBin, "guest-bin", "", "vmq-guest binary (default: next to vmqd, then $PATH)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9469", "serve /metrics here during the lab")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "vmqd log level")
@@ -85,6 +87,10 @@ func labMain(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if o.burst < 1 {
+		fmt.Fprintf(stderr, "vmqd lab: -burst %d: want at least 1\n", o.burst)
 		return 2
 	}
 	if os.Geteuid() != 0 {
@@ -200,7 +206,7 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			wireSent[i], wireErr[i] = l.sendFromWire(ctx, spec, o.rate*float64(len(spec.Dests)))
+			wireSent[i], wireErr[i] = l.sendFromWire(ctx, spec, o.rate*float64(len(spec.Dests)), o.burst)
 		}()
 	}
 	pingOut := make(chan string, 1)
@@ -400,7 +406,7 @@ func (l *lab) attachWireSink() (*pktgen.Sink, error) {
 	return sink, nil
 }
 
-func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float64) (pktgen.Stats, error) {
+func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float64, burst int) (pktgen.Stats, error) {
 	tmpl, err := pktgen.NewTemplate(spec)
 	if err != nil {
 		return pktgen.Stats{}, err
@@ -418,7 +424,7 @@ func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float
 			return err
 		}
 		defer g.Close()
-		st, err = pktgen.Run(ctx, g, pktgen.RunOptions{Rate: rate, Burst: 32})
+		st, err = pktgen.Run(ctx, g, pktgen.RunOptions{Rate: rate, Burst: burst})
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = nil
 		}
@@ -427,12 +433,14 @@ func (l *lab) sendFromWire(ctx context.Context, spec pktgen.FlowSpec, rate float
 	return st, err
 }
 
-// ping runs the real ping from the wire namespace to a guest.
+// ping runs the real ping from the wire namespace to a guest: 5 echoes,
+// with a deadline (-w) rather than a reply timeout, which would give the
+// last reply only two round trips on a busy machine.
 func (l *lab) ping(ip string) string {
 	if _, err := exec.LookPath("ping"); err != nil {
 		return "skipped: no ping installed (apt-get install iputils-ping)"
 	}
-	out, err := exec.Command("ip", "netns", "exec", l.wireNm, "ping", "-c", "5", "-i", "0.2", "-W", "1", ip).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", l.wireNm, "ping", "-c", "5", "-i", "0.2", "-w", "5", ip).CombinedOutput()
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.Contains(line, "packet loss") {
 			return strings.TrimSpace(line)

@@ -16,7 +16,7 @@ import (
 // RxBuf is one receive buffer the guest posted: a chain of exactly one
 // device-writable descriptor.
 type RxBuf struct {
-	Head uint16
+	Head uint16 // the split ring's head, the packed ring's buffer id
 	GPA  uint64
 	Len  uint32
 }
@@ -85,8 +85,17 @@ func (q *Queue) PeekRxBuffer() (b RxBuf, have, simple bool, err error) {
 	if q.isBroken() {
 		return b, false, false, ErrBroken
 	}
-	if q.packed { // the direct path reads split rings only (see Packed)
-		return b, false, false, nil
+	if q.packed {
+		if !q.packedHaveAvail() {
+			return b, false, false, nil
+		}
+		d, id := q.packedDesc(q.lastAvail)
+		if uint32(id) >= q.num {
+			return b, false, false, q.fail("packed descriptor at %d: buffer id %d beyond ring size %d", q.lastAvail&q.mask, id, q.num)
+		}
+		// The AVAIL and USED bits are the ring's, not the buffer's.
+		flags := d.flags &^ (virtio.DescFAvail | virtio.DescFUsed)
+		return RxBuf{Head: id, GPA: d.addr, Len: d.len}, true, flags == virtio.DescFWrite, nil
 	}
 	ok, err := q.haveAvail()
 	if err != nil || !ok {
@@ -102,9 +111,20 @@ func (q *Queue) PeekRxBuffer() (b RxBuf, have, simple bool, err error) {
 	return b, true, flags == virtio.DescFWrite, nil
 }
 
-// TakeRxBuffer consumes the chain PeekRxBuffer returned: it is the
-// caller's until CompleteRx (or until the queue stops).
+// TakeRxBuffer consumes the chain PeekRxBuffer returned (one descriptor
+// in either layout): it is the caller's until CompleteRx or ReturnRx (or
+// until the queue stops). Buffers taken this way may complete in any
+// order: a used entry names the buffer, at the ring's next used position.
 func (q *Queue) TakeRxBuffer() { q.lastAvail++ }
+
+// putUsedTaken records a buffer TakeRxBuffer took as used with n bytes.
+func (q *Queue) putUsedTaken(id uint16, n uint32) {
+	if q.packed {
+		q.packedPutUsedOne(id, n)
+		return
+	}
+	q.putUsedSplit(id, n)
+}
 
 // CompleteRx finishes a frame of n bytes that the kernel wrote at
 // b.GPA+HdrLen(): it writes the virtio-net header (no offloads, one
@@ -126,7 +146,7 @@ func (q *Queue) CompleteRx(b RxBuf, n uint32) error {
 	if q.bufLog != nil {
 		q.bufLog.mark(b.GPA, uint64(total))
 	}
-	q.putUsed(b.Head, total)
+	q.putUsedTaken(b.Head, total)
 	q.st.Frames++
 	q.st.Bytes += uint64(n)
 	q.dirty = true
@@ -136,7 +156,7 @@ func (q *Queue) CompleteRx(b RxBuf, n uint32) error {
 // ReturnRx gives a taken buffer back to the guest unused: a used entry
 // of length 0, which drivers count as an error and repost.
 func (q *Queue) ReturnRx(b RxBuf) {
-	q.putUsed(b.Head, 0)
+	q.putUsedTaken(b.Head, 0)
 	q.dirty = true
 }
 

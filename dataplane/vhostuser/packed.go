@@ -283,6 +283,19 @@ func (q *Queue) packedPutUsed(n uint32) {
 	q.lastAvail = q.pk.pos + uint16(q.pk.ringCount)
 }
 
+// packedPutUsedOne records a one-descriptor buffer taken earlier (direct
+// receive) as used at the next used position, whatever chains were taken
+// since: packed rings name the buffer in the used descriptor.
+func (q *Queue) packedPutUsedOne(id uint16, n uint32) {
+	if q.pk.nsh == len(q.pk.sh) {
+		q.fail("more used descriptors than ring entries in one batch")
+		return
+	}
+	q.pk.sh[q.pk.nsh] = usedShadow{pos: q.usedIdx, id: id, len: n}
+	q.pk.nsh++
+	q.usedIdx++
+}
+
 // packedUsedFlags are the flags of a used descriptor at position pos:
 // AVAIL and USED both equal to the wrap counter there.
 func (q *Queue) packedUsedFlags(pos uint16) uint16 {

@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/ratelog"
 )
 
 // Handler receives a port's queues. All calls come from the port's
@@ -200,8 +200,8 @@ type Port struct {
 	// goings, its faults (apart, so a reconnect does not hide why), and
 	// each kind of set-up it may repeat at will (a dirty log, a ring
 	// started or stopped out of step: one does not hide another).
-	connLog, faultLog                     logLimit
-	logBaseLog, ringStartLog, ringStopLog logLimit
+	connLog, faultLog                     ratelog.Limiter
+	logBaseLog, ringStartLog, ringStopLog ratelog.Limiter
 	lastAnnounce                          time.Time // control goroutine
 
 	rbuf [HeaderLen + MaxPayloadLen]byte
@@ -634,31 +634,11 @@ func (p *Port) checkPeer(c *net.UnixConn) error {
 // reconnects or breaks its rings in a loop cannot fill the host's log.
 const guestLogEvery = 10 * time.Second
 
-// logLimit lets one line through per guestLogEvery and counts the rest.
-type logLimit struct {
-	mu      sync.Mutex // a worker may log a broken device too
-	next    time.Time
-	dropped int
-}
-
 // logGuest logs a line a front-end caused, at most one per guestLogEvery
 // of its kind; the next line says how many were left out. Safe from any
 // goroutine.
-func (p *Port) logGuest(l *logLimit, level slog.Level, msg string, args ...any) {
-	l.mu.Lock()
-	now := time.Now()
-	if now.Before(l.next) {
-		l.dropped++
-		l.mu.Unlock()
-		return
-	}
-	l.next = now.Add(guestLogEvery)
-	if l.dropped > 0 {
-		args = append(args, "suppressed", l.dropped)
-		l.dropped = 0
-	}
-	l.mu.Unlock()
-	p.log.Log(context.Background(), level, msg, args...)
+func (p *Port) logGuest(l *ratelog.Limiter, level slog.Level, msg string, args ...any) {
+	l.Log(p.log, guestLogEvery, level, msg, args...)
 }
 
 // announce passes a SEND_RARP to the handler, rate-limited: one asked

@@ -56,8 +56,16 @@ func RequireCommand(t testing.TB, name string) string {
 // what and the last explanation cond gave.
 func Eventually(t testing.TB, what string, cond func() (ok bool, why string)) {
 	t.Helper()
-	if ok, last := Poll(cond); !ok {
-		t.Fatalf("%s: not reached in 10s: %s", what, last)
+	EventuallyWithin(t, 10*time.Second, what, cond)
+}
+
+// EventuallyWithin is Eventually with its own deadline, for what takes
+// longer than 10 s on a loaded machine for reasons outside vmq (a DPDK
+// guest's start, a TCG guest's boot).
+func EventuallyWithin(t testing.TB, d time.Duration, what string, cond func() (ok bool, why string)) {
+	t.Helper()
+	if ok, last := PollWithin(d, cond); !ok {
+		t.Fatalf("%s: not reached in %v: %s", what, d, last)
 	}
 }
 
@@ -65,7 +73,12 @@ func Eventually(t testing.TB, what string, cond func() (ok bool, why string)) {
 // more context): it says whether cond held within 10 s, and cond's last
 // explanation.
 func Poll(cond func() (ok bool, why string)) (bool, string) {
-	deadline := time.Now().Add(10 * time.Second)
+	return PollWithin(10*time.Second, cond)
+}
+
+// PollWithin is Poll with its own deadline.
+func PollWithin(d time.Duration, cond func() (ok bool, why string)) (bool, string) {
+	deadline := time.Now().Add(d)
 	var last string
 	for time.Now().Before(deadline) {
 		var ok bool
