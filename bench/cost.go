@@ -99,6 +99,30 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
 }
 
+// vmqMoved is the frames vmq's workers moved between two snapshots: the
+// frames their busy rounds count.
+func vmqMoved(a, b vmqStats) uint64 {
+	var n uint64
+	for i, w := range b.Workers {
+		if i < len(a.Workers) {
+			n += w.Frames - a.Workers[i].Frames
+		}
+	}
+	return n
+}
+
+// busyPerDelivered spreads a trial's busy time (busyNS per frame moved,
+// over moved frames) over the frames the receiver got: where a guest
+// starves, DPDK's forwarder moves frames it then drops at the guest's
+// ring, while vmq's worker leaves them in the VM's socket ring; per
+// delivered frame both count the same work. -1 when unknown.
+func busyPerDelivered(busyNS float64, moved, received uint64) float64 {
+	if busyNS < 0 || moved == 0 || received == 0 {
+		return -1
+	}
+	return busyNS * float64(moved) / float64(received)
+}
+
 // vmqDrops says where vmq lost frames between two snapshots: the kernel
 // (an AF_XDP socket's ring full, shared or a dedicated queue's) or the
 // worker, by reason.

@@ -151,13 +151,13 @@ func testReport() *Report {
 	return &Report{Command: "make bench", Started: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC), Duration: "15m0s",
 		Host: "vm", Kernel: "6.18", CPUs: 2, TSCMHz: 2450, LoadAvg: [2]string{"3.1 3.0 2.9", "4.0 3.5 3.0"},
 		Points: []Point{
-			{Case: rx, Size: 66, System: VMQ, DeliveredMpps: 0.5, LossPct: 10, BusyNSPerFrame: 80, CPUNSPerFrame: 400, SUTCPU: 0.2, OthersCPU: [2]float64{0.1, 0.3}},
-			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
-			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, CPUNSPerFrame: -1},
+			{Case: rx, Size: 66, System: VMQ, DeliveredMpps: 0.5, LossPct: 10, BusyNSPerFrame: 80, BusyNSPerDelivered: 90, CPUNSPerFrame: 400, SUTCPU: 0.2, OthersCPU: [2]float64{0.1, 0.3}},
+			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, BusyNSPerDelivered: 160, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
+			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, BusyNSPerDelivered: -1, CPUNSPerFrame: -1},
 			{Case: tx, Size: 1514, System: VMQ, Err: "vmqd exited | badly"},
-			{Case: ded, Size: 66, System: VMQ, DeliveredMpps: 0.4, LossPct: 20, BusyNSPerFrame: 300, CPUNSPerFrame: 900, CopiedPerFrame: 66, SUTCPU: 0.5, OthersCPU: [2]float64{0.05, 0.1}},
-			{Case: ded, Size: 66, System: VMQDedicated, DeliveredMpps: 0.6, LossPct: 5, BusyNSPerFrame: 150, CPUNSPerFrame: 450, CopiedPerFrame: 0, SUTCPU: 0.4},
-			{Case: ded, Size: 66, System: DPDK, DeliveredMpps: 0.3, LossPct: 40, BusyNSPerFrame: 60, CPUNSPerFrame: 3000, CopiedPerFrame: -1, SUTCPU: 1, OthersCPU: [2]float64{0, 0.2}},
+			{Case: ded, Size: 66, System: VMQ, DeliveredMpps: 0.4, LossPct: 20, BusyNSPerFrame: 300, BusyNSPerDelivered: 375, CPUNSPerFrame: 900, CopiedPerFrame: 66, SUTCPU: 0.5, OthersCPU: [2]float64{0.05, 0.1}},
+			{Case: ded, Size: 66, System: VMQDedicated, DeliveredMpps: 0.6, LossPct: 5, BusyNSPerFrame: 150, BusyNSPerDelivered: 160, CPUNSPerFrame: 450, CopiedPerFrame: 0, SUTCPU: 0.4},
+			{Case: ded, Size: 66, System: DPDK, DeliveredMpps: 0.3, LossPct: 40, BusyNSPerFrame: 60, BusyNSPerDelivered: 200, CPUNSPerFrame: 3000, CopiedPerFrame: -1, SUTCPU: 1, OthersCPU: [2]float64{0, 0.2}},
 			{Case: ded, Size: 1514, System: VMQDedicated, Err: "dedicated queue is \"copy (fallback)\""},
 		},
 		ZeroLoss: []ZeroLossPoint{
@@ -184,8 +184,8 @@ func TestReportTables(t *testing.T) {
 		t.Fatalf("table:\n%s", tab)
 	}
 	for _, want := range []string{
-		"| rx | 66 | 0/1/0 | vmq-pktgen → testpmd-rxonly | 0.500 | 0.250 | 2.00 | 10.0 / 50.0 | 80 / 40 | 400 / 4000 | 20% / 100% | 20% / 30% |",
-		"| tx | 1514 | 0/0/wire | vmq-guest → wire | failed | 0.800 | – | failed / 0.0 | failed / n/a | failed / n/a | failed / 0% | 0% / 0% |",
+		"| rx | 66 | 0/1/0 | vmq-pktgen → testpmd-rxonly | 0.500 | 0.250 | 2.00 | 10.0 / 50.0 | 80 / 40 | 90 / 160 | 400 / 4000 | 20% / 100% | 20% / 30% |",
+		"| tx | 1514 | 0/0/wire | vmq-guest → wire | failed | 0.800 | – | failed / 0.0 | failed / n/a | failed / n/a | failed / n/a | failed / 0% | 0% / 0% |",
 	} {
 		if !strings.Contains(tab, want) {
 			t.Errorf("no row %s in\n%s", want, tab)
@@ -197,7 +197,7 @@ func TestReportTables(t *testing.T) {
 		t.Errorf("dedicated table:\n%s\nmain table:\n%s", dt, tab)
 	}
 	for _, want := range []string{
-		"| 66 | 1/0/1 | 1 | 0.400 / 0.600 / 0.300 | 2.00 | 20.0 / 5.0 / 40.0 | 300 / 150 / 60 | 900 / 450 / 3000 | 66 / 0 | 50% / 40% / 100% | 5% / 20% |",
+		"| 66 | 1/0/1 | 1 | 0.400 / 0.600 / 0.300 | 2.00 | 20.0 / 5.0 / 40.0 | 300 / 150 / 60 | 375 / 160 / 200 | 900 / 450 / 3000 | 66 / 0 | 50% / 40% / 100% | 5% / 20% |",
 		"| 1514 | 1/0/1 | 1 | failed / failed / failed | – |",
 	} {
 		if !strings.Contains(dt, want) {
@@ -396,5 +396,25 @@ func TestRepeatedSearches(t *testing.T) {
 	if got := strings.Join(append(SearchOrder(0, systems...), SearchOrder(1, systems...)...), " "); got != "vmq vmq-b dpdk dpdk vmq-b vmq" ||
 		systems[0] != VMQ {
 		t.Errorf("three systems: %s", got)
+	}
+}
+
+// TestBusyPerDelivered: the busy time of the frames moved, spread over
+// the frames delivered; unknown when either count is.
+func TestBusyPerDelivered(t *testing.T) {
+	for _, c := range []struct {
+		busy        float64
+		moved, recv uint64
+		want        float64
+	}{
+		{100, 1000, 250, 400}, // DPDK: took 1000, the guest got 250
+		{100, 250, 250, 100},  // vmq: took what the guest could take
+		{-1, 1000, 250, -1},
+		{100, 0, 250, -1},
+		{100, 1000, 0, -1},
+	} {
+		if got := busyPerDelivered(c.busy, c.moved, c.recv); got != c.want {
+			t.Errorf("busyPerDelivered(%v, %d, %d) = %v, want %v", c.busy, c.moved, c.recv, got, c.want)
+		}
 	}
 }

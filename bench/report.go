@@ -30,6 +30,9 @@ type Point struct {
 	// when not measured.
 	BusyNSPerFrame float64 `json:"busy_ns_per_frame"`
 	BusyHow        string  `json:"busy_how"`
+	// BusyNSPerDelivered is the same busy time over the frames the
+	// receiver got (busyPerDelivered); -1 when not measured.
+	BusyNSPerDelivered float64 `json:"busy_ns_per_delivered"`
 	// SUTCPU is the switch's processes' CPU time from /proc per second of
 	// the run (1 = one CPU); CPUNSPerFrame that time ÷ frames received.
 	SUTCPU        float64 `json:"sut_cpu"`
@@ -133,8 +136,8 @@ func (r *Report) Table() string {
 		return "" // a run of the dedicated part alone
 	}
 	var b strings.Builder
-	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
-	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | busy ns/delivered vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range r.pairs(false) {
 		v, vok := r.point(k.Case, k.Size, VMQ)
 		d, dok := r.point(k.Case, k.Size, DPDK)
@@ -147,10 +150,10 @@ func (r *Report) Table() string {
 		for _, p := range []Point{v, d} {
 			others[0], others[1] = max(others[0], p.OthersCPU[0]), max(others[1], p.OthersCPU[1])
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %.0f%% / %.0f%% |\n",
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %.0f%% / %.0f%% |\n",
 			k.Dir, k.Size, k.Placement, k.Source, k.Receiver, val(vok, v, mpps), val(dok, d, mpps), ratio,
 			val(vok, v, loss), val(dok, d, loss), val(vok, v, busy), val(dok, d, busy),
-			val(vok, v, cpu), val(dok, d, cpu), val(vok, v, share), val(dok, d, share), 100*others[0], 100*others[1])
+			val(vok, v, busyDel), val(dok, d, busyDel), val(vok, v, cpu), val(dok, d, cpu), val(vok, v, share), val(dok, d, share), 100*others[0], 100*others[1])
 	}
 	return b.String()
 }
@@ -158,12 +161,13 @@ func (r *Report) Table() string {
 // Formatting of one column of a point; val says "failed" for a point that
 // failed or is missing.
 var (
-	mpps   = func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
-	loss   = func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
-	busy   = func(p Point) string { return ns(p.BusyNSPerFrame) }
-	cpu    = func(p Point) string { return ns(p.CPUNSPerFrame) }
-	share  = func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
-	copied = func(p Point) string { return ns(p.CopiedPerFrame) }
+	mpps    = func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
+	loss    = func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
+	busy    = func(p Point) string { return ns(p.BusyNSPerFrame) }
+	busyDel = func(p Point) string { return ns(p.BusyNSPerDelivered) }
+	cpu     = func(p Point) string { return ns(p.CPUNSPerFrame) }
+	share   = func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
+	copied  = func(p Point) string { return ns(p.CopiedPerFrame) }
 )
 
 func val(ok bool, p Point, f func(Point) string) string {
@@ -182,8 +186,8 @@ func (r *Report) DedicatedTable() string {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("| frame B | CPUs src/switch/dst | queue | Mpps vmq shared / dedicated / DPDK | dedicated/DPDK | loss % shared / dedicated / DPDK | busy ns/frame shared / dedicated / DPDK | CPU ns/frame shared / dedicated / DPDK | copied B/frame shared / dedicated | switch CPU shared / dedicated / DPDK | others' CPU 0 / 1 |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| frame B | CPUs src/switch/dst | queue | Mpps vmq shared / dedicated / DPDK | dedicated/DPDK | loss % shared / dedicated / DPDK | busy ns/frame shared / dedicated / DPDK | busy ns/delivered shared / dedicated / DPDK | CPU ns/frame shared / dedicated / DPDK | copied B/frame shared / dedicated | switch CPU shared / dedicated / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range rows {
 		var pts [3]Point
 		var oks [3]bool
@@ -199,8 +203,8 @@ func (r *Report) DedicatedTable() string {
 		if oks[1] && oks[2] && pts[1].Err == "" && pts[2].Err == "" && pts[2].DeliveredMpps > 0 {
 			ratio = fmt.Sprintf("%.2f", pts[1].DeliveredMpps/pts[2].DeliveredMpps)
 		}
-		fmt.Fprintf(&b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s / %s | %s | %.0f%% / %.0f%% |\n",
-			k.Size, k.Placement, k.Queue, three(mpps), ratio, three(loss), three(busy), three(cpu),
+		fmt.Fprintf(&b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s | %.0f%% / %.0f%% |\n",
+			k.Size, k.Placement, k.Queue, three(mpps), ratio, three(loss), three(busy), three(busyDel), three(cpu),
 			val(oks[0], pts[0], copied), val(oks[1], pts[1], copied), three(share), 100*others[0], 100*others[1])
 	}
 	return b.String()
@@ -286,6 +290,8 @@ switch under test (vmqd, or DPDK's forwarding testpmd) and of the receiving gues
 counter on the wire end, which runs where the switch transmits). Mpps: frames received ÷ the source's
 sending time, source at full speed. Busy ns/frame: the switch's forwarding core's time in iterations
 that moved frames ÷ frames moved (DPDK: --record-core-cycles ÷ TSC; vmq: the worker's counters).
+Busy ns/delivered: the same busy time ÷ frames the receiver got (where the guest starves, DPDK's forwarder
+moves frames it then drops at the guest's ring, while vmq's worker leaves them in the VM's socket ring).
 CPU ns/frame: the switch's CPU time from /proc ÷ frames received. Switch CPU: its CPU time per second.
 Others' CPU: busy time of each CPU not spent in this run's processes (other work on the machine).`
 
@@ -315,21 +321,21 @@ func (r *Report) Markdown() string {
 	if z := r.ZeroLossTable(true); z != "" {
 		fmt.Fprintf(&b, "\n## Zero loss\n\n%s.\n\n%s", ZeroLossLegend, z)
 	}
-	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
-	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
+	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | busy ns/delivered | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
+	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
 	for _, p := range r.Points {
 		dir := p.Dir
 		if p.Queue != 0 {
 			dir = fmt.Sprintf("%s q%d", p.Dir, p.Queue)
 		}
 		if p.Err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s ||||||||||||||||\n",
+			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s |||||||||||||||||\n",
 				dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, mdEscape(p.Err))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %.2f | %s | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %s | %.2f | %s | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
 			dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, p.Seconds, p.Sent, p.Received,
-			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame), ns(p.CopiedPerFrame),
+			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), ns(p.BusyNSPerDelivered), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame), ns(p.CopiedPerFrame),
 			p.SourceCPU, p.ReceiverCPU, p.OthersCPU[0], p.OthersCPU[1], p.LoadAvg, mdEscape(p.Note))
 	}
 	return b.String()

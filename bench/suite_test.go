@@ -498,7 +498,7 @@ func (s *suite) sample(r *rig) cpuSample {
 // full speed for d when rate is 0), the receiver counts after the path
 // drained, the switch reports its busy time per frame, /proc the CPU.
 func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, count uint64, d time.Duration) Point {
-	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, CPUNSPerFrame: -1, CopiedPerFrame: -1, LoadAvg: loadavg()}
+	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, BusyNSPerDelivered: -1, CPUNSPerFrame: -1, CopiedPerFrame: -1, LoadAvg: loadavg()}
 	if err := r.rcv.start(); err != nil {
 		p.Err = err.Error()
 		return p
@@ -535,6 +535,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
 	}
 	p.BusyNSPerFrame, p.BusyHow, p.Note, p.CopiedPerFrame = cost.busyNS, cost.how, drops, cost.copied
+	p.BusyNSPerDelivered = busyPerDelivered(cost.busyNS, cost.moved, recv)
 	dt := z.at.Sub(a.at).Seconds()
 	sut := z.sut.Sub(a.sut).Total()
 	src := z.src.Sub(a.src).Total() + srcCPU.Total()

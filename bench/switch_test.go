@@ -29,6 +29,7 @@ type switchUT interface {
 // trialCost is what a switch reports of one trial.
 type trialCost struct {
 	busyNS float64 // the forwarding core's busy time per frame moved
+	moved  uint64  // the frames busyNS counts, over the whole trial
 	how    string  // how busyNS was measured
 	drops  string  // where the switch lost frames
 	copied float64 // frame bytes copied into guests per frame delivered (vmq); -1 unknown
@@ -189,7 +190,8 @@ func (v *vmqSwitch) end() (trialCost, error) {
 		}
 	}
 	ns, how := vmqBusyPerFrame(v.before, after)
-	return trialCost{busyNS: ns, how: how, drops: vmqDrops(v.before, after), copied: vmqCopied(v.before, after)}, nil
+	return trialCost{busyNS: ns, moved: vmqMoved(v.before, after), how: how, drops: vmqDrops(v.before, after),
+		copied: vmqCopied(v.before, after)}, nil
 }
 
 // ---- DPDK: testpmd io forwarding ----
@@ -252,7 +254,7 @@ func (d *dpdkSwitch) end() (trialCost, error) {
 	if err1 != nil || err2 != nil {
 		drops = "forwarder drops not printed"
 	}
-	return trialCost{busyNS: c.NSPerPacket(), how: fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz),
+	return trialCost{busyNS: c.NSPerPacket(), moved: c.Packets, how: fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz),
 		drops: drops, copied: -1}, nil
 }
 
