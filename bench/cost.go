@@ -18,6 +18,7 @@ type vmqStats struct {
 		Frames          uint64 `json:"frames"`
 		BusyRoundNS     uint64 `json:"busy_round_ns"`
 		BusyRoundFrames uint64 `json:"busy_round_frames"`
+		Polls           uint64 `json:"polls"` // sleeps
 		HasRounds       bool   `json:"-"`
 	} `json:"workers"`
 	Sockets []struct {
@@ -98,11 +99,40 @@ func vmqBusyPerFrame(a, b vmqStats) (float64, string) {
 	return float64(busy) / float64(frames), "worker busy_ns (idle spins too)/frames"
 }
 
+// vmqMoved is the frames vmq's workers moved between two snapshots: the
+// frames their busy rounds count.
+func vmqMoved(a, b vmqStats) uint64 {
+	var n uint64
+	for i, w := range b.Workers {
+		if i < len(a.Workers) {
+			n += w.Frames - a.Workers[i].Frames
+		}
+	}
+	return n
+}
+
+// busyPerDelivered spreads a trial's busy time (busyNS per frame moved,
+// over moved frames) over the frames the receiver got: where a guest
+// starves, DPDK's forwarder moves frames it then drops at the guest's
+// ring, while vmq's worker leaves them in the VM's socket ring; per
+// delivered frame both count the same work. -1 when unknown.
+func busyPerDelivered(busyNS float64, moved, received uint64) float64 {
+	if busyNS < 0 || moved == 0 || received == 0 {
+		return -1
+	}
+	return busyNS * float64(moved) / float64(received)
+}
+
 // vmqDrops says where vmq lost frames between two snapshots: the kernel
 // (an AF_XDP socket's ring full, shared or a dedicated queue's) or the
 // worker, by reason.
 func vmqDrops(a, b vmqStats) string {
-	var xsk, ring, fill uint64
+	var xsk, ring, fill, sleeps uint64
+	for i, w := range b.Workers {
+		if i < len(a.Workers) {
+			sleeps += w.Polls - a.Workers[i].Polls
+		}
+	}
 	for i, so := range b.Sockets {
 		if i < len(a.Sockets) {
 			xsk += so.RxDropped - a.Sockets[i].RxDropped
@@ -130,7 +160,7 @@ func vmqDrops(a, b vmqStats) string {
 	if len(parts) == 0 {
 		parts = []string{"none"}
 	}
-	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, rx ring full %d, fill ring empty %d; worker drops: %s", xsk, ring, fill, strings.Join(parts, ", ")))
+	return strings.TrimSpace(fmt.Sprintf("xsk rx_dropped %d, rx ring full %d, fill ring empty %d; worker drops: %s; worker sleeps %d", xsk, ring, fill, strings.Join(parts, ", "), sleeps))
 }
 
 // vmqCopied is the frame bytes vmq's workers copied into guests per frame

@@ -151,19 +151,29 @@ func testReport() *Report {
 	return &Report{Command: "make bench", Started: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC), Duration: "15m0s",
 		Host: "vm", Kernel: "6.18", CPUs: 2, TSCMHz: 2450, LoadAvg: [2]string{"3.1 3.0 2.9", "4.0 3.5 3.0"},
 		Points: []Point{
-			{Case: rx, Size: 66, System: VMQ, DeliveredMpps: 0.5, LossPct: 10, BusyNSPerFrame: 80, CPUNSPerFrame: 400, SUTCPU: 0.2, OthersCPU: [2]float64{0.1, 0.3}},
-			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
-			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, CPUNSPerFrame: -1},
+			{Case: rx, Size: 66, System: VMQ, DeliveredMpps: 0.5, LossPct: 10, BusyNSPerFrame: 80, BusyNSPerDelivered: 90, CPUNSPerFrame: 400, SUTCPU: 0.2, OthersCPU: [2]float64{0.1, 0.3}},
+			{Case: rx, Size: 66, System: DPDK, DeliveredMpps: 0.25, LossPct: 50, BusyNSPerFrame: 40, BusyNSPerDelivered: 160, CPUNSPerFrame: 4000, SUTCPU: 1, OthersCPU: [2]float64{0.2, 0}},
+			{Case: tx, Size: 1514, System: DPDK, DeliveredMpps: 0.8, BusyNSPerFrame: -1, BusyNSPerDelivered: -1, CPUNSPerFrame: -1},
 			{Case: tx, Size: 1514, System: VMQ, Err: "vmqd exited | badly"},
-			{Case: ded, Size: 66, System: VMQ, DeliveredMpps: 0.4, LossPct: 20, BusyNSPerFrame: 300, CPUNSPerFrame: 900, CopiedPerFrame: 66, SUTCPU: 0.5, OthersCPU: [2]float64{0.05, 0.1}},
-			{Case: ded, Size: 66, System: VMQDedicated, DeliveredMpps: 0.6, LossPct: 5, BusyNSPerFrame: 150, CPUNSPerFrame: 450, CopiedPerFrame: 0, SUTCPU: 0.4},
-			{Case: ded, Size: 66, System: DPDK, DeliveredMpps: 0.3, LossPct: 40, BusyNSPerFrame: 60, CPUNSPerFrame: 3000, CopiedPerFrame: -1, SUTCPU: 1, OthersCPU: [2]float64{0, 0.2}},
+			{Case: ded, Size: 66, System: VMQ, DeliveredMpps: 0.4, LossPct: 20, BusyNSPerFrame: 300, BusyNSPerDelivered: 375, CPUNSPerFrame: 900, CopiedPerFrame: 66, SUTCPU: 0.5, OthersCPU: [2]float64{0.05, 0.1}},
+			{Case: ded, Size: 66, System: VMQDedicated, DeliveredMpps: 0.6, LossPct: 5, BusyNSPerFrame: 150, BusyNSPerDelivered: 160, CPUNSPerFrame: 450, CopiedPerFrame: 0, SUTCPU: 0.4},
+			{Case: ded, Size: 66, System: DPDK, DeliveredMpps: 0.3, LossPct: 40, BusyNSPerFrame: 60, BusyNSPerDelivered: 200, CPUNSPerFrame: 3000, CopiedPerFrame: -1, SUTCPU: 1, OthersCPU: [2]float64{0, 0.2}},
 			{Case: ded, Size: 1514, System: VMQDedicated, Err: "dedicated queue is \"copy (fallback)\""},
 		},
 		ZeroLoss: []ZeroLossPoint{
-			{Case: rx, Size: 66, System: VMQ, TopMpps: 0.55, Search: Search{ZeroLossMpps: 0.55, AtTop: true, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 10}}}},
-			{Case: rx, Size: 66, System: DPDK, TopMpps: 0.275, Search: Search{ZeroLossMpps: 0.1375, Trials: []Trial{{RateMpps: 0.275, Sent: 10, Received: 9}, {RateMpps: 0.1375, Sent: 10, Received: 10}}}},
+			{Case: rx, Size: 66, System: VMQ, TopMpps: 0.55, Repeated: repeated(Search{ZeroLossMpps: 0.55, AtTop: true, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 10}}})},
+			{Case: rx, Size: 66, System: DPDK, TopMpps: 0.55, Repeated: repeated(
+				Search{ZeroLossMpps: 0.1375, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 9}, {RateMpps: 0.275, Sent: 10, Received: 9}, {RateMpps: 0.1375, Sent: 10, Received: 10}}},
+				Search{ZeroLossMpps: 0.275, Trials: []Trial{{RateMpps: 0.55, Sent: 10, Received: 9}, {RateMpps: 0.275, Sent: 10, Received: 10}}})},
 		}}
+}
+
+func repeated(ss ...Search) Repeated {
+	var r Repeated
+	for _, s := range ss {
+		r.Add(s)
+	}
+	return r
 }
 
 func TestReportTables(t *testing.T) {
@@ -174,8 +184,8 @@ func TestReportTables(t *testing.T) {
 		t.Fatalf("table:\n%s", tab)
 	}
 	for _, want := range []string{
-		"| rx | 66 | 0/1/0 | vmq-pktgen → testpmd-rxonly | 0.500 | 0.250 | 2.00 | 10.0 / 50.0 | 80 / 40 | 400 / 4000 | 20% / 100% | 20% / 30% |",
-		"| tx | 1514 | 0/0/wire | vmq-guest → wire | failed | 0.800 | – | failed / 0.0 | failed / n/a | failed / n/a | failed / 0% | 0% / 0% |",
+		"| rx | 66 | 0/1/0 | vmq-pktgen → testpmd-rxonly | 0.500 | 0.250 | 2.00 | 10.0 / 50.0 | 80 / 40 | 90 / 160 | 400 / 4000 | 20% / 100% | 20% / 30% |",
+		"| tx | 1514 | 0/0/wire | vmq-guest → wire | failed | 0.800 | – | failed / 0.0 | failed / n/a | failed / n/a | failed / n/a | failed / 0% | 0% / 0% |",
 	} {
 		if !strings.Contains(tab, want) {
 			t.Errorf("no row %s in\n%s", want, tab)
@@ -187,7 +197,7 @@ func TestReportTables(t *testing.T) {
 		t.Errorf("dedicated table:\n%s\nmain table:\n%s", dt, tab)
 	}
 	for _, want := range []string{
-		"| 66 | 1/0/1 | 1 | 0.400 / 0.600 / 0.300 | 2.00 | 20.0 / 5.0 / 40.0 | 300 / 150 / 60 | 900 / 450 / 3000 | 66 / 0 | 50% / 40% / 100% | 5% / 20% |",
+		"| 66 | 1/0/1 | 1 | 0.400 / 0.600 / 0.300 | 2.00 | 20.0 / 5.0 / 40.0 | 300 / 150 / 60 | 375 / 160 / 200 | 900 / 450 / 3000 | 66 / 0 | 50% / 40% / 100% | 5% / 20% |",
 		"| 1514 | 1/0/1 | 1 | failed / failed / failed | – |",
 	} {
 		if !strings.Contains(dt, want) {
@@ -203,10 +213,17 @@ func TestReportTables(t *testing.T) {
 		!strings.Contains(alone.Readme(), dt) {
 		t.Errorf("dedicated part alone:\n%s", alone.Markdown())
 	}
-	z := r.ZeroLossTable()
-	for _, want := range []string{"| vmq | ≥ 0.550 | 0.550 | 0.550: 0 |", "| dpdk | 0.138 | 0.275 | 0.275: 1, 0.138: 0 |"} {
+	z := r.ZeroLossTable(false)
+	zt := r.ZeroLossTable(true)
+	for _, want := range []string{"| vmq | ≥ 0.550 | 0.550–0.550 | ≥ 0.550 | 0.550 |\n", "| dpdk | 0.206 | 0.138–0.275 | 0.138, 0.275 | 0.550 |\n"} {
 		if !strings.Contains(z, want) {
 			t.Errorf("no %q in\n%s", want, z)
+		}
+	}
+	for _, want := range []string{"| vmq | ≥ 0.550 | 0.550–0.550 | ≥ 0.550 | 0.550 | 0.550: 0 |\n",
+		"| dpdk | 0.206 | 0.138–0.275 | 0.138, 0.275 | 0.550 | 0.550: 1, 0.275: 1, 0.138: 0; 0.550: 1, 0.275: 0 |\n"} {
+		if !strings.Contains(zt, want) {
+			t.Errorf("no %q in\n%s", want, zt)
 		}
 	}
 	if f := r.Failed(); len(f) != 2 || !strings.Contains(f[0], "tx 0/0/wire vmq-guest→wire 1514 B vmq: vmqd exited") ||
@@ -216,14 +233,14 @@ func TestReportTables(t *testing.T) {
 	md := r.Markdown()
 	for _, want := range []string{"Command: `make bench`", "load average 3.1 3.0 2.9 at the start, 4.0 3.5 3.0 at the end",
 		"TSC 2450 MHz", "**2 measurements failed:**", "vmqd exited \\| badly", "## Zero loss", tab,
-		"## Dedicated queue", dt, DedicatedLegend, "| rx q1 | 66 | 1/0/1 | vmq-pktgen → testpmd-rxonly | vmq-dedicated |"} {
+		"## Dedicated queue", dt, DedicatedLegend, zt, ZeroLossLegend, "| rx q1 | 66 | 1/0/1 | vmq-pktgen → testpmd-rxonly | vmq-dedicated |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}
 	}
 	rd := r.Readme()
 	if !strings.Contains(rd, tab) || !strings.Contains(rd, Legend) || !strings.Contains(rd, z) || !strings.Contains(rd, dt) ||
-		strings.Contains(rd, "## Every point") {
+		strings.Contains(rd, "## Every point") || strings.Contains(rd, "0.550: 0") {
 		t.Errorf("readme section:\n%s", rd)
 	}
 }
@@ -285,15 +302,15 @@ func TestVMQBusyPerFrame(t *testing.T) {
 }
 
 func TestVMQDrops(t *testing.T) {
-	a, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
-	b, _ := parseVMQStats([]byte(`{"sockets":[{"rx_dropped":9,"rx_ring_full":6,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, rx ring full 6, fill ring empty 0; worker drops: budget 2, virtqueue_full 7"; got != want {
+	a, _ := parseVMQStats([]byte(`{"workers":[{"polls":4}],"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
+	b, _ := parseVMQStats([]byte(`{"workers":[{"polls":14}],"sockets":[{"rx_dropped":9,"rx_ring_full":6,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, rx ring full 6, fill ring empty 0; worker drops: budget 2, virtqueue_full 7; worker sleeps 10"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	// A dedicated queue's socket drops are the kernel's too.
 	a, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":10,"fill_ring_empty":3}}]}`))
 	b, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":40,"fill_ring_empty":5}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, rx ring full 0, fill ring empty 2; worker drops: none"; got != want {
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, rx ring full 0, fill ring empty 2; worker drops: none; worker sleeps 0"; got != want {
 		t.Errorf("dedicated: got %q, want %q", got, want)
 	}
 }
@@ -351,5 +368,53 @@ func TestEthtoolDrops(t *testing.T) {
 	got := strings.Join(counterDeltas("nic ", a, b), ", ")
 	if got != "nic rx_queue_0_drops 7, nic rx_queue_0_xdp_drops 2" {
 		t.Errorf("deltas %q", got)
+	}
+}
+
+// A system's result is the median of its searches, with their range;
+// "at top" only if every search was; the systems alternate which goes first.
+func TestRepeatedSearches(t *testing.T) {
+	r := repeated(Search{ZeroLossMpps: 0.105}, Search{ZeroLossMpps: 0.061, AtTop: true}, Search{ZeroLossMpps: 0.071})
+	if r.MedianMpps != 0.071 || r.MinMpps != 0.061 || r.MaxMpps != 0.105 || r.AtTop || len(r.Searches) != 3 || r.Searches[0].ZeroLossMpps != 0.105 {
+		t.Errorf("odd: %+v", r)
+	}
+	r.Add(Search{ZeroLossMpps: 0.2})
+	if r.MedianMpps != (0.071+0.105)/2 || r.MaxMpps != 0.2 {
+		t.Errorf("even: %+v", r)
+	}
+	if r := repeated(Search{ZeroLossMpps: 0.5, AtTop: true}, Search{ZeroLossMpps: 0.4, AtTop: true}); !r.AtTop || r.MedianMpps != 0.45 {
+		t.Errorf("at top: %+v", r)
+	}
+	var order []string
+	for i := range 4 {
+		order = append(order, SearchOrder(i, VMQ, DPDK)...)
+	}
+	if got := strings.Join(order, " "); got != "vmq dpdk dpdk vmq vmq dpdk dpdk vmq" {
+		t.Errorf("order %s", got)
+	}
+	systems := []string{VMQ, VMQB, DPDK}
+	if got := strings.Join(append(SearchOrder(0, systems...), SearchOrder(1, systems...)...), " "); got != "vmq vmq-b dpdk dpdk vmq-b vmq" ||
+		systems[0] != VMQ {
+		t.Errorf("three systems: %s", got)
+	}
+}
+
+// TestBusyPerDelivered: the busy time of the frames moved, spread over
+// the frames delivered; unknown when either count is.
+func TestBusyPerDelivered(t *testing.T) {
+	for _, c := range []struct {
+		busy        float64
+		moved, recv uint64
+		want        float64
+	}{
+		{100, 1000, 250, 400}, // DPDK: took 1000, the guest got 250
+		{100, 250, 250, 100},  // vmq: took what the guest could take
+		{-1, 1000, 250, -1},
+		{100, 0, 250, -1},
+		{100, 1000, 0, -1},
+	} {
+		if got := busyPerDelivered(c.busy, c.moved, c.recv); got != c.want {
+			t.Errorf("busyPerDelivered(%v, %d, %d) = %v, want %v", c.busy, c.moved, c.recv, got, c.want)
+		}
 	}
 }

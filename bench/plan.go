@@ -32,6 +32,10 @@ const (
 	// nothing. (VMQ on a Case with a Queue is the shared, copying path on
 	// that queue.)
 	VMQDedicated = "vmq-dedicated"
+	// VMQB is another vmqd binary (VMQ_BENCH_VMQD_B) in the zero-loss
+	// searches, interleaved with the others: an A/B of two vmqd builds
+	// under the same drift of the machine.
+	VMQB = "vmq-b"
 )
 
 // Endpoints: who sends and who receives. The same binaries face both

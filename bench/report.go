@@ -30,6 +30,9 @@ type Point struct {
 	// when not measured.
 	BusyNSPerFrame float64 `json:"busy_ns_per_frame"`
 	BusyHow        string  `json:"busy_how"`
+	// BusyNSPerDelivered is the same busy time over the frames the
+	// receiver got (busyPerDelivered); -1 when not measured.
+	BusyNSPerDelivered float64 `json:"busy_ns_per_delivered"`
 	// SUTCPU is the switch's processes' CPU time from /proc per second of
 	// the run (1 = one CPU); CPUNSPerFrame that time ÷ frames received.
 	SUTCPU        float64 `json:"sut_cpu"`
@@ -51,14 +54,15 @@ type Point struct {
 	Err       string     `json:"error,omitempty"`
 }
 
-// ZeroLossPoint is one system's zero-loss search of one case.
+// ZeroLossPoint is one system's repeated zero-loss searches of one case.
 type ZeroLossPoint struct {
 	Case
 	Size   int    `json:"frame_size"`
 	System string `json:"system"`
-	Search
-	// TopMpps is where the search started: the delivered rate at
-	// overload in this run, raised by a tenth.
+	Repeated
+	// TopMpps is where every search of both systems started: the higher
+	// of the two systems' delivered rates at overload in this run, raised
+	// by a tenth (one start, one grid of rates for both).
 	TopMpps float64 `json:"top_mpps"`
 	LoadAvg string  `json:"loadavg"`
 	Err     string  `json:"error,omitempty"`
@@ -132,8 +136,8 @@ func (r *Report) Table() string {
 		return "" // a run of the dedicated part alone
 	}
 	var b strings.Builder
-	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
-	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | Mpps vmq | Mpps DPDK | vmq/DPDK | loss % vmq / DPDK | busy ns/frame vmq / DPDK | busy ns/delivered vmq / DPDK | CPU ns/frame vmq / DPDK | switch CPU vmq / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range r.pairs(false) {
 		v, vok := r.point(k.Case, k.Size, VMQ)
 		d, dok := r.point(k.Case, k.Size, DPDK)
@@ -146,10 +150,10 @@ func (r *Report) Table() string {
 		for _, p := range []Point{v, d} {
 			others[0], others[1] = max(others[0], p.OthersCPU[0]), max(others[1], p.OthersCPU[1])
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %.0f%% / %.0f%% |\n",
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %.0f%% / %.0f%% |\n",
 			k.Dir, k.Size, k.Placement, k.Source, k.Receiver, val(vok, v, mpps), val(dok, d, mpps), ratio,
 			val(vok, v, loss), val(dok, d, loss), val(vok, v, busy), val(dok, d, busy),
-			val(vok, v, cpu), val(dok, d, cpu), val(vok, v, share), val(dok, d, share), 100*others[0], 100*others[1])
+			val(vok, v, busyDel), val(dok, d, busyDel), val(vok, v, cpu), val(dok, d, cpu), val(vok, v, share), val(dok, d, share), 100*others[0], 100*others[1])
 	}
 	return b.String()
 }
@@ -157,12 +161,13 @@ func (r *Report) Table() string {
 // Formatting of one column of a point; val says "failed" for a point that
 // failed or is missing.
 var (
-	mpps   = func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
-	loss   = func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
-	busy   = func(p Point) string { return ns(p.BusyNSPerFrame) }
-	cpu    = func(p Point) string { return ns(p.CPUNSPerFrame) }
-	share  = func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
-	copied = func(p Point) string { return ns(p.CopiedPerFrame) }
+	mpps    = func(p Point) string { return fmt.Sprintf("%.3f", p.DeliveredMpps) }
+	loss    = func(p Point) string { return fmt.Sprintf("%.1f", p.LossPct) }
+	busy    = func(p Point) string { return ns(p.BusyNSPerFrame) }
+	busyDel = func(p Point) string { return ns(p.BusyNSPerDelivered) }
+	cpu     = func(p Point) string { return ns(p.CPUNSPerFrame) }
+	share   = func(p Point) string { return fmt.Sprintf("%.0f%%", 100*p.SUTCPU) }
+	copied  = func(p Point) string { return ns(p.CopiedPerFrame) }
 )
 
 func val(ok bool, p Point, f func(Point) string) string {
@@ -181,8 +186,8 @@ func (r *Report) DedicatedTable() string {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("| frame B | CPUs src/switch/dst | queue | Mpps vmq shared / dedicated / DPDK | dedicated/DPDK | loss % shared / dedicated / DPDK | busy ns/frame shared / dedicated / DPDK | CPU ns/frame shared / dedicated / DPDK | copied B/frame shared / dedicated | switch CPU shared / dedicated / DPDK | others' CPU 0 / 1 |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| frame B | CPUs src/switch/dst | queue | Mpps vmq shared / dedicated / DPDK | dedicated/DPDK | loss % shared / dedicated / DPDK | busy ns/frame shared / dedicated / DPDK | busy ns/delivered shared / dedicated / DPDK | CPU ns/frame shared / dedicated / DPDK | copied B/frame shared / dedicated | switch CPU shared / dedicated / DPDK | others' CPU 0 / 1 |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, k := range rows {
 		var pts [3]Point
 		var oks [3]bool
@@ -198,8 +203,8 @@ func (r *Report) DedicatedTable() string {
 		if oks[1] && oks[2] && pts[1].Err == "" && pts[2].Err == "" && pts[2].DeliveredMpps > 0 {
 			ratio = fmt.Sprintf("%.2f", pts[1].DeliveredMpps/pts[2].DeliveredMpps)
 		}
-		fmt.Fprintf(&b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s / %s | %s | %.0f%% / %.0f%% |\n",
-			k.Size, k.Placement, k.Queue, three(mpps), ratio, three(loss), three(busy), three(cpu),
+		fmt.Fprintf(&b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s | %.0f%% / %.0f%% |\n",
+			k.Size, k.Placement, k.Queue, three(mpps), ratio, three(loss), three(busy), three(busyDel), three(cpu),
 			val(oks[0], pts[0], copied), val(oks[1], pts[1], copied), three(share), 100*others[0], 100*others[1])
 	}
 	return b.String()
@@ -214,28 +219,52 @@ itself, its socket's UMEM is the guest's memory, the kernel writes each frame in
 DPDK: testpmd net_af_xdp on queue 1 (start_queue=1) → net_vhost. Same guest, same CPUs for the three.
 Copied B/frame: frame bytes vmq's worker copied into the guest per frame delivered (rx_copied_bytes).`
 
-// ZeroLossTable compares the zero-loss searches.
-func (r *Report) ZeroLossTable() string {
+// ZeroLossTable compares the zero-loss searches: per system the median
+// and range of its searches and each search's result; with trials, every
+// trial of every search too (results.md; the README leaves them out).
+func (r *Report) ZeroLossTable(trials bool) string {
 	if len(r.ZeroLoss) == 0 {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | system | zero-loss Mpps | searched from Mpps | trials (Mpps: lost) |\n")
-	b.WriteString("|---|---:|---|---|---|---:|---:|---|\n")
+	b.WriteString("| dir | frame B | CPUs src/switch/dst | source → receiver | system | zero-loss Mpps, median | range | each search, in order | searched from Mpps |")
+	if trials {
+		b.WriteString(" trials of each search (Mpps: lost) |\n|---|---:|---|---|---|---:|---|---|---:|---|\n")
+	} else {
+		b.WriteString("\n|---|---:|---|---|---|---:|---|---|---:|\n")
+	}
 	for _, z := range r.ZeroLoss {
-		res := fmt.Sprintf("%.3f", z.ZeroLossMpps)
+		at := ""
 		if z.AtTop {
-			res = "≥ " + res
+			at = "≥ "
+		}
+		res := fmt.Sprintf("%s%.3f", at, z.MedianMpps)
+		rng := fmt.Sprintf("%.3f–%.3f", z.MinMpps, z.MaxMpps)
+		if len(z.Searches) == 0 {
+			res, rng = "–", "–"
 		}
 		if z.Err != "" {
 			res = "failed"
 		}
-		var tr []string
-		for _, t := range z.Trials {
-			tr = append(tr, fmt.Sprintf("%.3f: %d", t.RateMpps, t.Lost()))
+		var each, tr []string
+		for _, s := range z.Searches {
+			e := fmt.Sprintf("%.3f", s.ZeroLossMpps)
+			if s.AtTop {
+				e = "≥ " + e
+			}
+			each = append(each, e)
+			var ts []string
+			for _, t := range s.Trials {
+				ts = append(ts, fmt.Sprintf("%.3f: %d", t.RateMpps, t.Lost()))
+			}
+			tr = append(tr, strings.Join(ts, ", "))
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %.3f | %s |\n",
-			z.Dir, z.Size, z.Placement, z.Source, z.Receiver, z.System, res, z.TopMpps, strings.Join(tr, ", "))
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %s | %s | %s | %.3f |", z.Dir, z.Size, z.Placement, z.Source, z.Receiver,
+			z.System, res, rng, strings.Join(each, ", "), z.TopMpps)
+		if trials {
+			fmt.Fprintf(&b, " %s |", strings.Join(tr, "; "))
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
@@ -261,8 +290,16 @@ switch under test (vmqd, or DPDK's forwarding testpmd) and of the receiving gues
 counter on the wire end, which runs where the switch transmits). Mpps: frames received ÷ the source's
 sending time, source at full speed. Busy ns/frame: the switch's forwarding core's time in iterations
 that moved frames ÷ frames moved (DPDK: --record-core-cycles ÷ TSC; vmq: the worker's counters).
+Busy ns/delivered: the same busy time ÷ frames the receiver got (where the guest starves, DPDK's forwarder
+moves frames it then drops at the guest's ring, while vmq's worker leaves them in the VM's socket ring).
 CPU ns/frame: the switch's CPU time from /proc ÷ frames received. Switch CPU: its CPU time per second.
 Others' CPU: busy time of each CPU not spent in this run's processes (other work on the machine).`
+
+// ZeroLossLegend explains the zero-loss table.
+const ZeroLossLegend = `RFC 2544 binary searches, 0 frames lost over each trial, the switch alone on its CPU; ` +
+	`each system searched several times, the two systems' searches interleaved (vmq, DPDK, DPDK, vmq, ...) from one start rate ` +
+	`on one grid of rates; the median of a system's searches is its result, the range their spread. "≥": nothing was lost at the ` +
+	`fastest the source managed, so the source, not the switch, set the rate`
 
 // Markdown is results.md: the header, the tables, then every point.
 func (r *Report) Markdown() string {
@@ -281,24 +318,24 @@ func (r *Report) Markdown() string {
 	if d := r.DedicatedTable(); d != "" {
 		fmt.Fprintf(&b, "\n## Dedicated queue\n\n%s\n%s\n", d, DedicatedLegend)
 	}
-	if z := r.ZeroLossTable(); z != "" {
-		fmt.Fprintf(&b, "\n## Zero loss\n\n%s", z)
+	if z := r.ZeroLossTable(true); z != "" {
+		fmt.Fprintf(&b, "\n## Zero loss\n\n%s.\n\n%s", ZeroLossLegend, z)
 	}
-	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
-	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
+	b.WriteString("\n## Every point\n\n| dir | frame B | CPUs | source → receiver | system | s | sent | received | offered Mpps | delivered Mpps | loss % | busy ns/frame | busy ns/delivered | how | switch CPU | CPU ns/frame | copied B/frame | source CPU | receiver CPU | others 0 / 1 | load | note |\n")
+	b.WriteString("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|\n")
 	for _, p := range r.Points {
 		dir := p.Dir
 		if p.Queue != 0 {
 			dir = fmt.Sprintf("%s q%d", p.Dir, p.Queue)
 		}
 		if p.Err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s ||||||||||||||||\n",
+			fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | error: %s |||||||||||||||||\n",
 				dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, mdEscape(p.Err))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %.2f | %s | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %d | %s | %s → %s | %s | %.2f | %d | %d | %.3f | %.3f | %.2f | %s | %s | %s | %.2f | %s | %s | %.2f | %.2f | %.2f / %.2f | %s | %s |\n",
 			dir, p.Size, p.Placement, p.Source, p.Receiver, p.System, p.Seconds, p.Sent, p.Received,
-			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame), ns(p.CopiedPerFrame),
+			p.OfferedMpps, p.DeliveredMpps, p.LossPct, ns(p.BusyNSPerFrame), ns(p.BusyNSPerDelivered), p.BusyHow, p.SUTCPU, ns(p.CPUNSPerFrame), ns(p.CopiedPerFrame),
 			p.SourceCPU, p.ReceiverCPU, p.OthersCPU[0], p.OthersCPU[1], p.LoadAvg, mdEscape(p.Note))
 	}
 	return b.String()
@@ -315,9 +352,8 @@ func (r *Report) Readme() string {
 	if d := r.DedicatedTable(); d != "" {
 		fmt.Fprintf(&b, "\nDedicated queue, same run:\n\n%s\n%s\n", d, DedicatedLegend)
 	}
-	if z := r.ZeroLossTable(); z != "" {
-		fmt.Fprintf(&b, "\nZero-loss throughput (RFC 2544 search, switch alone on its CPU; \"≥\": nothing lost at the fastest the source "+
-			"managed, so the source, not the switch, set the rate):\n\n%s", z)
+	if z := r.ZeroLossTable(false); z != "" {
+		fmt.Fprintf(&b, "\nZero-loss throughput, same run (%s):\n\n%s", ZeroLossLegend, z)
 	}
 	return b.String()
 }

@@ -1,6 +1,9 @@
 package bench
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Trial is one run of a zero-loss search: frames offered at Rate for the
 // search's window, and what came of them.
@@ -12,6 +15,9 @@ type Trial struct {
 	// than the rate asked for sends at its own speed.
 	Seconds float64 `json:"seconds"`
 	Note    string  `json:"note,omitempty"` // where frames were lost
+	// OthersCPU is each CPU's busy share during the trial not spent in
+	// the run's processes (the load a trial met; see Point.OthersCPU).
+	OthersCPU [2]float64 `json:"others_cpu"`
 }
 
 // Mpps is the rate the trial ran at: the one asked for, or the source's
@@ -80,4 +86,47 @@ func ZeroLoss(top, precision float64, trial func(rateMpps float64) (Trial, error
 		}
 	}
 	return s, nil
+}
+
+// Repeated is one system's repeated zero-loss searches of one case: the
+// searches in the order they ran (interleaved with the other system's),
+// and their results' median and range.
+type Repeated struct {
+	Searches []Search `json:"searches"`
+	// MedianMpps, MinMpps and MaxMpps are over the searches' ZeroLossMpps.
+	MedianMpps float64 `json:"median_mpps"`
+	MinMpps    float64 `json:"min_mpps"`
+	MaxMpps    float64 `json:"max_mpps"`
+	// AtTop: every search's first trial, at the start rate, lost nothing
+	// (the source, not the switch, set the rate).
+	AtTop bool `json:"at_top"`
+}
+
+// Add appends a search and updates the summary.
+func (r *Repeated) Add(s Search) {
+	r.Searches = append(r.Searches, s)
+	v := make([]float64, len(r.Searches))
+	r.AtTop = true
+	for i, s := range r.Searches {
+		v[i] = s.ZeroLossMpps
+		r.AtTop = r.AtTop && s.AtTop
+	}
+	slices.Sort(v)
+	r.MinMpps, r.MaxMpps = v[0], v[len(v)-1]
+	r.MedianMpps = v[len(v)/2]
+	if len(v)%2 == 0 {
+		r.MedianMpps = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+}
+
+// SearchOrder is the order of the systems' searches in round i of a
+// case's repeated searches: as given, then reversed, and so on (A B, B A,
+// A B: ABBAAB), so a drift of the machine's load over the rounds hits
+// every system alike.
+func SearchOrder(i int, systems ...string) []string {
+	out := slices.Clone(systems)
+	if i%2 == 1 {
+		slices.Reverse(out)
+	}
+	return out
 }

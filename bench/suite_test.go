@@ -31,11 +31,12 @@ type suite struct {
 	host, wire *netnstest.NS
 	nic, peer  netnstest.Link
 	dir        string
-	bin        struct{ vmqd, pktgen, guest string }
+	bin        struct{ vmqd, vmqdB, pktgen, guest string }
 	stream     uint32
 	dur        time.Duration // a full-speed trial
 	zlWindow   time.Duration // a zero-loss trial
 	zlPrec     float64
+	zlRepeat   int // searches per system and case
 	report     Report
 }
 
@@ -92,11 +93,15 @@ func frameSizes(list []string) ([]int, error) {
 // NIC queue of the VM's own, vmq shared and dedicated against DPDK, on a
 // 2-queue veth), VMQ_BENCH_SIZES (64,512,1514), VMQ_BENCH_DEDICATED_SIZES
 // (64,1514: the dedicated part's sizes),
-// VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64,1514:
+// VMQ_BENCH_DURATION (3s, one full-speed trial), VMQ_BENCH_ZL_SIZES (64:
 // the sizes that get a zero-loss search; "none" for none),
+// VMQ_BENCH_ZL_REPEAT (3: searches per system, the two systems'
+// interleaved; the table has their median and range),
 // VMQ_BENCH_ZL_WINDOW (10s, one zero-loss trial), VMQ_BENCH_ZL_PRECISION
 // (0.05: the search stops when its bounds are closer than this share of
-// where it started), VMQ_BENCH_OUT (results directory).
+// where it started), VMQ_BENCH_VMQD and VMQ_BENCH_VMQD_B (a vmqd binary to
+// measure instead of this tree's; a second one, searched as system vmq-b
+// in the zero-loss searches only), VMQ_BENCH_OUT (results directory).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
@@ -122,13 +127,14 @@ func BenchmarkSuite(b *testing.B) {
 		b.Fatal(err)
 	}
 	var zlSizes []int
-	if zl := envList("VMQ_BENCH_ZL_SIZES", "64,1514"); !slices.Equal(zl, []string{"none"}) {
+	if zl := envList("VMQ_BENCH_ZL_SIZES", "64"); !slices.Equal(zl, []string{"none"}) {
 		if zlSizes, err = frameSizes(zl); err != nil {
 			b.Fatal(err)
 		}
 	}
 	s := &suite{b: b, dir: b.TempDir(), dur: envDuration("VMQ_BENCH_DURATION", 3*time.Second),
-		zlWindow: envDuration("VMQ_BENCH_ZL_WINDOW", 10*time.Second), zlPrec: envFloat("VMQ_BENCH_ZL_PRECISION", 0.05)}
+		zlWindow: envDuration("VMQ_BENCH_ZL_WINDOW", 10*time.Second), zlPrec: envFloat("VMQ_BENCH_ZL_PRECISION", 0.05),
+		zlRepeat: int(envFloat("VMQ_BENCH_ZL_REPEAT", 3))}
 	start := time.Now()
 	cmd := os.Getenv("VMQ_BENCH_COMMAND") // make bench says so
 	if cmd == "" {
@@ -141,9 +147,9 @@ func BenchmarkSuite(b *testing.B) {
 	}
 	s.report = Report{Command: cmd, Started: start, CPUs: OnlineCPUs(), Kernel: kernelRelease(),
 		Settings: fmt.Sprintf("Directions %s; frames %v B (64 runs as 66: vmq-pktgen's stamp); full-speed trials of %v; "+
-			"zero-loss search at %v B, %v per trial, precision %.0f%% of the start rate. One NIC queue (veth, AF_XDP copy mode), "+
+			"zero-loss searches at %v B, %d per system interleaved with the other system's, %v per trial, precision %.0f%% of the start rate. One NIC queue (veth, AF_XDP copy mode), "+
 			"vhost-user rings of 1024, vmqd's default settings, testpmd io forwarding with 1024-entry rings.",
-			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlWindow, 100*s.zlPrec)}
+			strings.Join(dirs, ", "), sizes, s.dur, zlSizes, s.zlRepeat, s.zlWindow, 100*s.zlPrec)}
 	if slices.Contains(dirs, Dedicated) {
 		s.report.Settings += fmt.Sprintf(" The dedicated part (frames %v B): a 2-queue veth, the VM's frames on queue %d "+
 			"(the generator on CPU %d), vmqd with the VM's queue shared (its one queue) or dedicated, DPDK's net_af_xdp on that queue.",
@@ -153,6 +159,9 @@ func BenchmarkSuite(b *testing.B) {
 	s.report.LoadAvg[0] = loadavg()
 
 	s.build()
+	if s.bin.vmqdB != "" {
+		s.report.Settings += fmt.Sprintf(" The zero-loss searches also search vmq-b: vmqd %s (VMQ_BENCH_VMQD_B), against vmq: vmqd %s.", s.bin.vmqdB, s.bin.vmqd)
+	}
 
 	// VMQ_BENCH_ONLY, a regular expression, runs only the cases whose keys
 	// match (e.g. "0/1/(0|wire) .*testpmd": split and packed rings).
@@ -183,9 +192,7 @@ func BenchmarkSuite(b *testing.B) {
 			continue // no zero-loss search
 		}
 		for _, size := range zlSizes {
-			for _, sys := range []string{VMQ, DPDK} {
-				s.search(ZeroLossCase(dir), sys, size)
-			}
+			s.searches(ZeroLossCase(dir), size)
 		}
 	}
 
@@ -217,6 +224,11 @@ func (s *suite) build() {
 		*t.dst = filepath.Join(s.dir, t.pkg)
 		// VMQ_BENCH_VMQD: a vmqd binary to measure instead of this tree's
 		// (before/after comparisons in one run of the machine's load).
+		// VMQ_BENCH_VMQD_B: a second vmqd binary, searched as system
+		// vmq-b in the zero-loss searches, interleaved with the others.
+		if t.pkg == "vmqd" {
+			s.bin.vmqdB = os.Getenv("VMQ_BENCH_VMQD_B")
+		}
 		if bin := os.Getenv("VMQ_BENCH_VMQD"); bin != "" && t.pkg == "vmqd" {
 			*t.dst = bin
 			continue
@@ -299,8 +311,12 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 	r := &rig{}
 	var err error
 	switch sys {
-	case VMQ, VMQDedicated:
-		r.sw, err = s.startVMQ(c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
+	case VMQ, VMQDedicated, VMQB:
+		bin := s.bin.vmqd
+		if sys == VMQB {
+			bin = s.bin.vmqdB
+		}
+		r.sw, err = s.startVMQ(bin, c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
 	case DPDK:
 		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT, c.Queue)
 	default:
@@ -378,38 +394,72 @@ func (s *suite) log(p Point) {
 		p.Key(), p.Size, p.System, p.OfferedMpps, p.DeliveredMpps, p.LossPct, p.BusyNSPerFrame, p.BusyHow, p.CPUNSPerFrame, ns(p.CopiedPerFrame), p.SUTCPU, p.OthersCPU[0], p.OthersCPU[1], p.Note)
 }
 
-// search runs the zero-loss search of case c on sys at size, from 1.1×
-// the rate delivered at overload in this run.
-func (s *suite) search(c Case, sys string, size int) {
-	z := ZeroLossPoint{Case: c, Size: size, System: sys, LoadAvg: loadavg()}
-	defer func() {
-		fmt.Fprintf(os.Stderr, "zero-loss %s %d B %s: %.3f Mpps (at top %v) %v %s\n", c.Key(), size, sys, z.ZeroLossMpps, z.AtTop, z.Trials, z.Err)
-		s.report.ZeroLoss = append(s.report.ZeroLoss, z)
-	}()
-	over, ok := s.report.point(c, size, sys)
-	if !ok || over.Err != "" || over.DeliveredMpps <= 0 {
-		z.Err = "no overload measurement of this case and size in this run to start from"
-		return
+// searches runs the zero-loss searches of case c at size: s.zlRepeat
+// rounds, each one search per system, the systems' order alternating
+// (vmq, DPDK, DPDK, vmq, ...), so that the machine's drift over the
+// rounds hits both alike. Every search of both systems starts at one
+// rate, 1.1× the higher of the two systems' delivered rates at overload
+// in this run, and so tries rates of one grid.
+func (s *suite) searches(c Case, size int) {
+	zs := map[string]*ZeroLossPoint{}
+	top := 0.0
+	for _, sys := range []string{VMQ, DPDK} {
+		zs[sys] = &ZeroLossPoint{Case: c, Size: size, System: sys, LoadAvg: loadavg()}
+		if over, ok := s.report.point(c, size, sys); ok && over.Err == "" {
+			top = max(top, 1.1*over.DeliveredMpps)
+		}
 	}
-	z.TopMpps = 1.1 * over.DeliveredMpps
+	systems := []string{VMQ, DPDK}
+	if s.bin.vmqdB != "" {
+		systems = []string{VMQ, VMQB, DPDK}
+		zs[VMQB] = &ZeroLossPoint{Case: c, Size: size, System: VMQB, LoadAvg: loadavg()}
+	}
+	for round := 0; round < s.zlRepeat && top > 0; round++ {
+		for _, sys := range SearchOrder(round, systems...) {
+			z := zs[sys]
+			if z.Err != "" {
+				continue // a failed search fails the run; the other system goes on
+			}
+			z.TopMpps = top
+			sr, err := s.search(c, sys, size, top)
+			z.Add(sr)
+			fmt.Fprintf(os.Stderr, "zero-loss %s %d B %s, search %d: %.3f Mpps (at top %v) %v %v\n", c.Key(), size, sys, round+1, sr.ZeroLossMpps, sr.AtTop, sr.Trials, err)
+			if err != nil {
+				z.Err = fmt.Sprintf("search %d: %v", round+1, err)
+			}
+		}
+	}
+	for _, sys := range systems {
+		z := zs[sys]
+		if top <= 0 {
+			z.Err = "no overload measurement of this case and size in this run to start from"
+		}
+		fmt.Fprintf(os.Stderr, "zero-loss %s %d B %s: median %.3f Mpps, range %.3f–%.3f, %d searches %s\n", c.Key(), size, sys, z.MedianMpps, z.MinMpps, z.MaxMpps, len(z.Searches), z.Err)
+		s.report.ZeroLoss = append(s.report.ZeroLoss, *z)
+	}
+}
+
+// search runs one zero-loss search of case c on sys at size from top
+// Mpps, on a rig of its own.
+func (s *suite) search(c Case, sys string, size int, top float64) (Search, error) {
 	r, err := s.setup(c, sys)
 	if err != nil {
-		z.Err = err.Error()
-		return
+		return Search{}, err
 	}
 	defer r.close()
-	z.Search, err = ZeroLoss(z.TopMpps, s.zlPrec, func(rate float64) (Trial, error) {
+	return ZeroLoss(top, s.zlPrec, func(rate float64) (Trial, error) {
 		pps := rate * 1e6
 		count := uint64(pps * s.zlWindow.Seconds())
+		t0 := time.Now()
 		p := s.measure(c, sys, r, size, pps, count, s.zlWindow)
+		fmt.Fprintf(os.Stderr, "zero-loss trial %s %d B %s %s..%s: %.4f Mpps, sent %d, lost %d, others' CPU %.2f/%.2f; %s %s\n", c.Key(), size, sys,
+			t0.UTC().Format("15:04:05.000"), time.Now().UTC().Format("15:04:05.000"), rate, p.Sent, p.Sent-min(p.Sent, p.Received),
+			p.OthersCPU[0], p.OthersCPU[1], p.Note, p.Err)
 		if p.Err != "" {
 			return Trial{}, errors.New(p.Err)
 		}
-		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note}, nil
+		return Trial{Sent: p.Sent, Received: p.Received, Seconds: p.Seconds, Note: p.Note, OthersCPU: p.OthersCPU}, nil
 	})
-	if err != nil {
-		z.Err = err.Error()
-	}
 }
 
 // cpuSample is the CPU state at one instant.
@@ -448,7 +498,7 @@ func (s *suite) sample(r *rig) cpuSample {
 // full speed for d when rate is 0), the receiver counts after the path
 // drained, the switch reports its busy time per frame, /proc the CPU.
 func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, count uint64, d time.Duration) Point {
-	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, CPUNSPerFrame: -1, CopiedPerFrame: -1, LoadAvg: loadavg()}
+	p := Point{Case: c, Size: size, System: sys, BusyNSPerFrame: -1, BusyNSPerDelivered: -1, CPUNSPerFrame: -1, CopiedPerFrame: -1, LoadAvg: loadavg()}
 	if err := r.rcv.start(); err != nil {
 		p.Err = err.Error()
 		return p
@@ -485,6 +535,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
 	}
 	p.BusyNSPerFrame, p.BusyHow, p.Note, p.CopiedPerFrame = cost.busyNS, cost.how, drops, cost.copied
+	p.BusyNSPerDelivered = busyPerDelivered(cost.busyNS, cost.moved, recv)
 	dt := z.at.Sub(a.at).Seconds()
 	sut := z.sut.Sub(a.sut).Total()
 	src := z.src.Sub(a.src).Total() + srcCPU.Total()

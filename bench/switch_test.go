@@ -29,6 +29,7 @@ type switchUT interface {
 // trialCost is what a switch reports of one trial.
 type trialCost struct {
 	busyNS float64 // the forwarding core's busy time per frame moved
+	moved  uint64  // the frames busyNS counts, over the whole trial
 	how    string  // how busyNS was measured
 	drops  string  // where the switch lost frames
 	copied float64 // frame bytes copied into guests per frame delivered (vmq); -1 unknown
@@ -57,11 +58,11 @@ type vmqSwitch struct {
 	before    vmqStats
 }
 
-// startVMQ runs vmqd on cpu serving the NIC's queue: as its one shared
+// startVMQ runs vmqd (the binary bin) on cpu serving the NIC's queue: as its one shared
 // queue, or, with dedicated, as the VMs' dedicated queue (the wire steers
 // their frames there: dedicated_steering external; queue 0 stays the
 // shared one).
-func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, error) {
+func (s *suite) startVMQ(bin, dir string, cpu, queue int, dedicated bool) (switchUT, error) {
 	if dedicated && (queue == 0 || vms(dir) != 1) {
 		return nil, fmt.Errorf("a dedicated queue needs one VM and a queue other than 0, not %d VMs on queue %d", vms(dir), queue)
 	}
@@ -97,7 +98,7 @@ func (s *suite) startVMQ(dir string, cpu, queue int, dedicated bool) (switchUT, 
 	if v.log, err = os.Create(filepath.Join(d, "vmqd.log")); err != nil {
 		return nil, err
 	}
-	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), s.bin.vmqd, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
+	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), bin, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
 	// Two Ps on one CPU: the locked worker thread and the rest are
 	// threads the kernel schedules, not goroutines taking turns.
 	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
@@ -189,7 +190,8 @@ func (v *vmqSwitch) end() (trialCost, error) {
 		}
 	}
 	ns, how := vmqBusyPerFrame(v.before, after)
-	return trialCost{busyNS: ns, how: how, drops: vmqDrops(v.before, after), copied: vmqCopied(v.before, after)}, nil
+	return trialCost{busyNS: ns, moved: vmqMoved(v.before, after), how: how, drops: vmqDrops(v.before, after),
+		copied: vmqCopied(v.before, after)}, nil
 }
 
 // ---- DPDK: testpmd io forwarding ----
@@ -252,7 +254,7 @@ func (d *dpdkSwitch) end() (trialCost, error) {
 	if err1 != nil || err2 != nil {
 		drops = "forwarder drops not printed"
 	}
-	return trialCost{busyNS: c.NSPerPacket(), how: fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz),
+	return trialCost{busyNS: c.NSPerPacket(), moved: c.Packets, how: fmt.Sprintf("--record-core-cycles %.1f cycles at %d MHz", c.PerPacket, c.MHz),
 		drops: drops, copied: -1}, nil
 }
 

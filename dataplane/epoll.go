@@ -14,6 +14,12 @@ import (
 // O(ready). Level-triggered, like poll: a socket with frames left stays
 // ready.
 
+// Guest transmit queues' kick fds are in a set of their own (kickEp),
+// which is in the sleep's set: a sleeping worker wakes for a kick as
+// before, and a busy one asks it for kicks every txIdleStride rounds,
+// one epoll_wait for every guest (txsched.go), without the VM sockets'
+// readiness the sleep's set reports.
+
 // Kinds of registered fds, in the event's Pad (the Fd field holds the
 // slot for a socket, the fd for a kick).
 const (
@@ -21,6 +27,7 @@ const (
 	epFlood
 	epSocket
 	epKick
+	epKicks // the kick set (kickEp)
 )
 
 // maxEvents bounds the events one epoll_wait returns; more stay ready
@@ -36,12 +43,22 @@ func (w *worker) openEpoll() error {
 	if err := w.epollAdd(w.wakeFD, epWake, 0); err != nil {
 		return err
 	}
-	return w.epollAdd(w.flood.FD(), epFlood, 0)
+	if err := w.epollAdd(w.flood.FD(), epFlood, 0); err != nil {
+		return err
+	}
+	if w.kickEp, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return fmt.Errorf("worker for queue %d: epoll for kicks: %w", w.queueID, err)
+	}
+	return w.epollAdd(w.kickEp, epKicks, 0)
 }
 
 func (w *worker) epollAdd(fd int, kind, val int32) error {
+	return w.epollAddTo(w.epfd, fd, kind, val)
+}
+
+func (w *worker) epollAddTo(ep, fd int, kind, val int32) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: val, Pad: kind}
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("worker for queue %d: register fd %d for its sleep: %w", w.queueID, fd, err)
 	}
 	return nil
@@ -50,9 +67,11 @@ func (w *worker) epollAdd(fd int, kind, val int32) error {
 // epollDel unregisters fd. A kick eventfd must be removed before it is
 // closed: the guest holds the same file, so closing our fd alone would
 // leave it in the set.
-func (w *worker) epollDel(fd int) {
-	if fd >= 0 && w.epfd >= 0 {
-		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+func (w *worker) epollDel(fd int) { epollDelFrom(w.epfd, fd) }
+
+func epollDelFrom(ep, fd int) {
+	if fd >= 0 && ep >= 0 {
+		unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, fd, nil)
 	}
 }
 
@@ -62,7 +81,7 @@ func (w *worker) addKick(vq *virtq) error {
 	if vq.kickFD < 0 {
 		return nil
 	}
-	if err := w.epollAdd(vq.kickFD, epKick, int32(vq.kickFD)); err != nil {
+	if err := w.epollAddTo(w.kickEp, vq.kickFD, epKick, int32(vq.kickFD)); err != nil {
 		vq.kickFD = -1
 		return err
 	}
@@ -71,8 +90,26 @@ func (w *worker) addKick(vq *virtq) error {
 
 // dropKick unregisters the kick fd of a transmit queue leaving the worker.
 func (w *worker) dropKick(vq *virtq) {
-	w.epollDel(vq.kickFD)
+	epollDelFrom(w.kickEp, vq.kickFD)
 	vq.kickFD = -1
+}
+
+// takeKicks acknowledges the guests' kicks waiting in the kick set and
+// makes their queues hot; it never blocks.
+func (w *worker) takeKicks() {
+	n, err := unix.EpollWait(w.kickEp, w.kickEvents[:], 0)
+	if err != nil {
+		return
+	}
+	for _, ev := range w.kickEvents[:n] {
+		for _, vq := range w.txqs {
+			if vq.kickFD == int(ev.Fd) {
+				vq.q.AckKick()
+				w.kicked(vq)
+				break
+			}
+		}
+	}
 }
 
 // waitEvents sleeps until a registered fd is ready or idlePollTimeout
@@ -92,14 +129,8 @@ func (w *worker) waitEvents() {
 			add(&w.ctr.wakeups, 1)
 		case epSocket:
 			w.markReady(uint32(ev.Fd))
-		case epKick:
-			for _, vq := range w.txqs {
-				if vq.kickFD == int(ev.Fd) {
-					vq.q.AckKick()
-					w.kicked(vq)
-					break
-				}
-			}
+		case epKicks:
+			w.takeKicks()
 		}
 	}
 }

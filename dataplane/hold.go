@@ -18,10 +18,16 @@ import (
 // Frames waiting in a socket ring are frames of the queue's shared UMEM,
 // out of the fill ring's reach. So that a guest that never posts buffers
 // cannot starve the others, what a VM may hold is capped (holdCap): the
-// VMs of a queue hold at most half its UMEM between them, the other half
-// is for the fill ring (2048), the flood socket and guest TX. Frames over
-// the cap are taken and dropped (virtqueue_full), oldest first, as they
-// were before holding.
+// VMs of a queue hold less than half its UMEM between them (the hold
+// budget), the other half is for the fill ring (2048), the flood socket
+// and guest TX. The cap is a dynamic threshold, as in switch ASICs'
+// shared buffers (Choudhury and Hahne): a VM may hold up to holdAlpha
+// times the budget the others leave unheld, counting its own frames as
+// held (so at most budget-others / (1+1/holdAlpha)). One VM holding
+// alone gets half the budget, however many VMs the queue has; n VMs
+// holding at once converge to budget/(n+1) each, and every visit leaves
+// the held total below the budget. Frames over the cap are taken and
+// dropped (virtqueue_full), oldest first, as they were before holding.
 //
 // A holding VM is visited every round (one look at its avail index and
 // socket ring). When the worker sleeps, its socket is edge-triggered in
@@ -42,17 +48,32 @@ import (
 // descriptors, VMs with a dedicated queue, and workers that serve one
 // (they sleep in poll(2), not in the epoll set).
 
-// holdShare is the part of a queue's UMEM its VMs may hold between them.
+// holdShare is the part of a queue's UMEM its VMs may hold between them
+// (the hold budget).
 const holdShare = 2
 
-// holdCap is how many frames one VM may hold, in its socket ring and
-// parked together.
-func (w *worker) holdCap() int {
-	n := len(w.vmList)
-	if n == 0 {
+// holdAlpha is the dynamic threshold's factor: a VM may hold up to
+// holdAlpha × (budget - everything held, its own frames included).
+const holdAlpha = 1
+
+// holdCap is how many frames vm may hold, in its socket ring and parked
+// together: holdAlpha × (budget − held) with its own frames in held,
+// solved for its own, and at most its socket ring. What the others hold
+// is as of their last visit (every holder is visited every round).
+func (w *worker) holdCap(vm *vmState) int {
+	others := w.heldSock + w.nparked - vm.heldSock - len(vm.parked)
+	free := w.dp.cfg.FramesPerQueue/holdShare - others
+	if free <= 0 {
 		return 0
 	}
-	return min(w.vmRing(), w.dp.cfg.FramesPerQueue/holdShare/n)
+	return min(w.vmRing(), holdAlpha*free/(holdAlpha+1))
+}
+
+// setHeld records how many of vm's frames wait in its socket ring after
+// this visit, for the others' caps.
+func (w *worker) setHeld(vm *vmState, n int) {
+	w.heldSock += n - vm.heldSock
+	vm.heldSock = n
 }
 
 // holdable reports whether vm's frames may wait in its socket ring.
@@ -64,9 +85,12 @@ func (w *worker) holdable(vm *vmState) bool {
 // at most want: all of them while the guest has room, else those it has
 // buffers for and those over the VM's cap (dropped); the others wait.
 func (w *worker) rxTake(vm *vmState, want int) int {
-	if want <= 0 || !w.holdable(vm) {
+	if !w.holdable(vm) {
 		w.unhold(vm)
 		return want
+	}
+	if want <= 0 {
+		return 0 // no credit left this round: its frames stay held, counted
 	}
 	room := rxRoom(vm.rxqs[0].q, want)
 	if room >= want {
@@ -79,8 +103,10 @@ func (w *worker) rxTake(vm *vmState, want int) int {
 		return want
 	}
 	w.hold(vm)
-	over := max(pending-room-(w.holdCap()-len(vm.parked)), 0)
-	return min(want, room+over)
+	over := max(pending-room-(w.holdCap(vm)-len(vm.parked)), 0)
+	take := min(want, room+over)
+	w.setHeld(vm, pending-take)
+	return take
 }
 
 // park queues a frame for vm's full guest ring and reports whether it
@@ -92,7 +118,7 @@ func (w *worker) park(vm *vmState, frame []byte) bool {
 	if len(vm.parked) == 0 && rxRoom(vm.rxqs[0].q, 1) > 0 {
 		return false
 	}
-	if len(vm.parked) >= w.holdCap()-vm.sock.RxPending() || w.q.Alloc(w.addrs[:1]) == 0 {
+	if len(vm.parked) >= w.holdCap(vm)-vm.sock.RxPending() || w.q.Alloc(w.addrs[:1]) == 0 {
 		vm.drop(DropVirtqueueFull)
 		return true
 	}
@@ -171,6 +197,7 @@ func (w *worker) hold(vm *vmState) {
 // unhold forgets vm as a holder unless it has parked frames (its frames
 // left in the socket ring, if any, are taken the next time it is visited).
 func (w *worker) unhold(vm *vmState) {
+	w.setHeld(vm, 0)
 	if !vm.holding || len(vm.parked) > 0 {
 		return
 	}

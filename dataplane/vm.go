@@ -68,6 +68,7 @@ type vmState struct {
 	holding   bool
 	inHoldSet bool
 	holdKick  int
+	heldSock  int           // frames left in sock's rx ring at the last visit (worker.heldSock)
 	parked    []parkedFrame // frames parked for the guest's ring, oldest first
 }
 

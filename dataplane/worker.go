@@ -120,18 +120,22 @@ type worker struct {
 	sentTo  []bool      // outbox[i] has unpublished frames
 	stopped chan struct{}
 
-	descs   [batchSize]xsk.Desc
-	txDescs [batchSize]xsk.Desc
-	addrs   [batchSize]uint64
-	stash   [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
-	nstash  int
-	nparked int                        // UMEM frames parked for full guest rings (hold.go)
-	jumbo   *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
-	epfd    int                        // the sleep's epoll set (epoll.go)
-	events  [maxEvents]unix.EpollEvent // epoll_wait's results
-	pollfds []unix.PollFd              // the sleep's fds with dedicated queues
-	ctr     workerCounters
-	ofl     offloadState // guest frames with offloads (offload.go)
+	descs      [batchSize]xsk.Desc
+	txDescs    [batchSize]xsk.Desc
+	addrs      [batchSize]uint64
+	stash      [batchSize]uint64 // UMEM frames held for guest TX (takeFrame)
+	nstash     int
+	nparked    int                        // UMEM frames parked for full guest rings (hold.go)
+	heldSock   int                        // frames held in the VMs' socket rings, as of their last visits (hold.go)
+	jumbo      *jumbo                     // multi-buffer frames (jumbo.go); nil when the MTU fits a UMEM frame
+	epfd       int                        // the sleep's epoll set (epoll.go)
+	events     [maxEvents]unix.EpollEvent // epoll_wait's results
+	kickEp     int                        // the guest TX queues' kick fds, in epfd (epoll.go)
+	kickEvents [maxEvents]unix.EpollEvent
+	txIdleNext int           // the next idle TX queue the sparse sweep looks at (txsched.go)
+	pollfds    []unix.PollFd // the sleep's fds with dedicated queues
+	ctr        workerCounters
+	ofl        offloadState // guest frames with offloads (offload.go)
 
 	// The filter's pending bitmap of this queue (nil: visit every socket
 	// each round), the marks not yet found empty (ready), the marks taken
@@ -199,7 +203,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 	return &worker{
 		dp: dp, index: index, queueID: queueID,
 		vms: make(map[uint32]*vmState), fdb: newFDB(),
-		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1,
+		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1, kickEp: -1,
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
 		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
@@ -251,6 +255,9 @@ func (w *worker) open() error {
 		q.Close()
 		if w.epfd >= 0 {
 			unix.Close(w.epfd)
+		}
+		if w.kickEp >= 0 {
+			unix.Close(w.kickEp)
 		}
 		return err
 	}
@@ -1252,12 +1259,13 @@ func disableNotify(q *vhostuser.Queue) {
 }
 
 // sleep waits in poll(2) for frames, guest kicks, mailbox frames or a
-// command. Guest notifications are enabled only while asleep.
+// command. Hot guest queues' notifications are enabled only while asleep.
 func (w *worker) sleep() {
 	if (len(w.holders) > 0 || len(w.holdSet) > 0) && !w.holdSleep() {
 		return
 	}
-	for _, vq := range w.txqs {
+	// Idle queues' notifications are on already (txsched.go).
+	for _, vq := range w.txHot {
 		if enableNotify(vq.q) {
 			w.disableNotify()
 			return
@@ -1330,8 +1338,10 @@ func (w *worker) pollDirects() {
 	}
 }
 
+// disableNotify turns the hot queues' notifications off after a sleep
+// (the idle ones keep theirs, txsched.go).
 func (w *worker) disableNotify() {
-	for _, vq := range w.txqs {
+	for _, vq := range w.txHot {
 		disableNotify(vq.q)
 	}
 }
@@ -1351,5 +1361,6 @@ func (w *worker) close() {
 		w.dp.log.Warn("close AF_XDP queue", "queue", w.queueID, "err", err)
 	}
 	unix.Close(w.epfd)
+	unix.Close(w.kickEp)
 	unix.Close(w.wakeFD)
 }

@@ -221,6 +221,7 @@ func (g *Guest) buildQueues(d *device) error {
 		if qp.tx, err = newTxQueue(mem, g.cfg.QueueSize, g.cfg.TxBufSize, d.features); err != nil {
 			return fmt.Errorf("queue pair %d: %w", i, err)
 		}
+		qp.tx.noKick = g.cfg.NoTxKick
 		for _, p := range []*int{&qp.rx.kickFD, &qp.tx.kickFD, &qp.rxCall, &qp.txCall} {
 			fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 			if err != nil {

@@ -65,6 +65,9 @@ type Config struct {
 	HandshakeTimeout  time.Duration // per message; default 5s
 	// BusyPoll never sleeps on the call fds (lowest latency, one core).
 	BusyPoll bool
+	// NoTxKick never kicks the transmit rings, whatever the device asks:
+	// a misbehaving or poll-mode guest, for tests of the backend's sweep.
+	NoTxKick bool
 
 	// OnFrame, if set, sees every received frame from the rx loop; the
 	// slice is valid only during the call.

@@ -37,6 +37,7 @@ type ring struct {
 	published  uint16 // avail.idx at the last publish
 	lastUsed   uint16 // next used entry to read
 	kicks      uint64
+	noKick     bool // Config.NoTxKick
 }
 
 // ringBytes are the sizes allocated for one ring's three parts; the extra
@@ -140,7 +141,7 @@ var kickValue = [8]byte{1}
 
 func (r *ring) kick() error {
 	r.kicks++
-	if r.kickFD < 0 {
+	if r.kickFD < 0 || r.noKick {
 		return nil
 	}
 	if _, err := unix.Write(r.kickFD, kickValue[:]); err != nil && err != unix.EAGAIN {

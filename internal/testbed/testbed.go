@@ -19,6 +19,7 @@
 package testbed
 
 import (
+	"cmp"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,6 +40,8 @@ type Options struct {
 	WireAddr string
 	// MTU of the NIC and its peer; 0 means 1500.
 	MTU int
+	// MaxVMs the filter steers to (the highest slot); 0 means 16.
+	MaxVMs int
 }
 
 // Bed is a host/wire namespace pair joined by a veth: NIC in the host,
@@ -49,6 +52,7 @@ type Bed struct {
 	NIC, Peer  netnstest.Link
 	Queues     int
 	MTU        int // of the NIC and its peer
+	maxVMs     int
 	// Dir is a private directory for sockets, configs and logs.
 	Dir string
 	// Filter is vmq's XDP filter, after AttachFilter.
@@ -63,7 +67,7 @@ func New(t testing.TB, opts Options) *Bed {
 	if mtu == 0 {
 		mtu = 1500
 	}
-	b := &Bed{T: t, Host: netnstest.New(t), Wire: netnstest.New(t), Queues: queues, MTU: mtu, Dir: t.TempDir()}
+	b := &Bed{T: t, Host: netnstest.New(t), Wire: netnstest.New(t), Queues: queues, MTU: mtu, Dir: t.TempDir(), maxVMs: cmp.Or(opts.MaxVMs, 16)}
 	for _, ns := range []*netnstest.NS{b.Host, b.Wire} {
 		// No IPv6: its neighbour discovery would add frames to exact counts.
 		ns.Run(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
@@ -84,14 +88,14 @@ func (b *Bed) QueueIDs() []int {
 	return q
 }
 
-// AttachFilter loads vmq's XDP filter (16 VMs, at least 2 queues) in the
+// AttachFilter loads vmq's XDP filter (Options.MaxVMs, at least 2 queues) in the
 // host namespace and attaches it natively to the NIC; it is closed (and
 // detached) at the end of the test.
 func (b *Bed) AttachFilter() *bpf.Filter {
 	t := b.T
 	t.Helper()
 	err := b.Host.Do(func() error {
-		f, err := bpf.Load(bpf.Config{MaxVMs: 16, MaxQueues: max(b.Queues, 2)})
+		f, err := bpf.Load(bpf.Config{MaxVMs: b.maxVMs, MaxQueues: max(b.Queues, 2)})
 		if err != nil {
 			return err
 		}
