@@ -333,13 +333,21 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 	case VM2VM:
 		rxVM, dst = 1, vmMAC(1)
 	}
+	// A failed start leaves r.rcv and r.src nil, not a nil pointer in the
+	// interface, which r.close would call.
 	switch c.Receiver {
 	case TestpmdRx, TestpmdRxPacked:
-		r.rcv, err = s.startTestpmdGuest(pl.Dst, r.sw.socket(rxVM), vmMAC(rxVM), "rxonly", nil, c.Receiver == TestpmdRxPacked)
+		var g *testpmdGuest
+		if g, err = s.startTestpmdGuest(pl.Dst, r.sw.socket(rxVM), vmMAC(rxVM), "rxonly", nil, c.Receiver == TestpmdRxPacked); err == nil {
+			r.rcv = g
+		}
 	case GoGuest:
 		r.rcv = &goGuestReceiver{s: s, cpu: pl.Dst, sock: r.sw.socket(rxVM), mac: vmMAC(rxVM)}
 	case WireSink:
-		r.rcv, err = s.wireSink()
+		var k *sinkReceiver
+		if k, err = s.wireSink(); err == nil {
+			r.rcv = k
+		}
 	}
 	if err == nil {
 		switch c.Source {
@@ -348,7 +356,10 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 		case GoGuest:
 			r.src = &goGuestSource{s: s, cpu: pl.Src, sock: r.sw.socket(0), mac: vmMAC(0), dst: dst}
 		case TestpmdTx, TestpmdTxPacked:
-			r.src, err = s.startTestpmdGuest(pl.Src, r.sw.socket(0), vmMAC(0), "txonly", dst, c.Source == TestpmdTxPacked)
+			var g *testpmdGuest
+			if g, err = s.startTestpmdGuest(pl.Src, r.sw.socket(0), vmMAC(0), "txonly", dst, c.Source == TestpmdTxPacked); err == nil {
+				r.src = g
+			}
 		}
 	}
 	if err != nil {
