@@ -505,14 +505,18 @@ func (dp *Dataplane) Snapshot() Snapshot {
 
 func portStats(vm string, p *vhostuser.Port, standby bool) PortStats {
 	ps := p.State()
+	running := 0
+	for _, r := range ps.Running {
+		if r {
+			running++
+		}
+	}
 	return PortStats{VM: vm, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
 		Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
-		RingSizes: ps.RingSizes, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
+		RingSizes: ps.RingSizes, RingsRunning: running, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
 		Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected, Standby: standby}
 }
 
-// socketStats reads a socket's kernel statistics (XDP_STATISTICS); vm is
-// "" for a queue's flood socket.
 // socketStats are the kernel's counters of a VM's receive socket sock
 // and its transmit socket tx (nil: none), as one socket's.
 func socketStats(vm string, queue int, sock, tx *xsk.Socket) SocketStats {

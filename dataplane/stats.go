@@ -186,6 +186,9 @@ type PortStats struct {
 	ProtocolFeatures uint64 `json:"protocol_features"`
 	QueuePairs       int    `json:"queue_pairs"`
 	RingSizes        []int  `json:"ring_sizes,omitempty"`
+	// RingsRunning counts the virtqueues a worker serves now (started by
+	// their kick fd and enabled).
+	RingsRunning int    `json:"rings_running"`
 	Kicks            uint64 `json:"kicks"`
 	Calls            uint64 `json:"calls"`
 	Broken           string `json:"broken,omitempty"` // why the device was marked broken

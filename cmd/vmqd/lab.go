@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -180,16 +181,17 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	guests, err := l.startGuests(guestBin, o, stderr)
+	guests, err := l.startGuests(d, guestBin, o, stderr)
 	if err != nil {
-		return err
-	}
-	if err := waitGuestsRunning(d, len(labVMs), 15*time.Second); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "lab: %d guests connected; traffic for %v: wire→VMs %.0f/s each, vm1→wire and vm2→vm1 %.0f/s\n\n",
 		len(guests), o.duration, o.rate, o.guestRate)
 
+	// Drops before the traffic (a flooded ARP reply's request reaching a
+	// guest not started yet) are not the traffic's: the summary counts
+	// from here.
+	start := d.snapshot()
 	ctx, cancel := context.WithTimeout(context.Background(), o.duration)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -223,7 +225,7 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 			return fmt.Errorf("wire traffic %d: %w", i, err)
 		}
 	}
-	printLabSummary(stdout, d.snapshot(), summaries, wireSent, sinkStats, ping)
+	printLabSummary(stdout, start, d.snapshot(), summaries, wireSent, sinkStats, ping)
 	return nil
 }
 
@@ -340,9 +342,13 @@ type guestProc struct {
 	out bytes.Buffer
 }
 
-func (l *lab) startGuests(bin string, o labOptions, stderr io.Writer) ([]*guestProc, error) {
+// startGuests starts the guests one by one, each once the one before it
+// runs: vm2 sends to vm1 from its start, so vm1 must run first or vm2's
+// first frames find no guest (guest_not_ready).
+func (l *lab) startGuests(d *daemon, bin string, o labOptions, stderr io.Writer) ([]*guestProc, error) {
 	var guests []*guestProc
-	for i, vm := range labVMs {
+	for _, i := range []int{0, 2, 1} {
+		vm := labVMs[i]
 		args := []string{"--socket", filepath.Join(l.dir, vm.name+".sock"), "--mac", vm.mac, "--ip", vm.ip,
 			"--json", "--linger", "200ms", "--log-level", "error"}
 		switch i {
@@ -365,27 +371,30 @@ func (l *lab) startGuests(bin string, o labOptions, stderr io.Writer) ([]*guestP
 			}
 		})
 		guests = append(guests, g)
+		if err := waitGuestsRunning(d, len(guests), 15*time.Second); err != nil {
+			return nil, fmt.Errorf("%s: %w", vm.name, err)
+		}
 	}
 	return guests, nil
 }
 
-// waitGuestsRunning waits until every port has its two virtqueues running.
+// waitGuestsRunning waits until n ports have both virtqueues served by a
+// worker.
 func waitGuestsRunning(d *daemon, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		up := 0
 		for _, p := range d.snapshot().Ports {
-			if p.Connected && len(p.RingSizes) >= 2 && p.RingSizes[0] > 0 && p.RingSizes[1] > 0 {
+			if p.Connected && p.RingsRunning >= 2 {
 				up++
 			}
 		}
-		if up == n {
-			time.Sleep(200 * time.Millisecond) // rings enabled after sizes are known
+		if up >= n {
 			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("guests not connected after %v", timeout)
+	return fmt.Errorf("guests not running after %v", timeout)
 }
 
 func (l *lab) attachWireSink() (*pktgen.Sink, error) {
@@ -530,7 +539,7 @@ func streamOf(s guestSummary, id uint32) (received, lost uint64, p50, p99 time.D
 	return 0, 0, 0, 0
 }
 
-func printLabSummary(w io.Writer, snap dataplane.Snapshot, guests map[string]guestSummary,
+func printLabSummary(w io.Writer, start, snap dataplane.Snapshot, guests map[string]guestSummary,
 	wire []pktgen.Stats, sink pktgen.SinkStats, ping string) {
 	fmt.Fprintln(w, "\nsummary")
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
@@ -538,12 +547,7 @@ func printLabSummary(w io.Writer, snap dataplane.Snapshot, guests map[string]gue
 	sentTo := []uint64{wire[0].Sent / 2, wire[0].Sent - wire[0].Sent/2, wire[1].Sent}
 	for i, vm := range labVMs {
 		recv, lost, p50, p99 := streamOf(guests[vm.name], vm.stream)
-		drops := "0"
-		for _, v := range snap.VMs {
-			if v.Name == vm.name && len(v.DropsByReason) > 0 {
-				drops = fmt.Sprint(v.DropsByReason)
-			}
-		}
+		drops := dropsSince(start, snap, vm.name)
 		vlan := "-"
 		if vm.vlan != 0 {
 			vlan = fmt.Sprint(vm.vlan)
@@ -559,4 +563,31 @@ func printLabSummary(w io.Writer, snap dataplane.Snapshot, guests map[string]gue
 	fmt.Fprintf(w, "ping wire → vm1 (%s): %s\n", labVMs[0].ip, ping)
 	fmt.Fprintf(w, "filter: redirected %d, to host stack %d, flooded %d, malformed %d, no socket %d\n",
 		snap.Filter.Redirected, snap.Filter.Passed, snap.Filter.Flooded, snap.Filter.Malformed, snap.Filter.NoSocket)
+}
+
+// dropsSince is the drops of VM name from snapshot a to b, by reason;
+// "0" for none.
+func dropsSince(a, b dataplane.Snapshot, name string) string {
+	was := map[string]uint64{}
+	for _, v := range a.VMs {
+		if v.Name == name {
+			was = v.DropsByReason
+		}
+	}
+	var parts []string
+	for _, v := range b.VMs {
+		if v.Name != name {
+			continue
+		}
+		for r, n := range v.DropsByReason {
+			if n > was[r] {
+				parts = append(parts, fmt.Sprintf("%s:%d", r, n-was[r]))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return "0"
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
 }
