@@ -189,9 +189,9 @@ type PortStats struct {
 	// RingsRunning counts the virtqueues a worker serves now (started by
 	// their kick fd and enabled).
 	RingsRunning int    `json:"rings_running"`
-	Kicks            uint64 `json:"kicks"`
-	Calls            uint64 `json:"calls"`
-	Broken           string `json:"broken,omitempty"` // why the device was marked broken
+	Kicks        uint64 `json:"kicks"`
+	Calls        uint64 `json:"calls"`
+	Broken       string `json:"broken,omitempty"` // why the device was marked broken
 	// Standby: a migration's standby port (the destination QEMU's).
 	Standby bool `json:"standby,omitempty"`
 	// Control connections closed because a message did not arrive whole,
