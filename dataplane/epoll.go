@@ -85,12 +85,14 @@ func (w *worker) addKick(vq *virtq) error {
 		vq.kickFD = -1
 		return err
 	}
+	w.kickOwner[int32(vq.kickFD)] = vq
 	return nil
 }
 
 // dropKick unregisters the kick fd of a transmit queue leaving the worker.
 func (w *worker) dropKick(vq *virtq) {
 	epollDelFrom(w.kickEp, vq.kickFD)
+	delete(w.kickOwner, int32(vq.kickFD))
 	vq.kickFD = -1
 }
 
@@ -102,12 +104,9 @@ func (w *worker) takeKicks() {
 		return
 	}
 	for _, ev := range w.kickEvents[:n] {
-		for _, vq := range w.txqs {
-			if vq.kickFD == int(ev.Fd) {
-				vq.q.AckKick()
-				w.kicked(vq)
-				break
-			}
+		if vq := w.kickOwner[ev.Fd]; vq != nil {
+			vq.q.AckKick()
+			w.kicked(vq)
 		}
 	}
 }

@@ -132,8 +132,9 @@ type worker struct {
 	events     [maxEvents]unix.EpollEvent // epoll_wait's results
 	kickEp     int                        // the guest TX queues' kick fds, in epfd (epoll.go)
 	kickEvents [maxEvents]unix.EpollEvent
-	txIdleNext int           // the next idle TX queue the sparse sweep looks at (txsched.go)
-	pollfds    []unix.PollFd // the sleep's fds with dedicated queues
+	kickOwner  map[int32]*virtq // the TX queue of each kick fd in kickEp
+	txIdleNext int              // the next idle TX queue the sparse sweep looks at (txsched.go)
+	pollfds    []unix.PollFd    // the sleep's fds with dedicated queues
 	ctr        workerCounters
 	ofl        offloadState // guest frames with offloads (offload.go)
 
@@ -203,7 +204,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 	return &worker{
 		dp: dp, index: index, queueID: queueID,
 		vms: make(map[uint32]*vmState), fdb: newFDB(),
-		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1, kickEp: -1,
+		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1, kickEp: -1, kickOwner: make(map[int32]*virtq),
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
 		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
 		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
