@@ -101,7 +101,9 @@ func frameSizes(list []string) ([]int, error) {
 // (0.05: the search stops when its bounds are closer than this share of
 // where it started), VMQ_BENCH_VMQD and VMQ_BENCH_VMQD_B (a vmqd binary to
 // measure instead of this tree's; a second one, searched as system vmq-b
-// in the zero-loss searches only), VMQ_BENCH_OUT (results directory).
+// in the zero-loss searches and as a third system in the full-speed rows
+// of queue 0), VMQ_BENCH_OUT (results directory), VMQ_BENCH_THREAD and
+// VMQ_BENCH_PERF (the forwarding thread's own numbers: fwdthread.go).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
@@ -176,6 +178,10 @@ func BenchmarkSuite(b *testing.B) {
 		// Alternate which system goes first, so drift in the machine's
 		// load hits both alike.
 		systems := c.Systems()
+		if s.bin.vmqdB != "" && c.Queue == 0 {
+			// An A/B of two vmqd builds in the same drift of the load.
+			systems = []string{VMQ, DPDK, VMQB}
+		}
 		if i%2 == 1 {
 			slices.Reverse(systems)
 		}
@@ -520,9 +526,21 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 		return p
 	}
 	veth0 := s.vethDrops()
+	var probe *threadProbe
+	if rate == 0 && d == s.dur {
+		var err error
+		if probe, err = startProbe(r.sw.pid(), fmt.Sprintf("%s-%d-%s-%d", strings.NewReplacer(" ", "_", "/", "-", "→", "-").Replace(c.Key()), size, sys, time.Now().Unix())); err != nil {
+			fmt.Fprintf(os.Stderr, "thread probe: %v\n", err)
+		}
+	}
 	a := s.sample(r)
 	sent, secs, srcCPU, serr := r.src.run(size, rate, count, d)
 	z := s.sample(r)
+	if probe != nil {
+		if err := probe.stop(r.sw.pid()); err != nil {
+			fmt.Fprintf(os.Stderr, "thread probe: %v\n", err)
+		}
+	}
 	recv, rerr := r.rcv.count()
 	cost, berr := r.sw.end()
 	drops := cost.drops
@@ -544,6 +562,9 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	}
 	if sent > 0 {
 		p.LossPct = 100 * (1 - float64(min(recv, sent))/float64(sent))
+	}
+	if probe != nil {
+		drops += "; " + probe.report(cost.moved)
 	}
 	p.BusyNSPerFrame, p.BusyHow, p.Note, p.CopiedPerFrame = cost.busyNS, cost.how, drops, cost.copied
 	p.BusyNSPerDelivered = busyPerDelivered(cost.busyNS, cost.moved, recv)
