@@ -63,6 +63,11 @@ type workerCounters struct {
 	// (one in timeEvery) that moved frames, and the frames they moved;
 	// their ratio is the worker's busy cost per frame.
 	frames, busyRoundNS, busyRoundFrames atomic.Uint64
+	// roundNS and roundFrames: the same timed rounds by their ns per
+	// frame (roundBucket), time and frames summed per bucket, so a reader
+	// can tell rounds the thread was preempted in (ms in a round of µs),
+	// which busyRoundNS counts in full, from the worker's own cost.
+	roundNS, roundFrames [roundBuckets]atomic.Uint64
 	// What the worker owns, published for snapshots.
 	virtqueues, sockets atomic.Int64
 	// inflight: UMEM frames in the queue's rings and the stash (publishInFlight).
@@ -327,8 +332,12 @@ func (w *worker) run(ready chan<- error) {
 			t0 := mono()
 			moved = w.round()
 			if moved > 0 {
-				timedNS += uint64(mono() - t0)
+				d := uint64(mono() - t0)
+				timedNS += d
 				timedFrames += uint64(moved)
+				k := roundBucket(d / uint64(moved))
+				w.ctr.roundNS[k].Add(d)
+				w.ctr.roundFrames[k].Add(uint64(moved))
 			}
 			w.publishRounds()
 		} else {
@@ -372,6 +381,27 @@ func (w *worker) run(ready chan<- error) {
 		add(&w.ctr.idleNS, uint64(woke-now))
 		busySince, idleSince, idleRounds = woke, -1, 0
 	}
+}
+
+// roundBuckets: roundBucket's range, up to 2^33 ns per frame.
+const roundBuckets = 128
+
+// roundBucket is the bucket of a round's ns per frame: quarter octaves
+// (0-3 exact, then 4-4.99 is 4, 5-5.99 is 5, ..., 8-9.99 is 8, ...).
+func roundBucket(nsPerFrame uint64) int {
+	if nsPerFrame < 4 {
+		return int(nsPerFrame)
+	}
+	l := bits.Len64(nsPerFrame)
+	return min(4*(l-2)+int(nsPerFrame>>(l-3)&3), roundBuckets-1)
+}
+
+// roundBucketFloor is the least ns per frame of bucket k.
+func roundBucketFloor(k int) uint64 {
+	if k < 4 {
+		return uint64(k)
+	}
+	return uint64(4+k%4) << (k/4 - 1)
 }
 
 // publishRounds publishes the round counts (the watchdog's sign of
