@@ -52,7 +52,9 @@ import (
 //	sudo taskset -c 0,1 go test -run '^$' -bench BenchmarkWorkerRX -benchtime 5x ./dataplane
 //
 // VMQ_BENCH_SHARED_CPU=1 leaves the other threads free to run on the
-// workers' CPU, as before isolateCPU, to see what that costs.
+// workers' CPU, as before isolateCPU, to see what that costs;
+// VMQ_BENCH_CASES=256toall (a comma-separated list) runs only those cases,
+// for a profile of one worker thread (its id is printed on stderr).
 func BenchmarkWorkerRX(b *testing.B) {
 	if runtime.NumCPU() < 2 {
 		testenv.Skip(b, "needs 2 CPUs")
@@ -74,10 +76,17 @@ func BenchmarkWorkerRX(b *testing.B) {
 	if !shared {
 		isolate = isolateCPU(b, mask, workerCPU, one.tid, many.tid)
 	}
+	if only := os.Getenv("VMQ_BENCH_CASES"); only != "" { // for profiles: e.g. 256toall
+		cases = slices.DeleteFunc(cases, func(c *rxCase) bool { return !slices.Contains(strings.Split(only, ","), c.name) })
+		if len(cases) == 0 {
+			b.Fatalf("VMQ_BENCH_CASES=%s: no such case", only)
+		}
+	}
 	for _, c := range cases {
 		c.send = c.env.sender(b, c.nto)
 		c.warmUp(b)
 	}
+	fmt.Fprintf(os.Stderr, "worker threads (for perf record -t): 1 VM %d, 256 VMs %d\n", one.tid, many.tid)
 	for r := 0; b.Loop(); r++ {
 		for k := range cases {
 			c := cases[(k+r)%len(cases)]
@@ -88,7 +97,7 @@ func BenchmarkWorkerRX(b *testing.B) {
 	base := cases[0]
 	for _, c := range cases {
 		c.report(b)
-		if c != base {
+		if c != base && base.name == "1vm" {
 			b.ReportMetric(median(c.samples, rxSample.trim)/median(base.samples, rxSample.trim), c.name+"/1vm-trimmed-busy")
 			b.ReportMetric(median(c.samples, rxSample.busy)/median(base.samples, rxSample.busy), c.name+"/1vm-busy")
 			b.ReportMetric(median(c.samples, rxSample.cpu)/median(base.samples, rxSample.cpu), c.name+"/1vm-cpu")
@@ -291,13 +300,16 @@ func (c *rxCase) measure(b *testing.B) rxSample {
 	st0, flt0, h0 := threadSched(b, tid), threadFaults(b, tid), roundsOf(w)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	for range benchSampleSends {
+	// A round in timeEvery is timed: a sample of a few large rounds can
+	// have none, and then takes more sends.
+	sends := 0
+	for ; sends < benchSampleSends || sends < 4*benchSampleSends && ctr.busyRoundFrames.Load() == timed0; sends++ {
 		c.send()
 	}
 	st, flt, h := threadSched(b, tid), threadFaults(b, tid), roundsOf(w)
 	runtime.ReadMemStats(&after)
 	s := rxSample{
-		sent:   benchSampleSends * benchFramesPerOp,
+		sent:   uint64(sends) * benchFramesPerOp,
 		frames: ctr.frames.Load() - frames0, timed: ctr.busyRoundFrames.Load() - timed0,
 		busyNS: ctr.busyRoundNS.Load() - ns0, rounds: ctr.batches.Load() - rounds0,
 		delivered: c.rx() - rx0,
@@ -324,7 +336,11 @@ func (c *rxCase) report(b *testing.B) {
 	b.ReportMetric(median(c.samples, rxSample.cpu), c.name+"-cpu-ns/frame")
 	b.ReportMetric(median(c.samples, rxSample.deliv), c.name+"-delivered")
 	var line strings.Builder
-	line.WriteString(c.name + ":")
+	var frames uint64
+	for _, s := range c.samples {
+		frames += s.frames
+	}
+	fmt.Fprintf(&line, "%s: %d frames;", c.name, frames)
 	for i, m := range []struct {
 		name string
 		f    func(rxSample) float64
