@@ -199,4 +199,8 @@ type PortStats struct {
 	Timeouts uint64 `json:"timeouts"`
 	// Connections refused because the peer's uid is not allowed.
 	PeerRejected uint64 `json:"peer_rejected"`
+	// Rings the front-end had started, and how many of those starts
+	// waited for the port's ring-start limit (vhostuser.DefaultRingStarts).
+	RingStarts      uint64 `json:"ring_starts"`
+	RingStartsPaced uint64 `json:"ring_starts_paced"`
 }

@@ -38,7 +38,7 @@ type collector struct {
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
 	wStalls, umemInFlight                                                                 *prometheus.Desc
 
-	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected *prometheus.Desc
+	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -114,16 +114,18 @@ func NewCollector(src Source) prometheus.Collector {
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
-		portInfo:         desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
-		portConnected:    desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
-		portFeatures:     desc("port_features_info", "Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.", "vm", "features", "protocol_features"),
-		portQueuePairs:   desc("port_queue_pairs", "Virtqueue pairs of the VM's device.", vm...),
-		portRingSize:     desc("port_ring_size", "Size of one vring of the VM's device.", "vm", "vring"),
-		portKicks:        desc("port_kicks_total", "Kicks (guest notifications) received on the VM's port.", vm...),
-		portCalls:        desc("port_calls_total", "Calls (interrupts) vmq signalled to the guest.", vm...),
-		portBroken:       desc("port_broken", "1 if the VM's device was marked broken (bad guest input); it stays so until the guest resets it.", vm...),
-		portTimeouts:     desc("port_control_timeouts_total", "vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.", vm...),
-		portPeerRejected: desc("port_peer_rejected_total", "vhost-user connections refused because the peer's uid is not in allowed_uids.", vm...),
+		portInfo:            desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
+		portConnected:       desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
+		portFeatures:        desc("port_features_info", "Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.", "vm", "features", "protocol_features"),
+		portQueuePairs:      desc("port_queue_pairs", "Virtqueue pairs of the VM's device.", vm...),
+		portRingSize:        desc("port_ring_size", "Size of one vring of the VM's device.", "vm", "vring"),
+		portKicks:           desc("port_kicks_total", "Kicks (guest notifications) received on the VM's port.", vm...),
+		portCalls:           desc("port_calls_total", "Calls (interrupts) vmq signalled to the guest.", vm...),
+		portBroken:          desc("port_broken", "1 if the VM's device was marked broken (bad guest input); it stays so until the guest resets it.", vm...),
+		portTimeouts:        desc("port_control_timeouts_total", "vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.", vm...),
+		portPeerRejected:    desc("port_peer_rejected_total", "vhost-user connections refused because the peer's uid is not in allowed_uids.", vm...),
+		portRingStarts:      desc("port_ring_starts_total", "Virtqueues of the VM's device handed to a worker (each start follows a stop but the first).", vm...),
+		portRingStartsPaced: desc("port_ring_starts_paced_total", "Ring starts that waited for the port's limit on ring starts (a guest stopping and starting its rings faster).", vm...),
 	}
 }
 
@@ -139,7 +141,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
 		c.wStalls, c.umemInFlight,
-		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected,
+		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced,
 	} {
 		ch <- d
 	}
@@ -258,6 +260,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.portBroken, b2f(p.Broken != ""), p.VM)
 		counter(ch, c.portTimeouts, p.Timeouts, p.VM)
 		counter(ch, c.portPeerRejected, p.PeerRejected, p.VM)
+		counter(ch, c.portRingStarts, p.RingStarts, p.VM)
+		counter(ch, c.portRingStartsPaced, p.RingStartsPaced, p.VM)
 	}
 }
 
