@@ -434,8 +434,8 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
 			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
 			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
-			BusyRoundFrames: w.ctr.busyRoundFrames.Load(),
-			VirtQueues:      int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			BusyRoundFrames: w.ctr.busyRoundFrames.Load(), KickMutes: w.ctr.kickMutes.Load(),
+			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
 	dp.mu.RLock()

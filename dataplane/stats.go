@@ -90,6 +90,9 @@ type WorkerStats struct {
 	// Stalls counts the times the watchdog saw the worker stuck in one
 	// round for longer than StallThreshold.
 	Stalls uint64 `json:"stalls"`
+	// KickMutes counts the times a guest's transmit kick fd left the
+	// worker's sleep for a while: its kicks kept finding no frames.
+	KickMutes uint64 `json:"kick_mutes"`
 	// Frames are the frames the worker moved: taken from AF_XDP sockets,
 	// popped from guest TX rings, taken from other workers' mailboxes.
 	Frames uint64 `json:"frames"`

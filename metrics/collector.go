@@ -36,7 +36,7 @@ type collector struct {
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
-	wStalls, umemInFlight                                                                 *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight                                                     *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced *prometheus.Desc
 }
@@ -111,6 +111,7 @@ func NewCollector(src Source) prometheus.Collector {
 		umemFree:    desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
 		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
 		wStalls:     desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
+		wKickMutes:  desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
@@ -140,7 +141,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.umemInFlight,
+		c.wStalls, c.wKickMutes, c.umemInFlight,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced,
 	} {
 		ch <- d
@@ -243,6 +244,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.umemFree, float64(w.FreeFrames), ql)
 		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
 		counter(ch, c.wStalls, w.Stalls, ql)
+		counter(ch, c.wKickMutes, w.KickMutes, ql)
 		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
 	}
 

@@ -66,6 +66,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "one_byte_tx_chains", run: attackOneByteTxChains},
 	{name: "tso_min_mss", run: attackTSOMinMSS},
 	{name: "ring_churn", run: attackRingChurn},
+	{name: "kick_storm", run: attackKickStorm},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
