@@ -78,6 +78,8 @@ type workerCounters struct {
 	serving atomic.Uint32
 	// stalls is written by the watchdog, not the worker.
 	stalls atomic.Uint64
+	// kickMutes: times a guest's kick fd was muted for spurious kicks (kickmute.go).
+	kickMutes atomic.Uint64
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
@@ -137,6 +139,10 @@ type worker struct {
 	events     [maxEvents]unix.EpollEvent // epoll_wait's results
 	kickEp     int                        // the guest TX queues' kick fds, in epfd (epoll.go)
 	kickEvents [maxEvents]unix.EpollEvent
+	// Kick fds out of the sleep's set for now (kickmute.go): TX queues'
+	// (out of kickEp) and holders' receive kick fds.
+	kickMuted  []*virtq
+	holdMuted  []*vmState
 	kickOwner  map[int32]*virtq // the TX queue of each kick fd in kickEp
 	txIdleNext int              // the next idle TX queue the sparse sweep looks at (txsched.go)
 	pollfds    []unix.PollFd    // the sleep's fds with dedicated queues
@@ -1330,8 +1336,9 @@ func (w *worker) pollDirects() {
 		fds = append(fds, unix.PollFd{Fd: int32(vm.sock.FD()), Events: unix.POLLIN})
 	}
 	firstKick := len(fds)
+	timeout := sleepTimeout(w.unmuteKicks())
 	for _, vq := range w.txqs {
-		if fd := vq.q.KickFD(); fd >= 0 {
+		if fd := vq.q.KickFD(); fd >= 0 && !vq.kicks.muted {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
 	}
@@ -1342,7 +1349,7 @@ func (w *worker) pollDirects() {
 		return
 	}
 	add(&w.ctr.polls, 1)
-	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
+	if _, err := unix.Poll(fds, timeout); err == nil && fds[0].Revents&unix.POLLIN != 0 {
 		var buf [8]byte
 		unix.Read(w.wakeFD, buf[:])
 		add(&w.ctr.wakeups, 1)
@@ -1358,11 +1365,12 @@ func (w *worker) pollDirects() {
 	// sleep is hundreds of syscalls with hundreds of guests.
 	k := firstKick
 	for _, vq := range w.txqs {
-		if vq.q.KickFD() < 0 {
+		if vq.q.KickFD() < 0 || vq.kicks.muted {
 			continue
 		}
 		if fds[k].Revents != 0 {
 			vq.q.AckKick()
+			w.kickTaken(vq)
 			w.kicked(vq)
 		}
 		k++

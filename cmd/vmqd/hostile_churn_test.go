@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/internal/hostile"
+	"github.com/vmq/vmq/internal/testenv"
+)
+
+// The guest stops and starts both its rings (SET_VRING_ENABLE 0, then 1)
+// as fast as vmqd answers, for 2 s. Every start and stop is a command
+// its worker, shared with the victim, applies between rounds: unpaced,
+// about 3200 starts a second took 36% of that worker. vmqd must pace the
+// starts (vhostuser.DefaultRingStarts: the burst, then 64 a second),
+// counting those that waited, and the device must still work after.
+func attackRingChurn(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
+	d := a.device(hostile.Config{})
+	first := time.Now() // no ring of this port started before
+	mustStart(t, h, d)
+	h.attackerFlow(t, 2000)
+	s0, err := h.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	toggles := 0
+	for time.Since(start) < 2*time.Second {
+		for _, en := range []uint32{0, 1} {
+			for ring := uint32(0); ring < 2; ring++ {
+				if err := d.C.State(vhostuser.ReqSetVringEnable, ring, en); err != nil {
+					t.Fatalf("SET_VRING_ENABLE %d %d: %v", ring, en, err)
+				}
+			}
+		}
+		toggles++
+	}
+	elapsed := time.Since(first)
+	s1, err := h.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, w0, w1 := portOf(s1, a.name), s0.Workers[0], s1.Workers[0]
+	t.Logf("%d stop/start toggles of both rings in %v: %d ring starts, %d paced; the worker was busy %.1f%% meanwhile",
+		toggles, time.Since(start).Round(time.Millisecond), p.RingStarts, p.RingStartsPaced,
+		100*float64(w1.BusyNS-w0.BusyNS)/float64(time.Since(start).Nanoseconds()))
+	lim := vhostuser.DefaultRingStarts
+	if most := uint64(float64(lim.Burst) + lim.PerSecond*elapsed.Seconds() + 1); p.RingStarts > most {
+		t.Errorf("%d ring starts in %v: the limit allows at most %d", p.RingStarts, elapsed.Round(time.Millisecond), most)
+	}
+	if p.RingStartsPaced == 0 {
+		t.Errorf("no ring start was paced in %d toggles", toggles)
+	}
+	// The guest's device works on: paced, not broken.
+	rx := d.RX()
+	from := rx.UsedIdx()
+	testenv.Eventually(t, "frames delivered to the attacker after the churn", func() (bool, string) {
+		rx.PostRX()
+		d.KickRing(0)
+		s, err := h.snapshot()
+		if err == nil && portOf(s, a.name).Broken != "" {
+			t.Fatalf("device broken: %s", portOf(s, a.name).Broken)
+		}
+		return rx.UsedIdx()-from >= 16, fmt.Sprintf("%d frames", rx.UsedIdx()-from)
+	})
+}
