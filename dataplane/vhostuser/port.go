@@ -718,6 +718,9 @@ func (p *Port) markBroken(reason string) {
 	if !p.brokenFlag.CompareAndSwap(false, true) {
 		return
 	}
+	for _, q := range p.queues { // fixed since NewPort
+		q.portBroken.Store(true)
+	}
 	p.logGuest(&p.faultLog, slog.LevelError, "vhost-user device broken", "reason", reason)
 	p.mu.Lock()
 	p.state.Broken = reason
@@ -880,6 +883,9 @@ func (p *Port) resetDevice() {
 	p.dev.log.unmap()
 	closeFD(&p.dev.logFD)
 	p.dev = device{logFD: -1}
+	for _, q := range p.queues {
+		q.portBroken.Store(false)
+	}
 	if p.brokenFlag.Swap(false) {
 		p.mu.Lock()
 		p.state.Broken = ""
