@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmq/vmq/dataplane"
 	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/internal/hostile"
 	"github.com/vmq/vmq/internal/testenv"
@@ -42,10 +43,9 @@ func attackRingChurn(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, w0, w1 := portOf(s1, a.name), s0.Workers[0], s1.Workers[0]
+	p := portOf(s1, a.name)
 	t.Logf("%d stop/start toggles of both rings in %v: %d ring starts, %d paced; the worker was busy %.1f%% meanwhile",
-		toggles, time.Since(start).Round(time.Millisecond), p.RingStarts, p.RingStartsPaced,
-		100*float64(w1.BusyNS-w0.BusyNS)/float64(time.Since(start).Nanoseconds()))
+		toggles, time.Since(start).Round(time.Millisecond), p.RingStarts, p.RingStartsPaced, busyPercent(s0, s1, time.Since(start)))
 	lim := vhostuser.DefaultRingStarts
 	if most := uint64(float64(lim.Burst) + lim.PerSecond*elapsed.Seconds() + 1); p.RingStarts > most {
 		t.Errorf("%d ring starts in %v: the limit allows at most %d", p.RingStarts, elapsed.Round(time.Millisecond), most)
@@ -100,9 +100,9 @@ func attackMessageStorm(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, w0, w1 := portOf(s1, a.name), s0.Workers[0], s1.Workers[0]
+	p := portOf(s1, a.name)
 	t.Logf("%d GET_FEATURES in 1.5 s, %d connections in 0.5 s: %d paced; the worker was busy %.1f%% meanwhile",
-		msgs, conns, p.MessagesPaced, 100*float64(w1.BusyNS-w0.BusyNS)/float64(time.Since(start).Nanoseconds()))
+		msgs, conns, p.MessagesPaced, busyPercent(s0, s1, time.Since(start)))
 	lim := vhostuser.DefaultMessages
 	// Every answered GET_FEATURES took a token (and the handshake more).
 	if most := int(float64(lim.Burst) + lim.PerSecond*elapsed.Seconds() + 1); msgs > most {
@@ -111,4 +111,10 @@ func attackMessageStorm(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
 	if p.MessagesPaced == 0 {
 		t.Errorf("no message paced in %d", msgs)
 	}
+}
+
+// busyPercent is worker 0's busy time between two snapshots d apart, in
+// percent of d (what a storm costs the worker the victim shares).
+func busyPercent(s0, s1 *dataplane.Snapshot, d time.Duration) float64 {
+	return 100 * float64(s1.Workers[0].BusyNS-s0.Workers[0].BusyNS) / float64(d.Nanoseconds())
 }
