@@ -515,7 +515,7 @@ func portStats(vm string, p *vhostuser.Port, standby bool) PortStats {
 		Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
 		RingSizes: ps.RingSizes, RingsRunning: running, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
 		Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected, Standby: standby,
-		RingStarts: ps.RingStarts, RingStartsPaced: ps.RingStartsPaced}
+		RingStarts: ps.RingStarts, RingStartsPaced: ps.RingStartsPaced, MessagesPaced: ps.MessagesPaced}
 }
 
 // socketStats are the kernel's counters of a VM's receive socket sock

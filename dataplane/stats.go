@@ -206,4 +206,7 @@ type PortStats struct {
 	// waited for the port's ring-start limit (vhostuser.DefaultRingStarts).
 	RingStarts      uint64 `json:"ring_starts"`
 	RingStartsPaced uint64 `json:"ring_starts_paced"`
+	// Messages (and connections) that waited for the port's limit on
+	// messages (vhostuser.DefaultMessages).
+	MessagesPaced uint64 `json:"messages_paced"`
 }

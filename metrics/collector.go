@@ -38,7 +38,7 @@ type collector struct {
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
 	wStalls, wKickMutes, umemInFlight                                                     *prometheus.Desc
 
-	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced *prometheus.Desc
+	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -126,6 +126,7 @@ func NewCollector(src Source) prometheus.Collector {
 		portTimeouts:        desc("port_control_timeouts_total", "vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.", vm...),
 		portPeerRejected:    desc("port_peer_rejected_total", "vhost-user connections refused because the peer's uid is not in allowed_uids.", vm...),
 		portRingStarts:      desc("port_ring_starts_total", "Virtqueues of the VM's device handed to a worker (each start follows a stop but the first).", vm...),
+		portMessagesPaced:   desc("port_messages_paced_total", "vhost-user messages and connections that waited for the port's limit on messages (a front-end sending faster).", vm...),
 		portRingStartsPaced: desc("port_ring_starts_paced_total", "Ring starts that waited for the port's limit on ring starts (a guest stopping and starting its rings faster).", vm...),
 	}
 }
@@ -142,7 +143,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
 		c.wStalls, c.wKickMutes, c.umemInFlight,
-		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced,
+		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
 	}
@@ -264,6 +265,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(ch, c.portPeerRejected, p.PeerRejected, p.VM)
 		counter(ch, c.portRingStarts, p.RingStarts, p.VM)
 		counter(ch, c.portRingStartsPaced, p.RingStartsPaced, p.VM)
+		counter(ch, c.portMessagesPaced, p.MessagesPaced, p.VM)
 	}
 }
 

@@ -67,7 +67,7 @@ func fakeSnapshot() dataplane.Snapshot {
 				Features: 1<<32 | 1<<15 | 1<<30, ProtocolFeatures: 0x8203, QueuePairs: 2,
 				RingSizes: []int{256, 256, 1024, 1024}, Kicks: 77, Calls: 88},
 			{VM: "db", Path: "/run/vmq/db.sock", Mode: "client", Broken: "descriptor loop",
-				Timeouts: 3, PeerRejected: 2, RingStarts: 200, RingStartsPaced: 70},
+				Timeouts: 3, PeerRejected: 2, RingStarts: 200, RingStartsPaced: 70, MessagesPaced: 9},
 		},
 	}
 }
@@ -199,6 +199,10 @@ vmq_port_ring_starts_total{vm="web"} 0
 # TYPE vmq_port_ring_starts_paced_total counter
 vmq_port_ring_starts_paced_total{vm="db"} 70
 vmq_port_ring_starts_paced_total{vm="web"} 0
+# HELP vmq_port_messages_paced_total vhost-user messages and connections that waited for the port's limit on messages (a front-end sending faster).
+# TYPE vmq_port_messages_paced_total counter
+vmq_port_messages_paced_total{vm="db"} 9
+vmq_port_messages_paced_total{vm="web"} 0
 # HELP vmq_port_features_info Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.
 # TYPE vmq_port_features_info gauge
 vmq_port_features_info{features="0x0",protocol_features="0x0",vm="db"} 1
@@ -224,7 +228,7 @@ vmq_port_info{mode="server",path="/run/vmq/web.sock",vm="web"} 1
 		"vmq_nic_info", "vmq_xdp_attached",
 		"vmq_port_connected", "vmq_port_broken", "vmq_port_features_info", "vmq_port_ring_size", "vmq_port_info",
 		"vmq_port_control_timeouts_total", "vmq_port_peer_rejected_total",
-		"vmq_port_ring_starts_total", "vmq_port_ring_starts_paced_total",
+		"vmq_port_ring_starts_total", "vmq_port_ring_starts_paced_total", "vmq_port_messages_paced_total",
 	}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -269,7 +273,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
 		"vmq_port_control_timeouts_total": 2, "vmq_port_peer_rejected_total": 2,
-		"vmq_port_ring_starts_total": 2, "vmq_port_ring_starts_paced_total": 2,
+		"vmq_port_ring_starts_total": 2, "vmq_port_ring_starts_paced_total": 2, "vmq_port_messages_paced_total": 2,
 	}
 	for name, n := range want {
 		if got[name] != n {

@@ -76,8 +76,7 @@ func kickStorm(t *testing.T, h *hostileBed, a *attacker, what string, kick func(
 	}
 	w0, w1 := s0.Workers[0], s1.Workers[0]
 	t.Logf("%s kick storm: %d writes in %v, %d mutes; the worker was busy %.1f%% meanwhile",
-		what, writes, elapsed.Round(time.Millisecond), w1.KickMutes-w0.KickMutes,
-		100*float64(w1.BusyNS-w0.BusyNS)/float64(elapsed.Nanoseconds()))
+		what, writes, elapsed.Round(time.Millisecond), w1.KickMutes-w0.KickMutes, busyPercent(s0, s1, elapsed))
 	if w1.KickMutes == w0.KickMutes {
 		t.Errorf("the %s kick storm was never muted", what)
 	}

@@ -67,6 +67,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "tso_min_mss", run: attackTSOMinMSS},
 	{name: "ring_churn", run: attackRingChurn},
 	{name: "kick_storm", run: attackKickStorm},
+	{name: "message_storm", run: attackMessageStorm},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.

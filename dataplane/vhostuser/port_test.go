@@ -673,7 +673,7 @@ func TestRingStartsPaced(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vm.sock")
 	h := newRecHandler()
 	// 3 starts at once, then one every 1000 s: the fourth start waits.
-	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t), RingStarts: RingStartLimit{PerSecond: 0.001, Burst: 3}})
+	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t), RingStarts: Pace{PerSecond: 0.001, Burst: 3}})
 	if err != nil {
 		t.Fatal(err)
 	}
