@@ -41,7 +41,9 @@ import (
 //
 // Metrics, per case, the median of the samples (every sample and the
 // range are logged): busy-ns/frame is the worker's own busy cost
-// (BusyRoundNS / BusyRoundFrames: timed rounds that moved frames),
+// (BusyRoundNS / BusyRoundFrames: timed rounds that moved frames, wall
+// clock), trimmed-busy-ns/frame the same without the rounds that took
+// roundOutlier × the median ns/frame or more (preempted: rounds.trimmed),
 // cpu-ns/frame the worker thread's CPU time (schedstat, spinning
 // included) per frame moved; ratio metrics are the 256-VM medians over
 // the 1-VM median. Logged besides: the share of sent frames taken and
