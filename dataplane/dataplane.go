@@ -434,8 +434,8 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			FreeFrames: w.freeFrames(), TotalFrames: dp.cfg.FramesPerQueue,
 			InFlightFrames: int(w.ctr.inflight.Load()), Stalls: w.ctr.stalls.Load(),
 			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
-			BusyRoundFrames: w.ctr.busyRoundFrames.Load(),
-			VirtQueues:      int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			BusyRoundFrames: w.ctr.busyRoundFrames.Load(), KickMutes: w.ctr.kickMutes.Load(),
+			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 		})
 	}
 	dp.mu.RLock()
@@ -514,7 +514,8 @@ func portStats(vm string, p *vhostuser.Port, standby bool) PortStats {
 	return PortStats{VM: vm, Path: ps.Path, Mode: ps.Mode, Connected: ps.Connected,
 		Features: ps.Features, ProtocolFeatures: ps.ProtocolFeatures, QueuePairs: ps.QueuePairs,
 		RingSizes: ps.RingSizes, RingsRunning: running, Kicks: ps.Kicks, Calls: ps.Calls, Broken: ps.Broken,
-		Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected, Standby: standby}
+		Timeouts: ps.Timeouts, PeerRejected: ps.PeerRejected, Standby: standby,
+		RingStarts: ps.RingStarts, RingStartsPaced: ps.RingStartsPaced, MessagesPaced: ps.MessagesPaced}
 }
 
 // socketStats are the kernel's counters of a VM's receive socket sock

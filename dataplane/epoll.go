@@ -91,6 +91,7 @@ func (w *worker) addKick(vq *virtq) error {
 
 // dropKick unregisters the kick fd of a transmit queue leaving the worker.
 func (w *worker) dropKick(vq *virtq) {
+	w.forgetMuted(vq)
 	epollDelFrom(w.kickEp, vq.kickFD)
 	delete(w.kickOwner, int32(vq.kickFD))
 	vq.kickFD = -1
@@ -106,6 +107,7 @@ func (w *worker) takeKicks() {
 	for _, ev := range w.kickEvents[:n] {
 		if vq := w.kickOwner[ev.Fd]; vq != nil {
 			vq.q.AckKick()
+			w.kickTaken(vq)
 			w.kicked(vq)
 		}
 	}
@@ -116,7 +118,7 @@ func (w *worker) takeKicks() {
 // drained, sockets are visited (whatever became of their marks), kicked
 // queues are acknowledged and made hot.
 func (w *worker) waitEvents() {
-	n, err := unix.EpollWait(w.epfd, w.events[:], int(idlePollTimeout.Milliseconds()))
+	n, err := unix.EpollWait(w.epfd, w.events[:], sleepTimeout(w.unmuteKicks()))
 	if err != nil {
 		return // EINTR (the runtime's preemption signal): the run loop comes back
 	}
@@ -128,6 +130,9 @@ func (w *worker) waitEvents() {
 			add(&w.ctr.wakeups, 1)
 		case epSocket:
 			w.markReady(uint32(ev.Fd))
+			if vm := w.bySlot[ev.Fd]; vm != nil && vm.holdKick > 0 {
+				w.holdKickTaken(vm) // its socket is out of the set: the kick woke us
+			}
 		case epKicks:
 			w.takeKicks()
 		}

@@ -90,6 +90,9 @@ type WorkerStats struct {
 	// Stalls counts the times the watchdog saw the worker stuck in one
 	// round for longer than StallThreshold.
 	Stalls uint64 `json:"stalls"`
+	// KickMutes counts the times a guest's transmit kick fd left the
+	// worker's sleep for a while: its kicks kept finding no frames.
+	KickMutes uint64 `json:"kick_mutes"`
 	// Frames are the frames the worker moved: taken from AF_XDP sockets,
 	// popped from guest TX rings, taken from other workers' mailboxes.
 	Frames uint64 `json:"frames"`
@@ -199,4 +202,11 @@ type PortStats struct {
 	Timeouts uint64 `json:"timeouts"`
 	// Connections refused because the peer's uid is not allowed.
 	PeerRejected uint64 `json:"peer_rejected"`
+	// Rings the front-end had started, and how many of those starts
+	// waited for the port's ring-start limit (vhostuser.DefaultRingStarts).
+	RingStarts      uint64 `json:"ring_starts"`
+	RingStartsPaced uint64 `json:"ring_starts_paced"`
+	// Messages (and connections) that waited for the port's limit on
+	// messages (vhostuser.DefaultMessages).
+	MessagesPaced uint64 `json:"messages_paced"`
 }

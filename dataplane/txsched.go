@@ -79,6 +79,9 @@ func (w *worker) transmitAll() int {
 func (w *worker) transmitOne(vq *virtq) int {
 	w.serve(vq.vm.slot)
 	got := w.transmit(vq)
+	if got > 0 && vq.kicks.pending {
+		vq.kicks.worked()
+	}
 	if got == 0 && vq.vm.credit > 0 {
 		vq.backoff = min(2*vq.backoff+1, maxTxBackoff)
 		vq.skip = vq.backoff

@@ -52,3 +52,29 @@ func TestNonKickingGuestIsServed(t *testing.T) {
 	}
 	tb.checkFrames()
 }
+
+// A guest that kicks for every frame it sends, one at a time at a pace
+// that lets the worker sleep between them, kicks for frames each time:
+// its kicks are never taken for a storm (kickmute.go), so none is muted
+// and every frame arrives in order.
+func TestKickingGuestIsNotMuted(t *testing.T) {
+	tb := newTestbed(t, 1)
+	sender := tb.addVM("sender", 1, mac1, 0, 1, "")
+	receiver := tb.addVM("receiver", 2, mac2, 0, 1, "")
+	const n = 1500
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := sender.Generate(ctx, frontend.Traffic{Dst: mustMAC(mac2), Count: n, Size: 64, Rate: 1000, Batch: 1, Stream: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitRx(t, "receiver", receiver, n)
+	if k := tb.portStats("sender").Kicks; k < n/2 {
+		t.Errorf("the sender's port took %d kicks for %d frames: the worker did not sleep between them", k, n)
+	}
+	if m := tb.dp.Snapshot().Workers[0].KickMutes; m != 0 {
+		t.Errorf("a guest whose kicks carry frames was muted %d times", m)
+	}
+	if st := receiver.Stats().Streams; len(st) != 1 || st[0].Lost != 0 || st[0].Reordered != 0 {
+		t.Errorf("receiver stream: %+v", st)
+	}
+}

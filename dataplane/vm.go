@@ -68,8 +68,12 @@ type vmState struct {
 	holding   bool
 	inHoldSet bool
 	holdKick  int
-	heldSock  int           // frames left in sock's rx ring at the last visit (worker.heldSock)
-	parked    []parkedFrame // frames parked for the guest's ring, oldest first
+	// The holder's receive kicks that brought no buffer (kickmute.go),
+	// and the frames delivered to it at the last one.
+	holdKicks  spuriousKicks
+	holdKickRx uint64
+	heldSock   int           // frames left in sock's rx ring at the last visit (worker.heldSock)
+	parked     []parkedFrame // frames parked for the guest's ring, oldest first
 }
 
 // virtq is a guest virtqueue owned by a worker.
@@ -82,7 +86,8 @@ type virtq struct {
 	// list (txsched.go).
 	skip, backoff int
 	idle          bool
-	kickFD        int // TX only: the kick fd in the worker's epoll set, -1 none
+	kickFD        int           // TX only: the kick fd in the worker's epoll set, -1 none
+	kicks         spuriousKicks // TX only: kicks that found no frames (kickmute.go)
 }
 
 func (vm *vmState) drop(r DropReason) { add(&vm.ctr.drops[r], 1) }

@@ -63,6 +63,11 @@ type workerCounters struct {
 	// (one in timeEvery) that moved frames, and the frames they moved;
 	// their ratio is the worker's busy cost per frame.
 	frames, busyRoundNS, busyRoundFrames atomic.Uint64
+	// roundNS and roundFrames: the same timed rounds by their ns per
+	// frame (roundBucket), time and frames summed per bucket, so a reader
+	// can tell rounds the thread was preempted in (ms in a round of µs),
+	// which busyRoundNS counts in full, from the worker's own cost.
+	roundNS, roundFrames [roundBuckets]atomic.Uint64
 	// What the worker owns, published for snapshots.
 	virtqueues, sockets atomic.Int64
 	// inflight: UMEM frames in the queue's rings and the stash (publishInFlight).
@@ -73,6 +78,8 @@ type workerCounters struct {
 	serving atomic.Uint32
 	// stalls is written by the watchdog, not the worker.
 	stalls atomic.Uint64
+	// kickMutes: times a guest's kick fd was muted for spurious kicks (kickmute.go).
+	kickMutes atomic.Uint64
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
@@ -132,6 +139,10 @@ type worker struct {
 	events     [maxEvents]unix.EpollEvent // epoll_wait's results
 	kickEp     int                        // the guest TX queues' kick fds, in epfd (epoll.go)
 	kickEvents [maxEvents]unix.EpollEvent
+	// Kick fds out of the sleep's set for now (kickmute.go): TX queues'
+	// (out of kickEp) and holders' receive kick fds.
+	kickMuted  []*virtq
+	holdMuted  []*vmState
 	kickOwner  map[int32]*virtq // the TX queue of each kick fd in kickEp
 	txIdleNext int              // the next idle TX queue the sparse sweep looks at (txsched.go)
 	pollfds    []unix.PollFd    // the sleep's fds with dedicated queues
@@ -327,8 +338,12 @@ func (w *worker) run(ready chan<- error) {
 			t0 := mono()
 			moved = w.round()
 			if moved > 0 {
-				timedNS += uint64(mono() - t0)
+				d := uint64(mono() - t0)
+				timedNS += d
 				timedFrames += uint64(moved)
+				k := roundBucket(d / uint64(moved))
+				w.ctr.roundNS[k].Add(d)
+				w.ctr.roundFrames[k].Add(uint64(moved))
 			}
 			w.publishRounds()
 		} else {
@@ -372,6 +387,27 @@ func (w *worker) run(ready chan<- error) {
 		add(&w.ctr.idleNS, uint64(woke-now))
 		busySince, idleSince, idleRounds = woke, -1, 0
 	}
+}
+
+// roundBuckets: roundBucket's range, up to 2^33 ns per frame.
+const roundBuckets = 128
+
+// roundBucket is the bucket of a round's ns per frame: quarter octaves
+// (0-3 exact, then 4-4.99 is 4, 5-5.99 is 5, ..., 8-9.99 is 8, ...).
+func roundBucket(nsPerFrame uint64) int {
+	if nsPerFrame < 4 {
+		return int(nsPerFrame)
+	}
+	l := bits.Len64(nsPerFrame)
+	return min(4*(l-2)+int(nsPerFrame>>(l-3)&3), roundBuckets-1)
+}
+
+// roundBucketFloor is the least ns per frame of bucket k.
+func roundBucketFloor(k int) uint64 {
+	if k < 4 {
+		return uint64(k)
+	}
+	return uint64(4+k%4) << (k/4 - 1)
 }
 
 // publishRounds publishes the round counts (the watchdog's sign of
@@ -1300,8 +1336,9 @@ func (w *worker) pollDirects() {
 		fds = append(fds, unix.PollFd{Fd: int32(vm.sock.FD()), Events: unix.POLLIN})
 	}
 	firstKick := len(fds)
+	timeout := sleepTimeout(w.unmuteKicks())
 	for _, vq := range w.txqs {
-		if fd := vq.q.KickFD(); fd >= 0 {
+		if fd := vq.q.KickFD(); fd >= 0 && !vq.kicks.muted {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
 	}
@@ -1312,7 +1349,7 @@ func (w *worker) pollDirects() {
 		return
 	}
 	add(&w.ctr.polls, 1)
-	if _, err := unix.Poll(fds, int(idlePollTimeout.Milliseconds())); err == nil && fds[0].Revents&unix.POLLIN != 0 {
+	if _, err := unix.Poll(fds, timeout); err == nil && fds[0].Revents&unix.POLLIN != 0 {
 		var buf [8]byte
 		unix.Read(w.wakeFD, buf[:])
 		add(&w.ctr.wakeups, 1)
@@ -1328,11 +1365,12 @@ func (w *worker) pollDirects() {
 	// sleep is hundreds of syscalls with hundreds of guests.
 	k := firstKick
 	for _, vq := range w.txqs {
-		if vq.q.KickFD() < 0 {
+		if vq.q.KickFD() < 0 || vq.kicks.muted {
 			continue
 		}
 		if fds[k].Revents != 0 {
 			vq.q.AckKick()
+			w.kickTaken(vq)
 			w.kicked(vq)
 		}
 		k++

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,39 +21,121 @@ import (
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
+	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
 // BenchmarkWorkerRX measures one worker's cost per frame from the wire
-// to Go guests, with 1 and 256 VMs on its queue: frames come from the
-// live-frames generator (its thread pinned to CPU 0, where the veth runs
-// the filter too), the worker is pinned to CPU 1. Each iteration sends
-// 1<<16 frames at full speed, destinations rotating over the first "to"
-// VMs (to=1: what 255 idle VMs cost the one with traffic; to=256: every
-// frame for another VM), and waits until the worker has taken what
-// reached the sockets.
+// to Go guests, with 1 and 256 VMs on its queue, as ratios of the same
+// run: the three cases (1 VM; 256 VMs, traffic to 1; 256 VMs, traffic to
+// all) are set up once, then measured in turn, the order rotating, once
+// per iteration, so each case gets b.N samples taken under the same load
+// as the others'. Frames come from the live-frames generator (its thread
+// pinned to CPU 0, where the veth runs the filter too); the workers are
+// pinned to CPU 1, and every other thread of the process (the guests'
+// goroutines, the generator, the runtime) is kept off CPU 1 (isolateCPU),
+// so a worker's timed rounds are not preempted by the guests it serves.
+// A sample sends benchSampleSends × 1<<16 frames at full speed, rotating
+// destinations over the first "to" VMs, and waits until the worker has
+// taken what reached the sockets.
 //
-// Metrics: worker-ns/frame is the worker's own busy cost (BusyRoundNS /
-// BusyRoundFrames: timed rounds that moved frames), wall-ns/frame the
-// elapsed time per frame moved, allocs/frame every allocation in the
-// process (dataplane, guests, generator) per frame moved, delivered the
-// share of sent frames the guests received, frames/round the frames
-// moved per round that did work.
+// Metrics, per case, the median of the samples (every sample and the
+// range are logged): busy-ns/frame is the worker's own busy cost
+// (BusyRoundNS / BusyRoundFrames: timed rounds that moved frames, wall
+// clock), trimmed-busy-ns/frame the same without the rounds that took
+// roundOutlier × the median ns/frame or more (preempted: rounds.trimmed),
+// cpu-ns/frame the worker thread's CPU time (schedstat, spinning
+// included) per frame moved; ratio metrics are the 256-VM medians over
+// the 1-VM median. Logged besides: the share of sent frames taken and
+// delivered, frames per round, the worker's run-queue wait (ns/frame) and
+// involuntary context switches (per 1k frames), its page faults per frame,
+// and allocs per frame of the whole process (guests and generator too).
 //
-//	sudo taskset -c 0,1 go test -run '^$' -bench BenchmarkWorkerRX -benchtime 20x ./dataplane
+//	sudo taskset -c 0,1 go test -run '^$' -bench BenchmarkWorkerRX -benchtime 5x ./dataplane
+//
+// VMQ_BENCH_SHARED_CPU=1 leaves the other threads free to run on the
+// workers' CPU, as before isolateCPU, to see what that costs;
+// VMQ_BENCH_CASES=256toall (a comma-separated list) runs only those cases,
+// for a profile of one worker thread (its id is printed on stderr).
 func BenchmarkWorkerRX(b *testing.B) {
-	for _, c := range []struct{ vms, to int }{{1, 1}, {256, 1}, {256, 256}} {
-		b.Run(fmt.Sprintf("vms=%d/to=%d", c.vms, c.to), func(b *testing.B) { benchWorkerRX(b, c.vms, c.to) })
+	if runtime.NumCPU() < 2 {
+		testenv.Skip(b, "needs 2 CPUs")
 	}
+	const workerCPU = 1
+	var mask unix.CPUSet // the process's, before the workers are pinned
+	if err := unix.SchedGetaffinity(0, &mask); err != nil {
+		b.Fatalf("affinity: %v", err)
+	}
+	one, many := newRXBench(b, 1), newRXBench(b, 256)
+	cases := []*rxCase{
+		{name: "1vm", env: one, nto: 1},
+		{name: "256to1", env: many, nto: 1},
+		{name: "256toall", env: many, nto: 256},
+	}
+	one.tid, many.tid = pinWorker(b, one.w, workerCPU), pinWorker(b, many.w, workerCPU)
+	shared := os.Getenv("VMQ_BENCH_SHARED_CPU") == "1"
+	isolate := func() {}
+	if !shared {
+		isolate = isolateCPU(b, mask, workerCPU, one.tid, many.tid)
+	}
+	if only := os.Getenv("VMQ_BENCH_CASES"); only != "" { // for profiles: e.g. 256toall
+		cases = slices.DeleteFunc(cases, func(c *rxCase) bool { return !slices.Contains(strings.Split(only, ","), c.name) })
+		if len(cases) == 0 {
+			b.Fatalf("VMQ_BENCH_CASES=%s: no such case", only)
+		}
+	}
+	for _, c := range cases {
+		c.send = c.env.sender(b, c.nto)
+		c.warmUp(b)
+	}
+	fmt.Fprintf(os.Stderr, "worker threads (for perf record -t): 1 VM %d, 256 VMs %d\n", one.tid, many.tid)
+	for r := 0; b.Loop(); r++ {
+		for k := range cases {
+			c := cases[(k+r)%len(cases)]
+			isolate() // threads the runtime started since
+			c.samples = append(c.samples, c.measure(b))
+		}
+	}
+	base := cases[0]
+	for _, c := range cases {
+		c.report(b)
+		if c != base && base.name == "1vm" {
+			b.ReportMetric(median(c.samples, rxSample.trim)/median(base.samples, rxSample.trim), c.name+"/1vm-trimmed-busy")
+			b.ReportMetric(median(c.samples, rxSample.busy)/median(base.samples, rxSample.busy), c.name+"/1vm-busy")
+			b.ReportMetric(median(c.samples, rxSample.cpu)/median(base.samples, rxSample.cpu), c.name+"/1vm-cpu")
+		}
+	}
+	var allocs, frames uint64
+	for _, c := range cases {
+		for _, s := range c.samples {
+			allocs, frames = allocs+s.allocs, frames+s.frames
+		}
+	}
+	b.ReportMetric(float64(allocs)/float64(max(frames, 1)), "allocs/frame")
+	b.Logf("worker CPU %d alone: %v; load average %s", workerCPU, !shared, loadAvg())
 }
 
 const benchFramesPerOp = 1 << 16
+
+// benchSampleSends is how many sends of benchFramesPerOp one sample of
+// BenchmarkWorkerRX takes.
+const benchSampleSends = 2
 
 // benchGuestRing is the Go guests' ring size (a starved testpmd's
 // receive ring is about as short).
 const benchGuestRing = 256
 
-func benchWorkerRX(b *testing.B, nvm, nto int) {
+// rxBench is a worker on a one-queue veth with nvm Go guests.
+type rxBench struct {
+	w      *worker
+	tid    int // the worker's thread
+	guests []*frontend.Guest
+	dests  []pktgen.Dest
+	wire   *netnstest.NS
+	peer   int // the wire end's ifindex
+}
+
+func newRXBench(b *testing.B, nvm int) *rxBench {
 	host, wire := netnstest.New(b), netnstest.New(b)
 	nic, peer := netnstest.NewVethPair(b, host, wire, netnstest.VethOptions{Queues: 1, MTU: 1500})
 	var filter *bpf.Filter
@@ -78,8 +161,7 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 	dir := b.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	guests := make([]*frontend.Guest, nvm)
-	dests := make([]pktgen.Dest, nvm)
+	e := &rxBench{w: dp.workers[0], guests: make([]*frontend.Guest, nvm), dests: make([]pktgen.Dest, nvm), wire: wire, peer: peer.Index}
 	for i := range nvm {
 		hw := net.HardwareAddr{0x02, 0xbe, 0, 0, byte(i >> 8), byte(i)}
 		name := fmt.Sprintf("vm%d", i+1)
@@ -92,78 +174,267 @@ func benchWorkerRX(b *testing.B, nvm, nto int) {
 			b.Fatal(err)
 		}
 		g := runBenchGuest(b, ctx, cancel, name, sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: benchGuestRing})
-		guests[i], dests[i] = g, pktgen.Dest{MAC: hw}
+		e.guests[i], e.dests[i] = g, pktgen.Dest{MAC: hw}
 	}
-	w := dp.workers[0]
-	waitFor(b, "guests' queues attached", func() bool { return int(w.ctr.virtqueues.Load()) == 2*nvm })
-	tid := pinWorker(b, w, 1)
+	waitFor(b, "guests' queues attached", func() bool { return int(e.w.ctr.virtqueues.Load()) == 2*nvm })
+	return e
+}
 
-	tmpl, err := pktgen.NewTemplate(pktgen.FlowSpec{Dests: dests[:nto], Size: 64, Stream: 1})
+// sender returns a function that sends benchFramesPerOp frames to the
+// first nto guests and waits until the worker has taken them.
+func (e *rxBench) sender(b *testing.B, nto int) func() {
+	tmpl, err := pktgen.NewTemplate(pktgen.FlowSpec{Dests: e.dests[:nto], Size: 64, Stream: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
-	sendLive := liveSender(b, wire, peer.Index, tmpl, 0)
-	send := func() {
+	sendLive := liveSender(b, e.wire, e.peer, tmpl, 0)
+	return func() {
+		from := e.w.ctr.frames.Load()
 		sendLive(benchFramesPerOp)
-		settle(w)
+		settleFrom(e.w, from)
 	}
-	rx := func() (n uint64) {
-		for _, g := range guests {
-			n += g.Stats().RxFrames
+}
+
+// rxCase is one case of BenchmarkWorkerRX and its samples.
+type rxCase struct {
+	name    string
+	env     *rxBench
+	nto     int
+	send    func()
+	samples []rxSample
+}
+
+// rxSample is what one sample of a case measured.
+type rxSample struct {
+	sent, frames, timed, busyNS, rounds, delivered uint64
+	cpuNS, waitNS, nvcsw, faults, allocs           uint64
+	// The timed rounds less those slower than roundOutlier × the median
+	// (rounds.trimmed).
+	trimmedNS, trimmedFrames uint64
+}
+
+// rounds is a copy of a worker's timed rounds by ns per frame.
+type rounds struct{ ns, frames [roundBuckets]uint64 }
+
+func roundsOf(w *worker) (r rounds) {
+	for k := range r.ns {
+		r.ns[k], r.frames[k] = w.ctr.roundNS[k].Load(), w.ctr.roundFrames[k].Load()
+	}
+	return r
+}
+
+// roundOutlier: a round that took this many times the median ns per frame
+// (of the rounds' frames) or more is left out of trimmed busy ns/frame. A
+// round of 64 frames takes 10-30 µs; one the thread was preempted in
+// takes a scheduler slice more (ms), which no round of the worker's own
+// work comes near.
+const roundOutlier = 8
+
+// trimmed is the time and frames of the rounds below roundOutlier × the
+// frame-weighted median ns per frame.
+func (r rounds) trimmed() (ns, frames uint64) {
+	var total, acc uint64
+	for _, f := range r.frames {
+		total += f
+	}
+	med := 0
+	for k, f := range r.frames {
+		if acc += f; 2*acc >= total {
+			med = k
+			break
 		}
-		return n
 	}
-	// Warm up: rings, stashes, maps, guests awake, and every receive
-	// buffer of the guests written once, so that the worker's first
-	// touches of guest pages (a minor fault per 4 KiB page and guest, 9%
-	// of the worker's samples at 256 VMs with one send) are not measured:
-	// sends until each guest has received a ring's worth (at most 16).
+	limit := roundOutlier * roundBucketFloor(med+1)
+	for k := range r.ns {
+		if roundBucketFloor(k) < limit {
+			ns, frames = ns+r.ns[k], frames+r.frames[k]
+		}
+	}
+	return ns, frames
+}
+
+func (s rxSample) busy() float64  { return float64(s.busyNS) / float64(s.timed) }
+func (s rxSample) trim() float64  { return float64(s.trimmedNS) / float64(max(s.trimmedFrames, 1)) }
+func (s rxSample) cut() float64   { return 1 - float64(s.trimmedFrames)/float64(s.timed) }
+func (s rxSample) cpu() float64   { return float64(s.cpuNS) / float64(s.frames) }
+func (s rxSample) wait() float64  { return float64(s.waitNS) / float64(s.frames) }
+func (s rxSample) taken() float64 { return float64(s.frames) / float64(s.sent) }
+func (s rxSample) deliv() float64 { return float64(s.delivered) / float64(s.sent) }
+func (s rxSample) perRound() float64 {
+	return float64(s.frames) / float64(max(s.rounds, 1))
+}
+func (s rxSample) nvcswPer1k() float64 { return 1000 * float64(s.nvcsw) / float64(s.frames) }
+func (s rxSample) faultsPer() float64  { return float64(s.faults) / float64(s.frames) }
+
+// rx is the frames the case's receiving guests have had.
+func (c *rxCase) rx() (n uint64) {
+	for _, g := range c.env.guests[:c.nto] {
+		n += g.Stats().RxFrames
+	}
+	return n
+}
+
+// warmUp sends until each receiving guest has had a ring's worth of
+// frames (at most 16 sends), so rings, stashes, maps and the guests are
+// awake and every receive buffer has been written once: the worker's
+// first touches of guest pages (a minor fault per 4 KiB page and guest,
+// 9% of the worker's samples at 256 VMs with one send) are not measured.
+func (c *rxCase) warmUp(b *testing.B) {
 	minRx := func() uint64 {
 		m := ^uint64(0)
-		for _, g := range guests[:nto] {
+		for _, g := range c.env.guests[:c.nto] {
 			m = min(m, g.Stats().RxFrames)
 		}
 		return m
 	}
 	warm := 0
 	for ; warm == 0 || warm < 16 && minRx() < benchGuestRing; warm++ {
-		send()
+		c.send()
 	}
-	b.Logf("warm-up: %d sends, the least a guest received %d", warm, minRx())
-	frames0, ns0, timed0, rx0 := w.ctr.frames.Load(), w.ctr.busyRoundNS.Load(), w.ctr.busyRoundFrames.Load(), rx()
-	batches0 := w.ctr.batches.Load()
-	cpu0, flt0 := threadCPU(b, tid), threadFaults(b, tid)
+	b.Logf("%s warm-up: %d sends, the least a guest received %d", c.name, warm, minRx())
+}
+
+// measure takes one sample of the case.
+func (c *rxCase) measure(b *testing.B) rxSample {
+	w, tid := c.env.w, c.env.tid
+	ctr := &w.ctr
+	frames0, ns0, timed0, rounds0, rx0 := ctr.frames.Load(), ctr.busyRoundNS.Load(), ctr.busyRoundFrames.Load(), ctr.batches.Load(), c.rx()
+	st0, flt0, h0 := threadSched(b, tid), threadFaults(b, tid), roundsOf(w)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	start := time.Now()
-	sent := 0
-	for b.Loop() {
-		send()
-		sent += benchFramesPerOp
+	// A round in timeEvery is timed: a sample of a few large rounds can
+	// have none, and then takes more sends.
+	sends := 0
+	for ; sends < benchSampleSends || sends < 4*benchSampleSends && ctr.busyRoundFrames.Load() == timed0; sends++ {
+		c.send()
 	}
-	elapsed := time.Since(start)
-	cpu, flt := threadCPU(b, tid)-cpu0, threadFaults(b, tid)-flt0
+	st, flt, h := threadSched(b, tid), threadFaults(b, tid), roundsOf(w)
 	runtime.ReadMemStats(&after)
-	frames := w.ctr.frames.Load() - frames0
-	timed := w.ctr.busyRoundFrames.Load() - timed0
-	if frames == 0 || timed == 0 {
-		b.Fatalf("the worker moved %d frames (%d in timed rounds)", frames, timed)
+	s := rxSample{
+		sent:   uint64(sends) * benchFramesPerOp,
+		frames: ctr.frames.Load() - frames0, timed: ctr.busyRoundFrames.Load() - timed0,
+		busyNS: ctr.busyRoundNS.Load() - ns0, rounds: ctr.batches.Load() - rounds0,
+		delivered: c.rx() - rx0,
+		cpuNS:     st.cpuNS - st0.cpuNS, waitNS: st.waitNS - st0.waitNS, nvcsw: st.nvcsw - st0.nvcsw,
+		faults: flt - flt0, allocs: after.Mallocs - before.Mallocs,
 	}
-	b.ReportMetric(float64(w.ctr.busyRoundNS.Load()-ns0)/float64(timed), "worker-ns/frame")
-	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(frames), "wall-ns/frame")
-	b.ReportMetric(float64(cpu)/float64(frames), "worker-cpu-ns/frame")
-	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(frames), "allocs/frame")
-	// Page faults of the worker's thread (first touches of guest pages
-	// are what the warm-up is for).
-	b.ReportMetric(float64(flt)/float64(frames), "worker-faults/frame")
-	b.ReportMetric(float64(frames)/float64(sent), "taken")
-	// Frames per round with work: at small batches the per-round costs
-	// dominate the per-frame ones.
-	b.ReportMetric(float64(frames)/float64(max(w.ctr.batches.Load()-batches0, 1)), "frames/round")
-	b.ReportMetric(float64(rx()-rx0)/float64(sent), "delivered")
-	// For profiles of the whole process (perf record): every frame the
-	// worker moved since it started, warm-up included.
-	b.Logf("worker frames since start: %d", w.ctr.frames.Load())
+	for k := range h.ns {
+		h.ns[k] -= h0.ns[k]
+		h.frames[k] -= h0.frames[k]
+	}
+	s.trimmedNS, s.trimmedFrames = h.trimmed()
+	if s.frames == 0 || s.timed == 0 {
+		b.Fatalf("%s: the worker moved %d frames (%d in timed rounds)", c.name, s.frames, s.timed)
+	}
+	return s
+}
+
+// report puts the case's medians in the benchmark's metrics and logs one
+// line (the testing package keeps 10 lines of a benchmark's log): every
+// sample of busy and CPU ns/frame, medians and ranges of the rest.
+func (c *rxCase) report(b *testing.B) {
+	b.ReportMetric(median(c.samples, rxSample.trim), c.name+"-trimmed-busy-ns/frame")
+	b.ReportMetric(median(c.samples, rxSample.busy), c.name+"-busy-ns/frame")
+	b.ReportMetric(median(c.samples, rxSample.cpu), c.name+"-cpu-ns/frame")
+	b.ReportMetric(median(c.samples, rxSample.deliv), c.name+"-delivered")
+	var line strings.Builder
+	var frames uint64
+	for _, s := range c.samples {
+		frames += s.frames
+	}
+	fmt.Fprintf(&line, "%s: %d frames;", c.name, frames)
+	for i, m := range []struct {
+		name string
+		f    func(rxSample) float64
+	}{
+		{"trimmed busy ns/frame", rxSample.trim}, {"busy ns/frame", rxSample.busy}, {"cpu ns/frame", rxSample.cpu},
+		{"timed frames in rounds cut", rxSample.cut}, {"run-queue wait ns/frame", rxSample.wait}, {"involuntary switches/1k frames", rxSample.nvcswPer1k},
+		{"taken", rxSample.taken}, {"delivered", rxSample.deliv}, {"frames/round", rxSample.perRound},
+		{"worker faults/frame", rxSample.faultsPer},
+	} {
+		lo, hi := spread(c.samples, m.f)
+		if i > 0 {
+			line.WriteString(";")
+		}
+		if i >= 3 { // median (range)
+			fmt.Fprintf(&line, " %s %.3g (%.3g-%.3g)", m.name, median(c.samples, m.f), lo, hi)
+			continue
+		}
+		fmt.Fprintf(&line, " %s median %.0f, range %.0f-%.0f, in order", m.name, median(c.samples, m.f), lo, hi)
+		for _, s := range c.samples {
+			fmt.Fprintf(&line, " %.0f", m.f(s))
+		}
+	}
+	b.Log(line.String())
+}
+
+func median(samples []rxSample, f func(rxSample) float64) float64 {
+	v := make([]float64, len(samples))
+	for i, s := range samples {
+		v[i] = f(s)
+	}
+	slices.Sort(v)
+	if n := len(v); n%2 == 1 {
+		return v[n/2]
+	} else if n > 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return 0
+}
+
+func spread(samples []rxSample, f func(rxSample) float64) (lo, hi float64) {
+	for i, s := range samples {
+		if v := f(s); i == 0 || v < lo {
+			lo = v
+		}
+		if v := f(s); i == 0 || v > hi {
+			hi = v
+		}
+	}
+	return lo, hi
+}
+
+// isolateCPU leaves cpu to the threads tids, of the process's mask orig
+// (read before any thread was pinned), and returns a function that
+// does it again (for threads started since): every other thread of the
+// process may run on the other CPUs of the process's mask only, and the
+// threads they start inherit that (the runtime starts threads for a
+// locked goroutine from its template thread, one of the others). The
+// test's end gives every thread the process's mask back.
+func isolateCPU(b *testing.B, orig unix.CPUSet, cpu int, tids ...int) (again func()) {
+	rest := orig
+	rest.Clear(cpu)
+	if rest.Count() == 0 {
+		b.Fatalf("no CPU left besides %d", cpu)
+	}
+	each := func(set *unix.CPUSet) {
+		ents, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, ent := range ents {
+			tid, err := strconv.Atoi(ent.Name())
+			if err != nil || slices.Contains(tids, tid) {
+				continue
+			}
+			// ESRCH: the thread is gone.
+			if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
+				b.Fatalf("affinity of thread %d: %v", tid, err)
+			}
+		}
+	}
+	b.Cleanup(func() { each(&orig) })
+	each(&rest)
+	return func() { each(&rest) }
+}
+
+// loadAvg is /proc/loadavg's first three fields, for the log.
+func loadAvg() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(raw)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 // runBenchGuest dials a Go guest on sock and runs it until the benchmark
@@ -201,18 +472,17 @@ func liveSender(b *testing.B, wire *netnstest.NS, ifindex int, tmpl *pktgen.Temp
 	b.Cleanup(func() { gen.Close() })
 	return func(n int) {
 		err := wire.Do(func() error {
-			var set unix.CPUSet
+			// The thread goes back to the runtime after Do: give it its
+			// own mask back (not every CPU: isolateCPU may have set it).
+			var prev, set unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &prev); err != nil {
+				return err
+			}
 			set.Set(cpu)
 			if err := unix.SchedSetaffinity(0, &set); err != nil {
 				return err
 			}
-			defer func() {
-				var all unix.CPUSet
-				for c := range runtime.NumCPU() {
-					all.Set(c)
-				}
-				unix.SchedSetaffinity(0, &all)
-			}()
+			defer unix.SchedSetaffinity(0, &prev)
 			_, _, err := gen.Send(n)
 			return err
 		})
@@ -224,13 +494,20 @@ func liveSender(b *testing.B, wire *netnstest.NS, ifindex int, tmpl *pktgen.Temp
 
 // settle waits until the worker is asleep with its counters published
 // and unchanged: the frames that reached the sockets are taken.
-func settle(w *worker) {
-	deadline := time.Now().Add(5 * time.Second)
+func settle(w *worker) { settleFrom(w, ^uint64(0)) }
+
+// settleFrom is settle after a send that began with the worker's frame
+// count at from: it also waits (up to a second) for the count to pass
+// from, since on a loaded machine the worker can still be waiting for its
+// CPU, asleep with nothing taken, a millisecond after the send.
+func settleFrom(w *worker, from uint64) {
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if w.asleep.Load() {
 			f := w.ctr.frames.Load()
 			time.Sleep(time.Millisecond)
-			if w.asleep.Load() && w.ctr.frames.Load() == f {
+			if w.asleep.Load() && w.ctr.frames.Load() == f && (f > from || from == ^uint64(0) || time.Since(start) > time.Second) {
 				return
 			}
 		}
@@ -268,20 +545,36 @@ func pinWorker(b *testing.B, w *worker, cpu int) (tid int) {
 	return 0
 }
 
-// threadCPU is the time thread tid has run on a CPU, in ns (schedstat):
-// unlike the worker's busy-round clock it does not count time the thread
-// was preempted, so it holds up on a loaded machine. It includes the
-// worker's idle spinning and polls.
-func threadCPU(b *testing.B, tid int) uint64 {
+// threadStat is a thread's scheduler statistics.
+type threadStat struct {
+	// cpuNS: time on a CPU (unlike the worker's busy-round clock it does
+	// not count time the thread was preempted; it includes the worker's
+	// idle spinning and polls). waitNS: time runnable but waiting for a
+	// CPU. nvcsw: involuntary context switches (preemptions).
+	cpuNS, waitNS, nvcsw uint64
+}
+
+// threadSched reads thread tid's schedstat and status.
+func threadSched(b *testing.B, tid int) (st threadStat) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
 	if err != nil {
 		b.Fatalf("worker thread's CPU time: %v", err)
 	}
-	var ns uint64
-	if _, err := fmt.Sscan(string(raw), &ns); err != nil {
+	if _, err := fmt.Sscan(string(raw), &st.cpuNS, &st.waitNS); err != nil {
 		b.Fatalf("parse %q: %v", raw, err)
 	}
-	return ns
+	raw, err = os.ReadFile(fmt.Sprintf("/proc/self/task/%d/status", tid))
+	if err != nil {
+		b.Fatalf("worker thread's status: %v", err)
+	}
+	for line := range strings.Lines(string(raw)) {
+		if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+			if st.nvcsw, err = strconv.ParseUint(strings.TrimSpace(v), 10, 64); err != nil {
+				b.Fatalf("parse %q: %v", line, err)
+			}
+		}
+	}
+	return st
 }
 
 // threadFaults is the minor page faults thread tid has taken
@@ -310,5 +603,22 @@ func waitFor(b *testing.B, what string, ok func() bool) {
 			b.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRoundBucket(t *testing.T) {
+	prev := -1
+	for ns := uint64(0); ns < 1<<20; ns++ {
+		k := roundBucket(ns)
+		if k != prev && k != prev+1 {
+			t.Fatalf("bucket of %d is %d after %d", ns, k, prev)
+		}
+		if k != prev && roundBucketFloor(k) != ns {
+			t.Fatalf("bucket %d starts at %d, floor says %d", k, ns, roundBucketFloor(k))
+		}
+		prev = k
+	}
+	if k := roundBucket(^uint64(0)); k != roundBuckets-1 {
+		t.Fatalf("the largest bucket is %d", k)
 	}
 }

@@ -36,9 +36,9 @@ type collector struct {
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
-	wStalls, umemInFlight                                                                 *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight                                                     *prometheus.Desc
 
-	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected *prometheus.Desc
+	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -111,19 +111,23 @@ func NewCollector(src Source) prometheus.Collector {
 		umemFree:    desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
 		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
 		wStalls:     desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
+		wKickMutes:  desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
-		portInfo:         desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
-		portConnected:    desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
-		portFeatures:     desc("port_features_info", "Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.", "vm", "features", "protocol_features"),
-		portQueuePairs:   desc("port_queue_pairs", "Virtqueue pairs of the VM's device.", vm...),
-		portRingSize:     desc("port_ring_size", "Size of one vring of the VM's device.", "vm", "vring"),
-		portKicks:        desc("port_kicks_total", "Kicks (guest notifications) received on the VM's port.", vm...),
-		portCalls:        desc("port_calls_total", "Calls (interrupts) vmq signalled to the guest.", vm...),
-		portBroken:       desc("port_broken", "1 if the VM's device was marked broken (bad guest input); it stays so until the guest resets it.", vm...),
-		portTimeouts:     desc("port_control_timeouts_total", "vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.", vm...),
-		portPeerRejected: desc("port_peer_rejected_total", "vhost-user connections refused because the peer's uid is not in allowed_uids.", vm...),
+		portInfo:            desc("port_info", "Always 1; a VM's vhost-user socket path and mode (server, client).", "vm", "path", "mode"),
+		portConnected:       desc("port_connected", "1 while a vhost-user frontend is connected to the VM's port.", vm...),
+		portFeatures:        desc("port_features_info", "Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.", "vm", "features", "protocol_features"),
+		portQueuePairs:      desc("port_queue_pairs", "Virtqueue pairs of the VM's device.", vm...),
+		portRingSize:        desc("port_ring_size", "Size of one vring of the VM's device.", "vm", "vring"),
+		portKicks:           desc("port_kicks_total", "Kicks (guest notifications) received on the VM's port.", vm...),
+		portCalls:           desc("port_calls_total", "Calls (interrupts) vmq signalled to the guest.", vm...),
+		portBroken:          desc("port_broken", "1 if the VM's device was marked broken (bad guest input); it stays so until the guest resets it.", vm...),
+		portTimeouts:        desc("port_control_timeouts_total", "vhost-user connections closed because a message did not arrive whole, or a reply was not read, in time.", vm...),
+		portPeerRejected:    desc("port_peer_rejected_total", "vhost-user connections refused because the peer's uid is not in allowed_uids.", vm...),
+		portRingStarts:      desc("port_ring_starts_total", "Virtqueues of the VM's device handed to a worker (each start follows a stop but the first).", vm...),
+		portMessagesPaced:   desc("port_messages_paced_total", "vhost-user messages and connections that waited for the port's limit on messages (a front-end sending faster).", vm...),
+		portRingStartsPaced: desc("port_ring_starts_paced_total", "Ring starts that waited for the port's limit on ring starts (a guest stopping and starting its rings faster).", vm...),
 	}
 }
 
@@ -138,8 +142,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.umemInFlight,
-		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected,
+		c.wStalls, c.wKickMutes, c.umemInFlight,
+		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
 	}
@@ -241,6 +245,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.umemFree, float64(w.FreeFrames), ql)
 		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
 		counter(ch, c.wStalls, w.Stalls, ql)
+		counter(ch, c.wKickMutes, w.KickMutes, ql)
 		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
 	}
 
@@ -258,6 +263,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.portBroken, b2f(p.Broken != ""), p.VM)
 		counter(ch, c.portTimeouts, p.Timeouts, p.VM)
 		counter(ch, c.portPeerRejected, p.PeerRejected, p.VM)
+		counter(ch, c.portRingStarts, p.RingStarts, p.VM)
+		counter(ch, c.portRingStartsPaced, p.RingStartsPaced, p.VM)
+		counter(ch, c.portMessagesPaced, p.MessagesPaced, p.VM)
 	}
 }
 

@@ -67,7 +67,7 @@ func fakeSnapshot() dataplane.Snapshot {
 				Features: 1<<32 | 1<<15 | 1<<30, ProtocolFeatures: 0x8203, QueuePairs: 2,
 				RingSizes: []int{256, 256, 1024, 1024}, Kicks: 77, Calls: 88},
 			{VM: "db", Path: "/run/vmq/db.sock", Mode: "client", Broken: "descriptor loop",
-				Timeouts: 3, PeerRejected: 2},
+				Timeouts: 3, PeerRejected: 2, RingStarts: 200, RingStartsPaced: 70, MessagesPaced: 9},
 		},
 	}
 }
@@ -191,6 +191,18 @@ vmq_port_control_timeouts_total{vm="web"} 0
 # TYPE vmq_port_peer_rejected_total counter
 vmq_port_peer_rejected_total{vm="db"} 2
 vmq_port_peer_rejected_total{vm="web"} 0
+# HELP vmq_port_ring_starts_total Virtqueues of the VM's device handed to a worker (each start follows a stop but the first).
+# TYPE vmq_port_ring_starts_total counter
+vmq_port_ring_starts_total{vm="db"} 200
+vmq_port_ring_starts_total{vm="web"} 0
+# HELP vmq_port_ring_starts_paced_total Ring starts that waited for the port's limit on ring starts (a guest stopping and starting its rings faster).
+# TYPE vmq_port_ring_starts_paced_total counter
+vmq_port_ring_starts_paced_total{vm="db"} 70
+vmq_port_ring_starts_paced_total{vm="web"} 0
+# HELP vmq_port_messages_paced_total vhost-user messages and connections that waited for the port's limit on messages (a front-end sending faster).
+# TYPE vmq_port_messages_paced_total counter
+vmq_port_messages_paced_total{vm="db"} 9
+vmq_port_messages_paced_total{vm="web"} 0
 # HELP vmq_port_features_info Always 1; the negotiated virtio and vhost-user protocol feature bits, in hex.
 # TYPE vmq_port_features_info gauge
 vmq_port_features_info{features="0x0",protocol_features="0x0",vm="db"} 1
@@ -216,6 +228,7 @@ vmq_port_info{mode="server",path="/run/vmq/web.sock",vm="web"} 1
 		"vmq_nic_info", "vmq_xdp_attached",
 		"vmq_port_connected", "vmq_port_broken", "vmq_port_features_info", "vmq_port_ring_size", "vmq_port_info",
 		"vmq_port_control_timeouts_total", "vmq_port_peer_rejected_total",
+		"vmq_port_ring_starts_total", "vmq_port_ring_starts_paced_total", "vmq_port_messages_paced_total",
 	}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
@@ -256,10 +269,11 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_busy_seconds_total": 2, "vmq_worker_idle_seconds_total": 2, "vmq_worker_batches_total": 2,
 		"vmq_worker_wakeups_total": 2, "vmq_worker_polls_total": 2, "vmq_worker_virtqueues": 2,
 		"vmq_worker_xdp_sockets": 2, "vmq_umem_free_frames": 2, "vmq_umem_frames": 2,
-		"vmq_worker_stalls_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 2,
+		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 2,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
 		"vmq_port_control_timeouts_total": 2, "vmq_port_peer_rejected_total": 2,
+		"vmq_port_ring_starts_total": 2, "vmq_port_ring_starts_paced_total": 2, "vmq_port_messages_paced_total": 2,
 	}
 	for name, n := range want {
 		if got[name] != n {

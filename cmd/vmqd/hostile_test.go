@@ -65,6 +65,9 @@ var hostileAttacks = []hostileAttack{
 	{name: "tiny_rx_buffers", run: attackTinyRxBuffers},
 	{name: "one_byte_tx_chains", run: attackOneByteTxChains},
 	{name: "tso_min_mss", run: attackTSOMinMSS},
+	{name: "ring_churn", run: attackRingChurn},
+	{name: "kick_storm", run: attackKickStorm},
+	{name: "message_storm", run: attackMessageStorm},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.

@@ -65,7 +65,9 @@ type labOptions struct {
 	rate        float64 // frames/s from the wire to each VM
 	guestRate   float64 // frames/s each sending guest sends
 	size        int
-	burst       int // frames per send call from the wire
+	burst       int           // frames per send call from the wire
+	busyPoll    time.Duration // the workers' polling.busy_poll
+	guestPoll   bool          // guests busy-poll (never sleep on call eventfds)
 	guestBin    string
 	metricsAddr string
 	logLevel    string
@@ -80,6 +82,8 @@ func labMain(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&o.guestRate, "guest-rate", 2000, "frames per second vm1 sends to the wire and vm2 to vm1")
 	fs.IntVar(&o.size, "size", 128, "frame size in bytes")
 	fs.IntVar(&o.burst, "burst", 32, "frames per send call from the wire (the latency columns count from the burst's timestamp)")
+	fs.DurationVar(&o.busyPoll, "busy-poll", control.DefaultBusyPoll, "how long vmqd's idle worker spins before it sleeps (polling.busy_poll)")
+	fs.BoolVar(&o.guestPoll, "guest-busy-poll", false, "guests never sleep on their call eventfds (each spins on a core)")
 	fs.StringVar(&o.guestBin, "guest-bin", "", "vmq-guest binary (default: next to vmqd, then $PATH)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:9469", "serve /metrics here during the lab")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "vmqd log level")
@@ -158,6 +162,7 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 	}
 	cfg.API.Socket = filepath.Join(l.dir, "vmqd.sock")
 	cfg.Metrics.Address = o.metricsAddr
+	cfg.Polling.BusyPoll = o.busyPoll
 	for _, vm := range labVMs {
 		cfg.VMs = append(cfg.VMs, control.VMConfig{Name: vm.name, MAC: vm.mac, VLAN: int(vm.vlan),
 			Socket: filepath.Join(l.dir, vm.name+".sock"), Mode: control.ModeServer, QueuePairs: 1})
@@ -351,6 +356,9 @@ func (l *lab) startGuests(d *daemon, bin string, o labOptions, stderr io.Writer)
 		vm := labVMs[i]
 		args := []string{"--socket", filepath.Join(l.dir, vm.name+".sock"), "--mac", vm.mac, "--ip", vm.ip,
 			"--json", "--linger", "200ms", "--log-level", "error"}
+		if o.guestPoll {
+			args = append(args, "--busy-poll")
+		}
 		switch i {
 		case 0:
 			args = append(args, "--send-to", labWireMAC, "--rate", fmt.Sprint(o.guestRate),

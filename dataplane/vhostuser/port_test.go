@@ -667,6 +667,54 @@ func TestRingEnableRules(t *testing.T) {
 	}
 }
 
+// TestRingStartsPaced: ring starts beyond Config.RingStarts' burst wait
+// (counted as paced), and closing the port ends such a wait at once.
+func TestRingStartsPaced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	h := newRecHandler()
+	// 3 starts at once, then one every 1000 s: the fourth start waits.
+	p, err := Listen(path, Config{Handler: h, Logger: testLogger(t), RingStarts: Pace{PerSecond: 0.001, Burst: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gm := newGuestMem(t, feMemSize)
+	defer gm.close()
+	kick, call := [2]int{eventfd(t), eventfd(t)}, [2]int{eventfd(t), eventfd(t)}
+	f := dialFE(t, path)
+	defer f.c.Close()
+	f.handshake(gm, virtio.FVersion1|virtio.FProtocolFeatures, kick, call)
+	recv(t, h.ready, "ring 0 started")
+	recv(t, h.ready, "ring 1 started")
+	// QueueStopped waits for the test's receive (the worker's ack).
+	f.send(ReqSetVringEnable, 0, statep(0, 0))
+	recv(t, h.stopped, "ring 0 stopped")
+	f.mustAck(ReqSetVringEnable, statep(0, 1)) // the third token
+	recv(t, h.ready, "ring 0 started again")
+	f.send(ReqSetVringEnable, 0, statep(0, 0))
+	recv(t, h.stopped, "ring 0 stopped again")
+	f.send(ReqSetVringEnable, FlagNeedReply, statep(0, 1)) // waits for a token
+	waitFor(t, func() bool { return p.State().RingStartsPaced == 1 }, "the fourth start paced")
+	select {
+	case q := <-h.ready:
+		t.Fatalf("queue %d started beyond the limit", q.Index())
+	default:
+	}
+	if st := p.State(); st.RingStarts != 3 {
+		t.Errorf("RingStarts %d, want 3", st.RingStarts)
+	}
+	h.drain() // Close stops ring 1
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the paced ring start")
+	}
+}
+
 // TestBrokenIsolated: a front-end whose ring lies outside its memory
 // table breaks its own port only; a second port keeps forwarding.
 func TestBrokenIsolated(t *testing.T) {
