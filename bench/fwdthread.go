@@ -13,10 +13,10 @@ import (
 )
 
 // A diagnostic of the switch's forwarding thread in full-speed trials
-// (VMQ_BENCH_THREAD=1): busy ns/frame is wall time (preemption and the
-// other threads on the CPU included) on both systems; this is the one
-// thread's own CPU time per frame from schedstat, its user share, and how
-// long it waited for the CPU. VMQ_BENCH_PERF adds perf on that thread:
+// (VMQ_BENCH_THREAD=1; with several vmqd workers, the busiest one). Busy
+// ns/frame is wall time on both systems, preemption and the other threads
+// on the CPU included; this is the one thread's own CPU time per frame
+// from schedstat, its user share, and how long it waited for the CPU. VMQ_BENCH_PERF adds perf on that thread:
 // "stat" counts syscalls, sendto, softirqs and NAPI polls per frame;
 // "record:DIR" writes a cpu-clock profile to DIR (one file per trial).
 type threadProbe struct {
@@ -116,12 +116,12 @@ func startProbe(pid int, name string) (*threadProbe, error) {
 		}
 	}
 	t.run, t.wait, err = taskSched(pid, tid)
-	t.rest, t.switches = othersRun(pid, tid)-t.run, ctxSwitches(pid, tid)
+	t.rest, t.switches = processRun(pid)-t.run, ctxSwitches(pid, tid)
 	return t, err
 }
 
-// othersRun is the CPU time of all of pid's threads (schedstat).
-func othersRun(pid, _ int) time.Duration {
+// processRun is the CPU time of all of pid's threads (schedstat).
+func processRun(pid int) time.Duration {
 	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	var sum time.Duration
 	for _, e := range ents {
@@ -161,7 +161,7 @@ func (t *threadProbe) stop(pid int) error {
 	cpu, err2 := threadCPU(pid, t.tid)
 	sw := ctxSwitches(pid, t.tid)
 	t.switches = [2]int64{sw[0] - t.switches[0], sw[1] - t.switches[1]}
-	t.rest = othersRun(pid, t.tid) - run - t.rest
+	t.rest = processRun(pid) - run - t.rest
 	t.run, t.wait, t.cpu = run-t.run, wait-t.wait, cpu.Sub(t.cpu)
 	var err3 error
 	if t.perf != nil {
