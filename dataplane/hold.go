@@ -277,8 +277,7 @@ func (w *worker) holdSleep() bool {
 		// Without a kick fd of its own (none, or one the guest also gave
 		// another queue) the guest's buffers are seen within idlePollTimeout.
 		sockEvents := uint32(unix.EPOLLIN | unix.EPOLLET)
-		// A muted kick fd goes back in when its mute ends (kickmute.go).
-		if fd := q.KickFD(); fd >= 0 && (vm.holdKicks.muted || w.epollCtl(unix.EPOLL_CTL_ADD, fd, holdKickEvents, vm.slot) == nil) {
+		if fd := q.KickFD(); fd >= 0 && w.epollCtl(unix.EPOLL_CTL_ADD, fd, holdKickEvents, vm.slot) == nil {
 			vm.holdKick = fd + 1
 			// The guest's kick wakes the worker when it has room; the
 			// frames arriving meanwhile only wait in the socket's ring,

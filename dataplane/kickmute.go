@@ -66,7 +66,7 @@ func (s *spuriousKicks) expired(now time.Time) (bool, time.Duration) {
 // kickTaken records a transmit kick acknowledged for vq, and takes vq's
 // kick fd out of the kick set if its kicks keep finding no frames.
 func (w *worker) kickTaken(vq *virtq) {
-	if vq.kicks.taken() && vq.kickFD >= 0 {
+	if vq.kickFD >= 0 && vq.kicks.taken() {
 		epollDelFrom(w.kickEp, vq.kickFD)
 		w.kickMuted = append(w.kickMuted, vq)
 		add(&w.ctr.kickMutes, 1)
@@ -82,7 +82,7 @@ func (w *worker) holdKickTaken(vm *vmState) {
 		vm.holdKicks.worked()
 		vm.holdKickRx = delivered
 	}
-	if vm.holdKicks.taken() && vm.holdKick > 0 {
+	if vm.holdKick > 0 && vm.holdKicks.taken() {
 		w.epollDel(vm.holdKick - 1)
 		w.holdMuted = append(w.holdMuted, vm)
 		add(&w.ctr.kickMutes, 1)
