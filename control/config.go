@@ -72,7 +72,13 @@ type Config struct {
 	NIC        string `yaml:"nic" json:"nic"`
 	AttachMode string `yaml:"attach_mode" json:"attach_mode"`
 	// Queues are the NIC queue ids used, one worker each.
-	Queues             []int         `yaml:"queues" json:"queues"`
+	Queues []int `yaml:"queues" json:"queues"`
+	// WorkerCPUs: worker i (queue Queues[i]) runs on WorkerCPUs[i mod
+	// len]; nil leaves the workers where vmqd runs. HousekeepingCPUs are
+	// every other thread's (the Go runtime's, the API, the vhost-user
+	// ports, the notifiers); nil: the allowed CPUs no worker has (cpus.go).
+	WorkerCPUs         []int         `yaml:"worker_cpus,omitempty" json:"worker_cpus,omitempty"`
+	HousekeepingCPUs   []int         `yaml:"housekeeping_cpus,omitempty" json:"housekeeping_cpus,omitempty"`
 	FrameSize          int           `yaml:"frame_size" json:"frame_size"`
 	PinDir             string        `yaml:"pin_dir" json:"pin_dir"`
 	API                APIConfig     `yaml:"api" json:"api"`
@@ -257,6 +263,8 @@ type fileConfig struct {
 	NIC                string         `yaml:"nic"`
 	AttachMode         *string        `yaml:"attach_mode"`
 	Queues             *queueSpec     `yaml:"queues"`
+	WorkerCPUs         *cpuList       `yaml:"worker_cpus"`
+	HousekeepingCPUs   *cpuList       `yaml:"housekeeping_cpus"`
 	FrameSize          *int           `yaml:"frame_size"`
 	PinDir             *string        `yaml:"pin_dir"`
 	API                fileAPI        `yaml:"api"`
@@ -510,6 +518,12 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 			}
 		}
 	}
+	if fc.WorkerCPUs != nil {
+		cfg.WorkerCPUs = fc.WorkerCPUs.cpus
+	}
+	if fc.HousekeepingCPUs != nil {
+		cfg.HousekeepingCPUs = fc.HousekeepingCPUs.cpus
+	}
 	if fc.FrameSize != nil {
 		cfg.FrameSize = *fc.FrameSize
 	}
@@ -599,6 +613,7 @@ func (c *Config) validate() errList {
 		}
 		seenQ[q] = true
 	}
+	errs = append(errs, c.validateCPUs()...)
 	if c.FrameSize != 2048 && c.FrameSize != 4096 {
 		errs.add("frame_size", "%d is not 2048 or 4096", c.FrameSize)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+
+	"github.com/vmq/vmq/internal/cpuset"
 )
 
 // ReloadPlan is the difference between the running config and a new one.
@@ -45,6 +47,12 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 	}
 	if !slices.Equal(old.Queues, new.Queues) {
 		restart("queues", old.Queues, new.Queues)
+	}
+	if !slices.Equal(old.WorkerCPUs, new.WorkerCPUs) {
+		restart("worker_cpus", quoteEmpty(cpuset.Format(old.WorkerCPUs)), quoteEmpty(cpuset.Format(new.WorkerCPUs)))
+	}
+	if !slices.Equal(old.HousekeepingCPUs, new.HousekeepingCPUs) {
+		restart("housekeeping_cpus", quoteEmpty(cpuset.Format(old.HousekeepingCPUs)), quoteEmpty(cpuset.Format(new.HousekeepingCPUs)))
 	}
 	if old.FrameSize != new.FrameSize {
 		restart("frame_size", old.FrameSize, new.FrameSize)

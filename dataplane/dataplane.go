@@ -64,6 +64,11 @@ type Config struct {
 	// Dedicated queues (dedicated.go): Steer places a dedicated VM's
 	// frames on its queue; nil means the NIC's ntuple flow rules.
 	Steer Steerer
+
+	// CPU placement (cpus.go): worker i runs on WorkerCPUs[i mod len],
+	// every other thread of the process on HousekeepingCPUs (nil: where
+	// it was started). Nil both: threads are left alone.
+	WorkerCPUs, HousekeepingCPUs []int
 }
 
 // VM is one guest as the dataplane needs it.
@@ -125,6 +130,8 @@ type Dataplane struct {
 	slotNames sync.Map
 	watchStop chan struct{}
 	watchDone chan struct{}
+	// unplace gives the threads the process's CPUs back (cpus.go).
+	unplace func()
 }
 
 // vmEntry is the control side of a VM: its port and its counters on
@@ -187,6 +194,14 @@ func New(cfg Config) (*Dataplane, error) {
 			}
 		}
 	}
+	unplace, err := dp.placeHousekeeping()
+	if err != nil {
+		for _, w := range dp.workers {
+			unix.Close(w.wakeFD)
+		}
+		return nil, err
+	}
+	dp.unplace = unplace
 	var errs []error
 	started := dp.workers[:0:0]
 	for _, w := range dp.workers {
@@ -203,6 +218,7 @@ func New(cfg Config) (*Dataplane, error) {
 			w.send(command{kind: cmdStop})
 			<-w.stopped // its sockets and UMEM are closed
 		}
+		unplace()
 		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
 	}
 	dp.watchStop, dp.watchDone = make(chan struct{}), make(chan struct{})
@@ -376,6 +392,10 @@ func (dp *Dataplane) Close() error {
 		if err := dp.removeDedicated(e); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if dp.unplace != nil {
+		dp.unplace()
+		dp.unplace = nil
 	}
 	return errors.Join(errs...)
 }

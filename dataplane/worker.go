@@ -104,8 +104,9 @@ func (w *worker) publishInFlight() {
 // else reaches it through its command channel, applied between batches.
 type worker struct {
 	dp      *Dataplane
-	index   int // position in dp.workers
-	queueID int // NIC queue
+	index   int          // position in dp.workers
+	queueID int          // NIC queue
+	tid     atomic.Int32 // its locked thread, once it runs
 
 	q     *xsk.Queue
 	flood *xsk.Socket // the primary socket: broadcast and multicast from the wire
@@ -291,6 +292,12 @@ func (w *worker) open() error {
 func (w *worker) run(ready chan<- error) {
 	defer close(w.stopped)
 	runtime.LockOSThread()
+	w.tid.Store(int32(unix.Gettid()))
+	if err := w.placeSelf(); err != nil {
+		unix.Close(w.wakeFD)
+		ready <- err
+		return
+	}
 	// Guest memory is a file the guest can shrink under us: touching it is
 	// then SIGBUS, which this makes a panic that RecoverFault turns into a
 	// broken device (see the guarded calls below).

@@ -146,7 +146,12 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 	if cfg.DedicatedSteering == control.SteeringExternal {
 		steer = dataplane.ExternalSteering{Log: d.log.Info}
 	}
+	place := cfg.CPUPlacement()
+	for _, n := range place.Notes {
+		d.log.Warn("CPU placement", "note", n)
+	}
 	d.dp, err = dataplane.New(dataplane.Config{
+		WorkerCPUs: place.Workers, HousekeepingCPUs: place.Housekeeping,
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
 		FrameSize: cfg.FrameSize, MTU: d.nic.MTU, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
 		Netns: o.netns, NIC: d.nic, Logger: d.log, Steer: steer,
