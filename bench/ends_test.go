@@ -261,7 +261,7 @@ func (s *suite) startTestpmdGuest(cpu int, sock string, mac net.HardwareAddr, mo
 	if dst != nil {
 		app = append(app, "--eth-peer=0,"+dst.String())
 	}
-	p, err := s.testpmd("g"+mode[:2], "", cpu, []string{vdev}, app...)
+	p, err := s.testpmd("g"+mode[:2], "", lcores(cpu, cpu), []string{vdev}, app...)
 	if err != nil {
 		return nil, err
 	}

@@ -145,8 +145,8 @@ func TestPlanDedicated(t *testing.T) {
 }
 
 func testReport() *Report {
-	rx := Case{Dir: RX, Placement: Placement{0, 1, 0}, Source: Pktgen, Receiver: TestpmdRx}
-	tx := Case{Dir: TX, Placement: Placement{0, 0, NoCPU}, Source: GoGuest, Receiver: WireSink}
+	rx := Case{Dir: RX, Placement: Placement{Src: 0, SUT: 1, Dst: 0}, Source: Pktgen, Receiver: TestpmdRx}
+	tx := Case{Dir: TX, Placement: Placement{Src: 0, SUT: 0, Dst: NoCPU}, Source: GoGuest, Receiver: WireSink}
 	ded := DedicatedCases()[0]
 	return &Report{Command: "make bench", Started: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC), Duration: "15m0s",
 		Host: "vm", Kernel: "6.18", CPUs: 2, TSCMHz: 2450, LoadAvg: [2]string{"3.1 3.0 2.9", "4.0 3.5 3.0"},
@@ -416,5 +416,38 @@ func TestBusyPerDelivered(t *testing.T) {
 		if got := busyPerDelivered(c.busy, c.moved, c.recv); got != c.want {
 			t.Errorf("busyPerDelivered(%v, %d, %d) = %v, want %v", c.busy, c.moved, c.recv, got, c.want)
 		}
+	}
+}
+
+// Split twins: only the switch-alone cases of the directions asked for
+// (not packed rings, not the dedicated part), each right after its twin,
+// the control part on the source's CPU.
+func TestPlanSplit(t *testing.T) {
+	var keys []string
+	for _, c := range WithSplit(Plan([]string{RX, TX, Dedicated}), []string{TX}, false) {
+		if c.Placement.Split {
+			if c.Placement.Ctl() != c.Placement.Src || c.Placement.SUT == c.Placement.Src {
+				t.Errorf("case %s: control on %d", c.Key(), c.Placement.Ctl())
+			}
+			keys = append(keys, c.Key())
+		}
+	}
+	want := []string{"tx 0/1+0/wire testpmd-txonly→wire", "tx 0/1+0/wire vmq-guest→wire"}
+	if !slices.Equal(keys, want) {
+		t.Errorf("split cases %q, want %q", keys, want)
+	}
+	cases := WithSplit(Plan([]string{TX}), []string{TX}, false)
+	if len(cases) != 7 || cases[1].Key() != want[0] || cases[0].Key() != "tx 0/1/wire testpmd-txonly→wire" {
+		t.Errorf("split cases not right after their twins: %v", cases)
+	}
+	cases = WithSplit(Plan([]string{TX}), []string{TX}, true)
+	if len(cases) != 7 || cases[0].Key() != want[0] || cases[1].Key() != "tx 0/1/wire testpmd-txonly→wire" {
+		t.Errorf("split cases not right before their twins: %v", cases)
+	}
+	if got := (Placement{Src: 0, SUT: 1, Dst: NoCPU}).Ctl(); got != 1 {
+		t.Errorf("unsplit control on %d", got)
+	}
+	if n := len(WithSplit(Plan([]string{RX}), []string{RX}, false)); n != len(Plan([]string{RX}))+2 {
+		t.Errorf("RX with split: %d cases", n)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 )
 
@@ -56,8 +57,16 @@ const (
 // Placement puts the traffic source (generator or sending guest), the
 // switch and the receiving guest on CPUs. Dst is NoCPU when the receiver
 // is the wire sink: its XDP program runs where the switch transmits.
+//
+// Split puts the switch's control part on the source's CPU and only its
+// forwarding on SUT, the two systems alike: vmqd's housekeeping_cpus
+// (the Go runtime's threads, API, ports) and DPDK's main lcore on Src,
+// vmqd's worker (worker_cpus) and DPDK's forwarding lcore on SUT. Written
+// "0/1+0/wire": forwarding on 1, control on 0. Without it both parts of
+// both systems share SUT.
 type Placement struct {
 	Src, SUT, Dst int
+	Split         bool `json:"split,omitempty"`
 }
 
 func (p Placement) String() string {
@@ -65,7 +74,20 @@ func (p Placement) String() string {
 	if p.Dst != NoCPU {
 		d = strconv.Itoa(p.Dst)
 	}
-	return fmt.Sprintf("%d/%d/%s", p.Src, p.SUT, d)
+	sut := strconv.Itoa(p.SUT)
+	if p.Split {
+		sut += "+" + strconv.Itoa(p.Src)
+	}
+	return fmt.Sprintf("%d/%s/%s", p.Src, sut, d)
+}
+
+// Ctl is the CPU of the switch's control part (vmqd's housekeeping
+// threads, DPDK's main lcore).
+func (p Placement) Ctl() int {
+	if p.Split {
+		return p.Src
+	}
+	return p.SUT
 }
 
 // Alone reports whether the switch has its CPU to itself.
@@ -75,10 +97,10 @@ func (p Placement) Alone() bool { return p.SUT != p.Src && p.SUT != p.Dst }
 // up to swapping the CPUs, except all on one CPU.
 func Placements(dir string) []Placement {
 	if dir == TX {
-		return []Placement{{0, 1, NoCPU}, {0, 0, NoCPU}}
+		return []Placement{{Src: 0, SUT: 1, Dst: NoCPU}, {Src: 0, SUT: 0, Dst: NoCPU}}
 	}
 	// switch alone; switch with the source; switch with the receiver.
-	return []Placement{{0, 1, 0}, {0, 0, 1}, {0, 1, 1}}
+	return []Placement{{Src: 0, SUT: 1, Dst: 0}, {Src: 0, SUT: 0, Dst: 1}, {Src: 0, SUT: 1, Dst: 1}}
 }
 
 // Case is one shape of work, measured on both systems with the same
@@ -150,6 +172,26 @@ func Plan(dirs []string) []Case {
 	return cases
 }
 
+// WithSplit adds, right after (or, first, right before) each case of
+// dirs whose switch is alone on its CPU (queue 0, split rings), the same
+// case with the switch's control part on the source's CPU
+// (Placement.Split), so the two run in turn.
+func WithSplit(cases []Case, dirs []string, first bool) []Case {
+	var out []Case
+	for _, c := range cases {
+		out = append(out, c)
+		if slices.Contains(dirs, c.Dir) && c.Placement.Alone() && !c.Placement.Split && c.Queue == 0 &&
+			c.Source != TestpmdTxPacked && c.Receiver != TestpmdRxPacked {
+			c.Placement.Split = true
+			out = append(out, c)
+			if first {
+				out[len(out)-1], out[len(out)-2] = out[len(out)-2], out[len(out)-1]
+			}
+		}
+	}
+	return out
+}
+
 // DedicatedCases are RX into the testpmd rxonly guest with the frames on
 // DedicatedQueue: RX's placements with the two CPUs swapped, so that the
 // generator is on CPU 1 and its frames land on queue 1.
@@ -157,7 +199,7 @@ func DedicatedCases() []Case {
 	var cases []Case
 	swap := func(cpu int) int { return 1 - cpu }
 	for _, pl := range Placements(RX) {
-		cases = append(cases, Case{Dir: RX, Placement: Placement{swap(pl.Src), swap(pl.SUT), swap(pl.Dst)},
+		cases = append(cases, Case{Dir: RX, Placement: Placement{Src: swap(pl.Src), SUT: swap(pl.SUT), Dst: swap(pl.Dst)},
 			Source: Pktgen, Receiver: TestpmdRx, Queue: DedicatedQueue})
 	}
 	return cases

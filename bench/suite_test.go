@@ -171,7 +171,20 @@ func BenchmarkSuite(b *testing.B) {
 	if err != nil {
 		b.Fatalf("VMQ_BENCH_ONLY: %v", err)
 	}
-	for i, c := range Plan(dirs) {
+	// VMQ_BENCH_SPLIT: the directions whose switch-alone cases also run
+	// split (control on the source's CPU), each right after its twin
+	// (VMQ_BENCH_SPLIT_FIRST=1: right before, for A/B runs in both orders).
+	split := envList("VMQ_BENCH_SPLIT", "")
+	for _, d := range split {
+		if d != RX && d != TX && d != VM2VM {
+			b.Fatalf("VMQ_BENCH_SPLIT: unknown direction %q", d)
+		}
+	}
+	if len(split) > 0 {
+		s.report.Settings += fmt.Sprintf(" Split rows (%s, CPUs written src/switch+control/dst): the switch's forwarding on its CPU, its control part on the source's CPU, both systems alike "+
+			"(vmqd's worker_cpus and housekeeping_cpus; DPDK's forwarding and main lcores).", strings.Join(split, ", "))
+	}
+	for i, c := range WithSplit(Plan(dirs), split, os.Getenv("VMQ_BENCH_SPLIT_FIRST") == "1") {
 		if !only.MatchString(c.Key()) {
 			continue
 		}
@@ -322,9 +335,9 @@ func (s *suite) setup(c Case, sys string) (*rig, error) {
 		if sys == VMQB {
 			bin = s.bin.vmqdB
 		}
-		r.sw, err = s.startVMQ(bin, c.Dir, c.Placement.SUT, c.Queue, sys == VMQDedicated)
+		r.sw, err = s.startVMQ(bin, c.Dir, c.Placement, c.Queue, sys == VMQDedicated)
 	case DPDK:
-		r.sw, err = s.startDPDK(c.Dir, c.Placement.SUT, c.Queue)
+		r.sw, err = s.startDPDK(c.Dir, c.Placement, c.Queue)
 	default:
 		err = fmt.Errorf("unknown system %q", sys)
 	}
@@ -579,7 +592,7 @@ func (s *suite) measure(c Case, sys string, r *rig, size int, rate float64, coun
 	for cpu := range p.OthersCPU {
 		ours := time.Duration(0)
 		pl := c.Placement
-		if pl.SUT == cpu {
+		if pl.SUT == cpu { // split too: its control part's time is a few %
 			ours += sut
 		}
 		if pl.Src == cpu {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,11 +59,12 @@ type vmqSwitch struct {
 	before    vmqStats
 }
 
-// startVMQ runs vmqd (the binary bin) on cpu serving the NIC's queue: as its one shared
+// startVMQ runs vmqd (the binary bin) on the switch's CPU serving the NIC's queue: as its one shared
 // queue, or, with dedicated, as the VMs' dedicated queue (the wire steers
 // their frames there: dedicated_steering external; queue 0 stays the
-// shared one).
-func (s *suite) startVMQ(bin, dir string, cpu, queue int, dedicated bool) (switchUT, error) {
+// shared one). A split placement puts its worker on the switch's CPU and
+// its other threads on the control CPU (worker_cpus, housekeeping_cpus).
+func (s *suite) startVMQ(bin, dir string, pl Placement, queue int, dedicated bool) (switchUT, error) {
 	if dedicated && (queue == 0 || vms(dir) != 1) {
 		return nil, fmt.Errorf("a dedicated queue needs one VM and a queue other than 0, not %d VMs on queue %d", vms(dir), queue)
 	}
@@ -84,6 +86,11 @@ func (s *suite) startVMQ(bin, dir string, cpu, queue int, dedicated bool) (switc
 	if extra := os.Getenv("VMQ_BENCH_VMQD_CONFIG"); extra != "" {
 		cfg.WriteString(extra + "\n")
 	}
+	cpus := strconv.Itoa(pl.SUT)
+	if pl.Split {
+		cpus += "," + strconv.Itoa(pl.Ctl())
+		fmt.Fprintf(&cfg, "worker_cpus: [%d]\nhousekeeping_cpus: [%d]\n", pl.SUT, pl.Ctl())
+	}
 	fmt.Fprintf(&cfg, "nic: %s\nqueues: [%d]\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n", s.nic.Name, shared, pins, v.api)
 	for i := range vms(dir) {
 		sock := filepath.Join(d, fmt.Sprintf("vm%d.sock", i))
@@ -98,9 +105,10 @@ func (s *suite) startVMQ(bin, dir string, cpu, queue int, dedicated bool) (switc
 	if v.log, err = os.Create(filepath.Join(d, "vmqd.log")); err != nil {
 		return nil, err
 	}
-	v.cmd = exec.Command("taskset", "-c", fmt.Sprint(cpu), bin, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
-	// Two Ps on one CPU: the locked worker thread and the rest are
-	// threads the kernel schedules, not goroutines taking turns.
+	v.cmd = exec.Command("taskset", "-c", cpus, bin, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
+	// Two Ps (on one CPU, or one each when split): the locked worker
+	// thread and the rest are threads the kernel schedules, not
+	// goroutines taking turns.
 	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	if err := v.cmd.Start(); err != nil {
@@ -204,8 +212,9 @@ type dpdkSwitch struct {
 
 // startDPDK runs testpmd forwarding (io) between net_af_xdp on the NIC's
 // queue and net_vhost for RX and TX, or between two net_vhost ports for
-// VM→VM, both lcores on cpu (the main lcore waits on stdin).
-func (s *suite) startDPDK(dir string, cpu, queue int) (switchUT, error) {
+// VM→VM: the forwarding lcore on the switch's CPU, the main lcore (it
+// waits on stdin) there too or, split, on the control CPU.
+func (s *suite) startDPDK(dir string, pl Placement, queue int) (switchUT, error) {
 	d := &dpdkSwitch{mhz: &s.report.TSCMHz}
 	var vdevs []string
 	if dir != VM2VM {
@@ -216,7 +225,7 @@ func (s *suite) startDPDK(dir string, cpu, queue int) (switchUT, error) {
 		d.socks = append(d.socks, sock)
 		vdevs = append(vdevs, fmt.Sprintf("net_vhost%d,iface=%s,queues=1", i, sock))
 	}
-	p, err := s.testpmd("fwd", s.host.Name, cpu, vdevs, "--forward-mode=io", "--record-core-cycles")
+	p, err := s.testpmd("fwd", s.host.Name, lcores(pl.Ctl(), pl.SUT), vdevs, "--forward-mode=io", "--record-core-cycles")
 	if err != nil {
 		return nil, err
 	}
@@ -258,10 +267,14 @@ func (d *dpdkSwitch) end() (trialCost, error) {
 		drops: drops, copied: -1}, nil
 }
 
-// testpmd starts an interactive testpmd with both lcores on cpu and
-// 1024-entry rings.
-func (s *suite) testpmd(name, netns string, cpu int, vdevs []string, app ...string) (*tpmd.Proc, error) {
-	c := tpmd.Config{Name: name, NetNS: netns, Prefix: "vmqbench" + name, Lcores: fmt.Sprintf("0@%d,1@%d", cpu, cpu), Mem: 256,
+// lcores is testpmd's --lcores: the main lcore on main, the forwarding
+// lcore on fwd.
+func lcores(main, fwd int) string { return fmt.Sprintf("0@%d,1@%d", main, fwd) }
+
+// testpmd starts an interactive testpmd with its lcores placed (lcores)
+// and 1024-entry rings.
+func (s *suite) testpmd(name, netns, lcores string, vdevs []string, app ...string) (*tpmd.Proc, error) {
+	c := tpmd.Config{Name: name, NetNS: netns, Prefix: "vmqbench" + name, Lcores: lcores, Mem: 256,
 		Vdevs: vdevs, EAL: []string{"--single-file-segments", "--log-level=lib.eal:error"},
 		App: append([]string{"--nb-cores=1", "--rxd=1024", "--txd=1024"}, app...)}
 	p, err := tpmd.StartReady(s.b, c, 60*time.Second)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/guest/frontend"
+	"github.com/vmq/vmq/internal/cpuset"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
@@ -402,30 +403,27 @@ func spread(samples []rxSample, f func(rxSample) float64) (lo, hi float64) {
 // locked goroutine from its template thread, one of the others). The
 // test's end gives every thread the process's mask back.
 func isolateCPU(b *testing.B, orig unix.CPUSet, cpu int, tids ...int) (again func()) {
-	rest := orig
-	rest.Clear(cpu)
-	if rest.Count() == 0 {
+	var all, rest []int
+	for c := range len(orig) * 64 {
+		if orig.IsSet(c) {
+			all = append(all, c)
+			if c != cpu {
+				rest = append(rest, c)
+			}
+		}
+	}
+	if len(rest) == 0 {
 		b.Fatalf("no CPU left besides %d", cpu)
 	}
-	each := func(set *unix.CPUSet) {
-		ents, err := os.ReadDir("/proc/self/task")
-		if err != nil {
+	skip := func(tid int) bool { return slices.Contains(tids, tid) }
+	each := func(set []int) {
+		if _, err := cpuset.Confine(set, skip); err != nil {
 			b.Fatal(err)
 		}
-		for _, ent := range ents {
-			tid, err := strconv.Atoi(ent.Name())
-			if err != nil || slices.Contains(tids, tid) {
-				continue
-			}
-			// ESRCH: the thread is gone.
-			if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
-				b.Fatalf("affinity of thread %d: %v", tid, err)
-			}
-		}
 	}
-	b.Cleanup(func() { each(&orig) })
-	each(&rest)
-	return func() { each(&rest) }
+	b.Cleanup(func() { each(all) })
+	each(rest)
+	return func() { each(rest) }
 }
 
 // loadAvg is /proc/loadavg's first three fields, for the log.
