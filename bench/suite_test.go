@@ -103,7 +103,10 @@ func frameSizes(list []string) ([]int, error) {
 // measure instead of this tree's; a second one, searched as system vmq-b
 // in the zero-loss searches and as a third system in the full-speed rows
 // of queue 0), VMQ_BENCH_OUT (results directory), VMQ_BENCH_THREAD and
-// VMQ_BENCH_PERF (the forwarding thread's own numbers: fwdthread.go).
+// VMQ_BENCH_PERF (the forwarding thread's own numbers: fwdthread.go),
+// VMQ_BENCH_SPLIT (directions, e.g. "tx": each switch-alone case also
+// runs split, Placement.Split; VMQ_BENCH_SPLIT_FIRST=1 runs the split
+// twin first).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {

@@ -33,6 +33,36 @@ func (l logReader) String() string {
 	return string(b)
 }
 
+// startVmqd writes cfg to the bed's vmqd.yaml and runs the vmqd binary on
+// it in the bed's host namespace, logging at level into the bed's
+// vmqd.log; the test's end kills it. exited is closed when it exits.
+func (b *bed) startVmqd(vmqd, cfg, level string) (cmd *exec.Cmd, log logReader, exited <-chan struct{}) {
+	t := b.t
+	t.Helper()
+	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(b.Dir, "vmqd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logFile.Close() })
+	cmd = exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name, "--log-level", level)
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	return cmd, logReader(logPath), done
+}
+
 // writeConfig writes the bed's config as YAML, with the VMs given.
 func (b *bed) writeConfig(path string, vms ...string) {
 	b.t.Helper()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -71,32 +70,11 @@ func TestVmqdCPUPlacement(t *testing.T) {
 	}
 	b := newBed(t)
 	vmqd := buildTool(t, ".", "vmqd")
-	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
 	macA, macB := "02:00:00:00:03:01", "02:00:00:00:03:02"
-	cfg := fmt.Sprintf("nic: %s\nqueues: 1\nworker_cpus: 1\nhousekeeping_cpus: 0\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n"+
+	cmd, log, exited := b.startVmqd(vmqd, fmt.Sprintf("nic: %s\nqueues: 1\nworker_cpus: 1\nhousekeeping_cpus: 0\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n"+
 		"  - {name: a, mac: %q, socket: %s}\n  - {name: b, mac: %q, socket: %s}\n",
-		b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket, macA, b.Socket("a"), macB, b.Socket("b"))
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(b.Dir, "vmqd.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name, "--log-level", "info")
-	cmd.Stderr = logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	pid, log := cmd.Process.Pid, logReader(logPath)
+		b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket, macA, b.Socket("a"), macB, b.Socket("b")), "info")
+	pid := cmd.Process.Pid
 
 	testenv.Eventually(t, "vmqd's ports listening", func() (bool, string) {
 		select {

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -105,29 +104,13 @@ func TestHealthzRedWhileWorkerStalled(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
 	// busy_poll 1s: the idle worker spins (awake) most of the time.
-	cfg := fmt.Sprintf("nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: %q}\npolling: {busy_poll: 1s}\n",
-		b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket, addr)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(b.Dir, "vmqd.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name, "--log-level", "warn")
-	cmd.Stderr = logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd, log, _ := b.startVmqd(vmqd, fmt.Sprintf("nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: %q}\npolling: {busy_poll: 1s}\n",
+		b.cfg.NIC, b.cfg.PinDir, b.cfg.API.Socket, addr), "warn")
 	ready := func() (bool, string) {
 		resp, err := http.Get("http://" + addr + metrics.ReadyzPath)
 		if err != nil {
-			return false, err.Error() + "\n" + logReader(logPath).String()
+			return false, err.Error() + "\n" + log.String()
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status
@@ -194,7 +177,7 @@ func TestHealthzRedWhileWorkerStalled(t *testing.T) {
 		code, rep := probe(t, addr, metrics.HealthzPath)
 		return code == http.StatusOK, fmt.Sprintf("HTTP %d: %s", code, failed(rep))
 	})
-	if log := logReader(logPath).String(); !strings.Contains(log, "worker stalled") {
+	if log := log.String(); !strings.Contains(log, "worker stalled") {
 		t.Errorf("the watchdog did not log the stall:\n%s", log)
 	}
 }
