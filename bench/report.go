@@ -287,7 +287,11 @@ func (r *Report) Header() string {
 // Legend explains the columns; the README carries it with the table.
 const Legend = `CPUs src/switch/dst: the CPU of the traffic source (vmq-pktgen, or the sending guest), of the
 switch under test (vmqd, or DPDK's forwarding testpmd) and of the receiving guest ("wire": an XDP_DROP
-counter on the wire end, which runs where the switch transmits). Mpps: frames received ÷ the source's
+counter on the wire end, which runs where the switch transmits). A switch on "1+0" (split) forwards on
+CPU 1 (vmqd's worker_cpus, DPDK's forwarding lcore) with its control part on CPU 0 (vmqd's
+housekeeping_cpus: the Go runtime's threads, API, ports; DPDK's main lcore); without "+", all of vmqd
+runs on the one CPU, and so do DPDK's two lcores (its EAL threads go to the CPUs no lcore has, as in
+every row). Others' CPU counts a split switch's whole time on its forwarding CPU. Mpps: frames received ÷ the source's
 sending time, source at full speed. Busy ns/frame: the switch's forwarding core's time in iterations
 that moved frames ÷ frames moved (DPDK: --record-core-cycles ÷ TSC; vmq: the worker's counters).
 Busy ns/delivered: the same busy time ÷ frames the receiver got (where the guest starves, DPDK's forwarder

@@ -104,9 +104,9 @@ func frameSizes(list []string) ([]int, error) {
 // in the zero-loss searches and as a third system in the full-speed rows
 // of queue 0), VMQ_BENCH_OUT (results directory), VMQ_BENCH_THREAD and
 // VMQ_BENCH_PERF (the forwarding thread's own numbers: fwdthread.go),
-// VMQ_BENCH_SPLIT (directions, e.g. "tx": each switch-alone case also
-// runs split, Placement.Split; VMQ_BENCH_SPLIT_FIRST=1 runs the split
-// twin first).
+// VMQ_BENCH_SPLIT (none: the directions, e.g. "tx", whose switch-alone
+// cases also run split, Placement.Split; VMQ_BENCH_SPLIT_FIRST=1 runs
+// each split twin first).
 func BenchmarkSuite(b *testing.B) {
 	testenv.RequireRoot(b)
 	if OnlineCPUs() < 2 {
@@ -177,7 +177,10 @@ func BenchmarkSuite(b *testing.B) {
 	// VMQ_BENCH_SPLIT: the directions whose switch-alone cases also run
 	// split (control on the source's CPU), each right after its twin
 	// (VMQ_BENCH_SPLIT_FIRST=1: right before, for A/B runs in both orders).
-	split := envList("VMQ_BENCH_SPLIT", "")
+	split := envList("VMQ_BENCH_SPLIT", "none")
+	if slices.Equal(split, []string{"none"}) {
+		split = nil
+	}
 	for _, d := range split {
 		if d != RX && d != TX && d != VM2VM {
 			b.Fatalf("VMQ_BENCH_SPLIT: unknown direction %q", d)

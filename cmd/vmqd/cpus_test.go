@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,42 +16,31 @@ import (
 	"github.com/vmq/vmq/pktgen"
 )
 
-// vmqdThreads reads every thread of process pid: its name, allowed CPUs
-// and CPU time.
+// vmqdThread is a thread of vmqd: its name, allowed CPUs and CPU time.
 type vmqdThread struct {
 	cpuset.Thread
 	cpu time.Duration
 }
 
 func vmqdThreads(pid int) ([]vmqdThread, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	ents, err := os.ReadDir(dir)
+	th, err := cpuset.Threads(pid)
 	if err != nil {
 		return nil, err
 	}
-	var out []vmqdThread
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st, err1 := os.ReadFile(filepath.Join(dir, e.Name(), "status"))
-		stat, err2 := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
-		if os.IsNotExist(err1) || os.IsNotExist(err2) {
+	out := make([]vmqdThread, 0, len(th))
+	for _, x := range th {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, x.TID))
+		if os.IsNotExist(err) {
 			continue // the thread is gone
 		}
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("thread %d: %v %v", tid, err1, err2)
-		}
-		name, cpus, err := cpuset.ParseStatus(st)
 		if err != nil {
-			return nil, fmt.Errorf("thread %d: %w", tid, err)
+			return nil, err
 		}
 		t, err := bench.ParseStat(stat)
 		if err != nil {
-			return nil, fmt.Errorf("thread %d: %w", tid, err)
+			return nil, fmt.Errorf("thread %d: %w", x.TID, err)
 		}
-		out = append(out, vmqdThread{cpuset.Thread{TID: tid, Name: name, CPUs: cpus}, t.Total()})
+		out = append(out, vmqdThread{x, t.Total()})
 	}
 	return out, nil
 }

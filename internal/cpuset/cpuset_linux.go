@@ -59,7 +59,7 @@ func PinSelf(cpus []int) error {
 func Confine(cpus []int, skip func(tid int) bool) (changed int, err error) {
 	want := toSet(cpus)
 	for pass := 0; pass < 16; pass++ {
-		tids, err := Tasks()
+		tids, err := Tasks(0)
 		if err != nil {
 			return changed, err
 		}
@@ -91,9 +91,17 @@ func Confine(cpus []int, skip func(tid int) bool) (changed int, err error) {
 	return changed, fmt.Errorf("confine threads to CPUs %s: threads kept appearing with another mask", Format(cpus))
 }
 
-// Tasks lists the thread ids of the process.
-func Tasks() ([]int, error) {
-	ents, err := os.ReadDir("/proc/self/task")
+// taskDir is /proc/PID/task (0: this process's).
+func taskDir(pid int) string {
+	if pid == 0 {
+		return "/proc/self/task"
+	}
+	return filepath.Join("/proc", strconv.Itoa(pid), "task")
+}
+
+// Tasks lists the thread ids of process pid (0: this process).
+func Tasks(pid int) ([]int, error) {
+	ents, err := os.ReadDir(taskDir(pid))
 	if err != nil {
 		return nil, fmt.Errorf("list threads: %w", err)
 	}
@@ -106,16 +114,17 @@ func Tasks() ([]int, error) {
 	return tids, nil
 }
 
-// Threads reads every thread's name and allowed CPUs from /proc (the
-// kernel's own account, for checking placement).
-func Threads() ([]Thread, error) {
-	tids, err := Tasks()
+// Threads reads every thread of process pid (0: this process): its name
+// and allowed CPUs from /proc, the kernel's own account, for checking
+// placement.
+func Threads(pid int) ([]Thread, error) {
+	tids, err := Tasks(pid)
 	if err != nil {
 		return nil, err
 	}
 	var out []Thread
 	for _, tid := range tids {
-		b, err := os.ReadFile(filepath.Join("/proc/self/task", strconv.Itoa(tid), "status"))
+		b, err := os.ReadFile(filepath.Join(taskDir(pid), strconv.Itoa(tid), "status"))
 		if errors.Is(err, os.ErrNotExist) {
 			continue // gone
 		}

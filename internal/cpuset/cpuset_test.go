@@ -57,7 +57,7 @@ func TestThreadsAndAllowed(t *testing.T) {
 	if err != nil || len(all) == 0 {
 		t.Fatalf("Allowed = %v, %v", all, err)
 	}
-	th, err := Threads()
+	th, err := Threads(0)
 	if err != nil || len(th) == 0 {
 		t.Fatalf("Threads = %v, %v", th, err)
 	}
