@@ -19,11 +19,18 @@ import (
 // worker p mod workers), the only ones that pop its frames. A VM whose
 // traffic is uneven over the queues therefore gets less than its limit.
 // Frames over the limit are dropped and counted as rate_limited.
+//
+// FloodPPS is storm control: the broadcast and multicast frames per
+// second the guest may send (each is copied to every VM of its VLAN and
+// goes to the wire), shared over the workers like a TX limit; the rest
+// are dropped whole and counted as storm_control. It is counted after
+// the TX limit, and a frame it drops does not count as transmitted.
 type Limits struct {
-	RxPPS uint64 `json:"rx_pps"`
-	RxBPS uint64 `json:"rx_bps"`
-	TxPPS uint64 `json:"tx_pps"`
-	TxBPS uint64 `json:"tx_bps"`
+	RxPPS    uint64 `json:"rx_pps"`
+	RxBPS    uint64 `json:"rx_bps"`
+	TxPPS    uint64 `json:"tx_pps"`
+	TxBPS    uint64 `json:"tx_bps"`
+	FloodPPS uint64 `json:"flood_pps"`
 }
 
 // IsZero reports whether no limit is set.
@@ -79,22 +86,24 @@ func (b *tokenBucket) charge(n float64) {
 
 // vmLimits are a VM's buckets on one worker.
 type vmLimits struct {
-	rxPkts, rxBits, txPkts, txBits tokenBucket
+	rxPkts, rxBits, txPkts, txBits, flood tokenBucket
 }
 
 // setLimits installs l on the worker's view of vm and keeps the count of
 // limited VMs (the worker reads the clock only while it is not zero).
 func (w *worker) setLimits(vm *vmState, l Limits) {
-	was := vm.rxLimited || vm.txLimited
+	was := vm.limited()
 	rxShare := len(w.dp.workers)
 	txShare := min(vm.pairs, len(w.dp.workers))
 	vm.lim.rxPkts.set(l.RxPPS, rxShare)
 	vm.lim.rxBits.set(l.RxBPS, rxShare)
 	vm.lim.txPkts.set(l.TxPPS, txShare)
 	vm.lim.txBits.set(l.TxBPS, txShare)
+	vm.lim.flood.set(l.FloodPPS, txShare)
 	vm.rxLimited = vm.lim.rxPkts.active() || vm.lim.rxBits.active()
 	vm.txLimited = vm.lim.txPkts.active() || vm.lim.txBits.active()
-	now := vm.rxLimited || vm.txLimited
+	vm.floodLimited = vm.lim.flood.active()
+	now := vm.limited()
 	switch {
 	case now && !was:
 		if w.nlimited == 0 {
@@ -116,13 +125,28 @@ func (w *worker) refillLimits() {
 		return
 	}
 	for _, vm := range w.vmList {
-		if vm.rxLimited || vm.txLimited {
+		if vm.limited() {
 			vm.lim.rxPkts.refill(dt)
 			vm.lim.rxBits.refill(dt)
 			vm.lim.txPkts.refill(dt)
 			vm.lim.txBits.refill(dt)
+			vm.lim.flood.refill(dt)
 		}
 	}
+}
+
+// limited reports whether any of the VM's limits is set on this worker.
+func (vm *vmState) limited() bool { return vm.rxLimited || vm.txLimited || vm.floodLimited }
+
+// admitFlood charges a broadcast or multicast frame from the guest to
+// its storm control; false: over the limit, counted.
+func (vm *vmState) admitFlood() bool {
+	if !vm.lim.flood.ok() {
+		vm.drop(DropStormControl)
+		return false
+	}
+	vm.lim.flood.charge(1)
+	return true
 }
 
 // admitRx charges an RX frame of n bytes; false: over the limit.
