@@ -19,6 +19,10 @@ package dataplane
 // local and flooded frames fit, so an ordinary VM never notices it.
 const fairQuantum = 512
 
+// FairQuantum is a VM's work units per worker round (fairQuantum), for
+// tests and reports that check the bound from outside.
+const FairQuantum = fairQuantum
+
 // payFlood charges the copies of the VM's flooded frames to the credit
 // left after its pops and returns what is left then; what the credit
 // cannot pay (the last frame's copies may go beyond it) becomes debt.
