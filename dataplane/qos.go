@@ -24,7 +24,10 @@ import (
 // second the guest may send (each is copied to every VM of its VLAN and
 // goes to the wire), shared over the workers like a TX limit; the rest
 // are dropped whole and counted as storm_control. It is counted after
-// the TX limit, and a frame it drops does not count as transmitted.
+// the TX limit, and a frame it drops does not count as transmitted. Its
+// bucket is refilled when a frame asks (one clock read a round at most),
+// not every round: it is on for every VM by default (control), and
+// most rounds have no such frame.
 type Limits struct {
 	RxPPS    uint64 `json:"rx_pps"`
 	RxBPS    uint64 `json:"rx_bps"`
@@ -92,7 +95,7 @@ type vmLimits struct {
 // setLimits installs l on the worker's view of vm and keeps the count of
 // limited VMs (the worker reads the clock only while it is not zero).
 func (w *worker) setLimits(vm *vmState, l Limits) {
-	was := vm.limited()
+	was := vm.rxLimited || vm.txLimited
 	rxShare := len(w.dp.workers)
 	txShare := min(vm.pairs, len(w.dp.workers))
 	vm.lim.rxPkts.set(l.RxPPS, rxShare)
@@ -100,10 +103,11 @@ func (w *worker) setLimits(vm *vmState, l Limits) {
 	vm.lim.txPkts.set(l.TxPPS, txShare)
 	vm.lim.txBits.set(l.TxBPS, txShare)
 	vm.lim.flood.set(l.FloodPPS, txShare)
+	vm.floodAt = time.Now() // refilled from now on (admitFlood)
 	vm.rxLimited = vm.lim.rxPkts.active() || vm.lim.rxBits.active()
 	vm.txLimited = vm.lim.txPkts.active() || vm.lim.txBits.active()
 	vm.floodLimited = vm.lim.flood.active()
-	now := vm.limited()
+	now := vm.rxLimited || vm.txLimited
 	switch {
 	case now && !was:
 		if w.nlimited == 0 {
@@ -125,22 +129,26 @@ func (w *worker) refillLimits() {
 		return
 	}
 	for _, vm := range w.vmList {
-		if vm.limited() {
+		if vm.rxLimited || vm.txLimited {
 			vm.lim.rxPkts.refill(dt)
 			vm.lim.rxBits.refill(dt)
 			vm.lim.txPkts.refill(dt)
 			vm.lim.txBits.refill(dt)
-			vm.lim.flood.refill(dt)
 		}
 	}
 }
 
-// limited reports whether any of the VM's limits is set on this worker.
-func (vm *vmState) limited() bool { return vm.rxLimited || vm.txLimited || vm.floodLimited }
-
-// admitFlood charges a broadcast or multicast frame from the guest to
-// its storm control; false: over the limit, counted.
-func (vm *vmState) admitFlood() bool {
+// admitFlood charges a broadcast or multicast frame from vm's guest to
+// its storm control, refilling the bucket first; false: over the limit,
+// counted.
+func (w *worker) admitFlood(vm *vmState) bool {
+	if w.clockRound != w.rr {
+		w.clock, w.clockRound = time.Now(), w.rr
+	}
+	if dt := w.clock.Sub(vm.floodAt); dt > 0 {
+		vm.lim.flood.refill(dt)
+		vm.floodAt = w.clock
+	}
 	if !vm.lim.flood.ok() {
 		vm.drop(DropStormControl)
 		return false

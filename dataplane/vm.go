@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
@@ -55,6 +56,7 @@ type vmState struct {
 	// QoS (qos.go): this worker's share of the VM's limits.
 	rxLimited, txLimited, floodLimited bool
 	lim                                vmLimits
+	floodAt                            time.Time // lim.flood refilled up to here (admitFlood)
 
 	sock *xsk.Socket // the VM's receive socket on this worker's NIC queue
 	// tx: the VM's transmit socket there, apart from sock because sock is

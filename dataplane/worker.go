@@ -166,9 +166,12 @@ type worker struct {
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
-	// QoS: VMs with a limit on this worker, and the last bucket refill.
+	// QoS: VMs with a limit on this worker, and the last bucket refill;
+	// the clock as read in round clockRound (storm control, admitFlood).
 	nlimited   int
 	lastRefill time.Time
+	clock      time.Time
+	clockRound uint
 
 	serving   uint32 // what ctr.serving holds, to store only on a change
 	touched0  byte   // touchFrames' result, kept so its loads are not dropped
@@ -1201,7 +1204,7 @@ func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
 		return false
 	}
 	dst := dstMAC(frame)
-	if dst.IsMulticast() && vm.floodLimited && !vm.admitFlood() {
+	if dst.IsMulticast() && vm.floodLimited && !w.admitFlood(vm) {
 		return false // storm control: dropped whole, counted
 	}
 	vm.txPkts++ // published once per round (flushAll)

@@ -330,6 +330,11 @@ func TestVMSetLimits(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &info); err != nil || !info.Limits.Equal(control.Limits{RxPPS: 7}) {
 		t.Errorf("json: %+v %v\n%s", info.Limits, err, out)
 	}
+	// Storm control: 0 turns the default off, a value replaces it.
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--flood-pps", "0"}, 0,
+		"VM web limits: rx_pps=7 flood_pps=unlimited\n")
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--flood-pps", "250"}, 0,
+		"VM web limits: rx_pps=7 flood_pps=250\n")
 	// Limits on add.
 	expect(t, []string{"--socket", sock, "vm", "add", "lim", "--mac", "02:00:00:00:00:0c", "--socket", dir + "/lim.sock", "--tx-bps", "1000000"}, 0, "added VM lim on slot 3\n")
 	out = expect(t, []string{"--socket", sock, "vm", "show", "lim"}, 0, "")
