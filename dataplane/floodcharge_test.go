@@ -99,8 +99,13 @@ func TestStormControl(t *testing.T) {
 	// The round's clock, as admitFlood reads it once a round.
 	w.rr, w.clockRound, w.clock = 1, 1, sender.floodAt
 	bcast := frameTo(broadcastMAC, sender.mac)
-	if w.forward(sender, bcast) {
-		t.Error("a new limit starts empty: the first broadcast must be dropped")
+	// It starts with its burst (50 ms at 1000/s), then holds the rate.
+	burst := 0
+	for w.forward(sender, bcast) {
+		burst++
+	}
+	if burst != 50 {
+		t.Errorf("%d broadcasts passed a new limit of 1000/s before the first drop, want its burst of 50", burst)
 	}
 	w.clock = w.clock.Add(10 * time.Millisecond) // 10 frames' worth
 	passed := 0
@@ -115,11 +120,11 @@ func TestStormControl(t *testing.T) {
 	if d := sender.ctr.drops[DropStormControl].Load(); d != 11 {
 		t.Errorf("%d storm_control drops, want 11", d)
 	}
-	if c := vms[1].ctr.floodCopies.Load(); c != 10 {
-		t.Errorf("receiver got %d copies, want 10", c)
+	if c := vms[1].ctr.floodCopies.Load(); c != 60 {
+		t.Errorf("receiver got %d copies, want 60", c)
 	}
-	if sender.txPkts != 10 {
-		t.Errorf("%d frames counted as sent, want 10", sender.txPkts)
+	if sender.txPkts != 60 {
+		t.Errorf("%d frames counted as sent, want 60", sender.txPkts)
 	}
 	if !w.forward(sender, frameTo(MAC{2, 9, 9, 9, 9, 9}, sender.mac)) {
 		t.Error("unicast frame dropped by storm control")

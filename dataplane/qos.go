@@ -102,7 +102,14 @@ func (w *worker) setLimits(vm *vmState, l Limits) {
 	vm.lim.rxBits.set(l.RxBPS, rxShare)
 	vm.lim.txPkts.set(l.TxPPS, txShare)
 	vm.lim.txBits.set(l.TxBPS, txShare)
+	wasFlood := vm.floodLimited
 	vm.lim.flood.set(l.FloodPPS, txShare)
+	if !wasFlood {
+		// Unlike a rate limit, storm control starts with its burst: it
+		// is on by default, and a VM's first broadcasts (ARP at boot, the
+		// RARP right after a migration) must pass.
+		vm.lim.flood.tokens = vm.lim.flood.burst
+	}
 	vm.floodAt = time.Now() // refilled from now on (admitFlood)
 	vm.rxLimited = vm.lim.rxPkts.active() || vm.lim.rxBits.active()
 	vm.txLimited = vm.lim.txPkts.active() || vm.lim.txBits.active()
