@@ -28,7 +28,8 @@ func frameTo(dst, src MAC) []byte {
 	return f
 }
 
-// A broadcast from one of n VMs makes n-1 copies, and forward charges
+// A broadcast from one of n VMs makes n-1 copies, here or into another
+// worker's mailbox, and forward charges
 // them to the sender (floodCharge), not only to the receivers; a unicast
 // frame charges nothing.
 func TestFloodChargedToSender(t *testing.T) {
@@ -47,6 +48,16 @@ func TestFloodChargedToSender(t *testing.T) {
 		if c := vm.ctr.floodCopies.Load(); c != 2 {
 			t.Errorf("VM %d: %d flood copies, want 2", vm.slot, c)
 		}
+	}
+	// Copies into another worker's mailbox cost the sender the same.
+	w.floodCharge = 0
+	w.dp.workers = []*worker{{}, w}
+	w.index = 1
+	w.outbox = []*mailbox{newMailbox(16, 128), nil}
+	w.sentTo = make([]bool, 2)
+	w.forward(sender, frameTo(broadcastMAC, sender.mac))
+	if w.floodCharge != n-1 || w.outbox[0].prodTail != n-1 {
+		t.Errorf("through a mailbox: floodCharge %d, %d frames put; want %d each", w.floodCharge, w.outbox[0].prodTail, n-1)
 	}
 	w.floodCharge = 0
 	w.forward(sender, frameTo(vms[1].mac, sender.mac))            // a local VM
