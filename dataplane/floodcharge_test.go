@@ -29,9 +29,8 @@ func frameTo(dst, src MAC) []byte {
 }
 
 // A broadcast from one of n VMs makes n-1 copies, here or into another
-// worker's mailbox, and forward charges
-// them to the sender (floodCharge), not only to the receivers; a unicast
-// frame charges nothing.
+// worker's mailbox, and forward charges them to the sender (floodCharge),
+// not only to the receivers; a unicast frame charges nothing.
 func TestFloodChargedToSender(t *testing.T) {
 	const n = 6
 	w, vms := floodWorker(n)
