@@ -46,8 +46,8 @@ func attackMulticastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 		t.Fatal(err)
 	}
 	drops := vmOf(s, a.name).DropsByReason["storm_control"]
-	t.Logf("%d dropped as storm_control, %d copies to bystander0; the worker was busy %.1f%% before the storm, %.1f%% during it",
-		drops, vmOf(s, "bystander0").FloodCopies, before, during)
+	t.Logf("%d dropped as storm_control, %d copies to bystander0; the worker was busy %.1f%% before the storm, %.1f%% during it; %s",
+		drops, vmOf(s, "bystander0").FloodCopies, before, during, victimLatency(h, tr))
 	if drops == 0 {
 		t.Errorf("nothing dropped as storm_control: not a storm (drops %v)", vmOf(s, a.name).DropsByReason)
 	}
@@ -63,7 +63,7 @@ func attackMulticastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 // the copies the worker makes per round stay within one quantum
 // (dataplane.FairQuantum). When only the receivers paid for them, a
 // round could make 64 frames × 15 copies, the sender paying its pops.
-func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, _ *traffic) {
+func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic) {
 	const vlan = "10"
 	by := make([]string, 15)
 	for i := range by {
@@ -100,8 +100,8 @@ func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, _ *traffic) 
 		}
 		rounds = s1.Workers[0].Batches - s0.Workers[0].Batches
 	})
-	t.Logf("%d copies in %d rounds with work (%.0f a round); the worker was busy %.1f%% before the storm, %.1f%% during it",
-		copies, rounds, float64(copies)/float64(max(rounds, 1)), before, during)
+	t.Logf("%d copies in %d rounds with work (%.0f a round); the worker was busy %.1f%% before the storm, %.1f%% during it; %s",
+		copies, rounds, float64(copies)/float64(max(rounds, 1)), before, during, victimLatency(h, tr))
 	if copies < 10000 || rounds < 100 {
 		t.Fatalf("%d copies in %d rounds: not a storm", copies, rounds)
 	}
@@ -141,4 +141,15 @@ func stormBusy(t *testing.T, h *hostileBed, start, measure func()) (before, duri
 		t.Fatal(err)
 	}
 	return before, busyPercent(s2, s3, time.Since(t2))
+}
+
+// victimLatency reports the latency of the victim's frames from the wire
+// so far (its stream's p50, p99 and maximum).
+func victimLatency(h *hostileBed, tr *traffic) string {
+	for _, s := range h.victim.Stats().Streams {
+		if s.Stream == tr.rxStream {
+			return fmt.Sprintf("wire→victim latency p50 %v, p99 %v, max %v", s.LatencyP50, s.LatencyP99, s.LatencyMax)
+		}
+	}
+	return "no victim stream"
 }
