@@ -8,11 +8,11 @@ package dataplane
 // multicast frame it sends costs it 1 more (worker.floodCharge): the
 // sender pays for the replication, each receiver only for its own ring,
 // so a VLAN of N VMs does not multiply a flooding guest's share by N-1.
-// A VM whose rings are expensive (tiny
-// chains, huge indirect tables) or that floods gets its quantum and no
-// more; the others keep theirs. RX frames that find no credit are dropped
-// as budget (frames not yet taken from the socket wait there); TX chains
-// wait in the guest's ring for the next round.
+// A VM whose rings are expensive (tiny chains, huge indirect tables) or
+// that floods gets its quantum and no more; the others keep theirs. RX
+// frames that find no credit are dropped as budget (frames not yet taken
+// from the socket wait there); TX chains wait in the guest's ring for the
+// next round.
 
 // fairQuantum is a VM's work per round: a full RX batch (64 frames, 2
 // units each) plus a full TX batch (64 frames of 1–2 descriptors) and some
