@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/guest/frontend"
-	tbed "github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
@@ -80,7 +79,7 @@ func TestBroadcastStormSenderPays(t *testing.T) {
 			t.Errorf("%s: %d frames dropped as budget (its credit went to the flooder's copies)", name, d)
 		}
 	}
-	t.Logf("witness (same VLAN): %d of its %d frames, drops %v", tbed.StreamReceived(witness, 1), n, tb.vmStats("witness").DropsByReason)
+	t.Logf("witness (same VLAN): %d of its %d frames, drops %v", streamReceived(witness, 1), n, tb.vmStats("witness").DropsByReason)
 	tb.checkFrames()
 }
 

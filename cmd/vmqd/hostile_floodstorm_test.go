@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -11,10 +10,8 @@ import (
 	"github.com/vmq/vmq/internal/testenv"
 )
 
-var (
-	broadcastMAC = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	multicastMAC = net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb} // mDNS
-)
+// The destinations of the storms: broadcast, and mDNS's multicast group.
+const broadcastMAC, multicastMAC = "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb"
 
 // bystanderMAC is the MAC of the i-th bystander VM of a storm.
 func bystanderMAC(i int) string { return fmt.Sprintf("02:00:00:00:03:%02x", 0x10+i) }
@@ -31,7 +28,7 @@ func attackMulticastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 		h.addBystander(t, fmt.Sprintf("bystander%d", i), bystanderMAC(i))
 	}
 	before, during := stormBusy(t, h, func() {
-		floodTo(t, a.guest(), multicastMAC)
+		floodTo(t, a.guest(), mustMAC(multicastMAC))
 		// The bucket's burst is vmqd's business, the rate the contract.
 		<-time.After(300 * time.Millisecond)
 	}, func() {
@@ -76,7 +73,7 @@ func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 	}
 	var copies, rounds uint64
 	before, during := stormBusy(t, h, func() {
-		floodTo(t, a.guest(), broadcastMAC)
+		floodTo(t, a.guest(), mustMAC(broadcastMAC))
 		testenv.Eventually(t, "the storm reaches the bystanders", func() (bool, string) {
 			s, err := h.snapshot()
 			if err != nil {
