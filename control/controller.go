@@ -358,7 +358,7 @@ func (c *Controller) setLimitsLocked(name string, change func(Limits) Limits) (V
 		return VMInfo{}, fmt.Errorf("set limits of VM %q: %w", name, err)
 	}
 	c.reg.SetLimits(name, l)
-	c.log.Info("VM limits set", "vm", name, "rx_pps", l.RxPPS, "rx_bps", l.RxBPS, "tx_pps", l.TxPPS, "tx_bps", l.TxBPS)
+	c.log.Info("VM limits set", "vm", name, "rx_pps", l.RxPPS, "rx_bps", l.RxBPS, "tx_pps", l.TxPPS, "tx_bps", l.TxBPS, "flood_pps", l.Flood())
 	info, _ = c.reg.Get(name)
 	return info, nil
 }

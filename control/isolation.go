@@ -22,27 +22,59 @@ const DefaultMaxGuestMemory = ByteSize(64 << 30)
 // DefaultSocketMode is a server socket's mode when socket_mode is omitted.
 const DefaultSocketMode = FileMode(0o600)
 
+// DefaultFloodPPS is a VM's storm control when its flood_pps is omitted:
+// the broadcast and multicast frames per second its guest may send. Each
+// such frame is copied to every VM of its VLAN, whose guests must all
+// take it; 10000 a second is a hundred times what ARP, IPv6 ND, DHCP and
+// mDNS need, and little enough that a neighbour's guest absorbs it
+// (a same-VLAN guest lost 13% of its own traffic to an unlimited one).
+const DefaultFloodPPS = 10000
+
 // Limits are a VM's QoS limits as configured (0 = unlimited): frames and
-// bits per second, RX (to the guest) and TX (from the guest). See
-// dataplane.Limits for how they are enforced.
+// bits per second, RX (to the guest) and TX (from the guest), and the
+// broadcast and multicast frames per second from the guest (flood_pps;
+// omitted: DefaultFloodPPS). See dataplane.Limits for how they are
+// enforced.
 type Limits struct {
-	RxPPS uint64 `yaml:"rx_pps,omitempty" json:"rx_pps"`
-	RxBPS uint64 `yaml:"rx_bps,omitempty" json:"rx_bps"`
-	TxPPS uint64 `yaml:"tx_pps,omitempty" json:"tx_pps"`
-	TxBPS uint64 `yaml:"tx_bps,omitempty" json:"tx_bps"`
+	RxPPS    uint64  `yaml:"rx_pps,omitempty" json:"rx_pps"`
+	RxBPS    uint64  `yaml:"rx_bps,omitempty" json:"rx_bps"`
+	TxPPS    uint64  `yaml:"tx_pps,omitempty" json:"tx_pps"`
+	TxBPS    uint64  `yaml:"tx_bps,omitempty" json:"tx_bps"`
+	FloodPPS *uint64 `yaml:"flood_pps,omitempty" json:"flood_pps,omitempty"`
+}
+
+// Flood is the storm control in force: flood_pps, or DefaultFloodPPS
+// when it is omitted (0 = unlimited).
+func (l Limits) Flood() uint64 {
+	if l.FloodPPS == nil {
+		return DefaultFloodPPS
+	}
+	return *l.FloodPPS
+}
+
+// Equal reports whether two limits are the same (an omitted flood_pps
+// is not the same as its default written out: a later default may differ).
+func (l Limits) Equal(m Limits) bool {
+	if (l.FloodPPS == nil) != (m.FloodPPS == nil) || l.FloodPPS != nil && *l.FloodPPS != *m.FloodPPS {
+		return false
+	}
+	l.FloodPPS, m.FloodPPS = nil, nil
+	return l == m
 }
 
 // Dataplane converts the limits for the dataplane.
 func (l Limits) Dataplane() dataplane.Limits {
-	return dataplane.Limits{RxPPS: l.RxPPS, RxBPS: l.RxBPS, TxPPS: l.TxPPS, TxBPS: l.TxBPS}
+	return dataplane.Limits{RxPPS: l.RxPPS, RxBPS: l.RxBPS, TxPPS: l.TxPPS, TxBPS: l.TxBPS, FloodPPS: l.Flood()}
 }
 
-// LimitsPatch changes some limits: nil fields keep their value, 0 clears.
+// LimitsPatch changes some limits: nil fields keep their value, 0 clears
+// (for flood_pps: no storm control at all).
 type LimitsPatch struct {
-	RxPPS *uint64 `json:"rx_pps,omitempty"`
-	RxBPS *uint64 `json:"rx_bps,omitempty"`
-	TxPPS *uint64 `json:"tx_pps,omitempty"`
-	TxBPS *uint64 `json:"tx_bps,omitempty"`
+	RxPPS    *uint64 `json:"rx_pps,omitempty"`
+	RxBPS    *uint64 `json:"rx_bps,omitempty"`
+	TxPPS    *uint64 `json:"tx_pps,omitempty"`
+	TxBPS    *uint64 `json:"tx_bps,omitempty"`
+	FloodPPS *uint64 `json:"flood_pps,omitempty"`
 }
 
 // Apply returns l with the patch's fields set.
@@ -54,6 +86,10 @@ func (p LimitsPatch) Apply(l Limits) Limits {
 		if f.v != nil {
 			*f.dst = *f.v
 		}
+	}
+	if p.FloodPPS != nil {
+		v := *p.FloodPPS // l must not share the patch's memory
+		l.FloodPPS = &v
 	}
 	return l
 }

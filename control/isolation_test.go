@@ -19,7 +19,7 @@ vms:
   - name: web
     mac: 02:00:00:00:00:01
     socket: %[1]s/web.sock
-    limits: {rx_pps: 10000, tx_bps: 100000000}
+    limits: {rx_pps: 10000, tx_bps: 100000000, flood_pps: 500}
     max_guest_memory: 512MiB
     socket_owner: root
     socket_group: 0
@@ -29,6 +29,7 @@ vms:
     mac: 02:00:00:00:00:02
     socket: %[1]s/db.sock
     max_guest_memory: 0
+    limits: {flood_pps: 0}
   - name: plain
     mac: 02:00:00:00:00:03
     socket: %[1]s/plain.sock
@@ -40,7 +41,8 @@ vms:
 		t.Errorf("global max_guest_memory = %d", cfg.MaxGuestMemory)
 	}
 	web, db, plain := cfg.VMs[0], cfg.VMs[1], cfg.VMs[2]
-	if web.Limits != (Limits{RxPPS: 10000, TxBPS: 100000000}) || web.MaxGuestMemory != 512<<20 ||
+	flood := func(v uint64) *uint64 { return &v }
+	if !web.Limits.Equal(Limits{RxPPS: 10000, TxBPS: 100000000, FloodPPS: flood(500)}) || web.MaxGuestMemory != 512<<20 ||
 		web.SocketOwner != "root" || web.SocketGroup != "0" || web.SocketMode != 0o660 ||
 		!reflect.DeepEqual(web.AllowedUIDs, []uint32{0, 1000}) {
 		t.Errorf("web = %+v", web)
@@ -53,6 +55,18 @@ vms:
 	}
 	if db.MaxGuestMemory != 0 {
 		t.Errorf("db: explicit 0 (no limit) became %d", db.MaxGuestMemory)
+	}
+	// Storm control: omitted is the default, 0 none, a value itself.
+	for _, c := range []struct {
+		vm   VMConfig
+		want uint64
+	}{{web, 500}, {db, 0}, {plain, DefaultFloodPPS}} {
+		if got := c.vm.Limits.Dataplane().FloodPPS; got != c.want {
+			t.Errorf("%s: flood_pps in force %d, want %d", c.vm.Name, got, c.want)
+		}
+	}
+	if db.Limits.Equal(plain.Limits) {
+		t.Error("flood_pps 0 (none) equals an omitted one (the default)")
 	}
 	if plain.MaxGuestMemory != 4<<30 || plain.SocketMode != DefaultSocketMode || plain.AllowedUIDs != nil ||
 		plain.Limits != (Limits{}) {
@@ -198,8 +212,20 @@ func TestAPIPatchLimits(t *testing.T) {
 	if err != nil || info.Limits != (Limits{RxPPS: 7, RxBPS: 5e6}) {
 		t.Errorf("second patch = %+v, %v", info.Limits, err)
 	}
+	// Storm control: the default until set; 0 turns it off.
+	if info.Limits.Flood() != DefaultFloodPPS {
+		t.Errorf("flood_pps in force %d, want the default %d", info.Limits.Flood(), DefaultFloodPPS)
+	}
+	info, err = c.PatchVM(ctx, "b", VMPatch{Limits: &LimitsPatch{FloodPPS: u(0)}})
+	if err != nil || info.Limits.FloodPPS == nil || info.Limits.Flood() != 0 || info.Limits.RxPPS != 7 {
+		t.Errorf("flood_pps 0 = %+v, %v", info.Limits, err)
+	}
+	info, err = c.PatchVM(ctx, "b", VMPatch{Limits: &LimitsPatch{FloodPPS: u(300)}})
+	if err != nil || info.Limits.Flood() != 300 {
+		t.Errorf("flood_pps 300 = %+v, %v", info.Limits, err)
+	}
 	d, err := c.GetVM(ctx, "b")
-	if err != nil || d.Limits != info.Limits || d.Stats == nil || d.Stats.Limits.RxPPS != 7 || d.Stats.Limits.RxBPS != 5e6 {
+	if err != nil || !d.Limits.Equal(info.Limits) || d.Stats == nil || d.Stats.Limits.RxPPS != 7 || d.Stats.Limits.RxBPS != 5e6 {
 		t.Errorf("show: %+v %+v, %v", d.VMInfo, d.Stats, err)
 	}
 	var ae *APIError

@@ -102,7 +102,7 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 			p.Add = append(p.Add, vm)
 		case !sameVM(o, vm):
 			p.Change = append(p.Change, vm)
-		case o.Limits != vm.Limits:
+		case !o.Limits.Equal(vm.Limits):
 			p.Limits = append(p.Limits, vm)
 		}
 	}

@@ -19,11 +19,21 @@ import (
 // worker p mod workers), the only ones that pop its frames. A VM whose
 // traffic is uneven over the queues therefore gets less than its limit.
 // Frames over the limit are dropped and counted as rate_limited.
+//
+// FloodPPS is storm control: the broadcast and multicast frames per
+// second the guest may send (each is copied to every VM of its VLAN and
+// goes to the wire), shared over the workers like a TX limit; the rest
+// are dropped whole and counted as storm_control. It is counted after
+// the TX limit, and a frame it drops does not count as transmitted. Its
+// bucket is refilled when a frame asks (one clock read a round at most),
+// not every round: it is on for every VM by default (control), and
+// most rounds have no such frame.
 type Limits struct {
-	RxPPS uint64 `json:"rx_pps"`
-	RxBPS uint64 `json:"rx_bps"`
-	TxPPS uint64 `json:"tx_pps"`
-	TxBPS uint64 `json:"tx_bps"`
+	RxPPS    uint64 `json:"rx_pps"`
+	RxBPS    uint64 `json:"rx_bps"`
+	TxPPS    uint64 `json:"tx_pps"`
+	TxBPS    uint64 `json:"tx_bps"`
+	FloodPPS uint64 `json:"flood_pps"`
 }
 
 // IsZero reports whether no limit is set.
@@ -79,7 +89,7 @@ func (b *tokenBucket) charge(n float64) {
 
 // vmLimits are a VM's buckets on one worker.
 type vmLimits struct {
-	rxPkts, rxBits, txPkts, txBits tokenBucket
+	rxPkts, rxBits, txPkts, txBits, flood tokenBucket
 }
 
 // setLimits installs l on the worker's view of vm and keeps the count of
@@ -92,8 +102,18 @@ func (w *worker) setLimits(vm *vmState, l Limits) {
 	vm.lim.rxBits.set(l.RxBPS, rxShare)
 	vm.lim.txPkts.set(l.TxPPS, txShare)
 	vm.lim.txBits.set(l.TxBPS, txShare)
+	wasFlood := vm.floodLimited
+	vm.lim.flood.set(l.FloodPPS, txShare)
+	if !wasFlood {
+		// Unlike a rate limit, storm control starts with its burst: it
+		// is on by default, and a VM's first broadcasts (ARP at boot, the
+		// RARP right after a migration) must pass.
+		vm.lim.flood.tokens = vm.lim.flood.burst
+	}
+	vm.floodAt = time.Now() // refilled from now on (admitFlood)
 	vm.rxLimited = vm.lim.rxPkts.active() || vm.lim.rxBits.active()
 	vm.txLimited = vm.lim.txPkts.active() || vm.lim.txBits.active()
+	vm.floodLimited = vm.lim.flood.active()
 	now := vm.rxLimited || vm.txLimited
 	switch {
 	case now && !was:
@@ -123,6 +143,25 @@ func (w *worker) refillLimits() {
 			vm.lim.txBits.refill(dt)
 		}
 	}
+}
+
+// admitFlood charges a broadcast or multicast frame from vm's guest to
+// its storm control, refilling the bucket first; false: over the limit,
+// counted.
+func (w *worker) admitFlood(vm *vmState) bool {
+	if w.clockRound != w.rr {
+		w.clock, w.clockRound = time.Now(), w.rr
+	}
+	if dt := w.clock.Sub(vm.floodAt); dt > 0 {
+		vm.lim.flood.refill(dt)
+		vm.floodAt = w.clock
+	}
+	if !vm.lim.flood.ok() {
+		vm.drop(DropStormControl)
+		return false
+	}
+	vm.lim.flood.charge(1)
+	return true
 }
 
 // admitRx charges an RX frame of n bytes; false: over the limit.

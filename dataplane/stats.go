@@ -19,13 +19,14 @@ const (
 	DropBudget                          // the VM used up its fair share of the worker's round
 	DropOversize                        // a guest frame longer than the MTU allows
 	DropBadOffload                      // a virtio-net header (checksum, TSO) that does not fit its frame
+	DropStormControl                    // a broadcast or multicast frame over the VM's flood limit (Limits.FloodPPS)
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
 	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
-	"oversize", "bad_offload",
+	"oversize", "bad_offload", "storm_control",
 }
 
 // String is the reason's label value in metrics and the API.

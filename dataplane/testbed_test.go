@@ -26,8 +26,9 @@ type testbed struct {
 }
 
 var (
-	mustMAC = tbed.MustMAC
-	waitRx  = tbed.WaitRx
+	mustMAC        = tbed.MustMAC
+	waitRx         = tbed.WaitRx
+	streamReceived = tbed.StreamReceived
 )
 
 func newTestbed(t *testing.T, queues int) *testbed {

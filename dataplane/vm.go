@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
 	"github.com/vmq/vmq/dataplane/xsk"
@@ -42,6 +43,10 @@ type vmState struct {
 	credit  int
 	busy    bool
 	touched bool // in worker.touched
+	// floodDebt is what the copies of its flooded frames cost beyond its
+	// credit (one frame may need more copies than a quantum pays): the
+	// next grants pay it back first.
+	floodDebt int
 	// Frames counted in this round, published by flushAll: one atomic
 	// store per counter and round, not per frame.
 	rxPkts, rxBytes, txPkts, txBytes uint64
@@ -49,8 +54,9 @@ type vmState struct {
 	txQueued                         bool // in worker.txQueued
 
 	// QoS (qos.go): this worker's share of the VM's limits.
-	rxLimited, txLimited bool
-	lim                  vmLimits
+	rxLimited, txLimited, floodLimited bool
+	lim                                vmLimits
+	floodAt                            time.Time // lim.flood refilled up to here (admitFlood)
 
 	sock *xsk.Socket // the VM's receive socket on this worker's NIC queue
 	// tx: the VM's transmit socket there, apart from sock because sock is

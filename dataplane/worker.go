@@ -167,14 +167,20 @@ type worker struct {
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
-	// QoS: VMs with a limit on this worker, and the last bucket refill.
+	// QoS: VMs with a limit on this worker, and the last bucket refill;
+	// the clock as read in round clockRound (storm control, admitFlood).
 	nlimited   int
 	lastRefill time.Time
+	clock      time.Time
+	clockRound uint
 
 	serving   uint32 // what ctr.serving holds, to store only on a change
 	touched0  byte   // touchFrames' result, kept so its loads are not dropped
 	roundWork int    // work other than frames done in this round (kicks)
-	rr        uint   // rounds: rotates the order VMs are served in
+	// floodCharge: copies of broadcast and multicast frames forward made
+	// for the TX queue being served, which transmit charges to its VM.
+	floodCharge int
+	rr          uint // rounds: rotates the order VMs are served in
 	// nbatches: rounds with work. It and rr are published to ctr every
 	// timeEvery rounds and before a sleep (publishRounds), not per round:
 	// a locked store each.
@@ -1041,8 +1047,12 @@ func (w *worker) transmit(vq *virtq) int {
 	// One SetBudget per round: Pop leaves a chain cut by the budget for the
 	// next round, and drops it only if a whole budget could not finish it.
 	vq.q.SetBudget(vm.credit)
+	w.floodCharge = 0
 	wire, popped := w.popBatch(vq)
 	left := vq.q.Budget() - popped
+	if w.floodCharge > 0 {
+		left = vm.payFlood(left, w.floodCharge)
+	}
 	spent := left != vm.credit
 	if spent {
 		vm.credit = max(left, 0)
@@ -1114,7 +1124,7 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 	// Local deliveries and drops give their frame back at once, so bound
 	// the pops as well as the wire batch; each frame handled costs a unit
 	// on top of its descriptors, so stop while the budget still pays them.
-	for wire < batchSize && popped < 2*batchSize && popped < vq.q.Budget() {
+	for wire < batchSize && popped < 2*batchSize && popped+w.floodCharge < vq.q.Budget() {
 		if held == noFrame {
 			a, ok := w.takeFrame()
 			if !ok {
@@ -1200,9 +1210,12 @@ func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
 		vm.drop(DropMalformed)
 		return false
 	}
+	dst := dstMAC(frame)
+	if dst.IsMulticast() && vm.floodLimited && !w.admitFlood(vm) {
+		return false // storm control: dropped whole, counted
+	}
 	vm.txPkts++ // published once per round (flushAll)
 	vm.txBytes += uint64(len(frame))
-	dst := dstMAC(frame)
 	if !dst.IsMulticast() {
 		if to := w.fdb.lookup(dst, vm.vlan); to != nil {
 			w.deliver(to, frame) // VM to VM: never touches the wire
@@ -1210,12 +1223,17 @@ func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
 		}
 		return true
 	}
+	copies := 0
 	for _, to := range w.fdb.vlanMembers(vm.vlan) {
 		if to != vm {
 			add(&to.ctr.floodCopies, 1)
 			w.deliver(to, frame)
+			copies++
 		}
 	}
+	// The sender pays a unit per copy (fairshare.go), here or into a
+	// mailbox: transmit charges it to the VM's credit.
+	w.floodCharge += copies
 	return true
 }
 

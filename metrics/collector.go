@@ -85,7 +85,7 @@ func NewCollector(src Source) prometheus.Collector {
 		vmqRxBytes:        desc("vm_queue_rx_bytes_total", "Bytes delivered to the VM, by NIC queue.", vmq...),
 		vmqTxPackets:      desc("vm_queue_tx_packets_total", "Frames the VM sent, by NIC queue.", vmq...),
 		vmqTxBytes:        desc("vm_queue_tx_bytes_total", "Bytes the VM sent, by NIC queue.", vmq...),
-		vmLimit:           desc("vm_limit", "A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second. Absent: unlimited. Frames over it are dropped as rate_limited.", "vm", "direction", "unit"),
+		vmLimit:           desc("vm_limit", "A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second; direction flood: broadcast and multicast packets per second from the guest (storm control, dropped as storm_control). Absent: unlimited. Frames over an rx or tx limit are dropped as rate_limited.", "vm", "direction", "unit"),
 
 		vmRxCopied:    desc("vm_rx_copied_bytes_total", "Frame bytes the workers copied into the VM's receive buffers; frames a dedicated queue wrote in place are not copied.", vm...),
 		dedInfo:       desc("vm_dedicated_queue_info", "Always 1 for a VM that asked for a dedicated queue: the queue, its state (direct, waiting for the guest, copy (fallback), shared (fallback)) and whether it is zero-copy (1) or copy mode (0).", "vm", "queue", "state", "zero_copy"),
@@ -312,7 +312,7 @@ func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats)
 	for _, l := range []struct {
 		dir, unit string
 		v         uint64
-	}{{"rx", "packets", v.Limits.RxPPS}, {"rx", "bits", v.Limits.RxBPS}, {"tx", "packets", v.Limits.TxPPS}, {"tx", "bits", v.Limits.TxBPS}} {
+	}{{"rx", "packets", v.Limits.RxPPS}, {"rx", "bits", v.Limits.RxBPS}, {"tx", "packets", v.Limits.TxPPS}, {"tx", "bits", v.Limits.TxBPS}, {"flood", "packets", v.Limits.FloodPPS}} {
 		if l.v > 0 {
 			gauge(ch, c.vmLimit, float64(l.v), v.Name, l.dir, l.unit)
 		}

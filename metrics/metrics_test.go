@@ -35,7 +35,7 @@ func fakeSnapshot() dataplane.Snapshot {
 	web.Drops[dataplane.DropVirtqueueFull] = 17
 	web.Drops[dataplane.DropSpoofed] = 3
 	web.Drops[dataplane.DropRateLimited] = 40
-	web.Limits = dataplane.Limits{RxPPS: 10000, TxBPS: 1e9}
+	web.Limits = dataplane.Limits{RxPPS: 10000, TxBPS: 1e9, FloodPPS: 500}
 	db := dataplane.VMStats{
 		Name: "db", Slot: 2, MAC: "52:54:00:00:00:02",
 		RxPackets: 55, RxBytes: 5500, TxPackets: 66, TxBytes: 6600,
@@ -114,6 +114,8 @@ vmq_vm_drops_total{reason="rate_limited",vm="db"} 0
 vmq_vm_drops_total{reason="rate_limited",vm="web"} 40
 vmq_vm_drops_total{reason="spoofed",vm="db"} 0
 vmq_vm_drops_total{reason="spoofed",vm="web"} 3
+vmq_vm_drops_total{reason="storm_control",vm="db"} 0
+vmq_vm_drops_total{reason="storm_control",vm="web"} 0
 vmq_vm_drops_total{reason="tx_ring_full",vm="db"} 0
 vmq_vm_drops_total{reason="tx_ring_full",vm="web"} 0
 vmq_vm_drops_total{reason="virtqueue_full",vm="db"} 0
@@ -153,8 +155,9 @@ vmq_xsk_zero_copy{queue="1",vm="web"} 1
 # TYPE vmq_worker_busy_seconds_total counter
 vmq_worker_busy_seconds_total{queue="0"} 1.5
 vmq_worker_busy_seconds_total{queue="1"} 0.25
-# HELP vmq_vm_limit A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second. Absent: unlimited. Frames over it are dropped as rate_limited.
+# HELP vmq_vm_limit A VM's QoS limit: direction rx (to the guest) or tx (from it), unit packets or bits per second; direction flood: broadcast and multicast packets per second from the guest (storm control, dropped as storm_control). Absent: unlimited. Frames over an rx or tx limit are dropped as rate_limited.
 # TYPE vmq_vm_limit gauge
+vmq_vm_limit{direction="flood",unit="packets",vm="web"} 500
 vmq_vm_limit{direction="rx",unit="packets",vm="web"} 10000
 vmq_vm_limit{direction="tx",unit="bits",vm="web"} 1e+09
 # HELP vmq_worker_stalls_total Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).
@@ -269,7 +272,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_busy_seconds_total": 2, "vmq_worker_idle_seconds_total": 2, "vmq_worker_batches_total": 2,
 		"vmq_worker_wakeups_total": 2, "vmq_worker_polls_total": 2, "vmq_worker_virtqueues": 2,
 		"vmq_worker_xdp_sockets": 2, "vmq_umem_free_frames": 2, "vmq_umem_frames": 2,
-		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 2,
+		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 3,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
 		"vmq_port_control_timeouts_total": 2, "vmq_port_peer_rejected_total": 2,

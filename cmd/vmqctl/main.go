@@ -3,7 +3,7 @@
 //	vmqctl [--socket PATH] [-o table|json] vm list
 //	vmqctl vm show NAME
 //	vmqctl vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client] [--queue-pairs N] [--allow-spoofing]
-//	vmqctl vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
+//	vmqctl vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N] [--flood-pps N]
 //	vmqctl vm rm NAME
 //	vmqctl vm migrate-prepare NAME --socket PATH [--mode server|client]
 //	vmqctl vm migrate-abort NAME
@@ -49,10 +49,12 @@ commands:
   vm add NAME --mac MAC --socket PATH [--vlan N] [--mode server|client]
              [--queue-pairs N] [--allow-spoofing] [limit flags]
              [--queue dedicated [--queue-id N] [--dedicated required|preferred]]
-  vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N]
+  vm set NAME [--rx-pps N] [--rx-bps N] [--tx-pps N] [--tx-bps N] [--flood-pps N]
                                   change a running VM's QoS limits live
                                   (frames or bits per second; 0 clears;
-                                  flags not given keep their value)
+                                  flags not given keep their value;
+                                  --flood-pps: broadcast and multicast
+                                  frames from the guest, default 10000)
   vm rm NAME                      remove a VM
   vm migrate-prepare NAME --socket PATH [--mode server|client]
                                   open a standby port for a migration's destination QEMU
@@ -191,6 +193,14 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		fs.Uint64Var(&lim.RxBPS, "rx-bps", 0, "RX limit, bits/s (0 = none)")
 		fs.Uint64Var(&lim.TxPPS, "tx-pps", 0, "TX limit, frames/s (0 = none)")
 		fs.Uint64Var(&lim.TxBPS, "tx-bps", 0, "TX limit, bits/s (0 = none)")
+		fs.Func("flood-pps", fmt.Sprintf("storm control: broadcast and multicast frames/s from the guest (0 = none; default %d)", control.DefaultFloodPPS), func(s string) error {
+			v, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return fmt.Errorf("flood-pps %q: %w", s, err)
+			}
+			lim.FloodPPS = &v
+			return nil
+		})
 	}
 	args, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -205,6 +215,10 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		if p != nil {
 			v := f.Value.(flag.Getter).Get().(uint64)
 			*p = &v
+			set++
+		}
+		if f.Name == "flood-pps" {
+			patch.FloodPPS = lim.FloodPPS
 			set++
 		}
 	})
@@ -230,7 +244,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.vmAdd(ctx, cl, vm, args)
 	case "vm set":
 		if set == 0 {
-			return fmt.Errorf("%w: vm set needs at least one of --rx-pps, --rx-bps, --tx-pps, --tx-bps", errUsage)
+			return fmt.Errorf("%w: vm set needs at least one of --rx-pps, --rx-bps, --tx-pps, --tx-bps, --flood-pps", errUsage)
 		}
 		return c.vmSet(ctx, cl, patch, args)
 	case "vm rm", "vm remove":
@@ -377,8 +391,13 @@ func limitsString(l control.Limits) string {
 			parts = append(parts, fmt.Sprintf("%s=%d", f.name, f.v))
 		}
 	}
-	if len(parts) == 0 {
-		return "none"
+	switch {
+	case l.FloodPPS == nil:
+		parts = append(parts, fmt.Sprintf("flood_pps=%d (default)", l.Flood()))
+	case *l.FloodPPS == 0:
+		parts = append(parts, "flood_pps=unlimited")
+	default:
+		parts = append(parts, fmt.Sprintf("flood_pps=%d", *l.FloodPPS))
 	}
 	return strings.Join(parts, " ")
 }

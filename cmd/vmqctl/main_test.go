@@ -199,7 +199,7 @@ Socket:          DIR/new.sock (client)
 Queue pairs:     2
 Allow spoofing:  true
 Offloads:        true
-Limits:          none
+Limits:          flood_pps=10000 (default)
 Connected:       true
 Features:        0x130000000 (protocol 0x0)
 RX:              300 packets, 19200 bytes
@@ -317,23 +317,28 @@ db 0 false 2 0 0 0 0 0
 func TestVMSetLimits(t *testing.T) {
 	sock, dir := server(t)
 	expect(t, []string{"--socket", sock, "vm", "set", "web", "--tx-pps", "1000", "--rx-bps", "50000000"}, 0,
-		"VM web limits: rx_bps=50000000 tx_pps=1000\n")
+		"VM web limits: rx_bps=50000000 tx_pps=1000 flood_pps=10000 (default)\n")
 	// Flags not given keep their value; 0 clears.
 	expect(t, []string{"--socket", sock, "vm", "set", "web", "--tx-pps", "0", "--rx-pps", "7"}, 0,
-		"VM web limits: rx_pps=7 rx_bps=50000000\n")
+		"VM web limits: rx_pps=7 rx_bps=50000000 flood_pps=10000 (default)\n")
 	out := expect(t, []string{"--socket", sock, "vm", "show", "web"}, 0, "")
-	if !strings.Contains(out, "Limits:          rx_pps=7 rx_bps=50000000\n") {
+	if !strings.Contains(out, "Limits:          rx_pps=7 rx_bps=50000000 flood_pps=10000 (default)\n") {
 		t.Errorf("show:\n%s", out)
 	}
 	out = expect(t, []string{"--socket", sock, "-o", "json", "vm", "set", "web", "--rx-bps", "0"}, 0, "")
 	var info control.VMInfo
-	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Limits != (control.Limits{RxPPS: 7}) {
+	if err := json.Unmarshal([]byte(out), &info); err != nil || !info.Limits.Equal(control.Limits{RxPPS: 7}) {
 		t.Errorf("json: %+v %v\n%s", info.Limits, err, out)
 	}
+	// Storm control: 0 turns the default off, a value replaces it.
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--flood-pps", "0"}, 0,
+		"VM web limits: rx_pps=7 flood_pps=unlimited\n")
+	expect(t, []string{"--socket", sock, "vm", "set", "web", "--flood-pps", "250"}, 0,
+		"VM web limits: rx_pps=7 flood_pps=250\n")
 	// Limits on add.
 	expect(t, []string{"--socket", sock, "vm", "add", "lim", "--mac", "02:00:00:00:00:0c", "--socket", dir + "/lim.sock", "--tx-bps", "1000000"}, 0, "added VM lim on slot 3\n")
 	out = expect(t, []string{"--socket", sock, "vm", "show", "lim"}, 0, "")
-	if !strings.Contains(out, "Limits:          tx_bps=1000000\n") {
+	if !strings.Contains(out, "Limits:          tx_bps=1000000 flood_pps=10000 (default)\n") {
 		t.Errorf("show after add:\n%s", out)
 	}
 	for _, tc := range []struct {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,6 +69,8 @@ var hostileAttacks = []hostileAttack{
 	{name: "ring_churn", run: attackRingChurn},
 	{name: "kick_storm", run: attackKickStorm},
 	{name: "message_storm", run: attackMessageStorm},
+	{name: "multicast_storm", run: attackMulticastStorm},
+	{name: "broadcast_storm", run: attackBroadcastStorm, addArgs: []string{"--vlan", "10", "--flood-pps", "0"}},
 }
 
 // attackerFrames are n UDP frames from the attacker to the wire.
@@ -559,13 +562,22 @@ func attackFlood(t *testing.T, h *hostileBed, a *attacker, tr *traffic) {
 // floodFrom makes g transmit to the wire at full speed until the test
 // ends or the returned function is called.
 func floodFrom(t *testing.T, h *hostileBed, g *frontend.Guest) func() {
+	return floodTo(t, g, h.b.Peer.MAC)
+}
+
+// floodTo makes g transmit at full speed, to dsts[i] on its queue pair
+// i, until the test ends or the returned function is called.
+func floodTo(t *testing.T, g *frontend.Guest, dsts ...net.HardwareAddr) func() {
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		g.Generate(ctx, frontend.Traffic{Dst: h.b.Peer.MAC, Stream: 9, Batch: 64})
-	}()
-	stop := func() { cancel(); <-done }
+	var wg sync.WaitGroup
+	for q, dst := range dsts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.Generate(ctx, frontend.Traffic{Dst: dst, Stream: 9, Batch: 64, Queue: q})
+		}()
+	}
+	stop := func() { cancel(); wg.Wait() }
 	t.Cleanup(stop)
 	return stop
 }

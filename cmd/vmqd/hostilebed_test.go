@@ -277,8 +277,9 @@ type attacker struct {
 	ln   *hostile.Listener // client mode: vmqd dials this
 }
 
-// addAttacker adds the attacker VM through the real CLI.
-func (h *hostileBed) addAttacker(t *testing.T) *attacker {
+// addAttacker adds the attacker VM through the real CLI, with the
+// attack's own `vmqctl vm add` flags (addArgs).
+func (h *hostileBed) addAttacker(t *testing.T, atk hostileAttack) *attacker {
 	t.Helper()
 	a := &attacker{h: h, t: t, name: "attacker", sock: h.sock(fmt.Sprintf("attacker-%d", h.seq))}
 	if h.mode == control.ModeClient {
@@ -289,13 +290,50 @@ func (h *hostileBed) addAttacker(t *testing.T) *attacker {
 		a.ln = ln
 		t.Cleanup(func() { ln.Close() })
 	}
-	if out, _, err := h.ctl(5*time.Second, "vm", "add", a.name, "--mac", attackerMAC, "--socket", a.sock, "--mode", h.mode); err != nil {
-		t.Fatalf("vmqctl vm add attacker: %v\n%s", err, out)
-	}
-	// An attack that stops early leaves no attacker for the next one
-	// (checkDaemon removes it on the normal path; this then finds none).
-	t.Cleanup(func() { h.ctl(2*time.Second, "vm", "rm", a.name) })
+	h.vmAdd(t, a.name, attackerMAC, a.sock, atk.addArgs...)
 	return a
+}
+
+// vmAdd adds a VM through the real CLI (in the bed's socket mode) and
+// removes it when the test ends: an attack that stops early leaves no VM
+// for the next one (checkDaemon removes the attacker on the normal path;
+// this then finds none).
+func (h *hostileBed) vmAdd(t *testing.T, name, mac, sock string, args ...string) {
+	t.Helper()
+	add := append([]string{"vm", "add", name, "--mac", mac, "--socket", sock, "--mode", h.mode}, args...)
+	if out, _, err := h.ctl(5*time.Second, add...); err != nil {
+		t.Fatalf("vmqctl vm add %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() { h.ctl(2*time.Second, "vm", "rm", name) })
+}
+
+// addBystander adds a well-behaved VM with a Go guest, for attacks that
+// need more VMs on a VLAN.
+func (h *hostileBed) addBystander(t *testing.T, name, mac string, args ...string) *frontend.Guest {
+	t.Helper()
+	sock := h.sock(fmt.Sprintf("%s-%d", name, h.seq))
+	h.vmAdd(t, name, mac, sock, args...)
+	return h.goGuest(t, name, sock, testbed.GuestConfig(mac, 1, ""))
+}
+
+// goGuest connects a Go guest to the port at sock once the VM is added:
+// it dials vmqd (server mode) or listens for vmqd, which redials until
+// it answers (client mode).
+func (h *hostileBed) goGuest(t *testing.T, name, sock string, cfg frontend.Config) *frontend.Guest {
+	t.Helper()
+	var g *frontend.Guest
+	if h.mode == control.ModeClient {
+		g = testbed.ListenGuest(t, name, sock, cfg)
+	} else {
+		testenv.Eventually(t, name+" guest connects", func() (bool, string) {
+			var err error
+			g, err = frontend.Dial(sock, cfg)
+			return err == nil, fmt.Sprint(err)
+		})
+		testbed.RunGuest(t, name, g)
+	}
+	testenv.Eventually(t, name+" guest up", func() (bool, string) { return g.Connected(), "not connected" })
+	return g
 }
 
 // conn opens a new front-end connection for the attacker: dialled in
@@ -335,25 +373,10 @@ func (a *attacker) device(cfg hostile.Config) *hostile.Device {
 // where the attack is volume, not protocol abuse).
 func (a *attacker) guest() *frontend.Guest {
 	a.t.Helper()
-	cfg := testbed.GuestConfig(attackerMAC, 1, "")
-	var g *frontend.Guest
-	var err error
 	if a.ln != nil {
-		// The hostile listener holds the path: hand it to a Go guest.
-		a.ln.Close()
-		g, err = frontend.Listen(a.sock, cfg)
-	} else {
-		testenv.Eventually(a.t, "attacker guest connects", func() (bool, string) {
-			g, err = frontend.Dial(a.sock, cfg)
-			return err == nil, fmt.Sprint(err)
-		})
+		a.ln.Close() // the hostile listener holds the path: hand it to a Go guest
 	}
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	testbed.RunGuest(a.t, a.name, g)
-	testenv.Eventually(a.t, "attacker guest up", func() (bool, string) { return g.Connected(), "not connected" })
-	return g
+	return a.h.goGuest(a.t, a.name, a.sock, testbed.GuestConfig(attackerMAC, 1, ""))
 }
 
 // waitBroken waits until vmqd reports the attacker's device broken with a
@@ -546,6 +569,8 @@ type hostileAttack struct {
 	// victim's traffic is flowing meanwhile). It may check what vmqd must
 	// say about it (a refusal, a broken device).
 	run func(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
+	// addArgs are more `vmqctl vm add` flags for the attacker VM.
+	addArgs []string
 }
 
 // runAttack runs one attack against a healthy vmqd: victim traffic both
@@ -559,7 +584,7 @@ func (h *hostileBed) runAttack(t *testing.T, atk hostileAttack) {
 		}
 	}()
 	freeBefore := h.idleFree(t)
-	a := h.addAttacker(t)
+	a := h.addAttacker(t, atk)
 	tr := h.startTraffic(t)
 	start := time.Now()
 	atk.run(t, h, a, tr)
