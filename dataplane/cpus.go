@@ -15,7 +15,6 @@ package dataplane
 import (
 	"fmt"
 	"runtime"
-	"slices"
 
 	"github.com/vmq/vmq/internal/cpuset"
 )
@@ -57,7 +56,9 @@ func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	runtime.GOMAXPROCS(max(procs, len(dp.workers)+len(hk)))
 	undo = func() {
 		runtime.GOMAXPROCS(procs)
-		if _, err := cpuset.Confine(allowed, dp.isWorkerThread); err != nil {
+		// Every thread, stopped workers' too: one that ran on the main
+		// thread stays (wedged) after its goroutine ends.
+		if _, err := cpuset.Confine(allowed, nil); err != nil {
 			dp.log.Warn("give the threads their CPUs back", "err", err)
 		}
 	}
@@ -69,11 +70,6 @@ func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	dp.log.Info("CPU placement", "housekeeping_cpus", cpuset.Format(hk), "worker_cpus", cfg.WorkerCPUs,
 		"threads_moved", n, "gomaxprocs", runtime.GOMAXPROCS(0))
 	return undo, nil
-}
-
-// isWorkerThread reports whether tid is a running worker's thread.
-func (dp *Dataplane) isWorkerThread(tid int) bool {
-	return slices.ContainsFunc(dp.workers, func(w *worker) bool { return int(w.tid.Load()) == tid })
 }
 
 // WorkerThreads are the running workers' thread ids (0: not started), by

@@ -470,19 +470,12 @@ func liveSender(b *testing.B, wire *netnstest.NS, ifindex int, tmpl *pktgen.Temp
 	b.Cleanup(func() { gen.Close() })
 	return func(n int) {
 		err := wire.Do(func() error {
-			// The thread goes back to the runtime after Do: give it its
-			// own mask back (not every CPU: isolateCPU may have set it).
-			var prev, set unix.CPUSet
-			if err := unix.SchedGetaffinity(0, &prev); err != nil {
+			// The thread goes back to the runtime after Do: RunOn gives it
+			// its own mask back (isolateCPU may have set it).
+			return cpuset.RunOn([]int{cpu}, func() error {
+				_, _, err := gen.Send(n)
 				return err
-			}
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return err
-			}
-			defer unix.SchedSetaffinity(0, &prev)
-			_, _, err := gen.Send(n)
-			return err
+			})
 		})
 		if err != nil {
 			b.Fatalf("send: %v", err)

@@ -148,3 +148,18 @@ func Online() ([]int, error) {
 	}
 	return Parse(string(b))
 }
+
+// RunOn runs fn with the calling thread confined to cpus, then gives the
+// thread its own mask back (not every CPU: the thread may have been
+// placed). The caller must have locked its goroutine to the thread.
+func RunOn(cpus []int, fn func() error) error {
+	var prev unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &prev); err != nil {
+		return fmt.Errorf("CPU affinity: %w", err)
+	}
+	if err := PinSelf(cpus); err != nil {
+		return err
+	}
+	defer unix.SchedSetaffinity(0, &prev)
+	return fn()
+}

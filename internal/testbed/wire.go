@@ -5,13 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmq/vmq/internal/cpuset"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -33,27 +33,20 @@ func (b *Bed) SendOnCPU(cpu int, spec pktgen.FlowSpec, count int) {
 		t.Fatal(err)
 	}
 	err = b.Wire.Do(func() error {
-		if cpu >= 0 {
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return fmt.Errorf("pin to cpu %d: %w", cpu, err)
+		send := func() error {
+			g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: b.Peer.Index})
+			if err != nil {
+				return err
 			}
-			// The thread is returned to the runtime after Do: give it all CPUs back.
-			defer func() {
-				var all unix.CPUSet
-				for c := range runtime.NumCPU() {
-					all.Set(c)
-				}
-				unix.SchedSetaffinity(0, &all)
-			}()
+			defer g.Close()
+			return SendPaced(g, count*len(spec.Dests))
 		}
-		g, err := pktgen.NewLiveGenerator(tmpl, pktgen.LiveOptions{Ifindex: b.Peer.Index})
-		if err != nil {
-			return err
+		if cpu < 0 {
+			return send()
 		}
-		defer g.Close()
-		return SendPaced(g, count*len(spec.Dests))
+		// The thread goes back to the runtime after Do (RunOn restores
+		// its mask).
+		return cpuset.RunOn([]int{cpu}, send)
 	})
 	if err != nil {
 		if cpu >= 0 {

@@ -1,0 +1,69 @@
+package dataplane
+
+import (
+	"runtime"
+	"slices"
+	"testing"
+
+	"github.com/vmq/vmq/internal/cpuset"
+	tbed "github.com/vmq/vmq/internal/testbed"
+	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/pktgen"
+)
+
+// Two workers sharing CPU 1 (worker_cpus wraps around), every other thread
+// of the process on CPU 0 while the dataplane runs, exact delivery on
+// both queues, GOMAXPROCS raised to a P per worker and housekeeping CPU;
+// Close gives every thread the process's CPUs and GOMAXPROCS back.
+func TestCPUPlacementInProcess(t *testing.T) {
+	allowed, err := cpuset.Allowed()
+	if err != nil || !slices.Contains(allowed, 0) || !slices.Contains(allowed, 1) {
+		testenv.Skip(t, "needs CPUs 0 and 1 (allowed: %v %v)", allowed, err)
+	}
+	procs := runtime.GOMAXPROCS(0)
+	tb := newTestbedCfg(t, 2, func(c *Config) { c.WorkerCPUs, c.HousekeepingCPUs = []int{1}, []int{0} })
+	g := tb.addVM("vm1", 1, mac1, 0, 2, "")
+	if got := runtime.GOMAXPROCS(0); got < 3 {
+		t.Errorf("GOMAXPROCS %d with 2 workers and 1 housekeeping CPU", got)
+	}
+	masks := func(when string, want func(tid int) []int) {
+		t.Helper()
+		th, err := cpuset.Threads(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range th {
+			if w := want(x.TID); !slices.Equal(x.CPUs, w) {
+				t.Errorf("%s: thread %d (%s) on CPUs %s, want %s", when, x.TID, x.Name, cpuset.Format(x.CPUs), cpuset.Format(w))
+			}
+		}
+	}
+	workers := tb.dp.WorkerThreads()
+	placed := func(tid int) []int {
+		if slices.Contains(workers, tid) {
+			return []int{1}
+		}
+		return []int{0}
+	}
+	masks("running", placed)
+	const n = 2000
+	for q := range 2 { // on veth a frame sent from CPU q lands on queue q
+		tb.SendOnCPU(q, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: uint32(10 + q)}, n)
+	}
+	for q := range 2 {
+		tbed.WaitStream(t, "vm1", g, uint32(10+q), n)
+	}
+	masks("after traffic", placed)
+	for i, w := range tb.dp.Snapshot().Workers {
+		if w.Frames == 0 {
+			t.Errorf("worker %d received nothing: not both queues", i)
+		}
+	}
+	if err := tb.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	masks("closed", func(int) []int { return allowed })
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Close, was %d", got, procs)
+	}
+}
