@@ -38,8 +38,8 @@ func (l *cpuList) UnmarshalYAML(n *yaml.Node) error {
 	return fmt.Errorf("line %d: a CPU list is a string like \"2-3,6\" or a list of CPU numbers", n.Line)
 }
 
-// The host's CPUs, read when a config is validated: the CPUs online and
-// those vmqd was started on (taskset, systemd's CPUAffinity=). Variables
+// The host's CPUs, read when a config is validated: the CPUs online (for
+// a clearer message) and those vmqd was started on (taskset, systemd's CPUAffinity=). Variables
 // for the tests.
 var (
 	onlineCPUs  = cpuset.Online
@@ -89,17 +89,12 @@ func (c *Config) validateCPUs() errList {
 	if c.HousekeepingCPUs != nil {
 		check("housekeeping_cpus", c.HousekeepingCPUs)
 	}
-	if len(errs) == 0 && (oerr != nil || aerr != nil) {
-		errs.add("worker_cpus", "cannot check the CPUs: %v", errorsOr(oerr, aerr))
+	// Without the online list the allowed one still decides (the kernel
+	// reports only active CPUs in a mask); without that, nothing can.
+	if aerr != nil {
+		errs.add("worker_cpus", "cannot check the CPUs: %v", aerr)
 	}
 	return errs
-}
-
-func errorsOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // CPUPlacement is where vmqd's threads run, from a validated config.
