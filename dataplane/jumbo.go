@@ -132,7 +132,7 @@ func (w *worker) rxFrame(descs []xsk.Desc, i int) (frame []byte, next int) {
 func (w *worker) popBatchJumbo(vq *virtq) (wire, popped int) {
 	defer vq.q.RecoverFault()
 	vm, j := vq.vm, w.jumbo
-	for wire+j.txDescs <= batchSize && popped < 2*batchSize && popped+w.floodCharge < vq.q.Budget() {
+	for wire+j.txDescs <= batchSize && w.mayPop(vq, popped) {
 		// Frames for the largest frame first: without them the guest's
 		// frames wait in its ring, as on the single-frame path.
 		if !w.reserveFrames(j.txDescs) {

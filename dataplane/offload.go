@@ -271,7 +271,7 @@ func (w *worker) popBatchOffload(vq *virtq) (wire, popped int) {
 		}
 	}
 	vm := vq.vm
-	for wire < batchSize && popped < 2*batchSize && popped+w.floodCharge < vq.q.Budget() {
+	for wire < batchSize && w.mayPop(vq, popped) {
 		n, err := vq.q.PopHdr(&o.hdr, o.scratch[vlanTagLen:])
 		if vm.popEnded(err) {
 			break

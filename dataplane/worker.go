@@ -1101,6 +1101,17 @@ func (w *worker) kickLater(vm *vmState) {
 // UMEM, far below it).
 const noFrame = ^uint64(0)
 
+// mayPop reports whether a pop batch that has popped this many frames
+// may pop another (the wire batch is each loop's own bound). Local
+// deliveries and drops give their frame back at once, so the pops are
+// bounded as well as the wire batch; each frame handled costs a unit on
+// top of its descriptors, and each copy of a flooded frame one more
+// (floodCharge, paid by transmit), so the loop stops while the budget
+// still pays them.
+func (w *worker) mayPop(vq *virtq, popped int) bool {
+	return popped < 2*batchSize && popped+w.floodCharge < vq.q.Budget()
+}
+
 // popBatch pops the guest's frames into UMEM frames: those for the wire
 // end up in w.txDescs[:wire]. A fault in guest memory breaks only this
 // guest's device and loses no UMEM frame: the frame being filled goes
@@ -1121,10 +1132,7 @@ func (w *worker) popBatch(vq *virtq) (wire, popped int) {
 	}()
 	defer vq.q.RecoverFault() // runs first: the panic is over when held goes back
 	vm := vq.vm
-	// Local deliveries and drops give their frame back at once, so bound
-	// the pops as well as the wire batch; each frame handled costs a unit
-	// on top of its descriptors, so stop while the budget still pays them.
-	for wire < batchSize && popped < 2*batchSize && popped+w.floodCharge < vq.q.Budget() {
+	for wire < batchSize && w.mayPop(vq, popped) {
 		if held == noFrame {
 			a, ok := w.takeFrame()
 			if !ok {
