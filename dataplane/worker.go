@@ -29,6 +29,36 @@ const batchSize = 64
 // well-behaved VM next to a faulting one lost frames at rx_ring_full.
 const vmRingSize = 1024
 
+// fillFrames is how many frames the worker keeps in the kernel's fill
+// ring (the fill ring's size before it was sized by fillRingSize), besides
+// the frames its holding VMs keep in their socket rings (refillQueue).
+const fillFrames = xsk.DefaultRingSize
+
+// fillRingSize sizes a queue's fill ring for frames UMEM frames: the
+// power of two at or above twice them. The kernel publishes its consumer
+// index of the fill ring only when it has used up every entry it last
+// read, so the free space the worker sees lags by up to what the kernel
+// read: a ring no larger than what the worker puts in it looks full until
+// the kernel finds it empty, then drops frames (fill_ring_empty) until
+// the worker's next refill, with thousands of frames free (bench/HISTORY.md,
+// "the fill ring"). With room for twice the frames the kernel can hold,
+// every received frame the worker recycles finds room.
+func fillRingSize(frames int) int {
+	n := 1
+	for n < 2*frames {
+		n <<= 1
+	}
+	return n
+}
+
+// refillQueue tops up the frames the kernel has for receiving to
+// fillFrames and the frames held in socket rings (hold.go): the
+// frames waiting in a holder's ring are the kernel's but not the fill
+// ring's. Received frames go straight back to the fill ring (recycle).
+func (w *worker) refillQueue() {
+	w.q.RefillTo(fillFrames + w.heldSock)
+}
+
 // defaultFramesPerQueue is the UMEM of each queue: the fill ring (2048),
 // guest TX in flight and the VM sockets' rx rings.
 const defaultFramesPerQueue = 8192
@@ -80,6 +110,10 @@ type workerCounters struct {
 	stalls atomic.Uint64
 	// kickMutes: times a guest's kick fd was muted for spurious kicks (kickmute.go).
 	kickMutes atomic.Uint64
+	// visits and visitsTook: VM socket visits in rounds that moved
+	// frames, and those of them that took frames (frames per visit is
+	// what a visit's fixed cost is spread over).
+	visits, visitsTook atomic.Uint64
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
@@ -185,6 +219,9 @@ type worker struct {
 	// timeEvery rounds and before a sleep (publishRounds), not per round:
 	// a locked store each.
 	nbatches uint64
+	// Socket visits (and those that took frames) of this round, and of
+	// the rounds that moved frames, published with the frame counts.
+	roundVisits, roundTook, visits, visitsTook uint64
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -260,7 +297,8 @@ func (w *worker) open() error {
 	cfg := w.dp.cfg
 	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
 		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
-		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil})
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil,
+			FillSize: fillRingSize(cfg.FramesPerQueue)})
 	if err != nil {
 		return err
 	}
@@ -288,7 +326,7 @@ func (w *worker) open() error {
 		w.ready, w.fresh, w.all = make([]uint64, n), make([]uint64, n), make([]uint64, n)
 		w.seen, w.seenPrev = make([]uint64, n), make([]uint64, n)
 	}
-	w.q.Refill(0)
+	w.refillQueue()
 	w.publishOwned()
 	return nil
 }
@@ -437,6 +475,8 @@ func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
 	w.ctr.frames.Store(frames)
 	w.ctr.busyRoundNS.Store(timedNS)
 	w.ctr.busyRoundFrames.Store(timedFrames)
+	w.ctr.visits.Store(w.visits)
+	w.ctr.visitsTook.Store(w.visitsTook)
 }
 
 // commands applies pending control commands; it reports whether any was
@@ -685,7 +725,7 @@ func (w *worker) round() int {
 	// back to the fill ring: before them, Refill filled the ring from
 	// the allocator and the received frames found it full and went back
 	// to the allocator, every frame twice through it.
-	w.q.Refill(0)
+	w.refillQueue()
 	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
@@ -711,6 +751,11 @@ func (w *worker) round() int {
 		}
 	}
 	w.flushAll()
+	if n > 0 {
+		w.visits += w.roundVisits
+		w.visitsTook += w.roundTook
+	}
+	w.roundVisits, w.roundTook = 0, 0
 	if n+w.roundWork > 0 {
 		w.nbatches++
 	}
@@ -768,6 +813,10 @@ func (w *worker) receiveVMs() int {
 		}
 		got := w.receiveVM(vm)
 		n += got
+		w.roundVisits++
+		if got > 0 {
+			w.roundTook++
+		}
 		// Found empty (and not for want of credit): unmark, unless the
 		// mark is from this round and the kernel may not have published
 		// the frame yet.

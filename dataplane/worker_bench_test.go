@@ -50,7 +50,11 @@ import (
 // the 1-VM median. Logged besides: the share of sent frames taken and
 // delivered, frames per round, the worker's run-queue wait (ns/frame) and
 // involuntary context switches (per 1k frames), its page faults per frame,
-// and allocs per frame of the whole process (guests and generator too).
+// allocs per frame of the whole process (guests and generator too), and,
+// every sample in order, frames per socket visit (visits in rounds that
+// moved frames: what a visit's fixed cost is spread over), frames per
+// visit that took any, and the share of sent frames the kernel dropped at
+// an empty fill ring.
 //
 //	sudo taskset -c 0,1 go test -run '^$' -bench BenchmarkWorkerRX -benchtime 5x ./dataplane
 //
@@ -209,6 +213,9 @@ type rxCase struct {
 type rxSample struct {
 	sent, frames, timed, busyNS, rounds, delivered uint64
 	cpuNS, waitNS, nvcsw, faults, allocs           uint64
+	// Socket visits in rounds that moved frames, those that took frames,
+	// and frames the kernel dropped at an empty fill ring.
+	visits, took, fillEmpty uint64
 	// The timed rounds less those slower than roundOutlier × the median
 	// (rounds.trimmed).
 	trimmedNS, trimmedFrames uint64
@@ -264,8 +271,26 @@ func (s rxSample) deliv() float64 { return float64(s.delivered) / float64(s.sent
 func (s rxSample) perRound() float64 {
 	return float64(s.frames) / float64(max(s.rounds, 1))
 }
+func (s rxSample) perVisit() float64 {
+	return float64(s.frames) / float64(max(s.visits, 1))
+}
+func (s rxSample) perTook() float64 {
+	return float64(s.frames) / float64(max(s.took, 1))
+}
+func (s rxSample) fillDrops() float64  { return float64(s.fillEmpty) / float64(s.sent) }
 func (s rxSample) nvcswPer1k() float64 { return 1000 * float64(s.nvcsw) / float64(s.frames) }
 func (s rxSample) faultsPer() float64  { return float64(s.faults) / float64(s.frames) }
+
+// fillEmpty is the frames the kernel dropped for want of a fill ring
+// entry on the queue (the counter is the queue's fill ring's: every
+// socket of the queue reports the same).
+func (e *rxBench) fillEmpty(b *testing.B) uint64 {
+	st, err := e.w.flood.KernelStats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st.FillRingEmpty
+}
 
 // rx is the frames the case's receiving guests have had.
 func (c *rxCase) rx() (n uint64) {
@@ -301,6 +326,7 @@ func (c *rxCase) measure(b *testing.B) rxSample {
 	ctr := &w.ctr
 	frames0, ns0, timed0, rounds0, rx0 := ctr.frames.Load(), ctr.busyRoundNS.Load(), ctr.busyRoundFrames.Load(), ctr.batches.Load(), c.rx()
 	st0, flt0, h0 := threadSched(b, tid), threadFaults(b, tid), roundsOf(w)
+	v0, took0, fe0 := ctr.visits.Load(), ctr.visitsTook.Load(), c.env.fillEmpty(b)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	// A round in timeEvery is timed: a sample of a few large rounds can
@@ -318,6 +344,7 @@ func (c *rxCase) measure(b *testing.B) rxSample {
 		delivered: c.rx() - rx0,
 		cpuNS:     st.cpuNS - st0.cpuNS, waitNS: st.waitNS - st0.waitNS, nvcsw: st.nvcsw - st0.nvcsw,
 		faults: flt - flt0, allocs: after.Mallocs - before.Mallocs,
+		visits: ctr.visits.Load() - v0, took: ctr.visitsTook.Load() - took0, fillEmpty: c.env.fillEmpty(b) - fe0,
 	}
 	for k := range h.ns {
 		h.ns[k] -= h0.ns[k]
@@ -352,18 +379,24 @@ func (c *rxCase) report(b *testing.B) {
 		{"timed frames in rounds cut", rxSample.cut}, {"run-queue wait ns/frame", rxSample.wait}, {"involuntary switches/1k frames", rxSample.nvcswPer1k},
 		{"taken", rxSample.taken}, {"delivered", rxSample.deliv}, {"frames/round", rxSample.perRound},
 		{"worker faults/frame", rxSample.faultsPer},
+		{"frames/visit", rxSample.perVisit}, {"frames/visit that took any", rxSample.perTook},
+		{"dropped at an empty fill ring/sent", rxSample.fillDrops},
 	} {
 		lo, hi := spread(c.samples, m.f)
 		if i > 0 {
 			line.WriteString(";")
 		}
-		if i >= 3 { // median (range)
+		if i >= 3 && i < 10 { // median (range)
 			fmt.Fprintf(&line, " %s %.3g (%.3g-%.3g)", m.name, median(c.samples, m.f), lo, hi)
 			continue
 		}
-		fmt.Fprintf(&line, " %s median %.0f, range %.0f-%.0f, in order", m.name, median(c.samples, m.f), lo, hi)
+		f := "%.0f" // ns per frame
+		if i >= 10 {
+			f = "%.3g" // frames per visit, drops per sent
+		}
+		fmt.Fprintf(&line, " %s median "+f+", range "+f+"-"+f+", in order", m.name, median(c.samples, m.f), lo, hi)
 		for _, s := range c.samples {
-			fmt.Fprintf(&line, " %.0f", m.f(s))
+			fmt.Fprintf(&line, " "+f, m.f(s))
 		}
 	}
 	b.Log(line.String())
@@ -611,5 +644,13 @@ func TestRoundBucket(t *testing.T) {
 	}
 	if k := roundBucket(^uint64(0)); k != roundBuckets-1 {
 		t.Fatalf("the largest bucket is %d", k)
+	}
+}
+
+func TestFillRingSize(t *testing.T) {
+	for frames, want := range map[int]int{1: 2, 4096: 8192, 5000: 16384, defaultFramesPerQueue: 16384} {
+		if got := fillRingSize(frames); got != want {
+			t.Errorf("fillRingSize(%d) = %d, want %d", frames, got, want)
+		}
 	}
 }

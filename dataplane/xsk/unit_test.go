@@ -266,3 +266,44 @@ func TestNoAllocs(t *testing.T) {
 		t.Errorf("accounting after the cycle: %+v", s)
 	}
 }
+
+// TestRefillToAndLazyConsumer: RefillTo tops up the frames the kernel
+// holds for receiving, counting those it has taken from the fill ring
+// and not yet handed over, and a fill ring of twice the frames takes back
+// every frame received while the kernel has read its entries without
+// publishing its consumer index (as it does until it has used them all),
+// where a ring the size of the frames refuses them.
+func TestRefillToAndLazyConsumer(t *testing.T) {
+	for _, tc := range []struct {
+		ring     uint32
+		refilled int
+	}{{32, 8}, {64, 24}} {
+		q := newMemQueue(t, 32, 4096, 0)
+		q.fill = newTestRing[uint64](tc.ring)
+		if n := q.RefillTo(24); n != 24 || q.FreeFrames() != 8 {
+			t.Fatalf("ring %d: RefillTo(24) moved %d, left %d free", tc.ring, n, q.FreeFrames())
+		}
+		// The kernel reads all 24 entries; its consumer index stays where
+		// it was. Taken by the kernel, they still count as its frames.
+		idx, n := q.fill.peek(24)
+		if m := q.RefillTo(24); m != 0 {
+			t.Fatalf("ring %d: RefillTo(24) with 24 read by the kernel moved %d", tc.ring, m)
+		}
+		descs := make([]Desc, n)
+		for i := range n {
+			descs[i] = Desc{Addr: *q.fill.at(idx + i), Len: 60}
+			q.pool.fromKernel(descs[i].Addr)
+		}
+		q.received.Add(uint64(n)) // as Receive does
+		// The worker recycles them, and what the ring refuses goes back
+		// to the allocator (as worker.recycle does).
+		used := q.FillDescs(descs)
+		q.FreeDescs(descs[used:])
+		if used != tc.refilled {
+			t.Errorf("ring %d: %d of 24 received frames back on the fill ring, want %d", tc.ring, used, tc.refilled)
+		}
+		if st := q.Stats(); st.Free+st.InFill+st.Held != 32 || st.InFill != used {
+			t.Errorf("ring %d: frames do not add up: %+v", tc.ring, st)
+		}
+	}
+}
