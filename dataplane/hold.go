@@ -19,8 +19,8 @@ import (
 // out of the fill ring's reach. So that a guest that never posts buffers
 // cannot starve the others, what a VM may hold is capped (holdCap): the
 // VMs of a queue hold less than half its UMEM between them (the hold
-// budget), the other half is for the fill ring (2048, refillQueue), the
-// flood socket and guest TX. The cap is a dynamic threshold, as in switch ASICs'
+// budget), the other half is for the fill ring (2048), the flood socket
+// and guest TX. The cap is a dynamic threshold, as in switch ASICs'
 // shared buffers (Choudhury and Hahne): a VM may hold up to holdAlpha
 // times the budget the others leave unheld, counting its own frames as
 // held (so at most budget-others / (1+1/holdAlpha)). One VM holding

@@ -29,36 +29,6 @@ const batchSize = 64
 // well-behaved VM next to a faulting one lost frames at rx_ring_full.
 const vmRingSize = 1024
 
-// fillFrames is how many frames the worker keeps in the kernel's fill
-// ring (the fill ring's size before it was sized by fillRingSize), besides
-// the frames its holding VMs keep in their socket rings (refillQueue).
-const fillFrames = xsk.DefaultRingSize
-
-// fillRingSize sizes a queue's fill ring for frames UMEM frames: the
-// power of two at or above twice them. The kernel publishes its consumer
-// index of the fill ring only when it has used up every entry it last
-// read, so the free space the worker sees lags by up to what the kernel
-// read: a ring no larger than what the worker puts in it looks full until
-// the kernel finds it empty, then drops frames (fill_ring_empty) until
-// the worker's next refill, with thousands of frames free (bench/HISTORY.md,
-// "the fill ring"). With room for twice the frames the kernel can hold,
-// every received frame the worker recycles finds room.
-func fillRingSize(frames int) int {
-	n := 1
-	for n < 2*frames {
-		n <<= 1
-	}
-	return n
-}
-
-// refillQueue tops up the frames the kernel has for receiving to
-// fillFrames and the frames held in socket rings (hold.go): the
-// frames waiting in a holder's ring are the kernel's but not the fill
-// ring's. Received frames go straight back to the fill ring (recycle).
-func (w *worker) refillQueue() {
-	w.q.RefillTo(fillFrames + w.heldSock)
-}
-
 // defaultFramesPerQueue is the UMEM of each queue: the fill ring (2048),
 // guest TX in flight and the VM sockets' rx rings.
 const defaultFramesPerQueue = 8192
@@ -297,8 +267,7 @@ func (w *worker) open() error {
 	cfg := w.dp.cfg
 	q, err := xsk.NewQueue(cfg.Ifindex, w.queueID,
 		xsk.UMEMConfig{FrameSize: cfg.FrameSize, NumFrames: cfg.FramesPerQueue},
-		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil,
-			FillSize: fillRingSize(cfg.FramesPerQueue)})
+		xsk.QueueConfig{Mode: cfg.XSKMode, RxSize: 1024, TxSize: -1, MultiBuffer: w.jumbo != nil})
 	if err != nil {
 		return err
 	}
@@ -326,7 +295,7 @@ func (w *worker) open() error {
 		w.ready, w.fresh, w.all = make([]uint64, n), make([]uint64, n), make([]uint64, n)
 		w.seen, w.seenPrev = make([]uint64, n), make([]uint64, n)
 	}
-	w.refillQueue()
+	w.q.Refill(0)
 	w.publishOwned()
 	return nil
 }
@@ -725,7 +694,7 @@ func (w *worker) round() int {
 	// back to the fill ring: before them, Refill filled the ring from
 	// the allocator and the received frames found it full and went back
 	// to the allocator, every frame twice through it.
-	w.refillQueue()
+	w.q.Refill(0)
 	n += w.transmitAll()
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.

@@ -646,11 +646,3 @@ func TestRoundBucket(t *testing.T) {
 		t.Fatalf("the largest bucket is %d", k)
 	}
 }
-
-func TestFillRingSize(t *testing.T) {
-	for frames, want := range map[int]int{1: 2, 4096: 8192, 5000: 16384, defaultFramesPerQueue: 16384} {
-		if got := fillRingSize(frames); got != want {
-			t.Errorf("fillRingSize(%d) = %d, want %d", frames, got, want)
-		}
-	}
-}

@@ -488,19 +488,6 @@ func (q *Queue) Refill(max int) int {
 	return int(n)
 }
 
-// RefillTo tops up from the allocator the frames the kernel holds for
-// receiving (the fill ring, its own hands and the sockets' rx rings:
-// Filled - Received) to level, and returns how many it moved. Unlike the
-// fill ring's free space this count does not lag behind the kernel's
-// consumer index.
-func (q *Queue) RefillTo(level int) int {
-	if n := level - int(q.filled.Load()-q.received.Load()); n > 0 {
-		return q.Refill(n)
-	}
-	q.wakeFill()
-	return 0
-}
-
 // Fill puts frames the caller holds (typically just-received ones) back
 // on the fill ring and returns how many of addrs it consumed (fewer when the ring is
 // full: the caller still owns addrs[n:]). Addresses that are not frames
