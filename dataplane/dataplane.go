@@ -189,6 +189,7 @@ func New(cfg Config) (*Dataplane, error) {
 		for _, dst := range dp.workers {
 			if src != dst {
 				mb := newMailbox(512, slotSize)
+				mb.to = dst.index
 				src.outbox[dst.index] = mb
 				dst.inbox[src.index] = mb
 			}
@@ -456,6 +457,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
 			BusyRoundFrames: w.ctr.busyRoundFrames.Load(), KickMutes: w.ctr.kickMutes.Load(),
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			MailboxDrops: w.mailboxDrops(),
 		})
 	}
 	dp.mu.RLock()

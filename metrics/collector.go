@@ -36,7 +36,7 @@ type collector struct {
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
 	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
-	wStalls, wKickMutes, umemInFlight                                                     *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight, wMailboxDrops                                      *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
@@ -112,6 +112,8 @@ func NewCollector(src Source) prometheus.Collector {
 		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
 		wStalls:     desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
 		wKickMutes:  desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
+		wMailboxDrops: desc("worker_mailbox_drops_total", "Frames other workers could not hand to the queue's worker: the mailbox had no room for the frame's source "+
+			"(a VM, or the wire's broadcasts, holds at most as many slots as are free); counted on the frame's VM as mailbox_full too.", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
@@ -142,7 +144,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.wKickMutes, c.umemInFlight,
+		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
@@ -246,6 +248,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
 		counter(ch, c.wStalls, w.Stalls, ql)
 		counter(ch, c.wKickMutes, w.KickMutes, ql)
+		counter(ch, c.wMailboxDrops, w.MailboxDrops, ql)
 		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
 	}
 

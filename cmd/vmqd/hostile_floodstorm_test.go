@@ -61,16 +61,7 @@ func attackMulticastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 // (dataplane.FairQuantum). When only the receivers paid for them, a
 // round could make 64 frames × 15 copies, the sender paying its pops.
 func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic) {
-	const vlan = "10"
-	by := make([]string, 15)
-	for i := range by {
-		by[i] = fmt.Sprintf("bystander%d", i)
-		if i < 3 {
-			h.addBystander(t, by[i], bystanderMAC(i), "--vlan", vlan)
-		} else {
-			h.vmAdd(t, by[i], bystanderMAC(i), h.sock(fmt.Sprintf("%s-%d", by[i], h.seq)), "--vlan", vlan)
-		}
-	}
+	by := addStormVLAN(t, h)
 	var copies, rounds uint64
 	before, during := stormBusy(t, h, func() {
 		floodTo(t, a.guest(), mustMAC(broadcastMAC))
@@ -108,6 +99,27 @@ func attackBroadcastStorm(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 	if most := dataplane.FairQuantum * (rounds + 1); copies > most {
 		t.Errorf("%d copies in %d rounds: more than the sender's quantum (%d) a round", copies, rounds, dataplane.FairQuantum)
 	}
+}
+
+// stormVLAN is the VLAN of the broadcast storms' bystanders.
+const stormVLAN = "10"
+
+// addStormVLAN adds the 15 bystanders of a broadcast storm on stormVLAN,
+// one queue pair each: three with a guest, twelve whose guests are away
+// (each copy to them is dropped as guest_not_ready where it is pushed).
+// It returns their names; the first three have the guests.
+func addStormVLAN(t *testing.T, h *hostileBed) []string {
+	t.Helper()
+	by := make([]string, 15)
+	for i := range by {
+		by[i] = fmt.Sprintf("bystander%d", i)
+		if i < 3 {
+			h.addBystander(t, by[i], bystanderMAC(i), "--vlan", stormVLAN)
+		} else {
+			h.vmAdd(t, by[i], bystanderMAC(i), h.sock(fmt.Sprintf("%s-%d", by[i], h.seq)), "--vlan", stormVLAN)
+		}
+	}
+	return by
 }
 
 // stormBusy measures worker 0's busy share for 300 ms, runs start (the
