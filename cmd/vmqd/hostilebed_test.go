@@ -284,8 +284,8 @@ func portOf(s *dataplane.Snapshot, name string) dataplane.PortStats {
 
 // attacker is the attacker VM of one attack.
 type attacker struct {
-	h    *hostileBed
-	t    *testing.T
+	h     *hostileBed
+	t     *testing.T
 	name  string
 	sock  string
 	pairs int
