@@ -40,7 +40,7 @@ func TestHostile(t *testing.T) {
 			}
 		})
 		// Two NIC queues, two workers: the attacker transmits on worker
-		// 1, the victim is served by worker 0 (hostile_crossworker_test.go).
+		// 1, the victim is served by worker 0 (hostile_floodstorm_test.go).
 		t.Run(mode+"_cross_worker", func(t *testing.T) {
 			h := newHostileBed(t, mode, vmqd, vmqctl, 2)
 			for _, atk := range crossWorkerAttacks {
