@@ -184,6 +184,8 @@ func New(cfg Config) (*Dataplane, error) {
 		dp.workers = append(dp.workers, w)
 	}
 	// Mailboxes between every pair of workers; slots fit a frame plus a tag.
+	// 512 slots: one source alone may fill half (mailbox.go), which holds
+	// one broadcast's copies to every other VM (control.MaxVMs is 255).
 	slotSize := max(cfg.FrameSize, cfg.MTU+ethHdrLen+vlanTagLen)
 	for _, src := range dp.workers {
 		for _, dst := range dp.workers {
