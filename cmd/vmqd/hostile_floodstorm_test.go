@@ -209,9 +209,9 @@ func attackCrossWorkerStorm(t *testing.T, h *hostileBed, a *attacker, _ *traffic
 	stop := floodTo(t, a.guest(), nil, mustMAC(broadcastMAC))
 	waitStorm(t, h, by[0], 20000)
 	s0, s1, copies, rounds := stormWindow(t, h, by, 1)
-	t.Logf("worker 1: %d copies in %d rounds with work (%.0f a round); worker 0: %d rounds, busy %.0f%%, %d mailbox drops",
+	t.Logf("worker 1: %d copies in %d rounds with work (%.0f a round); worker 0: %d rounds, %d mailbox drops, %d watchdog stalls",
 		copies, rounds, float64(copies)/float64(max(rounds, 1)), s1.Workers[0].Batches-s0.Workers[0].Batches,
-		busyPercent(s0, s1, time.Second), s1.Workers[0].MailboxDrops-s0.Workers[0].MailboxDrops)
+		s1.Workers[0].MailboxDrops-s0.Workers[0].MailboxDrops, s1.Workers[0].Stalls-s0.Workers[0].Stalls)
 	checkCopiesPerRound(t, copies, rounds)
 	stop()
 	checkMailboxAccounting(t, h, by, base)

@@ -305,7 +305,11 @@ func (h *hostileBed) addAttacker(t *testing.T, atk hostileAttack) *attacker {
 		a.ln = ln
 		t.Cleanup(func() { ln.Close() })
 	}
-	h.vmAdd(t, a.name, attackerMAC, a.sock, append([]string{"--queue-pairs", fmt.Sprint(a.pairs)}, atk.addArgs...)...)
+	args := atk.addArgs
+	if a.pairs > 1 {
+		args = append([]string{"--queue-pairs", fmt.Sprint(a.pairs)}, args...)
+	}
+	h.vmAdd(t, a.name, attackerMAC, a.sock, args...)
 	return a
 }
 
