@@ -105,14 +105,18 @@ func BenchmarkWorkerRX(b *testing.B) {
 			b.Fatalf("VMQ_BENCH_CASES=%s: no such case", only)
 		}
 	}
+	var warmed []string
 	for _, c := range cases {
 		c.send = c.env.sender(b, c.nto, c.rate, c.burst)
 		warm := c.send
 		if c.rate > 0 { // a paced send is slow: warm up at full speed
 			warm = c.env.sender(b, c.nto, 0, 0)
 		}
-		c.warmUp(b, warm)
+		warmed = append(warmed, c.warmUp(warm))
 	}
+	// One line for all: the testing package keeps 10 lines of a
+	// benchmark's log, and each case has its own line below.
+	b.Log("warm-up: " + strings.Join(warmed, "; "))
 	fmt.Fprintf(os.Stderr, "worker threads (for perf record -t): 1 VM %d, 256 VMs %d\n", one.tid, many.tid)
 	for r := 0; b.Loop(); r++ {
 		for k := range cases {
@@ -386,12 +390,12 @@ func (c *rxCase) rx() (n uint64) {
 	return n
 }
 
-// warmUp sends until each receiving guest has had a ring's worth of
+// warmUp sends (with send) until each receiving guest has had a ring's worth of
 // frames (at most 16 sends), so rings, stashes, maps and the guests are
 // awake and every receive buffer has been written once: the worker's
 // first touches of guest pages (a minor fault per 4 KiB page and guest,
 // 9% of the worker's samples at 256 VMs with one send) are not measured.
-func (c *rxCase) warmUp(b *testing.B, send func() (uint64, time.Duration)) {
+func (c *rxCase) warmUp(send func() (uint64, time.Duration)) (log string) {
 	minRx := func() uint64 {
 		m := ^uint64(0)
 		for _, g := range c.env.guests[:c.nto] {
@@ -403,7 +407,7 @@ func (c *rxCase) warmUp(b *testing.B, send func() (uint64, time.Duration)) {
 	for ; warm == 0 || warm < 16 && minRx() < benchGuestRing; warm++ {
 		send()
 	}
-	b.Logf("%s warm-up: %d sends, the least a guest received %d", c.name, warm, minRx())
+	return fmt.Sprintf("%s %d sends, the least a guest received %d", c.name, warm, minRx())
 }
 
 // measure takes one sample of the case.
