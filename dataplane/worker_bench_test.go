@@ -155,10 +155,11 @@ const benchSampleSends = 2
 // paced cases: one that every case takes without a backlog or loss on a
 // 2-CPU machine where the generator, the filter and the guests share CPU
 // 0, so that the cases compare the worker's cost per frame at the same
-// load. Traffic to all at full speed offers 0.3-0.6 Mpps there and the
-// worker takes 0.2-0.3 Mpps of it; paced at 100k/s the one guest of the
-// 1-VM case already loses 1-5% at its full socket ring (bench/HISTORY.md).
-// The generator falls 10-20% short of it (its sleeps between bursts
+// load. Traffic to all at full speed offers 0.3-0.8 Mpps there and the
+// worker takes 0.2-0.7 of it; paced at 100-150k/s the 1-VM case loses
+// 2-5% (at its full socket ring) and traffic to all up to 22% at the
+// empty fill ring (bench/HISTORY.md).
+// The generator falls 10-30% short of it (its sleeps between bursts
 // overrun): the log has each sample's offered rate.
 // VMQ_BENCH_PACED_RATE overrides it (0: no paced cases).
 const benchPacedRate = 50_000
