@@ -181,9 +181,11 @@ type worker struct {
 	clock      time.Time
 	clockRound uint
 
-	serving   uint32 // what ctr.serving holds, to store only on a change
-	touched0  byte   // touchFrames' result, kept so its loads are not dropped
-	roundWork int    // work other than frames done in this round (kicks)
+	serving  uint32 // what ctr.serving holds, to store only on a change
+	touched0 byte   // touchFrames' result, kept so its loads are not dropped
+	// touchedAhead: the loads of the next visits' lines (receiveVMs).
+	touchedAhead uint64
+	roundWork    int // work other than frames done in this round (kicks)
 	// floodCharge: copies of broadcast and multicast frames forward made
 	// for the TX queue being served, which transmit charges to its VM.
 	floodCharge int
@@ -779,10 +781,27 @@ func (w *worker) receiveVMs() int {
 	}
 	n := 0
 	k := int(w.rr % uint(nv))
-	for range nv {
+	if nv > 1 {
+		w.touchSock(vis[k])
+		w.touchSock(vis[(k+1)%nv])
+	}
+	for j := range nv {
 		vm := vis[k]
 		if k++; k == nv {
 			k = 0
+		}
+		if j+1 < nv {
+			// The next visits' lines other CPUs write, loaded now so their
+			// misses overlap this visit instead of following it: the
+			// socket ring two visits ahead, and the next guest's ring when
+			// its socket has frames (its index, touched a visit ago, is
+			// in cache by now; an empty socket's guest is not read).
+			if j+2 < nv {
+				w.touchSock(vis[(k+1)%nv])
+			}
+			if next := vis[k]; w.sockPending(next) {
+				w.touchGuest(next)
+			}
 		}
 		got := w.receiveVM(vm)
 		n += got
@@ -799,6 +818,25 @@ func (w *worker) receiveVMs() int {
 	}
 	clear(vis) // no stale pointers to removed VMs
 	return n
+}
+
+// touchSock loads vm's socket ring lines a visit reads first (TouchRx).
+func (w *worker) touchSock(vm *vmState) {
+	p, x := vm.sock.TouchRx()
+	w.touchedAhead += uint64(p) + x
+}
+
+// sockPending reports whether vm's socket ring has frames, as TouchRx sees it.
+func (w *worker) sockPending(vm *vmState) bool {
+	p, _ := vm.sock.TouchRx()
+	return p != 0
+}
+
+// touchGuest loads the lines of vm's receive queue a push reads first.
+func (w *worker) touchGuest(vm *vmState) {
+	if len(vm.rxqs) > 0 {
+		w.touchedAhead += uint64(vm.rxqs[0].q.TouchRx())
+	}
 }
 
 // markReady makes the next round visit slot's socket.
