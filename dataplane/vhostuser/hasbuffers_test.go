@@ -40,3 +40,32 @@ func TestHasBuffersAndCountDrops(t *testing.T) {
 		}
 	})
 }
+
+// TouchRx only reads: the ring's state, the room it reports and the Push
+// that follows are as without it, and a broken queue is not read.
+func TestTouchRxChangesNothing(t *testing.T) {
+	forLayouts(t, func(t *testing.T, l layout) {
+		g := l.guest(t, 8, testFeatures, true)
+		q := g.queue()
+		postRX(g, 2048)
+		last, idx, used := q.lastAvail, q.availIdx, q.usedIdx
+		x := q.TouchRx()
+		if q.lastAvail != last || q.availIdx != idx || q.usedIdx != used || q.isBroken() {
+			t.Fatalf("TouchRx changed the ring: lastAvail %d→%d availIdx %d→%d usedIdx %d→%d broken %v",
+				last, q.lastAvail, idx, q.availIdx, used, q.usedIdx, q.isBroken())
+		}
+		if q.packed && x != 0 {
+			t.Fatalf("packed ring: TouchRx read %d, want nothing read", x)
+		}
+		if n := q.RxRoom(4); n != 1 {
+			t.Fatalf("RxRoom after TouchRx %d, want 1", n)
+		}
+		if err := q.Push(frameOf(60, 1)); err != nil {
+			t.Fatal(err)
+		}
+		q.broken = true
+		if x := q.TouchRx(); x != 0 {
+			t.Fatalf("broken queue: TouchRx read %d", x)
+		}
+	})
+}
