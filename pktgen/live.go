@@ -9,8 +9,9 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/xdpkeep"
 )
 
 // LiveOptions configure a LiveGenerator.
@@ -89,7 +90,7 @@ type LiveGenerator struct {
 	objs liveObjects
 	sent uint64 // frames stamped so far (the program's sequence counter)
 	attr testRunAttr
-	keep *keeper // nil without the dispatcher keeper
+	keep *xdpkeep.Keeper // nil without the dispatcher keeper
 	// The last call's frames per second, for Chunk.
 	rate        float64
 	interrupted int // calls a signal cut short (for tests)
@@ -211,7 +212,7 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 	}
 	if !opts.NoKeeper {
 		// Best effort: without it the generator is correct, only slow.
-		g.keep, _ = newKeeper(g.objs.Prog)
+		g.keep, _ = xdpkeep.New(g.objs.Prog)
 	}
 	return g, nil
 }
@@ -302,58 +303,9 @@ func (g *LiveGenerator) run() (int, error) {
 func (g *LiveGenerator) Close() error {
 	var err error
 	if g.keep != nil {
-		err = g.keep.close()
+		err = g.keep.Close()
 		g.keep = nil
 	}
 	g.objs.close()
 	return err
-}
-
-// keeper holds a program in the kernel's XDP dispatcher: attached as
-// generic XDP to the loopback of a private network namespace, which
-// nothing else uses and which lives as long as nsFD is open.
-type keeper struct {
-	nsFD int
-	lnk  link.Link
-}
-
-func newKeeper(prog *ebpf.Program) (*keeper, error) {
-	type result struct {
-		k   *keeper
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		// The thread never returns to the runtime's pool: it leaves its
-		// namespace for the private one and exits with this goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			res <- result{err: fmt.Errorf("dispatcher keeper: new network namespace: %w", err)}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			res <- result{err: fmt.Errorf("dispatcher keeper: open namespace: %w", err)}
-			return
-		}
-		// ifindex 1 is the loopback of every namespace.
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: 1, Flags: link.XDPGenericMode})
-		if err != nil {
-			unix.Close(fd)
-			res <- result{err: fmt.Errorf("dispatcher keeper: attach to loopback: %w", err)}
-			return
-		}
-		res <- result{k: &keeper{nsFD: fd, lnk: l}}
-	}()
-	r := <-res
-	return r.k, r.err
-}
-
-func (k *keeper) close() error {
-	err := k.lnk.Close()
-	unix.Close(k.nsFD)
-	if err != nil {
-		return fmt.Errorf("dispatcher keeper: detach: %w", err)
-	}
-	return nil
 }
