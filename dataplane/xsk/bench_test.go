@@ -42,11 +42,6 @@ const (
 	rxFrames = 2 * rxRing
 )
 
-// xdpMD is struct xdp_md, the context of BPF_PROG_RUN for XDP.
-type xdpMD struct {
-	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
-}
-
 // liveGen sends frames out of the wire end until stopped.
 type liveGen struct {
 	stop atomic.Bool
@@ -132,7 +127,7 @@ func reportMpps(b *testing.B, frames int, elapsed time.Duration) {
 
 // countingDrop is an XDP program that counts frames in a per-CPU array
 // and drops them.
-func countingDrop(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+func countingDrop(b testing.TB) (*ebpf.Program, *ebpf.Map) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
 		b.Fatal(err)
@@ -159,7 +154,7 @@ func countingDrop(b *testing.B) (*ebpf.Program, *ebpf.Map) {
 	return prog, m
 }
 
-func readCount(b *testing.B, m *ebpf.Map) int {
+func readCount(b testing.TB, m *ebpf.Map) int {
 	var per []uint64
 	if err := m.Lookup(uint32(0), &per); err != nil {
 		b.Fatal(err)
@@ -173,7 +168,7 @@ func readCount(b *testing.B, m *ebpf.Map) int {
 
 // minimalRedirect redirects every frame into xsks[rx_queue_index], like
 // asavie's program (without its queue lookup), dropping on a miss.
-func minimalRedirect(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+func minimalRedirect(b testing.TB) (*ebpf.Program, *ebpf.Map) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 8})
 	if err != nil {
 		b.Fatal(err)

@@ -1,0 +1,242 @@
+package xsk
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/xdpkeep"
+)
+
+// XDP transmit limits (bpf/xdptx.c's TX_SLOT and TX_RING).
+const (
+	// XDPTxMaxFrame is the longest frame the XDP path takes: one staging
+	// slot (a live frame holds up to PAGE_SIZE - 256 - skb_shared_info,
+	// ~3.5 KiB on 4 KiB pages). Longer frames take the socket path.
+	XDPTxMaxFrame = 2048
+	// XDPTxMaxBatch is the most frames one flush sends.
+	XDPTxMaxBatch = 256
+	xdpTxMinFrame = 14
+)
+
+// ErrNoNdoXmit: the interface cannot take XDP frames (ndo_xdp_xmit).
+var ErrNoNdoXmit = errors.New("interface cannot take XDP frames (no NETDEV_XDP_ACT_NDO_XMIT)")
+
+// XDPTx transmits batches of frames out of one interface through XDP rather
+// than the AF_XDP socket's copy-mode skb path: the frames are copied into
+// a staging map (BPF_F_MMAPABLE, no system call), then one BPF_PROG_RUN
+// call in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, Linux >= 5.18)
+// runs bpf/xdptx.c once per frame, which copies the frame into a live page
+// and returns XDP_TX: the kernel sends them in bulks through the
+// interface's ndo_xdp_xmit, with no skb, no softirq and no second copy per
+// frame. Each call has a fixed cost (~20 µs: the call's page pool), so
+// only large batches gain; small ones should take the socket.
+//
+// The program is held in the XDP dispatcher (xdpkeep) so a call does not
+// add and remove it (two synchronize_rcu). The interface must accept XDP
+// frames (NdoXmit): a veth only while its peer has XDP or GRO on, and
+// frames the driver refuses are dropped where BPF_PROG_RUN's caller
+// cannot see them.
+//
+// One XDPTx serves every queue of the interface; each queue's XDPTxQueue
+// belongs to one thread.
+type XDPTx struct {
+	objs    xdptxObjects
+	keep    *xdpkeep.Keeper
+	ifindex int
+	nqueues int
+	qmem    []byte // tx_queues, mmapped
+	smem    []byte // tx_slots, mmapped
+}
+
+// NewXDPTx loads the program for ifindex with state for queues 0..nqueues-1.
+func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
+	if ifindex <= 0 || nqueues <= 0 || nqueues > 1024 {
+		return nil, fmt.Errorf("XDP transmit: bad ifindex %d or queue count %d", ifindex, nqueues)
+	}
+	spec, err := loadXdptx()
+	if err != nil {
+		return nil, fmt.Errorf("XDP transmit: load spec: %w", err)
+	}
+	spec.Maps["tx_queues"].MaxEntries = uint32(nqueues)
+	spec.Maps["tx_slots"].MaxEntries = uint32(nqueues * XDPTxMaxBatch)
+	x := &XDPTx{ifindex: ifindex, nqueues: nqueues}
+	if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
+		return nil, fmt.Errorf("XDP transmit: load program: %w", err)
+	}
+	if x.qmem, err = mmapMap(x.objs.TxQueues); err == nil {
+		x.smem, err = mmapMap(x.objs.TxSlots)
+	}
+	if err != nil {
+		x.Close()
+		return nil, fmt.Errorf("XDP transmit: %w", err)
+	}
+	// Best effort: without it every call waits two synchronize_rcu().
+	x.keep, _ = xdpkeep.New(x.objs.VmqXdpTx)
+	return x, nil
+}
+
+// Keeper says whether the program is held in the XDP dispatcher.
+func (x *XDPTx) Keeper() bool { return x.keep != nil }
+
+// Close releases the program and maps; no queue may be used after it.
+func (x *XDPTx) Close() error {
+	var errs []error
+	if x.keep != nil {
+		errs = append(errs, x.keep.Close())
+		x.keep = nil
+	}
+	for _, m := range [][]byte{x.qmem, x.smem} {
+		if m != nil {
+			errs = append(errs, unix.Munmap(m))
+		}
+	}
+	x.qmem, x.smem = nil, nil
+	errs = append(errs, x.objs.Close())
+	return errors.Join(errs...)
+}
+
+func mmapMap(m *ebpf.Map) ([]byte, error) {
+	size := int(m.MaxEntries()) * int(m.ValueSize())
+	size = (size + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
+	mem, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap map %s: %w", m, err)
+	}
+	return mem, nil
+}
+
+// XDPTxStats are one queue's counters (the program's).
+type XDPTxStats struct {
+	Sent    uint64 // frames transmitted (XDP_TX)
+	BadLen  uint64 // dropped: staged length out of range
+	Overrun uint64 // dropped: a run past the staged frames
+	NoSlot  uint64 // dropped: no slot, or the live frame could not be sized
+}
+
+// XDPTxQueue stages and flushes one queue's frames. It belongs to one
+// thread, which must be in the interface's network namespace: the kernel
+// resolves the interface index of each call in the caller's namespace.
+type XDPTxQueue struct {
+	x     *XDPTx
+	st    *xdptxTxq // this queue's state, in the mmapped map
+	slots []byte    // this queue's staging slots
+	n     int
+	data  [64]byte // data_in: the live frames' initial bytes (overwritten)
+	ctx   xdpMD
+	attr  testRunAttr
+}
+
+// Queue returns the transmit state of queue q; call it on the thread that
+// will flush, in the interface's network namespace (checked).
+func (x *XDPTx) Queue(q int) (*XDPTxQueue, error) {
+	if q < 0 || q >= x.nqueues {
+		return nil, fmt.Errorf("XDP transmit: queue %d out of 0..%d", q, x.nqueues-1)
+	}
+	if err := ifindexHere(x.ifindex); err != nil {
+		return nil, fmt.Errorf("XDP transmit: %w", err)
+	}
+	t := &XDPTxQueue{
+		x:     x,
+		st:    txqAt(x.qmem, q),
+		slots: x.smem[q*XDPTxMaxBatch*XDPTxMaxFrame : (q+1)*XDPTxMaxBatch*XDPTxMaxFrame],
+		ctx:   xdpMD{DataEnd: 64, IngressIfindex: uint32(x.ifindex), RxQueueIndex: uint32(q)},
+	}
+	t.st.Ifindex = uint32(x.ifindex)
+	t.attr = newLiveRunAttr(x.objs.VmqXdpTx.FD(), t.data[:], &t.ctx)
+	return t, nil
+}
+
+// ifindexHere checks that ifindex names an interface in the calling
+// thread's network namespace.
+func ifindexHere(ifindex int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if _, err := ifnameOf(fd, ifindex); err != nil {
+		return fmt.Errorf("ifindex %d is not in this thread's network namespace: %w", ifindex, err)
+	}
+	return nil
+}
+
+// Add stages a copy of frame; false when the batch is full or the frame's
+// length is outside 14..XDPTxMaxFrame (send it through the socket).
+func (t *XDPTxQueue) Add(frame []byte) bool {
+	if t.n >= XDPTxMaxBatch || len(frame) < xdpTxMinFrame || len(frame) > XDPTxMaxFrame {
+		return false
+	}
+	copy(t.slots[t.n*XDPTxMaxFrame:], frame)
+	t.st.Len[t.n] = uint16(len(frame))
+	t.n++
+	return true
+}
+
+// Len is the number of frames staged.
+func (t *XDPTxQueue) Len() int { return t.n }
+
+// Reset drops the staged frames.
+func (t *XDPTxQueue) Reset() { t.n = 0 }
+
+// Flush runs the program over the staged frames in one BPF_PROG_RUN call
+// (more if a signal interrupts it) and empties the stage. done is how many
+// of them the program took, in order: sent, or dropped as malformed
+// (counted in Stats). On an error the frames from done on were not sent;
+// the caller may send them another way. The copies are made during the
+// call: the caller's frames are free when Flush returns.
+func (t *XDPTxQueue) Flush() (done int, err error) {
+	n := uint32(t.n)
+	t.n = 0
+	if n == 0 {
+		return 0, nil
+	}
+	t.st.N, t.st.Next = n, 0
+	for t.st.Next < n {
+		before := t.st.Next
+		t.attr.Repeat = n - before
+		errno := progTestRun(&t.attr)
+		runtime.KeepAlive(t)
+		switch {
+		case errno == unix.EINTR: // a signal: go on from where it stopped
+		case errno != 0:
+			return int(min(t.st.Next, n)), fmt.Errorf("XDP transmit: BPF_PROG_RUN on ifindex %d queue %d: %w", t.x.ifindex, t.ctx.RxQueueIndex, errno)
+		case t.st.Next == before:
+			return int(before), fmt.Errorf("XDP transmit: program made no progress on queue %d", t.ctx.RxQueueIndex)
+		}
+	}
+	return int(n), nil
+}
+
+// Stats reads the queue's counters (on the queue's thread).
+func (t *XDPTxQueue) Stats() XDPTxStats {
+	return XDPTxStats{Sent: t.st.Sent, BadLen: t.st.BadLen, Overrun: t.st.Overrun, NoSlot: t.st.NoSlot}
+}
+
+// xdpMD is struct xdp_md, the BPF_PROG_RUN context of an XDP program.
+type xdpMD struct {
+	Data, DataEnd, DataMeta      uint32
+	IngressIfindex, RxQueueIndex uint32
+	EgressIfindex                uint32
+}
+
+// testRunAttr is union bpf_attr's BPF_PROG_TEST_RUN member. Made by hand
+// rather than through ebpf.Program.Run, which allocates per call and
+// restarts an interrupted call with its full count.
+type testRunAttr struct {
+	ProgFD, Retval          uint32
+	DataSizeIn, DataSizeOut uint32
+	DataIn, DataOut         uint64
+	Repeat, Duration        uint32
+	CtxSizeIn, CtxSizeOut   uint32
+	CtxIn, CtxOut           uint64
+	Flags, CPU, BatchSize   uint32
+	_                       uint32
+}
+
+// xdpTxBatchSize is the kernel's live-frames batch (page pool refill and
+// transmit flush); the lead's probes found 8, 16 and 64 alike.
+const xdpTxBatchSize = 64
