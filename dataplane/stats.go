@@ -105,6 +105,19 @@ type WorkerStats struct {
 	// the worker sleeps.
 	BusyRoundNS     uint64 `json:"busy_round_ns"`
 	BusyRoundFrames uint64 `json:"busy_round_frames"`
+	// TxPath is how the worker's wire frames leave now: "xdp" (rounds of
+	// at least the threshold through one BPF_PROG_RUN, the rest through
+	// the sockets) or "socket". TxXDPFrames and TxSocketFrames count the
+	// frames sent each way, XDPTxCalls the calls, XDPTxFallbacks the
+	// failed calls (their frames took the sockets), XDPTxDrops frames the
+	// program refused as malformed. Frames the NIC's driver drops in a
+	// failed bulk transmit are not seen here (see README).
+	TxPath         string `json:"tx_path"`
+	TxXDPFrames    uint64 `json:"tx_xdp_frames"`
+	TxSocketFrames uint64 `json:"tx_socket_frames"`
+	XDPTxCalls     uint64 `json:"xdp_tx_calls"`
+	XDPTxFallbacks uint64 `json:"xdp_tx_fallbacks"`
+	XDPTxDrops     uint64 `json:"xdp_tx_drops"`
 }
 
 // BusyNSPerFrame is the worker's busy cost per frame (BusyRoundNS /

@@ -558,3 +558,105 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
 	b.ReportMetric(float64(s.Stats().Wakeups-w0)/float64(s.Stats().TxFrames-f0), "sendto/frame")
 }
+
+// BenchmarkTxPath sends frames into an XDP_DROP sink on the wire end two
+// ways, alternated in one process: socket (vmqd's transmit socket: tx only,
+// on the queue's shared UMEM, frames 4 bytes into their chunk) and xdp
+// (XDPTx: each frame copied from its UMEM frame into the stage, as vmqd's
+// worker does, then one BPF_PROG_RUN per batch). thread-ns/frame is the
+// sending thread's CPU time, the kernel's transmit and the sink's XDP
+// (run in the sender's context on veth) included; sink/sent is the share
+// of sent frames the sink counted. With -count to alternate:
+//
+//	go test -run '^$' -bench 'BenchmarkTxPath' -benchtime 200000x -count 3 ./dataplane/xsk
+func BenchmarkTxPath(b *testing.B) {
+	tb := newTestbed(b, 1)
+	prog, sink := countingDrop(b)
+	attachXDP(b, tb.wireNS, prog, tb.wire.Index)
+	x := newXDPTx(b, tb)
+	const off = 4
+	for _, size := range []int{benchFrameLen, 1514} {
+		frame := buildFrame(make([]byte, 2048), vmMAC(0), tb.wire.MAC, 1, 2, payload{}, size)[:size]
+		for _, batch := range []int{4, 8, 16, 32, 64, 256} {
+			for _, path := range []string{"socket", "xdp"} {
+				b.Run(fmt.Sprintf("%dB/batch-%d/%s", size, batch, path), func(b *testing.B) {
+					u := newUMEM(b, UMEMConfig{NumFrames: 8192})
+					q := openQueue(b, tb, u, 0, QueueConfig{FillSize: 2048, CompSize: 2048, RxSize: 1024, TxSize: -1})
+					addrs := make([]uint64, q.FreeFrames())
+					n := q.Alloc(addrs)
+					for _, a := range addrs[:n] {
+						copy(q.Buffer(a)[off:], frame)
+					}
+					q.Free(addrs[:n])
+					sink0 := readCount(b, sink)
+					var sent int
+					err := tb.hostNS.Do(func() error {
+						defer pinThread(1)()
+						if path == "socket" {
+							s := newSocket(b, tb, q, SocketConfig{RxSize: -1, TxSize: 1024})
+							defer s.Close()
+							f0 := s.Stats().TxFrames
+							benchSend(b, q, s, min(batch, 1024), size, off, 20000)
+							sent = int(s.Stats().TxFrames - f0)
+							return nil
+						}
+						tq, err := x.Queue(0)
+						if err != nil {
+							return err
+						}
+						s0 := tq.Stats().Sent
+						benchXDPSend(b, q, tq, batch, size, off, 20000)
+						sent = int(tq.Stats().Sent - s0)
+						return nil
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					var got int
+					testenv.PollWithin(time.Second, func() (bool, string) {
+						got = readCount(b, sink) - sink0
+						return got >= sent, ""
+					})
+					b.ReportMetric(float64(got)/float64(sent), "sink/sent")
+				})
+			}
+		}
+	}
+}
+
+// benchXDPSend is benchSend for XDPTx: b.N frames (after warmup more) in
+// batches of batch, each copied from a UMEM frame of q into the stage.
+func benchXDPSend(b *testing.B, q *Queue, tq *XDPTxQueue, batch, size int, offset uint64, warmup int) {
+	addrs := make([]uint64, batch)
+	calls := 0
+	send := func(want int) int {
+		done := 0
+		for done < want {
+			k := q.Alloc(addrs)
+			for _, a := range addrs[:k] {
+				tq.Add(q.Buffer(a)[offset : offset+uint64(size)])
+			}
+			m, err := tq.Flush()
+			if err != nil {
+				b.Fatal(err)
+			}
+			calls++
+			q.Free(addrs[:k])
+			done += m
+		}
+		return done
+	}
+	send(warmup)
+	calls = 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := threadCPU()
+	t0 := time.Now()
+	got := send(b.N)
+	el := time.Since(t0)
+	cpu := threadCPU() - cpu0
+	b.StopTimer()
+	reportMpps(b, got, el)
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
+	b.ReportMetric(float64(calls)/float64(got), "calls/frame")
+}
