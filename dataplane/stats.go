@@ -109,9 +109,12 @@ type WorkerStats struct {
 	// at least the threshold through one BPF_PROG_RUN, the rest through
 	// the sockets) or "socket". TxXDPFrames and TxSocketFrames count the
 	// frames sent each way, XDPTxCalls the calls, XDPTxFallbacks the
-	// failed calls (their frames took the sockets), XDPTxDrops frames the
-	// program refused as malformed. Frames the NIC's driver drops in a
-	// failed bulk transmit are not seen here (see README).
+	// failed calls (their frames took the sockets) and calls the driver
+	// dropped frames of, XDPTxDrops frames the program refused as
+	// malformed and frames the NIC's driver refused (counted by
+	// tracepoints xdp:xdp_redirect_err and xdp:xdp_devmap_xmit on the
+	// worker's thread; those are not in any VM's drops, which frames they
+	// were is unknown).
 	TxPath         string `json:"tx_path"`
 	TxXDPFrames    uint64 `json:"tx_xdp_frames"`
 	TxSocketFrames uint64 `json:"tx_socket_frames"`

@@ -165,8 +165,10 @@ func (w *worker) flushWire() {
 	x.vms = x.vms[:0]
 }
 
-// xdpFailed: a call failed; its frames left went to the sockets. The
-// worker stays on the sockets until the next check.
+// xdpFailed: a call failed (its frames left went to the sockets) or the
+// driver dropped frames of it (xsk.ErrXmitDrops: which ones is unknown,
+// they are counted in the worker's XDP drops, not per VM). The worker
+// stays on the sockets until the next check.
 func (w *worker) xdpFailed(err error) {
 	add(&w.ctr.xdpFallbacks, 1)
 	x := &w.xtx
@@ -199,6 +201,9 @@ func (dp *Dataplane) openXDPTx() error {
 	if !x.Keeper() {
 		dp.log.Warn("XDP transmit without its dispatcher keeper: every call waits two RCU grace periods")
 	}
+	if !x.XmitWatched() {
+		dp.log.Warn("XDP transmit cannot count the frames a driver refuses (no xdp tracepoints: tracefs?); they are lost unseen")
+	}
 	dp.xdptx = x
 	return nil
 }
@@ -224,6 +229,6 @@ func (w *worker) txPathName() string {
 func (w *worker) publishXDPTx() {
 	if w.xtx.q != nil {
 		st := w.xtx.q.Stats()
-		w.ctr.xdpDrops.Store(st.BadLen + st.Overrun + st.NoSlot)
+		w.ctr.xdpDrops.Store(st.BadLen + st.Overrun + st.NoSlot + st.XmitDrops)
 	}
 }

@@ -181,9 +181,29 @@ func TestTxPathFallback(t *testing.T) {
 	}
 	detach := passPeerXDP(t, tb)
 	waitTxPath(t, tb, "xdp")
+	// The peer loses XDP between two checks: the first calls' frames are
+	// lost in the driver, counted, and the worker moves to the sockets at
+	// once; every frame is on the wire or in that count.
 	detach()
-	waitTxPath(t, tb, "socket")
 	before := tb.dp.Snapshot().Workers[0]
+	capture := tb.Capture()
+	const m = 300
+	if sent, err := gs[0].Generate(context.Background(), frontend.Traffic{Dst: mustMAC(macWire), Count: m, Size: 200, Batch: 64, Rate: 50000, Stream: 77}); err != nil || sent != m {
+		t.Fatalf("generate: %d, %v", sent, err)
+	}
+	testenv.Eventually(t, "frames on the wire or counted as lost", func() (bool, string) {
+		w := tb.dp.Snapshot().Workers[0]
+		lost := w.XDPTxDrops - before.XDPTxDrops
+		got := len(capture.Matching(func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], mustMAC(mac1)) }))
+		return uint64(got)+lost == m, fmt.Sprintf("%d on the wire + %d lost of %d", got, lost, m)
+	})
+	w := tb.dp.Snapshot().Workers[0]
+	if w.XDPTxDrops == before.XDPTxDrops || w.XDPTxFallbacks == before.XDPTxFallbacks || w.TxPath != "socket" {
+		t.Fatalf("worker after the peer lost XDP: %d lost, %d failed calls, path %s; want some, some, socket",
+			w.XDPTxDrops-before.XDPTxDrops, w.XDPTxFallbacks-before.XDPTxFallbacks, w.TxPath)
+	}
+	t.Logf("peer lost XDP: %d of %d frames lost in the driver before the worker moved to the sockets", w.XDPTxDrops-before.XDPTxDrops, m)
+	before = w
 	total = guestsToWire(t, tb, gs, macs, vlans, 100)
 	if w := tb.dp.Snapshot().Workers[0]; w.TxSocketFrames-before.TxSocketFrames != uint64(total) {
 		t.Fatalf("worker: %d by socket after the peer lost XDP, want %d", w.TxSocketFrames-before.TxSocketFrames, total)

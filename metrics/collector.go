@@ -115,8 +115,8 @@ func NewCollector(src Source) prometheus.Collector {
 		wTxPath:       desc("worker_tx_path_info", "Always 1; how the queue's worker sends guest frames to the wire now: xdp (rounds of at least tx.xdp_min_batch frames in one BPF_PROG_RUN call) or socket.", "queue", "path"),
 		wTxFrames:     desc("worker_tx_frames_total", "Guest frames the queue's worker sent to the wire, by path (xdp, socket).", "queue", "path"),
 		wXDPCalls:     desc("worker_xdp_tx_calls_total", "BPF_PROG_RUN calls of the XDP transmit.", q...),
-		wXDPFallbacks: desc("worker_xdp_tx_fallbacks_total", "XDP transmit calls that failed; their frames went through the sockets and the worker stayed on them until its next check of the NIC (1 s).", q...),
-		wXDPDrops:     desc("worker_xdp_tx_drops_total", "Frames the XDP transmit program dropped as malformed (never expected). Frames a driver drops in a failed bulk transmit are not counted.", q...),
+		wXDPFallbacks: desc("worker_xdp_tx_fallbacks_total", "XDP transmit calls that failed (their frames left went through the sockets) or lost frames in the driver; the worker then stays on the sockets until its next check of the NIC (1 s).", q...),
+		wXDPDrops:     desc("worker_xdp_tx_drops_total", "Frames of the XDP transmit that were lost: refused by the NIC's driver (e.g. it stopped taking XDP frames; counted by the xdp tracepoints) or by the program as malformed (never expected).", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 

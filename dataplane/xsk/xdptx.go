@@ -6,6 +6,7 @@ import (
 	"runtime"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/xdpkeep"
@@ -22,8 +23,10 @@ const (
 	xdpTxMinFrame = 14
 )
 
-// ErrNoNdoXmit: the interface cannot take XDP frames (ndo_xdp_xmit).
-var ErrNoNdoXmit = errors.New("interface cannot take XDP frames (no NETDEV_XDP_ACT_NDO_XMIT)")
+// ErrXmitDrops: the interface's driver dropped frames of a flush in its
+// bulk transmit (ndo_xdp_xmit failed: e.g. a veth whose peer lost XDP).
+// Which frames is unknown; XDPTxStats.XmitDrops counts them.
+var ErrXmitDrops = errors.New("the driver dropped frames in its XDP bulk transmit")
 
 // XDPTx transmits batches of frames out of one interface through XDP rather
 // than the AF_XDP socket's copy-mode skb path: the frames are copied into
@@ -46,6 +49,8 @@ var ErrNoNdoXmit = errors.New("interface cannot take XDP frames (no NETDEV_XDP_A
 type XDPTx struct {
 	objs    xdptxObjects
 	keep    *xdpkeep.Keeper
+	watch   []link.Link // the tracepoints that count the driver's drops (none: not counted)
+	tids    []uint32    // each queue's thread, in tx_tids
 	ifindex int
 	nqueues int
 	qmem    []byte // tx_queues, mmapped
@@ -63,7 +68,8 @@ func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
 	}
 	spec.Maps["tx_queues"].MaxEntries = uint32(nqueues)
 	spec.Maps["tx_slots"].MaxEntries = uint32(nqueues * XDPTxMaxBatch)
-	x := &XDPTx{ifindex: ifindex, nqueues: nqueues}
+	spec.Maps["tx_tids"].MaxEntries = uint32(nqueues)
+	x := &XDPTx{ifindex: ifindex, nqueues: nqueues, tids: make([]uint32, nqueues)}
 	if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
 		return nil, fmt.Errorf("XDP transmit: load program: %w", err)
 	}
@@ -76,8 +82,36 @@ func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
 	}
 	// Best effort: without it every call waits two synchronize_rcu().
 	x.keep, _ = xdpkeep.New(x.objs.VmqXdpTx)
+	// Best effort too (needs tracefs): without them a driver's drops go
+	// unnoticed. Frames refused at enqueue (no ndo_xdp_xmit) show in
+	// xdp_redirect_err, frames a driver refused in its bulk in
+	// xdp_devmap_xmit.
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"xdp_devmap_xmit", x.objs.VmqXdpTxXmit}, {"xdp_redirect_err", x.objs.VmqXdpTxRedirectErr}} {
+		l, err := link.Tracepoint("xdp", tp.name, tp.prog, nil)
+		if err != nil {
+			x.closeWatch()
+			break
+		}
+		x.watch = append(x.watch, l)
+	}
 	return x, nil
 }
+
+func (x *XDPTx) closeWatch() error {
+	var errs []error
+	for _, l := range x.watch {
+		errs = append(errs, l.Close())
+	}
+	x.watch = nil
+	return errors.Join(errs...)
+}
+
+// XmitWatched says whether the driver's drops in bulk transmits are
+// counted (XDPTxStats.XmitDrops, ErrXmitDrops).
+func (x *XDPTx) XmitWatched() bool { return len(x.watch) > 0 }
 
 // Keeper says whether the program is held in the XDP dispatcher.
 func (x *XDPTx) Keeper() bool { return x.keep != nil }
@@ -89,6 +123,7 @@ func (x *XDPTx) Close() error {
 		errs = append(errs, x.keep.Close())
 		x.keep = nil
 	}
+	errs = append(errs, x.closeWatch())
 	for _, m := range [][]byte{x.qmem, x.smem} {
 		if m != nil {
 			errs = append(errs, unix.Munmap(m))
@@ -115,6 +150,9 @@ type XDPTxStats struct {
 	BadLen  uint64 // dropped: staged length out of range
 	Overrun uint64 // dropped: a run past the staged frames
 	NoSlot  uint64 // dropped: no slot, or the live frame could not be sized
+	// The driver's bulk transmits in this queue's calls (XmitWatched):
+	// frames it took, frames it dropped, bulks that failed.
+	XmitSent, XmitDrops, XmitErrs uint64
 }
 
 // XDPTxQueue stages and flushes one queue's frames. It belongs to one
@@ -147,6 +185,15 @@ func (x *XDPTx) Queue(q int) (*XDPTxQueue, error) {
 	}
 	t.st.Ifindex = uint32(x.ifindex)
 	t.attr = newLiveRunAttr(x.objs.VmqXdpTx.FD(), t.data[:], &t.ctx)
+	// The tracepoint finds the queue by the flushing thread.
+	if old := x.tids[q]; old != 0 {
+		_ = x.objs.TxTids.Delete(old)
+	}
+	tid, qq := uint32(unix.Gettid()), uint32(q)
+	if err := x.objs.TxTids.Put(tid, qq); err != nil {
+		return nil, fmt.Errorf("XDP transmit: register thread of queue %d: %w", q, err)
+	}
+	x.tids[q] = tid
 	return t, nil
 }
 
@@ -187,13 +234,21 @@ func (t *XDPTxQueue) Reset() { t.n = 0 }
 // of them the program took, in order: sent, or dropped as malformed
 // (counted in Stats). On an error the frames from done on were not sent;
 // the caller may send them another way. The copies are made during the
-// call: the caller's frames are free when Flush returns.
+// call: the caller's frames are free when Flush returns. If the driver
+// dropped some of them (counted when XmitWatched), err wraps ErrXmitDrops
+// and done is all: they cannot be told apart.
 func (t *XDPTxQueue) Flush() (done int, err error) {
 	n := uint32(t.n)
 	t.n = 0
 	if n == 0 {
 		return 0, nil
 	}
+	drops := t.st.XmitDrops
+	defer func() {
+		if d := t.st.XmitDrops - drops; d > 0 && err == nil {
+			err = fmt.Errorf("XDP transmit on ifindex %d queue %d: %d frames: %w", t.x.ifindex, t.ctx.RxQueueIndex, d, ErrXmitDrops)
+		}
+	}()
 	t.st.N, t.st.Next = n, 0
 	for t.st.Next < n {
 		before := t.st.Next
@@ -213,7 +268,8 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 
 // Stats reads the queue's counters (on the queue's thread).
 func (t *XDPTxQueue) Stats() XDPTxStats {
-	return XDPTxStats{Sent: t.st.Sent, BadLen: t.st.BadLen, Overrun: t.st.Overrun, NoSlot: t.st.NoSlot}
+	return XDPTxStats{Sent: t.st.Sent, BadLen: t.st.BadLen, Overrun: t.st.Overrun, NoSlot: t.st.NoSlot,
+		XmitSent: t.st.XmitSent, XmitDrops: t.st.XmitDrops, XmitErrs: t.st.XmitErrs}
 }
 
 // xdpMD is struct xdp_md, the BPF_PROG_RUN context of an XDP program.

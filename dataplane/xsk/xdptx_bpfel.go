@@ -14,25 +14,31 @@ import (
 )
 
 type xdptxTxq struct {
-	_       structs.HostLayout
-	N       uint32
-	Next    uint32
-	Ifindex uint32
-	Pad     uint32
-	Sent    uint64
-	BadLen  uint64
-	Overrun uint64
-	NoSlot  uint64
-	Len     [256]uint16
+	_         structs.HostLayout
+	N         uint32
+	Next      uint32
+	Ifindex   uint32
+	Pad       uint32
+	Sent      uint64
+	BadLen    uint64
+	Overrun   uint64
+	NoSlot    uint64
+	XmitSent  uint64
+	XmitDrops uint64
+	XmitErrs  uint64
+	Len       [256]uint16
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdptxMapTxQueues  = "tx_queues"
-	xdptxMapTxSlots   = "tx_slots"
-	xdptxProgVmqXdpTx = "vmq_xdp_tx"
+	xdptxMapTxQueues             = "tx_queues"
+	xdptxMapTxSlots              = "tx_slots"
+	xdptxMapTxTids               = "tx_tids"
+	xdptxProgVmqXdpTx            = "vmq_xdp_tx"
+	xdptxProgVmqXdpTxRedirectErr = "vmq_xdp_tx_redirect_err"
+	xdptxProgVmqXdpTxXmit        = "vmq_xdp_tx_xmit"
 )
 
 // loadXdptx returns the embedded CollectionSpec for xdptx.
@@ -77,7 +83,9 @@ type xdptxSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdptxProgramSpecs struct {
-	VmqXdpTx *ebpf.ProgramSpec `ebpf:"vmq_xdp_tx"`
+	VmqXdpTx            *ebpf.ProgramSpec `ebpf:"vmq_xdp_tx"`
+	VmqXdpTxRedirectErr *ebpf.ProgramSpec `ebpf:"vmq_xdp_tx_redirect_err"`
+	VmqXdpTxXmit        *ebpf.ProgramSpec `ebpf:"vmq_xdp_tx_xmit"`
 }
 
 // xdptxMapSpecs contains maps before they are loaded into the kernel.
@@ -86,6 +94,7 @@ type xdptxProgramSpecs struct {
 type xdptxMapSpecs struct {
 	TxQueues *ebpf.MapSpec `ebpf:"tx_queues"`
 	TxSlots  *ebpf.MapSpec `ebpf:"tx_slots"`
+	TxTids   *ebpf.MapSpec `ebpf:"tx_tids"`
 }
 
 // xdptxVariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,12 +125,14 @@ func (o *xdptxObjects) Close() error {
 type xdptxMaps struct {
 	TxQueues *ebpf.Map `ebpf:"tx_queues"`
 	TxSlots  *ebpf.Map `ebpf:"tx_slots"`
+	TxTids   *ebpf.Map `ebpf:"tx_tids"`
 }
 
 func (m *xdptxMaps) Close() error {
 	return _XdptxClose(
 		m.TxQueues,
 		m.TxSlots,
+		m.TxTids,
 	)
 }
 
@@ -135,12 +146,16 @@ type xdptxVariables struct {
 //
 // It can be passed to loadXdptxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdptxPrograms struct {
-	VmqXdpTx *ebpf.Program `ebpf:"vmq_xdp_tx"`
+	VmqXdpTx            *ebpf.Program `ebpf:"vmq_xdp_tx"`
+	VmqXdpTxRedirectErr *ebpf.Program `ebpf:"vmq_xdp_tx_redirect_err"`
+	VmqXdpTxXmit        *ebpf.Program `ebpf:"vmq_xdp_tx_xmit"`
 }
 
 func (p *xdptxPrograms) Close() error {
 	return _XdptxClose(
 		p.VmqXdpTx,
+		p.VmqXdpTxRedirectErr,
+		p.VmqXdpTxXmit,
 	)
 }
 

@@ -2,6 +2,7 @@ package xsk
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -132,7 +133,7 @@ func TestXDPTxDelivery(t *testing.T) {
 		stats = tq.Stats()
 		return nil
 	})
-	if stats != (XDPTxStats{Sent: uint64(len(frames))}) {
+	if stats != (XDPTxStats{Sent: uint64(len(frames)), XmitSent: uint64(len(frames))}) {
 		t.Fatalf("stats %+v, want %d sent and no drops", stats, len(frames))
 	}
 	got := b.receive(t, len(frames))
@@ -180,7 +181,7 @@ func TestXDPTxMalformed(t *testing.T) {
 	if len(refused) > 0 {
 		t.Fatalf("Add took frames of %v bytes", refused)
 	}
-	want := XDPTxStats{Sent: 2, BadLen: 2, Overrun: 5}
+	want := XDPTxStats{Sent: 2, BadLen: 2, Overrun: 5, XmitSent: 2}
 	if stats != want {
 		t.Fatalf("stats %+v, want %+v", stats, want)
 	}
@@ -191,6 +192,41 @@ func TestXDPTxMalformed(t *testing.T) {
 	// Nothing else arrives.
 	if got := b.receive(t, 0); len(got) != 0 {
 		t.Fatalf("%d more frames at the wire end", len(got))
+	}
+}
+
+// TestXDPTxDriverDrops: a veth whose peer has no XDP refuses XDP frames
+// in ndo_xdp_xmit; BPF_PROG_RUN still succeeds, and Flush says so through
+// the tracepoint's count.
+func TestXDPTxDriverDrops(t *testing.T) {
+	tb := newTestbed(t, 1)
+	x := newXDPTx(t, tb)
+	if !x.XmitWatched() {
+		testenv.Skip(t, "no tracepoint xdp:xdp_devmap_xmit (tracefs)")
+	}
+	frames := xdpTxFrames(tb, 40)
+	var stats XDPTxStats
+	var done int
+	var err error
+	if e := tb.hostNS.Do(func() error {
+		tq, e := x.Queue(0)
+		if e != nil {
+			return e
+		}
+		for _, f := range frames {
+			tq.Add(f)
+		}
+		done, err = tq.Flush()
+		stats = tq.Stats()
+		return nil
+	}); e != nil {
+		t.Fatal(e)
+	}
+	if !errors.Is(err, ErrXmitDrops) || done != len(frames) {
+		t.Fatalf("Flush: %d, %v; want %d, ErrXmitDrops", done, err, len(frames))
+	}
+	if stats.Sent != uint64(len(frames)) || stats.XmitDrops != uint64(len(frames)) || stats.XmitSent != 0 || stats.XmitErrs == 0 {
+		t.Fatalf("stats %+v: want %d sent by the program, all dropped by the driver", stats, len(frames))
 	}
 }
 

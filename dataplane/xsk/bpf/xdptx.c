@@ -34,6 +34,12 @@ struct txq {
 	__u64 bad_len;         // dropped: length out of TX_MIN_LEN..TX_SLOT
 	__u64 overrun;         // dropped: runs past n
 	__u64 no_slot;         // dropped: no slot map entry or tail adjust failed
+	// The kernel's bulk transmits during this queue's calls (tracepoint
+	// xdp:xdp_devmap_xmit): frames a driver refused in ndo_xdp_xmit are
+	// dropped where BPF_PROG_RUN's caller cannot see them.
+	__u64 xmit_sent;
+	__u64 xmit_drops;
+	__u64 xmit_errs;       // bulks that returned an error
 	__u16 len[TX_RING];    // each staged frame's length
 };
 
@@ -44,6 +50,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct txq);
 } tx_queues SEC(".maps");
+
+// The thread of each queue's worker (tid → queue), so that the tracepoint
+// below knows whose bulk transmit it sees.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); // set at load: one per queue
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_tids SEC(".maps");
 
 // Frame bytes, TX_RING slots per queue: slot queue*TX_RING + i.
 struct {
@@ -90,4 +105,64 @@ int vmq_xdp_tx(struct xdp_md *ctx)
 	}
 	t->sent++;
 	return XDP_TX;
+}
+
+// The fields of tracepoint xdp:xdp_devmap_xmit (its format file).
+struct devmap_xmit_args {
+	__u64 common;
+	__s32 from_ifindex;
+	__u32 act;
+	__s32 to_ifindex;
+	__s32 drops;
+	__s32 sent;
+	__s32 err;
+};
+
+// Runs in the context of the thread whose bulk it is: a worker's flush
+// (live frames transmit synchronously, in the BPF_PROG_RUN call).
+SEC("tracepoint/xdp/xdp_devmap_xmit")
+int vmq_xdp_tx_xmit(struct devmap_xmit_args *a)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 *q = bpf_map_lookup_elem(&tx_tids, &tid);
+	if (!q)
+		return 0;
+	struct txq *t = bpf_map_lookup_elem(&tx_queues, q);
+	if (!t || (__u32)a->to_ifindex != t->ifindex)
+		return 0;
+	t->xmit_sent += a->sent;
+	t->xmit_drops += a->drops;
+	if (a->err)
+		t->xmit_errs++;
+	return 0;
+}
+
+// The fields of tracepoint xdp:xdp_redirect_err (its format file).
+struct redirect_err_args {
+	__u64 common;
+	__s32 prog_id;
+	__u32 act;
+	__s32 ifindex;
+	__s32 err;
+	__s32 to_ifindex;
+	__u32 map_id;
+	__s32 map_index;
+};
+
+// A frame refused before the bulk: an interface without ndo_xdp_xmit
+// (NETDEV_XDP_ACT_NDO_XMIT off, e.g. a veth whose peer lost XDP), or too
+// long for it. One frame each.
+SEC("tracepoint/xdp/xdp_redirect_err")
+int vmq_xdp_tx_redirect_err(struct redirect_err_args *a)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 *q = bpf_map_lookup_elem(&tx_tids, &tid);
+	if (!q)
+		return 0;
+	struct txq *t = bpf_map_lookup_elem(&tx_queues, q);
+	if (!t || (__u32)a->ifindex != t->ifindex)
+		return 0;
+	t->xmit_drops++;
+	t->xmit_errs++;
+	return 0;
 }
