@@ -202,7 +202,7 @@ func TestNoAllocationPerFrame(t *testing.T) {
 func testNoAllocationPerFrame(t *testing.T, xdp bool) {
 	tb := newTestbedCfg(t, 1, func(c *Config) { c.XDPTxMinBatch = 1 })
 	if xdp {
-		passPeerXDP(t, tb)
+		tb.PassXDPOnPeer()
 		waitTxPath(t, tb, "xdp")
 	}
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")

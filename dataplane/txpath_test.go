@@ -7,38 +7,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
-
 	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
-
-// passPeerXDP attaches an XDP_PASS program to the wire end natively: a
-// veth takes XDP frames (ndo_xdp_xmit) only while its peer has XDP, and
-// the capture still sees every frame. It returns the detach.
-func passPeerXDP(t *testing.T, tb *testbed) func() {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}}) // XDP_PASS
-	if err != nil {
-		testenv.Skip(t, "load XDP program: %v", err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	var l link.Link
-	if err := tb.Wire.Do(func() (err error) {
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: tb.Peer.Index, Flags: link.XDPDriverMode})
-		return err
-	}); err != nil {
-		testenv.Skip(t, "attach XDP to the wire end: %v", err)
-	}
-	var once sync.Once
-	detach := func() { once.Do(func() { l.Close() }) }
-	t.Cleanup(detach)
-	return detach
-}
 
 // waitTxPath waits for the worker to report path (it checks the NIC once
 // a second).
@@ -142,7 +114,7 @@ func txPathBed(t *testing.T, change func(*Config)) (*testbed, []*frontend.Guest,
 // frames (threshold 1) leave through the XDP call, exactly.
 func TestTxPathXDP(t *testing.T) {
 	tb, gs, macs, vlans := txPathBed(t, func(c *Config) { c.XDPTxMinBatch = 1 })
-	passPeerXDP(t, tb)
+	tb.PassXDPOnPeer()
 	waitTxPath(t, tb, "xdp")
 	total := guestsToWire(t, tb, gs, macs, vlans, 400)
 	w := tb.dp.Snapshot().Workers[0]
@@ -157,7 +129,7 @@ func TestTxPathXDP(t *testing.T) {
 // where XDP could carry them.
 func TestTxPathThreshold(t *testing.T) {
 	tb, gs, macs, vlans := txPathBed(t, func(c *Config) { c.XDPTxMinBatch = 1 << 20 })
-	passPeerXDP(t, tb)
+	tb.PassXDPOnPeer()
 	waitTxPath(t, tb, "xdp")
 	total := guestsToWire(t, tb, gs, macs, vlans, 200)
 	if w := tb.dp.Snapshot().Workers[0]; w.TxSocketFrames != uint64(total) || w.TxXDPFrames != 0 || w.XDPTxCalls != 0 {
@@ -179,7 +151,7 @@ func TestTxPathFallback(t *testing.T) {
 	if w := tb.dp.Snapshot().Workers[0]; w.TxSocketFrames != uint64(total) || w.TxXDPFrames != 0 {
 		t.Fatalf("worker: %d by socket, %d by XDP; want all %d by socket", w.TxSocketFrames, w.TxXDPFrames, total)
 	}
-	detach := passPeerXDP(t, tb)
+	detach := tb.PassXDPOnPeer()
 	waitTxPath(t, tb, "xdp")
 	// The peer loses XDP between two checks: the first calls' frames are
 	// lost in the driver, counted, and the worker moves to the sockets at
@@ -213,7 +185,7 @@ func TestTxPathFallback(t *testing.T) {
 // TestTxPathSocketConfig: tx path socket loads no XDP transmit.
 func TestTxPathSocketConfig(t *testing.T) {
 	tb := newTestbedCfg(t, 1, func(c *Config) { c.TxPath = TxPathSocket })
-	passPeerXDP(t, tb)
+	tb.PassXDPOnPeer()
 	if tb.dp.xdptx != nil || tb.dp.workers[0].xtx.q != nil {
 		t.Fatal("XDP transmit set up with tx path socket")
 	}
