@@ -14,7 +14,7 @@ const (
 	// TxPathAuto sends a round's wire frames through XDP (xsk.XDPTx) when
 	// there are at least XDPTxMinBatch and the NIC takes XDP frames
 	// (ndo_xdp_xmit, re-checked every xdpCheckEvery), else through each
-	// VM's AF_XDP transmit socket.
+	// VM's AF_XDP transmit socket. Zero-copy queues keep the sockets.
 	TxPathAuto TxPath = "auto"
 	// TxPathXDP is TxPathAuto without the NIC feature check (the socket
 	// still takes small rounds, jumbo frames and what a failed call left).
@@ -63,6 +63,13 @@ type xdpTxState struct {
 // namespace) thread.
 func (w *worker) openXDPTx() {
 	if w.dp.xdptx == nil {
+		return
+	}
+	if w.q.ZeroCopy() && w.dp.cfg.TxPath == TxPathAuto {
+		// A zero-copy socket transmits without a copy or an skb: what the
+		// XDP path saves is the copy-mode skb path (not measured here:
+		// no zero-copy NIC on the test machine).
+		w.dp.log.Info("zero-copy queue: frames leave through the AF_XDP sockets (tx.path xdp to override)", "queue", w.queueID)
 		return
 	}
 	tq, err := w.dp.xdptx.Queue(w.queueID)

@@ -123,6 +123,11 @@ func TestTxPathXDP(t *testing.T) {
 			w.TxXDPFrames, w.XDPTxCalls, w.TxSocketFrames, w.XDPTxFallbacks, w.XDPTxDrops, total)
 	}
 	t.Logf("%d frames in %d XDP calls", w.TxXDPFrames, w.XDPTxCalls)
+	// Every UMEM frame of those went back to the allocator.
+	testenv.Eventually(t, "no UMEM frame lost", func() (bool, string) {
+		w := tb.dp.Snapshot().Workers[0]
+		return w.FreeFrames+w.InFlightFrames == w.TotalFrames, fmt.Sprintf("free %d + in flight %d of %d", w.FreeFrames, w.InFlightFrames, w.TotalFrames)
+	})
 }
 
 // TestTxPathThreshold: rounds below the threshold take the sockets even

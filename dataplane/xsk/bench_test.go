@@ -3,7 +3,9 @@ package xsk
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -565,8 +567,11 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 // (XDPTx: each frame copied from its UMEM frame into the stage, as vmqd's
 // worker does, then one BPF_PROG_RUN per batch). thread-ns/frame is the
 // sending thread's CPU time, the kernel's transmit and the sink's XDP
-// (run in the sender's context on veth) included; sink/sent is the share
-// of sent frames the sink counted. With -count to alternate:
+// when they run in the sender's context; softirqd-ns/frame is CPU 1's
+// ksoftirqd's, where the peer's NAPI (the sink) runs when the kernel
+// defers it: the two together are the transmit's cost on the sender's
+// CPU. sink/sent is the share of sent frames the sink counted. With
+// -count to alternate:
 //
 //	go test -run '^$' -bench 'BenchmarkTxPath' -benchtime 200000x -count 3 ./dataplane/xsk
 func BenchmarkTxPath(b *testing.B) {
@@ -589,6 +594,7 @@ func BenchmarkTxPath(b *testing.B) {
 					}
 					q.Free(addrs[:n])
 					sink0 := readCount(b, sink)
+					soft0 := ksoftirqdCPU(b, 1)
 					var sent int
 					err := tb.hostNS.Do(func() error {
 						defer pinThread(1)()
@@ -618,6 +624,7 @@ func BenchmarkTxPath(b *testing.B) {
 						return got >= sent, ""
 					})
 					b.ReportMetric(float64(got)/float64(sent), "sink/sent")
+					b.ReportMetric(float64((ksoftirqdCPU(b, 1)-soft0).Nanoseconds())/float64(b.N), "softirqd-ns/frame")
 				})
 			}
 		}
@@ -659,4 +666,23 @@ func benchXDPSend(b *testing.B, q *Queue, tq *XDPTxQueue, batch, size int, offse
 	reportMpps(b, got, el)
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
 	b.ReportMetric(float64(calls)/float64(got), "calls/frame")
+}
+
+// ksoftirqdCPU is the CPU time ksoftirqd/cpu has run (schedstat, ns).
+func ksoftirqdCPU(b testing.TB, cpu int) time.Duration {
+	pids, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, p := range pids {
+		comm, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(comm)) != fmt.Sprintf("ksoftirqd/%d", cpu) {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "schedstat"))
+		if err != nil {
+			break
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(st))[0], 10, 64)
+		return time.Duration(ns)
+	}
+	b.Fatalf("no ksoftirqd/%d", cpu)
+	return 0
 }
