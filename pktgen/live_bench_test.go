@@ -16,7 +16,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/internal/xdpkeep"
+	"github.com/vmq/vmq/internal/xdplive"
 
 	"github.com/vmq/vmq/internal/netnstest"
 )
@@ -75,7 +75,7 @@ func newRefGenerator(frame []byte, ifindex int) (*refGenerator, error) {
 		Data:      frame,
 		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
 		BatchSize: 64,
-		Context:   xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
+		Context:   xdplive.XDPMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
 	}}, nil
 }
 
@@ -243,7 +243,7 @@ func BenchmarkLiveVsReference(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer refKeep.prog.Close()
-	k, err := xdpkeep.New(refKeep.prog)
+	k, err := xdplive.New(refKeep.prog)
 	if err != nil {
 		b.Fatal(err)
 	}

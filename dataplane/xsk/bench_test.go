@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/xdplive"
 )
 
 // The benchmarks compare, on one veth pair and in one run:
@@ -66,7 +67,7 @@ func startLiveGen(b *testing.B, tb *testbed, frame []byte) *liveGen {
 			defer prog.Close()
 			defer pinThread(-1)()
 			pinThread(0)
-			ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
+			ctx := xdplive.XDPMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
 			for !g.stop.Load() {
 				_, err := prog.Run(&ebpf.RunOptions{
 					Data: frame, Context: &ctx, Repeat: 1 << 14,
@@ -548,6 +549,13 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 	}
 	send(warmup)
 	w0, f0 := s.Stats().Wakeups, s.Stats().TxFrames
+	measureSend(b, send)
+	b.ReportMetric(float64(s.Stats().Wakeups-w0)/float64(s.Stats().TxFrames-f0), "sendto/frame")
+}
+
+// measureSend times send(b.N) after the warm-up and reports Mpps and the
+// sending thread's CPU ns per frame; it returns the frames sent.
+func measureSend(b *testing.B, send func(int) int) int {
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := threadCPU()
@@ -558,7 +566,7 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 	b.StopTimer()
 	reportMpps(b, got, el)
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
-	b.ReportMetric(float64(s.Stats().Wakeups-w0)/float64(s.Stats().TxFrames-f0), "sendto/frame")
+	return got
 }
 
 // BenchmarkTxPath sends frames into an XDP_DROP sink on the wire end two
@@ -655,16 +663,7 @@ func benchXDPSend(b *testing.B, q *Queue, tq *XDPTxQueue, batch, size int, offse
 	}
 	send(warmup)
 	calls = 0
-	b.ReportAllocs()
-	b.ResetTimer()
-	cpu0 := threadCPU()
-	t0 := time.Now()
-	got := send(b.N)
-	el := time.Since(t0)
-	cpu := threadCPU() - cpu0
-	b.StopTimer()
-	reportMpps(b, got, el)
-	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
+	got := measureSend(b, send)
 	b.ReportMetric(float64(calls)/float64(got), "calls/frame")
 }
 

@@ -100,26 +100,6 @@ func txqAt(mem []byte, q int) *xdptxTxq {
 	return (*xdptxTxq)(unsafe.Pointer(&mem[q*stride]))
 }
 
-// newLiveRunAttr is a BPF_PROG_TEST_RUN of prog in live-frames mode with
-// data and ctx as input; both must stay alive (the owner holds them).
-func newLiveRunAttr(prog int, data []byte, ctx *xdpMD) testRunAttr {
-	return testRunAttr{
-		ProgFD:     uint32(prog),
-		DataSizeIn: uint32(len(data)),
-		DataIn:     uint64(uintptr(unsafe.Pointer(&data[0]))),
-		CtxSizeIn:  uint32(unsafe.Sizeof(*ctx)),
-		CtxIn:      uint64(uintptr(unsafe.Pointer(ctx))),
-		Flags:      unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-		BatchSize:  xdpTxBatchSize,
-	}
-}
-
-// progTestRun makes one BPF_PROG_TEST_RUN call.
-func progTestRun(attr *testRunAttr) unix.Errno {
-	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(attr)), unsafe.Sizeof(*attr))
-	return errno
-}
-
 // ifnameOf asks fd's network namespace for ifindex's name (SIOCGIFNAME).
 func ifnameOf(fd, ifindex int) (string, error) {
 	ifr, err := unix.NewIfreq("")

@@ -9,7 +9,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmq/vmq/internal/xdpkeep"
+	"github.com/vmq/vmq/internal/xdplive"
 )
 
 // XDP transmit limits (bpf/xdptx.c's TX_SLOT and TX_RING).
@@ -38,7 +38,7 @@ var ErrXmitDrops = errors.New("the driver dropped frames in its XDP bulk transmi
 // frame. Each call has a fixed cost (~20 µs: the call's page pool), so
 // only large batches gain; small ones should take the socket.
 //
-// The program is held in the XDP dispatcher (xdpkeep) so a call does not
+// The program is held in the XDP dispatcher (xdplive.Keeper) so a call does not
 // add and remove it (two synchronize_rcu). The interface must accept XDP
 // frames (NdoXmit): a veth only while its peer has XDP or GRO on, and
 // frames the driver refuses are dropped where BPF_PROG_RUN's caller
@@ -48,7 +48,7 @@ var ErrXmitDrops = errors.New("the driver dropped frames in its XDP bulk transmi
 // belongs to one thread.
 type XDPTx struct {
 	objs    xdptxObjects
-	keep    *xdpkeep.Keeper
+	keep    *xdplive.Keeper
 	watch   []link.Link // the tracepoints that count the driver's drops (none: not counted)
 	tids    []uint32    // each queue's thread, in tx_tids
 	ifindex int
@@ -81,7 +81,7 @@ func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
 		return nil, fmt.Errorf("XDP transmit: %w", err)
 	}
 	// Best effort: without it every call waits two synchronize_rcu().
-	x.keep, _ = xdpkeep.New(x.objs.VmqXdpTx)
+	x.keep, _ = xdplive.New(x.objs.VmqXdpTx)
 	// Best effort too (needs tracefs): without them a driver's drops go
 	// unnoticed. Frames refused at enqueue (no ndo_xdp_xmit) show in
 	// xdp_redirect_err, frames a driver refused in its bulk in
@@ -164,8 +164,8 @@ type XDPTxQueue struct {
 	slots []byte    // this queue's staging slots
 	n     int
 	data  [64]byte // data_in: the live frames' initial bytes (overwritten)
-	ctx   xdpMD
-	attr  testRunAttr
+	ctx   xdplive.XDPMD
+	attr  xdplive.RunAttr
 }
 
 // Queue returns the transmit state of queue q; call it on the thread that
@@ -181,10 +181,10 @@ func (x *XDPTx) Queue(q int) (*XDPTxQueue, error) {
 		x:     x,
 		st:    txqAt(x.qmem, q),
 		slots: x.smem[q*XDPTxMaxBatch*XDPTxMaxFrame : (q+1)*XDPTxMaxBatch*XDPTxMaxFrame],
-		ctx:   xdpMD{DataEnd: 64, IngressIfindex: uint32(x.ifindex), RxQueueIndex: uint32(q)},
+		ctx:   xdplive.XDPMD{DataEnd: 64, IngressIfindex: uint32(x.ifindex), RxQueueIndex: uint32(q)},
 	}
 	t.st.Ifindex = uint32(x.ifindex)
-	t.attr = newLiveRunAttr(x.objs.VmqXdpTx.FD(), t.data[:], &t.ctx)
+	t.attr = xdplive.NewLiveRunAttr(x.objs.VmqXdpTx.FD(), t.data[:], &t.ctx, xdpTxBatchSize)
 	// The tracepoint finds the queue by the flushing thread.
 	if old := x.tids[q]; old != 0 {
 		_ = x.objs.TxTids.Delete(old)
@@ -253,7 +253,7 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 	for t.st.Next < n {
 		before := t.st.Next
 		t.attr.Repeat = n - before
-		errno := progTestRun(&t.attr)
+		errno := xdplive.Run(&t.attr)
 		runtime.KeepAlive(t)
 		switch {
 		case errno == unix.EINTR: // a signal: go on from where it stopped
@@ -270,27 +270,6 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 func (t *XDPTxQueue) Stats() XDPTxStats {
 	return XDPTxStats{Sent: t.st.Sent, BadLen: t.st.BadLen, Overrun: t.st.Overrun, NoSlot: t.st.NoSlot,
 		XmitSent: t.st.XmitSent, XmitDrops: t.st.XmitDrops, XmitErrs: t.st.XmitErrs}
-}
-
-// xdpMD is struct xdp_md, the BPF_PROG_RUN context of an XDP program.
-type xdpMD struct {
-	Data, DataEnd, DataMeta      uint32
-	IngressIfindex, RxQueueIndex uint32
-	EgressIfindex                uint32
-}
-
-// testRunAttr is union bpf_attr's BPF_PROG_TEST_RUN member. Made by hand
-// rather than through ebpf.Program.Run, which allocates per call and
-// restarts an interrupted call with its full count.
-type testRunAttr struct {
-	ProgFD, Retval          uint32
-	DataSizeIn, DataSizeOut uint32
-	DataIn, DataOut         uint64
-	Repeat, Duration        uint32
-	CtxSizeIn, CtxSizeOut   uint32
-	CtxIn, CtxOut           uint64
-	Flags, CPU, BatchSize   uint32
-	_                       uint32
 }
 
 // xdpTxBatchSize is the kernel's live-frames batch (page pool refill and

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/xdplive"
 )
 
 // xdpTxBed is a veth pair with an XDPTx on the host end (the NIC) and, on
@@ -172,7 +173,7 @@ func TestXDPTxMalformed(t *testing.T) {
 		// Runs past the staged count (Flush never asks for them).
 		tq.st.N, tq.st.Next = 1, 1
 		tq.attr.Repeat = 5
-		if errno := progTestRun(&tq.attr); errno != 0 {
+		if errno := xdplive.Run(&tq.attr); errno != 0 {
 			return errno
 		}
 		stats = tq.Stats()

@@ -1,15 +1,17 @@
-// Package xdpkeep holds an XDP program in the kernel's XDP dispatcher so
-// that BPF_PROG_RUN calls in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES)
-// stay cheap.
+// Package xdplive runs XDP programs with BPF_PROG_RUN in live-frames mode
+// (BPF_F_TEST_XDP_LIVE_FRAMES: every XDP_TX or XDP_REDIRECT is a real
+// transmit), for vmq-pktgen and the dataplane's XDP transmit: the call
+// (RunAttr, Run) and a Keeper that holds the program in the kernel's XDP
+// dispatcher so that the calls stay cheap.
 //
-// Such a call adds its program to the dispatcher at its start and removes
+// A live-frames call adds its program to the dispatcher at its start and removes
 // it at its end, each a text patch and a synchronize_rcu() (~20 ms together
 // on a busy VM). A program already in the dispatcher is only
 // reference-counted, so a Keeper attaches it (generic XDP) to the loopback
 // of a private network namespace of its own, which nothing else uses and
 // which lives as long as the Keeper. The program sees that loopback's
 // frames, if any: it must pass what it does not expect.
-package xdpkeep
+package xdplive
 
 import (
 	"fmt"
