@@ -62,14 +62,7 @@ func guestsToWire(t *testing.T, tb *testbed, gs []*frontend.Guest, macs []string
 	for i, mac := range macs {
 		src := mustMAC(mac)
 		fromVM := func(f []byte) bool { return len(f) > 12 && bytes.Equal(f[6:12], src) }
-		testenv.Eventually(t, "frames of "+mac+" on the wire", func() (bool, string) {
-			got := len(capture.Matching(fromVM))
-			return got >= total, fmt.Sprintf("%d of %d", got, total)
-		})
-		frames := capture.Matching(fromVM)
-		if len(frames) != total {
-			t.Fatalf("%s: %d frames on the wire, want %d", mac, len(frames), total)
-		}
+		frames := capture.WaitFor(t, "frames of "+mac+" on the wire", fromVM, total)
 		for k, size := range sizes {
 			want, err := frontend.BuildUDP(frontend.UDPTemplate{Dst: mustMAC(macWire), Src: src, Size: size, SrcIP: guestSrcIP, DstIP: guestDstIP, SrcPort: 9, DstPort: 9})
 			if err != nil {

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/vmq/vmq/guest/frontend"
-	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -40,14 +39,7 @@ func TestDaemonXDPTransmit(t *testing.T) {
 			p, ok := pktgen.ParseFrame(f)
 			return ok && bytes.Equal(f[6:12], src) && p.Stream == stream
 		}
-		testenv.Eventually(t, fmt.Sprintf("%d B frames on the wire", size), func() (bool, string) {
-			got := len(capture.Matching(mine))
-			return got >= n, fmt.Sprintf("%d of %d", got, n)
-		})
-		frames := capture.Matching(mine)
-		if len(frames) != n {
-			t.Fatalf("%d B: %d frames on the wire, want %d", size, len(frames), n)
-		}
+		frames := capture.WaitFor(t, fmt.Sprintf("%d B frames on the wire", size), mine, n)
 		for j, f := range frames {
 			if p, _ := pktgen.ParseFrame(f); p.Seq != uint64(j) || len(f) != max(size, frontend.MinUDPFrame) {
 				t.Fatalf("%d B frame %d: seq %d, %d bytes (lost, reordered or cut)", size, j, p.Seq, len(f))

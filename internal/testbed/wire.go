@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -226,6 +227,21 @@ func auxVLAN(oob []byte) (uint16, bool) {
 		}
 	}
 	return 0, false
+}
+
+// WaitFor waits until n captured frames match keep and returns them; it
+// fails the test if more arrive (a duplicate or a stray frame).
+func (c *Capture) WaitFor(t testing.TB, what string, keep func([]byte) bool, n int) [][]byte {
+	t.Helper()
+	testenv.Eventually(t, what, func() (bool, string) {
+		got := len(c.Matching(keep))
+		return got >= n, fmt.Sprintf("%d of %d", got, n)
+	})
+	frames := c.Matching(keep)
+	if len(frames) != n {
+		t.Fatalf("%s: %d frames, want %d", what, len(frames), n)
+	}
+	return frames
 }
 
 // Matching returns the captured frames for which keep is true.

@@ -11,8 +11,8 @@
 //
 // Anything malformed (a length out of range, a run past the staged count,
 // a queue without slots) is dropped and counted, never read out of bounds.
-// The program is also attached to a private loopback (xdpkeep) only to
-// stay in the XDP dispatcher: frames of any other interface pass.
+// The program is also attached to a private loopback (internal/xdplive)
+// only to stay in the XDP dispatcher: frames of any other interface pass.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -107,6 +107,20 @@ int vmq_xdp_tx(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
+// The state of the queue whose worker thread is running (a tracepoint runs
+// in the context of the flush it reports), if its interface is ifindex.
+static __always_inline struct txq *caller_txq(__s32 ifindex)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 *q = bpf_map_lookup_elem(&tx_tids, &tid);
+	if (!q)
+		return 0;
+	struct txq *t = bpf_map_lookup_elem(&tx_queues, q);
+	if (!t || (__u32)ifindex != t->ifindex)
+		return 0;
+	return t;
+}
+
 // The fields of tracepoint xdp:xdp_devmap_xmit (its format file).
 struct devmap_xmit_args {
 	__u64 common;
@@ -123,12 +137,8 @@ struct devmap_xmit_args {
 SEC("tracepoint/xdp/xdp_devmap_xmit")
 int vmq_xdp_tx_xmit(struct devmap_xmit_args *a)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 *q = bpf_map_lookup_elem(&tx_tids, &tid);
-	if (!q)
-		return 0;
-	struct txq *t = bpf_map_lookup_elem(&tx_queues, q);
-	if (!t || (__u32)a->to_ifindex != t->ifindex)
+	struct txq *t = caller_txq(a->to_ifindex);
+	if (!t)
 		return 0;
 	t->xmit_sent += a->sent;
 	t->xmit_drops += a->drops;
@@ -155,12 +165,8 @@ struct redirect_err_args {
 SEC("tracepoint/xdp/xdp_redirect_err")
 int vmq_xdp_tx_redirect_err(struct redirect_err_args *a)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 *q = bpf_map_lookup_elem(&tx_tids, &tid);
-	if (!q)
-		return 0;
-	struct txq *t = bpf_map_lookup_elem(&tx_queues, q);
-	if (!t || (__u32)a->ifindex != t->ifindex)
+	struct txq *t = caller_txq(a->ifindex);
+	if (!t)
 		return 0;
 	t->xmit_drops++;
 	t->xmit_errs++;
