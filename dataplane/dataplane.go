@@ -139,8 +139,12 @@ type Dataplane struct {
 	// unplace gives the threads the process's CPUs back (cpus.go).
 	unplace func()
 	// xdptx: the XDP transmit program and maps, shared by the workers
-	// (nil: sockets only).
-	xdptx *xsk.XDPTx
+	// (nil: sockets only). xdpOK: whether the NIC takes XDP frames, as
+	// last checked; xdpGen counts the checks (txpath.go).
+	xdptx            *xsk.XDPTx
+	xdpOK            atomic.Bool
+	xdpGen           atomic.Uint64
+	xdpStop, xdpDone chan struct{}
 }
 
 // vmEntry is the control side of a VM: its port and its counters on

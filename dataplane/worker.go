@@ -379,7 +379,7 @@ func (w *worker) run(ready chan<- error) {
 				busySince = now
 				w.publishTimes(frames, timedNS, timedFrames)
 				w.publishInFlight()
-				w.checkXDP(epoch.Add(time.Duration(now)))
+				w.syncXDP()
 			}
 			continue
 		}
@@ -402,7 +402,7 @@ func (w *worker) run(ready chan<- error) {
 		add(&w.ctr.busyNS, uint64(now-busySince))
 		w.publishTimes(frames, timedNS, timedFrames)
 		w.publishInFlight()
-		w.checkXDP(epoch.Add(time.Duration(now)))
+		w.syncXDP()
 		w.sleep()
 		w.sweep = true // poll woke for some socket, whose mark may be gone
 		woke := mono()
