@@ -75,6 +75,9 @@ type Config struct {
 	// XDP (0: DefaultXDPTxMinBatch).
 	TxPath        TxPath
 	XDPTxMinBatch int
+	// XDPCheckEvery is how often the NIC's xdp-features are asked (0: a
+	// second; tests make it long to hold a state).
+	XDPCheckEvery time.Duration
 }
 
 // VM is one guest as the dataplane needs it.
@@ -191,6 +194,9 @@ func New(cfg Config) (*Dataplane, error) {
 	cfg.TxPath = path
 	if cfg.XDPTxMinBatch <= 0 {
 		cfg.XDPTxMinBatch = DefaultXDPTxMinBatch
+	}
+	if cfg.XDPCheckEvery <= 0 {
+		cfg.XDPCheckEvery = xdpCheckEvery
 	}
 	dp := &Dataplane{cfg: cfg, filter: cfg.Filter, log: cfg.Logger, vms: make(map[string]*vmEntry)}
 	if err := dp.openXDPTx(); err != nil {

@@ -200,9 +200,8 @@ func TestNoAllocationPerFrame(t *testing.T) {
 }
 
 func testNoAllocationPerFrame(t *testing.T, xdp bool) {
-	tb := newTestbedCfg(t, 1, func(c *Config) { c.XDPTxMinBatch = 1 })
+	tb := newTestbedOpts(t, tbed.Options{Queues: 1, PeerXDP: xdp}, func(c *Config) { c.XDPTxMinBatch = 1 })
 	if xdp {
-		tb.PassXDPOnPeer()
 		waitTxPath(t, tb, "xdp")
 	}
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")

@@ -32,7 +32,8 @@ const (
 const DefaultXDPTxMinBatch = 16
 
 // xdpCheckEvery: how often the dataplane asks the NIC whether it still
-// takes XDP frames (a veth does only while its peer has XDP or GRO on).
+// takes XDP frames (a veth does only while its peer has XDP or GRO on);
+// Config.XDPCheckEvery.
 const xdpCheckEvery = time.Second
 
 // ParseTxPath reads a TxPath ("" is auto).
@@ -131,7 +132,7 @@ func (dp *Dataplane) watchXDP(ndo *xsk.NdoXmitChecker, stop, done chan struct{})
 	if ndo != nil {
 		defer ndo.Close()
 	}
-	tick := time.NewTicker(xdpCheckEvery)
+	tick := time.NewTicker(dp.cfg.XDPCheckEvery)
 	defer tick.Stop()
 	for {
 		select {
