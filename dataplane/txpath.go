@@ -59,6 +59,9 @@ type xdpTxState struct {
 	// failedGen: the check (Dataplane.xdpGen) during which a call failed:
 	// the worker stays on the sockets until the next one.
 	failedGen uint64
+	// added: frames deferred in this round; held: rounds the deferred
+	// frames have been held over (endRoundWire).
+	added, held int
 	warned    bool // a failure was logged
 }
 
@@ -189,7 +192,39 @@ func (w *worker) deferWire(vm *vmState, descs []xsk.Desc) bool {
 		x.descs = append(x.descs, d)
 		x.vms = append(x.vms, vm)
 	}
+	x.added += len(descs)
 	return true
+}
+
+// xdpHoldRounds: the most rounds a saturated worker holds its wire frames
+// over before the call, so that a call carries up to XDPTxMaxBatch: the
+// call's page pool costs the same for 64 frames as for 256.
+const xdpHoldRounds = 3
+
+// endRoundWire sends the deferred frames at the round's end, unless the
+// guests are sending full batches (the round added at least batchSize):
+// then they wait for up to xdpHoldRounds more rounds, while a next
+// round's batch still fits the call. A round that added fewer (the
+// guests are not saturated) sends at once, so frames wait only where the
+// guests' rings are full anyway.
+func (w *worker) endRoundWire() {
+	if !w.xtx.holdOver() {
+		w.flushWire()
+	}
+}
+
+// holdOver ends a round: whether its deferred frames wait for the next.
+func (x *xdpTxState) holdOver() bool {
+	added := x.added
+	x.added = 0
+	if len(x.descs) == 0 {
+		return true // nothing to send
+	}
+	if added >= batchSize && x.held < xdpHoldRounds && len(x.descs)+batchSize <= cap(x.descs) {
+		x.held++
+		return true
+	}
+	return false
 }
 
 // flushWire sends the deferred frames: in one XDP call when there are at
@@ -229,6 +264,7 @@ func (w *worker) flushWire() {
 	x.descs = x.descs[:0]
 	clear(x.vms)
 	x.vms = x.vms[:0]
+	x.held = 0
 }
 
 // xdpFailed: a call failed (its frames left went to the sockets) or the

@@ -455,6 +455,9 @@ func (w *worker) commands() (n int, stop bool) {
 	if len(w.cmds) == 0 { // no select per round
 		return 0, false
 	}
+	// Wire frames held over rounds (endRoundWire) leave before a command
+	// can remove their VM's socket or stop the worker.
+	w.flushWire()
 	for {
 		select {
 		case c := <-w.cmds:
@@ -697,7 +700,7 @@ func (w *worker) round() int {
 	// to the allocator, every frame twice through it.
 	w.q.Refill(0)
 	n += w.transmitAll()
-	w.flushWire() // the round's wire frames, in one XDP call if enough
+	w.endRoundWire() // the round's wire frames, in one XDP call if enough
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
 	if len(w.txQueued) > 0 {
