@@ -62,7 +62,7 @@ type xdpTxState struct {
 	// added: frames deferred in this round; held: rounds the deferred
 	// frames have been held over (endRoundWire).
 	added, held int
-	warned    bool // a failure was logged
+	warned      bool // a failure was logged
 }
 
 // openXDPTx sets up the worker's XDP transmit on its (locked, NIC
