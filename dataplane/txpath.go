@@ -197,9 +197,12 @@ func (w *worker) deferWire(vm *vmState, descs []xsk.Desc) bool {
 }
 
 // xdpHoldRounds: the most rounds a saturated worker holds its wire frames
-// over before the call, so that a call carries up to XDPTxMaxBatch: the
-// call's page pool costs the same for 64 frames as for 256.
-const xdpHoldRounds = 3
+// over before the call, so that a call carries up to 3 batches (192
+// frames): the call's page pool costs the same for 64 frames as for 256.
+// Not 3 (calls of 256): a 4-round cycle aliases with the run loop's one
+// timed round in 8 (timeEvery), and busy ns/frame then missed or doubled
+// the call's round; 3 is prime to 8, so the timed rounds see every phase.
+const xdpHoldRounds = 2
 
 // endRoundWire sends the deferred frames at the round's end, unless the
 // guests are sending full batches (the round added at least batchSize):

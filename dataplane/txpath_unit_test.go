@@ -20,14 +20,17 @@ func TestXDPHoldOver(t *testing.T) {
 	if !x.holdOver() {
 		t.Fatal("an empty round asked for a call")
 	}
-	// Full batches: held three rounds (192 frames), the fourth sends 256.
+	// Full batches: held xdpHoldRounds rounds, the next one sends them all.
 	for i := range xdpHoldRounds {
 		if !round(batchSize) {
 			t.Fatalf("round %d of full batches sent at once", i)
 		}
 	}
-	if round(batchSize) || len(x.descs) != xsk.XDPTxMaxBatch {
-		t.Fatalf("the fourth full round held (%d frames)", len(x.descs))
+	if round(batchSize) || len(x.descs) != (xdpHoldRounds+1)*batchSize {
+		t.Fatalf("round %d of full batches held (%d frames)", xdpHoldRounds+1, len(x.descs))
+	}
+	if timeEvery%(xdpHoldRounds+1) == 0 {
+		t.Fatalf("a hold cycle of %d rounds aliases with the timed round in %d", xdpHoldRounds+1, timeEvery)
 	}
 	flush()
 	// A short round sends, even after held rounds.

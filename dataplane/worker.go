@@ -21,6 +21,9 @@ import (
 // batchSize is how many descriptors a worker takes from one ring at once.
 const batchSize = 64
 
+// timeEvery: the run loop times one round in timeEvery (busy ns/frame).
+const timeEvery = 8
+
 // vmRingSize sizes each VM socket's rx and tx rings. Frames waiting in a
 // VM's rx ring are frames of the queue's shared UMEM, so a ring bounds what
 // one VM can hold while the worker is away (1024 of 8192). It must also
@@ -339,7 +342,6 @@ func (w *worker) run(ready chan<- error) {
 	// rounds: no clock read per spin or per frame.
 	const (
 		publishEvery   = 1024
-		timeEvery      = 8
 		idleCheckEvery = 16
 	)
 	epoch := time.Now()
