@@ -47,8 +47,9 @@ test:
 # runs only that); tables in results/bench-<date>/ (results.md, results.json,
 # readme.md). Then, in the same run, the worker benchmarks the suite cannot
 # express (256 VMs on a queue, dedicated vs shared queues inside vmq, MTU 9000, offloads
-# on/off between Linux guests) into that directory's features.txt (~5
-# minutes). Fails when any measurement fails.
+# on/off between Linux guests) into that directory's features.txt (~5.5
+# minutes; BenchmarkWorkerRX's paced cases, the 256-VM cases at one offered
+# rate, take ~30 s of it). Fails when any measurement fails.
 FEATURE_BENCH := BenchmarkWorkerRX$$|BenchmarkDedicatedRX$$|BenchmarkWorkerJumbo$$|BenchmarkLinuxGuestTCP$$
 bench:
 	bash .ci/setup

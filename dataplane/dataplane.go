@@ -215,11 +215,14 @@ func New(cfg Config) (*Dataplane, error) {
 		dp.workers = append(dp.workers, w)
 	}
 	// Mailboxes between every pair of workers; slots fit a frame plus a tag.
+	// 512 slots: one source alone may fill half (mailbox.go), which holds
+	// one broadcast's copies to every other VM (control.MaxVMs is 255).
 	slotSize := max(cfg.FrameSize, cfg.MTU+ethHdrLen+vlanTagLen)
 	for _, src := range dp.workers {
 		for _, dst := range dp.workers {
 			if src != dst {
 				mb := newMailbox(512, slotSize)
+				mb.to = dst.index
 				src.outbox[dst.index] = mb
 				dst.inbox[src.index] = mb
 			}
@@ -491,6 +494,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 			TxPath: w.txPathName(), TxXDPFrames: w.ctr.txXDP.Load(), TxSocketFrames: w.ctr.txSocket.Load(),
 			XDPTxCalls: w.ctr.xdpCalls.Load(), XDPTxFallbacks: w.ctr.xdpFallbacks.Load(), XDPTxDrops: w.ctr.xdpDrops.Load(),
+			MailboxDrops: w.mailboxDrops(),
 		})
 	}
 	dp.mu.RLock()

@@ -954,7 +954,7 @@ func (w *worker) receiveDirectCopy(st *vmState) int {
 		} else if tagged {
 			frame = stripTag(frame)
 		}
-		w.deliver(st, frame)
+		w.deliver(&st.mail, st, frame) // its own frames: its share of the mailbox
 	}
 	if k := cq.FillDescs(d.descs[:n]); k < n {
 		cq.FreeDescs(d.descs[k:n])

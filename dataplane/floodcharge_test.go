@@ -144,3 +144,43 @@ func TestStormControl(t *testing.T) {
 		t.Error("limit cleared: broadcasts must pass and the worker count no limited VM")
 	}
 }
+
+// A guest's broadcasts into another worker's mailbox take at most its
+// share of it (mailbox.go): the frames of the other VMs for that worker,
+// their own wire frames and their unicast, still cross. The copies the
+// mailbox refuses are counted on the VMs they were for (mailbox_full) and
+// on the mailbox, and still cost the sender its unit each.
+func TestFloodMailboxShare(t *testing.T) {
+	const n = 6
+	w, vms := floodWorker(n)
+	sender, witness := vms[0], vms[n-1]
+	w.dp.workers = []*worker{{}, w}
+	w.index = 1
+	mb := newMailbox(16, 128)
+	w.outbox = []*mailbox{mb, nil}
+	w.sentTo = make([]bool, 2)
+	bcast := frameTo(broadcastMAC, sender.mac)
+	for range 4 { // 20 copies for 16 slots
+		w.forward(sender, bcast)
+	}
+	if got := sender.mail.held[0]; got != 8 {
+		t.Fatalf("the sender's copies hold %d slots of 16, want half", got)
+	}
+	if w.floodCharge != 4*(n-1) {
+		t.Errorf("floodCharge %d, want every copy, refused or not: %d", w.floodCharge, 4*(n-1))
+	}
+	var refused uint64
+	for _, vm := range vms[1:] {
+		refused += vm.ctr.drops[DropMailboxFull].Load()
+	}
+	if refused != 12 || mb.dropped.Load() != 12 {
+		t.Errorf("%d copies counted as mailbox_full on the receivers, %d by the mailbox; want 12 each", refused, mb.dropped.Load())
+	}
+	// The witness's own wire frames, received here for its queue on the
+	// other worker, and a unicast frame to it from another VM.
+	w.deliver(&witness.mail, witness, frameTo(witness.mac, MAC{2, 9, 9, 9, 9, 9}))
+	w.forward(vms[1], frameTo(witness.mac, vms[1].mac))
+	if d := witness.ctr.drops[DropMailboxFull].Load(); d != 3 || mb.prodTail != 10 {
+		t.Errorf("witness: %d frames refused (want only its 3 storm copies), %d frames in the mailbox (want 10)", d, mb.prodTail)
+	}
+}

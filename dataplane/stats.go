@@ -20,13 +20,14 @@ const (
 	DropOversize                        // a guest frame longer than the MTU allows
 	DropBadOffload                      // a virtio-net header (checksum, TSO) that does not fit its frame
 	DropStormControl                    // a broadcast or multicast frame over the VM's flood limit (Limits.FloodPPS)
+	DropMailboxFull                     // the mailbox to the worker of the VM's receive queue had no room for the frame's source (mailbox.go)
 	NumDropReasons
 )
 
 var dropReasonNames = [NumDropReasons]string{
 	"virtqueue_full", "guest_not_ready", "spoofed", "no_umem_frame",
 	"broken", "tx_ring_full", "malformed", "rate_limited", "budget",
-	"oversize", "bad_offload", "storm_control",
+	"oversize", "bad_offload", "storm_control", "mailbox_full",
 }
 
 // String is the reason's label value in metrics and the API.
@@ -105,6 +106,10 @@ type WorkerStats struct {
 	// the worker sleeps.
 	BusyRoundNS     uint64 `json:"busy_round_ns"`
 	BusyRoundFrames uint64 `json:"busy_round_frames"`
+	// MailboxDrops are the frames other workers could not hand to this
+	// one: its mailboxes were full (or, for flooded copies, at their
+	// share of them). The frame's VM counts it as a drop too.
+	MailboxDrops uint64 `json:"mailbox_drops"`
 	// TxPath is how the worker's wire frames leave now: "xdp" (rounds of
 	// at least the threshold through one BPF_PROG_RUN, the rest through
 	// the sockets) or "socket". TxXDPFrames and TxSocketFrames count the

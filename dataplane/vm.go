@@ -47,6 +47,9 @@ type vmState struct {
 	// credit (one frame may need more copies than a quantum pays): the
 	// next grants pay it back first.
 	floodDebt int
+	// mail: the slots of this worker's mailboxes its frames hold
+	// (mailbox.go): what it sends, and its own wire frames.
+	mail mailSource
 	// Frames counted in this round, published by flushAll: one atomic
 	// store per counter and round, not per frame.
 	rxPkts, rxBytes, txPkts, txBytes uint64

@@ -83,6 +83,10 @@ type workerCounters struct {
 	stalls atomic.Uint64
 	// kickMutes: times a guest's kick fd was muted for spurious kicks (kickmute.go).
 	kickMutes atomic.Uint64
+	// visits and visitsTook: VM socket visits in rounds that moved
+	// frames, and those of them that took frames (frames per visit is
+	// what a visit's fixed cost is spread over).
+	visits, visitsTook atomic.Uint64
 	// Transmit paths (txpath.go): wire frames sent through XDP and through
 	// the VMs' sockets, XDP calls, failed calls, the program's drops, and
 	// the path the worker uses now (1: XDP for rounds at the threshold).
@@ -128,13 +132,16 @@ type worker struct {
 	txHot, txIdle, txSpare, txSpare2 []*virtq
 	rxqs                             []*virtq // guest receive queues owned here (for Flush)
 
-	cmds    chan command
-	wakeFD  int         // eventfd: commands and mailboxes wake a sleeping worker
-	asleep  atomic.Bool // in poll(2): producers must write wakeFD
-	inbox   []*mailbox  // inbox[i]: frames from worker i
-	outbox  []*mailbox  // outbox[i]: frames to worker i
-	sentTo  []bool      // outbox[i] has unpublished frames
-	stopped chan struct{}
+	cmds   chan command
+	wakeFD int         // eventfd: commands and mailboxes wake a sleeping worker
+	asleep atomic.Bool // in poll(2): producers must write wakeFD
+	inbox  []*mailbox  // inbox[i]: frames from worker i
+	outbox []*mailbox  // outbox[i]: frames to worker i
+	sentTo []bool      // outbox[i] has unpublished frames
+	// wireMail is the mailbox share of the copies of broadcasts from the
+	// wire (receiveFlood): nobody's guest's, one source.
+	wireMail mailSource
+	stopped  chan struct{}
 
 	descs      [batchSize]xsk.Desc
 	txDescs    [batchSize]xsk.Desc
@@ -194,6 +201,9 @@ type worker struct {
 	// timeEvery rounds and before a sleep (publishRounds), not per round:
 	// a locked store each.
 	nbatches uint64
+	// Socket visits (and those that took frames) of this round, and of
+	// the rounds that moved frames, published with the frame counts.
+	roundVisits, roundTook, visits, visitsTook uint64
 
 	// testHook, when set (tests only), runs before the worker serves a
 	// VM's socket in each round: it can hold the worker there.
@@ -233,7 +243,7 @@ func newWorker(dp *Dataplane, index, queueID, nworkers int) (*worker, error) {
 		vms: make(map[uint32]*vmState), fdb: newFDB(),
 		cmds: make(chan command, 16), wakeFD: wakeFD, epfd: -1, kickEp: -1, kickOwner: make(map[int32]*virtq),
 		inbox: make([]*mailbox, nworkers), outbox: make([]*mailbox, nworkers),
-		sentTo: make([]bool, nworkers), stopped: make(chan struct{}),
+		sentTo: make([]bool, nworkers), wireMail: mailSource{held: make([]int, nworkers)}, stopped: make(chan struct{}),
 		jumbo: newJumbo(dp.cfg.MTU, dp.cfg.FrameSize),
 	}, nil
 }
@@ -449,6 +459,8 @@ func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
 	w.ctr.frames.Store(frames)
 	w.ctr.busyRoundNS.Store(timedNS)
 	w.ctr.busyRoundFrames.Store(timedFrames)
+	w.ctr.visits.Store(w.visits)
+	w.ctr.visitsTook.Store(w.visitsTook)
 }
 
 // commands applies pending control commands; it reports whether any was
@@ -533,6 +545,7 @@ func (w *worker) addVM(vm *VM, ctr *vmCounters) error {
 		slot: vm.Slot, name: vm.Name, mac: vm.mac, vlan: vm.VLAN,
 		allowSpoof: vm.AllowSpoofing, pairs: max(vm.QueuePairs, 1),
 		sock: sock, tx: tx, ctr: ctr, mtu: vm.MTU,
+		mail: mailSource{held: make([]int, len(w.outbox))},
 	}
 	w.setLimits(st, vm.Limits)
 	st.credit = fairQuantum // what the first grant gives a VM without work
@@ -727,6 +740,11 @@ func (w *worker) round() int {
 		}
 	}
 	w.flushAll()
+	if n > 0 {
+		w.visits += w.roundVisits
+		w.visitsTook += w.roundTook
+	}
+	w.roundVisits, w.roundTook = 0, 0
 	if n+w.roundWork > 0 {
 		w.nbatches++
 	}
@@ -784,6 +802,10 @@ func (w *worker) receiveVMs() int {
 		}
 		got := w.receiveVM(vm)
 		n += got
+		w.roundVisits++
+		if got > 0 {
+			w.roundTook++
+		}
 		// Found empty (and not for want of credit): unmark, unless the
 		// mark is from this round and the kernel may not have published
 		// the frame yet.
@@ -824,7 +846,7 @@ func (w *worker) receiveVM(vm *vmState) int {
 			var frame []byte
 			frame, i = w.rxFrame(descs, i)
 			if frame = wireFrame(vm, frame); frame != nil {
-				w.deliver(vm, frame)
+				w.deliver(&vm.mail, vm, frame) // its own frames: its share of the mailbox
 			}
 		}
 	}
@@ -965,7 +987,7 @@ func (w *worker) receiveFlood() int {
 		}
 		for _, vm := range w.fdb.vlanMembers(vlan) {
 			add(&vm.ctr.floodCopies, 1)
-			w.deliver(vm, frame)
+			w.deliver(&w.wireMail, vm, frame)
 		}
 	}
 	w.recycle(w.descs[:n])
@@ -973,8 +995,9 @@ func (w *worker) receiveFlood() int {
 }
 
 // deliver gives an untagged frame to vm's guest: into a receive queue this
-// worker owns, or through the mailbox of the worker that owns one.
-func (w *worker) deliver(vm *vmState, frame []byte) {
+// worker owns, or through the mailbox of the worker that owns one, in the
+// share of it of src (the frame's sender, mailbox.go).
+func (w *worker) deliver(src *mailSource, vm *vmState, frame []byte) {
 	// The limit is charged where the frame enters vmq (this worker), not
 	// where a mailbox takes it: each worker polices its own share.
 	if vm.rxLimited && !vm.admitRx(len(frame)) {
@@ -992,10 +1015,10 @@ func (w *worker) deliver(vm *vmState, frame []byte) {
 		vm.drop(DropGuestNotReady)
 		return
 	}
-	if w.outbox[owner].put(vm.slot, frame) {
+	if w.outbox[owner].put(src, vm.slot, frame) {
 		w.sentTo[owner] = true
 	} else {
-		vm.drop(DropVirtqueueFull)
+		vm.drop(DropMailboxFull)
 	}
 }
 
@@ -1258,7 +1281,7 @@ func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
 	vm.txBytes += uint64(len(frame))
 	if !dst.IsMulticast() {
 		if to := w.fdb.lookup(dst, vm.vlan); to != nil {
-			w.deliver(to, frame) // VM to VM: never touches the wire
+			w.deliver(&vm.mail, to, frame) // VM to VM: never touches the wire
 			return false
 		}
 		return true
@@ -1267,7 +1290,7 @@ func (w *worker) forward(vm *vmState, frame []byte) (toWire bool) {
 	for _, to := range w.fdb.vlanMembers(vm.vlan) {
 		if to != vm {
 			add(&to.ctr.floodCopies, 1)
-			w.deliver(to, frame)
+			w.deliver(&vm.mail, to, frame)
 			copies++
 		}
 	}

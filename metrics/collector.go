@@ -35,8 +35,8 @@ type collector struct {
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
-	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames      *prometheus.Desc
-	wStalls, wKickMutes, umemInFlight, wTxPath, wTxFrames, wXDPCalls, wXDPFallbacks, wXDPDrops *prometheus.Desc
+	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames                     *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight, wMailboxDrops, wTxPath, wTxFrames, wXDPCalls, wXDPFallbacks, wXDPDrops *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
@@ -101,17 +101,19 @@ func NewCollector(src Source) prometheus.Collector {
 		xskFillEmpty:  desc("xsk_fill_ring_empty_total", "XDP_STATISTICS rx_fill_ring_empty_descs: times the fill ring was empty.", vmq...),
 		xskTxEmpty:    desc("xsk_tx_ring_empty_total", "XDP_STATISTICS tx_ring_empty_descs: times the tx ring was empty.", vmq...),
 
-		wBusy:         desc("worker_busy_seconds_total", "Time the queue's worker spent processing batches.", q...),
-		wIdle:         desc("worker_idle_seconds_total", "Time the queue's worker spent waiting for work.", q...),
-		wBatches:      desc("worker_batches_total", "Batches the queue's worker processed.", q...),
-		wWakeups:      desc("worker_wakeups_total", "Syscalls the worker made to wake the kernel (need_wakeup).", q...),
-		wPolls:        desc("worker_polls_total", "Times the worker slept in poll(2).", q...),
-		wVirtqueues:   desc("worker_virtqueues", "Guest virtqueues the queue's worker owns.", q...),
-		wSockets:      desc("worker_xdp_sockets", "AF_XDP sockets bound to the queue.", q...),
-		umemFree:      desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
-		umemFrames:    desc("umem_frames", "Frames in the queue's UMEM.", q...),
-		wStalls:       desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
-		wKickMutes:    desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
+		wBusy:       desc("worker_busy_seconds_total", "Time the queue's worker spent processing batches.", q...),
+		wIdle:       desc("worker_idle_seconds_total", "Time the queue's worker spent waiting for work.", q...),
+		wBatches:    desc("worker_batches_total", "Batches the queue's worker processed.", q...),
+		wWakeups:    desc("worker_wakeups_total", "Syscalls the worker made to wake the kernel (need_wakeup).", q...),
+		wPolls:      desc("worker_polls_total", "Times the worker slept in poll(2).", q...),
+		wVirtqueues: desc("worker_virtqueues", "Guest virtqueues the queue's worker owns.", q...),
+		wSockets:    desc("worker_xdp_sockets", "AF_XDP sockets bound to the queue.", q...),
+		umemFree:    desc("umem_free_frames", "Free frames in the queue's UMEM.", q...),
+		umemFrames:  desc("umem_frames", "Frames in the queue's UMEM.", q...),
+		wStalls:     desc("worker_stalls_total", "Times the queue's worker was awake without finishing a round for 100 ms (the watchdog logs the VM it was serving).", q...),
+		wKickMutes:  desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
+		wMailboxDrops: desc("worker_mailbox_drops_total", "Frames other workers could not hand to the queue's worker: the mailbox had no room for the frame's source "+
+			"(a VM, or the wire's broadcasts, holds at most as many slots as are free); counted on the frame's VM as mailbox_full too.", q...),
 		wTxPath:       desc("worker_tx_path_info", "Always 1; how the queue's worker sends guest frames to the wire now: xdp (rounds of at least tx.xdp_min_batch frames in one BPF_PROG_RUN call) or socket.", "queue", "path"),
 		wTxFrames:     desc("worker_tx_frames_total", "Guest frames the queue's worker sent to the wire, by path (xdp, socket).", "queue", "path"),
 		wXDPCalls:     desc("worker_xdp_tx_calls_total", "BPF_PROG_RUN calls of the XDP transmit.", q...),
@@ -147,7 +149,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.wKickMutes, c.umemInFlight, c.wTxPath, c.wTxFrames, c.wXDPCalls, c.wXDPFallbacks, c.wXDPDrops,
+		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops, c.wTxPath, c.wTxFrames, c.wXDPCalls, c.wXDPFallbacks, c.wXDPDrops,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
@@ -251,6 +253,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.umemFrames, float64(w.TotalFrames), ql)
 		counter(ch, c.wStalls, w.Stalls, ql)
 		counter(ch, c.wKickMutes, w.KickMutes, ql)
+		counter(ch, c.wMailboxDrops, w.MailboxDrops, ql)
 		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
 		gauge(ch, c.wTxPath, 1, ql, w.TxPath)
 		counter(ch, c.wTxFrames, w.TxXDPFrames, ql, "xdp")

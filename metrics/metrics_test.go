@@ -104,6 +104,8 @@ vmq_vm_drops_total{reason="budget",vm="web"} 0
 vmq_vm_drops_total{reason="future_reason",vm="db"} 2
 vmq_vm_drops_total{reason="guest_not_ready",vm="db"} 9
 vmq_vm_drops_total{reason="guest_not_ready",vm="web"} 0
+vmq_vm_drops_total{reason="mailbox_full",vm="db"} 0
+vmq_vm_drops_total{reason="mailbox_full",vm="web"} 0
 vmq_vm_drops_total{reason="malformed",vm="db"} 0
 vmq_vm_drops_total{reason="malformed",vm="web"} 0
 vmq_vm_drops_total{reason="no_umem_frame",vm="db"} 0
@@ -272,7 +274,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_busy_seconds_total": 2, "vmq_worker_idle_seconds_total": 2, "vmq_worker_batches_total": 2,
 		"vmq_worker_wakeups_total": 2, "vmq_worker_polls_total": 2, "vmq_worker_virtqueues": 2,
 		"vmq_worker_xdp_sockets": 2, "vmq_umem_free_frames": 2, "vmq_umem_frames": 2,
-		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 3,
+		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_mailbox_drops_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 3,
 		"vmq_worker_tx_path_info": 2, "vmq_worker_tx_frames_total": 4, "vmq_worker_xdp_tx_calls_total": 2,
 		"vmq_worker_xdp_tx_fallbacks_total": 2, "vmq_worker_xdp_tx_drops_total": 2,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,

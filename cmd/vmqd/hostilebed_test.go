@@ -26,7 +26,11 @@ import (
 
 // The hostile suite runs the real vmqd binary (a crash must not take the
 // test down with it) with one victim VM, and adds an attacker VM per
-// attack. NIC queue 0 is the only queue, so both VMs share one worker.
+// attack. On one NIC queue both VMs share one worker. On two (the
+// cross-worker attacks) the victim, one queue pair, is served by worker
+// 0, and its wire frames are sent on NIC queue 1: worker 1 takes them
+// from the victim's socket there and hands them to worker 0 through its
+// mailbox, the path an attacker on worker 1 floods.
 
 const (
 	victimMAC   = "02:00:00:00:03:01"
@@ -94,18 +98,28 @@ type hostileBed struct {
 	victim *frontend.Guest
 	api    *control.Client
 
+	queues int // NIC queues, one worker each
+	// wireCPU is the CPU the victim's wire frames are sent from, which
+	// picks their NIC queue (cpu mod queues); -1: any.
+	wireCPU int
+
 	seq         int  // per attack: socket names and stream ids
 	needRestart bool // the last attack left vmqd dead or wedged
 	restarts    int
 }
 
-func newHostileBed(t *testing.T, mode, vmqd, vmqctl string) *hostileBed {
+// newHostileBed starts vmqd serving queues NIC queues (1 or 2) with the
+// victim.
+func newHostileBed(t *testing.T, mode, vmqd, vmqctl string, queues int) *hostileBed {
 	t.Helper()
-	h := &hostileBed{t: t, b: newBed(t), mode: mode, vmqd: vmqd, vmqctl: vmqctl}
+	h := &hostileBed{t: t, b: newBedQueues(t, queues), mode: mode, vmqd: vmqd, vmqctl: vmqctl, queues: queues, wireCPU: -1}
+	if queues > 1 {
+		h.wireCPU = 1
+	}
 	h.cfg = filepath.Join(h.b.Dir, "vmqd.yaml")
 	h.log = filepath.Join(h.b.Dir, "vmqd.log")
-	cfg := fmt.Sprintf("nic: %s\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n  - {name: victim, mac: %q, socket: %s, mode: %s}\n",
-		h.b.cfg.NIC, h.b.cfg.PinDir, h.b.cfg.API.Socket, victimMAC, h.sock("victim"), mode)
+	cfg := fmt.Sprintf("nic: %s\nqueues: %d\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n  - {name: victim, mac: %q, socket: %s, mode: %s}\n",
+		h.b.cfg.NIC, queues, h.b.cfg.PinDir, h.b.cfg.API.Socket, victimMAC, h.sock("victim"), mode)
 	if err := os.WriteFile(h.cfg, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -270,18 +284,19 @@ func portOf(s *dataplane.Snapshot, name string) dataplane.PortStats {
 
 // attacker is the attacker VM of one attack.
 type attacker struct {
-	h    *hostileBed
-	t    *testing.T
-	name string
-	sock string
-	ln   *hostile.Listener // client mode: vmqd dials this
+	h     *hostileBed
+	t     *testing.T
+	name  string
+	sock  string
+	pairs int
+	ln    *hostile.Listener // client mode: vmqd dials this
 }
 
 // addAttacker adds the attacker VM through the real CLI, with the
 // attack's own `vmqctl vm add` flags (addArgs).
 func (h *hostileBed) addAttacker(t *testing.T, atk hostileAttack) *attacker {
 	t.Helper()
-	a := &attacker{h: h, t: t, name: "attacker", sock: h.sock(fmt.Sprintf("attacker-%d", h.seq))}
+	a := &attacker{h: h, t: t, name: "attacker", sock: h.sock(fmt.Sprintf("attacker-%d", h.seq)), pairs: max(atk.pairs, 1)}
 	if h.mode == control.ModeClient {
 		ln, err := hostile.Listen(a.sock)
 		if err != nil {
@@ -290,7 +305,11 @@ func (h *hostileBed) addAttacker(t *testing.T, atk hostileAttack) *attacker {
 		a.ln = ln
 		t.Cleanup(func() { ln.Close() })
 	}
-	h.vmAdd(t, a.name, attackerMAC, a.sock, atk.addArgs...)
+	args := atk.addArgs
+	if a.pairs > 1 {
+		args = append([]string{"--queue-pairs", fmt.Sprint(a.pairs)}, args...)
+	}
+	h.vmAdd(t, a.name, attackerMAC, a.sock, args...)
 	return a
 }
 
@@ -376,7 +395,7 @@ func (a *attacker) guest() *frontend.Guest {
 	if a.ln != nil {
 		a.ln.Close() // the hostile listener holds the path: hand it to a Go guest
 	}
-	return a.h.goGuest(a.t, a.name, a.sock, testbed.GuestConfig(attackerMAC, 1, ""))
+	return a.h.goGuest(a.t, a.name, a.sock, testbed.GuestConfig(attackerMAC, a.pairs, ""))
 }
 
 // waitBroken waits until vmqd reports the attacker's device broken with a
@@ -403,7 +422,7 @@ func (a *attacker) waitBroken(want string) string {
 // tens of milliseconds a call); the returned function waits for it and
 // returns its totals.
 func (h *hostileBed) flow(ctx context.Context, mac string, stream uint32, rate float64) func() (pktgen.Stats, error) {
-	return h.b.Flow(ctx, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac)}}, Size: 64, Stream: stream}, rate)
+	return h.b.FlowOnCPU(ctx, h.wireCPU, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac)}}, Size: 64, Stream: stream}, rate)
 }
 
 // traffic is the victim's fixed-rate traffic of one attack, both ways.
@@ -571,6 +590,9 @@ type hostileAttack struct {
 	run func(t *testing.T, h *hostileBed, a *attacker, tr *traffic)
 	// addArgs are more `vmqctl vm add` flags for the attacker VM.
 	addArgs []string
+	// pairs are the attacker's queue pairs (0: one); pair p is served by
+	// worker p mod queues.
+	pairs int
 }
 
 // runAttack runs one attack against a healthy vmqd: victim traffic both

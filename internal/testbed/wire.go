@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,6 +121,15 @@ func (b *Bed) SendAt(spec pktgen.FlowSpec, count int, rate float64) time.Duratio
 // returns its totals.
 func (b *Bed) Flow(ctx context.Context, spec pktgen.FlowSpec, rate float64) func() (pktgen.Stats, error) {
 	b.T.Helper()
+	return b.FlowOnCPU(ctx, -1, spec, rate)
+}
+
+// FlowOnCPU is Flow from a sender thread pinned to cpu (-1: any): the
+// sender bypasses the qdisc, so the kernel picks the peer's tx queue cpu
+// mod queues, and on veth the frames land on the NIC's rx queue of that
+// number.
+func (b *Bed) FlowOnCPU(ctx context.Context, cpu int, spec pktgen.FlowSpec, rate float64) func() (pktgen.Stats, error) {
+	b.T.Helper()
 	s := b.PacketSender(spec, 32)
 	var st pktgen.Stats
 	var runErr error
@@ -127,7 +137,19 @@ func (b *Bed) Flow(ctx context.Context, spec pktgen.FlowSpec, rate float64) func
 	go func() {
 		defer close(done)
 		defer s.Close()
-		st, runErr = pktgen.Run(ctx, s, pktgen.RunOptions{Rate: rate, Burst: 32})
+		run := func() error {
+			st, runErr = pktgen.Run(ctx, s, pktgen.RunOptions{Rate: rate, Burst: 32})
+			return nil
+		}
+		if cpu < 0 {
+			run()
+		} else {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := cpuset.RunOn([]int{cpu}, run); err != nil {
+				runErr = fmt.Errorf("flow on cpu %d: %w", cpu, err)
+			}
+		}
 		if errors.Is(runErr, context.Canceled) {
 			runErr = nil
 		}
