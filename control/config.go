@@ -43,6 +43,9 @@ const (
 	DefaultPinDir      = "/sys/fs/bpf/vmq"
 	DefaultFrameSize   = 4096
 	DefaultBusyPoll    = 50 * time.Microsecond
+	// DefaultXDPMinBatch is dataplane.DefaultXDPTxMinBatch (measured
+	// break-even of an XDP call against the socket on veth).
+	DefaultXDPMinBatch = 16
 	// DefaultStateFile is where the shipped configs (systemd, Kubernetes)
 	// keep the VMs added over the API; a DaemonSet mounts /var/lib/vmq
 	// from the host. The key has no implicit default so that a config
@@ -94,8 +97,27 @@ type Config struct {
 	// queue: "ntuple" (default: vmqd adds the NIC's ethtool flow rules) or
 	// "external" (the operator did, e.g. with tc or the switch; vmqd
 	// only logs the rule it expects).
-	DedicatedSteering string     `yaml:"dedicated_steering,omitempty" json:"dedicated_steering,omitempty"`
-	VMs               []VMConfig `yaml:"vms" json:"vms"`
+	DedicatedSteering string `yaml:"dedicated_steering,omitempty" json:"dedicated_steering,omitempty"`
+	// Tx chooses how guest frames for the wire leave.
+	Tx  TxConfig   `yaml:"tx" json:"tx"`
+	VMs []VMConfig `yaml:"vms" json:"vms"`
+}
+
+// Transmit paths (TxConfig.Path).
+const (
+	TxPathAuto   = "auto"
+	TxPathXDP    = "xdp"
+	TxPathSocket = "socket"
+)
+
+// TxConfig: "auto" (default) sends a worker round's wire frames in one
+// XDP call (BPF_PROG_RUN live frames, the NIC's ndo_xdp_xmit) when there
+// are at least XDPMinBatch and the NIC takes XDP frames, else through
+// each VM's AF_XDP socket; "xdp" skips the NIC feature check; "socket"
+// never uses XDP.
+type TxConfig struct {
+	Path        string `yaml:"path" json:"path"`
+	XDPMinBatch int    `yaml:"xdp_min_batch" json:"xdp_min_batch"`
 }
 
 // Steering of dedicated queues.
@@ -274,7 +296,13 @@ type fileConfig struct {
 	StateFile          *string        `yaml:"state_file"`
 	MaxGuestMemory     *ByteSize      `yaml:"max_guest_memory"`
 	DedicatedSteering  string         `yaml:"dedicated_steering"`
+	Tx                 fileTx         `yaml:"tx"`
 	VMs                []fileVMConfig `yaml:"vms"`
+}
+
+type fileTx struct {
+	Path        *string `yaml:"path"`
+	XDPMinBatch *int    `yaml:"xdp_min_batch"`
 }
 
 type fileAPI struct {
@@ -409,6 +437,7 @@ func Default(nic string) *Config {
 		API:        APIConfig{Socket: DefaultAPISocket, Mode: DefaultAPIMode},
 		Metrics:    MetricsConfig{Address: DefaultMetricsAddr},
 		Polling:    PollingConfig{BusyPoll: DefaultBusyPoll},
+		Tx:         TxConfig{Path: TxPathAuto, XDPMinBatch: DefaultXDPMinBatch},
 
 		MaxGuestMemory: DefaultMaxGuestMemory,
 	}
@@ -547,6 +576,12 @@ func (fc *fileConfig) toConfig(errs *errList) *Config {
 	if fc.Polling.BusyPoll != nil {
 		cfg.Polling.BusyPoll = *fc.Polling.BusyPoll
 	}
+	if fc.Tx.Path != nil {
+		cfg.Tx.Path = *fc.Tx.Path
+	}
+	if fc.Tx.XDPMinBatch != nil {
+		cfg.Tx.XDPMinBatch = *fc.Tx.XDPMinBatch
+	}
 	if fc.MaxGuestMemory != nil {
 		cfg.MaxGuestMemory = *fc.MaxGuestMemory
 	}
@@ -647,6 +682,14 @@ func (c *Config) validate() errList {
 	}
 	if c.Polling.BusyPoll < 0 || c.Polling.BusyPoll > time.Second {
 		errs.add("polling.busy_poll", "%v is outside 0..1s", c.Polling.BusyPoll)
+	}
+	switch c.Tx.Path {
+	case TxPathAuto, TxPathXDP, TxPathSocket:
+	default:
+		errs.add("tx.path", "%q is not auto, xdp or socket", c.Tx.Path)
+	}
+	if c.Tx.XDPMinBatch < 1 || c.Tx.XDPMinBatch > 1<<20 {
+		errs.add("tx.xdp_min_batch", "%d is outside 1..%d", c.Tx.XDPMinBatch, 1<<20)
 	}
 
 	if len(c.VMs) > MaxVMs {

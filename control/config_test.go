@@ -26,6 +26,9 @@ metrics:
   address: 127.0.0.1:9469
 polling:
   busy_poll: 20us
+tx:
+  path: socket
+  xdp_min_batch: 32
 keep_steering_on_exit: true
 vms:
   - name: vm1
@@ -62,6 +65,9 @@ func TestParseValid(t *testing.T) {
 	}
 	if cfg.Polling.BusyPoll != 20*time.Microsecond || !cfg.KeepSteeringOnExit {
 		t.Errorf("polling/keep = %v/%v", cfg.Polling.BusyPoll, cfg.KeepSteeringOnExit)
+	}
+	if cfg.Tx != (TxConfig{Path: TxPathSocket, XDPMinBatch: 32}) {
+		t.Errorf("tx = %+v", cfg.Tx)
 	}
 	want1 := VMConfig{Name: "vm1", MAC: "02:00:00:00:00:0a", Socket: dir + "/vm1.sock", Mode: ModeServer, QueuePairs: 1,
 		MaxGuestMemory: DefaultMaxGuestMemory, SocketMode: DefaultSocketMode}
@@ -153,6 +159,8 @@ func TestParseInvalid(t *testing.T) {
 		{"api tcp any host", "nic: eth0\napi: {socket: %[1]s/api.sock, tcp: ':9470'}\n", []string{`api.tcp: ":9470" has no host`}},
 		{"metrics bad port", "nic: eth0\napi: {socket: %[1]s/api.sock}\nmetrics: {address: '127.0.0.1:99999'}\n", []string{`metrics.address: "127.0.0.1:99999" has no valid port`}},
 		{"busy poll negative", "nic: eth0\napi: {socket: %[1]s/api.sock}\npolling: {busy_poll: -5us}\n", []string{"polling.busy_poll: -5µs is outside 0..1s"}},
+		{"tx path", "nic: eth0\napi: {socket: %[1]s/api.sock}\ntx: {path: dpdk}\n", []string{`tx.path: "dpdk" is not auto, xdp or socket`}},
+		{"tx min batch", "nic: eth0\napi: {socket: %[1]s/api.sock}\ntx: {xdp_min_batch: 0}\n", []string{"tx.xdp_min_batch: 0 is outside 1..1048576"}},
 		{"busy poll not duration", "nic: eth0\napi: {socket: %[1]s/api.sock}\npolling: {busy_poll: fast}\n", []string{"cannot unmarshal", "fast"}},
 		{"vlan not number", vm("name: b, mac: '02:00:00:00:00:02', vlan: ten, socket: %[1]s/b.sock"), []string{"cannot unmarshal", "ten"}},
 		{"empty", "", []string{"the config is empty"}},

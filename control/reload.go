@@ -81,6 +81,9 @@ func DiffConfig(old, new *Config) *ReloadPlan {
 	if old.Polling.BusyPoll != new.Polling.BusyPoll {
 		restart("polling.busy_poll", old.Polling.BusyPoll, new.Polling.BusyPoll)
 	}
+	if old.Tx != new.Tx {
+		restart("tx", fmt.Sprintf("%+v", old.Tx), fmt.Sprintf("%+v", new.Tx))
+	}
 	if old.DedicatedSteering != new.DedicatedSteering {
 		restart("dedicated_steering", quoteEmpty(old.DedicatedSteering), quoteEmpty(new.DedicatedSteering))
 	}

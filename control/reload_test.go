@@ -61,9 +61,10 @@ func TestDiffConfig(t *testing.T) {
 	n.NIC, n.AttachMode, n.Queues, n.FrameSize = "eth9", AttachGeneric, []int{0, 1, 2}, 2048
 	n.PinDir, n.API.Socket, n.API.Mode, n.API.TCP = "/sys/fs/bpf/x", dir+"/x.sock", 0o660, "127.0.0.1:1"
 	n.Metrics.Address, n.Polling.BusyPoll = "", time.Millisecond
+	n.Tx.Path = TxPathSocket
 	p = DiffConfig(old, n)
 	got := strings.Join(p.Restart, "\n")
-	for _, f := range []string{"nic: veth0 → eth9", "attach_mode", "queues: [0 1] → [0 1 2]", "frame_size", "pin_dir", "api.socket", "api.mode: 0600 → 0660", `api.tcp: "" → 127.0.0.1:1`, `metrics.address: 127.0.0.1:9469 → ""`, "polling.busy_poll"} {
+	for _, f := range []string{"nic: veth0 → eth9", "attach_mode", "queues: [0 1] → [0 1 2]", "frame_size", "pin_dir", "api.socket", "api.mode: 0600 → 0660", `api.tcp: "" → 127.0.0.1:1`, `metrics.address: 127.0.0.1:9469 → ""`, "polling.busy_poll", "tx: {Path:auto XDPMinBatch:16} → {Path:socket XDPMinBatch:16}"} {
 		if !strings.Contains(got, f) {
 			t.Errorf("restart list lacks %q:\n%s", f, got)
 		}

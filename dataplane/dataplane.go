@@ -69,6 +69,15 @@ type Config struct {
 	// every other thread of the process on HousekeepingCPUs (nil: where
 	// it was started). Nil both: threads are left alone.
 	WorkerCPUs, HousekeepingCPUs []int
+
+	// TxPath (txpath.go): how guest frames for the wire leave; "" is
+	// auto. XDPTxMinBatch is the fewest frames in a round that go through
+	// XDP (0: DefaultXDPTxMinBatch).
+	TxPath        TxPath
+	XDPTxMinBatch int
+	// XDPCheckEvery is how often the NIC's xdp-features are asked (0: a
+	// second; tests make it long to hold a state).
+	XDPCheckEvery time.Duration
 }
 
 // VM is one guest as the dataplane needs it.
@@ -132,6 +141,13 @@ type Dataplane struct {
 	watchDone chan struct{}
 	// unplace gives the threads the process's CPUs back (cpus.go).
 	unplace func()
+	// xdptx: the XDP transmit program and maps, shared by the workers
+	// (nil: sockets only). xdpOK: whether the NIC takes XDP frames, as
+	// last checked; xdpGen counts the checks (txpath.go).
+	xdptx            *xsk.XDPTx
+	xdpOK            atomic.Bool
+	xdpGen           atomic.Uint64
+	xdpStop, xdpDone chan struct{}
 }
 
 // vmEntry is the control side of a VM: its port and its counters on
@@ -171,7 +187,21 @@ func New(cfg Config) (*Dataplane, error) {
 	if err := checkMTU(cfg); err != nil {
 		return nil, err
 	}
+	path, err := ParseTxPath(string(cfg.TxPath))
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	cfg.TxPath = path
+	if cfg.XDPTxMinBatch <= 0 {
+		cfg.XDPTxMinBatch = DefaultXDPTxMinBatch
+	}
+	if cfg.XDPCheckEvery <= 0 {
+		cfg.XDPCheckEvery = xdpCheckEvery
+	}
 	dp := &Dataplane{cfg: cfg, filter: cfg.Filter, log: cfg.Logger, vms: make(map[string]*vmEntry)}
+	if err := dp.openXDPTx(); err != nil {
+		return nil, err
+	}
 	n := len(cfg.Queues)
 	for i, qid := range cfg.Queues {
 		w, err := newWorker(dp, i, qid, n)
@@ -179,6 +209,7 @@ func New(cfg Config) (*Dataplane, error) {
 			for _, w := range dp.workers { // none runs yet
 				unix.Close(w.wakeFD)
 			}
+			dp.closeXDPTx()
 			return nil, err
 		}
 		dp.workers = append(dp.workers, w)
@@ -222,6 +253,7 @@ func New(cfg Config) (*Dataplane, error) {
 			<-w.stopped // its sockets and UMEM are closed
 		}
 		unplace()
+		dp.closeXDPTx()
 		return nil, fmt.Errorf("dataplane: %w", errors.Join(errs...))
 	}
 	dp.watchStop, dp.watchDone = make(chan struct{}), make(chan struct{})
@@ -400,6 +432,7 @@ func (dp *Dataplane) Close() error {
 		dp.unplace()
 		dp.unplace = nil
 	}
+	dp.closeXDPTx() // the workers, its only users, are gone
 	return errors.Join(errs...)
 }
 
@@ -459,6 +492,8 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			Frames: w.ctr.frames.Load(), BusyRoundNS: w.ctr.busyRoundNS.Load(),
 			BusyRoundFrames: w.ctr.busyRoundFrames.Load(), KickMutes: w.ctr.kickMutes.Load(),
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
+			TxPath: w.txPathName(), TxXDPFrames: w.ctr.txXDP.Load(), TxSocketFrames: w.ctr.txSocket.Load(),
+			XDPTxCalls: w.ctr.xdpCalls.Load(), XDPTxFallbacks: w.ctr.xdpFallbacks.Load(), XDPTxDrops: w.ctr.xdpDrops.Load(),
 			MailboxDrops: w.mailboxDrops(),
 		})
 	}

@@ -110,6 +110,22 @@ type WorkerStats struct {
 	// one: its mailboxes were full (or, for flooded copies, at their
 	// share of them). The frame's VM counts it as a drop too.
 	MailboxDrops uint64 `json:"mailbox_drops"`
+	// TxPath is how the worker's wire frames leave now: "xdp" (rounds of
+	// at least the threshold through one BPF_PROG_RUN, the rest through
+	// the sockets) or "socket". TxXDPFrames and TxSocketFrames count the
+	// frames sent each way, XDPTxCalls the calls, XDPTxFallbacks the
+	// failed calls (their frames took the sockets) and calls the driver
+	// dropped frames of, XDPTxDrops frames the program refused as
+	// malformed and frames the NIC's driver refused (counted by
+	// tracepoints xdp:xdp_redirect_err and xdp:xdp_devmap_xmit on the
+	// worker's thread; those are not in any VM's drops, which frames they
+	// were is unknown).
+	TxPath         string `json:"tx_path"`
+	TxXDPFrames    uint64 `json:"tx_xdp_frames"`
+	TxSocketFrames uint64 `json:"tx_socket_frames"`
+	XDPTxCalls     uint64 `json:"xdp_tx_calls"`
+	XDPTxFallbacks uint64 `json:"xdp_tx_fallbacks"`
+	XDPTxDrops     uint64 `json:"xdp_tx_drops"`
 }
 
 // BusyNSPerFrame is the worker's busy cost per frame (BusyRoundNS /

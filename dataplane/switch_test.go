@@ -194,7 +194,16 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // guest → worker → wire, counted over every goroutine of the process
 // (dataplane, vhost-user backend, Go guest, generator).
 func TestNoAllocationPerFrame(t *testing.T) {
-	tb := newTestbed(t, 1)
+	t.Run("socket", func(t *testing.T) { testNoAllocationPerFrame(t, false) })
+	// Guest → wire through the XDP transmit (txpath.go) instead.
+	t.Run("xdp", func(t *testing.T) { testNoAllocationPerFrame(t, true) })
+}
+
+func testNoAllocationPerFrame(t *testing.T, xdp bool) {
+	tb := newTestbedOpts(t, tbed.Options{Queues: 1, PeerXDP: xdp}, func(c *Config) { c.XDPTxMinBatch = 1 })
+	if xdp {
+		waitTxPath(t, tb, "xdp")
+	}
 	g1 := tb.addVM("vm1", 1, mac1, 0, 1, "")
 	g2 := tb.addVM("vm2", 2, mac2, 0, 1, "")
 	spec := pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 1}
@@ -233,5 +242,8 @@ func TestNoAllocationPerFrame(t *testing.T) {
 	t.Logf("%d allocations for %d frames: %.4f per frame", after.Mallocs-before.Mallocs, 2*n, perFrame)
 	if perFrame > 0.03 { // what remains is per call of the generators, not per frame
 		t.Fatalf("%.3f allocations per frame", perFrame)
+	}
+	if w := tb.dp.Snapshot().Workers[0]; xdp && w.TxXDPFrames < n/2 {
+		t.Fatalf("only %d of %d frames to the wire went through XDP", w.TxXDPFrames, n)
 	}
 }

@@ -21,6 +21,9 @@ import (
 // batchSize is how many descriptors a worker takes from one ring at once.
 const batchSize = 64
 
+// timeEvery: the run loop times one round in timeEvery (busy ns/frame).
+const timeEvery = 8
+
 // vmRingSize sizes each VM socket's rx and tx rings. Frames waiting in a
 // VM's rx ring are frames of the queue's shared UMEM, so a ring bounds what
 // one VM can hold while the worker is away (1024 of 8192). It must also
@@ -84,6 +87,11 @@ type workerCounters struct {
 	// frames, and those of them that took frames (frames per visit is
 	// what a visit's fixed cost is spread over).
 	visits, visitsTook atomic.Uint64
+	// Transmit paths (txpath.go): wire frames sent through XDP and through
+	// the VMs' sockets, XDP calls, failed calls, the program's drops, and
+	// the path the worker uses now (1: XDP for rounds at the threshold).
+	txXDP, txSocket, xdpCalls, xdpFallbacks, xdpDrops atomic.Uint64
+	txPath                                            atomic.Uint32
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.
@@ -172,6 +180,7 @@ type worker struct {
 	holdSet        []*vmState // VMs whose socket is edge-triggered in the sleep's set (hold.go)
 	dirtyQs        []*virtq   // virtqueues to flush at the end of the round
 	txQueued       []*vmState // sockets with tx frames the kernel has not taken
+	xtx            xdpTxState // XDP transmit (txpath.go)
 	directs        []*vmState // VMs whose dedicated queue this worker serves (dedicated.go)
 
 	// QoS: VMs with a limit on this worker, and the last bucket refill;
@@ -301,6 +310,7 @@ func (w *worker) open() error {
 		w.seen, w.seenPrev = make([]uint64, n), make([]uint64, n)
 	}
 	w.q.Refill(0)
+	w.openXDPTx()
 	w.publishOwned()
 	return nil
 }
@@ -344,7 +354,6 @@ func (w *worker) run(ready chan<- error) {
 	// rounds: no clock read per spin or per frame.
 	const (
 		publishEvery   = 1024
-		timeEvery      = 8
 		idleCheckEvery = 16
 	)
 	epoch := time.Now()
@@ -384,6 +393,7 @@ func (w *worker) run(ready chan<- error) {
 				busySince = now
 				w.publishTimes(frames, timedNS, timedFrames)
 				w.publishInFlight()
+				w.syncXDP()
 			}
 			continue
 		}
@@ -406,6 +416,7 @@ func (w *worker) run(ready chan<- error) {
 		add(&w.ctr.busyNS, uint64(now-busySince))
 		w.publishTimes(frames, timedNS, timedFrames)
 		w.publishInFlight()
+		w.syncXDP()
 		w.sleep()
 		w.sweep = true // poll woke for some socket, whose mark may be gone
 		woke := mono()
@@ -446,6 +457,7 @@ func (w *worker) publishRounds() {
 // keeps in registers, and the round counts.
 func (w *worker) publishTimes(frames, timedNS, timedFrames uint64) {
 	w.publishRounds()
+	w.publishXDPTx()
 	w.ctr.frames.Store(frames)
 	w.ctr.busyRoundNS.Store(timedNS)
 	w.ctr.busyRoundFrames.Store(timedFrames)
@@ -459,6 +471,9 @@ func (w *worker) commands() (n int, stop bool) {
 	if len(w.cmds) == 0 { // no select per round
 		return 0, false
 	}
+	// Wire frames held over rounds (endRoundWire) leave before a command
+	// can remove their VM's socket or stop the worker.
+	w.flushWire()
 	for {
 		select {
 		case c := <-w.cmds:
@@ -702,6 +717,7 @@ func (w *worker) round() int {
 	// to the allocator, every frame twice through it.
 	w.q.Refill(0)
 	n += w.transmitAll()
+	w.endRoundWire() // the round's wire frames, in one XDP call if enough
 	// In copy mode one sendto moves a bounded number of frames: frames a
 	// Transmit left queued need another kick even when the guest is quiet.
 	if len(w.txQueued) > 0 {
@@ -1131,17 +1147,33 @@ func (w *worker) transmit(vq *virtq) int {
 	return popped
 }
 
-// sendWire hands w.txDescs[:wire] to the VM's transmit socket.
+// sendWire sends w.txDescs[:wire]: deferred to the round's XDP call
+// (txpath.go), or through the VM's transmit socket after the frames
+// deferred before them, so that each VM's frames leave in order.
 func (w *worker) sendWire(vm *vmState, wire int) {
-	sent, err := vm.tx.Transmit(w.txDescs[:wire])
+	descs := w.txDescs[:wire]
+	if w.xtx.q != nil {
+		if w.deferWire(vm, descs) {
+			return
+		}
+		w.flushWire()
+	}
+	w.sendSocket(vm, descs)
+}
+
+// sendSocket hands descs to the VM's transmit socket.
+func (w *worker) sendSocket(vm *vmState, descs []xsk.Desc) {
+	wire := len(descs)
+	sent, err := vm.tx.Transmit(descs)
+	add(&w.ctr.txSocket, uint64(framesIn(descs[:sent])))
 	if sent < wire {
 		// The tx ring is full (or the kernel refused): these frames are
 		// lost, and their UMEM frames go back to the allocator.
-		for _, d := range w.txDescs[sent:wire] {
+		for _, d := range descs[sent:wire] {
 			w.addrs[0] = d.Addr
 			w.q.Free(w.addrs[:1])
 		}
-		add(&vm.ctr.drops[DropTxRingFull], uint64(framesIn(w.txDescs[sent:wire])))
+		add(&vm.ctr.drops[DropTxRingFull], uint64(framesIn(descs[sent:wire])))
 	}
 	if err != nil && sent == 0 {
 		w.dp.log.Debug("transmit failed", "vm", vm.name, "queue", w.queueID, "err", err)

@@ -35,8 +35,8 @@ type collector struct {
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
-	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames *prometheus.Desc
-	wStalls, wKickMutes, umemInFlight, wMailboxDrops                                      *prometheus.Desc
+	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames                     *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight, wMailboxDrops, wTxPath, wTxFrames, wXDPCalls, wXDPFallbacks, wXDPDrops *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
@@ -114,6 +114,11 @@ func NewCollector(src Source) prometheus.Collector {
 		wKickMutes:  desc("worker_kick_mutes_total", "Times a guest's transmit kicks kept finding no frames and its kick fd left the worker's sleep for 1-8 ms (a kick storm).", q...),
 		wMailboxDrops: desc("worker_mailbox_drops_total", "Frames other workers could not hand to the queue's worker: the mailbox had no room for the frame's source "+
 			"(a VM, or the wire's broadcasts, holds at most as many slots as are free); counted on the frame's VM as mailbox_full too.", q...),
+		wTxPath:       desc("worker_tx_path_info", "Always 1; how the queue's worker sends guest frames to the wire now: xdp (rounds of at least tx.xdp_min_batch frames in one BPF_PROG_RUN call) or socket.", "queue", "path"),
+		wTxFrames:     desc("worker_tx_frames_total", "Guest frames the queue's worker sent to the wire, by path (xdp, socket).", "queue", "path"),
+		wXDPCalls:     desc("worker_xdp_tx_calls_total", "BPF_PROG_RUN calls of the XDP transmit.", q...),
+		wXDPFallbacks: desc("worker_xdp_tx_fallbacks_total", "XDP transmit calls that failed (their frames left went through the sockets) or lost frames in the driver; the worker then stays on the sockets until its next check of the NIC (1 s).", q...),
+		wXDPDrops:     desc("worker_xdp_tx_drops_total", "Frames of the XDP transmit that were lost: refused by the NIC's driver (e.g. it stopped taking XDP frames; counted by the xdp tracepoints) or by the program as malformed (never expected).", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
@@ -144,7 +149,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops,
+		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops, c.wTxPath, c.wTxFrames, c.wXDPCalls, c.wXDPFallbacks, c.wXDPDrops,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
@@ -250,6 +255,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(ch, c.wKickMutes, w.KickMutes, ql)
 		counter(ch, c.wMailboxDrops, w.MailboxDrops, ql)
 		gauge(ch, c.umemInFlight, float64(w.InFlightFrames), ql)
+		gauge(ch, c.wTxPath, 1, ql, w.TxPath)
+		counter(ch, c.wTxFrames, w.TxXDPFrames, ql, "xdp")
+		counter(ch, c.wTxFrames, w.TxSocketFrames, ql, "socket")
+		counter(ch, c.wXDPCalls, w.XDPTxCalls, ql)
+		counter(ch, c.wXDPFallbacks, w.XDPTxFallbacks, ql)
+		counter(ch, c.wXDPDrops, w.XDPTxDrops, ql)
 	}
 
 	for i := range s.Ports {

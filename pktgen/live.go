@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"runtime"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmq/vmq/internal/xdplive"
 )
 
 // LiveOptions configure a LiveGenerator.
@@ -45,13 +45,6 @@ type LiveOptions struct {
 // (rdtsc in a VM); 16 frames at full speed are 4-6 µs.
 const defaultClockEvery = 16
 
-// xdpMD is struct xdp_md, the BPF_PROG_RUN context of an XDP program.
-type xdpMD struct {
-	Data, DataEnd, DataMeta      uint32
-	IngressIfindex, RxQueueIndex uint32
-	EgressIfindex                uint32
-}
-
 // LiveGenerator sends a flow's frames with BPF_PROG_RUN in live-frames mode
 // (BPF_F_TEST_XDP_LIVE_FRAMES): the kernel runs pktgen_xdp once per frame
 // on pages it recycles, the program stamps the frame (destination, ports,
@@ -79,7 +72,7 @@ type LiveGenerator struct {
 	tmpl *Template
 	opts LiveOptions
 	base []byte
-	ctx  xdpMD
+	ctx  xdplive.XDPMD
 	conf pktgenBPFGenConfig
 	// The program's counter, read after each call, and the maps' only
 	// key: fields passed by pointer, so a call allocates nothing (cilium
@@ -88,26 +81,11 @@ type LiveGenerator struct {
 	key0 uint32
 	objs liveObjects
 	sent uint64 // frames stamped so far (the program's sequence counter)
-	attr testRunAttr
-	keep *keeper // nil without the dispatcher keeper
+	attr xdplive.RunAttr
+	keep *xdplive.Keeper // nil without the dispatcher keeper
 	// The last call's frames per second, for Chunk.
 	rate        float64
 	interrupted int // calls a signal cut short (for tests)
-}
-
-// testRunAttr is union bpf_attr's BPF_PROG_TEST_RUN member. The generator
-// makes the call itself rather than through ebpf.Program.Run, which
-// restarts an interrupted call with its full count: a large one might
-// then never finish under a signal every few ms (profiling).
-type testRunAttr struct {
-	ProgFD, Retval          uint32
-	DataSizeIn, DataSizeOut uint32
-	DataIn, DataOut         uint64
-	Repeat, Duration        uint32
-	CtxSizeIn, CtxSizeOut   uint32
-	CtxIn, CtxOut           uint64
-	Flags, CPU, BatchSize   uint32
-	_                       uint32
 }
 
 type liveObjects struct {
@@ -199,19 +177,11 @@ func NewLiveGenerator(t *Template, opts LiveOptions) (*LiveGenerator, error) {
 		g.objs.close()
 		return nil, errors.New("live generator: a port range of all 65536 ports is not supported; use 1-65535")
 	}
-	g.ctx = xdpMD{DataEnd: uint32(len(g.base)), IngressIfindex: uint32(opts.Ifindex), RxQueueIndex: opts.Queue}
-	g.attr = testRunAttr{
-		ProgFD:     uint32(g.objs.Prog.FD()),
-		DataSizeIn: uint32(len(g.base)),
-		DataIn:     uint64(uintptr(unsafe.Pointer(&g.base[0]))),
-		CtxSizeIn:  uint32(unsafe.Sizeof(g.ctx)),
-		CtxIn:      uint64(uintptr(unsafe.Pointer(&g.ctx))),
-		Flags:      unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-		BatchSize:  opts.BatchSize,
-	}
+	g.ctx = xdplive.XDPMD{DataEnd: uint32(len(g.base)), IngressIfindex: uint32(opts.Ifindex), RxQueueIndex: opts.Queue}
+	g.attr = xdplive.NewLiveRunAttr(g.objs.Prog.FD(), g.base, &g.ctx, opts.BatchSize)
 	if !opts.NoKeeper {
 		// Best effort: without it the generator is correct, only slow.
-		g.keep, _ = newKeeper(g.objs.Prog)
+		g.keep, _ = xdplive.New(g.objs.Prog)
 	}
 	return g, nil
 }
@@ -278,7 +248,7 @@ func (g *LiveGenerator) run() (int, error) {
 	first := g.sent
 	for g.sent < g.conf.Limit {
 		g.attr.Repeat = uint32(g.conf.Limit - g.sent)
-		_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&g.attr)), unsafe.Sizeof(g.attr))
+		errno := xdplive.Run(&g.attr)
 		runtime.KeepAlive(g.base) // the kernel read data_in and ctx through g.attr
 		runtime.KeepAlive(&g.ctx)
 		if err := g.objs.State.Lookup(&g.key0, &g.st); err != nil {
@@ -302,58 +272,9 @@ func (g *LiveGenerator) run() (int, error) {
 func (g *LiveGenerator) Close() error {
 	var err error
 	if g.keep != nil {
-		err = g.keep.close()
+		err = g.keep.Close()
 		g.keep = nil
 	}
 	g.objs.close()
 	return err
-}
-
-// keeper holds a program in the kernel's XDP dispatcher: attached as
-// generic XDP to the loopback of a private network namespace, which
-// nothing else uses and which lives as long as nsFD is open.
-type keeper struct {
-	nsFD int
-	lnk  link.Link
-}
-
-func newKeeper(prog *ebpf.Program) (*keeper, error) {
-	type result struct {
-		k   *keeper
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		// The thread never returns to the runtime's pool: it leaves its
-		// namespace for the private one and exits with this goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			res <- result{err: fmt.Errorf("dispatcher keeper: new network namespace: %w", err)}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			res <- result{err: fmt.Errorf("dispatcher keeper: open namespace: %w", err)}
-			return
-		}
-		// ifindex 1 is the loopback of every namespace.
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: 1, Flags: link.XDPGenericMode})
-		if err != nil {
-			unix.Close(fd)
-			res <- result{err: fmt.Errorf("dispatcher keeper: attach to loopback: %w", err)}
-			return
-		}
-		res <- result{k: &keeper{nsFD: fd, lnk: l}}
-	}()
-	r := <-res
-	return r.k, r.err
-}
-
-func (k *keeper) close() error {
-	err := k.lnk.Close()
-	unix.Close(k.nsFD)
-	if err != nil {
-		return fmt.Errorf("dispatcher keeper: detach: %w", err)
-	}
-	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmq/vmq/internal/xdplive"
+
 	"github.com/vmq/vmq/internal/netnstest"
 )
 
@@ -73,7 +75,7 @@ func newRefGenerator(frame []byte, ifindex int) (*refGenerator, error) {
 		Data:      frame,
 		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
 		BatchSize: 64,
-		Context:   xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
+		Context:   xdplive.XDPMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)},
 	}}, nil
 }
 
@@ -241,11 +243,11 @@ func BenchmarkLiveVsReference(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer refKeep.prog.Close()
-	k, err := newKeeper(refKeep.prog)
+	k, err := xdplive.New(refKeep.prog)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer k.close()
+	defer k.Close()
 	dests := []Dest{{MAC: rx.MAC}, {MAC: mac("02:00:00:00:00:0b")}, {MAC: mac("02:00:00:00:00:0c")}, {MAC: mac("02:00:00:00:00:0d")}}
 	gen := func(spec FlowSpec, opts LiveOptions, burst int) func(int) error {
 		spec.SrcMAC, spec.Size = tx.MAC, 60

@@ -347,7 +347,7 @@ func TestLiveKeeper(t *testing.T) {
 	if !p.gen.Keeper() {
 		t.Fatal("no dispatcher keeper (as root)")
 	}
-	info, err := p.gen.keep.lnk.Info()
+	info, err := p.gen.keep.Link().Info()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +371,7 @@ func TestLiveKeeper(t *testing.T) {
 	if got := waitFrames(t, p.sink, 50*64); got.Tracked != 50*64 || got.Dups != 0 {
 		t.Fatalf("sink %+v", got)
 	}
-	lnk := p.gen.keep.lnk
+	lnk := p.gen.keep.Link()
 	if err := p.gen.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -509,9 +509,10 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 	rows := make([][]any, len(st.Workers))
 	for i, w := range st.Workers {
 		rows[i] = []any{w.Queue, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
-			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls}
+			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls,
+			txPath(w), w.TxXDPFrames, w.TxSocketFrames, w.XDPTxFallbacks}
 	}
-	if err := c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS", rows); err != nil {
+	if err := c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS\tTX_PATH\tTX_XDP\tTX_SOCKET\tXDP_FAILS", rows); err != nil {
 		return err
 	}
 	return c.dedicatedStatus(ctx, cl)
@@ -589,3 +590,11 @@ func (c *cli) stats(ctx context.Context, cl *control.Client, args []string) erro
 }
 
 func newTab(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
+
+// txPath is a worker's transmit path ("-" from a vmqd without one).
+func txPath(w dataplane.WorkerStats) string {
+	if w.TxPath == "" {
+		return "-"
+	}
+	return w.TxPath
+}

@@ -155,6 +155,7 @@ func startDaemon(ctx context.Context, o daemonOptions) (_ *daemon, err error) {
 		Ifindex: ifindex, Queues: cfg.Queues, Filter: d.filter,
 		FrameSize: cfg.FrameSize, MTU: d.nic.MTU, XSKMode: xsk.ModeAuto, BusyPoll: cfg.Polling.BusyPoll,
 		Netns: o.netns, NIC: d.nic, Logger: d.log, Steer: steer,
+		TxPath: dataplane.TxPath(cfg.Tx.Path), XDPTxMinBatch: cfg.Tx.XDPMinBatch,
 		Migrated: func(vm, socket string, client bool) {
 			if d.ctl != nil {
 				d.ctl.MigrationDone(vm, socket, client)

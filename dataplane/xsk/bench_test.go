@@ -3,7 +3,9 @@ package xsk
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/testenv"
+	"github.com/vmq/vmq/internal/xdplive"
 )
 
 // The benchmarks compare, on one veth pair and in one run:
@@ -42,11 +45,6 @@ const (
 	rxFrames = 2 * rxRing
 )
 
-// xdpMD is struct xdp_md, the context of BPF_PROG_RUN for XDP.
-type xdpMD struct {
-	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
-}
-
 // liveGen sends frames out of the wire end until stopped.
 type liveGen struct {
 	stop atomic.Bool
@@ -69,7 +67,7 @@ func startLiveGen(b *testing.B, tb *testbed, frame []byte) *liveGen {
 			defer prog.Close()
 			defer pinThread(-1)()
 			pinThread(0)
-			ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
+			ctx := xdplive.XDPMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(tb.wire.Index)}
 			for !g.stop.Load() {
 				_, err := prog.Run(&ebpf.RunOptions{
 					Data: frame, Context: &ctx, Repeat: 1 << 14,
@@ -132,7 +130,7 @@ func reportMpps(b *testing.B, frames int, elapsed time.Duration) {
 
 // countingDrop is an XDP program that counts frames in a per-CPU array
 // and drops them.
-func countingDrop(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+func countingDrop(b testing.TB) (*ebpf.Program, *ebpf.Map) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
 		b.Fatal(err)
@@ -159,7 +157,7 @@ func countingDrop(b *testing.B) (*ebpf.Program, *ebpf.Map) {
 	return prog, m
 }
 
-func readCount(b *testing.B, m *ebpf.Map) int {
+func readCount(b testing.TB, m *ebpf.Map) int {
 	var per []uint64
 	if err := m.Lookup(uint32(0), &per); err != nil {
 		b.Fatal(err)
@@ -173,7 +171,7 @@ func readCount(b *testing.B, m *ebpf.Map) int {
 
 // minimalRedirect redirects every frame into xsks[rx_queue_index], like
 // asavie's program (without its queue lookup), dropping on a miss.
-func minimalRedirect(b *testing.B) (*ebpf.Program, *ebpf.Map) {
+func minimalRedirect(b testing.TB) (*ebpf.Program, *ebpf.Map) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: 8})
 	if err != nil {
 		b.Fatal(err)
@@ -551,6 +549,13 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 	}
 	send(warmup)
 	w0, f0 := s.Stats().Wakeups, s.Stats().TxFrames
+	measureSend(b, send)
+	b.ReportMetric(float64(s.Stats().Wakeups-w0)/float64(s.Stats().TxFrames-f0), "sendto/frame")
+}
+
+// measureSend times send(b.N) after the warm-up and reports Mpps and the
+// sending thread's CPU ns per frame; it returns the frames sent.
+func measureSend(b *testing.B, send func(int) int) int {
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := threadCPU()
@@ -561,5 +566,122 @@ func benchSend(b *testing.B, q *Queue, s *Socket, batch, size int, offset uint64
 	b.StopTimer()
 	reportMpps(b, got, el)
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "thread-ns/frame")
-	b.ReportMetric(float64(s.Stats().Wakeups-w0)/float64(s.Stats().TxFrames-f0), "sendto/frame")
+	return got
+}
+
+// BenchmarkTxPath sends frames into an XDP_DROP sink on the wire end two
+// ways, alternated in one process: socket (vmqd's transmit socket: tx only,
+// on the queue's shared UMEM, frames 4 bytes into their chunk) and xdp
+// (XDPTx: each frame copied from its UMEM frame into the stage, as vmqd's
+// worker does, then one BPF_PROG_RUN per batch). thread-ns/frame is the
+// sending thread's CPU time, the kernel's transmit and the sink's XDP
+// when they run in the sender's context; softirqd-ns/frame is CPU 1's
+// ksoftirqd's, where the peer's NAPI (the sink) runs when the kernel
+// defers it: the two together are the transmit's cost on the sender's
+// CPU. sink/sent is the share of sent frames the sink counted. With
+// -count to alternate:
+//
+//	go test -run '^$' -bench 'BenchmarkTxPath' -benchtime 200000x -count 3 ./dataplane/xsk
+func BenchmarkTxPath(b *testing.B) {
+	tb := newTestbed(b, 1)
+	prog, sink := countingDrop(b)
+	attachXDP(b, tb.wireNS, prog, tb.wire.Index)
+	x := newXDPTx(b, tb)
+	const off = 4
+	for _, size := range []int{benchFrameLen, 1514} {
+		frame := buildFrame(make([]byte, 2048), vmMAC(0), tb.wire.MAC, 1, 2, payload{}, size)[:size]
+		for _, batch := range []int{4, 8, 16, 32, 64, 256} {
+			for _, path := range []string{"socket", "xdp"} {
+				b.Run(fmt.Sprintf("%dB/batch-%d/%s", size, batch, path), func(b *testing.B) {
+					u := newUMEM(b, UMEMConfig{NumFrames: 8192})
+					q := openQueue(b, tb, u, 0, QueueConfig{FillSize: 2048, CompSize: 2048, RxSize: 1024, TxSize: -1})
+					addrs := make([]uint64, q.FreeFrames())
+					n := q.Alloc(addrs)
+					for _, a := range addrs[:n] {
+						copy(q.Buffer(a)[off:], frame)
+					}
+					q.Free(addrs[:n])
+					sink0 := readCount(b, sink)
+					soft0 := ksoftirqdCPU(b, 1)
+					var sent int
+					err := tb.hostNS.Do(func() error {
+						defer pinThread(1)()
+						if path == "socket" {
+							s := newSocket(b, tb, q, SocketConfig{RxSize: -1, TxSize: 1024})
+							defer s.Close()
+							f0 := s.Stats().TxFrames
+							benchSend(b, q, s, min(batch, 1024), size, off, 20000)
+							sent = int(s.Stats().TxFrames - f0)
+							return nil
+						}
+						tq, err := x.Queue(0)
+						if err != nil {
+							return err
+						}
+						s0 := tq.Stats().Sent
+						benchXDPSend(b, q, tq, batch, size, off, 20000)
+						sent = int(tq.Stats().Sent - s0)
+						return nil
+					})
+					if err != nil {
+						b.Fatal(err)
+					}
+					var got int
+					testenv.PollWithin(time.Second, func() (bool, string) {
+						got = readCount(b, sink) - sink0
+						return got >= sent, ""
+					})
+					b.ReportMetric(float64(got)/float64(sent), "sink/sent")
+					b.ReportMetric(float64((ksoftirqdCPU(b, 1)-soft0).Nanoseconds())/float64(b.N), "softirqd-ns/frame")
+				})
+			}
+		}
+	}
+}
+
+// benchXDPSend is benchSend for XDPTx: b.N frames (after warmup more) in
+// batches of batch, each copied from a UMEM frame of q into the stage.
+func benchXDPSend(b *testing.B, q *Queue, tq *XDPTxQueue, batch, size int, offset uint64, warmup int) {
+	addrs := make([]uint64, batch)
+	calls := 0
+	send := func(want int) int {
+		done := 0
+		for done < want {
+			k := q.Alloc(addrs)
+			for _, a := range addrs[:k] {
+				tq.Add(q.Buffer(a)[offset : offset+uint64(size)])
+			}
+			m, err := tq.Flush()
+			if err != nil {
+				b.Fatal(err)
+			}
+			calls++
+			q.Free(addrs[:k])
+			done += m
+		}
+		return done
+	}
+	send(warmup)
+	calls = 0
+	got := measureSend(b, send)
+	b.ReportMetric(float64(calls)/float64(got), "calls/frame")
+}
+
+// ksoftirqdCPU is the CPU time ksoftirqd/cpu has run (schedstat, ns).
+func ksoftirqdCPU(b testing.TB, cpu int) time.Duration {
+	pids, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, p := range pids {
+		comm, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(comm)) != fmt.Sprintf("ksoftirqd/%d", cpu) {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "schedstat"))
+		if err != nil {
+			break
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(st))[0], 10, 64)
+		return time.Duration(ns)
+	}
+	b.Fatalf("no ksoftirqd/%d", cpu)
+	return 0
 }

@@ -93,3 +93,22 @@ func getsockopt(fd, opt int, val unsafe.Pointer, size *uint32) error {
 
 // memAddr is the user address of the UMEM mapping, for XDP_UMEM_REG.
 func memAddr(mem []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&mem[0]))) }
+
+// txqAt is queue q's state in the mmapped tx_queues map (XDPTx).
+func txqAt(mem []byte, q int) *xdptxTxq {
+	stride := (int(unsafe.Sizeof(xdptxTxq{})) + 7) &^ 7
+	return (*xdptxTxq)(unsafe.Pointer(&mem[q*stride]))
+}
+
+// ifnameOf asks fd's network namespace for ifindex's name (SIOCGIFNAME).
+func ifnameOf(fd, ifindex int) (string, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return "", err
+	}
+	ifr.SetUint32(uint32(ifindex))
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFNAME, ifr); err != nil {
+		return "", err
+	}
+	return ifr.Name(), nil
+}

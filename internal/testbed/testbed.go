@@ -42,6 +42,9 @@ type Options struct {
 	MTU int
 	// MaxVMs the filter steers to (the highest slot); 0 means 16.
 	MaxVMs int
+	// PeerXDP attaches an XDP_PASS program to the peer from the start
+	// (PassXDPOnPeer; Bed.DetachPeerXDP removes it).
+	PeerXDP bool
 }
 
 // Bed is a host/wire namespace pair joined by a veth: NIC in the host,
@@ -57,6 +60,8 @@ type Bed struct {
 	Dir string
 	// Filter is vmq's XDP filter, after AttachFilter.
 	Filter *bpf.Filter
+	// DetachPeerXDP removes the peer's program of Options.PeerXDP.
+	DetachPeerXDP func()
 }
 
 // New builds the namespaces and the veth (requires root).
@@ -75,6 +80,9 @@ func New(t testing.TB, opts Options) *Bed {
 	b.NIC, b.Peer = netnstest.NewVethPair(t, b.Host, b.Wire, netnstest.VethOptions{Queues: queues, MTU: mtu})
 	if opts.WireAddr != "" {
 		b.Wire.Run(t, "ip", "addr", "add", opts.WireAddr, "dev", b.Peer.Name)
+	}
+	if opts.PeerXDP {
+		b.DetachPeerXDP = b.PassXDPOnPeer()
 	}
 	return b
 }

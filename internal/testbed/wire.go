@@ -8,11 +8,16 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/cpuset"
+	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -246,6 +251,21 @@ func auxVLAN(oob []byte) (uint16, bool) {
 	return 0, false
 }
 
+// WaitFor waits until n captured frames match keep and returns them; it
+// fails the test if more arrive (a duplicate or a stray frame).
+func (c *Capture) WaitFor(t testing.TB, what string, keep func([]byte) bool, n int) [][]byte {
+	t.Helper()
+	testenv.Eventually(t, what, func() (bool, string) {
+		got := len(c.Matching(keep))
+		return got >= n, fmt.Sprintf("%d of %d", got, n)
+	})
+	frames := c.Matching(keep)
+	if len(frames) != n {
+		t.Fatalf("%s: %d frames, want %d", what, len(frames), n)
+	}
+	return frames
+}
+
 // Matching returns the captured frames for which keep is true.
 func (c *Capture) Matching(keep func([]byte) bool) [][]byte {
 	c.mu.Lock()
@@ -260,3 +280,29 @@ func (c *Capture) Matching(keep func([]byte) bool) [][]byte {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// PassXDPOnPeer attaches an XDP_PASS program natively to the wire end
+// until the test ends or the returned detach runs: a veth takes XDP
+// frames (ndo_xdp_xmit, vmq's XDP transmit) only while its peer has an
+// XDP program, and the wire's stack and Capture still see every frame.
+func (b *Bed) PassXDPOnPeer() (detach func()) {
+	t := b.T
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}}) // XDP_PASS
+	if err != nil {
+		testenv.Skip(t, "load XDP program: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	var l link.Link
+	if err := b.Wire.Do(func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: b.Peer.Index, Flags: link.XDPDriverMode})
+		return err
+	}); err != nil {
+		testenv.Skip(t, "attach XDP to the wire end: %v", err)
+	}
+	var once sync.Once
+	detach = func() { once.Do(func() { l.Close() }) }
+	t.Cleanup(detach)
+	return detach
+}
