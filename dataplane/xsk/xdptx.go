@@ -226,9 +226,6 @@ func (t *XDPTxQueue) Add(frame []byte) bool {
 // Len is the number of frames staged.
 func (t *XDPTxQueue) Len() int { return t.n }
 
-// Reset drops the staged frames.
-func (t *XDPTxQueue) Reset() { t.n = 0 }
-
 // Flush runs the program over the staged frames in one BPF_PROG_RUN call
 // (more if a signal interrupts it) and empties the stage. done is how many
 // of them the program took, in order: sent, or dropped as malformed
