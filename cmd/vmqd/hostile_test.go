@@ -62,6 +62,7 @@ var hostileAttacks = []hostileAttack{
 	{name: "unread_replies", run: attackUnreadReplies},
 	{name: "ring_cases", run: attackRingCases},
 	{name: "flood", run: attackFlood},
+	{name: "xdp_tx_flood", run: attackXDPTxFlood},
 	{name: "qos_limit", run: attackQoS},
 	{name: "bad_offloads", run: attackBadOffloads},
 	{name: "sparse_offsets", run: attackSparseOffsets},
