@@ -494,7 +494,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 			TxPath: w.txPathName(), TxXDPFrames: w.ctr.txXDP.Load(), TxSocketFrames: w.ctr.txSocket.Load(),
 			XDPTxCalls: w.ctr.xdpCalls.Load(), XDPTxFallbacks: w.ctr.xdpFallbacks.Load(), XDPTxDrops: w.ctr.xdpDrops.Load(),
-			MailboxDrops: w.mailboxDrops(),
+			XDPTxResent: w.ctr.xdpResent.Load(), MailboxDrops: w.mailboxDrops(),
 		})
 	}
 	dp.mu.RLock()
@@ -518,6 +518,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			v.TxBytes += qs.TxBytes
 			v.RxCopiedBytes += c.rxCopied.Load()
 			v.FloodCopies += c.floodCopies.Load()
+			v.XDPTxResent += c.xdpResent.Load()
 			v.Offload.Passed += c.oflPassed.Load()
 			v.Offload.Segmented += c.oflSegmented.Load()
 			v.Offload.Segments += c.oflSegments.Load()

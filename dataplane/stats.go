@@ -115,17 +115,19 @@ type WorkerStats struct {
 	// the sockets) or "socket". TxXDPFrames and TxSocketFrames count the
 	// frames sent each way, XDPTxCalls the calls, XDPTxFallbacks the
 	// failed calls (their frames took the sockets) and calls the driver
-	// dropped frames of, XDPTxDrops frames the program refused as
-	// malformed and frames the NIC's driver refused (counted by
-	// tracepoints xdp:xdp_redirect_err and xdp:xdp_devmap_xmit on the
-	// worker's thread; those are not in any VM's drops, which frames they
-	// were is unknown).
+	// dropped frames of. XDPTxResent are frames the NIC's driver refused
+	// (tracepoints xdp:xdp_redirect_err and xdp:xdp_devmap_xmit on the
+	// worker's thread say which) that the worker sent again through their
+	// VM's socket (each VM's XDPTxResent); XDPTxDrops frames lost: refused
+	// by the program as malformed, or by the driver where the tracepoints
+	// could not say which frames (not in any VM's drops; never expected).
 	TxPath         string `json:"tx_path"`
 	TxXDPFrames    uint64 `json:"tx_xdp_frames"`
 	TxSocketFrames uint64 `json:"tx_socket_frames"`
 	XDPTxCalls     uint64 `json:"xdp_tx_calls"`
 	XDPTxFallbacks uint64 `json:"xdp_tx_fallbacks"`
 	XDPTxDrops     uint64 `json:"xdp_tx_drops"`
+	XDPTxResent    uint64 `json:"xdp_tx_resent"`
 }
 
 // BusyNSPerFrame is the worker's busy cost per frame (BusyRoundNS /
@@ -148,6 +150,10 @@ type VMStats struct {
 	TxPackets   uint64 `json:"tx_packets"`
 	TxBytes     uint64 `json:"tx_bytes"`
 	FloodCopies uint64 `json:"flood_copies"`
+	// XDPTxResent are the VM's wire frames an XDP transmit call's driver
+	// dropped, sent again through its socket (after frames of it that
+	// followed them: the one reordering the XDP path makes).
+	XDPTxResent uint64 `json:"xdp_tx_resent"`
 	// RxCopiedBytes are the frame bytes the workers copied into the
 	// guest's buffers; 0 for frames a dedicated queue wrote in place.
 	RxCopiedBytes uint64 `json:"rx_copied_bytes"`

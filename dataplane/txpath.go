@@ -56,6 +56,10 @@ type xdpTxState struct {
 	min   int
 	descs []xsk.Desc
 	vms   []*vmState
+	// resend and resendVMs: frames of a call the driver dropped, to go
+	// again through their sockets (flushWire).
+	resend    []xsk.Desc
+	resendVMs []*vmState
 	// failedGen: the check (Dataplane.xdpGen) during which a call failed:
 	// the worker stays on the sockets until the next one.
 	failedGen uint64
@@ -84,7 +88,8 @@ func (w *worker) openXDPTx() {
 		return
 	}
 	w.xtx = xdpTxState{q: tq, min: w.dp.cfg.XDPTxMinBatch, failedGen: ^uint64(0),
-		descs: make([]xsk.Desc, 0, xsk.XDPTxMaxBatch), vms: make([]*vmState, 0, xsk.XDPTxMaxBatch)}
+		descs: make([]xsk.Desc, 0, xsk.XDPTxMaxBatch), vms: make([]*vmState, 0, xsk.XDPTxMaxBatch),
+		resend: make([]xsk.Desc, 0, xsk.XDPTxMaxBatch), resendVMs: make([]*vmState, 0, xsk.XDPTxMaxBatch)}
 	if w.index == 0 {
 		w.dp.startXDPWatch() // on this thread: its netlink socket is in the NIC's namespace
 	}
@@ -233,7 +238,11 @@ func (x *xdpTxState) holdOver() bool {
 // flushWire sends the deferred frames: in one XDP call when there are at
 // least the threshold, else (and whatever a failed call left) through
 // each VM's socket, in order. The XDP call copies the frames, so their
-// UMEM frames go back to the allocator right after it.
+// UMEM frames go back to the allocator right after it, except those the
+// driver dropped (takeDropped): they go again through their sockets,
+// which hold what the kernel cannot take yet, so a full driver ring
+// loses nothing. Such a frame leaves after the frames of its VM that
+// followed it in the call.
 func (w *worker) flushWire() {
 	x := &w.xtx
 	n := len(x.descs)
@@ -250,30 +259,68 @@ func (w *worker) flushWire() {
 		var err error
 		done, err = x.q.Flush()
 		add(&w.ctr.xdpCalls, 1)
-		add(&w.ctr.txXDP, uint64(done))
-		w.q.FreeDescs(x.descs[:done])
+		sent := w.takeDropped(done)
+		add(&w.ctr.txXDP, uint64(sent))
+		w.q.FreeDescs(x.descs[:sent])
 		if err != nil {
 			w.xdpFailed(err)
 		}
 	}
-	for i := done; i < n; {
-		vm, j := x.vms[i], i+1
-		for j < n && x.vms[j] == vm {
-			j++
-		}
-		w.sendSocket(vm, x.descs[i:j])
-		i = j
-	}
+	w.sendSocketRuns(x.resend, x.resendVMs)
+	w.sendSocketRuns(x.descs[done:n], x.vms[done:n])
 	x.descs = x.descs[:0]
 	clear(x.vms)
 	x.vms = x.vms[:0]
+	clear(x.resendVMs)
+	x.resend, x.resendVMs = x.resend[:0], x.resendVMs[:0]
 	x.held = 0
 }
 
+// takeDropped moves the frames of the call's first done the driver
+// dropped (xsk.XDPTxQueue.Dropped) to x.resend, and the sent ones to the
+// front of x.descs; it returns how many were sent.
+func (w *worker) takeDropped(done int) int {
+	x := &w.xtx
+	lost, _ := x.q.Dropped() // drops it cannot name are lost, counted in publishXDPTx
+	if len(lost) == 0 {
+		return done
+	}
+	sent, j := 0, 0
+	for i := 0; i < done; i++ {
+		for j < len(lost) && int(lost[j]) < i {
+			j++ // not in staged order: cannot be, skipped
+		}
+		if j < len(lost) && int(lost[j]) == i {
+			j++
+			x.resend = append(x.resend, x.descs[i])
+			x.resendVMs = append(x.resendVMs, x.vms[i])
+			add(&x.vms[i].ctr.xdpResent, 1)
+			continue
+		}
+		x.descs[sent] = x.descs[i]
+		sent++
+	}
+	add(&w.ctr.xdpResent, uint64(done-sent))
+	return sent
+}
+
+// sendSocketRuns sends frames through their VMs' sockets (vms[i] is
+// descs[i]'s), a run of one VM's frames at a time.
+func (w *worker) sendSocketRuns(descs []xsk.Desc, vms []*vmState) {
+	for i, n := 0, len(descs); i < n; {
+		vm, j := vms[i], i+1
+		for j < n && vms[j] == vm {
+			j++
+		}
+		w.sendSocket(vm, descs[i:j])
+		i = j
+	}
+}
+
 // xdpFailed: a call failed (its frames left went to the sockets) or the
-// driver dropped frames of it (xsk.ErrXmitDrops: which ones is unknown,
-// they are counted in the worker's XDP drops, not per VM). The worker
-// stays on the sockets until the next check.
+// driver dropped frames of it (xsk.ErrXmitDrops: sent again through the
+// sockets): the NIC stopped taking XDP frames, or does not drain them
+// as fast. The worker stays on the sockets until the next check.
 func (w *worker) xdpFailed(err error) {
 	add(&w.ctr.xdpFallbacks, 1)
 	x := &w.xtx
@@ -335,6 +382,6 @@ func (w *worker) txPathName() string {
 func (w *worker) publishXDPTx() {
 	if w.xtx.q != nil {
 		st := w.xtx.q.Stats()
-		w.ctr.xdpDrops.Store(st.BadLen + st.Overrun + st.NoSlot + st.XmitDrops)
+		w.ctr.xdpDrops.Store(st.BadLen + st.Overrun + st.NoSlot + st.XmitUnmatched)
 	}
 }

@@ -15,6 +15,9 @@ type vmCounters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	floodCopies        atomic.Uint64
+	// xdpResent: the VM's wire frames an XDP call's driver dropped,
+	// sent again through its socket (txpath.go).
+	xdpResent atomic.Uint64
 	// offload.go: frames passed with their header, TSO frames cut and
 	// the segments cut, checksums filled.
 	oflPassed, oflSegmented, oflSegments, oflCsum atomic.Uint64

@@ -88,10 +88,12 @@ type workerCounters struct {
 	// what a visit's fixed cost is spread over).
 	visits, visitsTook atomic.Uint64
 	// Transmit paths (txpath.go): wire frames sent through XDP and through
-	// the VMs' sockets, XDP calls, failed calls, the program's drops, and
-	// the path the worker uses now (1: XDP for rounds at the threshold).
-	txXDP, txSocket, xdpCalls, xdpFallbacks, xdpDrops atomic.Uint64
-	txPath                                            atomic.Uint32
+	// the VMs' sockets, XDP calls, failed calls, frames lost in the XDP
+	// path, frames the driver dropped that were sent again through the
+	// sockets, and the path the worker uses now (1: XDP for rounds at the
+	// threshold).
+	txXDP, txSocket, xdpCalls, xdpFallbacks, xdpDrops, xdpResent atomic.Uint64
+	txPath                                                       atomic.Uint32
 }
 
 // publishOwned updates the counts of virtqueues and sockets the worker owns.

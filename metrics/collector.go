@@ -24,7 +24,7 @@ type collector struct {
 
 	filterRedirected, filterPassed, filterFlooded, filterMalformed, filterNoSocket *prometheus.Desc
 
-	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood *prometheus.Desc
+	vmInfo, vmRxPackets, vmRxBytes, vmTxPackets, vmTxBytes, vmDrops, vmFlood, vmXDPResent *prometheus.Desc
 	// Checksum and TSO offloads (dataplane/offload.go).
 	vmOflPassed, vmOflSegmented, vmOflSegments, vmOflCsum *prometheus.Desc
 	vmFilterPackets, vmFilterBytes, vmFilterRedirErrs     *prometheus.Desc
@@ -35,8 +35,8 @@ type collector struct {
 
 	xskZeroCopy, xskRxDropped, xskRxInvalid, xskTxInvalid, xskRxRingFull, xskFillEmpty, xskTxEmpty *prometheus.Desc
 
-	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames                     *prometheus.Desc
-	wStalls, wKickMutes, umemInFlight, wMailboxDrops, wTxPath, wTxFrames, wXDPCalls, wXDPFallbacks, wXDPDrops *prometheus.Desc
+	wBusy, wIdle, wBatches, wWakeups, wPolls, wVirtqueues, wSockets, umemFree, umemFrames                                 *prometheus.Desc
+	wStalls, wKickMutes, umemInFlight, wMailboxDrops, wTxPath, wTxFrames, wXDPCalls, wXDPFallbacks, wXDPDrops, wXDPResent *prometheus.Desc
 
 	portInfo, portConnected, portFeatures, portQueuePairs, portRingSize, portKicks, portCalls, portBroken, portTimeouts, portPeerRejected, portRingStarts, portRingStartsPaced, portMessagesPaced *prometheus.Desc
 }
@@ -74,6 +74,7 @@ func NewCollector(src Source) prometheus.Collector {
 		vmTxBytes:         desc("vm_tx_bytes_total", "Bytes the VM sent.", vm...),
 		vmDrops:           desc("vm_drops_total", "Frames to or from the VM that vmq dropped, by reason.", "vm", "reason"),
 		vmFlood:           desc("vm_flood_copies_total", "Broadcast/multicast copies delivered to the VM.", vm...),
+		vmXDPResent:       desc("vm_xdp_tx_resent_total", "The VM's wire frames the NIC's driver dropped from an XDP transmit call, sent again through the VM's socket.", vm...),
 		vmOflPassed:       desc("vm_offload_passed_total", "TSO or open-checksum frames the VM sent that went to a VM as they were.", vm...),
 		vmOflSegmented:    desc("vm_offload_segmented_total", "TSO frames the VM sent that vmq cut into MTU-sized frames.", vm...),
 		vmOflSegments:     desc("vm_offload_segments_total", "Frames vmq cut from the VM's TSO frames.", vm...),
@@ -118,7 +119,8 @@ func NewCollector(src Source) prometheus.Collector {
 		wTxFrames:     desc("worker_tx_frames_total", "Guest frames the queue's worker sent to the wire, by path (xdp, socket).", "queue", "path"),
 		wXDPCalls:     desc("worker_xdp_tx_calls_total", "BPF_PROG_RUN calls of the XDP transmit.", q...),
 		wXDPFallbacks: desc("worker_xdp_tx_fallbacks_total", "XDP transmit calls that failed (their frames left went through the sockets) or lost frames in the driver; the worker then stays on the sockets until its next check of the NIC (1 s).", q...),
-		wXDPDrops:     desc("worker_xdp_tx_drops_total", "Frames of the XDP transmit that were lost: refused by the NIC's driver (e.g. it stopped taking XDP frames; counted by the xdp tracepoints) or by the program as malformed (never expected).", q...),
+		wXDPDrops:     desc("worker_xdp_tx_drops_total", "Frames of the XDP transmit that were lost: refused by the program as malformed, or by the NIC's driver where the xdp tracepoints could not say which frames (never expected).", q...),
+		wXDPResent:    desc("worker_xdp_tx_resent_total", "Frames the NIC's driver dropped from the worker's XDP transmit calls (named by the xdp tracepoints), sent again through their VMs' sockets.", q...),
 		umemInFlight: desc("worker_inflight_frames", "UMEM frames of the queue outside its allocator, counted from the rings and the worker's stash; "+
 			"with no traffic, umem_free_frames + this = umem_frames, or frames were lost.", q...),
 
@@ -142,14 +144,14 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.nicInfo, c.xdpAttached, c.nicMTU, c.nicChannels, c.nicQueues, c.frameSize,
 		c.filterRedirected, c.filterPassed, c.filterFlooded, c.filterMalformed, c.filterNoSocket,
-		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood,
+		c.vmInfo, c.vmRxPackets, c.vmRxBytes, c.vmTxPackets, c.vmTxBytes, c.vmDrops, c.vmFlood, c.vmXDPResent,
 		c.vmOflPassed, c.vmOflSegmented, c.vmOflSegments, c.vmOflCsum,
 		c.vmFilterPackets, c.vmFilterBytes, c.vmFilterRedirErrs,
 		c.vmqRxPackets, c.vmqRxBytes, c.vmqTxPackets, c.vmqTxBytes, c.vmLimit,
 		c.vmRxCopied, c.dedInfo, c.dedFrames, c.dedBytes, c.dedFallbacks, c.dedPosted,
 		c.xskZeroCopy, c.xskRxDropped, c.xskRxInvalid, c.xskTxInvalid, c.xskRxRingFull, c.xskFillEmpty, c.xskTxEmpty,
 		c.wBusy, c.wIdle, c.wBatches, c.wWakeups, c.wPolls, c.wVirtqueues, c.wSockets, c.umemFree, c.umemFrames,
-		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops, c.wTxPath, c.wTxFrames, c.wXDPCalls, c.wXDPFallbacks, c.wXDPDrops,
+		c.wStalls, c.wKickMutes, c.umemInFlight, c.wMailboxDrops, c.wTxPath, c.wTxFrames, c.wXDPCalls, c.wXDPFallbacks, c.wXDPDrops, c.wXDPResent,
 		c.portInfo, c.portConnected, c.portFeatures, c.portQueuePairs, c.portRingSize, c.portKicks, c.portCalls, c.portBroken, c.portTimeouts, c.portPeerRejected, c.portRingStarts, c.portRingStartsPaced, c.portMessagesPaced,
 	} {
 		ch <- d
@@ -261,6 +263,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(ch, c.wXDPCalls, w.XDPTxCalls, ql)
 		counter(ch, c.wXDPFallbacks, w.XDPTxFallbacks, ql)
 		counter(ch, c.wXDPDrops, w.XDPTxDrops, ql)
+		counter(ch, c.wXDPResent, w.XDPTxResent, ql)
 	}
 
 	for i := range s.Ports {
@@ -290,6 +293,7 @@ func (c *collector) collectVM(ch chan<- prometheus.Metric, v *dataplane.VMStats)
 	counter(ch, c.vmTxPackets, v.TxPackets, v.Name)
 	counter(ch, c.vmTxBytes, v.TxBytes, v.Name)
 	counter(ch, c.vmFlood, v.FloodCopies, v.Name)
+	counter(ch, c.vmXDPResent, v.XDPTxResent, v.Name)
 	counter(ch, c.vmOflPassed, v.Offload.Passed, v.Name)
 	counter(ch, c.vmOflSegmented, v.Offload.Segmented, v.Name)
 	counter(ch, c.vmOflSegments, v.Offload.Segments, v.Name)

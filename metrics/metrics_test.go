@@ -277,6 +277,7 @@ func TestCollectorFamilies(t *testing.T) {
 		"vmq_worker_stalls_total": 2, "vmq_worker_kick_mutes_total": 2, "vmq_worker_mailbox_drops_total": 2, "vmq_worker_inflight_frames": 2, "vmq_vm_limit": 3,
 		"vmq_worker_tx_path_info": 2, "vmq_worker_tx_frames_total": 4, "vmq_worker_xdp_tx_calls_total": 2,
 		"vmq_worker_xdp_tx_fallbacks_total": 2, "vmq_worker_xdp_tx_drops_total": 2,
+		"vmq_worker_xdp_tx_resent_total": 2, "vmq_vm_xdp_tx_resent_total": 2,
 		"vmq_port_info": 2, "vmq_port_connected": 2, "vmq_port_features_info": 2, "vmq_port_queue_pairs": 2,
 		"vmq_port_ring_size": 4, "vmq_port_kicks_total": 2, "vmq_port_calls_total": 2, "vmq_port_broken": 2,
 		"vmq_port_control_timeouts_total": 2, "vmq_port_peer_rejected_total": 2,

@@ -24,8 +24,9 @@ const (
 )
 
 // ErrXmitDrops: the interface's driver dropped frames of a flush in its
-// bulk transmit (ndo_xdp_xmit failed: e.g. a veth whose peer lost XDP).
-// Which frames is unknown; XDPTxStats.XmitDrops counts them.
+// bulk transmit (ndo_xdp_xmit failed: e.g. a veth whose peer lost XDP,
+// or a ring the receiver does not drain in time). XDPTxQueue.Dropped
+// says which; XDPTxStats.XmitDrops counts them.
 var ErrXmitDrops = errors.New("the driver dropped frames in its XDP bulk transmit")
 
 // XDPTx transmits batches of frames out of one interface through XDP rather
@@ -53,6 +54,7 @@ type XDPTx struct {
 	tids    []uint32    // each queue's thread, in tx_tids
 	ifindex int
 	nqueues int
+	progID  uint32 // the program's id: the redirect errors of ours
 	qmem    []byte // tx_queues, mmapped
 	smem    []byte // tx_slots, mmapped
 }
@@ -72,6 +74,10 @@ func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
 	x := &XDPTx{ifindex: ifindex, nqueues: nqueues, tids: make([]uint32, nqueues)}
 	if err := spec.LoadAndAssign(&x.objs, nil); err != nil {
 		return nil, fmt.Errorf("XDP transmit: load program: %w", err)
+	}
+	if info, ierr := x.objs.VmqXdpTx.Info(); ierr == nil {
+		id, _ := info.ID()
+		x.progID = uint32(id)
 	}
 	if x.qmem, err = mmapMap(x.objs.TxQueues); err == nil {
 		x.smem, err = mmapMap(x.objs.TxSlots)
@@ -151,8 +157,9 @@ type XDPTxStats struct {
 	Overrun uint64 // dropped: a run past the staged frames
 	NoSlot  uint64 // dropped: no slot, or the live frame could not be sized
 	// The driver's bulk transmits in this queue's calls (XmitWatched):
-	// frames it took, frames it dropped, bulks that failed.
-	XmitSent, XmitDrops, XmitErrs uint64
+	// frames it took, frames it dropped, bulks that failed, and dropped
+	// frames Dropped could not name (0 unless the kernel's bulks change).
+	XmitSent, XmitDrops, XmitErrs, XmitUnmatched uint64
 }
 
 // XDPTxQueue stages and flushes one queue's frames. It belongs to one
@@ -163,9 +170,11 @@ type XDPTxQueue struct {
 	st    *xdptxTxq // this queue's state, in the mmapped map
 	slots []byte    // this queue's staging slots
 	n     int
-	data  [64]byte // data_in: the live frames' initial bytes (overwritten)
-	ctx   xdplive.XDPMD
-	attr  xdplive.RunAttr
+	// unmatched: XmitUnmatched before the last Flush.
+	unmatched uint64
+	data      [64]byte // data_in: the live frames' initial bytes (overwritten)
+	ctx       xdplive.XDPMD
+	attr      xdplive.RunAttr
 }
 
 // Queue returns the transmit state of queue q; call it on the thread that
@@ -183,7 +192,7 @@ func (x *XDPTx) Queue(q int) (*XDPTxQueue, error) {
 		slots: x.smem[q*XDPTxMaxBatch*XDPTxMaxFrame : (q+1)*XDPTxMaxBatch*XDPTxMaxFrame],
 		ctx:   xdplive.XDPMD{DataEnd: 64, IngressIfindex: uint32(x.ifindex), RxQueueIndex: uint32(q)},
 	}
-	t.st.Ifindex = uint32(x.ifindex)
+	t.st.Ifindex, t.st.ProgId = uint32(x.ifindex), x.progID
 	t.attr = xdplive.NewLiveRunAttr(x.objs.VmqXdpTx.FD(), t.data[:], &t.ctx, xdpTxBatchSize)
 	// The tracepoint finds the queue by the flushing thread.
 	if old := x.tids[q]; old != 0 {
@@ -233,7 +242,8 @@ func (t *XDPTxQueue) Len() int { return t.n }
 // the caller may send them another way. The copies are made during the
 // call: the caller's frames are free when Flush returns. If the driver
 // dropped some of them (counted when XmitWatched), err wraps ErrXmitDrops
-// and done is all: they cannot be told apart.
+// and done is all: Dropped says which (their bytes are gone from the
+// stage, the caller still has the frames).
 func (t *XDPTxQueue) Flush() (done int, err error) {
 	n := uint32(t.n)
 	t.n = 0
@@ -247,6 +257,8 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 		}
 	}()
 	t.st.N, t.st.Next = n, 0
+	t.st.OrderN, t.st.BulkPos, t.st.LostN = 0, 0, 0
+	t.unmatched = t.st.XmitUnmatched
 	for t.st.Next < n {
 		before := t.st.Next
 		t.attr.Repeat = n - before
@@ -263,10 +275,20 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 	return int(n), nil
 }
 
+// Dropped is the last Flush's frames the driver dropped, as indices into
+// that batch in the order they were staged (read by the tracepoints from
+// the kernel's bulk reports: a bulk's drops are its tail), and whether
+// that is all of them: false when some drop could not be matched to a
+// frame (XDPTxStats.XmitUnmatched) or the drops are not watched. The
+// slice is the queue's, valid until the next Flush.
+func (t *XDPTxQueue) Dropped() (idx []uint16, complete bool) {
+	return t.st.LostIdx[:min(int(t.st.LostN), XDPTxMaxBatch)], t.x.XmitWatched() && t.st.XmitUnmatched == t.unmatched
+}
+
 // Stats reads the queue's counters (on the queue's thread).
 func (t *XDPTxQueue) Stats() XDPTxStats {
 	return XDPTxStats{Sent: t.st.Sent, BadLen: t.st.BadLen, Overrun: t.st.Overrun, NoSlot: t.st.NoSlot,
-		XmitSent: t.st.XmitSent, XmitDrops: t.st.XmitDrops, XmitErrs: t.st.XmitErrs}
+		XmitSent: t.st.XmitSent, XmitDrops: t.st.XmitDrops, XmitErrs: t.st.XmitErrs, XmitUnmatched: t.st.XmitUnmatched}
 }
 
 // xdpTxBatchSize is the kernel's live-frames batch (page pool refill and

@@ -14,19 +14,26 @@ import (
 )
 
 type xdptxTxq struct {
-	_         structs.HostLayout
-	N         uint32
-	Next      uint32
-	Ifindex   uint32
-	Pad       uint32
-	Sent      uint64
-	BadLen    uint64
-	Overrun   uint64
-	NoSlot    uint64
-	XmitSent  uint64
-	XmitDrops uint64
-	XmitErrs  uint64
-	Len       [256]uint16
+	_             structs.HostLayout
+	N             uint32
+	Next          uint32
+	Ifindex       uint32
+	ProgId        uint32
+	Sent          uint64
+	BadLen        uint64
+	Overrun       uint64
+	NoSlot        uint64
+	XmitSent      uint64
+	XmitDrops     uint64
+	XmitErrs      uint64
+	XmitUnmatched uint64
+	Len           [256]uint16
+	OrderN        uint32
+	BulkPos       uint32
+	LostN         uint32
+	Pad           uint32
+	Order         [256]uint16
+	LostIdx       [256]uint16
 }
 
 // Names of all BPF objects in the ELF.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/vmq/vmq/internal/netnstest"
@@ -198,7 +199,7 @@ func TestXDPTxMalformed(t *testing.T) {
 
 // TestXDPTxDriverDrops: a veth whose peer has no XDP refuses XDP frames
 // in ndo_xdp_xmit; BPF_PROG_RUN still succeeds, and Flush says so through
-// the tracepoint's count.
+// the tracepoint's count, and Dropped names every frame, in order.
 func TestXDPTxDriverDrops(t *testing.T) {
 	tb := newTestbed(t, 1)
 	x := newXDPTx(t, tb)
@@ -209,6 +210,8 @@ func TestXDPTxDriverDrops(t *testing.T) {
 	var stats XDPTxStats
 	var done int
 	var err error
+	var dropped []uint16
+	var complete bool
 	if e := tb.hostNS.Do(func() error {
 		tq, e := x.Queue(0)
 		if e != nil {
@@ -219,6 +222,8 @@ func TestXDPTxDriverDrops(t *testing.T) {
 		}
 		done, err = tq.Flush()
 		stats = tq.Stats()
+		d, c := tq.Dropped()
+		dropped, complete = slices.Clone(d), c
 		return nil
 	}); e != nil {
 		t.Fatal(e)
@@ -228,6 +233,14 @@ func TestXDPTxDriverDrops(t *testing.T) {
 	}
 	if stats.Sent != uint64(len(frames)) || stats.XmitDrops != uint64(len(frames)) || stats.XmitSent != 0 || stats.XmitErrs == 0 {
 		t.Fatalf("stats %+v: want %d sent by the program, all dropped by the driver", stats, len(frames))
+	}
+	if !complete || len(dropped) != len(frames) {
+		t.Fatalf("Dropped: %d frames (complete %v), want all %d", len(dropped), complete, len(frames))
+	}
+	for i, d := range dropped {
+		if int(d) != i {
+			t.Fatalf("Dropped[%d] = %d: not the staged order", i, d)
+		}
 	}
 }
 

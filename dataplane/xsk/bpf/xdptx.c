@@ -22,6 +22,11 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define TX_SLOT 2048       // bytes per staged frame (xsk.XDPTxSlot)
 #define TX_RING 256        // staged frames per queue (xsk.XDPTxMaxBatch)
 #define TX_MIN_LEN 14      // an Ethernet header
+#define BULK_MAX 16        // the kernel's DEV_MAP_BULK_SIZE: frames per bulk
+
+// Keeps clang from turning a checked index into a pointer it advances
+// (the verifier then sees an unbounded pointer).
+#define barrier_var(v) asm volatile("" : "+r"(v))
 
 // One queue's batch, written by its worker through the mmapped map between
 // calls and advanced by the program during one.
@@ -29,7 +34,7 @@ struct txq {
 	__u32 n;               // frames staged for this call
 	__u32 next;            // the next frame to send (the worker sets 0)
 	__u32 ifindex;         // the interface the frames leave by
-	__u32 pad;
+	__u32 prog_id;         // vmq_xdp_tx's id (redirect errors of other programs are not ours)
 	__u64 sent;            // frames sent (XDP_TX), ever
 	__u64 bad_len;         // dropped: length out of TX_MIN_LEN..TX_SLOT
 	__u64 overrun;         // dropped: runs past n
@@ -40,7 +45,22 @@ struct txq {
 	__u64 xmit_sent;
 	__u64 xmit_drops;
 	__u64 xmit_errs;       // bulks that returned an error
+	// Drops that could not be matched to a staged frame (lost_idx holds
+	// the ones that could).
+	__u64 xmit_unmatched;
 	__u16 len[TX_RING];    // each staged frame's length
+	// Which staged frames the driver dropped in this call (the worker
+	// sets the counts to 0 before it and sends those frames again). Every
+	// XDP_TX frame is appended to order when the program returns it; the
+	// kernel sends them in that order in bulks of up to BULK_MAX
+	// (bq_xmit_all), each reported by xdp_devmap_xmit with the frames the
+	// driver took first and the ones it dropped, the bulk's tail, after.
+	__u32 order_n;         // XDP_TX frames of this call
+	__u32 bulk_pos;        // of them, reported by bulks so far
+	__u32 lost_n;          // entries of lost_idx
+	__u32 pad;
+	__u16 order[TX_RING];  // staged index of each XDP_TX frame, in order
+	__u16 lost_idx[TX_RING]; // staged indices dropped, in order
 };
 
 struct {
@@ -104,6 +124,11 @@ int vmq_xdp_tx(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	t->sent++;
+	__u32 o = t->order_n;
+	if (o < TX_RING) {
+		t->order[o & (TX_RING - 1)] = i;
+		t->order_n = o + 1;
+	}
 	return XDP_TX;
 }
 
@@ -144,6 +169,25 @@ int vmq_xdp_tx_xmit(struct devmap_xmit_args *a)
 	t->xmit_drops += a->drops;
 	if (a->err)
 		t->xmit_errs++;
+	if (a->sent < 0 || a->drops < 0)
+		return 0;
+	// The bulk is order[bulk_pos, bulk_pos + sent + drops): the tail of
+	// drops frames was dropped.
+	__u32 pos = t->bulk_pos + (__u32)a->sent;
+	__u32 drops = (__u32)a->drops;
+	__u32 matched = 0;
+	for (__u32 k = 0; k < BULK_MAX && k < drops; k++) {
+		__u32 p = pos + k, l = t->lost_n;
+		if (p >= t->order_n || p >= TX_RING || l >= TX_RING)
+			break;
+		barrier_var(p);
+		barrier_var(l);
+		t->lost_idx[l & (TX_RING - 1)] = t->order[p & (TX_RING - 1)];
+		t->lost_n = l + 1;
+		matched++;
+	}
+	t->xmit_unmatched += drops - matched;
+	t->bulk_pos = pos + drops;
 	return 0;
 }
 
@@ -166,9 +210,19 @@ SEC("tracepoint/xdp/xdp_redirect_err")
 int vmq_xdp_tx_redirect_err(struct redirect_err_args *a)
 {
 	struct txq *t = caller_txq(a->ifindex);
-	if (!t)
+	if (!t || (__u32)a->prog_id != t->prog_id)
 		return 0;
 	t->xmit_drops++;
 	t->xmit_errs++;
+	// The frame the program has just returned (enqueueing follows each
+	// run at once) never reached a bulk: take it out of order.
+	__u32 o = t->order_n, l = t->lost_n;
+	if (o > t->bulk_pos && o <= TX_RING && l < TX_RING) {
+		t->order_n = o - 1;
+		t->lost_idx[l & (TX_RING - 1)] = t->order[(o - 1) & (TX_RING - 1)];
+		t->lost_n = l + 1;
+	} else {
+		t->xmit_unmatched++;
+	}
 	return 0;
 }
