@@ -120,6 +120,9 @@ func newHostileBed(t *testing.T, mode, vmqd, vmqctl string, queues int) *hostile
 	h.log = filepath.Join(h.b.Dir, "vmqd.log")
 	cfg := fmt.Sprintf("nic: %s\nqueues: %d\npin_dir: %s\napi: {socket: %s}\nmetrics: {address: \"\"}\nvms:\n  - {name: victim, mac: %q, socket: %s, mode: %s}\n",
 		h.b.cfg.NIC, queues, h.b.cfg.PinDir, h.b.cfg.API.Socket, victimMAC, h.sock("victim"), mode)
+	if p := os.Getenv("VMQ_HOSTILE_TX_PATH"); p != "" {
+		cfg += "tx: {path: " + p + "}\n" // measurements: the same attacks on another transmit path
+	}
 	if err := os.WriteFile(h.cfg, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
