@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/dataplane"
+	"github.com/vmq/vmq/internal/cpuset"
 )
 
 // ErrNotStarted is returned by VM changes before Start has reconciled the
@@ -538,6 +539,10 @@ type Status struct {
 	StartedAt          time.Time               `json:"started_at"`
 	KeepSteeringOnExit bool                    `json:"keep_steering_on_exit"`
 	RestartPending     []string                `json:"restart_pending,omitempty"`
+	// HousekeepingCPUs is where vmqd's threads other than the workers may
+	// run (the answering thread's CPUs, as the kernel has them): the
+	// housekeeping_cpus when placed. Each worker's are in Workers.
+	HousekeepingCPUs string `json:"housekeeping_cpus"`
 }
 
 // Status reports the NIC, workers and VM counts.
@@ -557,7 +562,19 @@ func (c *Controller) Status() Status {
 		SlotsMax: c.maxVMs, StartedAt: c.startedAt,
 		KeepSteeringOnExit: c.cfg.KeepSteeringOnExit,
 		RestartPending:     append([]string(nil), c.restartPending...),
+		HousekeepingCPUs:   housekeepingCPUs(),
 	}
+}
+
+// housekeepingCPUs is the calling thread's CPUs: a goroutine other than a
+// worker's never runs on a worker's locked thread, and every other thread
+// has the housekeeping mask (dataplane.placeHousekeeping).
+func housekeepingCPUs() string {
+	cpus, err := cpuset.ThreadCPUs(0)
+	if err != nil {
+		return ""
+	}
+	return cpuset.Format(cpus)
 }
 
 // VMDetail is one VM with its counters, for `vmqctl vm show`.

@@ -93,3 +93,22 @@ func (w *worker) placeSelf() error {
 	}
 	return nil
 }
+
+// cpus is where the worker's thread may run now ("" before it starts or
+// after it ends), for status: the kernel's answer, not the config's.
+func (w *worker) cpus() string {
+	select {
+	case <-w.stopped: // its thread is gone; the id may be another's now
+		return ""
+	default:
+	}
+	tid := int(w.tid.Load())
+	if tid == 0 {
+		return ""
+	}
+	cpus, err := cpuset.ThreadCPUs(tid)
+	if err != nil {
+		return ""
+	}
+	return cpuset.Format(cpus)
+}

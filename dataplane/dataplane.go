@@ -494,7 +494,7 @@ func (dp *Dataplane) Snapshot() Snapshot {
 			VirtQueues: int(w.ctr.virtqueues.Load()), XDPSockets: int(w.ctr.sockets.Load()),
 			TxPath: w.txPathName(), TxXDPFrames: w.ctr.txXDP.Load(), TxSocketFrames: w.ctr.txSocket.Load(),
 			XDPTxCalls: w.ctr.xdpCalls.Load(), XDPTxFallbacks: w.ctr.xdpFallbacks.Load(), XDPTxDrops: w.ctr.xdpDrops.Load(),
-			XDPTxResent: w.ctr.xdpResent.Load(), MailboxDrops: w.mailboxDrops(),
+			XDPTxResent: w.ctr.xdpResent.Load(), MailboxDrops: w.mailboxDrops(), CPUs: w.cpus(),
 		})
 	}
 	dp.mu.RLock()

@@ -74,7 +74,11 @@ type FilterStats struct {
 
 // WorkerStats describe one worker (one NIC queue).
 type WorkerStats struct {
-	Queue       int    `json:"queue"`
+	Queue int `json:"queue"`
+	// CPUs is where the worker's thread may run, as the kernel has it now
+	// (kernel list format, e.g. "2"): one CPU when worker_cpus places it;
+	// "" before the worker starts.
+	CPUs        string `json:"cpus"`
 	BusyNS      uint64 `json:"busy_ns"`
 	IdleNS      uint64 `json:"idle_ns"`
 	Batches     uint64 `json:"batches"`

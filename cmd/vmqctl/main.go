@@ -499,6 +499,9 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 	}
 	fmt.Fprintf(c.stdout, "VMs: %d (%d running), slots max %d; up since %s\n",
 		st.VMs, st.VMsRunning, st.SlotsMax, st.StartedAt.UTC().Format(time.RFC3339))
+	if st.HousekeepingCPUs != "" {
+		fmt.Fprintf(c.stdout, "Threads other than the workers run on CPUs %s\n", st.HousekeepingCPUs)
+	}
 	if st.KeepSteeringOnExit {
 		fmt.Fprintln(c.stdout, "Steering stays on exit.")
 	}
@@ -508,11 +511,15 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 	fmt.Fprintln(c.stdout)
 	rows := make([][]any, len(st.Workers))
 	for i, w := range st.Workers {
-		rows[i] = []any{w.Queue, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
+		cpus := w.CPUs
+		if cpus == "" {
+			cpus = "-"
+		}
+		rows[i] = []any{w.Queue, cpus, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
 			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls,
 			txPath(w), w.TxXDPFrames, w.TxSocketFrames, w.XDPTxFallbacks}
 	}
-	if err := c.table("QUEUE\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS\tTX_PATH\tTX_XDP\tTX_SOCKET\tXDP_FAILS", rows); err != nil {
+	if err := c.table("QUEUE\tCPUS\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS\tTX_PATH\tTX_XDP\tTX_SOCKET\tXDP_FAILS", rows); err != nil {
 		return err
 	}
 	return c.dedicatedStatus(ctx, cl)

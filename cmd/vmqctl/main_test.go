@@ -58,7 +58,7 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 		NIC:    dataplane.NICStatus{Name: "veth0", Index: 7, Driver: "veth", MTU: 1500, Queues: []int{0, 1}, Channels: 4, AttachMode: "native", Attached: true, FrameSize: 4096, Notes: []string{"copy mode: veth has no zero-copy"}},
 		Filter: dataplane.FilterStats{Redirected: 1000, Passed: 20, Flooded: 3, Malformed: 1, NoSocket: 2},
 		Workers: []dataplane.WorkerStats{
-			{Queue: 0, BusyNS: 250, IdleNS: 750, Batches: 40, Wakeups: 5, Polls: 2, VirtQueues: 2, XDPSockets: 2, FreeFrames: 1900, TotalFrames: 2048, InFlightFrames: 148, Stalls: 1,
+			{Queue: 0, CPUs: "3", BusyNS: 250, IdleNS: 750, Batches: 40, Wakeups: 5, Polls: 2, VirtQueues: 2, XDPSockets: 2, FreeFrames: 1900, TotalFrames: 2048, InFlightFrames: 148, Stalls: 1,
 				TxPath: "xdp", TxXDPFrames: 300, TxSocketFrames: 12, XDPTxFallbacks: 1},
 			{Queue: 1, Batches: 0, TotalFrames: 2048, FreeFrames: 2048},
 		},
@@ -273,12 +273,13 @@ func TestStatus(t *testing.T) {
 	lines := strings.SplitN(out, "\n", 5)
 	if lines[0] != "NIC veth0 (ifindex 7, veth, mtu 1500): XDP native, queues [0 1] of 4, frame size 4096" ||
 		lines[1] != "  note: copy mode: veth has no zero-copy" ||
-		!strings.HasPrefix(lines[2], "VMs: 2 (2 running), slots max 255; up since ") {
+		!strings.HasPrefix(lines[2], "VMs: 2 (2 running), slots max 255; up since ") ||
+		!strings.HasPrefix(lines[3], "Threads other than the workers run on CPUs ") {
 		t.Errorf("status header:\n%s", out)
 	}
-	wantTable := retab(`QUEUE BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES INFLIGHT STALLS TX_PATH TX_XDP TX_SOCKET XDP_FAILS
-0 25.0% 40 5 2 2 2 1900/2048 148 1 xdp 300 12 1
-1 - 0 0 0 0 0 2048/2048 0 0 - 0 0 0
+	wantTable := retab(`QUEUE CPUS BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES INFLIGHT STALLS TX_PATH TX_XDP TX_SOCKET XDP_FAILS
+0 3 25.0% 40 5 2 2 2 1900/2048 148 1 xdp 300 12 1
+1 - - 0 0 0 0 0 2048/2048 0 0 - 0 0 0
 `)
 	if !strings.HasSuffix(out, "\n\n"+wantTable) {
 		t.Errorf("status table:\n%s\nwant suffix:\n%s", out, wantTable)
@@ -288,7 +289,7 @@ func TestStatus(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.NIC.Name != "veth0" || len(st.Workers) != 2 || st.Workers[0].Batches != 40 || st.VMs != 2 {
+	if st.NIC.Name != "veth0" || len(st.Workers) != 2 || st.Workers[0].Batches != 40 || st.Workers[0].CPUs != "3" || st.VMs != 2 || st.HousekeepingCPUs == "" {
 		t.Errorf("status json = %+v", st)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/bench"
+	"github.com/vmq/vmq/control"
 	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/cpuset"
 	"github.com/vmq/vmq/internal/testenv"
@@ -108,6 +109,14 @@ func TestVmqdCPUPlacement(t *testing.T) {
 		return workers[0]
 	}
 	before := check("after start")
+	// vmqctl status says where the threads are, as the kernel has them.
+	st, err := control.NewClient(b.cfg.API.Socket).Status(context.Background())
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, log)
+	}
+	if len(st.Workers) != 1 || st.Workers[0].CPUs != "1" || st.HousekeepingCPUs != "0" {
+		t.Errorf("status: worker CPUs %v, housekeeping CPUs %q; want [1] and 0", workerCPUs(st), st.HousekeepingCPUs)
+	}
 
 	const nWire, nVM = 20000, 20000 // 2 s each at the paced 10k/s
 	done := make(chan error, 1)
@@ -152,4 +161,11 @@ func TestVmqdCPUPlacement(t *testing.T) {
 		t.Errorf("no CPU placement line in vmqd's log:\n%s", log)
 	}
 	t.Logf("%d threads seen, worker thread %d took %v of CPU", len(seen), after.TID, after.cpu-before.cpu)
+}
+
+func workerCPUs(st control.Status) (out []string) {
+	for _, w := range st.Workers {
+		out = append(out, w.CPUs)
+	}
+	return out
 }

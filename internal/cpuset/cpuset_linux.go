@@ -19,6 +19,10 @@ var startAllowed, startErr = threadMask(0)
 // Allowed is the CPUs the process could run on when it started.
 func Allowed() ([]int, error) { return slices.Clone(startAllowed), startErr }
 
+// ThreadCPUs is the CPUs thread tid (0: the calling thread) may run on,
+// as the kernel has them now.
+func ThreadCPUs(tid int) ([]int, error) { return threadMask(tid) }
+
 func threadMask(tid int) ([]int, error) {
 	var s unix.CPUSet
 	if err := unix.SchedGetaffinity(tid, &s); err != nil {
