@@ -252,6 +252,13 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 	}
 	drops := t.st.XmitDrops
 	defer func() {
+		// Every frame the program returned is in a bulk by the end of the
+		// call (the batch's xdp_do_flush): a frame the kernel dropped
+		// unreported would shift the bulks' match, so Dropped is then not
+		// to be trusted whole.
+		if o, b := t.st.OrderN, t.st.BulkPos; o != b && t.x.XmitWatched() {
+			t.st.XmitUnmatched += uint64(max(o, b) - min(o, b))
+		}
 		if d := t.st.XmitDrops - drops; d > 0 && err == nil {
 			err = fmt.Errorf("XDP transmit on ifindex %d queue %d: %d frames: %w", t.x.ifindex, t.ctx.RxQueueIndex, d, ErrXmitDrops)
 		}
