@@ -29,6 +29,12 @@ const (
 // says which; XDPTxStats.XmitDrops counts them.
 var ErrXmitDrops = errors.New("the driver dropped frames in its XDP bulk transmit")
 
+// ErrXmitFull (which is also ErrXmitDrops): the driver took part of its
+// bulks and dropped the rest, with no error: its ring was full (the
+// receiver does not drain it as fast). Sending the dropped frames again
+// later may succeed.
+var ErrXmitFull = fmt.Errorf("%w: its ring was full", ErrXmitDrops)
+
 // XDPTx transmits batches of frames out of one interface through XDP rather
 // than the AF_XDP socket's copy-mode skb path: the frames are copied into
 // a staging map (BPF_F_MMAPABLE, no system call), then one BPF_PROG_RUN
@@ -250,7 +256,7 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 	if n == 0 {
 		return 0, nil
 	}
-	drops := t.st.XmitDrops
+	drops, errs := t.st.XmitDrops, t.st.XmitErrs
 	defer func() {
 		// Every frame the program returned is in a bulk by the end of the
 		// call (the batch's xdp_do_flush): a frame the kernel dropped
@@ -260,7 +266,11 @@ func (t *XDPTxQueue) Flush() (done int, err error) {
 			t.st.XmitUnmatched += uint64(max(o, b) - min(o, b))
 		}
 		if d := t.st.XmitDrops - drops; d > 0 && err == nil {
-			err = fmt.Errorf("XDP transmit on ifindex %d queue %d: %d frames: %w", t.x.ifindex, t.ctx.RxQueueIndex, d, ErrXmitDrops)
+			why := ErrXmitDrops
+			if t.st.XmitErrs == errs {
+				why = ErrXmitFull
+			}
+			err = fmt.Errorf("XDP transmit on ifindex %d queue %d: %d frames: %w", t.x.ifindex, t.ctx.RxQueueIndex, d, why)
 		}
 	}()
 	t.st.N, t.st.Next = n, 0

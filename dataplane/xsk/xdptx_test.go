@@ -228,8 +228,8 @@ func TestXDPTxDriverDrops(t *testing.T) {
 	}); e != nil {
 		t.Fatal(e)
 	}
-	if !errors.Is(err, ErrXmitDrops) || done != len(frames) {
-		t.Fatalf("Flush: %d, %v; want %d, ErrXmitDrops", done, err, len(frames))
+	if !errors.Is(err, ErrXmitDrops) || errors.Is(err, ErrXmitFull) || done != len(frames) {
+		t.Fatalf("Flush: %d, %v; want %d, ErrXmitDrops (not a full ring: the driver refuses)", done, err, len(frames))
 	}
 	if stats.Sent != uint64(len(frames)) || stats.XmitDrops != uint64(len(frames)) || stats.XmitSent != 0 || stats.XmitErrs == 0 {
 		t.Fatalf("stats %+v: want %d sent by the program, all dropped by the driver", stats, len(frames))
@@ -336,6 +336,9 @@ func TestXDPTxDroppedTail(t *testing.T) {
 					return fmt.Errorf("Flush: %d, %v", done, err)
 				}
 				d, complete := tq.Dropped()
+				if len(d) > 0 && !errors.Is(err, ErrXmitFull) {
+					return fmt.Errorf("call %d: %d dropped, err %v: want ErrXmitFull (a full ring)", call, len(d), err)
+				}
 				if !complete {
 					return fmt.Errorf("call %d: drops Dropped cannot name (stats %+v)", call, tq.Stats())
 				}
