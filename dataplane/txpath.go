@@ -240,9 +240,10 @@ func (x *xdpTxState) holdOver() bool {
 // each VM's socket, in order. The XDP call copies the frames, so their
 // UMEM frames go back to the allocator right after it, except those the
 // driver dropped (takeDropped): they go again through their sockets,
-// which hold what the kernel cannot take yet, so a full driver ring
-// loses nothing. Such a frame leaves after the frames of its VM that
-// followed it in the call.
+// which hold what the kernel cannot take yet (a full socket ring drops
+// them as tx_ring_full, counted on the VM), so no frame the driver
+// refused is lost unseen. Such a frame leaves after the frames of its VM
+// that followed it in the call.
 func (w *worker) flushWire() {
 	x := &w.xtx
 	n := len(x.descs)
