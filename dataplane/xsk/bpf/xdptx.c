@@ -24,9 +24,8 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define TX_MIN_LEN 14      // an Ethernet header
 #define BULK_MAX 16        // the kernel's DEV_MAP_BULK_SIZE: frames per bulk
 
-// Keeps clang from turning a checked index into a pointer it advances
-// (the verifier then sees an unbounded pointer).
-#define barrier_var(v) asm volatile("" : "+r"(v))
+// barrier_var (bpf_helpers.h) keeps clang from turning a checked index
+// into a pointer it advances (the verifier then sees an unbounded pointer).
 
 // One queue's batch, written by its worker through the mmapped map between
 // calls and advanced by the program during one.
