@@ -450,3 +450,48 @@ func TestDedicatedRestartLogFlood(t *testing.T) {
 		t.Fatalf("%d log lines for %d restarts, want 1 or 2:\n%s", n, restarts, logs.String())
 	}
 }
+
+// TestDedicatedPackedHostileIDs: on packed rings the guest names its
+// buffers: a buffer id reused while the NIC owns that buffer, or one
+// beyond the ring, breaks the guest's device; the buffer the kernel has is
+// in its fill ring once, nothing outside the posted buffer is written, and
+// the witness on the same worker loses nothing.
+func TestDedicatedPackedHostileIDs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		id     uint16
+		broken string
+	}{
+		{"id_reused", 2, "posted again"},
+		{"id_beyond_ring", 64, "beyond ring size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, d, w := guardedDedicatedBedRings(t, true)
+			defer w.check()
+			if p := tb.portStats("h").Features&virtio.FRingPacked != 0; !p {
+				t.Fatal("RING_PACKED not negotiated")
+			}
+			d.post(2, 3)
+			testenv.Eventually(t, "buffer posted", func() (bool, string) {
+				s := tb.vmStats("h").Dedicated
+				return s.Posted == 1 && s.State == "direct", fmt.Sprintf("%+v", *s)
+			})
+			d.RX().PostPacked(hostile.PackedDesc{Addr: d.Mem.GPAOf(d.bufOffs[3]), Len: uint32(d.bufLen), ID: tc.id, Flags: virtio.DescFWrite})
+			d.KickRing(0)
+			testenv.Eventually(t, "device broken", func() (bool, string) {
+				p := tb.portStats("h")
+				return p.Broken != "", fmt.Sprintf("port %+v", p)
+			})
+			if b := tb.portStats("h").Broken; !strings.Contains(b, tc.broken) {
+				t.Fatalf("broken for %q, want %q", b, tc.broken)
+			}
+			if s := tb.vmStats("h").Dedicated; s.Posted != 1 {
+				t.Fatalf("posted %d, want the one buffer once", s.Posted)
+			}
+			tb.SendOnCPU(1, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 9}, 5)
+			// At most one frame lands, in the one posted buffer.
+			time.Sleep(50 * time.Millisecond)
+			d.check(t, map[int]int{2: virtio.NetHdrLen + 66})
+		})
+	}
+}
