@@ -14,7 +14,7 @@ TESTFLAGS ?= -count=1 -p 1 -timeout 25m
 help:
 	@echo "make lab        run the self-contained lab (root): a veth NIC, vmqd, three guests, traffic, live counters"
 	@echo "make test       install test dependencies and run every test (root)"
-	@echo "make bench      vmq vs DPDK, same generator and guests, every placement, dedicated queues (root, ~19 min)"
+	@echo "make bench      vmq vs DPDK, same generator and guests, every placement, dedicated queues (root, ~25 min)"
 	@echo "make bench-readme  put the newest results/bench-*/readme.md into the README"
 	@echo "make bench-layers  per-layer benchmarks (root)"
 	@echo "make build      build $(CMDS) into bin/"
@@ -40,16 +40,15 @@ test:
 	bash .ci/setup
 	$(GO) test $(TESTFLAGS) ./...
 
-# The suite (bench/, ~19 minutes): vmq and DPDK on one veth with the same
-# generator and guests, RX/TX/VM→VM, every 2-CPU placement, zero-loss
+# The suite (bench/, 24 minutes in the quiet run of 2026-11-30): vmq and
+# DPDK on one veth with the same generator and guests, RX/TX/VM→VM, every 2-CPU placement, zero-loss
 # searches, and RX on a dedicated queue (vmq shared, vmq dedicated, DPDK
 # on queue 1 of a 2-queue veth, ~2 minutes of it; VMQ_BENCH_DIRS=dedicated
 # runs only that); tables in results/bench-<date>/ (results.md, results.json,
 # readme.md). Then, in the same run, the worker benchmarks the suite cannot
 # express (256 VMs on a queue, dedicated vs shared queues inside vmq, MTU 9000, offloads
-# on/off between Linux guests) into that directory's features.txt (~5.5
-# minutes; BenchmarkWorkerRX's paced cases, the 256-VM cases at one offered
-# rate, take ~30 s of it). Fails when any measurement fails.
+# on/off between Linux guests) into that directory's features.txt (80 s
+# in the same run). Fails when any measurement fails.
 FEATURE_BENCH := BenchmarkWorkerRX$$|BenchmarkDedicatedRX$$|BenchmarkWorkerJumbo$$|BenchmarkLinuxGuestTCP$$
 bench:
 	bash .ci/setup
