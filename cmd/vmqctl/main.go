@@ -517,9 +517,9 @@ func (c *cli) status(ctx context.Context, cl *control.Client, args []string) err
 		}
 		rows[i] = []any{w.Queue, cpus, busyPercent(w), w.Batches, w.Wakeups, w.Polls, w.VirtQueues, w.XDPSockets,
 			fmt.Sprintf("%d/%d", w.FreeFrames, w.TotalFrames), w.InFlightFrames, w.Stalls,
-			txPath(w), w.TxXDPFrames, w.TxSocketFrames, w.XDPTxFallbacks}
+			txPath(w), w.TxXDPFrames, w.TxSocketFrames, w.XDPTxFallbacks, w.XDPTxResent}
 	}
-	if err := c.table("QUEUE\tCPUS\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS\tTX_PATH\tTX_XDP\tTX_SOCKET\tXDP_FAILS", rows); err != nil {
+	if err := c.table("QUEUE\tCPUS\tBUSY\tBATCHES\tWAKEUPS\tPOLLS\tVQS\tXSKS\tFREE/FRAMES\tINFLIGHT\tSTALLS\tTX_PATH\tTX_XDP\tTX_SOCKET\tXDP_FAILS\tXDP_RESENT", rows); err != nil {
 		return err
 	}
 	return c.dedicatedStatus(ctx, cl)

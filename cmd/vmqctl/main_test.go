@@ -59,7 +59,7 @@ func (d *fakeDP) Snapshot() dataplane.Snapshot {
 		Filter: dataplane.FilterStats{Redirected: 1000, Passed: 20, Flooded: 3, Malformed: 1, NoSocket: 2},
 		Workers: []dataplane.WorkerStats{
 			{Queue: 0, CPUs: "3", BusyNS: 250, IdleNS: 750, Batches: 40, Wakeups: 5, Polls: 2, VirtQueues: 2, XDPSockets: 2, FreeFrames: 1900, TotalFrames: 2048, InFlightFrames: 148, Stalls: 1,
-				TxPath: "xdp", TxXDPFrames: 300, TxSocketFrames: 12, XDPTxFallbacks: 1},
+				TxPath: "xdp", TxXDPFrames: 300, TxSocketFrames: 12, XDPTxFallbacks: 1, XDPTxResent: 4},
 			{Queue: 1, Batches: 0, TotalFrames: 2048, FreeFrames: 2048},
 		},
 		Sockets: []dataplane.SocketStats{{VM: "", Queue: 0}},
@@ -277,9 +277,9 @@ func TestStatus(t *testing.T) {
 		!strings.HasPrefix(lines[3], "Threads other than the workers run on CPUs ") {
 		t.Errorf("status header:\n%s", out)
 	}
-	wantTable := retab(`QUEUE CPUS BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES INFLIGHT STALLS TX_PATH TX_XDP TX_SOCKET XDP_FAILS
-0 3 25.0% 40 5 2 2 2 1900/2048 148 1 xdp 300 12 1
-1 - - 0 0 0 0 0 2048/2048 0 0 - 0 0 0
+	wantTable := retab(`QUEUE CPUS BUSY BATCHES WAKEUPS POLLS VQS XSKS FREE/FRAMES INFLIGHT STALLS TX_PATH TX_XDP TX_SOCKET XDP_FAILS XDP_RESENT
+0 3 25.0% 40 5 2 2 2 1900/2048 148 1 xdp 300 12 1 4
+1 - - 0 0 0 0 0 2048/2048 0 0 - 0 0 0 0
 `)
 	if !strings.HasSuffix(out, "\n\n"+wantTable) {
 		t.Errorf("status table:\n%s\nwant suffix:\n%s", out, wantTable)
