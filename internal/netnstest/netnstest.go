@@ -16,8 +16,12 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -220,4 +224,29 @@ func upLink(t testing.TB, ns *NS, name string, queues int) Link {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// PassXDP attaches an XDP_PASS program natively to ifindex in ns until
+// the test ends or the returned detach runs: a veth takes XDP frames
+// (ndo_xdp_xmit, vmq's XDP transmit) only while its peer has an XDP
+// program, and the peer's stack still sees every frame.
+func PassXDP(t testing.TB, ns *NS, ifindex int) (detach func()) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}}) // XDP_PASS
+	if err != nil {
+		testenv.Skip(t, "load XDP program: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	var l link.Link
+	if err := ns.Do(func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+		return err
+	}); err != nil {
+		testenv.Skip(t, "attach XDP in %s: %v", ns.Name, err)
+	}
+	var once sync.Once
+	detach = func() { once.Do(func() { l.Close() }) }
+	t.Cleanup(detach)
+	return detach
 }

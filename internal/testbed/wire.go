@@ -11,12 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmq/vmq/internal/cpuset"
+	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
@@ -282,27 +280,9 @@ func (c *Capture) Matching(keep func([]byte) bool) [][]byte {
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // PassXDPOnPeer attaches an XDP_PASS program natively to the wire end
-// until the test ends or the returned detach runs: a veth takes XDP
-// frames (ndo_xdp_xmit, vmq's XDP transmit) only while its peer has an
-// XDP program, and the wire's stack and Capture still see every frame.
+// until the test ends or the returned detach runs (netnstest.PassXDP):
+// the wire's stack and Capture still see every frame.
 func (b *Bed) PassXDPOnPeer() (detach func()) {
-	t := b.T
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}}) // XDP_PASS
-	if err != nil {
-		testenv.Skip(t, "load XDP program: %v", err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	var l link.Link
-	if err := b.Wire.Do(func() (err error) {
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: b.Peer.Index, Flags: link.XDPDriverMode})
-		return err
-	}); err != nil {
-		testenv.Skip(t, "attach XDP to the wire end: %v", err)
-	}
-	var once sync.Once
-	detach = func() { once.Do(func() { l.Close() }) }
-	t.Cleanup(detach)
-	return detach
+	b.T.Helper()
+	return netnstest.PassXDP(b.T, b.Wire, b.Peer.Index)
 }
