@@ -63,6 +63,9 @@ type XDPTx struct {
 	progID  uint32 // the program's id: the redirect errors of ours
 	qmem    []byte // tx_queues, mmapped
 	smem    []byte // tx_slots, mmapped
+	// watchErr: why the tracepoints are not attached (tracefs not
+	// mounted, perf_event_open refused: CAP_PERFMON, a seccomp filter).
+	watchErr error
 }
 
 // NewXDPTx loads the program for ifindex with state for queues 0..nqueues-1.
@@ -105,6 +108,7 @@ func NewXDPTx(ifindex, nqueues int) (*XDPTx, error) {
 		l, err := link.Tracepoint("xdp", tp.name, tp.prog, nil)
 		if err != nil {
 			x.closeWatch()
+			x.watchErr = fmt.Errorf("tracepoint xdp:%s: %w", tp.name, err)
 			break
 		}
 		x.watch = append(x.watch, l)
@@ -124,6 +128,9 @@ func (x *XDPTx) closeWatch() error {
 // XmitWatched says whether the driver's drops in bulk transmits are
 // counted (XDPTxStats.XmitDrops, ErrXmitDrops).
 func (x *XDPTx) XmitWatched() bool { return len(x.watch) > 0 }
+
+// WatchErr says why the driver's drops are not watched (nil when they are).
+func (x *XDPTx) WatchErr() error { return x.watchErr }
 
 // Keeper says whether the program is held in the XDP dispatcher.
 func (x *XDPTx) Keeper() bool { return x.keep != nil }
