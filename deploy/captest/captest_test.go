@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,9 @@ const (
 	// envDropIfindex: the XDP transmit child's second interface, a veth
 	// whose peer has no XDP (its driver refuses XDP frames).
 	envDropIfindex = "VMQ_CAPTEST_DROP_IFINDEX"
+	// envSandbox: the mounts of the sandbox stage (unitMounts), which
+	// then runs its arguments.
+	envSandbox = "VMQ_CAPTEST_SANDBOX"
 )
 
 const (
@@ -53,6 +57,15 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(envSandbox); spec != "" {
+		err := sandbox(spec)
+		if err == nil {
+			os.Unsetenv(envSandbox)
+			err = syscall.Exec(os.Args[1], os.Args[1:], os.Environ())
+		}
+		fmt.Fprintln(os.Stderr, "FAIL: sandbox:", err)
+		os.Exit(1)
+	}
 	if os.Getenv(envIfindex) != "" {
 		run := child
 		switch os.Getenv(envMode) {
@@ -243,6 +256,144 @@ func childTracepoint() error {
 	return unix.Close(fd)
 }
 
+// sandbox lays out the file system as spec says (unitMounts), in this
+// process's own mount namespace (exec.Cmd Unshareflags: CLONE_NEWNS, made
+// private): each line is "MODE:PATH", in path order, PATH with a "-" when
+// it may be missing. ro and rw make the path and everything under it
+// read-only or writable again (a path that is no mount point is first
+// bound onto itself, as systemd does), no hides it (an empty file or
+// directory without permissions: the child has no CAP_DAC_OVERRIDE), tmp
+// mounts a new tmpfs.
+func sandbox(spec string) error {
+	// This binary, in a test's temporary directory under /tmp, stays where
+	// it is when a tmpfs covers /tmp (vmqd's own is in /usr/local/bin).
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	selfFD, err := unix.Open(self, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", self, err)
+	}
+	keepSelf := func() error {
+		if err := os.MkdirAll(filepath.Dir(self), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(self, nil, 0o755); err != nil {
+			return err
+		}
+		return unix.Mount(fmt.Sprintf("/proc/self/fd/%d", selfFD), self, "", unix.MS_BIND, "")
+	}
+	// The hidden paths' stand-ins, in a tmpfs of their own (mounted over
+	// /tmp; a tmp line mounts /tmp's own tmpfs over it).
+	if err := unix.Mount("tmpfs", "/tmp", "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("tmpfs: %w", err)
+	}
+	noFile, noDir := "/tmp/inaccessible-file", "/tmp/inaccessible-dir"
+	if err := os.WriteFile(noFile, nil, 0); err != nil {
+		return err
+	}
+	if err := os.Mkdir(noDir, 0); err != nil {
+		return err
+	}
+	if err := keepSelf(); err != nil {
+		return fmt.Errorf("keep %s: %w", self, err)
+	}
+	for _, line := range strings.Split(spec, "\n") {
+		mode, path, _ := strings.Cut(line, ":")
+		path, optional := strings.CutPrefix(path, "-")
+		st, err := os.Stat(path)
+		if err != nil {
+			if optional && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		switch mode {
+		case "tmp":
+			if err = unix.Mount("tmpfs", path, "tmpfs", 0, "mode=1777"); err == nil && strings.HasPrefix(self, path+"/") {
+				err = keepSelf()
+			}
+		case "no":
+			src := noFile
+			if st.IsDir() {
+				src = noDir
+			}
+			err = unix.Mount(src, path, "", unix.MS_BIND, "")
+		case "ro", "rw":
+			if path != "/" {
+				if err := unix.Mount(path, path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+					return fmt.Errorf("bind %s: %w", path, err)
+				}
+			}
+			attr := unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}
+			if mode == "ro" {
+				attr = unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+			}
+			err = unix.MountSetattr(unix.AT_FDCWD, path, unix.AT_RECURSIVE, &attr)
+		default:
+			err = fmt.Errorf("bad mode %q", mode)
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", mode, path, err)
+		}
+	}
+	return nil
+}
+
+// unitMounts is the file system the unit's processes see, for sandbox,
+// as systemd (252, src/core/namespace.c) lays it out from the unit:
+// ProtectSystem=strict: / read-only but /dev, /proc and /sys;
+// ProtectKernelTunables=yes: /sys, /sys/fs/bpf, /sys/kernel/debug,
+// /sys/kernel/tracing and /proc/sys read-only, /proc/kallsyms and
+// /proc/kcore inaccessible; then ReadOnlyPaths=, ReadWritePaths=,
+// InaccessiblePaths=; PrivateTmp=yes: a /tmp of its own. Two entries for
+// one path: the more restrictive one wins (namespace.c drop_duplicates),
+// so ReadWritePaths=/sys/fs/bpf does not undo ProtectKernelTunables's
+// /sys/fs/bpf. Not laid out: PrivateDevices's /dev, ProtectHome's and the
+// rest of /proc ProtectKernelTunables makes read-only (no child uses them).
+func unitMounts(t *testing.T) string {
+	t.Helper()
+	type entry struct {
+		mode     string
+		optional bool
+	}
+	rank := map[string]int{"no": 0, "ro": 1, "tmp": 2, "rw": 3}
+	entries := map[string]entry{}
+	add := func(mode string, paths ...string) {
+		for _, p := range paths {
+			p, optional := strings.CutPrefix(p, "-")
+			if e, ok := entries[p]; !ok || rank[mode] < rank[e.mode] {
+				entries[p] = entry{mode, optional && (!ok || e.optional)}
+			}
+		}
+	}
+	if unitDirective(t, "ProtectSystem") == "strict" {
+		add("ro", "/")
+		add("rw", "/dev", "/proc", "/sys")
+	}
+	if unitDirective(t, "ProtectKernelTunables", "no") == "yes" {
+		add("ro", "/sys", "-/sys/fs/bpf", "-/sys/kernel/debug", "-/sys/kernel/tracing", "-/proc/sys")
+		add("no", "-/proc/kallsyms", "-/proc/kcore")
+	}
+	add("ro", strings.Fields(unitDirective(t, "ReadOnlyPaths", ""))...)
+	add("rw", strings.Fields(unitDirective(t, "ReadWritePaths", ""))...)
+	add("no", strings.Fields(unitDirective(t, "InaccessiblePaths", ""))...)
+	if unitDirective(t, "PrivateTmp", "no") == "yes" {
+		add("tmp", "/tmp")
+	}
+	paths := slices.Sorted(maps.Keys(entries)) // a path sorts before those under it
+	var lines []string
+	for _, p := range paths {
+		e := entries[p]
+		if e.optional {
+			p = "-" + p
+		}
+		lines = append(lines, e.mode+":"+p)
+	}
+	return strings.Join(lines, "\n")
+}
+
 // unitCaps reads CapabilityBoundingSet from the unit.
 func unitCaps(t *testing.T) []string {
 	t.Helper()
@@ -268,6 +419,8 @@ type children struct {
 	ns                              *netnstest.NS
 	env                             []string
 	pinDir                          string // removed after each run ("": none)
+	// sandbox: the mounts the child runs under (unitMounts; "": the host's).
+	sandbox string
 }
 
 func newChildren(t *testing.T, ns *netnstest.NS, env ...string) *children {
@@ -309,6 +462,13 @@ func (c *children) runTraced(caps []string, strace, traceFile string) (string, e
 			c.setpriv, "--bounding-set=" + bset, "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--"},
 			child...)...)
 		cmd.Env = append(os.Environ(), c.env...)
+		if c.sandbox != "" {
+			// This binary's sandbox stage first, in a mount namespace of its own.
+			cmd.Args = append([]string{c.self}, cmd.Args...)
+			cmd.Path = c.self
+			cmd.Env = append(cmd.Env, envSandbox+"="+c.sandbox)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+		}
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err := cmd.Run()
@@ -429,8 +589,9 @@ func TestUnitCapabilitiesTracepoint(t *testing.T) {
 	}
 }
 
-// unitDirective is the value of a directive of the unit (its last line).
-func unitDirective(t *testing.T, key string) string {
+// unitDirective is the value of a directive of the unit (its last line);
+// without it, the default if one is given, else the test fails.
+func unitDirective(t *testing.T, key string, def ...string) string {
 	t.Helper()
 	b, err := os.ReadFile("../systemd/vmqd.service")
 	if err != nil {
@@ -443,6 +604,9 @@ func unitDirective(t *testing.T, key string) string {
 		}
 	}
 	if !found {
+		if len(def) > 0 {
+			return def[0]
+		}
 		t.Fatalf("no %s in vmqd.service", key)
 	}
 	return v
@@ -553,6 +717,25 @@ func TestUnitSystemCalls(t *testing.T) {
 			t.Logf("%s: %s", c.what, l)
 		}
 		t.Logf("%s: %d system calls, socket families %v", c.what, len(calls), slices.Sorted(maps.Keys(fams)))
+	}
+}
+
+// TestUnitFileSystem: under the file system the unit gives vmqd
+// (unitMounts: read-only but for its ReadWritePaths, /sys read-only with
+// tracefs in it), vmqd's start and restart pin in bpffs and the XDP
+// transmit finds its tracepoints, with the unit's capabilities.
+func TestUnitFileSystem(t *testing.T) {
+	mounts := unitMounts(t)
+	t.Logf("mounts:\n%s", mounts)
+	caps := unitCaps(t)
+	for _, c := range []struct {
+		what string
+		ch   *children
+	}{{"start and restart", startChildren(t)}, {"XDP transmit", xdpTxChildren(t)}} {
+		c.ch.sandbox = mounts
+		if out, err := c.ch.run(caps); err != nil {
+			t.Errorf("%s under the unit's file system: %v\n%s", c.what, err, out)
+		}
 	}
 }
 
