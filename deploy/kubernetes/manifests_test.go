@@ -237,6 +237,20 @@ func mountedFrom(ds *appsv1.DaemonSet, c corev1.Container, path string) string {
 	return ""
 }
 
+// tracefs is where the host mounts tracefs (cilium/ebpf also finds it
+// through /proc/self/mountinfo wherever it is mounted).
+const tracefs = "/sys/kernel/tracing"
+
+// mountReadOnly: the volume mounted at path is read-only.
+func mountReadOnly(c corev1.Container, path string) bool {
+	for _, vm := range c.VolumeMounts {
+		if vm.MountPath == path {
+			return vm.ReadOnly
+		}
+	}
+	return false
+}
+
 // The DaemonSet runs vmqd as the unit does: the captest capabilities and
 // no others, host network, the host's bpffs, /run/vmq and /var/lib/vmq
 // under the paths the ConfigMap's config uses, probes on the endpoints
@@ -297,6 +311,16 @@ func TestDaemonSet(t *testing.T) {
 		if mountedFrom(m.ds, vmqd, p) != p {
 			t.Errorf("host path %s is not mounted at %s", p, p)
 		}
+	}
+	// The XDP transmit's tracepoints (naming the frames a driver drops):
+	// their ids are read from the host's tracefs, which a container's own
+	// /sys does not hold; read-only is enough (deploy/captest
+	// TestUnitFileSystem), and CAP_PERFMON (in the unit's set) opens them.
+	if mountedFrom(m.ds, vmqd, tracefs) != tracefs || !mountReadOnly(vmqd, tracefs) {
+		t.Errorf("the host's tracefs %s is not mounted read-only at %s: driver drops in the XDP transmit would be lost unseen", tracefs, tracefs)
+	}
+	if !slices.Contains(added, "PERFMON") {
+		t.Error("without CAP_PERFMON the XDP transmit cannot attach its tracepoints")
 	}
 	if cfg.StateFile == "" || !cfg.KeepSteeringOnExit {
 		t.Errorf("config: state_file %q, keep_steering_on_exit %v: a rolling update would lose ports or steering", cfg.StateFile, cfg.KeepSteeringOnExit)
