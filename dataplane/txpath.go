@@ -354,8 +354,12 @@ func (dp *Dataplane) openXDPTx() error {
 	if !x.Keeper() {
 		dp.log.Warn("XDP transmit without its dispatcher keeper: every call waits two RCU grace periods")
 	}
-	if !x.XmitWatched() {
-		dp.log.Warn("XDP transmit cannot count the frames a driver refuses (no xdp tracepoints: tracefs?); they are lost unseen")
+	// One line either way: whether a driver's drops are named (README:
+	// Deploying on a real NIC, what the unit and the DaemonSet grant).
+	if x.XmitWatched() {
+		dp.log.Info("XDP transmit: frames a driver drops are named by the xdp tracepoints and sent again through the sockets")
+	} else {
+		dp.log.Warn("XDP transmit cannot name the frames a driver drops (no xdp tracepoints: tracefs mounted? CAP_PERFMON? perf_event_open allowed by seccomp?); they are lost unseen", "err", x.WatchErr())
 	}
 	dp.xdptx = x
 	return nil
