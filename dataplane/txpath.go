@@ -348,7 +348,7 @@ func (dp *Dataplane) openXDPTx() error {
 		if dp.cfg.TxPath == TxPathXDP {
 			return fmt.Errorf("dataplane: tx path xdp: %w", err)
 		}
-		dp.log.Warn("no XDP transmit (needs Linux >= 5.18 and CAP_BPF): frames leave through the AF_XDP sockets", "err", err)
+		dp.log.Warn("no XDP transmit (needs Linux >= 5.18, CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): frames leave through the AF_XDP sockets", "err", err)
 		return nil
 	}
 	if !x.Keeper() {
