@@ -648,6 +648,7 @@ func allowedSyscalls(t *testing.T, sa string, filter []string) map[string]bool {
 var (
 	straceCall   = regexp.MustCompile(`^\d+\s+([a-z0-9_]+)\(`)
 	straceSocket = regexp.MustCompile(`^\d+\s+socket\((AF_[A-Z0-9]+)`)
+	straceResult = regexp.MustCompile(`\)\s+= (.*)$`)
 )
 
 // readTrace reads strace's output: every system call made, and every
@@ -671,6 +672,22 @@ func readTrace(t *testing.T, file string) (calls, families map[string]string) {
 		t.Fatalf("strace's output has no execve or bpf call:\n%s", b)
 	}
 	return calls, families
+}
+
+// callResult is the result strace shows for the first call of name
+// ("= -1 EPERM (...)"), also when the call was interrupted by another
+// thread's and resumed.
+func callResult(file, name string) string {
+	b, _ := os.ReadFile(file)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, " "+name+"(") && !strings.HasSuffix(l, "<unfinished ...>") ||
+			strings.Contains(l, "<... "+name+" resumed>") {
+			if m := straceResult.FindStringSubmatch(l); m != nil {
+				return m[1]
+			}
+		}
+	}
+	return "(no result)"
 }
 
 // TestUnitSystemCalls: the unit's seccomp filter (SystemCallFilter, as
@@ -705,11 +722,11 @@ func TestUnitSystemCalls(t *testing.T) {
 				t.Errorf("%s opens an %s socket, which the unit's RestrictAddressFamilies refuses: %s", c.what, fam, line)
 			}
 		}
-		if l := calls["unshare"]; l != "" {
+		if calls["unshare"] != "" {
 			// xdplive.Keeper: without CAP_SYS_ADMIN (and under the unit's
 			// RestrictNamespaces=yes) it is refused; XDP transmit goes on
 			// without the keeper.
-			t.Logf("%s: %s", c.what, l)
+			t.Logf("%s: the dispatcher keeper's unshare: %s", c.what, callResult(file, "unshare"))
 		}
 		t.Logf("%s: %d system calls, socket families %v", c.what, len(calls), slices.Sorted(maps.Keys(fams)))
 	}
