@@ -302,15 +302,15 @@ func TestVMQBusyPerFrame(t *testing.T) {
 }
 
 func TestVMQDrops(t *testing.T) {
-	a, _ := parseVMQStats([]byte(`{"workers":[{"polls":4}],"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}]}`))
-	b, _ := parseVMQStats([]byte(`{"workers":[{"polls":14}],"sockets":[{"rx_dropped":9,"rx_ring_full":6,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, rx ring full 6, fill ring empty 0; worker drops: budget 2, virtqueue_full 7; worker sleeps 10"; got != want {
+	a, _ := parseVMQStats([]byte(`{"workers":[{"polls":4}],"sockets":[{"rx_dropped":5,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":3}}],"ports":[{"calls":7,"kicks":1}]}`))
+	b, _ := parseVMQStats([]byte(`{"workers":[{"polls":14}],"sockets":[{"rx_dropped":9,"rx_ring_full":6,"fill_ring_empty":1}],"vms":[{"drops":{"virtqueue_full":10,"budget":2,"spoofed":0}}],"ports":[{"calls":107,"kicks":4}]}`))
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 4, rx ring full 6, fill ring empty 0; worker drops: budget 2, virtqueue_full 7; worker sleeps 10; guest calls 100, kicks 3"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	// A dedicated queue's socket drops are the kernel's too.
 	a, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":10,"fill_ring_empty":3}}]}`))
 	b, _ = parseVMQStats([]byte(`{"sockets":[{"rx_dropped":1}],"vms":[{"dedicated":{"rx_dropped":40,"fill_ring_empty":5}}]}`))
-	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, rx ring full 0, fill ring empty 2; worker drops: none; worker sleeps 0"; got != want {
+	if got, want := vmqDrops(a, b), "xsk rx_dropped 30, rx ring full 0, fill ring empty 2; worker drops: none; worker sleeps 0; guest calls 0, kicks 0"; got != want {
 		t.Errorf("dedicated: got %q, want %q", got, want)
 	}
 }
