@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -20,19 +20,15 @@ import (
 // the queue's callPending and wakes this goroutine, which may block in
 // write(2) — stalling only this guest's notifications.
 //
-// The notifier runs on a locked OS thread of its own, blocked in read(2)
-// of an eventfd nobody else holds (a write to it never blocks: the
-// counter cannot saturate), with scheduling policy SCHED_BATCH: a batch
-// task does not wakeup-preempt a normal one (check_preempt_wakeup_fair),
-// so a worker sharing its CPU finishes its round and the notifier runs at
-// the next switch (the worker's sleep or the tick). As a normal thread
-// (the netpoller's, before) it preempted the worker mid-round on every
-// call when vmqd shared one CPU with the traffic source, and the
-// source's time then fell inside the worker's rounds (bench/HISTORY.md,
-// "Calls on a shared CPU"). A channel send instead made it runnable on
-// the worker's own P: 145 µs median, ~1 ms p99 (BenchmarkCallLatency).
-// The worker writes the eventfd only when the notifier is asleep (one
-// syscall per call that finds it so; none while it is awake).
+// The wake-up goes through an eventfd of the notifier's own (nobody else
+// holds it, so a write never blocks) that the goroutine waits on in Go's
+// netpoller: an idle P's thread, blocked in epoll, runs it at once. A
+// channel send instead made it runnable on the worker's own P, where it
+// waited for another P to steal it or for sysmon to retake the P while
+// the worker slept in poll(2): 145 µs median, ~1 ms p99, up to 5 ms
+// (BenchmarkCallLatency), the lab's higher latency. The worker writes the
+// eventfd only when the goroutine is asleep (one syscall per call that
+// finds it so; none while it is awake).
 //
 // The control goroutine owns the run state (start, stop) and changes a
 // queue's callFD only while the notifier is stopped; while it runs, the
@@ -41,12 +37,12 @@ type notifier struct {
 	queues []*Queue
 	log    *slog.Logger
 
-	// wakeFD is the notifier's eventfd (blocking: its thread sleeps in
-	// read). asleep: the notifier waits on it (or is about to): a
-	// requester must write.
+	// wake is the notifier's eventfd (non-blocking, in the netpoller);
+	// wakeFD its number, for the workers' raw writes. asleep: the
+	// goroutine waits on wake (or is about to): a requester must write.
+	wake   *os.File
 	wakeFD int
 	asleep atomic.Bool
-	tid    atomic.Int64 // the notifier's thread while it runs (tests)
 
 	// Control goroutine only.
 	quit, done chan struct{} // nil while stopped
@@ -54,7 +50,7 @@ type notifier struct {
 
 	writing atomic.Int64 // the fd the notifier is writing now, -1 when none
 	buf     [8]byte      // the notifier goroutine's write buffer
-	rbuf    [8]byte      // its read buffer for wakeFD
+	rbuf    [8]byte      // its read buffer for wake
 }
 
 // notifiersRunning counts notifier goroutines, so tests can see that none
@@ -69,11 +65,11 @@ const (
 )
 
 func newNotifier(qs []*Queue, log *slog.Logger) (*notifier, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("call notifier: eventfd: %w", err)
 	}
-	n := &notifier{queues: qs, log: log, wakeFD: fd}
+	n := &notifier{queues: qs, log: log, wake: os.NewFile(uintptr(fd), "vmq-notifier"), wakeFD: fd}
 	n.writing.Store(-1)
 	binary.NativeEndian.PutUint64(n.buf[:], 1)
 	return n, nil
@@ -83,7 +79,7 @@ func newNotifier(qs []*Queue, log *slog.Logger) (*notifier, error) {
 // (every queue stopped) and the notifier is stopped (or leaked in a
 // guest's write: it never reads wake again).
 func (n *notifier) close() {
-	unix.Close(n.wakeFD)
+	n.wake.Close()
 }
 
 // signal wakes the notifier without blocking: a raw write of the
@@ -106,19 +102,9 @@ func (n *notifier) start() {
 }
 
 func (n *notifier) run(quit, done chan struct{}) {
-	// Never unlocked: the runtime discards the thread, batch policy and
-	// all, when the goroutine ends.
-	runtime.LockOSThread()
 	defer close(done)
 	defer notifiersRunning.Add(-1)
 	defer n.asleep.Store(false)
-	defer n.tid.Store(0)
-	if err := setBatch(); err != nil {
-		// Still correct, as a normal thread (one that preempts its CPU's
-		// worker on a call).
-		n.log.Warn("vhost-user call notifier: no batch scheduling policy", "err", err)
-	}
-	n.tid.Store(int64(unix.Gettid()))
 	for {
 		// Calls requested while stopped (or before this wake-up) first.
 		if !n.callPending(quit) {
@@ -136,38 +122,12 @@ func (n *notifier) run(quit, done chan struct{}) {
 			return
 		default:
 		}
-		if err := n.waitWake(); err != nil {
+		if _, err := n.wake.Read(n.rbuf[:]); err != nil {
 			n.log.Error("vhost-user call notifier: read of its eventfd failed", "err", err)
 			return
 		}
 		n.asleep.Store(false)
 	}
-}
-
-// waitWake blocks in read(2) of the notifier's eventfd until a requester
-// writes it.
-func (n *notifier) waitWake() error {
-	for {
-		_, err := unix.Read(n.wakeFD, n.rbuf[:])
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-// setBatch gives the calling thread policy SCHED_BATCH, its nice value
-// kept (no privilege needed).
-func setBatch() error {
-	a, err := unix.SchedGetAttr(0, 0)
-	if err != nil {
-		return fmt.Errorf("sched_getattr: %w", err)
-	}
-	a.Policy = unix.SCHED_BATCH
-	a.Flags, a.Priority = 0, 0
-	if err := unix.SchedSetAttr(0, a, 0); err != nil {
-		return fmt.Errorf("sched_setattr SCHED_BATCH: %w", err)
-	}
-	return nil
 }
 
 // anyPending reports whether a queue has a call pending.
