@@ -81,23 +81,45 @@ func BenchmarkWorkerRX(b *testing.B) {
 	if err := unix.SchedGetaffinity(0, &mask); err != nil {
 		b.Fatalf("affinity: %v", err)
 	}
-	one, many := newRXBench(b, 1), newRXBench(b, 256)
-	cases := []*rxCase{
-		{name: "1vm", env: one, nto: 1},
-		{name: "256to1", env: many, nto: 1},
-		{name: "256toall", env: many, nto: 256},
+	// VMQ_BENCH_GUEST_PAGES: the Go guests' memory on 4 KiB pages ("4k",
+	// the default), on 2 MiB huge pages ("2m"), or both ("ab": every case
+	// on both, the 2 MiB ones named *-2m, in one rotation).
+	var huge []bool
+	switch pages := os.Getenv("VMQ_BENCH_GUEST_PAGES"); pages {
+	case "", "4k":
+		huge = []bool{false}
+	case "2m":
+		huge = []bool{true}
+	case "ab":
+		huge = []bool{false, true}
+	default:
+		b.Fatalf("VMQ_BENCH_GUEST_PAGES=%s: want 4k, 2m or ab", pages)
+	}
+	var cases []*rxCase
+	var tids []int
+	for _, h := range huge {
+		suffix := ""
+		if h && len(huge) > 1 {
+			suffix = "-2m"
+		}
+		one, many := newRXBench(b, 1, h), newRXBench(b, 256, h)
+		cases = append(cases,
+			&rxCase{name: "1vm" + suffix, env: one, nto: 1},
+			&rxCase{name: "256to1" + suffix, env: many, nto: 1},
+			&rxCase{name: "256toall" + suffix, env: many, nto: 256})
+		one.tid, many.tid = pinWorker(b, one.w, workerCPU), pinWorker(b, many.w, workerCPU)
+		tids = append(tids, one.tid, many.tid)
 	}
 	if rate := benchRate(b, "VMQ_BENCH_PACED_RATE", benchPacedRate); rate > 0 {
 		burst := int(benchRate(b, "VMQ_BENCH_PACED_BURST", benchPacedBurst))
-		for _, c := range cases[:3] {
+		for _, c := range slices.Clone(cases) {
 			cases = append(cases, &rxCase{name: "paced-" + c.name, env: c.env, nto: c.nto, rate: rate, burst: burst})
 		}
 	}
-	one.tid, many.tid = pinWorker(b, one.w, workerCPU), pinWorker(b, many.w, workerCPU)
 	shared := os.Getenv("VMQ_BENCH_SHARED_CPU") == "1"
 	isolate := func() {}
 	if !shared {
-		isolate = isolateCPU(b, mask, workerCPU, one.tid, many.tid)
+		isolate = isolateCPU(b, mask, workerCPU, tids...)
 	}
 	if only := os.Getenv("VMQ_BENCH_CASES"); only != "" { // for profiles: e.g. 256toall
 		cases = slices.DeleteFunc(cases, func(c *rxCase) bool { return !slices.Contains(strings.Split(only, ","), c.name) })
@@ -117,7 +139,7 @@ func BenchmarkWorkerRX(b *testing.B) {
 	// One line for all: the testing package keeps 10 lines of a
 	// benchmark's log, and each case has its own line below.
 	b.Log("warm-up: " + strings.Join(warmed, "; "))
-	fmt.Fprintf(os.Stderr, "worker threads (for perf record -t): 1 VM %d, 256 VMs %d\n", one.tid, many.tid)
+	fmt.Fprintf(os.Stderr, "worker threads (for perf record -t; 1 VM, 256 VMs, per page size): %v\n", tids)
 	for r := 0; b.Loop(); r++ {
 		for k := range cases {
 			c := cases[(k+r)%len(cases)]
@@ -128,7 +150,9 @@ func BenchmarkWorkerRX(b *testing.B) {
 	for _, c := range cases {
 		c.report(b)
 		// The ratios are to the 1-VM case at the same offered rate.
-		i := slices.IndexFunc(cases, func(o *rxCase) bool { return o.nto == 1 && len(o.env.guests) == 1 && o.rate == c.rate })
+		i := slices.IndexFunc(cases, func(o *rxCase) bool {
+			return o.nto == 1 && len(o.env.guests) == 1 && o.rate == c.rate && o.env.huge == c.env.huge
+		})
 		if base := cases[max(i, 0)]; i >= 0 && base != c {
 			b.ReportMetric(median(c.samples, rxSample.trim)/median(base.samples, rxSample.trim), c.name+"/"+base.name+"-trimmed-busy")
 			b.ReportMetric(median(c.samples, rxSample.busy)/median(base.samples, rxSample.busy), c.name+"/"+base.name+"-busy")
@@ -196,6 +220,7 @@ const benchGuestRing = 256
 
 // rxBench is a worker on a one-queue veth with nvm Go guests.
 type rxBench struct {
+	huge   bool // the guests' memory on 2 MiB pages
 	w      *worker
 	tid    int // the worker's thread
 	guests []*frontend.Guest
@@ -204,7 +229,7 @@ type rxBench struct {
 	peer   int // the wire end's ifindex
 }
 
-func newRXBench(b *testing.B, nvm int) *rxBench {
+func newRXBench(b *testing.B, nvm int, huge bool) *rxBench {
 	host, wire := netnstest.New(b), netnstest.New(b)
 	nic, peer := netnstest.NewVethPair(b, host, wire, netnstest.VethOptions{Queues: 1, MTU: 1500})
 	var filter *bpf.Filter
@@ -230,7 +255,7 @@ func newRXBench(b *testing.B, nvm int) *rxBench {
 	dir := b.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	e := &rxBench{w: dp.workers[0], guests: make([]*frontend.Guest, nvm), dests: make([]pktgen.Dest, nvm), wire: wire, peer: peer.Index}
+	e := &rxBench{huge: huge, w: dp.workers[0], guests: make([]*frontend.Guest, nvm), dests: make([]pktgen.Dest, nvm), wire: wire, peer: peer.Index}
 	for i := range nvm {
 		hw := net.HardwareAddr{0x02, 0xbe, 0, 0, byte(i >> 8), byte(i)}
 		name := fmt.Sprintf("vm%d", i+1)
@@ -242,7 +267,7 @@ func newRXBench(b *testing.B, nvm int) *rxBench {
 		if err := filter.SetFilter(hw, 0, vm.Slot); err != nil {
 			b.Fatal(err)
 		}
-		g := runBenchGuest(b, ctx, cancel, name, sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: benchGuestRing})
+		g := runBenchGuest(b, ctx, cancel, name, sock, frontend.Config{MAC: hw, MrgRxbuf: true, EventIdx: true, QueueSize: benchGuestRing, HugePages: huge})
 		e.guests[i], e.dests[i] = g, pktgen.Dest{MAC: hw}
 	}
 	waitFor(b, "guests' queues attached", func() bool { return int(e.w.ctr.virtqueues.Load()) == 2*nvm })

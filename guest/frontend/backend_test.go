@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/dataplane/vhostuser"
+	"github.com/vmq/vmq/internal/testenv"
 )
 
 // pairWorker owns both queues of one pair of a vmq backend port: it hands
@@ -141,12 +142,16 @@ type backendCase struct {
 	mrg, eventIdx bool
 	guestListens  bool
 	packed        bool // packed rings with IN_ORDER
+	huge          bool // guest memory on 2 MiB huge pages
 }
 
 func (c backendCase) String() string {
 	s := fmt.Sprintf("qp%d_mrg%v_evidx%v_guestListens%v", c.queues, c.mrg, c.eventIdx, c.guestListens)
 	if c.packed {
 		s += "_packed"
+	}
+	if c.huge {
+		s += "_hugepages"
 	}
 	return s
 }
@@ -159,6 +164,9 @@ func connectBackend(t *testing.T, c backendCase, cfg Config, h *pairHandler) (*G
 	cfg.MAC, cfg.IP = guestMAC, guestIP
 	cfg.QueuePairs, cfg.MrgRxbuf, cfg.EventIdx = c.queues, c.mrg, c.eventIdx
 	cfg.PackedRing, cfg.InOrder = c.packed, c.packed
+	if cfg.HugePages = c.huge; c.huge {
+		testenv.RequireHugePages(t, 1)
+	}
 	pcfg := vhostuser.Config{MAC: guestMAC, QueuePairs: c.queues, Handler: h, Logger: slog.New(slog.DiscardHandler)}
 	var g *Guest
 	var port *vhostuser.Port
@@ -215,6 +223,7 @@ var backendCases = []backendCase{
 	{queues: 1, packed: true},
 	{queues: 1, mrg: true, eventIdx: true, guestListens: true, packed: true},
 	{queues: 2, mrg: true, eventIdx: true, packed: true},
+	{queues: 2, mrg: true, eventIdx: true, huge: true},
 }
 
 // Frames injected by vmq's backend reach the guest; the guest's answers

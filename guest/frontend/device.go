@@ -207,7 +207,7 @@ func (g *Guest) queueMemory() []int {
 }
 
 func (g *Guest) buildQueues(d *device) error {
-	mem, err := newGuestMemory(g.queueMemory())
+	mem, err := newGuestMemory(g.queueMemory(), g.cfg.HugePages)
 	if err != nil {
 		return err
 	}

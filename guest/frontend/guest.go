@@ -57,6 +57,11 @@ type Config struct {
 	// of): it sizes the tx buffers when TxBufSize is 0. Default 1500.
 	MTU        int
 	MemRegions int // memfd regions in the memory table, 1..8; default 1
+	// HugePages puts the guest's memory on 2 MiB huge pages (memfd with
+	// MFD_HUGETLB), as QEMU's hugetlbfs and memfd hugetlb backends do and
+	// vhost-user deployments mostly run; it needs free huge pages
+	// (vm.nr_hugepages), one per region at least.
+	HugePages bool
 
 	// Reconnect redials after the backend goes away (client mode). In
 	// server mode the guest always waits for the backend to come back.

@@ -27,19 +27,28 @@ type guestMemory struct {
 // regionGPAStride spaces regions apart in guest physical address space.
 const regionGPAStride = 1 << 32
 
-const pageSize = 4096
+const (
+	pageSize     = 4096
+	hugePageSize = 2 << 20
+)
 
-func newGuestMemory(sizes []int) (*guestMemory, error) {
+// newGuestMemory makes one region of each size (rounded up to the page
+// size), on 2 MiB huge pages if huge.
+func newGuestMemory(sizes []int, huge bool) (*guestMemory, error) {
 	if len(sizes) == 0 || len(sizes) > vhostuser.MaxMemRegions {
 		return nil, fmt.Errorf("guest memory: %d regions, want 1..%d", len(sizes), vhostuser.MaxMemRegions)
 	}
+	page, flags := pageSize, unix.MFD_CLOEXEC
+	if huge {
+		page, flags = hugePageSize, flags|unix.MFD_HUGETLB|unix.MFD_HUGE_2MB
+	}
 	m := &guestMemory{}
 	for i, size := range sizes {
-		size = alignUp(size, pageSize)
-		fd, err := unix.MemfdCreate(fmt.Sprintf("vmq-guest-%d", i), unix.MFD_CLOEXEC)
+		size = alignUp(size, page)
+		fd, err := unix.MemfdCreate(fmt.Sprintf("vmq-guest-%d", i), flags)
 		if err != nil {
 			m.close()
-			return nil, fmt.Errorf("memfd_create region %d: %w", i, err)
+			return nil, fmt.Errorf("memfd_create region %d (huge pages %v): %w", i, huge, err)
 		}
 		if err := unix.Ftruncate(fd, int64(size)); err != nil {
 			unix.Close(fd)
@@ -50,6 +59,9 @@ func newGuestMemory(sizes []int) (*guestMemory, error) {
 		if err != nil {
 			unix.Close(fd)
 			m.close()
+			if huge {
+				err = fmt.Errorf("%w (free 2 MiB huge pages: see HugePages_Free in /proc/meminfo)", err)
+			}
 			return nil, fmt.Errorf("region %d: %w", i, err)
 		}
 		m.regions = append(m.regions, &region{fd: fd, gpa: uint64(i+1) * regionGPAStride, mem: b})

@@ -6,7 +6,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmq/vmq/dataplane/virtio"
+	"github.com/vmq/vmq/internal/testenv"
 )
 
 func testMem(t testing.TB, regions int) *guestMemory {
@@ -15,7 +18,7 @@ func testMem(t testing.TB, regions int) *guestMemory {
 	for i := range sizes {
 		sizes[i] = 4 << 20
 	}
-	m, err := newGuestMemory(sizes)
+	m, err := newGuestMemory(sizes, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +341,31 @@ func TestGuestMemoryBounds(t *testing.T) {
 	if len(regs) != 2 || len(fds) != 2 || regs[1].GuestPhysAddr != r.gpa || regs[1].UserspaceAddr != userAddr(r.mem) {
 		t.Fatalf("table %+v", regs)
 	}
-	if _, err := newGuestMemory(make([]int, 9)); err == nil {
+	if _, err := newGuestMemory(make([]int, 9), false); err == nil {
 		t.Fatal("9 regions accepted")
+	}
+}
+
+// HugePages puts each region on a hugetlbfs memfd, rounded up to whole
+// 2 MiB pages: what a backend maps is then backed by huge pages.
+func TestGuestMemoryHugePages(t *testing.T) {
+	testenv.RequireHugePages(t, 2)
+	mem, err := newGuestMemory([]int{1 << 20, hugePageSize + 1}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.close()
+	for i, want := range []int{hugePageSize, 2 * hugePageSize} {
+		r := mem.regions[i]
+		if len(r.mem) != want {
+			t.Errorf("region %d: %d bytes, want %d", i, len(r.mem), want)
+		}
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(r.fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Type != unix.HUGETLBFS_MAGIC {
+			t.Errorf("region %d: file system %#x, want hugetlbfs", i, st.Type)
+		}
 	}
 }

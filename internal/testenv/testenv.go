@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +41,28 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		Skip(t, "needs root (CAP_NET_ADMIN, CAP_BPF)")
 	}
+}
+
+// RequireHugePages skips (or fails, in strict mode) unless n 2 MiB huge
+// pages are free (HugePages_Free in /proc/meminfo; .ci/setup reserves
+// them).
+func RequireHugePages(t testing.TB, n int) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		Skip(t, "huge pages: %v", err)
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "HugePages_Free:"); ok {
+			if free, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && free >= n {
+				return
+			}
+			Skip(t, "needs %d free 2 MiB huge pages, /proc/meminfo has %s (sysctl vm.nr_hugepages)", n, strings.TrimSpace(v))
+			return
+		}
+	}
+	Skip(t, "no HugePages_Free in /proc/meminfo")
 }
 
 // RequireCommand returns the path of an external program, or skips
