@@ -14,20 +14,16 @@ import (
 // Flush (requestCall) to the write of the guest's call eventfd, while the
 // worker goes on busy-polling on its locked thread as it does under
 // traffic. busy=N: N other goroutines keep the remaining Ps busy (the
-// control plane, a metrics scrape). path=ring: the worker signals through
-// the queue's io_uring; path=notifier: the notifier writes the call.
-// Metrics: p50-µs, p99-µs, max-µs.
+// control plane, a metrics scrape). Metrics: p50-µs, p99-µs, max-µs.
 //
 //	go test -run '^$' -bench CallLatency -benchtime 2000x ./dataplane/vhostuser
 func BenchmarkCallLatency(b *testing.B) {
-	for _, path := range []string{"notifier", "ring"} {
-		for _, busy := range []int{0, 1} {
-			b.Run("path="+path+"/busy="+string(rune('0'+busy)), func(b *testing.B) { benchCallLatency(b, path == "ring", busy) })
-		}
+	for _, busy := range []int{0, 1} {
+		b.Run("busy="+string(rune('0'+busy)), func(b *testing.B) { benchCallLatency(b, busy) })
 	}
 }
 
-func benchCallLatency(b *testing.B, ring bool, busy int) {
+func benchCallLatency(b *testing.B, busy int) {
 	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		b.Fatal(err)
@@ -35,12 +31,6 @@ func benchCallLatency(b *testing.B, ring bool, busy int) {
 	defer unix.Close(fd)
 	q := &Queue{callFD: fd}
 	defer benchCallFD(b, q, fd)()
-	if ring {
-		if q.ring, err = newCallRing(fd); err != nil {
-			b.Skipf("no io_uring: %v", err)
-		}
-		defer q.closeRing()
-	}
 
 	var stop atomic.Bool
 	defer stop.Store(true)
