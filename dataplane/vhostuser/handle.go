@@ -462,13 +462,9 @@ func (p *Port) handle(m *message) ([]byte, error) {
 			q.cfg.kickFD, q.cfg.kickSet = fd, true
 		case ReqSetVringCall:
 			p.stopNotifier() // it may be writing the old fd; refresh restarts it
-			q.closeRing()
 			closeFD(&q.cfg.callFD)
 			q.cfg.callFD = fd
 			q.callFD = fd
-			if fd >= 0 {
-				q.ring = p.newCallRing(fd)
-			}
 			// A ring can run before its call fd is final: QEMU enables the
 			// rings of a migration's destination while it loads the state,
 			// so they start at SET_VRING_KICK, and SET_VRING_CALL follows

@@ -98,9 +98,6 @@ type Config struct {
 	// stop before it, is a command its worker applies between rounds);
 	// the zero value means DefaultRingStarts, a negative rate no limit.
 	RingStarts Pace
-	// notifierCalls: calls always go through the notifier (tests of
-	// that path where io_uring exists).
-	notifierCalls bool
 	// Messages paces the front-end's messages and connections (the port's
 	// goroutine runs on the cores vmqd's workers run on); the zero value
 	// means DefaultMessages, a negative rate no limit.
@@ -909,7 +906,6 @@ func (p *Port) resetDevice() {
 	p.stopNotifier()
 	for _, q := range p.queues {
 		q.callPending.Store(false)
-		q.closeRing()
 		closeFD(&q.cfg.kickFD)
 		closeFD(&q.cfg.callFD)
 		closeFD(&q.cfg.errFD)
@@ -966,35 +962,6 @@ func (p *Port) stopNotifier() {
 		"bound", notifyGrace*notifyDrains)
 	for _, q := range p.queues {
 		q.cfg.callFD = -1 // leaked: never closed, so never reused
-	}
-}
-
-// newCallRing returns a ring that signals call fd fd from the worker, or
-// nil (calls then go through the notifier) where io_uring is not allowed
-// (kernel.io_uring_disabled, a seccomp filter) or the port's config says
-// so.
-func (p *Port) newCallRing(fd int) *callRing {
-	if p.cfg.notifierCalls {
-		return nil
-	}
-	r, err := newCallRing(fd)
-	if err != nil {
-		if !callRingWarned.Swap(true) {
-			p.log.Info("vhost-user calls go through the notifier thread (it preempts a worker sharing its CPU): no io_uring for them", "err", err)
-		}
-		return nil
-	}
-	return r
-}
-
-// callRingWarned: the missing io_uring is logged once per process.
-var callRingWarned atomic.Bool
-
-// closeRing closes q's call ring, with q stopped (no worker uses it).
-func (q *Queue) closeRing() {
-	if q.ring != nil {
-		q.ring.close()
-		q.ring = nil
 	}
 }
 

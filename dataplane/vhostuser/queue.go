@@ -120,9 +120,6 @@ type Queue struct {
 	kickFD    int
 	callFD    int       // written by the notifier only; see notifier
 	nt        *notifier // nil: calls are requested but nobody writes them
-	// ring, if set, signals callFD from the worker itself (see callRing);
-	// set and closed by the control goroutine while the queue is stopped.
-	ring *callRing
 	// Dirty logging while the front-end migrates the guest (nil: off):
 	// bufLog for the receive buffers written, usedLog for the used ring
 	// at usedLogAddr (VHOST_VRING_F_LOG).
@@ -156,7 +153,7 @@ type Queue struct {
 	pub [numStats]atomic.Uint64 // st as of the last Flush, for Stats
 
 	callPending atomic.Bool   // set by Flush, cleared by the notifier
-	calls       atomic.Uint64 // calls signalled: by the ring or the notifier
+	calls       atomic.Uint64 // call eventfd writes, by the notifier
 
 	cfg vringConfig // control goroutine only
 }
@@ -870,18 +867,10 @@ func (q *Queue) Flush() {
 	}
 }
 
-// requestCall signals the call through the queue's io_uring (one
-// syscall that never blocks: the worker never write(2)s the guest's call
-// eventfd, which the guest can make block), or else hands it to the
-// port's notifier: one atomic and, unless a call is still pending, a
-// non-blocking wake-up of the notifier's goroutine. That wake-up made
-// the notifier preempt the worker on a shared CPU (bench/HISTORY.md,
-// "Calls on a shared CPU").
+// requestCall hands the call to the port's notifier: the worker never
+// writes the guest's call eventfd (the guest can make that write block).
+// One atomic and, unless a call is still pending, a non-blocking wake-up.
 func (q *Queue) requestCall() {
-	if q.ring != nil && q.ring.signal() == 0 {
-		q.calls.Add(1)
-		return
-	}
 	if q.callPending.Swap(true) {
 		q.st.CallsCoalesced++
 		return

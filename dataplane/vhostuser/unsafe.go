@@ -1,8 +1,6 @@
 package vhostuser
 
 import (
-	"errors"
-	"fmt"
 	"sync/atomic"
 	"unsafe"
 
@@ -56,104 +54,4 @@ var eventfdOne = uint64(1)
 func writeOne(fd int) unix.Errno {
 	_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&eventfdOne)), 8)
 	return e
-}
-
-// callRing signals a guest's call eventfd from the worker's own thread
-// without ever blocking and without waking a thread on the worker's CPU:
-// the eventfd is registered with a small io_uring (IORING_REGISTER_EVENTFD)
-// and each call submits one NOP, whose completion the kernel signals with
-// eventfd_signal, which saturates the counter instead of waiting (a
-// write(2) blocks on a saturated counter once the guest clears
-// O_NONBLOCK). One syscall per call, as DPDK's inline write.
-type callRing struct {
-	fd     int
-	ring   []byte // SQ and CQ rings (IORING_FEAT_SINGLE_MMAP)
-	sqes   []byte
-	sqTail *uint32
-	sqMask uint32
-	sqArr  unsafe.Pointer
-	cqHead *uint32
-	cqTail *uint32
-}
-
-// uringParams is struct io_uring_params; sqOff and cqOff are
-// io_sqring_offsets and io_cqring_offsets as words.
-type uringParams struct {
-	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFD uint32
-	resv                                                                   [3]uint32
-	sqOff, cqOff                                                           [10]uint32
-}
-
-const (
-	uringOffSQEs         = 0x10000000 // IORING_OFF_SQES
-	uringRegisterEventfd = 4          // IORING_REGISTER_EVENTFD
-	uringFeatSingleMmap  = 1 << 0     // IORING_FEAT_SINGLE_MMAP
-	uringSQESize         = 64
-	uringCQESize         = 16
-	sqOffTail, sqOffMask = 1, 2
-	sqOffArray           = 6
-	cqOffHead, cqOffTail = 0, 1
-	cqOffCQEs            = 5
-)
-
-// newCallRing sets up a ring whose completions signal evfd.
-func newCallRing(evfd int) (r *callRing, err error) {
-	var p uringParams
-	fd, _, e := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
-	if e != 0 {
-		return nil, fmt.Errorf("io_uring_setup: %w", e)
-	}
-	r = &callRing{fd: int(fd)}
-	defer func() {
-		if err != nil {
-			r.close()
-		}
-	}()
-	if p.features&uringFeatSingleMmap == 0 {
-		return nil, errors.New("io_uring without IORING_FEAT_SINGLE_MMAP")
-	}
-	size := max(p.sqOff[sqOffArray]+p.sqEntries*4, p.cqOff[cqOffCQEs]+p.cqEntries*uringCQESize)
-	prot, flags := unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE
-	if r.ring, err = unix.Mmap(r.fd, 0, int(size), prot, flags); err != nil {
-		return nil, fmt.Errorf("io_uring rings mmap: %w", err)
-	}
-	if r.sqes, err = unix.Mmap(r.fd, uringOffSQEs, int(p.sqEntries*uringSQESize), prot, flags); err != nil {
-		return nil, fmt.Errorf("io_uring SQEs mmap: %w", err)
-	}
-	base := unsafe.Pointer(&r.ring[0])
-	r.sqTail = (*uint32)(unsafe.Add(base, p.sqOff[sqOffTail]))
-	r.sqMask = *(*uint32)(unsafe.Add(base, p.sqOff[sqOffMask]))
-	r.sqArr = unsafe.Add(base, p.sqOff[sqOffArray])
-	r.cqHead = (*uint32)(unsafe.Add(base, p.cqOff[cqOffHead]))
-	r.cqTail = (*uint32)(unsafe.Add(base, p.cqOff[cqOffTail]))
-	efd := int32(evfd)
-	if _, _, e := unix.Syscall6(unix.SYS_IO_URING_REGISTER, fd, uringRegisterEventfd, uintptr(unsafe.Pointer(&efd)), 1, 0, 0); e != 0 {
-		return nil, fmt.Errorf("io_uring register eventfd: %w", e)
-	}
-	return r, nil
-}
-
-// signal submits one NOP (its completion signals the eventfd) and drops
-// every completion: one syscall, no allocation, never blocks. Only the
-// queue's worker calls it.
-func (r *callRing) signal() unix.Errno {
-	tail := atomic.LoadUint32(r.sqTail)
-	i := tail & r.sqMask
-	clear(r.sqes[i*uringSQESize : (i+1)*uringSQESize]) // opcode 0: IORING_OP_NOP
-	*(*uint32)(unsafe.Add(r.sqArr, i*4)) = i
-	atomic.StoreUint32(r.sqTail, tail+1)
-	_, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 1, 0, 0, 0, 0)
-	atomic.StoreUint32(r.cqHead, atomic.LoadUint32(r.cqTail))
-	return e
-}
-
-// close releases the ring (and its reference to the eventfd).
-func (r *callRing) close() {
-	if r.sqes != nil {
-		unix.Munmap(r.sqes)
-	}
-	if r.ring != nil {
-		unix.Munmap(r.ring)
-	}
-	unix.Close(r.fd)
 }
