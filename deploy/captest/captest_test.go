@@ -397,17 +397,7 @@ func unitMounts(t *testing.T) string {
 // unitCaps reads CapabilityBoundingSet from the unit.
 func unitCaps(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile("../systemd/vmqd.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapabilityBoundingSet="); ok {
-			return strings.Fields(v)
-		}
-	}
-	t.Fatal("no CapabilityBoundingSet in vmqd.service")
-	return nil
+	return strings.Fields(unitDirective(t, "CapabilityBoundingSet"))
 }
 
 // children runs this test binary as a child in a network namespace with
