@@ -106,10 +106,10 @@ func (s *suite) startVMQ(bin, dir string, pl Placement, queue int, dedicated boo
 		return nil, err
 	}
 	v.cmd = exec.Command("taskset", "-c", cpus, bin, "--config", cfgPath, "--netns", s.host.Name, "--log-level", "warn")
-	// Two Ps (on one CPU, or one each when split): the locked worker
-	// thread and the rest are threads the kernel schedules, not
-	// goroutines taking turns.
-	v.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	// No GOMAXPROCS: vmqd gives its worker a P of its own on top of the
+	// CPUs it may use (dataplane.reserveWorkerPs), so on one CPU or split
+	// it runs with two Ps, the locked worker thread and the rest threads
+	// the kernel schedules, as a user's vmqd does.
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	if err := v.cmd.Start(); err != nil {
 		v.log.Close()

@@ -15,6 +15,7 @@ package dataplane
 import (
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/vmq/vmq/internal/cpuset"
 )
@@ -35,14 +36,15 @@ func (c *Config) workerCPUs(i int) ([]int, error) {
 }
 
 // placeHousekeeping confines the process's threads to the housekeeping
-// CPUs and makes sure each worker and each housekeeping CPU has a P:
-// the runtime would otherwise lower GOMAXPROCS to the count of CPUs its
-// sysmon thread may use (defaultGOMAXPROCS), and a busy worker would
-// hold the last P. It returns what undoes it.
+// CPUs, and gives every worker a P of its own in either case (workerPs).
+// It returns what undoes both.
 func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	cfg := &dp.cfg
 	if !cfg.placed() {
-		return func() {}, nil
+		release := reserveWorkerPs(func(procs int) int { return len(dp.workers) })
+		dp.log.Info("CPU placement: none (worker_cpus, housekeeping_cpus unset)",
+			"workers", len(dp.workers), "gomaxprocs", runtime.GOMAXPROCS(0))
+		return release, nil
 	}
 	allowed, err := cpuset.Allowed()
 	if err != nil {
@@ -52,10 +54,13 @@ func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	if hk == nil {
 		hk = allowed
 	}
-	procs := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(max(procs, len(dp.workers)+len(hk)))
+	// A P per worker and per housekeeping CPU. Set even when GOMAXPROCS
+	// is already that high: the runtime would otherwise lower it to the
+	// count of CPUs its sysmon thread may use (defaultGOMAXPROCS), once
+	// sysmon is confined to the housekeeping CPUs.
+	release := reserveWorkerPs(func(procs int) int { return max(0, len(dp.workers)+len(hk)-procs) })
 	undo = func() {
-		runtime.GOMAXPROCS(procs)
+		release()
 		// Every thread, stopped workers' too: one that ran on the main
 		// thread stays (wedged) after its goroutine ends.
 		if _, err := cpuset.Confine(allowed, nil); err != nil {
@@ -70,6 +75,47 @@ func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	dp.log.Info("CPU placement", "housekeeping_cpus", cpuset.Format(hk), "worker_cpus", cfg.WorkerCPUs,
 		"threads_moved", n, "gomaxprocs", runtime.GOMAXPROCS(0))
 	return undo, nil
+}
+
+// workerPs are the Ps added to GOMAXPROCS for running workers, by every
+// dataplane of the process. A worker under load busy-polls on its locked
+// thread and never gives its P back; were GOMAXPROCS the count of CPUs
+// (or 1, under a one-CPU mask or cgroup limit), saturated workers would
+// hold every P, and the goroutines that write guests' calls, read
+// vhost-user messages and serve the API and metrics would wait for
+// sysmon to preempt a worker: 20 ms per call at p50 with one worker on
+// GOMAXPROCS=1, or with one worker and one busy goroutine on
+// GOMAXPROCS=2 (BenchmarkCallLatency). So GOMAXPROCS counts the Ps
+// for everything else (as the environment, the cgroup or the CPU count
+// set it), and each worker gets one more; the kernel, not the Go
+// scheduler, then shares a CPU between a worker and the rest.
+var workerPs struct {
+	sync.Mutex
+	base  int // GOMAXPROCS before the first reservation
+	extra int // Ps added, summed over reservations
+	users int
+}
+
+// reserveWorkerPs adds extra(base) Ps, base being GOMAXPROCS without
+// any, and returns what gives them back (once; the last one restores
+// base).
+func reserveWorkerPs(extra func(base int) int) (release func()) {
+	workerPs.Lock()
+	defer workerPs.Unlock()
+	if workerPs.users == 0 {
+		workerPs.base = runtime.GOMAXPROCS(0)
+	}
+	n := extra(workerPs.base)
+	workerPs.users++
+	workerPs.extra += n
+	runtime.GOMAXPROCS(workerPs.base + workerPs.extra)
+	return sync.OnceFunc(func() {
+		workerPs.Lock()
+		defer workerPs.Unlock()
+		workerPs.users--
+		workerPs.extra -= n
+		runtime.GOMAXPROCS(workerPs.base + workerPs.extra)
+	})
 }
 
 // WorkerThreads are the running workers' thread ids (0: not started), by

@@ -67,3 +67,25 @@ func TestCPUPlacementInProcess(t *testing.T) {
 		t.Errorf("GOMAXPROCS %d after Close, was %d", got, procs)
 	}
 }
+
+// Unplaced, each worker still gets a P on top of GOMAXPROCS: a worker
+// under load never gives its P back, and the rest (calls, vhost-user
+// messages, the API) must not wait for sysmon to preempt it. Close gives
+// the Ps back.
+func TestWorkerPsUnplaced(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	tb := newTestbedCfg(t, 2, nil)
+	g := tb.addVM("vm1", 1, mac1, 0, 2, "")
+	if got := runtime.GOMAXPROCS(0); got != procs+2 {
+		t.Errorf("GOMAXPROCS %d with 2 unplaced workers, want %d + 2", got, procs)
+	}
+	const n = 500
+	tb.SendOnCPU(0, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 7}, n)
+	tbed.WaitStream(t, "vm1", g, 7, n)
+	if err := tb.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Close, was %d", got, procs)
+	}
+}
