@@ -8,11 +8,13 @@
 package systemdtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/vmq/vmq/bpf"
 	"github.com/vmq/vmq/control"
+	"github.com/vmq/vmq/guest/frontend"
 	"github.com/vmq/vmq/internal/netnstest"
 	"github.com/vmq/vmq/internal/testbed"
 	"github.com/vmq/vmq/internal/testenv"
@@ -74,6 +77,9 @@ keep_steering_on_exit: true
 state_file: /var/lib/vmq/ports.json
 api: {socket: /run/vmq/vmqd.sock, mode: "0600"}
 metrics: {address: "127.0.0.1:9469"}
+# Every guest frame through the XDP transmit (BPF_PROG_RUN under the unit's
+# seccomp filter), and a failure to load it fatal.
+tx: {path: xdp, xdp_min_batch: 1}
 vms:
   - {name: vm1, mac: "%s", socket: /run/vmq/vm1.sock, mode: server}
 `, nic, pinDir, vmMAC)
@@ -93,7 +99,8 @@ vms:
 func TestUnitUnderSystemd(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := installVmqd(t)
-	b := testbed.New(t, testbed.Options{})
+	// PeerXDP: a veth takes XDP frames only while its peer has a program.
+	b := testbed.New(t, testbed.Options{PeerXDP: true})
 	pinDir := filepath.Join("/sys/fs/bpf", netnstest.UniqueName("vmqsysd-"))
 	t.Cleanup(func() { // after the container's poweroff: steering was kept
 		if err := os.RemoveAll(pinDir); err != nil {
@@ -114,8 +121,11 @@ func TestUnitUnderSystemd(t *testing.T) {
 			// with CAP_SYS_RAWIO, which nspawn does not grant).
 			"/sys/kernel/tracing",
 		},
-		// nspawn's default bounding set lacks what the unit keeps.
-		caps: []string{"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_IPC_LOCK"},
+		// nspawn's default bounding set lacks what the unit keeps, and
+		// CAP_SYS_RESOURCE, without which systemd cannot raise the unit's
+		// LimitMEMLOCK and LimitNOFILE above the hard limits nspawn was
+		// started with (it silently sets the closest it may).
+		caps: []string{"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_IPC_LOCK", "CAP_SYS_RESOURCE"},
 		// nspawn's own seccomp filter refuses both (bpffs and perf
 		// events are not namespaced).
 		syscalls: []string{"bpf", "perf_event_open"},
@@ -135,7 +145,8 @@ func TestUnitUnderSystemd(t *testing.T) {
 		t.Fatalf("no XDP program on %s:\n%s", b.NIC.Name, out)
 	}
 	linkID := pinnedLinkID(t, linkPin)
-	serveGuest(t, c, b, api, 1)
+	capture := b.Capture()
+	serveGuest(t, c, b, capture, api, 1)
 
 	// The start log says the XDP transmit's driver drops are named.
 	log := c.journal("--unit=" + unit)
@@ -157,7 +168,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 	if got := pinnedLinkID(t, linkPin); got != linkID {
 		t.Errorf("pinned XDP link %d after restart, want %d (the same link, reconciled from the pins)", got, linkID)
 	}
-	serveGuest(t, c, b, api, 2)
+	serveGuest(t, c, b, capture, api, 2)
 
 	// Stop: within TimeoutStopSec, exit 0, no failure state; steering kept.
 	p := c.show(unit, "TimeoutStopUSec")
@@ -209,8 +220,9 @@ func waitServing(t *testing.T, c *container, api *control.Client, since time.Tim
 
 // serveGuest connects a Go guest to the VM's vhost-user socket, sends it
 // frames from the wire (the pktgen stream given) and requires each
-// received.
-func serveGuest(t *testing.T, c *container, b *testbed.Bed, api *control.Client, stream uint32) {
+// received, then has it send as many to the wire, which must each arrive,
+// through the XDP transmit.
+func serveGuest(t *testing.T, c *container, b *testbed.Bed, capture *testbed.Capture, api *control.Client, stream uint32) {
 	t.Helper()
 	sock := filepath.Join("/proc", strconv.Itoa(c.leader), "root/run/vmq/vm1.sock")
 	g := testbed.DialGuest(t, "vm1", sock, testbed.GuestConfig(vmMAC, 1, ""))
@@ -230,6 +242,39 @@ func serveGuest(t *testing.T, c *container, b *testbed.Bed, api *control.Client,
 	})
 	b.Send(pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: testbed.MustMAC(vmMAC)}}, Size: 64, Stream: stream}, frames)
 	testbed.WaitStream(t, "vm1", g, stream, frames)
+
+	before := xdpTxFrames(t, api)
+	out := stream + 100 // the guest's stream to the wire
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if n, err := g.Generate(ctx, frontend.Traffic{Dst: b.Peer.MAC, Count: frames, Rate: 10000, Stream: out}); err != nil || n != frames {
+		t.Fatalf("guest sent %d of %d frames to the wire: %v", n, frames, err)
+	}
+	src := testbed.MustMAC(vmMAC)
+	capture.WaitFor(t, "the guest's frames on the wire", func(f []byte) bool {
+		p, ok := pktgen.ParseFrame(f)
+		return ok && bytes.Equal(f[6:12], src) && p.Stream == out
+	}, frames)
+	testenv.Eventually(t, "the guest's frames counted as sent by XDP", func() (bool, string) {
+		got := xdpTxFrames(t, api) - before
+		return got == frames, fmt.Sprintf("%d frames by XDP, want %d", got, frames)
+	})
+}
+
+// xdpTxFrames are the frames vmqd's workers sent through the XDP transmit.
+func xdpTxFrames(t *testing.T, api *control.Client) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	snap, err := api.Stats(ctx)
+	if err != nil {
+		t.Fatalf("API stats: %v", err)
+	}
+	var n uint64
+	for _, w := range snap.Workers {
+		n += w.TxXDPFrames
+	}
+	return n
 }
 
 // vmqdPID is the host's pid of the unit's only process.
@@ -272,7 +317,7 @@ var capBits = map[string]uint{
 // InaccessiblePaths hidden, a /tmp of its own.
 func checkSandbox(t *testing.T, c *container, pid int) {
 	t.Helper()
-	p := c.show(unit, "CapabilityBoundingSet", "ProtectSystem", "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths", "PrivateTmp", "RuntimeDirectory", "StateDirectory")
+	p := c.show(unit, "CapabilityBoundingSet", "ProtectSystem", "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths", "PrivateTmp", "RuntimeDirectory", "StateDirectory", "LimitMEMLOCK", "LimitNOFILE")
 	var want uint64
 	for _, name := range strings.Fields(p["CapabilityBoundingSet"]) {
 		bit, ok := capBits[name]
@@ -299,6 +344,8 @@ func checkSandbox(t *testing.T, c *container, pid int) {
 	if nv <= nl {
 		t.Errorf("vmqd has %d seccomp filters, the container's systemd %d: the unit's are missing", nv, nl)
 	}
+
+	checkLimits(t, p, pid)
 
 	mounts := mountTable(t, pid)
 	check := func(path, what string, ok func(m mount) bool) {
@@ -335,6 +382,60 @@ func checkSandbox(t *testing.T, c *container, pid int) {
 		check("/tmp", "PrivateTmp", func(m mount) bool { return strings.Contains(m.root, "systemd-private-") && !m.ro })
 	}
 	t.Logf("vmqd (pid %d): CapBnd %s, %s seccomp filters (the container's systemd %s), %d mounts", pid, vmqd["CapBnd"], vmqd["Seccomp_filters"], leader["Seccomp_filters"], len(mounts))
+}
+
+// checkLimits: vmqd's resource limits (soft and hard) are the unit's
+// LimitMEMLOCK (the UMEMs' locked memory) and LimitNOFILE (the vrings'
+// eventfds), or as close as systemd may set them: without
+// CAP_SYS_RESOURCE (which this test's, and so the container's, bounding
+// set may lack) no more than the hard limits the container was started
+// with.
+func checkLimits(t *testing.T, unitProps map[string]string, pid int) {
+	t.Helper()
+	limits, err := procLines(pid, "limits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eff, err := strconv.ParseUint(procStatus(t, os.Getpid())["CapEff"], 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []struct {
+		prop, name string
+		resource   int
+	}{{"LimitMEMLOCK", "Max locked memory", unix.RLIMIT_MEMLOCK}, {"LimitNOFILE", "Max open files", unix.RLIMIT_NOFILE}} {
+		unitValue, want := parseLimit(unitProps[l.prop]), parseLimit(unitProps[l.prop])
+		if eff&(1<<unix.CAP_SYS_RESOURCE) == 0 {
+			var own unix.Rlimit
+			if err := unix.Getrlimit(l.resource, &own); err != nil {
+				t.Fatal(err)
+			}
+			want = min(want, own.Max)
+		}
+		i := slices.IndexFunc(limits, func(s string) bool { return strings.HasPrefix(s, l.name+" ") })
+		var f []string
+		if i >= 0 {
+			f = strings.Fields(strings.TrimPrefix(limits[i], l.name))
+		}
+		if len(f) < 2 || parseLimit(f[0]) != want || parseLimit(f[1]) != want {
+			t.Errorf("vmqd's %s: %q, want %d (%s=%s)", l.name, f, want, l.prop, unitProps[l.prop])
+		} else if want != unitValue {
+			t.Logf("vmqd's %s: %d, not the unit's %s=%s: no CAP_SYS_RESOURCE here to raise it", l.name, want, l.prop, unitProps[l.prop])
+		}
+	}
+}
+
+// parseLimit reads a resource limit as systemd ("infinity") or
+// /proc/PID/limits ("unlimited") writes it.
+func parseLimit(s string) uint64 {
+	if s == "infinity" || s == "unlimited" {
+		return unix.RLIM_INFINITY
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // procStatus is /proc/PID/status as keys and values.
