@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmq/vmq/control"
+	"github.com/vmq/vmq/internal/testenv"
 	"github.com/vmq/vmq/pktgen"
 )
 
@@ -193,4 +195,60 @@ func TestVmqctlAddRemoveUnderTraffic(t *testing.T) {
 	if _, err := (control.NewClient(b.cfg.API.Socket)).GetVM(context.Background(), "vm2"); err == nil {
 		t.Fatal("vm2 still known to the API")
 	}
+}
+
+// With --log-format json every line vmqd writes is JSON, the lines of
+// packages that log through slog's default included (the metrics
+// listener's, which went out in the log package's plain format).
+func TestVmqdLogOneFormat(t *testing.T) {
+	b := newBed(t)
+	vmqd := buildTool(t, ".", "vmqd")
+	cfgPath := filepath.Join(b.Dir, "vmqd.yaml")
+	b.writeConfig(cfgPath, "a")
+	logPath := filepath.Join(b.Dir, "vmqd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(vmqd, "--config", cfgPath, "--netns", b.Host.Name,
+		"--metrics-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "info")
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	serving := func() (bool, string) {
+		lines := strings.Split(strings.TrimSpace(logReader(logPath).String()), "\n")
+		for _, l := range lines {
+			if l == "" { // nothing written yet
+				continue
+			}
+			var rec struct {
+				Msg string `json:"msg"`
+			}
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatalf("a line that is not JSON (%v): %q", err, l)
+			}
+			if rec.Msg == "metrics: serving" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("no \"metrics: serving\" line yet in %d lines", len(lines))
+	}
+	testenv.Eventually(t, "the metrics listener's line, as JSON", serving)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("vmqd did not stop on SIGTERM:\n%s", logReader(logPath))
+	}
+	serving() // the stop's lines too
 }

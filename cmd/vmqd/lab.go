@@ -156,6 +156,7 @@ func runLab(o labOptions, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log) // as vmqd's run does
 	cfg := control.Default(labNIC)
 	if cfg.PinDir, err = l.pinDir(); err != nil {
 		return err

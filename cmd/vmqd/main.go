@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -57,6 +58,10 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "vmqd:", err)
 		return 2
 	}
+	// Packages that log through slog's default (metrics' scrape errors and
+	// listener, xsk's notices) then keep the daemon's format and level: a
+	// JSON log stays JSON.
+	slog.SetDefault(log)
 	cfg, err := control.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmqd: %v\n", err)
