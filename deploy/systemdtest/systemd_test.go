@@ -66,8 +66,9 @@ func installVmqd(t *testing.T) (root string) {
 
 // writeConfig is the admin's edit of the installed /etc/vmq/vmqd.yaml:
 // the shipped one's paths (sockets in /run/vmq, state in /var/lib/vmq,
-// steering kept across restarts), the bed's NIC, one VM.
-func writeConfig(t *testing.T, root, nic, pinDir string) {
+// steering kept across restarts), the bed's NIC, VM vm1 and then extra
+// VMs vm2, vm3, ...
+func writeConfig(t *testing.T, root, nic, pinDir string, extra int) {
 	t.Helper()
 	cfg := fmt.Sprintf(`nic: %s
 attach_mode: auto
@@ -83,6 +84,9 @@ tx: {path: xdp, xdp_min_batch: 1}
 vms:
   - {name: vm1, mac: "%s", socket: /run/vmq/vm1.sock, mode: server}
 `, nic, pinDir, vmMAC)
+	for i := 2; i < 2+extra; i++ {
+		cfg += fmt.Sprintf("  - {name: vm%d, mac: \"02:00:00:00:01:%02x\", socket: /run/vmq/vm%d.sock, mode: server}\n", i, i, i)
+	}
 	if err := os.WriteFile(filepath.Join(root, "etc/vmq/vmqd.yaml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +99,8 @@ vms:
 // perf_event_open through the unit's seccomp filter) and serves a guest
 // both ways (frames from the wire; frames to the wire through the XDP
 // transmit); systemctl restart reconciles from the pins (the same pinned
-// link), systemctl stop ends it cleanly; systemd says nothing against the
-// unit.
+// link), systemctl reload (ExecReload) adds a VM in the same process,
+// systemctl stop ends it cleanly; systemd says nothing against the unit.
 func TestUnitUnderSystemd(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := installVmqd(t)
@@ -108,7 +112,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 			t.Errorf("remove pins: %v", err)
 		}
 	})
-	writeConfig(t, root, b.NIC.Name, pinDir)
+	writeConfig(t, root, b.NIC.Name, pinDir, 0)
 	linkPin := filepath.Join(pinDir, b.NIC.Name, bpf.LinkPinName)
 
 	c := bootContainer(t, bootOptions{
@@ -147,7 +151,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 	}
 	linkID := pinnedLinkID(t, linkPin)
 	capture := b.Capture()
-	serveGuest(t, c, b, capture, api, 1)
+	serveGuest(t, c, b, capture, api, 1, nil)
 
 	// The start log says the XDP transmit's driver drops are named.
 	log := c.journal("--unit=" + unit)
@@ -169,7 +173,40 @@ func TestUnitUnderSystemd(t *testing.T) {
 	if got := pinnedLinkID(t, linkPin); got != linkID {
 		t.Errorf("pinned XDP link %d after restart, want %d (the same link, reconciled from the pins)", got, linkID)
 	}
-	serveGuest(t, c, b, capture, api, 2)
+	g := serveGuest(t, c, b, capture, api, 2, nil) // a new guest: the restart closed the connection
+
+	// Reload (ExecReload: /bin/kill -HUP under the unit's sandbox): the
+	// same vmqd takes a VM added to its config and opens its socket.
+	pid = vmqdPID(t, c)
+	writeConfig(t, root, b.NIC.Name, pinDir, 1)
+	c.systemctl("reload", unit)
+	vm2Sock := filepath.Join("/proc", strconv.Itoa(c.leader), "root/run/vmq/vm2.sock")
+	testenv.Eventually(t, "vm2 added by systemctl reload", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		vms, err := api.ListVMs(ctx)
+		if err != nil {
+			return false, fmt.Sprintf("list VMs: %v", err)
+		}
+		names := make([]string, len(vms))
+		for i, vm := range vms {
+			names[i] = vm.Name
+		}
+		if !slices.Contains(names, "vm2") {
+			return false, fmt.Sprintf("VMs %v", names)
+		}
+		if _, err := os.Stat(vm2Sock); err != nil {
+			return false, fmt.Sprintf("vm2's socket: %v", err)
+		}
+		return true, ""
+	})
+	if got := vmqdPID(t, c); got != pid {
+		t.Errorf("vmqd's pid %d after systemctl reload, was %d: reload restarted it", got, pid)
+	}
+	if p := c.show(unit, "ActiveState", "NRestarts"); p["ActiveState"] != "active" || p["NRestarts"] != "0" {
+		t.Errorf("after systemctl reload: %v; want active, no automatic restart", p)
+	}
+	serveGuest(t, c, b, capture, api, 3, g) // vm1's guest, connected through the reload, still served
 
 	// Stop: within TimeoutStopSec, exit 0, no failure state; steering kept.
 	p := c.show(unit, "TimeoutStopUSec")
@@ -219,14 +256,17 @@ func waitServing(t *testing.T, c *container, api *control.Client, since time.Tim
 	return st
 }
 
-// serveGuest connects a Go guest to the VM's vhost-user socket, sends it
-// frames from the wire (the pktgen stream given) and requires each
-// received, then has it send as many to the wire, which must each arrive,
-// through the XDP transmit.
-func serveGuest(t *testing.T, c *container, b *testbed.Bed, capture *testbed.Capture, api *control.Client, stream uint32) {
+// serveGuest connects a Go guest to the VM's vhost-user socket (or keeps
+// g, connected already), sends it frames from the wire (the pktgen stream
+// given) and requires each received, then has it send as many to the
+// wire, which must each arrive, through the XDP transmit. It returns the
+// guest.
+func serveGuest(t *testing.T, c *container, b *testbed.Bed, capture *testbed.Capture, api *control.Client, stream uint32, g *frontend.Guest) *frontend.Guest {
 	t.Helper()
-	sock := filepath.Join("/proc", strconv.Itoa(c.leader), "root/run/vmq/vm1.sock")
-	g := testbed.DialGuest(t, "vm1", sock, testbed.GuestConfig(vmMAC, 1, ""))
+	if g == nil {
+		sock := filepath.Join("/proc", strconv.Itoa(c.leader), "root/run/vmq/vm1.sock")
+		g = testbed.DialGuest(t, "vm1", sock, testbed.GuestConfig(vmMAC, 1, ""))
+	}
 	testenv.Eventually(t, "the guest's port running", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -266,6 +306,7 @@ func serveGuest(t *testing.T, c *container, b *testbed.Bed, capture *testbed.Cap
 		return xdp+socket == frames && xdp > 0, fmt.Sprintf("%d frames by XDP and %d by the socket, want %d in all, by XDP at least one", xdp, socket, frames)
 	})
 	t.Logf("the guest's %d frames to the wire: %d by XDP, %d by the socket", frames, xdp, socket)
+	return g
 }
 
 // txFrames are the frames vmqd's workers sent to the wire through the
