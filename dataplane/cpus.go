@@ -36,12 +36,14 @@ func (c *Config) workerCPUs(i int) ([]int, error) {
 }
 
 // placeHousekeeping confines the process's threads to the housekeeping
-// CPUs, and gives every worker a P of its own in either case (workerPs).
+// CPUs and gives every worker a P of its own; unplaced, it leaves at
+// least one P beyond the workers' (workerPs).
 // It returns what undoes both.
 func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	cfg := &dp.cfg
 	if !cfg.placed() {
-		release := reserveWorkerPs(func(procs int) int { return len(dp.workers) })
+		// At least one P beyond the workers' (workerPs).
+		release := reserveWorkerPs(func(procs int) int { return max(0, len(dp.workers)+1-procs) })
 		dp.log.Info("CPU placement: none (worker_cpus, housekeeping_cpus unset)",
 			"workers", len(dp.workers), "gomaxprocs", runtime.GOMAXPROCS(0))
 		return release, nil
@@ -79,16 +81,19 @@ func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 
 // workerPs are the Ps added to GOMAXPROCS for running workers, by every
 // dataplane of the process. A worker under load busy-polls on its locked
-// thread and never gives its P back; were GOMAXPROCS the count of CPUs
-// (or 1, under a one-CPU mask or cgroup limit), saturated workers would
-// hold every P, and the goroutines that write guests' calls, read
-// vhost-user messages and serve the API and metrics would wait for
-// sysmon to preempt a worker: 20 ms per call at p50 with one worker on
-// GOMAXPROCS=1, or with one worker and one busy goroutine on
-// GOMAXPROCS=2 (BenchmarkCallLatency). So GOMAXPROCS counts the Ps
-// for everything else (as the environment, the cgroup or the CPU count
-// set it), and each worker gets one more; the kernel, not the Go
-// scheduler, then shares a CPU between a worker and the rest.
+// thread and never gives its P back. Were there no more Ps than workers
+// (GOMAXPROCS 1 under a one-CPU mask or cgroup limit, or as many queues
+// as CPUs), saturated workers would hold every P, and the goroutines
+// that write guests' calls, read vhost-user messages and serve the API
+// and metrics would wait for sysmon to preempt a worker: 20 ms per call
+// at p50 (BenchmarkCallLatency). So an unplaced dataplane makes sure one
+// P is left beyond its workers; the kernel, not the Go scheduler, then
+// shares the CPUs between the workers and the rest. It adds no more than
+// that: a P per worker on top of the CPU count gave vmqd's other threads
+// (notifiers, GC) the CPUs as readily as the workers, and under a
+// broadcast storm on a loaded 2-CPU machine the workers then fell behind
+// (TestHostile cross_worker_storm_control lost witness frames at a full
+// mailbox in 2 of 27 loaded runs).
 var workerPs struct {
 	sync.Mutex
 	base  int // GOMAXPROCS before the first reservation

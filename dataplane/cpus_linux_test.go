@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"runtime"
 	"slices"
 	"testing"
@@ -68,24 +69,32 @@ func TestCPUPlacementInProcess(t *testing.T) {
 	}
 }
 
-// Unplaced, each worker still gets a P on top of GOMAXPROCS: a worker
-// under load never gives its P back, and the rest (calls, vhost-user
-// messages, the API) must not wait for sysmon to preempt it. Close gives
-// the Ps back.
+// Unplaced, a P is left beyond the workers': a worker under load never
+// gives its P back, and the rest (calls, vhost-user messages, the API)
+// must not wait for sysmon to preempt one. Close gives the Ps back.
 func TestWorkerPsUnplaced(t *testing.T) {
-	procs := runtime.GOMAXPROCS(0)
-	tb := newTestbedCfg(t, 2, nil)
-	g := tb.addVM("vm1", 1, mac1, 0, 2, "")
-	if got := runtime.GOMAXPROCS(0); got != procs+2 {
-		t.Errorf("GOMAXPROCS %d with 2 unplaced workers, want %d + 2", got, procs)
-	}
-	const n = 500
-	tb.SendOnCPU(0, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 7}, n)
-	tbed.WaitStream(t, "vm1", g, 7, n)
-	if err := tb.dp.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if got := runtime.GOMAXPROCS(0); got != procs {
-		t.Errorf("GOMAXPROCS %d after Close, was %d", got, procs)
+	for _, c := range []struct{ procs, queues, want int }{
+		{procs: 1, queues: 1, want: 2}, // taskset -c 0, a one-CPU container
+		{procs: 2, queues: 2, want: 3}, // as many queues as CPUs
+		{procs: 2, queues: 1, want: 2}, // a P for the rest already
+	} {
+		t.Run(fmt.Sprintf("gomaxprocs=%d/workers=%d", c.procs, c.queues), func(t *testing.T) {
+			old := runtime.GOMAXPROCS(c.procs)
+			t.Cleanup(func() { runtime.GOMAXPROCS(old) })
+			tb := newTestbedCfg(t, c.queues, nil)
+			g := tb.addVM("vm1", 1, mac1, 0, c.queues, "")
+			if got := runtime.GOMAXPROCS(0); got != c.want {
+				t.Errorf("GOMAXPROCS %d, want %d", got, c.want)
+			}
+			const n = 500
+			tb.SendOnCPU(0, pktgen.FlowSpec{Dests: []pktgen.Dest{{MAC: mustMAC(mac1)}}, Size: 64, Stream: 7}, n)
+			tbed.WaitStream(t, "vm1", g, 7, n)
+			if err := tb.dp.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := runtime.GOMAXPROCS(0); got != c.procs {
+				t.Errorf("GOMAXPROCS %d after Close, was %d", got, c.procs)
+			}
+		})
 	}
 }
