@@ -37,12 +37,10 @@ func (c *Config) workerCPUs(i int) ([]int, error) {
 
 // placeHousekeeping confines the process's threads to the housekeeping
 // CPUs and gives every worker a P of its own; unplaced, it leaves at
-// least one P beyond the workers' (workerPs).
-// It returns what undoes both.
+// least one P beyond the workers' (workerPs). It returns what undoes it.
 func (dp *Dataplane) placeHousekeeping() (undo func(), err error) {
 	cfg := &dp.cfg
 	if !cfg.placed() {
-		// At least one P beyond the workers' (workerPs).
 		release := reserveWorkerPs(func(procs int) int { return max(0, len(dp.workers)+1-procs) })
 		dp.log.Info("CPU placement: none (worker_cpus, housekeeping_cpus unset)",
 			"workers", len(dp.workers), "gomaxprocs", runtime.GOMAXPROCS(0))
